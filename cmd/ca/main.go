@@ -1,13 +1,13 @@
-// Command ca is mayfly's CA control plane. It arrives with issue #4 (CA control
-// plane); until then it says so and exits non-zero.
+// Command ca is mayfly's CA control plane: it keeps the root and
+// intermediate keys, rotates them, and serves the issuer API to node agents.
 package main
 
 import (
-	"fmt"
 	"os"
+
+	"github.com/mayfly-pki/mayfly/internal/app/ca"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "mayfly ca: not built yet — the CA control plane is tracked in issue #4")
-	os.Exit(2)
+	os.Exit(ca.Main(os.Args[1:], os.Stdout, os.Stderr))
 }

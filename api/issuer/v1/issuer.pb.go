@@ -451,9 +451,10 @@ type WorkloadRequest struct {
 	// allow list of the caller's node.
 	SpiffeId string `protobuf:"bytes,4,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	// Requested lifetime of the certificate in seconds. 0 means the CA's
-	// default. The CA clamps the value to its configured maximum and to the
-	// remaining lifetime of the signing CA certificate, so the issued not_after
-	// may be earlier than requested.
+	// default. A value outside the CA's configured [minimum, maximum] is
+	// denied with INVALID_ARGUMENT naming the limit. The CA caps notAfter at
+	// the signing CA certificate's notAfter, so the issued not_after may be
+	// earlier than requested.
 	TtlSeconds int64 `protobuf:"varint,5,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	// Additional DNS names to include as subjectAltName dNSName entries. The CA
 	// may deny names that the workload is not allowed to use.

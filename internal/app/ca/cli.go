@@ -1,0 +1,117 @@
+package ca
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/mayfly-pki/mayfly/internal/standalone"
+)
+
+const usage = `mayfly CA control plane
+
+Usage:
+  ca run --config FILE [--allow-rebootstrap] [--log-level info]
+      Run the CA (standalone with "directory:", or Kubernetes with "kubernetes:").
+  ca token create --node NAME [--ttl 10m] (--config FILE | --dir DIR)
+      Create a single-use join token for the agent of NAME (standalone mode).
+      Only its hash is stored; the token is printed once.
+
+See docs/ca.md.
+`
+
+// Main is the ca command; it returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(args[1:], stderr)
+	case "token":
+		err = cmdToken(args[1:], stdout, stderr)
+	default:
+		err = fmt.Errorf("unknown command %q; run `ca --help`", args[0])
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "ca:", err)
+		return 1
+	}
+	return 0
+}
+
+func cmdRun(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "CA configuration file (YAML)")
+	rebootstrap := fs.Bool("allow-rebootstrap", false, "mint a new root although this CA issued before and its state is missing or corrupt (every workload must then get the new trust bundle)")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *configPath == "" {
+		return errors.New("--config is required")
+	}
+	cfg, err := LoadFile(*configPath)
+	if err != nil {
+		return err
+	}
+	cfg.AllowRebootstrap = *rebootstrap
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return Run(ctx, cfg, Options{Logger: log})
+}
+
+func cmdToken(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "create" {
+		return errors.New("usage: ca token create --node NAME [--ttl 10m] (--config FILE | --dir DIR)")
+	}
+	fs := flag.NewFlagSet("ca token create", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	node := fs.String("node", "", "node name the token is for (required)")
+	ttl := fs.Duration("ttl", 10*time.Minute, "how long the token may be used (at most 24h)")
+	configPath := fs.String("config", "", "CA configuration file; its directory holds the tokens")
+	dir := fs.String("dir", "", "CA state directory (instead of --config)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *node == "" {
+		return errors.New("--node is required")
+	}
+	if *dir == "" {
+		if *configPath == "" {
+			return errors.New("--config or --dir is required")
+		}
+		cfg, err := LoadFile(*configPath)
+		if err != nil {
+			return err
+		}
+		if cfg.Directory == "" {
+			return errors.New("join tokens are for standalone mode; in Kubernetes mode agents attest with their ServiceAccount token")
+		}
+		*dir = cfg.Directory
+	}
+	tok, err := standalone.NewJoinTokens(*dir, nil).Create(*node, *ttl)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, tok)
+	return nil
+}

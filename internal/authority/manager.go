@@ -1,0 +1,421 @@
+package authority
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
+)
+
+// ErrNotReady is wrapped by Current's error while no valid state is loaded.
+var ErrNotReady = errors.New("CA is not ready")
+
+// Marker remembers, outside the state itself, that this CA has issued. It
+// tells a first start from state that was deleted: a deleted state must
+// never be silently replaced by a new root. The published trust bundle
+// serves: a ConfigMap in Kubernetes, a file next to the state standalone.
+type Marker interface {
+	// Marked reports whether a bundle was ever published.
+	Marked(ctx context.Context) (bool, error)
+	// Mark publishes the current bundle (PEM).
+	Mark(ctx context.Context, bundlePEM []byte) error
+}
+
+// Loaded is an immutable view of the state in force: what every replica
+// signs with.
+type Loaded struct {
+	State   *State
+	Version string
+	// BundleVersion is a content hash of the trust bundle.
+	BundleVersion string
+	Bundle        []*x509.Certificate
+	Authority     pki.Authority
+}
+
+// ManagerOptions configure a Manager.
+type ManagerOptions struct {
+	Store  Store
+	Minter *Minter
+	Marker Marker
+	Clock  rotate.Clock
+	Logger *slog.Logger
+	// Registerer receives the authority metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// AllowRebootstrap lets Load mint a new root although a bundle was
+	// published before (the state was deleted or is corrupt). Every agent
+	// and workload must then be given the new bundle.
+	AllowRebootstrap bool
+	// Acks reports whether every connected agent holds the current bundle.
+	Acks BundleAcks
+}
+
+// Manager loads the CA state, bootstraps it on first start, rotates keys
+// when the plan says so, and hands out the signing authority. Any number of
+// replicas may run managers on one store; the store's compare-and-swap lets
+// only one of them write each rotation, and the others pick it up on Reload.
+type Manager struct {
+	opts    ManagerOptions
+	current atomic.Pointer[Loaded]
+	errMu   sync.Mutex
+	err     error
+	kick    chan struct{}
+
+	subMu sync.Mutex
+	subs  map[chan struct{}]struct{}
+
+	ready     prometheus.Gauge
+	expiry    *prometheus.GaugeVec
+	rotations *prometheus.CounterVec
+}
+
+// NewManager returns a Manager; call Load before use.
+func NewManager(opts ManagerOptions) *Manager {
+	if opts.Clock == nil {
+		opts.Clock = rotate.RealClock{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{
+		opts: opts,
+		kick: make(chan struct{}, 1),
+		subs: map[chan struct{}]struct{}{},
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mayfly_ca_ready",
+			Help: "1 when the CA holds a valid signing authority, 0 when it refuses to issue (state missing or corrupt).",
+		}),
+		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mayfly_ca_authority_expiry_timestamp_seconds",
+			Help: "notAfter of each CA certificate as a Unix timestamp, by role (root, intermediate) and slot (current, next, retired).",
+		}, []string{"role", "slot"}),
+		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mayfly_ca_authority_rotations_total",
+			Help: "Rotation steps applied by this replica, by step and result.",
+		}, []string{"step", "result"}),
+	}
+	m.err = fmt.Errorf("%w: state not loaded yet", ErrNotReady)
+	if opts.Registerer != nil {
+		opts.Registerer.MustRegister(m.ready, m.expiry, m.rotations)
+	}
+	return m
+}
+
+// Current returns the state in force, or an error saying why the CA does
+// not issue.
+func (m *Manager) Current() (*Loaded, error) {
+	m.errMu.Lock()
+	err := m.err
+	m.errMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return m.current.Load(), nil
+}
+
+// Ready returns nil when the CA can issue; for readiness probes.
+func (m *Manager) Ready() error {
+	_, err := m.Current()
+	return err
+}
+
+// Subscribe returns a channel that receives a value after every change of
+// the state in force (coalesced), and a function to unsubscribe.
+func (m *Manager) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	m.subMu.Lock()
+	m.subs[ch] = struct{}{}
+	m.subMu.Unlock()
+	return ch, func() {
+		m.subMu.Lock()
+		delete(m.subs, ch)
+		m.subMu.Unlock()
+	}
+}
+
+// Load reads the state, bootstrapping it on a first start. A missing or
+// corrupt state after a bundle was published is an error (and the CA stays
+// not ready) unless AllowRebootstrap is set.
+func (m *Manager) Load(ctx context.Context) error {
+	snap, err := m.opts.Store.Load(ctx)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return m.bootstrap(ctx, "no CA state found")
+	case err != nil:
+		err = fmt.Errorf("%w: %w", ErrNotReady, err)
+		m.setErr(err)
+		return err
+	}
+	return m.loadSnapshot(ctx, snap)
+}
+
+func (m *Manager) loadSnapshot(ctx context.Context, snap *Snapshot) error {
+	s, err := Decode(snap.Data)
+	if err != nil {
+		if m.opts.AllowRebootstrap {
+			m.opts.Logger.Warn("CA state is corrupt; re-bootstrapping as allowed by flag", "store", m.opts.Store.Describe(), "error", err)
+			return m.rebootstrap(ctx, snap.Version)
+		}
+		err = fmt.Errorf("%w: %s: %w; restore it from a backup, or start the CA with --allow-rebootstrap to mint a new root (every workload must then get the new trust bundle)", ErrNotReady, m.opts.Store.Describe(), err)
+		m.setErr(err)
+		return err
+	}
+	m.install(ctx, s, snap.Version)
+	return nil
+}
+
+// Reload re-reads the store; call it when the store changed (Secret watch).
+func (m *Manager) Reload(ctx context.Context) error {
+	snap, err := m.opts.Store.Load(ctx)
+	if errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("%w: %s was deleted; restore it from a backup, or restart the CA with --allow-rebootstrap to mint a new root", ErrNotReady, m.opts.Store.Describe())
+		m.setErr(err)
+		return err
+	}
+	if err != nil {
+		// The store is unreachable: keep signing with what we have.
+		return err
+	}
+	if cur := m.current.Load(); cur != nil && cur.Version == snap.Version && m.Ready() == nil {
+		return nil
+	}
+	s, err := Decode(snap.Data)
+	if err != nil {
+		err = fmt.Errorf("%w: %s: %w; restore it from a backup", ErrNotReady, m.opts.Store.Describe(), err)
+		m.setErr(err)
+		return err
+	}
+	m.install(ctx, s, snap.Version)
+	return nil
+}
+
+func (m *Manager) bootstrap(ctx context.Context, why string) error {
+	if m.opts.Marker != nil && !m.opts.AllowRebootstrap {
+		marked, err := m.opts.Marker.Marked(ctx)
+		if err != nil {
+			err = fmt.Errorf("%w: checking for a published bundle: %w", ErrNotReady, err)
+			m.setErr(err)
+			return err
+		}
+		if marked {
+			// Another replica may have bootstrapped between our read and
+			// this check: it saves the state before it marks, so read again
+			// before calling the state deleted.
+			if snap, err := m.opts.Store.Load(ctx); err == nil {
+				return m.loadSnapshot(ctx, snap)
+			}
+			err := fmt.Errorf("%w: %s, but this CA published a trust bundle before: the state was deleted. Restore %s from a backup, or start the CA with --allow-rebootstrap to mint a new root (every workload must then get the new trust bundle)", ErrNotReady, why, m.opts.Store.Describe())
+			m.setErr(err)
+			return err
+		}
+	}
+	return m.rebootstrap(ctx, "")
+}
+
+func (m *Manager) rebootstrap(ctx context.Context, version string) error {
+	now := m.opts.Clock.Now()
+	s, err := m.opts.Minter.Bootstrap(ctx, now)
+	if err != nil {
+		err = fmt.Errorf("%w: bootstrap: %w", ErrNotReady, err)
+		m.setErr(err)
+		return err
+	}
+	data, err := s.Encode()
+	if err != nil {
+		err = fmt.Errorf("%w: bootstrap: %w", ErrNotReady, err)
+		m.setErr(err)
+		return err
+	}
+	v, err := m.opts.Store.Save(ctx, data, version)
+	if errors.Is(err, ErrConflict) {
+		// Another replica bootstrapped first: use its state.
+		return m.Load(ctx)
+	}
+	if err != nil {
+		m.setErr(fmt.Errorf("%w: %w", ErrNotReady, err))
+		return err
+	}
+	m.opts.Logger.Info("bootstrapped CA", "store", m.opts.Store.Describe(), "root_serial", serialOf(s.Roots()), "intermediate_serial", s.Intermediate.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Cert().NotAfter)
+	m.install(ctx, s, v)
+	return nil
+}
+
+func (m *Manager) install(ctx context.Context, s *State, version string) {
+	now := m.opts.Clock.Now()
+	auth, err := s.SigningAuthority()
+	if err != nil {
+		m.setErr(fmt.Errorf("%w: %w", ErrNotReady, err))
+		return
+	}
+	bundle := s.Bundle(now)
+	l := &Loaded{State: s, Version: version, Bundle: bundle, BundleVersion: bundleVersion(bundle), Authority: auth}
+	prev := m.current.Swap(l)
+	m.setErr(nil)
+	m.updateMetrics(s)
+	if m.opts.Marker != nil && (prev == nil || prev.BundleVersion != l.BundleVersion) {
+		if err := m.opts.Marker.Mark(ctx, pki.EncodeCertificates(bundle...)); err != nil {
+			m.opts.Logger.Warn("publishing the trust bundle marker failed", "error", err)
+		}
+	}
+	if prev == nil || prev.Version != version {
+		m.notify()
+	}
+}
+
+func (m *Manager) setErr(err error) {
+	m.errMu.Lock()
+	m.err = err
+	m.errMu.Unlock()
+	if err != nil {
+		m.ready.Set(0)
+		m.opts.Logger.Error("CA not ready", "error", err)
+	} else {
+		m.ready.Set(1)
+	}
+}
+
+func (m *Manager) notify() {
+	m.subMu.Lock()
+	defer m.subMu.Unlock()
+	for ch := range m.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (m *Manager) updateMetrics(s *State) {
+	m.expiry.Reset()
+	set := func(role, slot string, c *x509.Certificate) {
+		m.expiry.WithLabelValues(role, slot).Set(float64(c.NotAfter.Unix()))
+	}
+	for _, r := range s.Roots() {
+		set("root", "current", r)
+	}
+	if s.NextRoot != nil {
+		set("root", "next", s.NextRoot.Cert())
+	}
+	for _, r := range s.Retired {
+		set("root", "retired", r.Cert)
+	}
+	set("intermediate", "current", s.Intermediate.Cert())
+	if s.NextIntermediate != nil {
+		set("intermediate", "next", s.NextIntermediate.Cert())
+	}
+}
+
+// Kick makes a running rotation loop plan again now (after a bundle
+// acknowledgement, say).
+func (m *Manager) Kick() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Rotate runs the rotation loop until ctx is done: plan, apply what is due,
+// save with compare-and-swap, sleep until the next rotation point. Run it
+// on the leader only; correctness does not depend on that (the store's
+// compare-and-swap does), it only avoids wasted work.
+func (m *Manager) Rotate(ctx context.Context) error {
+	for {
+		wait := m.RotateOnce(ctx)
+		t := m.opts.Clock.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C():
+		case <-m.kick:
+			t.Stop()
+		}
+	}
+}
+
+// RotateOnce plans and applies the steps due now and returns how long to
+// wait before planning again.
+func (m *Manager) RotateOnce(ctx context.Context) time.Duration {
+	const retry = 10 * time.Second
+	cur, err := m.Current()
+	if err != nil {
+		_ = m.Reload(ctx)
+		return retry
+	}
+	now := m.opts.Clock.Now()
+	d := Plan(cur.State, now, m.opts.Minter.Policy, m.opts.Acks)
+	if len(d.Steps) == 0 {
+		return clampWait(d.Next.Sub(now))
+	}
+	s := cur.State
+	for _, step := range d.Steps {
+		n, err := m.opts.Minter.Apply(ctx, s, step, now)
+		if err != nil {
+			m.rotations.WithLabelValues(string(step), "error").Inc()
+			m.opts.Logger.Error("rotation step failed; retrying", "step", step, "error", err)
+			return retry
+		}
+		s = n
+	}
+	data, err := s.Encode()
+	if err != nil {
+		m.opts.Logger.Error("encoding rotated state", "error", err)
+		return retry
+	}
+	v, err := m.opts.Store.Save(ctx, data, cur.Version)
+	if err != nil {
+		for _, step := range d.Steps {
+			m.rotations.WithLabelValues(string(step), "conflict").Inc()
+		}
+		if errors.Is(err, ErrConflict) {
+			m.opts.Logger.Info("another replica rotated first; reloading", "error", err)
+		} else {
+			m.opts.Logger.Error("saving rotated state", "error", err)
+		}
+		_ = m.Reload(ctx)
+		return time.Second
+	}
+	for _, step := range d.Steps {
+		m.rotations.WithLabelValues(string(step), "ok").Inc()
+	}
+	m.opts.Logger.Info("rotated CA keys", "steps", d.Steps, "reason", d.Reason, "generation", s.Generation,
+		"intermediate_serial", s.Intermediate.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Cert().NotAfter)
+	m.install(ctx, s, v)
+	return 0
+}
+
+func clampWait(d time.Duration) time.Duration {
+	const maxWait = time.Hour // re-plan at least hourly (clock jumps, acks)
+	if d < 0 {
+		return 0
+	}
+	if d > maxWait {
+		return maxWait
+	}
+	return d
+}
+
+func bundleVersion(certs []*x509.Certificate) string {
+	h := sha256.New()
+	for _, c := range certs {
+		h.Write(c.Raw)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+func serialOf(certs []*x509.Certificate) string {
+	if len(certs) == 0 {
+		return ""
+	}
+	return certs[0].SerialNumber.Text(16)
+}

@@ -1,0 +1,225 @@
+package authority
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+// IntermediateRequest asks an upstream authority for an intermediate.
+type IntermediateRequest struct {
+	TrustDomain spiffeid.TrustDomain
+	// Key is the new intermediate's key; upstreams that want a CSR build it
+	// with this key (the key never leaves the process).
+	Key crypto.Signer
+	TTL time.Duration
+}
+
+// Upstream is an authority above mayfly that signs its intermediates: a CA
+// given as a certificate and key (file or Secret), step-ca, cfssl.
+type Upstream interface {
+	// SignIntermediate returns the new intermediate's chain (the
+	// intermediate first, then any upstream intermediates, no root) and the
+	// upstream's trust roots.
+	SignIntermediate(ctx context.Context, req IntermediateRequest) (chain, roots []*x509.Certificate, err error)
+	// Name names the upstream for logs and status.
+	Name() string
+}
+
+// Minter creates and rotates keys. Without an Upstream it manages a
+// self-signed root.
+type Minter struct {
+	TrustDomain spiffeid.TrustDomain
+	Policy      Policy
+	Upstream    Upstream
+	KeyType     pki.KeyType
+	Rand        io.Reader
+}
+
+// Bootstrap creates the first state: a self-signed root and an
+// intermediate, or an intermediate from the upstream.
+func (m *Minter) Bootstrap(ctx context.Context, now time.Time) (*State, error) {
+	s := &State{}
+	if m.Upstream == nil {
+		root, err := m.newRoot(now)
+		if err != nil {
+			return nil, err
+		}
+		s.Root = root
+	}
+	inter, roots, err := m.newIntermediate(ctx, s, s.Root, now)
+	if err != nil {
+		return nil, err
+	}
+	s.Intermediate = inter
+	if m.Upstream != nil {
+		s.UpstreamRoots = roots
+	}
+	return s, nil
+}
+
+// Apply returns a copy of s with step applied at now.
+func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) (*State, error) {
+	n := *s
+	n.Retired = append([]RetiredRoot(nil), s.Retired...)
+	switch step {
+	case StepDropRetired:
+		kept := n.Retired[:0]
+		for _, r := range n.Retired {
+			if now.Before(r.Until) {
+				kept = append(kept, r)
+			}
+		}
+		n.Retired = kept
+	case StepPrepareRoot:
+		if n.Root == nil {
+			return nil, errors.New("prepare root: an upstream owns the roots")
+		}
+		root, err := m.newRoot(now)
+		if err != nil {
+			return nil, err
+		}
+		n.NextRoot, n.NextRootPublishedAt = root, now
+	case StepActivateRoot:
+		if n.NextRoot == nil {
+			return nil, errors.New("activate root: no next root")
+		}
+		inter, _, err := m.newIntermediate(ctx, &n, n.NextRoot, now)
+		if err != nil {
+			return nil, err
+		}
+		until := n.Intermediate.Cert().NotAfter
+		if n.NextIntermediate != nil && n.NextIntermediate.Cert().NotAfter.After(until) {
+			until = n.NextIntermediate.Cert().NotAfter
+		}
+		n.Retired = append(n.Retired, RetiredRoot{Cert: n.Root.Cert(), Until: until})
+		n.Root, n.NextRoot, n.NextRootPublishedAt = n.NextRoot, nil, time.Time{}
+		n.Intermediate, n.NextIntermediate = inter, nil
+	case StepPrepareIntermediate:
+		inter, roots, err := m.newIntermediate(ctx, &n, n.Root, now)
+		if err != nil {
+			return nil, err
+		}
+		n.NextIntermediate = inter
+		if m.Upstream != nil {
+			n.UpstreamRoots = mergeRoots(n.UpstreamRoots, roots)
+		}
+	case StepActivateIntermediate:
+		if n.NextIntermediate == nil {
+			return nil, errors.New("activate intermediate: no next intermediate")
+		}
+		n.Intermediate, n.NextIntermediate = n.NextIntermediate, nil
+	case StepReplaceIntermediate:
+		inter, roots, err := m.newIntermediate(ctx, &n, n.Root, now)
+		if err != nil {
+			return nil, err
+		}
+		n.Intermediate, n.NextIntermediate = inter, nil
+		if m.Upstream != nil {
+			n.UpstreamRoots = mergeRoots(n.UpstreamRoots, roots)
+		}
+	default:
+		return nil, fmt.Errorf("unknown rotation step %q", step)
+	}
+	n.Generation++
+	return &n, nil
+}
+
+func (m *Minter) keyType() pki.KeyType {
+	if m.KeyType == "" {
+		return pki.DefaultKeyType
+	}
+	return m.KeyType
+}
+
+func (m *Minter) newRoot(now time.Time) (*Slot, error) {
+	key, err := pki.GenerateKey(m.keyType(), m.Rand)
+	if err != nil {
+		return nil, fmt.Errorf("root key: %w", err)
+	}
+	cert, err := pki.SelfSignedRoot(key, m.TrustDomain, m.Policy.RootTTL, now, m.Rand)
+	if err != nil {
+		return nil, err
+	}
+	return &Slot{Chain: []*x509.Certificate{cert}, Key: key}, nil
+}
+
+// newIntermediate mints an intermediate under root (self-signed mode) or
+// from the upstream.
+func (m *Minter) newIntermediate(ctx context.Context, _ *State, root *Slot, now time.Time) (*Slot, []*x509.Certificate, error) {
+	key, err := pki.GenerateKey(m.keyType(), m.Rand)
+	if err != nil {
+		return nil, nil, fmt.Errorf("intermediate key: %w", err)
+	}
+	if m.Upstream != nil {
+		chain, roots, err := m.Upstream.SignIntermediate(ctx, IntermediateRequest{TrustDomain: m.TrustDomain, Key: key, TTL: m.Policy.IntermediateTTL})
+		if err != nil {
+			return nil, nil, fmt.Errorf("upstream %s: %w", m.Upstream.Name(), err)
+		}
+		slot := &Slot{Chain: chain, Key: key}
+		if err := checkUpstreamChain(slot, roots, now); err != nil {
+			return nil, nil, fmt.Errorf("upstream %s returned an unusable intermediate: %w", m.Upstream.Name(), err)
+		}
+		return slot, roots, nil
+	}
+	if root == nil {
+		return nil, nil, errors.New("no root to sign the intermediate")
+	}
+	cert, err := SignIntermediate(root.Cert(), root.Key, key.Public(), m.TrustDomain, m.Policy.IntermediateTTL, now, m.Rand)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &Slot{Chain: []*x509.Certificate{cert}, Key: key}, nil, nil
+}
+
+// SignIntermediate signs an intermediate of td for pub with a CA
+// certificate and key (a local root, or a CA given as file or Secret).
+func SignIntermediate(caCert *x509.Certificate, caKey crypto.Signer, pub crypto.PublicKey, td spiffeid.TrustDomain, ttl time.Duration, now time.Time, rand io.Reader) (*x509.Certificate, error) {
+	signer := &pki.Signer{
+		Authority: pki.Authority{Cert: caCert, Key: caKey},
+		Now:       func() time.Time { return now },
+		Rand:      rand,
+		Options:   pki.DefaultIntermediateOptions(),
+	}
+	cert, _, err := signer.Sign(pki.SignRequest{Kind: pki.KindIntermediate, PublicKey: pub, ID: td.ID(), TTL: ttl})
+	if err != nil {
+		return nil, fmt.Errorf("signing intermediate: %w", err)
+	}
+	return cert, nil
+}
+
+func checkUpstreamChain(s *Slot, roots []*x509.Certificate, now time.Time) error {
+	if len(s.Chain) == 0 {
+		return errors.New("empty chain")
+	}
+	if len(roots) == 0 {
+		return errors.New("no trust roots")
+	}
+	if err := checkSlot(s, false); err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range s.Chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := s.Cert().Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("does not chain to the upstream roots: %w", err)
+	}
+	return nil
+}
+
+func mergeRoots(a, b []*x509.Certificate) []*x509.Certificate {
+	return dedupe(append(append([]*x509.Certificate(nil), a...), b...))
+}

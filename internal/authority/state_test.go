@@ -1,0 +1,345 @@
+package authority_test
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+// fullState has every slot filled: current and next root, a retired root,
+// current and next intermediate.
+func fullState(t *testing.T) *authority.State {
+	t.Helper()
+	m := newMinter(testPolicy())
+	s := bootstrap(t, m, t0)
+	s = apply(t, m, s, authority.StepPrepareRoot, t0.Add(time.Hour))
+	s = apply(t, m, s, authority.StepActivateRoot, t0.Add(2*time.Hour))
+	s = apply(t, m, s, authority.StepPrepareRoot, t0.Add(3*time.Hour))
+	s = apply(t, m, s, authority.StepPrepareIntermediate, t0.Add(4*time.Hour))
+	if s.Root == nil || s.NextRoot == nil || s.Intermediate == nil || s.NextIntermediate == nil || len(s.Retired) != 1 {
+		t.Fatalf("fixture is missing a slot: %+v", s)
+	}
+	return s
+}
+
+func encode(t *testing.T, s *authority.State) map[string][]byte {
+	t.Helper()
+	data, err := s.Encode()
+	if err != nil {
+		t.Fatalf("Encode: %v", err)
+	}
+	return data
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	up := newFakeUpstream(t, func() time.Time { return t0 })
+	upMinter := newMinter(testPolicy())
+	upMinter.Upstream = up
+
+	tests := []struct {
+		name     string
+		state    func(t *testing.T) *authority.State
+		wantKeys []string
+	}{
+		{
+			name:  "self-signed with next slots and a retired root",
+			state: fullState,
+			wantKeys: []string{
+				authority.KeyRoot, authority.KeyRootKey, authority.KeyNextRoot, authority.KeyNextRootKey,
+				authority.KeyIntermediate, authority.KeyIntermediateKey, authority.KeyNextIntermediate, authority.KeyNextIntermediateKey,
+				authority.KeyMeta,
+			},
+		},
+		{
+			name:     "self-signed fresh",
+			state:    func(t *testing.T) *authority.State { return bootstrap(t, newMinter(testPolicy()), t0) },
+			wantKeys: []string{authority.KeyRoot, authority.KeyRootKey, authority.KeyIntermediate, authority.KeyIntermediateKey, authority.KeyMeta},
+		},
+		{
+			name: "upstream mode with a next intermediate",
+			state: func(t *testing.T) *authority.State {
+				s := bootstrap(t, upMinter, t0)
+				return apply(t, upMinter, s, authority.StepPrepareIntermediate, t0.Add(12*time.Hour))
+			},
+			wantKeys: []string{authority.KeyUpstreamRoots, authority.KeyIntermediate, authority.KeyIntermediateKey, authority.KeyNextIntermediate, authority.KeyNextIntermediateKey, authority.KeyMeta},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := tt.state(t)
+			data := encode(t, s)
+			if got := slices.Sorted(maps.Keys(data)); !reflect.DeepEqual(got, slices.Sorted(slices.Values(tt.wantKeys))) {
+				t.Errorf("encoded keys = %v, want %v", got, slices.Sorted(slices.Values(tt.wantKeys)))
+			}
+			got, err := authority.Decode(data)
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			if again := encode(t, got); !reflect.DeepEqual(again, data) {
+				t.Error("Encode(Decode(data)) differs from data")
+			}
+			if got.Generation != s.Generation {
+				t.Errorf("Generation = %d, want %d", got.Generation, s.Generation)
+			}
+			if !got.NextRootPublishedAt.Equal(s.NextRootPublishedAt) {
+				t.Errorf("NextRootPublishedAt = %s, want %s", got.NextRootPublishedAt, s.NextRootPublishedAt)
+			}
+			if len(got.Retired) != len(s.Retired) {
+				t.Fatalf("%d retired roots, want %d", len(got.Retired), len(s.Retired))
+			}
+			for i := range s.Retired {
+				if !got.Retired[i].Cert.Equal(s.Retired[i].Cert) || !got.Retired[i].Until.Equal(s.Retired[i].Until) {
+					t.Errorf("retired root %d differs", i)
+				}
+			}
+			for _, pair := range []struct {
+				name      string
+				got, want *authority.Slot
+			}{
+				{"root", got.Root, s.Root}, {"next root", got.NextRoot, s.NextRoot},
+				{"intermediate", got.Intermediate, s.Intermediate}, {"next intermediate", got.NextIntermediate, s.NextIntermediate},
+			} {
+				if (pair.got == nil) != (pair.want == nil) {
+					t.Errorf("%s: got %v, want %v", pair.name, pair.got, pair.want)
+					continue
+				}
+				if pair.want == nil {
+					continue
+				}
+				if !pair.got.Cert().Equal(pair.want.Cert()) || len(pair.got.Chain) != len(pair.want.Chain) {
+					t.Errorf("%s: certificate chain differs", pair.name)
+				}
+				if k, ok := pair.got.Key.(interface{ Equal(crypto.PrivateKey) bool }); !ok || !k.Equal(pair.want.Key) {
+					t.Errorf("%s: private key differs", pair.name)
+				}
+			}
+			if !reflect.DeepEqual(rawOf(got.Bundle(t0)), rawOf(s.Bundle(t0))) {
+				t.Error("bundle differs after the round trip")
+			}
+			if _, err := got.SigningAuthority(); err != nil {
+				t.Errorf("SigningAuthority: %v", err)
+			}
+		})
+	}
+}
+
+func TestDecodeRejectsCorruptState(t *testing.T) {
+	full := encode(t, fullState(t))
+	fresh := encode(t, bootstrap(t, newMinter(testPolicy()), t0))
+
+	// A workload leaf and its key: a valid key pair that is not a CA.
+	leafKey, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	freshState, err := authority.Decode(fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := freshState.SigningAuthority()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := pki.WorkloadID(td, "default", "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _, err := (&pki.Signer{Authority: auth, Now: func() time.Time { return t0 }, Rand: rand.Reader, Options: pki.DefaultWorkloadOptions()}).
+		Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: leafKey.Public(), ID: id, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKeyPEM, err := pki.MarshalPrivateKeyPEM(leafKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name    string
+		base    map[string][]byte
+		modify  func(d map[string][]byte)
+		wantKey string // the data key the error must name
+	}{
+		{
+			name: "intermediate key PEM cut in half",
+			base: full,
+			modify: func(d map[string][]byte) {
+				d[authority.KeyIntermediateKey] = d[authority.KeyIntermediateKey][:len(d[authority.KeyIntermediateKey])/2]
+			},
+			wantKey: authority.KeyIntermediateKey,
+		},
+		{
+			name:    "root key empty",
+			base:    full,
+			modify:  func(d map[string][]byte) { d[authority.KeyRootKey] = nil },
+			wantKey: authority.KeyRootKey,
+		},
+		{
+			name:    "root certificate PEM cut in half",
+			base:    full,
+			modify:  func(d map[string][]byte) { d[authority.KeyRoot] = d[authority.KeyRoot][:len(d[authority.KeyRoot])/2] },
+			wantKey: authority.KeyRoot,
+		},
+		{
+			name:    "next intermediate certificate without its key",
+			base:    full,
+			modify:  func(d map[string][]byte) { delete(d, authority.KeyNextIntermediateKey) },
+			wantKey: authority.KeyNextIntermediateKey,
+		},
+		{
+			name:    "next root key without its certificate",
+			base:    full,
+			modify:  func(d map[string][]byte) { delete(d, authority.KeyNextRoot) },
+			wantKey: authority.KeyNextRoot,
+		},
+		{
+			name:    "intermediate key does not match the certificate",
+			base:    full,
+			modify:  func(d map[string][]byte) { d[authority.KeyIntermediateKey] = d[authority.KeyNextIntermediateKey] },
+			wantKey: authority.KeyIntermediate,
+		},
+		{
+			name: "non-CA certificate in the next intermediate slot",
+			base: full,
+			modify: func(d map[string][]byte) {
+				d[authority.KeyNextIntermediate] = pki.EncodeCertificates(leaf)
+				d[authority.KeyNextIntermediateKey] = leafKeyPEM
+			},
+			wantKey: authority.KeyNextIntermediate,
+		},
+		{
+			name: "root slot holds an intermediate (not self-signed)",
+			base: full,
+			modify: func(d map[string][]byte) {
+				d[authority.KeyRoot], d[authority.KeyRootKey] = d[authority.KeyIntermediate], d[authority.KeyIntermediateKey]
+			},
+			wantKey: authority.KeyRoot,
+		},
+		{
+			name:    "garbage meta.json",
+			base:    full,
+			modify:  func(d map[string][]byte) { d[authority.KeyMeta] = []byte("{not json") },
+			wantKey: authority.KeyMeta,
+		},
+		{
+			name: "retired root in meta.json is not a certificate",
+			base: full,
+			modify: func(d map[string][]byte) {
+				d[authority.KeyMeta] = []byte(`{"retiredRoots":[{"cert":"garbage","until":"2030-01-02T00:00:00Z"}]}`)
+			},
+			wantKey: authority.KeyMeta,
+		},
+		{
+			name:    "garbage upstream roots",
+			base:    fresh,
+			modify:  func(d map[string][]byte) { d[authority.KeyUpstreamRoots] = []byte("garbage") },
+			wantKey: authority.KeyUpstreamRoots,
+		},
+		{
+			name: "missing intermediate",
+			base: fresh,
+			modify: func(d map[string][]byte) {
+				delete(d, authority.KeyIntermediate)
+				delete(d, authority.KeyIntermediateKey)
+			},
+			wantKey: authority.KeyIntermediate,
+		},
+		{
+			name: "neither root nor upstream roots",
+			base: fresh,
+			modify: func(d map[string][]byte) {
+				delete(d, authority.KeyRoot)
+				delete(d, authority.KeyRootKey)
+			},
+			wantKey: authority.KeyUpstreamRoots,
+		},
+		{
+			name:    "empty data",
+			base:    map[string][]byte{},
+			modify:  func(map[string][]byte) {},
+			wantKey: authority.KeyIntermediate,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data := maps.Clone(tt.base)
+			tt.modify(data)
+			s, err := authority.Decode(data)
+			if err == nil {
+				t.Fatalf("Decode succeeded (%+v), want an error", s)
+			}
+			if !errors.Is(err, authority.ErrCorrupt) {
+				t.Errorf("error %q does not wrap ErrCorrupt", err)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tt.wantKey) {
+				t.Errorf("error %q does not name %s", msg, tt.wantKey)
+			}
+			assertNoKeyMaterial(t, msg, tt.base, data)
+		})
+	}
+}
+
+// assertNoKeyMaterial fails if msg contains a PEM header of a private key or
+// any line of the base64 body of a key in the data sets.
+func assertNoKeyMaterial(t *testing.T, msg string, datas ...map[string][]byte) {
+	t.Helper()
+	if strings.Contains(msg, "PRIVATE KEY") || strings.Contains(msg, "-----BEGIN") {
+		t.Errorf("error quotes PEM: %q", msg)
+	}
+	for _, d := range datas {
+		for k, v := range d {
+			if !strings.HasSuffix(k, ".key") {
+				continue
+			}
+			for _, line := range bytes.Split(v, []byte("\n")) {
+				if len(line) >= 16 && !bytes.HasPrefix(line, []byte("-----")) && strings.Contains(msg, string(line[:16])) {
+					t.Errorf("error quotes bytes of %s: %q", k, msg)
+				}
+			}
+		}
+	}
+}
+
+func TestBundle(t *testing.T) {
+	s := fullState(t)
+	until := s.Retired[0].Until
+	tests := []struct {
+		name string
+		now  time.Time
+		want int
+	}{
+		{"current, next and retired root while the retired one may still be in use", until.Add(-time.Second), 3},
+		{"retired root left out once its Until passed", until, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := s.Bundle(tt.now)
+			if len(b) != tt.want {
+				t.Fatalf("bundle has %d roots, want %d", len(b), tt.want)
+			}
+			if !containsCert(b, s.Root.Cert()) || !containsCert(b, s.NextRoot.Cert()) {
+				t.Error("bundle lacks the current or the next root")
+			}
+		})
+	}
+}
+
+func rawOf(certs []*x509.Certificate) [][]byte {
+	out := make([][]byte, len(certs))
+	for i, c := range certs {
+		out[i] = c.Raw
+	}
+	return out
+}

@@ -1,0 +1,41 @@
+package issuer
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	issued        *prometheus.CounterVec
+	signDuration  prometheus.Histogram
+	connected     prometheus.Gauge
+	currentBundle prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mayfly_ca_certificates_issued_total",
+			Help: "Certificate requests decided by the issuer API, by kind (agent, workload) and result (issued, denied, error).",
+		}, []string{"kind", "result"}),
+		signDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mayfly_ca_sign_duration_seconds",
+			Help:    "Time to check and sign one certificate request, authorization included.",
+			Buckets: []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1},
+		}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mayfly_ca_agents_connected",
+			Help: "Agents holding a WatchBundle stream to this replica.",
+		}),
+		currentBundle: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mayfly_ca_agents_with_current_bundle",
+			Help: "Connected agents that acknowledged the current trust bundle.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.issued, m.signDuration, m.connected, m.currentBundle)
+	}
+	for _, kind := range []string{"agent", "workload"} {
+		for _, result := range []string{"issued", "denied", "error"} {
+			m.issued.WithLabelValues(kind, result)
+		}
+	}
+	return m
+}

@@ -1,0 +1,147 @@
+package issuer
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+// ServerID is the SPIFFE ID of the CA's serving certificate:
+// spiffe://<td>/mayfly/ca. Agents check it instead of a host name.
+func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
+	id, _ := spiffeid.FromSegments(td, "mayfly", "ca")
+	return id
+}
+
+// TLSConfig returns the server's TLS configuration: TLS 1.3, a serving
+// certificate minted from the current intermediate (renewed at half life
+// and on every authority change), and an optional client certificate that
+// must be an agent SVID of our trust domain, verified against the current
+// bundle. AttestAgent is the only method that accepts a client without one.
+func (s *Server) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		ClientAuth:     tls.RequestClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serving.get() },
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return nil
+			}
+			_, err := s.verifyAgent(raw)
+			return err
+		},
+		NextProtos: []string{"h2"},
+	}
+}
+
+// peerAgent returns the node of the agent SVID the caller presented, checked
+// again against the bundle in force now (the connection may be older than a
+// rotation, or than the SVID's expiry).
+func (s *Server) peerAgent(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", status.Error(codes.Unauthenticated, "no peer information")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return "", status.Error(codes.Unauthenticated, "not a TLS connection")
+	}
+	if len(info.State.PeerCertificates) == 0 {
+		return "", status.Error(codes.Unauthenticated, "this method needs an agent SVID as client certificate; attest first with AttestAgent")
+	}
+	raw := make([][]byte, len(info.State.PeerCertificates))
+	for i, c := range info.State.PeerCertificates {
+		raw[i] = c.Raw
+	}
+	node, err := s.verifyAgent(raw)
+	if err != nil {
+		return "", status.Error(codes.Unauthenticated, err.Error())
+	}
+	return node, nil
+}
+
+func (s *Server) verifyAgent(raw [][]byte) (string, error) {
+	certs := make([]*x509.Certificate, 0, len(raw))
+	for _, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return "", fmt.Errorf("client certificate: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	sg, err := s.current()
+	if err != nil {
+		return "", err
+	}
+	id, err := pki.VerifyX509SVID(certs[0], certs[1:], sg.loaded.Bundle, s.cfg.Now(), x509.ExtKeyUsageClientAuth)
+	if err != nil {
+		return "", fmt.Errorf("client certificate is not a valid SVID of %s: %w", s.cfg.TrustDomain, err)
+	}
+	node, ok := pki.Agent(id)
+	if !ok || id.TrustDomain() != s.cfg.TrustDomain {
+		return "", fmt.Errorf("client certificate %s is not an agent SVID of %s", id, s.cfg.TrustDomain)
+	}
+	return node, nil
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return "unknown"
+}
+
+func isStatus(err error) bool {
+	_, ok := status.FromError(err)
+	var d *Denial
+	return ok && !errors.As(err, &d)
+}
+
+// servingCert caches the CA's own serving certificate.
+type servingCert struct {
+	server *Server
+	mu     sync.Mutex
+	cert   *tls.Certificate
+	leaf   *x509.Certificate
+	from   *signers
+}
+
+const servingTTL = time.Hour
+
+func (c *servingCert) get() (*tls.Certificate, error) {
+	s := c.server
+	sg, err := s.current()
+	if err != nil {
+		return nil, err
+	}
+	now := s.cfg.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert != nil && c.from.loaded == sg.loaded && now.Before(c.leaf.NotBefore.Add(c.leaf.NotAfter.Sub(c.leaf.NotBefore)/2)) {
+		return c.cert, nil
+	}
+	key, err := pki.GenerateKey(pki.DefaultKeyType, s.cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	signer := &pki.Signer{Authority: sg.loaded.Authority, Now: s.cfg.Now, Rand: s.cfg.Rand, Options: []pki.SignOption{pki.ValidDNSNames(pki.MaxDNSNames)}}
+	leaf, der, err := signer.Sign(pki.SignRequest{Kind: pki.KindAgent, PublicKey: key.Public(), ID: ServerID(s.cfg.TrustDomain), DNSNames: s.cfg.ServerDNSNames, TTL: servingTTL})
+	if err != nil {
+		return nil, fmt.Errorf("minting the CA serving certificate: %w", err)
+	}
+	c.cert = &tls.Certificate{Certificate: chainDER(der, sg.loaded.Authority), PrivateKey: key, Leaf: leaf}
+	c.leaf, c.from = leaf, sg
+	return c.cert, nil
+}

@@ -1,0 +1,65 @@
+package pki_test
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"math/big"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+// BenchmarkIssue compares, in one process, the raw crypto/x509 cost of
+// issuing a leaf from a CSR (raw) with mayfly's full path (full): ParseCSR
+// with its key and signature checks, the default workload policy, Sign and
+// its self-check. Both use the same ECDSA P-256 intermediate and CSR.
+func BenchmarkIssue(b *testing.B) {
+	ca := newTestCA(b)
+	csrDER := rawCSR(b, mustKey(b, pki.KeyTypeECDSAP256), nil)
+	uri := testWorkloadID.URL()
+
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			csr, err := x509.ParseCertificateRequest(csrDER)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := csr.CheckSignature(); err != nil {
+				b.Fatal(err)
+			}
+			tmpl := &x509.Certificate{
+				SerialNumber:          big.NewInt(int64(i) + 1),
+				NotBefore:             testNow.Add(-time.Minute),
+				NotAfter:              testNow.Add(time.Hour),
+				URIs:                  []*url.URL{uri},
+				KeyUsage:              x509.KeyUsageDigitalSignature,
+				ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+				BasicConstraintsValid: true,
+			}
+			if _, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Intermediate, csr.PublicKey, ca.IntermediateKey); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "certs/s")
+	})
+
+	b.Run("full", func(b *testing.B) {
+		signer := ca.Signer(fixedClock(testNow))
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			csr, err := pki.ParseCSR(csrDER)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, _, err := signer.Sign(workloadRequest(csr.PublicKey)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "certs/s")
+	})
+}

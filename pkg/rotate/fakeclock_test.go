@@ -1,0 +1,93 @@
+package rotate
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestFakeClock(t *testing.T) {
+	t.Run("fires_due_timers_in_deadline_order", func(t *testing.T) {
+		c := NewFakeClock(t0)
+		late, early := c.NewTimer(2*time.Second), c.NewTimer(time.Second)
+		if c.Waiters() != 2 {
+			t.Fatalf("Waiters() = %d, want 2", c.Waiters())
+		}
+		if at, ok := c.NextDeadline(); !ok || !at.Equal(t0.Add(time.Second)) {
+			t.Fatalf("NextDeadline() = %v, %v", at, ok)
+		}
+		c.Advance(999 * time.Millisecond)
+		select {
+		case <-early.C():
+			t.Fatal("timer fired early")
+		default:
+		}
+		c.Advance(5 * time.Second)
+		if got := <-early.C(); !got.Equal(t0.Add(5999 * time.Millisecond)) {
+			t.Errorf("early fired with %v", got)
+		}
+		<-late.C()
+		if c.Waiters() != 0 || late.Stop() {
+			t.Error("fired timers must not stay pending nor be stoppable")
+		}
+	})
+	t.Run("non_positive_duration_fires_at_once", func(t *testing.T) {
+		c := NewFakeClock(t0)
+		select {
+		case <-c.NewTimer(0).C():
+		default:
+			t.Fatal("timer with d=0 did not fire")
+		}
+		if c.Waiters() != 0 {
+			t.Fatal("fired timer pending")
+		}
+	})
+	t.Run("stopped_timer_never_fires", func(t *testing.T) {
+		c := NewFakeClock(t0)
+		tm := c.NewTimer(time.Second)
+		if !tm.Stop() || tm.Stop() {
+			t.Fatal("Stop() must report true once")
+		}
+		c.Advance(time.Hour)
+		select {
+		case <-tm.C():
+			t.Fatal("stopped timer fired")
+		default:
+		}
+	})
+	t.Run("block_until_returns_when_enough_timers_wait", func(t *testing.T) {
+		c := NewFakeClock(t0)
+		go func() {
+			c.NewTimer(time.Second)
+			c.NewTimer(time.Second)
+		}()
+		if err := c.BlockUntilContext(testContext(t), 2); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := c.BlockUntilContext(ctx, 3); err == nil {
+			t.Fatal("BlockUntilContext(canceled, 3) = nil, want an error")
+		}
+	})
+	t.Run("set_moves_backward_without_firing", func(t *testing.T) {
+		c := NewFakeClock(t0)
+		tm := c.NewTimer(time.Second)
+		c.Set(t0.Add(-time.Hour))
+		if !c.Now().Equal(t0.Add(-time.Hour)) || c.Waiters() != 1 {
+			t.Fatal("Set backward must move time and keep the timer")
+		}
+		tm.Stop()
+	})
+}
+
+func TestRealClock(t *testing.T) {
+	var c Clock = RealClock{}
+	tm := c.NewTimer(time.Hour)
+	if !tm.Stop() {
+		t.Fatal("Stop() = false for a pending timer")
+	}
+	if c.Now().IsZero() {
+		t.Fatal("Now() is zero")
+	}
+}
