@@ -32,7 +32,7 @@ func NewDirStore(dir string) (*DirStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating CA state directory: %w", err)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // a directory needs x; 0700 is owner-only
 		return nil, fmt.Errorf("setting mode of CA state directory: %w", err)
 	}
 	return &DirStore{dir: dir}, nil
@@ -88,17 +88,17 @@ func (s *DirStore) Save(_ context.Context, data map[string][]byte, prev string) 
 	if err != nil {
 		return "", fmt.Errorf("writing CA state: %w", err)
 	}
-	defer os.Remove(tmp.Name()) //nolint:errcheck // best effort; gone after the rename
+	defer func() { _ = os.Remove(tmp.Name()) }() // best effort; gone after the rename
 	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return "", fmt.Errorf("writing CA state: %w", err)
 	}
 	if _, err := tmp.Write(raw); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return "", fmt.Errorf("writing CA state: %w", err)
 	}
 	if err := tmp.Sync(); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return "", fmt.Errorf("writing CA state: %w", err)
 	}
 	if err := tmp.Close(); err != nil {

@@ -27,8 +27,6 @@ func newManager(store authority.Store, clock rotate.Clock, marker authority.Mark
 	return authority.NewManager(o)
 }
 
-func allowRebootstrap(o *authority.ManagerOptions) { o.AllowRebootstrap = true }
-
 func mustLoad(t *testing.T, m *authority.Manager) *authority.Loaded {
 	t.Helper()
 	if err := m.Load(context.Background()); err != nil {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -401,7 +402,7 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-acks:
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return status.Convert(err).Err()

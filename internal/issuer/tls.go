@@ -35,9 +35,16 @@ func (s *Server) TLSConfig() *tls.Config {
 		MinVersion:     tls.VersionTLS13,
 		ClientAuth:     tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serving.get() },
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
+		// VerifyConnection runs on resumed sessions too (unlike
+		// VerifyPeerCertificate); tickets are off all the same.
+		SessionTicketsDisabled: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
 				return nil
+			}
+			raw := make([][]byte, len(cs.PeerCertificates))
+			for i, c := range cs.PeerCertificates {
+				raw[i] = c.Raw
 			}
 			_, err := s.verifyAgent(raw)
 			return err

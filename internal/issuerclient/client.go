@@ -42,18 +42,12 @@ func (c Config) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		// The CA is authenticated by its SPIFFE ID below, not by host name.
-		InsecureSkipVerify: true, //nolint:gosec // VerifyPeerCertificate checks the chain and the SPIFFE ID
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
+		InsecureSkipVerify: true, //nolint:gosec // VerifyConnection checks the chain and the SPIFFE ID
+		// VerifyConnection runs on resumed sessions too.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			certs := cs.PeerCertificates
+			if len(certs) == 0 {
 				return errors.New("CA presented no certificate")
-			}
-			certs := make([]*x509.Certificate, 0, len(raw))
-			for _, r := range raw {
-				cert, err := x509.ParseCertificate(r)
-				if err != nil {
-					return fmt.Errorf("CA certificate: %w", err)
-				}
-				certs = append(certs, cert)
 			}
 			id, err := pki.VerifyX509SVID(certs[0], certs[1:], c.Bundle(), now(), x509.ExtKeyUsageServerAuth)
 			if err != nil {

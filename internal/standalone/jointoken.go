@@ -28,7 +28,7 @@ import (
 
 // JoinTokenFile is the file in the CA's state directory that holds the
 // hashes of unused join tokens.
-const JoinTokenFile = "join-tokens.json"
+const JoinTokenFile = "join-tokens.json" //nolint:gosec // a file name, not a credential
 
 // tokenPrefix marks mayfly join tokens, so that a leaked one is easy to
 // recognise (secret scanners) and a wrong string is told apart early.
@@ -146,7 +146,7 @@ func (j *JoinTokens) update(f func([]tokenRecord) ([]tokenRecord, error)) error 
 		return fmt.Errorf("join tokens: %w", err)
 	default:
 		if err := json.Unmarshal(raw, &recs); err != nil {
-			return fmt.Errorf("join tokens: %s is corrupt (%v); delete it and create new tokens", path, err)
+			return fmt.Errorf("join tokens: %s is corrupt (%w); delete it and create new tokens", path, err)
 		}
 	}
 	recs, err = f(recs)

@@ -324,7 +324,7 @@ func TestStandaloneRefusesBadAgents(t *testing.T) {
 
 	t.Run("bad_inputs", func(t *testing.T) {
 		client := r.dial(t, &agent{})
-		rsaKey, err := rsa.GenerateKey(rand.Reader, 1024) //nolint:gosec // a weak key on purpose
+		rsaKey, err := rsa.GenerateKey(rand.Reader, 1024)
 		if err != nil {
 			t.Fatal(err)
 		}
