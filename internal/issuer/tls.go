@@ -46,8 +46,11 @@ func (s *Server) TLSConfig() *tls.Config {
 			for i, c := range cs.PeerCertificates {
 				raw[i] = c.Raw
 			}
-			_, err := s.verifyAgent(raw)
-			return err
+			if _, err := s.verifyAgent(raw); err != nil {
+				s.cfg.Logger.Warn("rejected a client certificate in the TLS handshake", "error", err)
+				return err
+			}
+			return nil
 		},
 		NextProtos: []string{"h2"},
 	}

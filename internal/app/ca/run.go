@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/rest"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
@@ -41,6 +42,9 @@ type Options struct {
 	Listener net.Listener
 	// Ready is called once the issuer API is serving.
 	Ready func(addr string)
+	// RestConfig reaches the API server in Kubernetes mode (default:
+	// in-cluster or KUBECONFIG).
+	RestConfig *rest.Config
 }
 
 // Run runs the CA until ctx is done.

@@ -1,0 +1,216 @@
+package ca_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/app/ca"
+	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
+)
+
+const kubeConfig = `
+trustDomain: example.org
+healthAddress: "off"
+kubernetes:
+  namespace: mayfly-system
+`
+
+type replica struct {
+	addr string
+	logs *syncBuffer
+}
+
+func startReplica(t *testing.T, c *cluster.Cluster, clock rotate.Clock) *replica {
+	t.Helper()
+	cfg, err := ca.Parse([]byte(kubeConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- ca.Run(ctx, cfg, ca.Options{Listener: lis, RestConfig: c.Config, Clock: clock, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("CA replica: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("CA replica did not stop within 30s")
+		}
+	})
+	return &replica{addr: lis.Addr().String(), logs: logs}
+}
+
+func create[T any](t *testing.T, f func(context.Context, T, metav1.CreateOptions) (T, error), obj T) T {
+	t.Helper()
+	out, err := f(context.Background(), obj, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func eventually(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestKubernetesTwoReplicas runs two CA replicas against one API server:
+// one bootstraps, both sign, only the leader rotates, and both pick the new
+// intermediate up from the Secret watch.
+func TestKubernetesTwoReplicas(t *testing.T) {
+	c := cluster.Start(t)
+	ctx := context.Background()
+	kube := c.Client
+	for _, ns := range []string{"mayfly-system", "app"} {
+		create(t, kube.CoreV1().Namespaces().Create, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	}
+	create(t, kube.CoreV1().ServiceAccounts("mayfly-system").Create, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent"}})
+	create(t, kube.CoreV1().ServiceAccounts("app").Create, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "web"}})
+	agentPod := create(t, kube.CoreV1().Pods("mayfly-system").Create, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "agent-a"},
+		Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: "node-a", Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
+	})
+	webPod := create(t, kube.CoreV1().Pods("app").Create, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-1"},
+		Spec:       corev1.PodSpec{ServiceAccountName: "web", NodeName: "node-a", Containers: []corev1.Container{{Name: "web", Image: "web"}}},
+	})
+
+	clock := rotate.NewFakeClock(time.Now())
+	r1 := startReplica(t, c, clock)
+	r2 := startReplica(t, c, clock)
+
+	// The bundle ConfigMap is the agents' starting trust.
+	var roots []*x509.Certificate
+	eventually(t, "trust bundle ConfigMap", func() bool {
+		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		roots, err = pki.DecodeCertificates([]byte(cm.Data[bundle.ConfigMapKey]), pki.PEMLimits{})
+		return err == nil
+	})
+	eventually(t, "trust bundle ConfigMap in namespace app", func() bool {
+		_, err := kube.CoreV1().ConfigMaps("app").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
+		return err == nil
+	})
+
+	exp := int64(3600)
+	tr, err := kube.CoreV1().ServiceAccounts("mayfly-system").CreateToken(ctx, "mayfly-agent", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
+		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: agentPod.Name, UID: agentPod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// dial returns a client of replica r presenting cert (may be nil).
+	dial := func(r *replica, cert *tls.Certificate) issuerv1.IssuerClient {
+		conn, client, err := issuerclient.Dial(issuerclient.Config{
+			Address: r.addr, TrustDomain: td, Now: clock.Now,
+			Bundle:      func() []*x509.Certificate { return roots },
+			Certificate: func() *tls.Certificate { return cert },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return client
+	}
+	agentKey := ecKey(t)
+	var agentCert *tls.Certificate
+	// The agent SVID lives 1h: after the fake clock jumps, the agent
+	// attests again with its (real-time valid) token.
+	attest := func() {
+		eventually(t, "agent attestation (pod caches synced)", func() bool {
+			resp, err := dial(r1, nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: newCSR(t, agentKey), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tr.Status.Token}})
+			if err != nil {
+				t.Logf("attest: %v", err)
+				return false
+			}
+			agentCert = &tls.Certificate{Certificate: resp.GetCertificateChain(), PrivateKey: agentKey}
+			return true
+		})
+	}
+	attest()
+
+	sign := func(r *replica) *x509.Certificate {
+		t.Helper()
+		resp, err := dial(r, agentCert).SignWorkloads(ctx, &issuerv1.SignWorkloadsRequest{Requests: []*issuerv1.WorkloadRequest{
+			{RequestId: "web", Csr: newCSR(t, ecKey(t)), PodUid: string(webPod.UID)},
+		}})
+		if err != nil {
+			t.Fatalf("SignWorkloads via %s: %v\nlogs 1: %s\nlogs 2: %s", r.addr, err, r1.logs, r2.logs)
+		}
+		issued := resp.GetResults()[0].GetIssued()
+		if issued == nil {
+			t.Fatalf("denied via %s: %s", r.addr, resp.GetResults()[0].GetDenial().GetMessage())
+		}
+		chain, err := issuerclient.ParseChain(issued.GetCertificateChain())
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := pki.VerifyX509SVID(chain[0], chain[1:], roots, clock.Now(), x509.ExtKeyUsageClientAuth)
+		if err != nil {
+			t.Fatalf("issued SVID does not verify: %v", err)
+		}
+		if id.String() != "spiffe://example.org/ns/app/sa/web" {
+			t.Fatalf("ID %s", id)
+		}
+		return chain[1]
+	}
+	before1, before2 := sign(r1), sign(r2)
+	if !before1.Equal(before2) {
+		t.Fatal("replicas sign with different intermediates")
+	}
+
+	// Past the activation point (2/3 of 48h) in steps so the leader prepares, then activates.
+	clock.Advance(25 * time.Hour)
+	eventually(t, "next intermediate prepared", func() bool {
+		return strings.Count(r1.logs.String()+r2.logs.String(), `"msg":"rotated CA keys"`) >= 1
+	})
+	clock.Advance(8 * time.Hour)
+	eventually(t, "intermediate activated", func() bool {
+		return strings.Count(r1.logs.String()+r2.logs.String(), `"msg":"rotated CA keys"`) >= 2
+	})
+	attest()
+	eventually(t, "intermediate activated on both replicas", func() bool {
+		a, b := sign(r1), sign(r2)
+		return !a.Equal(before1) && a.Equal(b)
+	})
+	l1 := strings.Count(r1.logs.String(), `"msg":"rotated CA keys"`)
+	l2 := strings.Count(r2.logs.String(), `"msg":"rotated CA keys"`)
+	if (l1 == 0) == (l2 == 0) {
+		t.Fatalf("rotations logged by replica 1: %d, replica 2: %d; want exactly one replica rotating", l1, l2)
+	}
+}
