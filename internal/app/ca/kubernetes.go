@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -21,9 +22,9 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
-	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -42,6 +43,8 @@ type runnable struct {
 
 func (r runnable) Start(ctx context.Context) error { return r.run(ctx) }
 func (r runnable) NeedLeaderElection() bool        { return r.leader }
+
+var setCtrlLogger sync.Once
 
 func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	defaults(&opts)
@@ -68,7 +71,8 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
 	}
-	ctrl.SetLogger(logrFromSlog(log))
+	// controller-runtime's logger is global: the first run in a process sets it.
+	setCtrlLogger.Do(func() { ctrl.SetLogger(logrFromSlog(log)) })
 	leaderElection := k.LeaderElection == nil || *k.LeaderElection
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                        scheme,
