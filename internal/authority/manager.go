@@ -269,6 +269,7 @@ func (m *Manager) install(ctx context.Context, s *State, version string) {
 	}
 	if prev == nil || prev.Version != version {
 		m.notify()
+		m.Kick() // the new state may move the next rotation point
 	}
 }
 
@@ -418,4 +419,39 @@ func serialOf(certs []*x509.Certificate) string {
 		return ""
 	}
 	return certs[0].SerialNumber.Text(16)
+}
+
+// RequestRootRotation marks the stored state so that the rotation loop (of
+// whichever replica leads) prepares a new root at once and activates it as
+// soon as every connected agent holds it. It works on the store directly, so
+// an operator can run it beside a running CA.
+func RequestRootRotation(ctx context.Context, store Store) error {
+	for range 5 {
+		snap, err := store.Load(ctx)
+		if err != nil {
+			return err
+		}
+		s, err := Decode(snap.Data)
+		if err != nil {
+			return err
+		}
+		if s.Root == nil {
+			return errors.New("the roots belong to the upstream CA: rotate them there")
+		}
+		if s.RootRotationRequested {
+			return nil
+		}
+		s.RootRotationRequested = true
+		data, err := s.Encode()
+		if err != nil {
+			return err
+		}
+		if _, err := store.Save(ctx, data, snap.Version); errors.Is(err, ErrConflict) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: gave up after 5 attempts", ErrConflict)
 }

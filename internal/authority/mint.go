@@ -102,6 +102,7 @@ func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) 
 		}
 		n.Retired = append(n.Retired, RetiredRoot{Cert: n.Root.Cert(), Until: until})
 		n.Root, n.NextRoot, n.NextRootPublishedAt = n.NextRoot, nil, time.Time{}
+		n.RootRotationRequested = false
 		n.Intermediate, n.NextIntermediate = inter, nil
 	case StepPrepareIntermediate:
 		inter, roots, err := m.newIntermediate(ctx, &n, n.Root, now)

@@ -114,6 +114,11 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 		root := s.Root.Cert()
 		prepare := at(root.NotBefore, root.NotAfter, p.PrepareAt)
 		activate := at(root.NotBefore, root.NotAfter, p.ActivateAt)
+		if s.RootRotationRequested {
+			// An operator asked for a rotation now (ca rotate-root): prepare
+			// at once, activate as soon as the agents hold the new root.
+			prepare, activate = minTime(prepare, now), minTime(activate, now)
+		}
 		switch {
 		case s.NextRoot == nil && !now.Before(prepare):
 			d.Steps = append(d.Steps, StepPrepareRoot)
@@ -167,6 +172,13 @@ var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 func at(notBefore, notAfter time.Time, fraction float64) time.Time {
 	life := notAfter.Sub(notBefore)
 	return notBefore.Add(time.Duration(float64(life) * fraction))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func containsStep(steps []Step, s Step) bool {

@@ -63,10 +63,14 @@ type State struct {
 	NextRootPublishedAt time.Time
 	// Generation counts the rotations, for logs and status.
 	Generation int64
+	// RootRotationRequested asks the leader to rotate the root now, without
+	// waiting for the root's rotation point (ca rotate-root).
+	RootRotationRequested bool
 }
 
 type meta struct {
 	Generation          int64         `json:"generation"`
+	RootRotation        bool          `json:"rootRotationRequested,omitempty"`
 	NextRootPublishedAt *time.Time    `json:"nextRootPublishedAt,omitempty"`
 	Retired             []retiredJSON `json:"retiredRoots,omitempty"`
 }
@@ -139,7 +143,7 @@ func (s *State) Encode() (map[string][]byte, error) {
 	if len(s.UpstreamRoots) > 0 {
 		data[KeyUpstreamRoots] = pki.EncodeCertificates(s.UpstreamRoots...)
 	}
-	m := meta{Generation: s.Generation}
+	m := meta{Generation: s.Generation, RootRotation: s.RootRotationRequested}
 	if !s.NextRootPublishedAt.IsZero() {
 		t := s.NextRootPublishedAt.UTC()
 		m.NextRootPublishedAt = &t
@@ -189,6 +193,7 @@ func Decode(data map[string][]byte) (*State, error) {
 			return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, KeyMeta, err)
 		}
 		s.Generation = m.Generation
+		s.RootRotationRequested = m.RootRotation
 		if m.NextRootPublishedAt != nil {
 			s.NextRootPublishedAt = *m.NextRootPublishedAt
 		}

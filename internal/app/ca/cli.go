@@ -12,6 +12,10 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/standalone"
 )
 
@@ -23,6 +27,9 @@ Usage:
   ca token create --node NAME [--ttl 10m] (--config FILE | --dir DIR)
       Create a single-use join token for the agent of NAME (standalone mode).
       Only its hash is stored; the token is printed once.
+  ca rotate-root --config FILE
+      Ask the running CA to rotate its self-signed root now: the next root is
+      published at once and activated when every agent holds it.
 
 See docs/ca.md.
 `
@@ -39,6 +46,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(args[1:], stderr)
 	case "token":
 		err = cmdToken(args[1:], stdout, stderr)
+	case "rotate-root":
+		err = cmdRotateRoot(args[1:], stdout, stderr)
 	default:
 		err = fmt.Errorf("unknown command %q; run `ca --help`", args[0])
 	}
@@ -113,5 +122,42 @@ func cmdToken(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, tok)
+	return nil
+}
+
+func cmdRotateRoot(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca rotate-root", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "CA configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *configPath == "" {
+		return errors.New("--config is required")
+	}
+	cfg, err := LoadFile(*configPath)
+	if err != nil {
+		return err
+	}
+	var store authority.Store
+	if cfg.Directory != "" {
+		if store, err = authority.NewDirStore(cfg.Directory); err != nil {
+			return err
+		}
+	} else {
+		rc, err := ctrl.GetConfig()
+		if err != nil {
+			return fmt.Errorf("kubernetes: %w", err)
+		}
+		kube, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return err
+		}
+		store = authority.NewSecretStore(kube, cfg.Kubernetes.Namespace, cfg.Kubernetes.SecretName)
+	}
+	if err := authority.RequestRootRotation(context.Background(), store); err != nil {
+		return fmt.Errorf("requesting a root rotation in %s: %w", store.Describe(), err)
+	}
+	fmt.Fprintf(stdout, "root rotation requested in %s; watch mayfly_ca_authority_expiry_timestamp_seconds{role=\"root\"} and mayfly_ca_agents_with_current_bundle\n", store.Describe())
 	return nil
 }
