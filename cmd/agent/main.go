@@ -1,13 +1,14 @@
-// Command agent is mayfly's node agent. It arrives with issue #5 (node agent);
-// until then it says so and exits non-zero.
+// Command agent is mayfly's node agent: it attests to the CA, serves the
+// SPIFFE Workload API on a unix socket and keeps every workload identity
+// on its node rotated.
 package main
 
 import (
-	"fmt"
 	"os"
+
+	"github.com/mayfly-pki/mayfly/internal/app/agent"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "mayfly agent: not built yet — the node agent is tracked in issue #5")
-	os.Exit(2)
+	os.Exit(agent.Main(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -38,7 +38,8 @@ func (k Kind) IsLeaf() bool { return k == KindWorkload || k == KindAgent }
 
 const (
 	// Backdate is how far notBefore lies before the signing time, to absorb
-	// clock skew between the CA and relying parties.
+	// clock skew between the CA and relying parties (a tenth of the TTL for
+	// TTLs under 10 minutes).
 	Backdate = time.Minute
 	// LeafOrganization is the only subject attribute a leaf may carry (O=).
 	LeafOrganization = "mayfly"
@@ -413,8 +414,13 @@ func SelfSignedRoot(key crypto.Signer, td spiffeid.TrustDomain, ttl time.Duratio
 
 // validity returns notBefore (now-Backdate rounded up to the second, so the
 // backdate never exceeds Backdate) and notAfter (now+ttl rounded down).
+// validity backdates notBefore by Backdate, or by a tenth of the TTL when
+// that is shorter: a 2-minute certificate backdated a whole minute would
+// reach its renewal point (half of notBefore..notAfter) within seconds of
+// being issued.
 func validity(now time.Time, ttl time.Duration) (notBefore, notAfter time.Time) {
-	return ceilSecond(now.Add(-Backdate)), now.Add(ttl).Truncate(time.Second)
+	back := min(Backdate, ttl/10)
+	return ceilSecond(now.Add(-back)), now.Add(ttl).Truncate(time.Second)
 }
 
 func ceilSecond(t time.Time) time.Time {

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"time"
@@ -94,7 +95,7 @@ type RotationConfig struct {
 // WorkloadsConfig bounds workload SVID lifetimes.
 type WorkloadsConfig struct {
 	// MinTTL is the shortest lifetime a request may ask for (default 5m;
-	// down to 1m for demos and tests).
+	// down to 10s for demos and tests).
 	MinTTL     config.Duration `json:"minTTL,omitempty"`
 	DefaultTTL config.Duration `json:"defaultTTL,omitempty"`
 	MaxTTL     config.Duration `json:"maxTTL,omitempty"`
@@ -242,8 +243,8 @@ func (fc *FileConfig) Validate() (*Config, error) {
 	c.MaxWorkloadTTL = fc.Workloads.MaxTTL.Or(pki.MaxWorkloadTTL)
 	c.MinWorkloadTTL = fc.Workloads.MinTTL.Or(pki.MinWorkloadTTL)
 	switch {
-	case c.MinWorkloadTTL < time.Minute:
-		return nil, fmt.Errorf("workloads.minTTL: must be at least 1m, got %s", c.MinWorkloadTTL)
+	case c.MinWorkloadTTL < 10*time.Second:
+		return nil, fmt.Errorf("workloads.minTTL: must be at least 10s, got %s", c.MinWorkloadTTL)
 	case c.AgentTTL < time.Minute || c.AgentTTL > pki.MaxWorkloadTTL:
 		return nil, fmt.Errorf("agentTTL: must be in [1m, 24h], got %s", c.AgentTTL)
 	case c.MaxWorkloadTTL < c.MinWorkloadTTL || c.MaxWorkloadTTL > pki.MaxWorkloadTTL:
@@ -257,8 +258,10 @@ func (fc *FileConfig) Validate() (*Config, error) {
 	if c.NodeRateLimit == 0 {
 		c.NodeRateLimit = 500
 	}
-	if c.NodeBurst == 0 {
-		c.NodeBurst = 4 * int(c.NodeRateLimit)
+	if c.NodeBurst == 0 && c.NodeRateLimit > 0 {
+		// Rounded up and capped: a rate below 0.25/s still gets a burst
+		// of 1, and a huge rate does not overflow int.
+		c.NodeBurst = int(math.Min(math.Ceil(4*c.NodeRateLimit), math.MaxInt32))
 	}
 	if c.NodeRateLimit < 0 || c.NodeBurst < 1 {
 		return nil, fmt.Errorf("workloads.nodeRateLimit, nodeBurst: must be positive, got %v and %d", c.NodeRateLimit, c.NodeBurst)

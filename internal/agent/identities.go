@@ -1,0 +1,387 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
+)
+
+var errMissingResult = errors.New("the CA's answer has no result for this request")
+
+// Spec says how to obtain one identity.
+type Spec struct {
+	// Key identifies the identity on this node: "ns/sa" in Kubernetes (pods
+	// of one ServiceAccount share one certificate), the SPIFFE ID standalone.
+	Key string
+	// SpiffeID is sent in standalone mode; the CA checks it against the
+	// node's allow list.
+	SpiffeID string
+	// PodUIDs returns pods that carry this identity on this node; the CA
+	// authorizes the request by one of them (Kubernetes mode).
+	PodUIDs  func() []string
+	DNSNames []string
+	TTL      time.Duration
+	KeyType  pki.KeyType
+	// Sinks receive every new certificate of this identity (files).
+	Sinks []rotate.Sink
+	// Pinned identities are kept while nobody asks for them (registrations
+	// with a file sink, pods known to run here).
+	Pinned bool
+}
+
+// BundleSource gives the trust bundle (CAClient).
+type BundleSource interface {
+	Bundle() ([]*x509.Certificate, string)
+	SubscribeBundle() (<-chan struct{}, func())
+}
+
+// ManagerConfig configures a Manager.
+type ManagerConfig struct {
+	Batcher     *Batcher
+	Bundle      BundleSource
+	TrustDomain spiffeid.TrustDomain
+	Clock       rotate.Clock
+	Policy      rotate.Policy
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
+	// IdleTimeout removes unpinned identities nobody asked for this long
+	// (default 10m).
+	IdleTimeout time.Duration
+}
+
+// Manager obtains and rotates the node's workload identities, one rotator
+// per identity, all sharing one batcher towards the CA.
+type Manager struct {
+	cfg ManagerConfig
+
+	mu      sync.Mutex
+	ctx     context.Context
+	entries map[string]*entry
+	agent   *x509.Certificate
+
+	expiry    *prometheus.GaugeVec
+	rotations *prometheus.CounterVec
+}
+
+type entry struct {
+	spec     Spec
+	rot      *rotate.Rotator
+	cancel   context.CancelFunc
+	lastUsed time.Time
+	watchers int
+
+	subMu sync.Mutex
+	subs  map[chan struct{}]struct{}
+}
+
+// NewManager returns a Manager; Start runs it.
+func NewManager(cfg ManagerConfig) *Manager {
+	if cfg.Clock == nil {
+		cfg.Clock = rotate.RealClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 10 * time.Minute
+	}
+	m := &Manager{
+		cfg:     cfg,
+		entries: map[string]*entry{},
+		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mayfly_agent_svid_expiry_timestamp_seconds",
+			Help: "notAfter of each SVID this agent holds, as a Unix timestamp.",
+		}, []string{"spiffe_id"}),
+		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mayfly_agent_rotations_total",
+			Help: "SVID rotations attempted by this agent, by result (success, failure).",
+		}, []string{"result"}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(m.expiry, m.rotations, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "mayfly_agent_min_remaining_seconds",
+			Help: "Seconds until the first SVID held on this node expires: the time to the first outage if nothing rotates.",
+		}, m.minRemaining))
+	}
+	m.rotations.WithLabelValues("success")
+	m.rotations.WithLabelValues("failure")
+	return m
+}
+
+// Start runs until ctx is done, collecting idle identities.
+func (m *Manager) Start(ctx context.Context) error {
+	m.mu.Lock()
+	m.ctx = ctx
+	for _, e := range m.entries {
+		m.startEntry(e)
+	}
+	m.mu.Unlock()
+	for {
+		t := m.cfg.Clock.NewTimer(time.Minute)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C():
+		}
+		m.collect()
+	}
+}
+
+func (m *Manager) collect() {
+	now := m.cfg.Clock.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, e := range m.entries {
+		if !e.spec.Pinned && e.watchers == 0 && now.Sub(e.lastUsed) > m.cfg.IdleTimeout {
+			m.removeLocked(k)
+		}
+	}
+}
+
+// Ensure returns the identity for spec, creating and starting it if new.
+func (m *Manager) Ensure(spec Spec) *rotate.Rotator {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ensureLocked(spec).rot
+}
+
+func (m *Manager) ensureLocked(spec Spec) *entry {
+	e, ok := m.entries[spec.Key]
+	if ok {
+		e.lastUsed = m.cfg.Clock.Now()
+		if spec.Pinned {
+			e.spec.Pinned = true
+		}
+		if spec.PodUIDs != nil {
+			e.spec.PodUIDs = spec.PodUIDs
+		}
+		return e
+	}
+	e = &entry{spec: spec, lastUsed: m.cfg.Clock.Now(), subs: map[chan struct{}]struct{}{}}
+	e.rot = rotate.New(func(ctx context.Context) (*rotate.Credential, error) { return m.obtain(ctx, e) }, rotate.Options{
+		Policy: m.cfg.Policy, Clock: m.cfg.Clock, Sinks: spec.Sinks, Name: spec.Key,
+		OnEvent: func(ev rotate.Event) { m.onEvent(e, ev) },
+	})
+	m.entries[spec.Key] = e
+	if m.ctx != nil {
+		m.startEntry(e)
+	}
+	return e
+}
+
+func (m *Manager) startEntry(e *entry) {
+	ctx, cancel := context.WithCancel(m.ctx)
+	e.cancel = cancel
+	go func() { _ = e.rot.Start(ctx) }()
+}
+
+// Remove stops and forgets an identity.
+func (m *Manager) Remove(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.removeLocked(key)
+}
+
+func (m *Manager) removeLocked(key string) {
+	e, ok := m.entries[key]
+	if !ok {
+		return
+	}
+	if e.cancel != nil {
+		e.cancel()
+	}
+	if cur := e.rot.Current(); cur != nil {
+		m.expiry.DeleteLabelValues(idOf(cur.Leaf()))
+	}
+	delete(m.entries, key)
+	e.notify()
+}
+
+func (m *Manager) onEvent(e *entry, ev rotate.Event) {
+	switch ev.Kind {
+	case rotate.EventRotated:
+		m.rotations.WithLabelValues("success").Inc()
+		if cur := e.rot.Current(); cur != nil {
+			m.expiry.WithLabelValues(idOf(cur.Leaf())).Set(float64(cur.Leaf().NotAfter.Unix()))
+			m.cfg.Logger.Info("SVID rotated", "spiffe_id", idOf(cur.Leaf()), "serial", cur.Leaf().SerialNumber.Text(16), "not_after", cur.Leaf().NotAfter)
+		}
+		e.notify()
+	case rotate.EventObtainFailed:
+		m.rotations.WithLabelValues("failure").Inc()
+		m.cfg.Logger.Warn("SVID rotation failed; keeping the current one", "identity", e.spec.Key, "error", ev.Err, "next", ev.Next.At)
+	case rotate.EventSinkFailed:
+		m.cfg.Logger.Warn("writing an SVID to a sink failed", "identity", e.spec.Key, "error", ev.Err)
+	}
+}
+
+func (e *entry) notify() {
+	e.subMu.Lock()
+	defer e.subMu.Unlock()
+	for ch := range e.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, error) {
+	kt := e.spec.KeyType
+	if kt == "" {
+		kt = pki.DefaultKeyType
+	}
+	key, err := pki.GenerateKey(kt, rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.CreateCSR(key, rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	base := &issuerv1.WorkloadRequest{Csr: csr, SpiffeId: e.spec.SpiffeID, TtlSeconds: int64(e.spec.TTL / time.Second), DnsNames: e.spec.DNSNames}
+	var res *issuerv1.WorkloadResult
+	if e.spec.PodUIDs == nil {
+		if res, err = m.cfg.Batcher.Sign(ctx, base); err != nil {
+			return nil, err
+		}
+	} else {
+		uids := e.spec.PodUIDs()
+		if len(uids) == 0 {
+			return nil, fmt.Errorf("no pod of %s runs on this node any more", e.spec.Key)
+		}
+		for _, uid := range uids {
+			req := &issuerv1.WorkloadRequest{Csr: base.GetCsr(), PodUid: uid, TtlSeconds: base.GetTtlSeconds(), DnsNames: base.GetDnsNames()}
+			if res, err = m.cfg.Batcher.Sign(ctx, req); err != nil {
+				return nil, err
+			}
+			if d := res.GetDenial(); d == nil || (d.GetCode() != issuerv1.Denial_NOT_FOUND && d.GetCode() != issuerv1.Denial_PERMISSION_DENIED) {
+				break
+			}
+		}
+	}
+	if d := res.GetDenial(); d != nil {
+		return nil, fmt.Errorf("the CA denied %s: %s: %s", e.spec.Key, d.GetCode(), d.GetMessage())
+	}
+	chain, err := issuerclient.ParseChain(res.GetIssued().GetCertificateChain())
+	if err != nil {
+		return nil, err
+	}
+	roots, _ := m.cfg.Bundle.Bundle()
+	if _, err := pki.VerifyX509SVID(chain[0], chain[1:], roots, m.cfg.Clock.Now(), x509.ExtKeyUsageServerAuth); err != nil {
+		return nil, fmt.Errorf("the CA returned an SVID for %s that does not verify: %w", e.spec.Key, err)
+	}
+	return &rotate.Credential{Certificates: chain, Key: key, Bundle: roots}, nil
+}
+
+// Get returns the current credential of key, waiting up to ctx for the
+// first one.
+func (m *Manager) Get(ctx context.Context, spec Spec) (*rotate.Credential, error) {
+	m.mu.Lock()
+	e := m.ensureLocked(spec)
+	m.mu.Unlock()
+	return e.rot.WaitReady(ctx)
+}
+
+// Subscribe signals after each rotation of key's identity.
+func (m *Manager) Subscribe(key string) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	m.mu.Lock()
+	e, ok := m.entries[key]
+	if ok {
+		e.watchers++
+	}
+	m.mu.Unlock()
+	if !ok {
+		return ch, func() {}
+	}
+	e.subMu.Lock()
+	e.subs[ch] = struct{}{}
+	e.subMu.Unlock()
+	return ch, func() {
+		e.subMu.Lock()
+		delete(e.subs, ch)
+		e.subMu.Unlock()
+		m.mu.Lock()
+		e.watchers--
+		e.lastUsed = m.cfg.Clock.Now()
+		m.mu.Unlock()
+	}
+}
+
+// SetAgentSVID records the agent's own SVID for the expiry metrics: the
+// agent's certificate counts for the node's time to outage too.
+func (m *Manager) SetAgentSVID(c *x509.Certificate) {
+	m.mu.Lock()
+	old := m.agent
+	m.agent = c
+	m.mu.Unlock()
+	if old != nil && idOf(old) != idOf(c) {
+		m.expiry.DeleteLabelValues(idOf(old))
+	}
+	m.expiry.WithLabelValues(idOf(c)).Set(float64(c.NotAfter.Unix()))
+}
+
+// Status is one identity's state, for `agent status` and tests.
+type Status struct {
+	Key      string
+	SpiffeID string
+	State    rotate.State
+}
+
+// Status lists the identities, sorted by key.
+func (m *Manager) Status() []Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Status, 0, len(m.entries))
+	for k, e := range m.entries {
+		s := Status{Key: k, State: e.rot.State()}
+		if cur := e.rot.Current(); cur != nil {
+			s.SpiffeID = idOf(cur.Leaf())
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+func (m *Manager) minRemaining() float64 {
+	now := m.cfg.Clock.Now()
+	least := math.Inf(1)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.agent != nil {
+		least = m.agent.NotAfter.Sub(now).Seconds()
+	}
+	for _, e := range m.entries {
+		if cur := e.rot.Current(); cur != nil {
+			least = math.Min(least, cur.Leaf().NotAfter.Sub(now).Seconds())
+		}
+	}
+	if math.IsInf(least, 1) {
+		return 0
+	}
+	return least
+}
+
+func idOf(c *x509.Certificate) string {
+	if c == nil || len(c.URIs) != 1 {
+		return ""
+	}
+	return c.URIs[0].String()
+}

@@ -1,0 +1,219 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/mayfly-pki/mayfly/internal/app/agent"
+	"github.com/mayfly-pki/mayfly/internal/app/ca"
+	"github.com/mayfly-pki/mayfly/internal/standalone"
+)
+
+var (
+	serverID = spiffeid.RequireFromString("spiffe://example.org/e2e/server")
+	clientID = spiffeid.RequireFromString("spiffe://example.org/e2e/client")
+)
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// stack is a standalone CA and one agent, run in this process.
+type stack struct {
+	socket   string
+	writeDir string
+	caLogs   *logBuffer
+	agLogs   *logBuffer
+}
+
+func startStack(t *testing.T, ttl string) *stack {
+	t.Helper()
+	dir := t.TempDir()
+	stateDir := filepath.Join(dir, "ca")
+	caCfg, err := ca.Parse([]byte(fmt.Sprintf(`
+trustDomain: example.org
+directory: %s
+healthAddress: "off"
+workloads: {minTTL: 10s, defaultTTL: 1m, maxTTL: 1h}
+nodes:
+  - name: host-a
+    allowedIDs: ["spiffe://example.org/e2e/*"]
+`, stateDir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &stack{caLogs: &logBuffer{}, agLogs: &logBuffer{}}
+	var wg sync.WaitGroup
+	caReady := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := ca.Run(ctx, caCfg, ca.Options{Listener: lis, Logger: slog.New(slog.NewJSONHandler(s.caLogs, nil)), Ready: func(string) { close(caReady) }}); err != nil {
+			t.Errorf("CA: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	<-caReady
+
+	token, err := standalone.NewJoinTokens(stateDir, nil).Create("host-a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := os.Getuid()
+	regs := filepath.Join(dir, "registrations.yaml")
+	if err := os.WriteFile(regs, []byte(fmt.Sprintf(`
+registrations:
+  - spiffeID: %s
+    selectors: {uid: %d}
+    ttl: %s
+  - spiffeID: %s
+    selectors: {uid: %d}
+    ttl: %s
+`, serverID, uid, ttl, clientID, uid, ttl)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.socket = filepath.Join(dir, "run", "agent.sock")
+	s.writeDir = filepath.Join(dir, "out")
+	agCfg, err := agent.Parse([]byte(fmt.Sprintf(`
+trustDomain: example.org
+server: {address: %s, trustBundleFile: %s}
+nodeName: host-a
+socketPath: %s
+dataDir: %s
+healthAddress: "off"
+writeDir: %s
+standalone: {registrationsFile: %s}
+`, lis.Addr(), filepath.Join(stateDir, ca.TrustBundleFile), s.socket, filepath.Join(dir, "agent"), s.writeDir, regs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agCfg.JoinToken = token
+	agReady := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := agent.Run(ctx, agCfg, agent.Options{Logger: slog.New(slog.NewJSONHandler(s.agLogs, nil)), Ready: func(string) { close(agReady) }}); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}()
+	<-agReady
+	return s
+}
+
+func pick(id spiffeid.ID) workloadapi.X509SourceOption {
+	return workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
+		for _, s := range svids {
+			if s.ID == id {
+				return s
+			}
+		}
+		return svids[0]
+	})
+}
+
+// TestEndToEndMTLSThroughRotations: a go-spiffe server and client, each
+// with its own X509Source on the agent's socket, talk mTLS while their
+// certificates rotate several times; no handshake may fail.
+func TestEndToEndMTLSThroughRotations(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test with real rotations (about 40s); skipped with -short")
+	}
+	s := startStack(t, "20s")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	addr := workloadapi.WithClientOptions(workloadapi.WithAddr("unix://" + s.socket))
+
+	serverSrc, err := workloadapi.NewX509Source(ctx, addr, pick(serverID))
+	if err != nil {
+		t.Fatalf("server X509Source: %v\nagent logs:\n%s", err, s.agLogs)
+	}
+	defer serverSrc.Close()
+	clientSrc, err := workloadapi.NewX509Source(ctx, addr, pick(clientID))
+	if err != nil {
+		t.Fatalf("client X509Source: %v", err)
+	}
+	defer clientSrc.Close()
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
+		TLSConfig:         tlsconfig.MTLSServerConfig(serverSrc, serverSrc, tlsconfig.AuthorizeID(clientID)),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go func() { _ = srv.ServeTLS(lis, "", "") }()
+	defer srv.Close()
+
+	var failures atomic.Int64
+	serials := map[string]bool{}
+	deadline := time.Now().Add(90 * time.Second)
+	requests := 0
+	for len(serials) < 4 && time.Now().Before(deadline) {
+		// A new connection per request: every request is a full handshake.
+		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(clientSrc, clientSrc, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + lis.Addr().String())
+		requests++
+		if err != nil {
+			failures.Add(1)
+			t.Errorf("request %d failed: %v", requests, err)
+		} else {
+			_ = resp.Body.Close()
+		}
+		tr.CloseIdleConnections()
+		svid, err := serverSrc.GetX509SVID()
+		if err == nil {
+			serials[svid.Certificates[0].SerialNumber.String()] = true
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if len(serials) < 4 {
+		t.Fatalf("saw %d server certificates in 90s, want 4 (3 rotations)\nagent logs:\n%s", len(serials), s.agLogs)
+	}
+	if failures.Load() != 0 {
+		t.Fatalf("%d of %d handshakes failed", failures.Load(), requests)
+	}
+	t.Logf("%d requests, 0 failures, %d server certificates", requests, len(serials))
+
+	// The write-dir sink holds a matching pair for each registration.
+	for _, sub := range []string{"e2e-server", "e2e-client"} {
+		if _, err := os.Stat(filepath.Join(s.writeDir, sub, "tls.crt")); err != nil {
+			t.Errorf("writeDir/%s: %v", sub, err)
+		}
+	}
+}
