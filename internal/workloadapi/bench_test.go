@@ -1,0 +1,213 @@
+//go:build spiffeclient && linux
+
+package workloadapi
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
+)
+
+// peerCreds is a minimal stand-in for the agent's transport credentials:
+// it keeps the unix connection so that attestation can read SO_PEERCRED.
+type peerCreds struct{}
+
+type peerConnInfo struct {
+	credentials.CommonAuthInfo
+	conn syscall.RawConn
+}
+
+func (peerConnInfo) AuthType() string { return "peercred" }
+
+func (peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil, nil, fmt.Errorf("not a unix connection: %T", c)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, peerConnInfo{conn: raw}, nil
+}
+
+func (peerCreds) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return c, peerConnInfo{}, nil
+}
+func (peerCreds) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "peercred"}
+}
+func (peerCreds) Clone() credentials.TransportCredentials { return peerCreds{} }
+func (peerCreds) OverrideServerName(string) error         { return nil }
+
+// peerCredAttestor reads the caller's uid with SO_PEERCRED on every call
+// and looks it up: a cheap real attestation.
+type peerCredAttestor struct{ byUID map[uint32]Caller }
+
+func (a *peerCredAttestor) Attest(ctx context.Context) (Caller, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, errors.New("no peer")
+	}
+	info, ok := p.AuthInfo.(peerConnInfo)
+	if !ok {
+		return nil, errors.New("no peer credentials")
+	}
+	var cred *syscall.Ucred
+	var credErr error
+	if err := info.conn.Control(func(fd uintptr) {
+		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if credErr != nil {
+		return nil, credErr
+	}
+	c, ok := a.byUID[cred.Uid]
+	if !ok {
+		return nil, fmt.Errorf("uid %d pid %d: unknown workload", cred.Uid, cred.Pid)
+	}
+	return c, nil
+}
+
+// bareServer is the service with nothing but a fixed response: the
+// baseline for the cost of our attestation, lookups and bookkeeping.
+type bareServer struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+	resp *workload.X509SVIDResponse
+}
+
+func (b *bareServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	if err := stream.Send(b.resp); err != nil {
+		return err
+	}
+	<-stream.Context().Done() // a Workload API stream stays open like ours
+	return nil
+}
+
+func BenchmarkFetchX509SVID(b *testing.B) {
+	ca := testca.New(b)
+	id := issue(b, ca, "spiffe://example.org/ns/default/sa/bench")
+	bundles := map[spiffeid.TrustDomain][]*x509.Certificate{ca.TrustDomain: ca.Bundle()}
+	dir := b.TempDir()
+
+	// Ours: peer-credential attestation, the identity cached in the source.
+	source := newFakeSource()
+	source.setBundle(ca.TrustDomain, ca.Bundle())
+	source.set("bench", id)
+	s, err := New(Config{
+		Attestor:   &peerCredAttestor{byUID: map[uint32]Caller{uint32(syscall.Getuid()): "bench"}},
+		Source:     source,
+		Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ours := grpc.NewServer(grpc.Creds(peerCreds{}), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))
+	s.Register(ours)
+	oursPath := filepath.Join(dir, "mayfly.sock")
+	startBench(b, ours, oursPath)
+
+	// Bare: the same response, precomputed and pre-encoded as ours is.
+	r, err := buildX509Response([]Identity{id}, bundles)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bare := grpc.NewServer()
+	workload.RegisterSpiffeWorkloadAPIServer(bare, &bareServer{resp: r.encoded})
+	barePath := filepath.Join(dir, "bare.sock")
+	startBench(b, bare, barePath)
+
+	for _, conc := range []int{1, 16} {
+		for _, srv := range []struct{ name, path string }{{"mayfly", oursPath}, {"bare", barePath}} {
+			b.Run(fmt.Sprintf("%s/c%d", srv.name, conc), func(b *testing.B) {
+				benchFetches(b, srv.path, conc)
+			})
+		}
+	}
+}
+
+func startBench(b *testing.B, g *grpc.Server, path string) {
+	b.Helper()
+	l, err := Listen(path, 0, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = g.Serve(l) }()
+	b.Cleanup(g.Stop)
+}
+
+// benchFetches runs b.N FetchX509SVID calls (a new stream each) over conc
+// go-spiffe clients, one connection each, and reports fetches/s and, for
+// one client, the p99 latency.
+func benchFetches(b *testing.B, path string, conc int) {
+	ctx := context.Background()
+	clients := make([]*workloadapi.Client, conc)
+	for i := range clients {
+		c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+path))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.FetchX509SVID(ctx); err != nil { // connect and warm up
+			b.Fatal(err)
+		}
+		clients[i] = c
+	}
+	var lat []time.Duration
+	if conc == 1 {
+		lat = make([]time.Duration, b.N)
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				n := next.Add(1) - 1
+				if n >= int64(b.N) {
+					return
+				}
+				t0 := time.Now()
+				if _, err := c.FetchX509SVID(ctx); err != nil {
+					b.Error(err)
+					return
+				}
+				if lat != nil {
+					lat[n] = time.Since(t0)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "fetches/s")
+	if lat != nil {
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+	}
+}

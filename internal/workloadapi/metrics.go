@@ -1,0 +1,39 @@
+package workloadapi
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/status"
+)
+
+type metrics struct {
+	requests    *prometheus.CounterVec
+	attestation prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mayfly_agent_workload_api_requests_total",
+			Help: "Workload API calls and streams by method and gRPC code, counted when they end.",
+		}, []string{"method", "code"}),
+		attestation: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mayfly_agent_attestation_duration_seconds",
+			Help:    "Time taken to attest a Workload API caller.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8), // 100µs .. 1.6s
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.attestation} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// countRequest counts one ended call of fullMethod.
+func (m *metrics) countRequest(fullMethod string, err error) {
+	m.requests.WithLabelValues(methodName(fullMethod), status.Code(err).String()).Inc()
+}
