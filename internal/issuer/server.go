@@ -8,11 +8,11 @@ package issuer
 import (
 	"context"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -276,11 +276,12 @@ func (s *Server) SignWorkloads(ctx context.Context, req *issuerv1.SignWorkloadsR
 	}
 	items := req.GetRequests()
 	if len(items) > s.cfg.MaxBatch {
+		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", "workload", "op", "sign", "caller", "node "+node, "count", len(items), "reason", "batch too large")
 		return nil, status.Errorf(codes.InvalidArgument, "batch of %d requests exceeds the limit of %d; split it", len(items), s.cfg.MaxBatch)
 	}
 	if !s.limiter(node).AllowN(s.cfg.Now(), len(items)) {
 		s.metrics.issued.WithLabelValues("workload", "denied").Add(float64(len(items)))
-		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "kind", "workload", "caller", "node "+node, "count", len(items), "reason", "rate limited")
+		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", "workload", "op", "sign", "caller", "node "+node, "count", len(items), "reason", "rate limited")
 		return nil, status.Errorf(codes.ResourceExhausted, "node %s exceeded its rate limit of %v certificates/s (burst %d); retry with backoff", node, s.cfg.NodeRate, s.cfg.NodeBurst)
 	}
 	sg, err := s.current()
@@ -302,24 +303,30 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 		res.Result = &issuerv1.WorkloadResult_Denial{Denial: asDenial(err)}
 		return res
 	}
+	subject := requestSubject(item)
 	csr, err := pki.ParseCSR(item.GetCsr())
 	if err != nil {
-		return deny(item.GetSpiffeId()+item.GetPodUid(), Deny(issuerv1.Denial_INVALID_ARGUMENT, "csr: %v", err))
+		return deny(subject, Deny(issuerv1.Denial_INVALID_ARGUMENT, "csr: %v", err))
 	}
-	ttl := time.Duration(item.GetTtlSeconds()) * time.Second
-	switch {
-	case item.GetTtlSeconds() < 0:
-		return deny(item.GetSpiffeId()+item.GetPodUid(), Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: must not be negative"))
-	case ttl == 0:
+	// Compare seconds before converting: ttl_seconds * time.Second
+	// overflows for huge values (2^55 s wraps to 0, the default TTL).
+	var ttl time.Duration
+	switch secs := item.GetTtlSeconds(); {
+	case secs < 0:
+		return deny(subject, Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: must not be negative"))
+	case secs == 0:
 		ttl = s.cfg.DefaultWorkloadTTL
-	case item.GetTtlSeconds() > int64(s.cfg.MaxWorkloadTTL/time.Second):
-		return deny(item.GetSpiffeId()+item.GetPodUid(), Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: %d exceeds the maximum of %s", item.GetTtlSeconds(), s.cfg.MaxWorkloadTTL))
-	case ttl < s.cfg.MinWorkloadTTL:
-		return deny(item.GetSpiffeId()+item.GetPodUid(), Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: %d is below the minimum of %s", item.GetTtlSeconds(), s.cfg.MinWorkloadTTL))
+	case secs > int64(s.cfg.MaxWorkloadTTL/time.Second):
+		return deny(subject, Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: %d exceeds the maximum of %s", secs, s.cfg.MaxWorkloadTTL))
+	default:
+		ttl = time.Duration(secs) * time.Second
+		if ttl < s.cfg.MinWorkloadTTL {
+			return deny(subject, Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: %d is below the minimum of %s", secs, s.cfg.MinWorkloadTTL))
+		}
 	}
 	grant, err := s.cfg.Authorizer.AuthorizeWorkload(ctx, node, item)
 	if err != nil {
-		return deny(item.GetSpiffeId()+item.GetPodUid(), err)
+		return deny(subject, err)
 	}
 	leaf, der, err := sg.workload.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: csr.PublicKey, ID: grant.ID, DNSNames: grant.DNSNames, TTL: ttl})
 	s.metrics.signDuration.Observe(time.Since(start).Seconds())
@@ -331,9 +338,21 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 		SpiffeId:         grant.ID.String(),
 		CertificateChain: chainDER(der, sg.loaded.Authority),
 		NotAfterUnix:     leaf.NotAfter.Unix(),
-		SerialNumber:     leaf.SerialNumber.Text(16),
+		SerialNumber:     serialHex(leaf),
 	}}
 	return res
+}
+
+// requestSubject names what an item asked for, for the audit log.
+func requestSubject(item *issuerv1.WorkloadRequest) string {
+	parts := make([]string, 0, 2)
+	if id := item.GetSpiffeId(); id != "" {
+		parts = append(parts, id)
+	}
+	if uid := item.GetPodUid(); uid != "" {
+		parts = append(parts, "pod "+uid)
+	}
+	return strings.Join(parts, " ")
 }
 
 func (s *Server) limiter(node string) *rate.Limiter {
@@ -464,4 +483,7 @@ func statusFor(err error) error {
 	return status.Error(grpcCode(d.Code), d.Message)
 }
 
-func serialHex(c *x509.Certificate) string { return hex.EncodeToString(c.SerialNumber.Bytes()) }
+// serialHex formats a serial as the API (Issued.serial_number) and the
+// authority's logs do, so an audit line can be found by the serial an
+// agent reports.
+func serialHex(c *x509.Certificate) string { return c.SerialNumber.Text(16) }

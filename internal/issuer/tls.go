@@ -27,32 +27,23 @@ func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
 
 // TLSConfig returns the server's TLS configuration: TLS 1.3, a serving
 // certificate minted from the current intermediate (renewed at half life
-// and on every authority change), and an optional client certificate that
-// must be an agent SVID of our trust domain, verified against the current
-// bundle. AttestAgent is the only method that accepts a client without one.
+// and on every authority change), and an optional client certificate.
+// The handshake only proves that the client holds the certificate's key;
+// every method but AttestAgent then requires it to be an agent SVID of our
+// trust domain, verified against the bundle in force at the call
+// (peerAgent). Refusing it in the handshake instead would fail the call as
+// Unavailable, and an agent whose SVID no longer verifies (root rotated
+// out, CA clock ahead of the agent's) would retry renewal forever instead
+// of attesting anew on Unauthenticated.
 func (s *Server) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		ClientAuth:     tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serving.get() },
-		// VerifyConnection runs on resumed sessions too (unlike
-		// VerifyPeerCertificate); tickets are off all the same.
+		// Client certificates are checked per call, which covers resumed
+		// sessions too; tickets are off all the same.
 		SessionTicketsDisabled: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return nil
-			}
-			raw := make([][]byte, len(cs.PeerCertificates))
-			for i, c := range cs.PeerCertificates {
-				raw[i] = c.Raw
-			}
-			if _, err := s.verifyAgent(raw); err != nil {
-				s.cfg.Logger.Warn("rejected a client certificate in the TLS handshake", "error", err)
-				return err
-			}
-			return nil
-		},
-		NextProtos: []string{"h2"},
+		NextProtos:             []string{"h2"},
 	}
 }
 

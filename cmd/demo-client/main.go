@@ -1,0 +1,113 @@
+// Command demo-client is the client half of `make demo`: every interval it
+// opens a new mTLS connection to the demo server with an SVID from the
+// Workload API and prints the handshake: the peer's SPIFFE ID, serial and
+// seconds left, and its own. It exits non-zero if any handshake failed.
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+func main() {
+	server := flag.String("server", "127.0.0.1:8444", "demo server address")
+	self := flag.String("id", "spiffe://example.org/demo/client", "this client's SPIFFE ID")
+	peer := flag.String("server-id", "spiffe://example.org/demo/server", "the server SPIFFE ID to accept")
+	every := flag.Duration("interval", time.Second, "time between requests")
+	flag.Parse()
+	ok, failed, err := run(*server, *self, *peer, *every)
+	if err != nil {
+		log.Fatalf("demo-client: %v", err)
+	}
+	fmt.Printf("demo-client: %d handshakes, %d failed\n", ok+failed, failed)
+	if failed > 0 {
+		os.Exit(1)
+	}
+}
+
+func run(server, self, peer string, every time.Duration) (ok, failed int, err error) {
+	selfID, err := spiffeid.FromString(self)
+	if err != nil {
+		return 0, 0, fmt.Errorf("--id: %w", err)
+	}
+	serverID, err := spiffeid.FromString(peer)
+	if err != nil {
+		return 0, 0, fmt.Errorf("--server-id: %w", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
+		for _, s := range svids {
+			if s.ID == selfID {
+				return s
+			}
+		}
+		return svids[0]
+	}))
+	if err != nil {
+		return 0, 0, fmt.Errorf("Workload API: %w", err)
+	}
+	defer src.Close()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
+		client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		resp, err := client.Get("https://" + server + "/")
+		now := time.Now()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ok, failed, nil
+			}
+			failed++
+			fmt.Printf("%s handshake FAILED: %v\n", now.Format("15:04:05"), err)
+		} else {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			ok++
+			mine, _ := src.GetX509SVID()
+			fmt.Printf("%s handshake ok  peer %s serial %s left %s | me serial %s left %s\n",
+				now.Format("15:04:05"), idOf(resp.TLS.PeerCertificates[0]), short(resp.TLS.PeerCertificates[0]), left(resp.TLS.PeerCertificates[0], now),
+				short(mine.Certificates[0]), left(mine.Certificates[0], now))
+		}
+		tr.CloseIdleConnections()
+		select {
+		case <-ctx.Done():
+			return ok, failed, nil
+		case <-tick.C:
+		}
+	}
+}
+
+func idOf(c *x509.Certificate) string {
+	if len(c.URIs) == 0 {
+		return "?"
+	}
+	return c.URIs[0].String()
+}
+
+func short(c *x509.Certificate) string {
+	s := c.SerialNumber.Text(16)
+	if len(s) > 8 {
+		s = s[:8]
+	}
+	return s
+}
+
+func left(c *x509.Certificate, now time.Time) string {
+	return fmt.Sprintf("%3.0fs", c.NotAfter.Sub(now).Seconds())
+}

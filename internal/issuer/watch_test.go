@@ -1,0 +1,140 @@
+package issuer_test
+
+import (
+	"context"
+	"crypto/x509"
+	"testing"
+
+	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
+
+	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+)
+
+const (
+	gaugeConnected = "mayfly_ca_agents_connected"
+	gaugeCurrent   = "mayfly_ca_agents_with_current_bundle"
+)
+
+func recvBundle(t *testing.T, stream issuerv1.Issuer_WatchBundleClient) (string, []*x509.Certificate) {
+	t.Helper()
+	b, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("Recv: %v", err)
+	}
+	roots, err := issuerclient.ParseBundle(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.GetVersion(), roots
+}
+
+func (h *harness) waitGauges(t *testing.T, connected, current float64) {
+	t.Helper()
+	eventually(t, "gauges", func() bool {
+		return h.gauge(gaugeConnected) == connected && h.gauge(gaugeCurrent) == current
+	})
+}
+
+func TestWatchBundle(t *testing.T) {
+	h := newHarness(t)
+	other := testca.New(t, testca.WithClock(h.clock.Now))
+	agent := h.agent("node-a")
+	streamCtx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	stream, err := agent.WatchBundle(streamCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Steps run in order on one stream.
+	t.Run("the bundle is sent on connect", func(t *testing.T) {
+		v, roots := recvBundle(t, stream)
+		if v != "v1" || len(roots) != 1 || !roots[0].Equal(h.tca.Root) {
+			t.Fatalf("got %s with %d roots, want v1 with the test root", v, len(roots))
+		}
+		h.waitGauges(t, 1, 0)
+		if h.srv.AllAgentsCurrent() {
+			t.Fatal("AllAgentsCurrent before any acknowledgement")
+		}
+	})
+	t.Run("an acknowledgement makes the agent current", func(t *testing.T) {
+		if err := stream.Send(&issuerv1.BundleAck{Version: "v1"}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "AllAgentsCurrent", h.srv.AllAgentsCurrent)
+		h.waitGauges(t, 1, 1)
+		eventually(t, "OnAck", func() bool { return h.acks.Load() == 1 })
+	})
+	t.Run("a bundle change is pushed", func(t *testing.T) {
+		h.src.set(&authority.Loaded{Bundle: []*x509.Certificate{h.tca.Root, other.Root}, BundleVersion: "v2", Authority: h.tca.Authority()})
+		v, roots := recvBundle(t, stream)
+		if v != "v2" || len(roots) != 2 || !roots[0].Equal(h.tca.Root) || !roots[1].Equal(other.Root) {
+			t.Fatalf("got %s with %d roots, want v2 with both roots", v, len(roots))
+		}
+		if h.srv.AllAgentsCurrent() {
+			t.Fatal("AllAgentsCurrent while the agent acknowledged only v1")
+		}
+		h.waitGauges(t, 1, 0)
+	})
+	t.Run("an acknowledgement of an old version does not count", func(t *testing.T) {
+		if err := stream.Send(&issuerv1.BundleAck{Version: "v1"}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "OnAck", func() bool { return h.acks.Load() == 2 })
+		if h.srv.AllAgentsCurrent() || h.gauge(gaugeCurrent) != 0 {
+			t.Fatal("a v1 acknowledgement counted for v2")
+		}
+	})
+	t.Run("acknowledging the new version makes the agent current again", func(t *testing.T) {
+		if err := stream.Send(&issuerv1.BundleAck{Version: "v2"}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "AllAgentsCurrent", h.srv.AllAgentsCurrent)
+		h.waitGauges(t, 1, 1)
+		eventually(t, "OnAck", func() bool { return h.acks.Load() == 3 })
+	})
+	t.Run("a closed stream is no longer counted", func(t *testing.T) {
+		if err := stream.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		h.waitGauges(t, 0, 0)
+		eventually(t, "unsubscribe", func() bool { return h.src.subscribers() == 0 })
+	})
+}
+
+func TestAllAgentsCurrentWaitsForEveryAgent(t *testing.T) {
+	h := newHarness(t)
+	var streams []issuerv1.Issuer_WatchBundleClient
+	for _, node := range []string{"node-a", "node-b"} {
+		streamCtx, cancel := context.WithCancel(ctx(t))
+		t.Cleanup(cancel)
+		s, err := h.agent(node).WatchBundle(streamCtx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recvBundle(t, s)
+		streams = append(streams, s)
+	}
+	h.waitGauges(t, 2, 0)
+	steps := []struct {
+		name string
+		ack  int
+		want bool
+	}{
+		{name: "one of two agents current is not all", ack: 0},
+		{name: "both agents current is all", ack: 1, want: true},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			if err := streams[st.ack].Send(&issuerv1.BundleAck{Version: "v1"}); err != nil {
+				t.Fatal(err)
+			}
+			h.waitGauges(t, 2, float64(st.ack+1))
+			if got := h.srv.AllAgentsCurrent(); got != st.want {
+				t.Fatalf("AllAgentsCurrent = %v, want %v", got, st.want)
+			}
+		})
+	}
+}
