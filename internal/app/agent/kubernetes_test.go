@@ -1,0 +1,164 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mayfly-pki/mayfly/internal/app/agent"
+	"github.com/mayfly-pki/mayfly/internal/app/ca"
+	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+)
+
+func must[T any](t *testing.T) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+// TestKubernetesPodGetsItsIdentity runs a CA and an agent in Kubernetes
+// mode against envtest. The test process plays a container of a pod: a
+// fake /proc gives our own PID the pod's cgroup, the pod object lists the
+// container, and go-spiffe's client gets spiffe://example.org/ns/app/sa/web.
+func TestKubernetesPodGetsItsIdentity(t *testing.T) {
+	c := cluster.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	kube := c.Client
+	for _, ns := range []string{"mayfly-system", "app"} {
+		must[*corev1.Namespace](t)(kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
+	}
+	must[*corev1.ServiceAccount](t)(kube.CoreV1().ServiceAccounts("mayfly-system").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent"}}, metav1.CreateOptions{}))
+	must[*corev1.ServiceAccount](t)(kube.CoreV1().ServiceAccounts("app").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "web"}}, metav1.CreateOptions{}))
+	agentPod := must[*corev1.Pod](t)(kube.CoreV1().Pods("mayfly-system").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent-x"},
+		Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: "node-a", Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
+	}, metav1.CreateOptions{}))
+
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	// CA, Kubernetes mode.
+	caCfg := must[*ca.Config](t)(ca.Parse([]byte("trustDomain: example.org\nhealthAddress: \"off\"\nkubernetes: {namespace: mayfly-system, leaderElection: false}\n")))
+	lis := must[net.Listener](t)(net.Listen("tcp", "127.0.0.1:0"))
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := ca.Run(ctx, caCfg, ca.Options{Listener: lis, RestConfig: c.Config, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+			t.Errorf("CA: %v", err)
+		}
+	}()
+	var bundlePEM string
+	eventually(t, "trust bundle ConfigMap", func() bool {
+		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		bundlePEM = cm.Data[bundle.ConfigMapKey]
+		return bundlePEM != ""
+	})
+	bundleFile := filepath.Join(dir, "ca.crt")
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(bundleFile, []byte(bundlePEM), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exp := int64(3600)
+	tr := must[*authenticationv1.TokenRequest](t)(kube.CoreV1().ServiceAccounts("mayfly-system").CreateToken(ctx, "mayfly-agent", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
+		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: agentPod.Name, UID: agentPod.UID},
+	}}, metav1.CreateOptions{}))
+	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The workload pod, and a fake /proc that puts this process in it.
+	web := must[*corev1.Pod](t)(kube.CoreV1().Pods("app").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-1"},
+		Spec:       corev1.PodSpec{ServiceAccountName: "web", NodeName: "node-a", Containers: []corev1.Container{{Name: "web", Image: "web"}}},
+	}, metav1.CreateOptions{}))
+	containerID := strings.Repeat("ab", 32)
+	procRoot := filepath.Join(dir, "proc")
+	pidDir := filepath.Join(procRoot, fmt.Sprint(os.Getpid()))
+	if err := os.MkdirAll(pidDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cgroup := fmt.Sprintf("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod%s.slice/cri-containerd-%s.scope\n",
+		strings.ReplaceAll(string(web.UID), "-", "_"), containerID)
+	if err := os.WriteFile(filepath.Join(pidDir, "cgroup"), []byte(cgroup), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	socket := filepath.Join(dir, "run", "agent.sock")
+	agCfg := must[*agent.Config](t)(agent.Parse([]byte(fmt.Sprintf(`
+trustDomain: example.org
+server: {address: %s, trustBundleFile: %s}
+nodeName: node-a
+socketPath: %s
+dataDir: %s
+healthAddress: "off"
+kubernetes: {tokenFile: %s}
+`, lis.Addr(), bundleFile, socket, filepath.Join(dir, "agent"), tokenFile))))
+	ready := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := agent.Run(ctx, agCfg, agent.Options{RestConfig: c.Config, ProcRoot: procRoot, Logger: slog.New(slog.DiscardHandler), Ready: func(string) { close(ready) }}); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}()
+	<-ready
+
+	// The container starts: the kubelet would report its ID in the status.
+	web.Status = corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{{Name: "web", ContainerID: "containerd://" + containerID, Ready: true}}}
+	started := time.Now()
+	must[*corev1.Pod](t)(kube.CoreV1().Pods("app").UpdateStatus(ctx, web, metav1.UpdateOptions{}))
+
+	fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer fcancel()
+	client := must[*workloadapi.Client](t)(workloadapi.New(fctx, workloadapi.WithAddr("unix://"+socket)))
+	defer client.Close()
+	var svidID string
+	eventually(t, "the pod's SVID from the Workload API", func() bool {
+		svid, err := client.FetchX509SVID(fctx)
+		if err != nil {
+			t.Logf("fetch: %v", err)
+			return false
+		}
+		svidID = svid.ID.String()
+		return true
+	})
+	t.Logf("pod status updated -> SVID served in %s", time.Since(started).Round(time.Millisecond))
+	if svidID != "spiffe://example.org/ns/app/sa/web" {
+		t.Fatalf("SVID ID %s, want spiffe://example.org/ns/app/sa/web", svidID)
+	}
+}
+
+func eventually(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
