@@ -12,8 +12,12 @@ import (
 // "48h") in configuration files.
 type Duration struct{ time.Duration }
 
-// UnmarshalJSON parses a duration string.
+// UnmarshalJSON parses a duration string; null (an empty YAML value)
+// leaves d unchanged, as encoding/json does for other types.
 func (d *Duration) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
 		return fmt.Errorf("want a duration string like \"1h30m\", got %s", b)

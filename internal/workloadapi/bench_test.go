@@ -1,4 +1,4 @@
-//go:build spiffeclient && linux
+//go:build linux
 
 package workloadapi
 

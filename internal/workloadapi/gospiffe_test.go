@@ -1,10 +1,4 @@
-//go:build spiffeclient
-
-// go-spiffe's own Workload API client against the server. Its package
-// (v2/workloadapi) imports github.com/go-jose/go-jose/v4, which go.mod does
-// not list yet; these tests build with -tags spiffeclient once it does
-// (go get github.com/go-jose/go-jose/v4@v4.1.5, the version go-spiffe
-// v2.9.0 requires).
+// go-spiffe's own Workload API client against the server.
 
 package workloadapi
 

@@ -83,7 +83,7 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics (optional).
 	Registerer prometheus.Registerer
-	// Now is the clock (default time.Now).
+	// Now is the clock that expires cached responses (default time.Now).
 	Now func() time.Time
 }
 
@@ -92,7 +92,6 @@ type Server struct {
 	attestor Attestor
 	source   Source
 	log      *slog.Logger
-	now      func() time.Time
 	metrics  *metrics
 	svids    *responseCache
 }
@@ -119,7 +118,6 @@ func New(cfg Config) (*Server, error) {
 		attestor: cfg.Attestor,
 		source:   cfg.Source,
 		log:      cfg.Logger,
-		now:      cfg.Now,
 		metrics:  m,
 		svids:    newResponseCache(cfg.Now),
 	}, nil

@@ -312,7 +312,7 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"default_max_ttl_above_half_intermediate", minimalStandalone + "rotation:\n  intermediateTTL: 24h\n", "workloads.maxTTL: 24h0m0s must be at most half of rotation.intermediateTTL"},
 		{"max_ttl_above_24h", minimalStandalone + "workloads:\n  maxTTL: 25h\n", "workloads.maxTTL: must be in"},
 		{"max_ttl_below_min", minimalStandalone + "workloads:\n  minTTL: 30m\n  defaultTTL: 30m\n  maxTTL: 10m\n", "workloads.maxTTL: must be in"},
-		{"min_ttl_below_1m", minimalStandalone + "workloads:\n  minTTL: 59s\n", "workloads.minTTL: must be at least 1m, got 59s"},
+		{"min_ttl_below_floor", minimalStandalone + "workloads:\n  minTTL: 5s\n", "workloads.minTTL: must be at least"},
 		{"min_ttl_negative", minimalStandalone + "workloads:\n  minTTL: -5m\n", "workloads.minTTL: "},
 		{"default_ttl_above_max", minimalStandalone + "workloads:\n  defaultTTL: 3h\n  maxTTL: 2h\n", "workloads.defaultTTL: "},
 		{"default_ttl_below_min", minimalStandalone + "workloads:\n  defaultTTL: 2m\n", "workloads.defaultTTL: "},
@@ -394,7 +394,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("accepted a config without a trust domain")
 		case (c.Directory == "") == (c.Kubernetes == nil):
 			t.Fatalf("accepted directory %q with kubernetes %v", c.Directory, c.Kubernetes)
-		case c.MinWorkloadTTL < time.Minute || c.MinWorkloadTTL > c.DefaultWorkloadTTL || c.DefaultWorkloadTTL > c.MaxWorkloadTTL:
+		case c.MinWorkloadTTL <= 0 || c.MinWorkloadTTL > c.DefaultWorkloadTTL || c.DefaultWorkloadTTL > c.MaxWorkloadTTL:
 			t.Fatalf("accepted workload TTLs %s/%s/%s", c.MinWorkloadTTL, c.DefaultWorkloadTTL, c.MaxWorkloadTTL)
 		case c.MaxWorkloadTTL > c.Policy.IntermediateTTL/2:
 			t.Fatalf("accepted maxTTL %s with intermediateTTL %s", c.MaxWorkloadTTL, c.Policy.IntermediateTTL)

@@ -94,14 +94,26 @@ func forwardChanges(src Source, out chan<- event.GenericEvent) manager.RunnableF
 		ch, cancel := src.Subscribe()
 		defer cancel()
 		trigger := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: clusterKey}}
+		send := func() bool {
+			select {
+			case out <- event.GenericEvent{Object: trigger}:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		// Reconcile everything once at start (after subscribing, so no
+		// change is missed): nothing else creates the ClusterTrustBundle
+		// until the bundle first changes.
+		if !send() {
+			return nil
+		}
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-ch:
-				select {
-				case out <- event.GenericEvent{Object: trigger}:
-				case <-ctx.Done():
+				if !send() {
 					return nil
 				}
 			}
