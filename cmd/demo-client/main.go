@@ -59,7 +59,7 @@ func run(server, self, peer string, every time.Duration) (ok, failed int, err er
 		return svids[0]
 	}))
 	if err != nil {
-		return 0, 0, fmt.Errorf("Workload API: %w", err)
+		return 0, 0, fmt.Errorf("workload API: %w", err)
 	}
 	defer src.Close()
 	tick := time.NewTicker(every)

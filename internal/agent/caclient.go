@@ -327,7 +327,7 @@ func (c *CAClient) watchBundle(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil && status.Code(err) != codes.Canceled {
+		if status.Code(err) != codes.Canceled {
 			c.reachable(err)
 			c.cfg.Logger.Warn("bundle stream ended; reconnecting", "error", err, "retry_in", backoff)
 			t := c.cfg.Clock.NewTimer(backoff)
