@@ -56,6 +56,9 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 60s).
 bench: ## Run the benchmarks (ratios against raw crypto in the same run).
 	go test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
+bench-agent: build ## Agent RSS holding N=200 identities, and time to serve again after a restart.
+	hack/bench/agent-rss.sh
+
 ##@ Lint
 
 lint: golangci-lint ## golangci-lint with the repo's config.
@@ -84,4 +87,4 @@ $(ZLINT):
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: help demo test build generate tidy test-unit test-all lint-certs fuzz bench lint vet envtest golangci-lint zlint clean
+.PHONY: help demo test build bench-agent generate tidy test-unit test-all lint-certs fuzz bench lint vet envtest golangci-lint zlint clean

@@ -11,8 +11,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -39,26 +40,46 @@ const uidIndex = "uid"
 // pod UID. managedFields are dropped from the cache.
 type PodResolver struct {
 	nodeName string
-	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every pod event
 }
 
-// NewPodResolver builds the resolver of node nodeName. resync is the
-// informer's resync period (0 for none). Call Start, then WaitSynced.
-func NewPodResolver(client kubernetes.Interface, nodeName string, resync time.Duration) (*PodResolver, error) {
+// NodePods returns a ListerWatcher of the pods scheduled on nodeName. It
+// talks to the API server with a REST client that knows core/v1 only: the
+// generated clientset and informer factory register every API group, which
+// costs the agent tens of megabytes of binary and memory.
+func NodePods(cfg *rest.Config, nodeName string) (cache.ListerWatcher, error) {
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	c := rest.CopyConfig(cfg)
+	c.APIPath = "/api"
+	c.GroupVersion = &corev1.SchemeGroupVersion
+	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	if c.UserAgent == "" {
+		c.UserAgent = "mayfly-agent"
+	}
+	rc, err := rest.RESTClientFor(c)
+	if err != nil {
+		return nil, fmt.Errorf("pod resolver: API client: %w", err)
+	}
+	return cache.NewListWatchFromClient(rc, "pods", metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", nodeName)), nil
+}
+
+// NewPodResolver builds the resolver of node nodeName from lw (NodePods).
+// resync is the informer's resync period (0 for none). Call Start, then
+// WaitSynced.
+func NewPodResolver(lw cache.ListerWatcher, nodeName string, resync time.Duration) (*PodResolver, error) {
 	if nodeName == "" {
 		return nil, errors.New("pod resolver: empty node name")
 	}
-	factory := informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
-		}),
-		informers.WithTransform(stripManagedFields),
-	)
-	inf := factory.Core().V1().Pods().Informer()
+	inf := cache.NewSharedIndexInformer(lw, &corev1.Pod{}, resync, cache.Indexers{})
+	if err := inf.SetTransform(stripManagedFields); err != nil {
+		return nil, fmt.Errorf("pod resolver: %w", err)
+	}
 	if err := inf.AddIndexers(cache.Indexers{uidIndex: func(obj any) ([]string, error) {
 		pod, ok := obj.(*corev1.Pod)
 		if !ok {
@@ -68,7 +89,7 @@ func NewPodResolver(client kubernetes.Interface, nodeName string, resync time.Du
 	}}); err != nil {
 		return nil, fmt.Errorf("pod resolver: %w", err)
 	}
-	r := &PodResolver{nodeName: nodeName, factory: factory, informer: inf, changed: make(chan struct{})}
+	r := &PodResolver{nodeName: nodeName, informer: inf, changed: make(chan struct{})}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { r.notify() },
 		UpdateFunc: func(any, any) { r.notify() },
@@ -101,9 +122,7 @@ func (r *PodResolver) changedChan() <-chan struct{} {
 
 // Start runs the informer until ctx is done.
 func (r *PodResolver) Start(ctx context.Context) error {
-	r.factory.Start(ctx.Done())
-	<-ctx.Done()
-	r.factory.Shutdown()
+	r.informer.Run(ctx.Done())
 	return nil
 }
 

@@ -35,7 +35,11 @@ type resolverEnv struct {
 func TestPodResolver(t *testing.T) {
 	c := cluster.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	r, err := NewPodResolver(c.Client, testNode, 0)
+	lw, err := NodePods(c.Config, testNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewPodResolver(lw, testNode, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
@@ -108,11 +107,11 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 				return fmt.Errorf("kubernetes: %w", err)
 			}
 		}
-		kube, err := kubernetes.NewForConfig(rc)
+		lw, err := attest.NodePods(rc, cfg.NodeName)
 		if err != nil {
 			return err
 		}
-		pods, err := attest.NewPodResolver(kube, cfg.NodeName, 0)
+		pods, err := attest.NewPodResolver(lw, cfg.NodeName, 0)
 		if err != nil {
 			return err
 		}
