@@ -105,7 +105,8 @@ cat <<MSG
 
   Any process of uid ${UID_NOW} gets spiffe://example.org/demo/user-${UID_NOW} there.
   Certificates live ${DEMO_TTL} and rotate at about half-life; files in ${WORK}/certs.
-  Status: ${BIN}/agent status --address ${AGENT_HEALTH}   Metrics: http://${AGENT_HEALTH}/metrics
+  Status: ${BIN}/agent status --address ${AGENT_HEALTH}   ${BIN}/ca status --address ${CA_HEALTH}
+  Metrics: http://${AGENT_HEALTH}/metrics  http://${CA_HEALTH}/metrics
 
 MSG
 
@@ -122,6 +123,8 @@ if [[ -n "${DEMO_DURATION}" ]]; then
   sleep "${secs}"
   kill -TERM "${CLIENT_PID}" 2>/dev/null || true
   wait "${CLIENT_PID}" 2>/dev/null || true
+  echo
+  "${BIN}/ca" status --address "${CA_HEALTH}" || true
   echo
   "${BIN}/agent" status --address "${AGENT_HEALTH}" || true
   summary="$(grep -E '^demo-client: [0-9]+ handshakes' "${CLIENT_OUT}" || true)"

@@ -447,6 +447,20 @@ func (s *Server) AllAgentsCurrent() bool {
 	return true
 }
 
+// AgentCounts returns the connected agents and how many of them hold the
+// current bundle.
+func (s *Server) AgentCounts() (connected, current int) {
+	sg, err := s.current()
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	for w := range s.watchers {
+		if err == nil && *w.acked.Load() == sg.loaded.BundleVersion {
+			current++
+		}
+	}
+	return len(s.watchers), current
+}
+
 func (s *Server) updateWatchGauges() {
 	sg, err := s.current()
 	s.watchMu.Lock()

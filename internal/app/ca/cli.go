@@ -27,6 +27,8 @@ Usage:
   ca token create --node NAME [--ttl 10m] (--config FILE | --dir DIR)
       Create a single-use join token for the agent of NAME (standalone mode).
       Only its hash is stored; the token is printed once.
+  ca status [--address 127.0.0.1:9443] [--output table|json]
+      Show readiness, agents on the current bundle, and every CA certificate.
   ca rotate-root --config FILE
       Ask the running CA to rotate its self-signed root now: the next root is
       published at once and activated when every agent holds it.
@@ -46,6 +48,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(args[1:], stderr)
 	case "token":
 		err = cmdToken(args[1:], stdout, stderr)
+	case "status":
+		err = cmdStatus(args[1:], stdout, stderr)
 	case "rotate-root":
 		err = cmdRotateRoot(args[1:], stdout, stderr)
 	default:

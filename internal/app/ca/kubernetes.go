@@ -176,7 +176,7 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 					return errors.New("pod cache not synced yet")
 				}
 				return nil
-			}, log)
+			}, func() Status { return statusOf(cfg, am, srv) }, log)
 			return g.Wait()
 		}},
 	} {

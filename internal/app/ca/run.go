@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -114,7 +115,7 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	serveIssuer(ctx, g, cfg, opts, srv)
-	serveHealth(ctx, g, cfg, reg, mgr.Ready, log)
+	serveHealth(ctx, g, cfg, reg, mgr.Ready, func() Status { return statusOf(cfg, mgr, srv) }, log)
 	g.Go(func() error { return mgr.Rotate(ctx) })
 	g.Go(func() error { return reloadLoop(ctx, mgr, opts.Clock, 10*time.Second) })
 	return g.Wait()
@@ -183,11 +184,15 @@ func serveIssuer(ctx context.Context, g *errgroup.Group, cfg *Config, opts Optio
 	})
 }
 
-func serveHealth(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.Registry, ready func() error, log *slog.Logger) {
+func serveHealth(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.Registry, ready func() error, status func() Status, log *slog.Logger) {
 	if cfg.HealthAddress == "" {
 		return
 	}
 	mux := http.NewServeMux()
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(status())
+	})
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
