@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
+	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/kubeattest"
 )
@@ -88,6 +90,8 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// Only our bundle ConfigMaps, never every ConfigMap of the cluster.
 			&corev1.ConfigMap{}: {Field: fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName)},
+			// Only the PodCertificateRequests of our signer.
+			&certificatesv1.PodCertificateRequest{}: pcr.CacheByObject(""),
 		}},
 	})
 	if err != nil {
@@ -153,6 +157,13 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 
 	if err := (&bundle.Reconciler{Client: mgr.GetClient(), Source: am, NamespaceSelector: selector, ClusterTrustBundle: true}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("trust bundle controller: %w", err)
+	}
+	if err := (&pcr.Reconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Authority: am, Pods: pods,
+		TrustDomain: cfg.TrustDomain, Now: opts.Clock.Now, Rand: rand.Reader,
+		Logger: log.With("component", "podcertificate-signer"), Registerer: reg,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("PodCertificateRequest signer: %w", err)
 	}
 	add := func(leader bool, f func(context.Context) error) error {
 		return mgr.Add(runnable{run: f, leader: leader})

@@ -2,6 +2,7 @@ package ca_test
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
@@ -11,8 +12,11 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/utils/ptr"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/app/ca"
@@ -189,6 +193,24 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 		}
 		return chain[1]
 	}
+	// The KEP-4317 signer answers a PodCertificateRequest for the pod.
+	stub, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, ecKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcrObj := create(t, kube.CertificatesV1().PodCertificateRequests("app").Create, &certificatesv1.PodCertificateRequest{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-1-pcr"},
+		Spec: certificatesv1.PodCertificateRequestSpec{
+			SignerName: "mayfly.dev/workload", PodName: webPod.Name, PodUID: webPod.UID,
+			ServiceAccountName: "web", ServiceAccountUID: uuid.NewUUID(), NodeName: "node-a", NodeUID: uuid.NewUUID(),
+			MaxExpirationSeconds: ptr.To[int32](3600), StubPKCS10Request: stub,
+		},
+	})
+	eventually(t, "PodCertificateRequest issued", func() bool {
+		got, err := kube.CertificatesV1().PodCertificateRequests("app").Get(ctx, pcrObj.Name, metav1.GetOptions{})
+		return err == nil && strings.Contains(got.Status.CertificateChain, "BEGIN CERTIFICATE")
+	})
+
 	before1, before2 := sign(r1), sign(r2)
 	if !before1.Equal(before2) {
 		t.Fatal("replicas sign with different intermediates")
