@@ -25,6 +25,9 @@ help: ## Show this help.
 demo: build ## Run the demo: a CA, an agent and two mTLS workloads rotating short-lived certificates.
 	@hack/demo.sh
 
+demo-k8s: build ## The demo with the Kubernetes backends against envtest (pods, SA tokens, ConfigMap bundle).
+	@hack/demo-k8s.sh
+
 test: lint vet test-all ## Everything CI runs: lint, vet, unit tests with -race, envtest tests, zlint.
 
 ##@ Build
@@ -32,8 +35,9 @@ test: lint vet test-all ## Everything CI runs: lint, vet, unit tests with -race,
 build: ## Build the binaries into ./bin.
 	go build -o $(BIN_DIR)/ ./cmd/...
 
-generate: ## Regenerate the protobuf code in api/ (needs protoc: apt-get install protobuf-compiler).
+generate: ## Regenerate api/: protobuf (needs protoc: apt-get install protobuf-compiler), deepcopy and the CRD.
 	hack/generate.sh
+	go generate ./api/mayfly/...
 
 tidy: ## go mod tidy (-e: see BUILDING.md on a refused module version).
 	go mod tidy -e

@@ -408,6 +408,13 @@ func (c *CAClient) loadPersisted() {
 		c.cfg.Logger.Warn("ignoring a corrupt persisted agent key", "error", err)
 		return
 	}
+	// persist writes the key before the SVID: a crash in between leaves a
+	// new key beside the old SVID, which no handshake can use; renewing
+	// with it would fail until the SVID expired instead of attesting.
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(chain[0].PublicKey) {
+		c.cfg.Logger.Warn("ignoring a persisted agent key that does not match the persisted SVID", "serial", chain[0].SerialNumber.Text(16))
+		return
+	}
 	if !c.cfg.Clock.Now().Before(chain[0].NotAfter) {
 		return
 	}

@@ -217,8 +217,16 @@ func (m *Manager) onEvent(e *entry, ev rotate.Event) {
 	switch ev.Kind {
 	case rotate.EventRotated:
 		m.rotations.WithLabelValues("success").Inc()
-		if cur := e.rot.Current(); cur != nil {
+		cur := e.rot.Current()
+		// Under m.mu, like removeLocked: a rotation that finishes after
+		// Remove must not export the expiry of an identity this node no
+		// longer holds.
+		m.mu.Lock()
+		if cur != nil && m.entries[e.spec.Key] == e {
 			m.expiry.WithLabelValues(idOf(cur.Leaf())).Set(float64(cur.Leaf().NotAfter.Unix()))
+		}
+		m.mu.Unlock()
+		if cur != nil {
 			m.cfg.Logger.Info("SVID rotated", "spiffe_id", idOf(cur.Leaf()), "serial", cur.Leaf().SerialNumber.Text(16), "not_after", cur.Leaf().NotAfter)
 		}
 		e.notify()

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -29,9 +30,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
+	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/kubeattest"
 )
@@ -73,6 +76,9 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
 	}
+	if err := mayflyv1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
 	// controller-runtime's logger is global: the first run in a process sets it.
 	setCtrlLogger.Do(func() { ctrl.SetLogger(logrFromSlog(log)) })
 	leaderElection := k.LeaderElection == nil || *k.LeaderElection
@@ -92,6 +98,8 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 			&corev1.ConfigMap{}: {Field: fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName)},
 			// Only the PodCertificateRequests of our signer.
 			&certificatesv1.PodCertificateRequest{}: pcr.CacheByObject(""),
+			// Only the Secrets of WorkloadCertificates, never every Secret.
+			&corev1.Secret{}: workloadcert.SecretCache(),
 		}},
 	})
 	if err != nil {
@@ -164,6 +172,16 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		Logger: log.With("component", "podcertificate-signer"), Registerer: reg,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("PodCertificateRequest signer: %w", err)
+	}
+	wcGK := schema.GroupKind{Group: mayflyv1alpha1.GroupVersion.Group, Kind: "WorkloadCertificate"}
+	if _, err := mgr.GetRESTMapper().RESTMapping(wcGK, mayflyv1alpha1.GroupVersion.Version); err != nil {
+		log.Warn("the WorkloadCertificate CRD is not installed: Secrets are not issued (apply deploy/k8s/base/crds)", "error", err)
+	} else if err := (&workloadcert.Reconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Authority: am,
+		TrustDomain: cfg.TrustDomain, ClusterDomain: k.ClusterDomain, Now: opts.Clock.Now, Rand: rand.Reader,
+		Logger: log.With("component", "workloadcertificates"), Registerer: reg,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("WorkloadCertificate controller: %w", err)
 	}
 	add := func(leader bool, f func(context.Context) error) error {
 		return mgr.Add(runnable{run: f, leader: leader})

@@ -15,10 +15,13 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/app/ca"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
@@ -93,7 +96,7 @@ func eventually(t *testing.T, what string, f func() bool) {
 // one bootstraps, both sign, only the leader rotates, and both pick the new
 // intermediate up from the Secret watch.
 func TestKubernetesTwoReplicas(t *testing.T) {
-	c := cluster.Start(t)
+	c := cluster.Start(t, cluster.WithCRDDirectory("../../../deploy/k8s/base/crds"))
 	ctx := context.Background()
 	kube := c.Client
 	for _, ns := range []string{"mayfly-system", "app"} {
@@ -211,6 +214,23 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 		return err == nil && strings.Contains(got.Status.CertificateChain, "BEGIN CERTIFICATE")
 	})
 
+	// The WorkloadCertificate controller writes the Secret.
+	wc := &mayflyv1alpha1.WorkloadCertificate{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "app"},
+		Spec:       mayflyv1alpha1.WorkloadCertificateSpec{ServiceAccountName: "web", SecretName: "web-tls"},
+	}
+	cl, err := client.New(c.Config, client.Options{Scheme: wcScheme(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Create(ctx, wc); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "WorkloadCertificate Secret", func() bool {
+		sec, err := kube.CoreV1().Secrets("app").Get(ctx, "web-tls", metav1.GetOptions{})
+		return err == nil && len(sec.Data["tls.crt"]) > 0 && len(sec.Data["tls.key"]) > 0
+	})
+
 	before1, before2 := sign(r1), sign(r2)
 	if !before1.Equal(before2) {
 		t.Fatal("replicas sign with different intermediates")
@@ -235,4 +255,13 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 	if (l1 == 0) == (l2 == 0) {
 		t.Fatalf("rotations logged by replica 1: %d, replica 2: %d; want exactly one replica rotating", l1, l2)
 	}
+}
+
+func wcScheme(t *testing.T) *runtime.Scheme {
+	t.Helper()
+	s := runtime.NewScheme()
+	if err := mayflyv1alpha1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

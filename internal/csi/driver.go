@@ -1,0 +1,558 @@
+// Package csi is the CSI node plugin csi.mayfly.dev that runs inside the
+// node agent. It serves CSI ephemeral inline volumes only: in files mode it
+// writes the pod's X.509-SVID, key and trust bundle into the volume and keeps
+// them rotated until the volume is unpublished; in socket mode it bind-mounts
+// the agent's Workload API socket directory read-only into the volume.
+//
+// The driver keeps a record of every published volume in a state directory,
+// so that an agent restart resumes the rotation of every volume (Resume).
+package csi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
+)
+
+// DriverName is the name of the CSI driver (CSIDriver object, Pod volumes).
+const DriverName = "csi.mayfly.dev"
+
+// DefaultTokenAudience is the audience of the ServiceAccount token the
+// driver passes on from the kubelet (CSIDriver spec.tokenRequests).
+const DefaultTokenAudience = "mayfly-ca"
+
+// DefaultPublishTimeout bounds how long NodePublishVolume waits for the
+// first certificate when the caller set no earlier deadline.
+const DefaultPublishTimeout = time.Minute
+
+// maxUnmounts bounds the unmounts of stacked mounts at one target.
+const maxUnmounts = 8
+
+// Identities obtains and rotates the identities of volumes; the agent's
+// identity manager implements it.
+type Identities interface {
+	// Track starts (or joins) the rotation of id's identity and adds sink
+	// to it: sink receives the current credential at once (when there is
+	// one) and every new one after. untrack removes the sink again; after
+	// it returns, Track's rotation may stop when nothing else needs it.
+	// id.PodToken, when set, is the pod's ServiceAccount token for the CA.
+	Track(id VolumeIdentity, sink rotate.Sink) (untrack func(), err error)
+}
+
+// Config configures a Driver.
+type Config struct {
+	// NodeName is the node ID reported to the kubelet. Required.
+	NodeName string
+	// StateDir holds one record per published volume (created 0700).
+	// Required.
+	StateDir string
+	// SocketDir is the directory of the agent's Workload API socket,
+	// bind-mounted read-only into volumes of mode socket. Empty disables
+	// mode socket.
+	SocketDir string
+	// Identities obtains the certificates of files-mode volumes. Required.
+	Identities Identities
+	// Mounter makes the bind mounts of socket mode; nil means LinuxMounter.
+	Mounter Mounter
+	// Version is reported by GetPluginInfo; default "dev".
+	Version string
+	// MinTTL and MaxTTL bound the ttl attribute (default 5m and 24h, the
+	// CA's default workload policy).
+	MinTTL, MaxTTL time.Duration
+	// TokenAudience selects the token passed on from
+	// csi.storage.k8s.io/serviceAccount.tokens (default "mayfly-ca").
+	TokenAudience string
+	// PublishTimeout bounds the wait for the first certificate (default
+	// 1m); the request's own deadline applies when it is earlier.
+	PublishTimeout time.Duration
+	// Logger receives one line per publish and unpublish; nil discards.
+	Logger *slog.Logger
+	// Registerer receives the driver's metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+// Driver is the CSI Identity and Node service of csi.mayfly.dev.
+type Driver struct {
+	csipb.UnimplementedIdentityServer
+	csipb.UnimplementedNodeServer
+
+	cfg   Config
+	lim   limits
+	store store
+	log   *slog.Logger
+
+	mu   sync.Mutex
+	vols map[string]*volume // by volume ID
+	busy map[string]bool    // volume IDs with an operation in progress
+}
+
+// volume is a published volume.
+type volume struct {
+	rec     record
+	sink    *publishSink // files mode
+	untrack func()
+}
+
+// stop ends the rotation into the volume; no write is in progress or will
+// start once it returns.
+func (v *volume) stop() {
+	if v.untrack != nil {
+		v.untrack()
+	}
+	if v.sink != nil {
+		v.sink.close()
+	}
+}
+
+// New returns a Driver. Call Resume before Serve.
+func New(cfg Config) (*Driver, error) {
+	switch {
+	case cfg.NodeName == "":
+		return nil, errors.New("csi: NodeName: must not be empty")
+	case cfg.StateDir == "":
+		return nil, errors.New("csi: StateDir: must not be empty")
+	case cfg.Identities == nil:
+		return nil, errors.New("csi: Identities: must be set")
+	}
+	if cfg.SocketDir != "" && !filepath.IsAbs(cfg.SocketDir) {
+		return nil, fmt.Errorf("csi: SocketDir: must be absolute, got %q", cfg.SocketDir)
+	}
+	if cfg.Mounter == nil {
+		cfg.Mounter = LinuxMounter{}
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	if cfg.MinTTL == 0 {
+		cfg.MinTTL = pki.MinWorkloadTTL
+	}
+	if cfg.MaxTTL == 0 {
+		cfg.MaxTTL = pki.MaxWorkloadTTL
+	}
+	if cfg.MinTTL > cfg.MaxTTL {
+		return nil, fmt.Errorf("csi: MinTTL (%s) must not exceed MaxTTL (%s)", cfg.MinTTL, cfg.MaxTTL)
+	}
+	if cfg.TokenAudience == "" {
+		cfg.TokenAudience = DefaultTokenAudience
+	}
+	if cfg.PublishTimeout == 0 {
+		cfg.PublishTimeout = DefaultPublishTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Driver{
+		cfg:   cfg,
+		lim:   limits{minTTL: cfg.MinTTL, maxTTL: cfg.MaxTTL, tokenAudience: cfg.TokenAudience},
+		store: store{dir: cfg.StateDir},
+		log:   cfg.Logger,
+		vols:  map[string]*volume{},
+		busy:  map[string]bool{},
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "mayfly_agent_csi_volumes",
+			Help: "CSI inline volumes of csi.mayfly.dev published on this node.",
+		}, func() float64 { return float64(d.volumeCount()) })); err != nil {
+			return nil, fmt.Errorf("csi: register metrics: %w", err)
+		}
+	}
+	return d, nil
+}
+
+func (d *Driver) volumeCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.vols)
+}
+
+// Volumes returns the IDs of the published volumes (for status and tests).
+func (d *Driver) Volumes() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]string, 0, len(d.vols))
+	for id := range d.vols {
+		out = append(out, id)
+	}
+	return out
+}
+
+// acquire marks an operation on volume id as running; it fails when one
+// already runs (the CSI spec's Aborted case: the kubelet retries).
+func (d *Driver) acquire(id string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.busy[id] {
+		return status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	}
+	d.busy[id] = true
+	return nil
+}
+
+func (d *Driver) release(id string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.busy, id)
+}
+
+// Resume re-tracks every volume recorded in the state directory, so that
+// their certificates keep rotating after an agent restart, and restores
+// missing bind mounts of socket-mode volumes. Call it before Serve. A record
+// it cannot use is logged and skipped; the error reports only an unreadable
+// state directory.
+func (d *Driver) Resume(ctx context.Context) error {
+	recs, bad, err := d.store.load()
+	if err != nil {
+		return fmt.Errorf("csi: resume: %w", err)
+	}
+	for _, err := range bad {
+		d.log.Warn("skipping an unreadable CSI volume record; unpublishing the volume removes it", "error", err)
+	}
+	resumed := 0
+	for _, rec := range recs {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("csi: resume: %w", err)
+		}
+		log := d.log.With("volume_id", rec.VolumeID, "target_path", rec.TargetPath, "mode", rec.Mode)
+		if _, err := os.Stat(filepath.Dir(rec.TargetPath)); errors.Is(err, fs.ErrNotExist) {
+			// The pod's directory is gone: nobody will unpublish this.
+			log.Info("dropping the record of a CSI volume whose pod directory is gone")
+			if err := d.store.remove(rec.VolumeID); err != nil {
+				log.Warn("removing a CSI volume record", "error", err)
+			}
+			continue
+		}
+		var v *volume
+		switch rec.Mode {
+		case ModeFiles:
+			v, err = d.startFiles(rec, "")
+		case ModeSocket:
+			v, err = d.mountSocket(rec)
+		}
+		if err != nil {
+			log.Error("resuming a CSI volume failed; its certificate will not rotate until it is published again", "error", err)
+			continue
+		}
+		d.mu.Lock()
+		d.vols[rec.VolumeID] = v
+		d.mu.Unlock()
+		resumed++
+	}
+	d.log.Info("CSI volumes resumed", "count", resumed, "unreadable", len(bad))
+	return nil
+}
+
+// GetPluginInfo returns the driver's name and version.
+func (d *Driver) GetPluginInfo(context.Context, *csipb.GetPluginInfoRequest) (*csipb.GetPluginInfoResponse, error) {
+	return &csipb.GetPluginInfoResponse{Name: DriverName, VendorVersion: d.cfg.Version}, nil
+}
+
+// GetPluginCapabilities returns no capability: there is no Controller
+// service, volumes are inline and local to the node.
+func (d *Driver) GetPluginCapabilities(context.Context, *csipb.GetPluginCapabilitiesRequest) (*csipb.GetPluginCapabilitiesResponse, error) {
+	return &csipb.GetPluginCapabilitiesResponse{}, nil
+}
+
+// Probe reports the driver ready: it serves once Resume has run.
+func (d *Driver) Probe(context.Context, *csipb.ProbeRequest) (*csipb.ProbeResponse, error) {
+	return &csipb.ProbeResponse{}, nil
+}
+
+// NodeGetInfo returns the node name as the node ID.
+func (d *Driver) NodeGetInfo(context.Context, *csipb.NodeGetInfoRequest) (*csipb.NodeGetInfoResponse, error) {
+	return &csipb.NodeGetInfoResponse{NodeId: d.cfg.NodeName}, nil
+}
+
+// NodeGetCapabilities returns VOLUME_MOUNT_GROUP: with fsGroupPolicy: File
+// the kubelet passes the pod's fsGroup in volume_mount_group and leaves the
+// ownership of the files to the driver (which keeps it on every rotation).
+func (d *Driver) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesRequest) (*csipb.NodeGetCapabilitiesResponse, error) {
+	return &csipb.NodeGetCapabilitiesResponse{Capabilities: []*csipb.NodeServiceCapability{{
+		Type: &csipb.NodeServiceCapability_Rpc{Rpc: &csipb.NodeServiceCapability_RPC{Type: csipb.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP}},
+	}}}, nil
+}
+
+// NodePublishVolume publishes an ephemeral inline volume: in files mode it
+// starts the rotation of the pod's identity into target_path and returns
+// once the first certificate is written; in socket mode it bind-mounts the
+// Workload API socket directory there.
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolumeRequest) (*csipb.NodePublishVolumeResponse, error) {
+	p, err := parsePublish(req, d.lim)
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	rec := &p.rec
+	if err := d.acquire(rec.VolumeID); err != nil {
+		return nil, err
+	}
+	defer d.release(rec.VolumeID)
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.PublishTimeout)
+	defer cancel()
+
+	d.mu.Lock()
+	v := d.vols[rec.VolumeID]
+	d.mu.Unlock()
+	if v != nil {
+		if v.rec.TargetPath != rec.TargetPath {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is already published at %s", rec.VolumeID, v.rec.TargetPath)
+		}
+		if !sameVolume(&v.rec, rec) {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published at %s with other attributes", rec.VolumeID, rec.TargetPath)
+		}
+		return d.awaitFirst(ctx, v)
+	}
+
+	log := d.log.With("volume_id", rec.VolumeID, "namespace", rec.Identity.Namespace, "pod", rec.Identity.PodName, "mode", rec.Mode)
+	if rec.Mode == ModeSocket && d.cfg.SocketDir == "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume attribute %s: %q is not enabled on this agent (no Workload API socket directory configured)", attrMode, ModeSocket)
+	}
+	if err := d.store.save(rec); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	if rec.Mode == ModeSocket {
+		v, err = d.mountSocket(rec)
+	} else {
+		v, err = d.startFiles(rec, rec.Identity.PodToken)
+	}
+	if err != nil {
+		log.Error("publishing a CSI volume failed", "error", err)
+		if cerr := d.cleanTarget(rec.TargetPath, rec.Mode); cerr != nil {
+			log.Warn("cleaning up after a failed publish", "error", cerr)
+		} else if rerr := d.store.remove(rec.VolumeID); rerr != nil {
+			log.Warn("cleaning up after a failed publish", "error", rerr)
+		}
+		return nil, status.Errorf(codes.Internal, "publish volume %s: %v", rec.VolumeID, err)
+	}
+	d.mu.Lock()
+	d.vols[rec.VolumeID] = v
+	d.mu.Unlock()
+	log.Info("CSI volume published", "target_path", rec.TargetPath)
+	return d.awaitFirst(ctx, v)
+}
+
+// awaitFirst waits until the first certificate of a files-mode volume is
+// written. On timeout the volume stays published (its certificate arrives
+// later) and the kubelet retries on Unavailable.
+func (d *Driver) awaitFirst(ctx context.Context, v *volume) (*csipb.NodePublishVolumeResponse, error) {
+	if v.sink == nil {
+		return &csipb.NodePublishVolumeResponse{}, nil
+	}
+	select {
+	case <-v.sink.written:
+		return &csipb.NodePublishVolumeResponse{}, nil
+	case <-ctx.Done():
+		msg := "no certificate issued yet"
+		if err := v.sink.lastError(); err != nil {
+			msg = fmt.Sprintf("writing the certificate failed: %v", err)
+		}
+		return nil, status.Errorf(codes.Unavailable, "volume %s: %s; the kubelet retries", v.rec.VolumeID, msg)
+	}
+}
+
+// startFiles creates the volume's file sink and tracks its identity.
+func (d *Driver) startFiles(rec *record, token string) (*volume, error) {
+	files, err := rotate.NewFileSink(rec.TargetPath, rec.sinkOptions())
+	if err != nil {
+		return nil, err
+	}
+	sink := newPublishSink(files)
+	id := rec.Identity
+	id.PodToken = token
+	untrack, err := d.cfg.Identities.Track(id, sink)
+	if err != nil {
+		sink.close()
+		return nil, fmt.Errorf("track the identity of %s/%s: %w", id.Namespace, id.ServiceAccount, err)
+	}
+	return &volume{rec: *rec, sink: sink, untrack: untrack}, nil
+}
+
+// mountSocket bind-mounts the socket directory onto the target, unless it
+// is mounted already.
+func (d *Driver) mountSocket(rec *record) (*volume, error) {
+	if d.cfg.SocketDir == "" {
+		return nil, errors.New("mode socket is not enabled on this agent")
+	}
+	if err := os.Mkdir(rec.TargetPath, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("create target directory: %w", err)
+	}
+	mounted, err := d.cfg.Mounter.IsMountPoint(rec.TargetPath)
+	if err != nil {
+		return nil, err
+	}
+	if !mounted {
+		if err := d.cfg.Mounter.BindReadOnly(d.cfg.SocketDir, rec.TargetPath); err != nil {
+			return nil, err
+		}
+	}
+	return &volume{rec: *rec}, nil
+}
+
+// NodeUnpublishVolume stops the rotation into the volume, unmounts or
+// removes its files and the target directory, and forgets the volume. It
+// succeeds for volumes it does not know.
+func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csipb.NodeUnpublishVolumeRequest) (*csipb.NodeUnpublishVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if err := checkVolumeID(id); err != nil {
+		return nil, statusOf(err)
+	}
+	target, err := checkTargetPath(req.GetTargetPath())
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	if err := d.acquire(id); err != nil {
+		return nil, err
+	}
+	defer d.release(id)
+
+	d.mu.Lock()
+	v := d.vols[id]
+	delete(d.vols, id)
+	d.mu.Unlock()
+	mode := ""
+	if v != nil {
+		v.stop()
+		mode = v.rec.Mode
+	} else if rec, err := d.store.read(id + ".json"); err == nil {
+		mode = rec.Mode // recorded, but Resume could not start it
+	}
+	if err := d.cleanTarget(target, mode); err != nil {
+		return nil, status.Errorf(codes.Internal, "unpublish volume %s: %v", id, err)
+	}
+	if err := d.store.remove(id); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	if v != nil {
+		d.log.Info("CSI volume unpublished", "volume_id", id, "namespace", v.rec.Identity.Namespace, "pod", v.rec.Identity.PodName, "mode", mode)
+	}
+	return &csipb.NodeUnpublishVolumeResponse{}, nil
+}
+
+// cleanTarget unmounts whatever is mounted at target and removes it. mode
+// is the volume's mode, or "" for a volume the driver does not know, whose
+// directory is removed only when it is empty or holds files of the atomic
+// writer (a ..data link).
+func (d *Driver) cleanTarget(target, mode string) error {
+	fi, err := os.Lstat(target)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	unmounted := false
+	for i := 0; ; i++ {
+		mounted, err := d.cfg.Mounter.IsMountPoint(target)
+		if err != nil {
+			return err
+		}
+		if !mounted {
+			break
+		}
+		if i == maxUnmounts {
+			return fmt.Errorf("%s: %w", target, errStillMounted)
+		}
+		if err := d.cfg.Mounter.Unmount(target); err != nil {
+			return err
+		}
+		unmounted = true
+	}
+	if !fi.IsDir() {
+		return removeIfExists(target)
+	}
+	switch {
+	case mode == ModeFiles && !unmounted:
+		return os.RemoveAll(target)
+	case mode == "" && !unmounted:
+		if _, err := os.Lstat(filepath.Join(target, "..data")); err == nil {
+			return os.RemoveAll(target)
+		}
+	}
+	// Socket mode, or unknown: only an empty directory goes.
+	if err := removeIfExists(target); err != nil {
+		if mode == "" {
+			d.log.Warn("leaving a non-empty directory of an unknown CSI volume", "target_path", target, "error", err)
+			return nil
+		}
+		return err
+	}
+	return nil
+}
+
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// statusOf maps validation errors to InvalidArgument.
+func statusOf(err error) error {
+	if errors.Is(err, errInvalid) {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// publishSink wraps a FileSink: it signals the first successful write,
+// keeps the last error for NodePublishVolume's answer, and stops writing
+// once closed (close waits for a write in progress), so that an unpublished
+// directory is never recreated by a late rotation.
+type publishSink struct {
+	fs      *rotate.FileSink
+	written chan struct{}
+
+	mu     sync.Mutex // held during Put
+	closed bool
+	first  bool
+
+	errMu   sync.Mutex
+	lastErr error
+}
+
+func newPublishSink(fs *rotate.FileSink) *publishSink {
+	return &publishSink{fs: fs, written: make(chan struct{})}
+}
+
+// Put writes c unless the sink is closed.
+func (s *publishSink) Put(ctx context.Context, c *rotate.Credential) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	err := s.fs.Put(ctx, c)
+	s.errMu.Lock()
+	s.lastErr = err
+	s.errMu.Unlock()
+	if err == nil && !s.first {
+		s.first = true
+		close(s.written)
+	}
+	return err
+}
+
+func (s *publishSink) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+}
+
+func (s *publishSink) lastError() error {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.lastErr
+}
