@@ -10,8 +10,10 @@ BIN_DIR := bin
 
 GOLANGCI_LINT_VERSION := v2.15.0
 ZLINT_VERSION := v3.6.1
+KUSTOMIZE_VERSION := v5.8.2
 GOLANGCI_LINT := $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 ZLINT := $(TOOLS_BIN)/zlint-$(ZLINT_VERSION)
+KUSTOMIZE := $(TOOLS_BIN)/kustomize-$(KUSTOMIZE_VERSION)
 
 FUZZTIME ?= 60s
 BENCHTIME ?= 1s
@@ -47,8 +49,8 @@ tidy: ## go mod tidy (-e: see BUILDING.md on a refused module version).
 test-unit: ## Unit tests with -race; envtest tests are skipped.
 	go test -race $(GO_TEST_FLAGS) ./...
 
-test-all: envtest zlint ## Unit and envtest tests with -race, with zlint over every certificate template.
-	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" \
+test-all: envtest zlint kustomize ## Unit and envtest tests with -race, zlint over every certificate template, deploy/k8s dry-run.
+	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" \
 		go test -race -count=1 $(GO_TEST_FLAGS) ./...
 
 lint-certs: zlint ## Run zlint (RFC 5280 lints) over every certificate template kind.
@@ -88,7 +90,13 @@ $(ZLINT):
 	GOBIN=$(TOOLS_BIN) go install github.com/zmap/zlint/v3/cmd/zlint@$(ZLINT_VERSION)
 	mv $(TOOLS_BIN)/zlint $@
 
+kustomize: $(KUSTOMIZE) ## Install kustomize (pinned).
+$(KUSTOMIZE):
+	mkdir -p $(TOOLS_BIN)
+	GOBIN=$(TOOLS_BIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	mv $(TOOLS_BIN)/kustomize $@
+
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: help demo test build bench-agent generate tidy test-unit test-all lint-certs fuzz bench lint vet envtest golangci-lint zlint clean
+.PHONY: help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs fuzz bench lint vet envtest golangci-lint zlint clean

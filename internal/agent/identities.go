@@ -33,7 +33,10 @@ type Spec struct {
 	SpiffeID string
 	// PodUIDs returns pods that carry this identity on this node; the CA
 	// authorizes the request by one of them (Kubernetes mode).
-	PodUIDs  func() []string
+	PodUIDs func() []string
+	// PodToken returns the ServiceAccount token of pod uid, if the kubelet
+	// gave one (CSI tokenRequests); the CA then checks it too.
+	PodToken func(uid string) string
 	DNSNames []string
 	TTL      time.Duration
 	KeyType  pki.KeyType
@@ -275,6 +278,9 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 		}
 		for _, uid := range uids {
 			req := &issuerv1.WorkloadRequest{Csr: base.GetCsr(), PodUid: uid, TtlSeconds: base.GetTtlSeconds(), DnsNames: base.GetDnsNames()}
+			if e.spec.PodToken != nil {
+				req.PodToken = e.spec.PodToken(uid)
+			}
 			if res, err = m.cfg.Batcher.Sign(ctx, req); err != nil {
 				return nil, err
 			}

@@ -60,10 +60,24 @@ type StandaloneConfig struct {
 
 // KubernetesConfig configures Kubernetes mode.
 type KubernetesConfig struct {
+	// CSISocketPath serves the CSI node plugin csi.mayfly.dev; empty
+	// disables it (default /var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock
+	// when csi is true).
+	CSI *CSIConfig `json:"csi,omitempty"`
 	// TokenFile is the projected ServiceAccount token with audience mayfly-ca.
 	TokenFile string `json:"tokenFile,omitempty"`
 	// ProcRoot is where the host's /proc is visible (hostPID).
 	ProcRoot string `json:"procRoot,omitempty"`
+}
+
+// CSIConfig configures the CSI node plugin.
+type CSIConfig struct {
+	// SocketPath the kubelet reaches the plugin on
+	// (default /var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock).
+	SocketPath string `json:"socketPath,omitempty"`
+	// StateDir keeps a record per published volume, to resume rotating them
+	// after a restart (default /var/lib/kubelet/plugins/csi.mayfly.dev/volumes).
+	StateDir string `json:"stateDir,omitempty"`
 }
 
 // WorkloadsConfig sets what the agent asks the CA for.
@@ -186,6 +200,13 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		k := fc.Kubernetes
 		k.TokenFile = orDefault(k.TokenFile, "/var/run/secrets/mayfly/token")
 		k.ProcRoot = orDefault(k.ProcRoot, "/proc")
+		if k.CSI != nil {
+			k.CSI.SocketPath = orDefault(k.CSI.SocketPath, "/var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock")
+			k.CSI.StateDir = orDefault(k.CSI.StateDir, "/var/lib/kubelet/plugins/csi.mayfly.dev/volumes")
+			if !filepath.IsAbs(k.CSI.SocketPath) || !filepath.IsAbs(k.CSI.StateDir) {
+				return nil, errors.New("kubernetes.csi.socketPath, stateDir: must be absolute")
+			}
+		}
 		if c.WriteDir != "" {
 			return nil, errors.New("writeDir: only for standalone mode; in Kubernetes use a CSI volume")
 		}

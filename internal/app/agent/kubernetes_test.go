@@ -58,7 +58,7 @@ func TestKubernetesPodGetsItsIdentity(t *testing.T) {
 	defer cancel()
 
 	// CA, Kubernetes mode.
-	caCfg := must[*ca.Config](t)(ca.Parse([]byte("trustDomain: example.org\nhealthAddress: \"off\"\nkubernetes: {namespace: mayfly-system, leaderElection: false}\n")))
+	caCfg := must[*ca.Config](t)(ca.Parse([]byte("trustDomain: example.org\nhealthAddress: \"off\"\nkubernetes: {namespace: mayfly-system, leaderElection: false}\nworkloads: {minTTL: 10s, defaultTTL: 20s, maxTTL: 1h}\n")))
 	lis := must[net.Listener](t)(net.Listen("tcp", "127.0.0.1:0"))
 	wg.Add(1)
 	go func() {
@@ -132,25 +132,39 @@ kubernetes: {tokenFile: %s}
 	started := time.Now()
 	must[*corev1.Pod](t)(kube.CoreV1().Pods("app").UpdateStatus(ctx, web, metav1.UpdateOptions{}))
 
-	fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
-	defer fcancel()
-	client := must[*workloadapi.Client](t)(workloadapi.New(fctx, workloadapi.WithAddr("unix://"+socket)))
+	client := must[*workloadapi.Client](t)(workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket)))
 	defer client.Close()
-	var svidID string
-	eventually(t, "the pod's SVID from the Workload API", func() bool {
-		svid, err := client.FetchX509SVID(fctx)
-		if err != nil {
-			t.Logf("fetch: %v", err)
-			return false
+	// The stream is the pod's first call: its identity is created on that
+	// first use, and the open stream must get every rotation pushed.
+	updates := make(chan *workloadapi.X509Context, 16)
+	wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
+	defer wcancel()
+	go func() { _ = client.WatchX509Context(wctx, watcher{updates}) }()
+	seen := map[string]bool{}
+	for len(seen) < 2 {
+		select {
+		case u := <-updates:
+			svid := u.DefaultSVID()
+			if len(seen) == 0 {
+				t.Logf("pod status updated -> SVID served in %s", time.Since(started).Round(time.Millisecond))
+			}
+			if got := svid.ID.String(); got != "spiffe://example.org/ns/app/sa/web" {
+				t.Fatalf("SVID ID %s, want spiffe://example.org/ns/app/sa/web", got)
+			}
+			seen[svid.Certificates[0].SerialNumber.String()] = true
+		case <-wctx.Done():
+			t.Fatalf("the stream pushed %d certificates in 45s, want the first and a rotation", len(seen))
 		}
-		svidID = svid.ID.String()
-		return true
-	})
-	t.Logf("pod status updated -> SVID served in %s", time.Since(started).Round(time.Millisecond))
-	if svidID != "spiffe://example.org/ns/app/sa/web" {
-		t.Fatalf("SVID ID %s, want spiffe://example.org/ns/app/sa/web", svidID)
 	}
 }
+
+type watcher struct {
+	updates chan<- *workloadapi.X509Context
+}
+
+func (w watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.updates <- c }
+
+func (watcher) OnX509ContextWatchError(error) {}
 
 func eventually(t *testing.T, what string, f func() bool) {
 	t.Helper()

@@ -28,6 +28,7 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/agent"
 	"github.com/mayfly-pki/mayfly/internal/attest"
+	"github.com/mayfly-pki/mayfly/internal/csi"
 	"github.com/mayfly-pki/mayfly/internal/workloadapi"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -118,6 +119,23 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		g.Go(func() error { return pods.Start(ctx) })
 		att = attest.KubernetesAttestor{Proc: attest.Proc{Root: procRoot}, Resolver: pods}
 		resolve = kubernetesSpecs(cfg)
+		if c := cfg.Kubernetes.CSI; c != nil {
+			drv, err := csi.New(csi.Config{
+				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath),
+				Identities: newCSIIdentities(mgr), Logger: log.With("component", "csi"), Registerer: reg,
+			})
+			if err != nil {
+				return fmt.Errorf("kubernetes.csi: %w", err)
+			}
+			g.Go(func() error {
+				// Volumes published before a restart rotate again before the
+				// kubelet can reach the new socket.
+				if err := drv.Resume(ctx); err != nil {
+					log.Error("resuming CSI volumes", "error", err)
+				}
+				return drv.Serve(ctx, c.SocketPath)
+			})
+		}
 	} else {
 		watcher, err := attest.NewRegistrationWatcher(cfg.RegistrationsFile, cfg.TrustDomain, 2*time.Second, opts.Clock)
 		if err != nil {
@@ -369,6 +387,9 @@ func (s *source) Subscribe(c workloadapi.Caller) (<-chan struct{}, func()) {
 	}
 	done := make(chan struct{})
 	for _, spec := range s.specs(c) {
+		// Kubernetes identities are created on first use: make sure the
+		// one subscribed to exists, or its rotations are never pushed.
+		s.mgr.Ensure(spec)
 		ch, cancel := s.mgr.Subscribe(spec.Key)
 		cancels = append(cancels, cancel)
 		go forward(ch, done)

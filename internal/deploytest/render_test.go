@@ -1,0 +1,144 @@
+package deploytest
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// kustomizeVersion is the version the Makefile installs (BUILDING.md).
+const kustomizeVersion = "v5.8.2"
+
+// repoRoot is the module root, found from this file's location.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("cannot locate the test source file")
+	}
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// deployDir is deploy/k8s/<sub>.
+func deployDir(t testing.TB, sub string) string {
+	t.Helper()
+	return filepath.Join(repoRoot(t), "deploy", "k8s", sub)
+}
+
+// kustomizeBinary returns $MAYFLY_KUSTOMIZE. Without it the test is skipped
+// with the way to get it, except in CI (CI=true), where that is a failure.
+func kustomizeBinary(t testing.TB) string {
+	t.Helper()
+	p := os.Getenv("MAYFLY_KUSTOMIZE")
+	if p != "" {
+		return p
+	}
+	const how = "MAYFLY_KUSTOMIZE not set: run `make test`, or " +
+		"`GOBIN=$HOME/.cache/mayfly/bin go install sigs.k8s.io/kustomize/kustomize/v5@" + kustomizeVersion +
+		"` and export MAYFLY_KUSTOMIZE=$HOME/.cache/mayfly/bin/kustomize"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(how)
+	}
+	t.Skip(how)
+	return ""
+}
+
+// render runs `kustomize build` on deploy/k8s/<sub> and decodes the objects.
+func render(t testing.TB, sub string) []*unstructured.Unstructured {
+	t.Helper()
+	bin := kustomizeBinary(t)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(bin, "build", deployDir(t, sub))
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("kustomize build deploy/k8s/%s: %v\n%s", sub, err, stderr.String())
+	}
+	objs, err := decodeObjects(stdout.Bytes())
+	if err != nil {
+		t.Fatalf("decoding the output of kustomize build deploy/k8s/%s: %v", sub, err)
+	}
+	if len(objs) == 0 {
+		t.Fatalf("kustomize build deploy/k8s/%s rendered no objects", sub)
+	}
+	return objs
+}
+
+// decodeObjects splits a multi-document YAML stream into objects.
+func decodeObjects(raw []byte) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
+	var out []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return out, nil
+			}
+			return nil, err
+		}
+		if len(m) == 0 {
+			continue
+		}
+		out = append(out, &unstructured.Unstructured{Object: m})
+	}
+}
+
+// find returns the object of that kind and name, failing the test if it is
+// missing.
+func find(t testing.TB, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			return o
+		}
+	}
+	t.Fatalf("no %s %q in the rendered manifests", kind, name)
+	return nil
+}
+
+// findPrefix is find for generated names (configMapGenerator adds a hash).
+func findPrefix(t testing.TB, objs []*unstructured.Unstructured, kind, prefix string) *unstructured.Unstructured {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind && strings.HasPrefix(o.GetName(), prefix) {
+			return o
+		}
+	}
+	t.Fatalf("no %s named %s* in the rendered manifests", kind, prefix)
+	return nil
+}
+
+// convert turns an unstructured object into a typed one, rejecting fields
+// the type does not have.
+func convert(t testing.TB, o *unstructured.Unstructured, into any) {
+	t.Helper()
+	raw, err := yaml.Marshal(o.Object)
+	if err != nil {
+		t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
+	}
+	if err := yaml.UnmarshalStrict(raw, into); err != nil {
+		t.Fatalf("%s %s does not decode strictly: %v", o.GetKind(), o.GetName(), err)
+	}
+}
+
+// convertLoose is convert for kinds this test models partially (the
+// Prometheus Operator's): unknown fields are ignored.
+func convertLoose(t testing.TB, o *unstructured.Unstructured, into any) {
+	t.Helper()
+	raw, err := yaml.Marshal(o.Object)
+	if err != nil {
+		t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
+	}
+	if err := yaml.Unmarshal(raw, into); err != nil {
+		t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
+	}
+}
