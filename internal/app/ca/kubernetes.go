@@ -103,7 +103,7 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		}},
 	})
 	if err != nil {
-		return fmt.Errorf("controller manager: %w", err)
+		return fmt.Errorf("controller manager (is the API server at %s reachable?): %w", restCfg.Host, err)
 	}
 
 	reg := newRegistry()
