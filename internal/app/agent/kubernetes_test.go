@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,6 +25,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/app/ca"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 func must[T any](t *testing.T) func(T, error) T {
@@ -36,7 +41,9 @@ func must[T any](t *testing.T) func(T, error) T {
 // TestKubernetesPodGetsItsIdentity runs a CA and an agent in Kubernetes
 // mode against envtest. The test process plays a container of a pod: a
 // fake /proc gives our own PID the pod's cgroup, the pod object lists the
-// container, and go-spiffe's client gets spiffe://example.org/ns/app/sa/web.
+// container, and go-spiffe's client gets spiffe://example.org/ns/app/sa/web,
+// then a rotation on its open stream; the same pod's CSI inline volume gets
+// the identity as files.
 func TestKubernetesPodGetsItsIdentity(t *testing.T) {
 	c := cluster.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -115,8 +122,8 @@ nodeName: node-a
 socketPath: %s
 dataDir: %s
 healthAddress: "off"
-kubernetes: {tokenFile: %s}
-`, lis.Addr(), bundleFile, socket, filepath.Join(dir, "agent"), tokenFile))))
+kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s}}
+`, lis.Addr(), bundleFile, socket, filepath.Join(dir, "agent"), tokenFile, filepath.Join(dir, "csi", "csi.sock"), filepath.Join(dir, "csi", "volumes")))))
 	ready := make(chan struct{})
 	wg.Add(1)
 	go func() {
@@ -155,6 +162,44 @@ kubernetes: {tokenFile: %s}
 		case <-wctx.Done():
 			t.Fatalf("the stream pushed %d certificates in 45s, want the first and a rotation", len(seen))
 		}
+	}
+
+	// The same pod mounts a CSI inline volume: the agent writes its SVID
+	// as files, through the same identity path.
+	conn := must[*grpc.ClientConn](t)(grpc.NewClient("unix://"+filepath.Join(dir, "csi", "csi.sock"), grpc.WithTransportCredentials(insecure.NewCredentials())))
+	defer conn.Close()
+	target := filepath.Join(dir, "pods", string(web.UID), "volumes", "tls")
+	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	_, err := csipb.NewNodeClient(conn).NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{
+		VolumeId: "csi-web-1", TargetPath: target,
+		VolumeCapability: &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{}},
+			AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}},
+		VolumeContext: map[string]string{
+			"csi.storage.k8s.io/ephemeral": "true", "csi.storage.k8s.io/pod.name": web.Name, "csi.storage.k8s.io/pod.namespace": "app",
+			"csi.storage.k8s.io/pod.uid": string(web.UID), "csi.storage.k8s.io/serviceAccount.name": "web",
+		},
+	})
+	if err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+	files, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(files[0], files[1])
+	if err != nil {
+		t.Fatalf("tls.crt and tls.key do not match: %v", err)
+	}
+	if got := pair.Leaf.URIs[0].String(); got != "spiffe://example.org/ns/app/sa/web" {
+		t.Fatalf("volume certificate for %s", got)
+	}
+	if _, err := csipb.NewNodeClient(conn).NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: "csi-web-1", TargetPath: target}); err != nil {
+		t.Fatalf("NodeUnpublishVolume: %v", err)
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Fatalf("target still there after unpublish: %v", err)
 	}
 }
 
