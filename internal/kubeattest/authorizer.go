@@ -80,6 +80,10 @@ func (p *PodAuthorizer) AuthorizeWorkload(ctx context.Context, node string, req 
 			return issuer.Grant{}, err
 		}
 	}
+	if req.GetPodToken() == "" && p.cfg.RequirePodToken {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
+			"pod_token required (kubernetes.requirePodToken): only pods that mount a csi.mayfly.dev volume with tokenRequests get an identity")
+	}
 	if tok := req.GetPodToken(); tok != "" {
 		if err := p.checkPodToken(ctx, pod, tok); err != nil {
 			return issuer.Grant{}, err

@@ -34,6 +34,11 @@ type Config struct {
 	Client kubernetes.Interface
 	// Cache is the CA's shared pod and Service cache; the caller starts it.
 	Cache *PodCache
+	// RequirePodToken makes the authorizer refuse requests that carry no
+	// pod_token: then even a compromised agent cannot obtain the identity of
+	// a pod that did not mount a CSI volume with tokenRequests. Only for
+	// clusters where every workload uses the CSI path.
+	RequirePodToken bool
 	// ReviewTimeout bounds one call to the API server (default 5s).
 	ReviewTimeout time.Duration
 }

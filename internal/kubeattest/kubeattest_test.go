@@ -402,6 +402,18 @@ func testAuthorizer(t *testing.T, e *env) {
 			}
 		})
 	}
+	t.Run("require_pod_token_refuses_requests_without_one", func(t *testing.T) {
+		strict, err := kubeattest.NewPodAuthorizer(kubeattest.Config{TrustDomain: td, Client: e.c.Client, Cache: e.cache, RequirePodToken: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = strict.AuthorizeWorkload(e.ctx(), nodeA, &issuerv1.WorkloadRequest{PodUid: string(web.UID)})
+		checkDenial(t, err, issuerv1.Denial_PERMISSION_DENIED, "pod_token required")
+		g, err := strict.AuthorizeWorkload(e.ctx(), nodeA, &issuerv1.WorkloadRequest{PodUid: string(web.UID), PodToken: webToken})
+		if err != nil || g.ID.String() != webID {
+			t.Fatalf("with the pod's token: %v, %v", g.ID, err)
+		}
+	})
 }
 
 // TestAPIServerDown stops the API server mid-run: pods already in the cache

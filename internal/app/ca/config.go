@@ -67,6 +67,11 @@ type KubernetesConfig struct {
 	// BundleNamespaceSelector selects the namespaces that get the
 	// mayfly-trust-bundle ConfigMap (label selector; default: all).
 	BundleNamespaceSelector string `json:"bundleNamespaceSelector,omitempty"`
+	// RequirePodToken refuses workload requests without the pod's own
+	// ServiceAccount token (CSI tokenRequests): a compromised agent then
+	// cannot obtain identities of pods that did not mount a volume. Leave it
+	// off when workloads use the Workload API socket or podCertificate.
+	RequirePodToken bool `json:"requirePodToken,omitempty"`
 	// LeaderElection (default true) lets one replica rotate.
 	LeaderElection *bool `json:"leaderElection,omitempty"`
 }

@@ -131,6 +131,7 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	kcfg := kubeattest.Config{
 		TrustDomain: cfg.TrustDomain, Audience: k.Audience, AgentNamespace: k.Namespace,
 		AgentServiceAccount: k.AgentServiceAccount, ClusterDomain: k.ClusterDomain, Client: kube, Cache: pods,
+		RequirePodToken: k.RequirePodToken,
 	}
 	attestor, err := kubeattest.NewTokenAttestor(kcfg)
 	if err != nil {
