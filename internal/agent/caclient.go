@@ -168,14 +168,20 @@ func (c *CAClient) current() (issuerv1.IssuerClient, chan struct{}, error) {
 }
 
 func (c *CAClient) reachable(err error) {
-	if c.cfg.OnReachable == nil {
-		return
-	}
+	down := false
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded:
-		c.cfg.OnReachable(false)
-	default:
-		c.cfg.OnReachable(true)
+		down = true
+		// The next call (the rotator's bounded retry) should dial at once
+		// rather than wait out the transport's reconnect backoff.
+		c.connMu.Lock()
+		if c.conn != nil {
+			c.conn.ResetConnectBackoff()
+		}
+		c.connMu.Unlock()
+	}
+	if c.cfg.OnReachable != nil {
+		c.cfg.OnReachable(!down)
 	}
 }
 
@@ -339,7 +345,7 @@ func (c *CAClient) watchBundle(ctx context.Context) {
 			case <-gen:
 				t.Stop()
 			}
-			backoff = min(backoff*2, 30*time.Second)
+			backoff = min(backoff*2, 10*time.Second)
 			continue
 		}
 		backoff = time.Second

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
@@ -77,6 +78,14 @@ func Dial(c Config, opts ...grpc.DialOption) (*grpc.ClientConn, issuerv1.IssuerC
 	opts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(c.TLSConfig())),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// gRPC's default reconnect backoff grows to 2 minutes, during which
+		// calls fail at once: far longer than a short certificate's retry
+		// budget. Agents retry with their own bounded backoff; keep the
+		// transport's short.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 	}, opts...)
 	conn, err := grpc.NewClient(c.Address, opts...)
 	if err != nil {

@@ -53,6 +53,10 @@ type stack struct {
 	writeDir string
 	caLogs   *logBuffer
 	agLogs   *logBuffer
+	// stopCA stops the CA; startCA starts it again on the same address and
+	// state directory.
+	stopCA  func()
+	startCA func()
 }
 
 func startStack(t *testing.T, ttl string) *stack {
@@ -78,16 +82,41 @@ nodes:
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &stack{caLogs: &logBuffer{}, agLogs: &logBuffer{}}
 	var wg sync.WaitGroup
-	caReady := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := ca.Run(ctx, caCfg, ca.Options{Listener: lis, Logger: slog.New(slog.NewJSONHandler(s.caLogs, nil)), Ready: func(string) { close(caReady) }}); err != nil {
-			t.Errorf("CA: %v", err)
+	caAddr := lis.Addr().String()
+	var caMu sync.Mutex
+	var caCancel context.CancelFunc
+	var caDone chan struct{}
+	s.startCA = func() {
+		caMu.Lock()
+		defer caMu.Unlock()
+		if lis == nil {
+			var err error
+			if lis, err = net.Listen("tcp", caAddr); err != nil {
+				t.Fatalf("CA listen again on %s: %v", caAddr, err)
+			}
 		}
-	}()
+		cctx, ccancel := context.WithCancel(ctx)
+		caCancel, caDone = ccancel, make(chan struct{})
+		ready, done, l := make(chan struct{}), caDone, lis
+		lis = nil
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(done)
+			if err := ca.Run(cctx, caCfg, ca.Options{Listener: l, Logger: slog.New(slog.NewJSONHandler(s.caLogs, nil)), Ready: func(string) { close(ready) }}); err != nil {
+				t.Errorf("CA: %v", err)
+			}
+		}()
+		<-ready
+	}
+	s.stopCA = func() {
+		caMu.Lock()
+		defer caMu.Unlock()
+		caCancel()
+		<-caDone
+	}
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	<-caReady
+	s.startCA()
 
 	token, err := standalone.NewJoinTokens(stateDir, nil).Create("host-a", time.Minute)
 	if err != nil {
@@ -117,7 +146,7 @@ dataDir: %s
 healthAddress: "off"
 writeDir: %s
 standalone: {registrationsFile: %s}
-`, lis.Addr(), filepath.Join(stateDir, ca.TrustBundleFile), s.socket, filepath.Join(dir, "agent"), s.writeDir, regs)))
+`, caAddr, filepath.Join(stateDir, ca.TrustBundleFile), s.socket, filepath.Join(dir, "agent"), s.writeDir, regs)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,5 +244,92 @@ func TestEndToEndMTLSThroughRotations(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(s.writeDir, sub, "tls.crt")); err != nil {
 			t.Errorf("writeDir/%s: %v", sub, err)
 		}
+	}
+}
+
+// TestEndToEndCAOutage: while the CA is down the agent keeps serving the
+// certificates it holds (handshakes keep working) and retries with bounded
+// backoff; when the CA is back, rotation resumes before anything expired.
+func TestEndToEndCAOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test with a real CA outage (about 30s); skipped with -short")
+	}
+	s := startStack(t, "30s")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	addr := workloadapi.WithClientOptions(workloadapi.WithAddr("unix://" + s.socket))
+	serverSrc, err := workloadapi.NewX509Source(ctx, addr, pick(serverID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer serverSrc.Close()
+	clientSrc, err := workloadapi.NewX509Source(ctx, addr, pick(clientID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clientSrc.Close()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
+		TLSConfig:         tlsconfig.MTLSServerConfig(serverSrc, serverSrc, tlsconfig.AuthorizeID(clientID)),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go func() { _ = srv.ServeTLS(lis, "", "") }()
+	defer srv.Close()
+	handshake := func() error {
+		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(clientSrc, clientSrc, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + lis.Addr().String())
+		if err != nil {
+			return err
+		}
+		return resp.Body.Close()
+	}
+	first, err := serverSrc.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstSerial := first.Certificates[0].SerialNumber.String()
+	notAfter := first.Certificates[0].NotAfter
+
+	s.stopCA()
+	// Past the renewal point (about half of 30s) with the CA down.
+	outageEnd := time.Now().Add(18 * time.Second)
+	for time.Now().Before(outageEnd) {
+		if err := handshake(); err != nil {
+			t.Fatalf("handshake failed during the CA outage: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if !strings.Contains(s.agLogs.String(), "SVID rotation failed; keeping the current one") {
+		t.Fatalf("the agent did not report failed rotations during the outage:\n%s", s.agLogs)
+	}
+	cur, _ := serverSrc.GetX509SVID()
+	if cur.Certificates[0].SerialNumber.String() != firstSerial {
+		t.Fatal("the certificate changed while the CA was down")
+	}
+
+	restarted := time.Now()
+	s.startCA()
+	for {
+		cur, _ := serverSrc.GetX509SVID()
+		if cur.Certificates[0].SerialNumber.String() != firstSerial {
+			break
+		}
+		if time.Now().After(notAfter) {
+			t.Fatalf("the certificate expired before the agent recovered; agent logs:\n%s", s.agLogs)
+		}
+		if err := handshake(); err != nil {
+			t.Fatalf("handshake failed after the CA came back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("recovered %s after the CA came back (%s before the old certificate's expiry)",
+		time.Since(restarted).Round(10*time.Millisecond), time.Until(notAfter).Round(time.Second))
+	if err := handshake(); err != nil {
+		t.Fatalf("handshake with the renewed certificate: %v", err)
 	}
 }
