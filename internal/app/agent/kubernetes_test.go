@@ -25,6 +25,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/app/ca"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -75,7 +76,7 @@ func TestKubernetesPodGetsItsIdentity(t *testing.T) {
 		}
 	}()
 	var bundlePEM string
-	eventually(t, "trust bundle ConfigMap", func() bool {
+	wait.For(t, "trust bundle ConfigMap", func() bool {
 		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
 		if err != nil {
 			return false
@@ -210,14 +211,3 @@ type watcher struct {
 func (w watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.updates <- c }
 
 func (watcher) OnX509ContextWatchError(error) {}
-
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}

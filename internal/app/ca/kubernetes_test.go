@@ -26,6 +26,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -81,17 +82,6 @@ func create[T any](t *testing.T, f func(context.Context, T, metav1.CreateOptions
 	return out
 }
 
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestKubernetesTwoReplicas runs two CA replicas against one API server:
 // one bootstraps, both sign, only the leader rotates, and both pick the new
 // intermediate up from the Secret watch.
@@ -119,7 +109,7 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 
 	// The bundle ConfigMap is the agents' starting trust.
 	var roots []*x509.Certificate
-	eventually(t, "trust bundle ConfigMap", func() bool {
+	wait.For(t, "trust bundle ConfigMap", func() bool {
 		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
 		if err != nil {
 			return false
@@ -127,7 +117,7 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 		roots, err = pki.DecodeCertificates([]byte(cm.Data[bundle.ConfigMapKey]), pki.PEMLimits{})
 		return err == nil
 	})
-	eventually(t, "trust bundle ConfigMap in namespace app", func() bool {
+	wait.For(t, "trust bundle ConfigMap in namespace app", func() bool {
 		_, err := kube.CoreV1().ConfigMaps("app").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
 		return err == nil
 	})
@@ -159,7 +149,7 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 	// The agent SVID lives 1h: after the fake clock jumps, the agent
 	// attests again with its (real-time valid) token.
 	attest := func() {
-		eventually(t, "agent attestation (pod caches synced)", func() bool {
+		wait.For(t, "agent attestation (pod caches synced)", func() bool {
 			resp, err := dial(r1, nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: newCSR(t, agentKey), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tr.Status.Token}})
 			if err != nil {
 				t.Logf("attest: %v", err)
@@ -209,7 +199,7 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 			MaxExpirationSeconds: ptr.To[int32](3600), StubPKCS10Request: stub,
 		},
 	})
-	eventually(t, "PodCertificateRequest issued", func() bool {
+	wait.For(t, "PodCertificateRequest issued", func() bool {
 		got, err := kube.CertificatesV1().PodCertificateRequests("app").Get(ctx, pcrObj.Name, metav1.GetOptions{})
 		return err == nil && strings.Contains(got.Status.CertificateChain, "BEGIN CERTIFICATE")
 	})
@@ -226,7 +216,7 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 	if err := cl.Create(ctx, wc); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "WorkloadCertificate Secret", func() bool {
+	wait.For(t, "WorkloadCertificate Secret", func() bool {
 		sec, err := kube.CoreV1().Secrets("app").Get(ctx, "web-tls", metav1.GetOptions{})
 		return err == nil && len(sec.Data["tls.crt"]) > 0 && len(sec.Data["tls.key"]) > 0
 	})
@@ -238,15 +228,15 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 
 	// Past the activation point (2/3 of 48h) in steps so the leader prepares, then activates.
 	clock.Advance(25 * time.Hour)
-	eventually(t, "next intermediate prepared", func() bool {
+	wait.For(t, "next intermediate prepared", func() bool {
 		return strings.Count(r1.logs.String()+r2.logs.String(), `"msg":"rotated CA keys"`) >= 1
 	})
 	clock.Advance(8 * time.Hour)
-	eventually(t, "intermediate activated", func() bool {
+	wait.For(t, "intermediate activated", func() bool {
 		return strings.Count(r1.logs.String()+r2.logs.String(), `"msg":"rotated CA keys"`) >= 2
 	})
 	attest()
-	eventually(t, "intermediate activated on both replicas", func() bool {
+	wait.For(t, "intermediate activated on both replicas", func() bool {
 		a, b := sign(r1), sign(r2)
 		return !a.Equal(before1) && a.Equal(b)
 	})
