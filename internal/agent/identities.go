@@ -253,7 +253,11 @@ func (e *entry) notify() {
 }
 
 func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, error) {
-	kt := e.spec.KeyType
+	// Ensure may update the spec (pods, pinning) while a rotation runs.
+	m.mu.Lock()
+	spec := e.spec
+	m.mu.Unlock()
+	kt := spec.KeyType
 	if kt == "" {
 		kt = pki.DefaultKeyType
 	}
@@ -265,21 +269,21 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 	if err != nil {
 		return nil, err
 	}
-	base := &issuerv1.WorkloadRequest{Csr: csr, SpiffeId: e.spec.SpiffeID, TtlSeconds: int64(e.spec.TTL / time.Second), DnsNames: e.spec.DNSNames}
+	base := &issuerv1.WorkloadRequest{Csr: csr, SpiffeId: spec.SpiffeID, TtlSeconds: int64(spec.TTL / time.Second), DnsNames: spec.DNSNames}
 	var res *issuerv1.WorkloadResult
-	if e.spec.PodUIDs == nil {
+	if spec.PodUIDs == nil {
 		if res, err = m.cfg.Batcher.Sign(ctx, base); err != nil {
 			return nil, err
 		}
 	} else {
-		uids := e.spec.PodUIDs()
+		uids := spec.PodUIDs()
 		if len(uids) == 0 {
-			return nil, fmt.Errorf("no pod of %s runs on this node any more", e.spec.Key)
+			return nil, fmt.Errorf("no pod of %s runs on this node any more", spec.Key)
 		}
 		for _, uid := range uids {
 			req := &issuerv1.WorkloadRequest{Csr: base.GetCsr(), PodUid: uid, TtlSeconds: base.GetTtlSeconds(), DnsNames: base.GetDnsNames()}
-			if e.spec.PodToken != nil {
-				req.PodToken = e.spec.PodToken(uid)
+			if spec.PodToken != nil {
+				req.PodToken = spec.PodToken(uid)
 			}
 			if res, err = m.cfg.Batcher.Sign(ctx, req); err != nil {
 				return nil, err
@@ -290,7 +294,7 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 		}
 	}
 	if d := res.GetDenial(); d != nil {
-		return nil, fmt.Errorf("the CA denied %s: %s: %s", e.spec.Key, d.GetCode(), d.GetMessage())
+		return nil, fmt.Errorf("the CA denied %s: %s: %s", spec.Key, d.GetCode(), d.GetMessage())
 	}
 	chain, err := issuerclient.ParseChain(res.GetIssued().GetCertificateChain())
 	if err != nil {
@@ -298,7 +302,7 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 	}
 	roots, _ := m.cfg.Bundle.Bundle()
 	if _, err := pki.VerifyX509SVID(chain[0], chain[1:], roots, m.cfg.Clock.Now(), x509.ExtKeyUsageServerAuth); err != nil {
-		return nil, fmt.Errorf("the CA returned an SVID for %s that does not verify: %w", e.spec.Key, err)
+		return nil, fmt.Errorf("the CA returned an SVID for %s that does not verify: %w", spec.Key, err)
 	}
 	return &rotate.Credential{Certificates: chain, Key: key, Bundle: roots}, nil
 }
