@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -21,73 +20,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
+
+	"github.com/mayfly-pki/mayfly/internal/attest"
 
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 )
-
-// peerCreds is a minimal stand-in for the agent's transport credentials:
-// it keeps the unix connection so that attestation can read SO_PEERCRED.
-type peerCreds struct{}
-
-type peerConnInfo struct {
-	credentials.CommonAuthInfo
-	conn syscall.RawConn
-}
-
-func (peerConnInfo) AuthType() string { return "peercred" }
-
-func (peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return nil, nil, fmt.Errorf("not a unix connection: %T", c)
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, nil, err
-	}
-	return c, peerConnInfo{conn: raw}, nil
-}
-
-func (peerCreds) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return c, peerConnInfo{}, nil
-}
-func (peerCreds) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "peercred"}
-}
-func (peerCreds) Clone() credentials.TransportCredentials { return peerCreds{} }
-func (peerCreds) OverrideServerName(string) error         { return nil }
-
-// peerCredAttestor reads the caller's uid with SO_PEERCRED on every call
-// and looks it up: a cheap real attestation.
-type peerCredAttestor struct{ byUID map[uint32]Caller }
-
-func (a *peerCredAttestor) Attest(ctx context.Context) (Caller, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil, errors.New("no peer")
-	}
-	info, ok := p.AuthInfo.(peerConnInfo)
-	if !ok {
-		return nil, errors.New("no peer credentials")
-	}
-	var cred *syscall.Ucred
-	var credErr error
-	if err := info.conn.Control(func(fd uintptr) {
-		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	if credErr != nil {
-		return nil, credErr
-	}
-	c, ok := a.byUID[cred.Uid]
-	if !ok {
-		return nil, fmt.Errorf("uid %d pid %d: unknown workload", cred.Uid, cred.Pid)
-	}
-	return c, nil
-}
 
 // bareServer is the service with nothing but a fixed response: the
 // baseline for the cost of our attestation, lookups and bookkeeping.
@@ -110,19 +47,21 @@ func BenchmarkFetchX509SVID(b *testing.B) {
 	bundles := map[spiffeid.TrustDomain][]*x509.Certificate{ca.TrustDomain: ca.Bundle()}
 	dir := b.TempDir()
 
-	// Ours: peer-credential attestation, the identity cached in the source.
+	// Ours: the agent's real standalone attestation (SO_PEERCRED pinned by a
+	// pidfd, /proc/<pid>/exe read, the pidfd re-checked), the identity cached
+	// in the source.
 	source := newFakeSource()
 	source.setBundle(ca.TrustDomain, ca.Bundle())
 	source.set("bench", id)
 	s, err := New(Config{
-		Attestor:   &peerCredAttestor{byUID: map[uint32]Caller{uint32(syscall.Getuid()): "bench"}},
+		Attestor:   unixAttestor{uid: syscall.Getuid()},
 		Source:     source,
 		Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	ours := grpc.NewServer(grpc.Creds(peerCreds{}), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))
+	ours := grpc.NewServer(grpc.Creds(attest.NewCredentials()), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))
 	s.Register(ours)
 	oursPath := filepath.Join(dir, "mayfly.sock")
 	startBench(b, ours, oursPath)
@@ -210,4 +149,23 @@ func benchFetches(b *testing.B, path string, conc int) {
 		slices.Sort(lat)
 		b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
 	}
+}
+
+// unixAttestor is the agent's standalone attestation (internal/attest) with
+// a one-entry registration: the caller's uid.
+type unixAttestor struct{ uid int }
+
+func (a unixAttestor) Attest(ctx context.Context) (Caller, error) {
+	p, ok := attest.PeerFromContext(ctx)
+	if !ok {
+		return nil, errors.New("no peer credentials")
+	}
+	sel, err := attest.UnixAttestor{}.Attest(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if sel.UID == nil || *sel.UID != a.uid {
+		return nil, errors.New("no registration for this uid")
+	}
+	return "bench", nil
 }
