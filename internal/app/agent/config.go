@@ -4,7 +4,6 @@
 package agent
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"sigs.k8s.io/yaml"
 
 	"github.com/mayfly-pki/mayfly/internal/config"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -21,8 +19,7 @@ import (
 
 // FileConfig is the agent configuration as users write it.
 type FileConfig struct {
-	APIVersion  string `json:"apiVersion,omitempty"`
-	Kind        string `json:"kind,omitempty"`
+	config.Header
 	TrustDomain string `json:"trustDomain"`
 	// Server is the CA's issuer API.
 	Server ServerConfig `json:"server"`
@@ -105,8 +102,6 @@ type Config struct {
 	KeyType           pki.KeyType
 }
 
-const maxConfigSize = 1 << 20
-
 // LoadFile reads and validates a configuration file.
 func LoadFile(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)
@@ -122,42 +117,30 @@ func LoadFile(path string) (*Config, error) {
 
 // Parse parses and validates a configuration; unknown fields are errors.
 func Parse(raw []byte) (*Config, error) {
-	if len(raw) > maxConfigSize {
-		return nil, fmt.Errorf("config is %d bytes, more than %d", len(raw), maxConfigSize)
-	}
-	if len(bytes.TrimSpace(raw)) == 0 {
-		return nil, errors.New("config is empty")
-	}
 	var fc FileConfig
-	if err := yaml.UnmarshalStrict(raw, &fc); err != nil {
-		return nil, fmt.Errorf("parsing agent config: %w", err)
+	if err := config.DecodeStrict(raw, "agent config", &fc); err != nil {
+		return nil, err
 	}
 	return fc.Validate()
 }
 
 // Validate applies defaults; errors name the field path.
 func (fc *FileConfig) Validate() (*Config, error) {
-	if fc.APIVersion != "" && fc.APIVersion != "mayfly.dev/v1alpha1" {
-		return nil, fmt.Errorf("apiVersion: want mayfly.dev/v1alpha1, got %q", fc.APIVersion)
+	if err := fc.Check("AgentConfig"); err != nil {
+		return nil, err
 	}
-	if fc.Kind != "" && fc.Kind != "AgentConfig" {
-		return nil, fmt.Errorf("kind: want AgentConfig, got %q", fc.Kind)
-	}
-	if fc.TrustDomain == "" {
-		return nil, errors.New("trustDomain: required")
-	}
-	td, err := pki.ParseTrustDomain(fc.TrustDomain)
+	td, err := config.TrustDomain(fc.TrustDomain)
 	if err != nil {
-		return nil, fmt.Errorf("trustDomain: %w", err)
+		return nil, err
 	}
 	c := &Config{
 		TrustDomain:     td,
 		ServerAddress:   fc.Server.Address,
 		TrustBundleFile: fc.Server.TrustBundleFile,
 		NodeName:        fc.NodeName,
-		SocketPath:      orDefault(fc.SocketPath, "/run/mayfly/agent.sock"),
-		DataDir:         orDefault(fc.DataDir, "/var/lib/mayfly/agent"),
-		HealthAddress:   orDefault(fc.HealthAddress, "127.0.0.1:9444"),
+		SocketPath:      config.OrDefault(fc.SocketPath, "/run/mayfly/agent.sock"),
+		DataDir:         config.OrDefault(fc.DataDir, "/var/lib/mayfly/agent"),
+		HealthAddress:   config.OrDefault(fc.HealthAddress, "127.0.0.1:9444"),
 		WriteDir:        fc.WriteDir,
 		Kubernetes:      fc.Kubernetes,
 		WorkloadTTL:     fc.Workloads.TTL.Duration,
@@ -198,11 +181,11 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		}
 	default:
 		k := fc.Kubernetes
-		k.TokenFile = orDefault(k.TokenFile, "/var/run/secrets/mayfly/token")
-		k.ProcRoot = orDefault(k.ProcRoot, "/proc")
+		k.TokenFile = config.OrDefault(k.TokenFile, "/var/run/secrets/mayfly/token")
+		k.ProcRoot = config.OrDefault(k.ProcRoot, "/proc")
 		if k.CSI != nil {
-			k.CSI.SocketPath = orDefault(k.CSI.SocketPath, "/var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock")
-			k.CSI.StateDir = orDefault(k.CSI.StateDir, "/var/lib/kubelet/plugins/csi.mayfly.dev/volumes")
+			k.CSI.SocketPath = config.OrDefault(k.CSI.SocketPath, "/var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock")
+			k.CSI.StateDir = config.OrDefault(k.CSI.StateDir, "/var/lib/kubelet/plugins/csi.mayfly.dev/volumes")
 			if !filepath.IsAbs(k.CSI.SocketPath) || !filepath.IsAbs(k.CSI.StateDir) {
 				return nil, errors.New("kubernetes.csi.socketPath, stateDir: must be absolute")
 			}
@@ -223,11 +206,4 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		return nil, fmt.Errorf("nodeName: %w", err)
 	}
 	return c, nil
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

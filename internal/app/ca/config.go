@@ -4,7 +4,6 @@
 package ca
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"sigs.k8s.io/yaml"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/config"
@@ -23,8 +21,7 @@ import (
 
 // FileConfig is the CA configuration as users write it (YAML or JSON).
 type FileConfig struct {
-	APIVersion string `json:"apiVersion,omitempty"`
-	Kind       string `json:"kind,omitempty"`
+	config.Header
 	// TrustDomain of every identity this CA issues, e.g. example.org.
 	TrustDomain string `json:"trustDomain"`
 	// ListenAddress of the issuer gRPC API (default 127.0.0.1:8443).
@@ -145,20 +142,12 @@ func LoadFile(path string) (*Config, error) {
 	return cfg, nil
 }
 
-const maxConfigSize = 1 << 20
-
 // Parse parses and validates a configuration; unknown fields are errors
 // (a typo must not silently fall back to a default).
 func Parse(raw []byte) (*Config, error) {
-	if len(raw) > maxConfigSize {
-		return nil, fmt.Errorf("config is %d bytes, more than %d", len(raw), maxConfigSize)
-	}
-	if len(bytes.TrimSpace(raw)) == 0 {
-		return nil, errors.New("config is empty")
-	}
 	var fc FileConfig
-	if err := yaml.UnmarshalStrict(raw, &fc); err != nil {
-		return nil, fmt.Errorf("parsing CA config: %w", err)
+	if err := config.DecodeStrict(raw, "CA config", &fc); err != nil {
+		return nil, err
 	}
 	return fc.Validate()
 }
@@ -166,23 +155,17 @@ func Parse(raw []byte) (*Config, error) {
 // Validate applies defaults and returns the runtime form; errors name the
 // field path.
 func (fc *FileConfig) Validate() (*Config, error) {
-	if fc.APIVersion != "" && fc.APIVersion != "mayfly.dev/v1alpha1" {
-		return nil, fmt.Errorf("apiVersion: want mayfly.dev/v1alpha1, got %q", fc.APIVersion)
+	if err := fc.Check("CAConfig"); err != nil {
+		return nil, err
 	}
-	if fc.Kind != "" && fc.Kind != "CAConfig" {
-		return nil, fmt.Errorf("kind: want CAConfig, got %q", fc.Kind)
-	}
-	if fc.TrustDomain == "" {
-		return nil, errors.New("trustDomain: required (e.g. example.org)")
-	}
-	td, err := pki.ParseTrustDomain(fc.TrustDomain)
+	td, err := config.TrustDomain(fc.TrustDomain)
 	if err != nil {
-		return nil, fmt.Errorf("trustDomain: %w", err)
+		return nil, err
 	}
 	c := &Config{
 		TrustDomain:    td,
-		ListenAddress:  orDefault(fc.ListenAddress, "127.0.0.1:8443"),
-		HealthAddress:  orDefault(fc.HealthAddress, "127.0.0.1:9443"),
+		ListenAddress:  config.OrDefault(fc.ListenAddress, "127.0.0.1:8443"),
+		HealthAddress:  config.OrDefault(fc.HealthAddress, "127.0.0.1:9443"),
 		ServerDNSNames: fc.ServerDNSNames,
 		Directory:      fc.Directory,
 		Kubernetes:     fc.Kubernetes,
@@ -215,11 +198,11 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		return nil, errors.New("directory and kubernetes: set only one")
 	}
 	if k := c.Kubernetes; k != nil {
-		k.Namespace = orDefault(k.Namespace, orDefault(os.Getenv("POD_NAMESPACE"), "mayfly-system"))
-		k.SecretName = orDefault(k.SecretName, "mayfly-ca")
-		k.AgentServiceAccount = orDefault(k.AgentServiceAccount, "mayfly-agent")
-		k.Audience = orDefault(k.Audience, "mayfly-ca")
-		k.ClusterDomain = orDefault(k.ClusterDomain, "cluster.local")
+		k.Namespace = config.OrDefault(k.Namespace, config.OrDefault(os.Getenv("POD_NAMESPACE"), "mayfly-system"))
+		k.SecretName = config.OrDefault(k.SecretName, "mayfly-ca")
+		k.AgentServiceAccount = config.OrDefault(k.AgentServiceAccount, "mayfly-agent")
+		k.Audience = config.OrDefault(k.Audience, "mayfly-ca")
+		k.ClusterDomain = config.OrDefault(k.ClusterDomain, "cluster.local")
 		if len(c.Nodes) > 0 {
 			return nil, errors.New("nodes: only for standalone mode; in Kubernetes mode pods are authorized by the pod's node and ServiceAccount")
 		}
@@ -283,11 +266,4 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		seen[n.Name] = true
 	}
 	return c, nil
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

@@ -1,0 +1,73 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"sigs.k8s.io/yaml"
+
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+// APIVersion is the version of every mayfly configuration file.
+const APIVersion = "mayfly.dev/v1alpha1"
+
+// MaxFileSize bounds a configuration file.
+const MaxFileSize = 1 << 20
+
+// Header is the apiVersion/kind pair at the top of a configuration file;
+// both are optional, but when present they must be ours.
+type Header struct {
+	APIVersion string `json:"apiVersion,omitempty"`
+	Kind       string `json:"kind,omitempty"`
+}
+
+// Check names the field that does not fit kind.
+func (h Header) Check(kind string) error {
+	if h.APIVersion != "" && h.APIVersion != APIVersion {
+		return fmt.Errorf("apiVersion: want %s, got %q", APIVersion, h.APIVersion)
+	}
+	if h.Kind != "" && h.Kind != kind {
+		return fmt.Errorf("kind: want %s, got %q", kind, h.Kind)
+	}
+	return nil
+}
+
+// DecodeStrict decodes a YAML (or JSON) configuration into out: bounded in
+// size, an empty file refused, and unknown fields are errors (a typo must
+// not silently fall back to a default). what names the file's kind in
+// errors ("CA config").
+func DecodeStrict(raw []byte, what string, out any) error {
+	if len(raw) > MaxFileSize {
+		return fmt.Errorf("config is %d bytes, more than %d", len(raw), MaxFileSize)
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return errors.New("config is empty")
+	}
+	if err := yaml.UnmarshalStrict(raw, out); err != nil {
+		return fmt.Errorf("parsing %s: %w", what, err)
+	}
+	return nil
+}
+
+// TrustDomain parses the required trustDomain field.
+func TrustDomain(s string) (spiffeid.TrustDomain, error) {
+	if s == "" {
+		return spiffeid.TrustDomain{}, errors.New("trustDomain: required (e.g. example.org)")
+	}
+	td, err := pki.ParseTrustDomain(s)
+	if err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("trustDomain: %w", err)
+	}
+	return td, nil
+}
+
+// OrDefault returns s, or def when s is empty.
+func OrDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
