@@ -28,6 +28,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -37,63 +38,9 @@ const (
 	pollTimeout = 20 * time.Second
 )
 
-// fakeSource is a bundle.Source whose bundle and readiness the test sets.
-type fakeSource struct {
-	mu      sync.Mutex
-	loaded  *authority.Loaded
-	err     error
-	subs    map[chan struct{}]struct{}
-	calls   int
-	subbeds int
-}
-
-func newSource(l *authority.Loaded, err error) *fakeSource {
-	return &fakeSource{loaded: l, err: err, subs: map[chan struct{}]struct{}{}}
-}
-
-func (s *fakeSource) Current() (*authority.Loaded, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.calls++
-	return s.loaded, s.err
-}
-
-func (s *fakeSource) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	s.mu.Lock()
-	s.subs[ch] = struct{}{}
-	s.subbeds++
-	s.mu.Unlock()
-	return ch, func() {
-		s.mu.Lock()
-		delete(s.subs, ch)
-		s.mu.Unlock()
-	}
-}
-
-// set changes what Current returns and signals the subscribers.
-func (s *fakeSource) set(l *authority.Loaded, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.loaded, s.err = l, err
-	for ch := range s.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
-
-func (s *fakeSource) currentCalls() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls
-}
-
-func (s *fakeSource) subscribers() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.subs)
+// newSource is a bundle.Source whose bundle and readiness the test sets.
+func newSource(l *authority.Loaded, err error) *fakeauthority.Authority {
+	return fakeauthority.New(l, err)
 }
 
 func loaded(version string, roots ...*x509.Certificate) *authority.Loaded {
@@ -127,12 +74,12 @@ func (c *recordingClient) lookedUp(ns string) bool {
 // env is a cluster with the bundle controller running against it.
 type env struct {
 	c      *cluster.Cluster
-	src    *fakeSource
+	src    *fakeauthority.Authority
 	client *recordingClient
 }
 
 // start runs a manager with the bundle controller until the test ends.
-func start(t *testing.T, c *cluster.Cluster, src *fakeSource, selector labels.Selector) *env {
+func start(t *testing.T, c *cluster.Cluster, src *fakeauthority.Authority, selector labels.Selector) *env {
 	t.Helper()
 	mgr, err := ctrl.NewManager(c.Config, ctrl.Options{
 		Logger:                 logr.Discard(),
@@ -163,7 +110,7 @@ func start(t *testing.T, c *cluster.Cluster, src *fakeSource, selector labels.Se
 	})
 	e := &env{c: c, src: src, client: rc}
 	e.eventually(t, "the controller subscribes to bundle changes", func(context.Context) (bool, string) {
-		return src.subscribers() > 0, "no subscriber"
+		return src.Subscribers() > 0, "no subscriber"
 	})
 	return e
 }
@@ -414,7 +361,7 @@ func TestBundleDistribution(t *testing.T) {
 
 	t.Run("bundle_change_updates_everything", func(t *testing.T) {
 		v2 := loaded("v2", ca1.Root, ca2.Root)
-		src.set(v2, nil)
+		src.Set(v2, nil)
 		e.waitEveryNamespace(t, v2)
 		e.eventually(t, "the ClusterTrustBundle holds both roots", func(ctx context.Context) (bool, string) { return e.ctbCheck(ctx, v2) })
 		ctb, err := c.Client.CertificatesV1().ClusterTrustBundles().Get(ctx, bundle.ClusterTrustBundleName, metav1.GetOptions{})
@@ -430,7 +377,7 @@ func TestBundleDistribution(t *testing.T) {
 
 		// And back to one root: the old root is dropped everywhere.
 		v3 := loaded("v3", ca2.Root)
-		src.set(v3, nil)
+		src.Set(v3, nil)
 		e.waitEveryNamespace(t, v3)
 		e.eventually(t, "the ClusterTrustBundle holds only the new root", func(ctx context.Context) (bool, string) { return e.ctbCheck(ctx, v3) })
 	})
@@ -523,7 +470,7 @@ func TestBundleSourceNotReady(t *testing.T) {
 		// Every reconcile asks the source first; wait for several rounds
 		// of them (the first pass and retries) before looking.
 		e.eventually(t, "the controller tried every namespace and retried", func(context.Context) (bool, string) {
-			n := src.currentCalls()
+			n := src.Calls()
 			return n >= 20, fmt.Sprintf("%d calls of Current", n)
 		})
 		assertNothingWritten(t)
@@ -531,18 +478,18 @@ func TestBundleSourceNotReady(t *testing.T) {
 
 	v1 := loaded("v1", testca.New(t).Root)
 	t.Run("ready_source_is_published", func(t *testing.T) {
-		src.set(v1, nil)
+		src.Set(v1, nil)
 		e.waitEveryNamespace(t, v1)
 		e.eventually(t, "the ClusterTrustBundle holds v1", func(ctx context.Context) (bool, string) { return e.ctbCheck(ctx, v1) })
 	})
 
 	t.Run("not_ready_again_keeps_what_was_published", func(t *testing.T) {
-		before := src.currentCalls()
-		src.set(nil, errNotReady)
+		before := src.Calls()
+		src.Set(nil, errNotReady)
 		// The change triggers a reconcile of every namespace and the
 		// ClusterTrustBundle; wait until they and some retries ran.
 		e.eventually(t, "the controller reconciled after the source failed", func(context.Context) (bool, string) {
-			n := src.currentCalls() - before
+			n := src.Calls() - before
 			return n >= 20, fmt.Sprintf("%d calls of Current", n)
 		})
 		e.waitEveryNamespace(t, v1)
@@ -553,9 +500,9 @@ func TestBundleSourceNotReady(t *testing.T) {
 		if err := c.Client.CoreV1().ConfigMaps("team-a").Delete(ctx, bundle.ConfigMapName, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		before = src.currentCalls()
+		before = src.Calls()
 		e.eventually(t, "the controller reconciled after the delete", func(context.Context) (bool, string) {
-			n := src.currentCalls() - before
+			n := src.Calls() - before
 			return n >= 10, fmt.Sprintf("%d calls of Current", n)
 		})
 		if _, err := c.Client.CoreV1().ConfigMaps("team-a").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
@@ -563,7 +510,7 @@ func TestBundleSourceNotReady(t *testing.T) {
 		}
 
 		// Ready again: it comes back.
-		src.set(v1, nil)
+		src.Set(v1, nil)
 		e.waitConfigMap(t, "team-a", v1)
 	})
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
 	"github.com/mayfly-pki/mayfly/internal/kubeattest"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -45,51 +46,14 @@ const (
 	pollTimeout = 20 * time.Second
 )
 
-// fakeAuthority is the reconciler's AuthoritySource; the test sets its
+// newAuthority is the reconciler's AuthoritySource; the test sets its
 // state and readiness.
-type fakeAuthority struct {
-	mu     sync.Mutex
-	loaded *authority.Loaded
-	err    error
-	subs   map[chan struct{}]struct{}
-}
-
-func newAuthority(l *authority.Loaded, err error) *fakeAuthority {
-	return &fakeAuthority{loaded: l, err: err, subs: map[chan struct{}]struct{}{}}
+func newAuthority(l *authority.Loaded, err error) *fakeauthority.Authority {
+	return fakeauthority.New(l, err)
 }
 
 func loadedOf(tca *testca.CA) *authority.Loaded {
 	return &authority.Loaded{Authority: tca.Authority(), Bundle: tca.Bundle(), BundleVersion: "v1"}
-}
-
-func (a *fakeAuthority) Current() (*authority.Loaded, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.loaded, a.err
-}
-
-func (a *fakeAuthority) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	a.mu.Lock()
-	a.subs[ch] = struct{}{}
-	a.mu.Unlock()
-	return ch, func() {
-		a.mu.Lock()
-		delete(a.subs, ch)
-		a.mu.Unlock()
-	}
-}
-
-func (a *fakeAuthority) set(l *authority.Loaded, err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.loaded, a.err = l, err
-	for ch := range a.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
 }
 
 // logBuffer collects JSON log lines from several goroutines.
@@ -479,13 +443,13 @@ func TestSignerWaitsForCA(t *testing.T) {
 	}
 
 	old := testca.New(t, testca.WithIntermediateTTL(30*time.Minute))
-	auth.set(loadedOf(old), nil)
+	auth.Set(loadedOf(old), nil)
 	waitLog(t, logs, "api", "waiting for the CA to rotate")
 	if req := e.get(t, ns, "api"); len(req.Status.Conditions) != 0 {
 		t.Fatalf("intermediate expiring: request decided %+v, want pending", req.Status.Conditions)
 	}
 
-	auth.set(loadedOf(tca), nil)
+	auth.Set(loadedOf(tca), nil)
 	req := e.waitDecided(t, ns, "api")
 	if c := req.Status.Conditions[0]; c.Type != "Issued" {
 		t.Fatalf("condition %s %s: %s, want Issued", c.Type, c.Reason, c.Message)

@@ -32,6 +32,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -41,49 +42,9 @@ const (
 	pollTimeout = 30 * time.Second
 )
 
-// fakeAuthority is a workloadcert.Authority and Subscriber whose state the
+// newAuthority is a workloadcert.Authority and Subscriber whose state the
 // test sets.
-type fakeAuthority struct {
-	mu     sync.Mutex
-	loaded *authority.Loaded
-	err    error
-	subs   map[chan struct{}]struct{}
-}
-
-func newAuthority(l *authority.Loaded) *fakeAuthority {
-	return &fakeAuthority{loaded: l, subs: map[chan struct{}]struct{}{}}
-}
-
-func (a *fakeAuthority) Current() (*authority.Loaded, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.loaded, a.err
-}
-
-func (a *fakeAuthority) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	a.mu.Lock()
-	a.subs[ch] = struct{}{}
-	a.mu.Unlock()
-	return ch, func() {
-		a.mu.Lock()
-		delete(a.subs, ch)
-		a.mu.Unlock()
-	}
-}
-
-// set changes the state in force and tells the subscribers.
-func (a *fakeAuthority) set(l *authority.Loaded, err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.loaded, a.err = l, err
-	for ch := range a.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
+func newAuthority(l *authority.Loaded) *fakeauthority.Authority { return fakeauthority.New(l, nil) }
 
 func loadedFrom(tca *testca.CA, version string, bundle ...*x509.Certificate) *authority.Loaded {
 	if len(bundle) == 0 {
@@ -133,7 +94,7 @@ type env struct {
 	c      *cluster.Cluster
 	cl     client.Client // direct, uncached
 	ca     *testca.CA
-	auth   *fakeAuthority
+	auth   *fakeauthority.Authority
 	clock  *fakeClock
 	logs   *syncBuffer
 	reg    *prometheus.Registry

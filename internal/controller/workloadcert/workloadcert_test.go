@@ -297,7 +297,7 @@ func TestWorkloadCertificate(t *testing.T) {
 		serial := first.serial()
 		// A new root is published next to the old one: ca.crt follows, the
 		// certificate stays.
-		e.auth.set(loadedFrom(e.ca, "v2", e.ca.Root, next.Root), nil)
+		e.auth.Set(loadedFrom(e.ca, "v2", e.ca.Root, next.Root), nil)
 		eventually(t, "ca.crt holds both roots", func(ctx context.Context) (bool, string) {
 			got, err := e.secret(ctx, "app", "web-tls")
 			if err != nil {
@@ -307,7 +307,7 @@ func TestWorkloadCertificate(t *testing.T) {
 		})
 		// The old root goes: the certificate no longer verifies, so a new
 		// one from the new CA replaces it.
-		e.auth.set(loadedFrom(next, "v3"), nil)
+		e.auth.Set(loadedFrom(next, "v3"), nil)
 		got := e.waitSecret(t, "app", "web", "web-tls", serial)
 		if _, err := pki.VerifyX509SVID(got.chain[0], got.chain[1:], next.Bundle(), clock.Now(), x509.ExtKeyUsageServerAuth); err != nil {
 			t.Errorf("the new certificate does not verify against the new root: %v", err)
@@ -320,13 +320,13 @@ func TestWorkloadCertificate(t *testing.T) {
 
 	t.Run("waits_while_the_CA_is_not_ready", func(t *testing.T) {
 		l, _ := e.auth.Current()
-		e.auth.set(nil, fmt.Errorf("CA is not ready: state not loaded yet"))
+		e.auth.Set(nil, fmt.Errorf("CA is not ready: state not loaded yet"))
 		e.create(t, workloadCert("app", "early", "web", "early-tls"))
 		wc := e.waitCondition(t, "app", "early", mayflyv1alpha1.ConditionIssuing, "True", mayflyv1alpha1.ReasonCANotReady)
 		if c := meta.FindStatusCondition(wc.Status.Conditions, "Ready"); c == nil || c.Status != "False" || c.Reason != mayflyv1alpha1.ReasonCANotReady {
 			t.Errorf("Ready = %+v", c)
 		}
-		e.auth.set(l, nil)
+		e.auth.Set(l, nil)
 		e.waitSecret(t, "app", "early", "early-tls", "")
 	})
 
