@@ -1,15 +1,12 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
-	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/mayfly-pki/mayfly/internal/cli"
 )
 
 const usage = `mayfly node agent
@@ -26,27 +23,10 @@ See docs/agent.md and docs/workload-api.md.
 
 // Main is the agent command; it returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, usage)
-		return 0
-	}
-	var err error
-	switch args[0] {
-	case "run":
-		err = cmdRun(args[1:], stderr)
-	case "status":
-		err = cmdStatus(args[1:], stdout, stderr)
-	default:
-		err = fmt.Errorf("unknown command %q; run `agent --help`", args[0])
-	}
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "agent:", err)
-		return 1
-	}
-	return 0
+	return cli.Main("agent", usage, args, stdout, stderr, map[string]cli.Command{
+		"run":    func(a []string) error { return cmdRun(a, stderr) },
+		"status": func(a []string) error { return cmdStatus(a, stdout, stderr) },
+	})
 }
 
 func cmdRun(args []string, stderr io.Writer) error {
@@ -69,12 +49,11 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if cfg.JoinToken == "" {
 		cfg.JoinToken = os.Getenv("MAYFLY_JOIN_TOKEN")
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := cli.Logger(*level, stderr)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
 	return Run(ctx, cfg, Options{Logger: log})
 }

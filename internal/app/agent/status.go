@@ -1,17 +1,14 @@
 package agent
 
 import (
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/agent"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -28,29 +25,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Get("http://" + *addr + "/status")
-	if err != nil {
-		return fmt.Errorf("reaching the agent at %s (is it running, with healthAddress there?): %w", *addr, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("agent answered %s", resp.Status)
-	}
 	var doc statusDoc
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&doc); err != nil {
-		return fmt.Errorf("decoding the agent's status: %w", err)
+	if err := cli.FetchStatus(*addr, "agent", &doc); err != nil {
+		return err
 	}
-	switch *output {
-	case "json":
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(doc)
-	case "table":
-		return printTable(stdout, doc, time.Now())
-	default:
-		return errors.New("--output: table or json")
-	}
+	return cli.Render(stdout, *output, doc, func() error { return printTable(stdout, doc, time.Now()) })
 }
 
 func printTable(w io.Writer, doc statusDoc, now time.Time) error {
@@ -62,7 +41,7 @@ func printTable(w io.Writer, doc statusDoc, now time.Time) error {
 			notAfter = s.Current.NotAfter.UTC().Format(time.RFC3339)
 			rem := s.Current.NotAfter.Sub(now)
 			left = rem.Truncate(time.Second).String()
-			bar = lifeBar(rem, s.Current.NotAfter.Sub(s.Current.NotBefore))
+			bar = cli.LifeBar(rem, s.Current.NotAfter.Sub(s.Current.NotBefore))
 		}
 		next := "-"
 		if !s.NextAt.IsZero() {
@@ -79,15 +58,4 @@ func printTable(w io.Writer, doc statusDoc, now time.Time) error {
 		row(name, id.State)
 	}
 	return tw.Flush()
-}
-
-// lifeBar draws the remaining fraction of a certificate's life.
-func lifeBar(remaining, life time.Duration) string {
-	const width = 10
-	if life <= 0 {
-		return "[" + strings.Repeat(" ", width) + "]"
-	}
-	n := int(float64(width) * float64(remaining) / float64(life))
-	n = max(0, min(width, n))
-	return "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
 }

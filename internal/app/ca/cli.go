@@ -6,16 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/standalone"
 )
 
@@ -38,31 +35,12 @@ See docs/ca.md.
 
 // Main is the ca command; it returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, usage)
-		return 0
-	}
-	var err error
-	switch args[0] {
-	case "run":
-		err = cmdRun(args[1:], stderr)
-	case "token":
-		err = cmdToken(args[1:], stdout, stderr)
-	case "status":
-		err = cmdStatus(args[1:], stdout, stderr)
-	case "rotate-root":
-		err = cmdRotateRoot(args[1:], stdout, stderr)
-	default:
-		err = fmt.Errorf("unknown command %q; run `ca --help`", args[0])
-	}
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "ca:", err)
-		return 1
-	}
-	return 0
+	return cli.Main("ca", usage, args, stdout, stderr, map[string]cli.Command{
+		"run":         func(a []string) error { return cmdRun(a, stderr) },
+		"token":       func(a []string) error { return cmdToken(a, stdout, stderr) },
+		"status":      func(a []string) error { return cmdStatus(a, stdout, stderr) },
+		"rotate-root": func(a []string) error { return cmdRotateRoot(a, stdout, stderr) },
+	})
 }
 
 func cmdRun(args []string, stderr io.Writer) error {
@@ -82,12 +60,11 @@ func cmdRun(args []string, stderr io.Writer) error {
 		return err
 	}
 	cfg.AllowRebootstrap = *rebootstrap
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := cli.Logger(*level, stderr)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
 	return Run(ctx, cfg, Options{Logger: log})
 }

@@ -1,19 +1,15 @@
 package ca
 
 import (
-	"context"
 	"crypto/x509"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 )
 
@@ -85,31 +81,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+"/status", nil)
-	if err != nil {
+	var st Status
+	if err := cli.FetchStatus(*addr, "CA", &st); err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("reaching the CA at %s (is it running, with healthAddress there?): %w", *addr, err)
-	}
-	defer resp.Body.Close()
-	var st Status
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&st); err != nil {
-		return fmt.Errorf("decoding the CA's status: %w", err)
-	}
-	switch *output {
-	case "json":
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
-	case "table":
-		return printStatus(stdout, st, time.Now())
-	default:
-		return errors.New("--output: table or json")
-	}
+	return cli.Render(stdout, *output, st, func() error { return printStatus(stdout, st, time.Now()) })
 }
 
 func printStatus(w io.Writer, st Status, now time.Time) error {
@@ -123,17 +99,12 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 	fmt.Fprintln(tw, "ROLE\tSLOT\tSERIAL\tNOT AFTER\tLEFT\t")
 	for _, a := range st.Authorities {
 		rem := a.NotAfter.Sub(now)
-		life := a.NotAfter.Sub(a.NotBefore)
-		n := 0
-		if life > 0 {
-			n = max(0, min(10, int(10*float64(rem)/float64(life))))
-		}
 		serial := a.Serial
 		if len(serial) > 16 {
 			serial = serial[:16]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t[%s%s]\n", a.Role, a.Slot, serial, a.NotAfter.UTC().Format(time.RFC3339),
-			rem.Truncate(time.Second), strings.Repeat("#", n), strings.Repeat(".", 10-n))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Role, a.Slot, serial, a.NotAfter.UTC().Format(time.RFC3339),
+			rem.Truncate(time.Second), cli.LifeBar(rem, a.NotAfter.Sub(a.NotBefore)))
 	}
 	return tw.Flush()
 }
