@@ -7,8 +7,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -82,6 +86,14 @@ func BenchmarkFetchX509SVID(b *testing.B) {
 				benchFetches(b, srv.path, conc)
 			})
 		}
+	}
+	// The same at one client, with the client in its own process, as a
+	// workload is: the agent's latency without the client's garbage
+	// collection in the same heap.
+	for _, srv := range []struct{ name, path string }{{"mayfly", oursPath}, {"bare", barePath}} {
+		b.Run(srv.name+"/c1-client-process", func(b *testing.B) {
+			benchFetchesInChild(b, srv.path)
+		})
 	}
 }
 
@@ -168,4 +180,60 @@ func (a unixAttestor) Attest(ctx context.Context) (Caller, error) {
 		return nil, errors.New("no registration for this uid")
 	}
 	return "bench", nil
+}
+
+// benchFetchesInChild runs b.N fetches from a child process (this test
+// binary, running TestFetchClientProcess) and reports what it measured.
+func benchFetchesInChild(b *testing.B, path string) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestFetchClientProcess$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "MAYFLY_FETCH_SOCKET="+path, "MAYFLY_FETCH_N="+strconv.Itoa(b.N))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("client process: %v\n%s", err, out)
+	}
+	var n int
+	var secs float64
+	var p99 int64
+	for _, line := range strings.Split(string(out), "\n") {
+		if _, err := fmt.Sscanf(strings.TrimSpace(line), "RESULT %d %g %d", &n, &secs, &p99); err == nil {
+			b.ReportMetric(float64(n)/secs, "fetches/s")
+			b.ReportMetric(float64(p99), "p99-µs")
+			return
+		}
+	}
+	b.Fatalf("client process printed no result:\n%s", out)
+}
+
+// TestFetchClientProcess is the client half of benchFetchesInChild; it runs
+// only as that child process.
+func TestFetchClientProcess(t *testing.T) {
+	path := os.Getenv("MAYFLY_FETCH_SOCKET")
+	if path == "" {
+		t.Skip("helper process of BenchmarkFetchX509SVID/*/c1-client-process; runs only as its child")
+	}
+	n, err := strconv.Atoi(os.Getenv("MAYFLY_FETCH_N"))
+	if err != nil || n < 1 {
+		t.Fatalf("MAYFLY_FETCH_N: %v", err)
+	}
+	ctx := context.Background()
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.FetchX509SVID(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lat := make([]time.Duration, n)
+	start := time.Now()
+	for i := range lat {
+		t0 := time.Now()
+		if _, err := c.FetchX509SVID(ctx); err != nil {
+			t.Fatal(err)
+		}
+		lat[i] = time.Since(t0)
+	}
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	fmt.Printf("RESULT %d %g %d\n", n, elapsed.Seconds(), lat[len(lat)*99/100].Microseconds())
 }
