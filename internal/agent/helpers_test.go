@@ -19,6 +19,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -278,13 +279,7 @@ func recv[T any](t *testing.T, ch <-chan T, what string) T {
 // for a rotation: the fake clock drives those.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	wait.Within(t, what, waitTimeout, time.Millisecond, cond)
 }
 
 // run starts f in a goroutine and, at cleanup, cancels it and checks that

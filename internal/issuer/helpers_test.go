@@ -33,6 +33,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -426,13 +427,7 @@ func wantCode(t *testing.T, err error, want ...codes.Code) {
 // happen after the client's call returns.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	wait.Within(t, what, 10*time.Second, 2*time.Millisecond, cond)
 }
 
 func (h *harness) family(name string) *dto.MetricFamily {

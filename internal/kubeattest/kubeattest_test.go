@@ -19,6 +19,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/kubeattest"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
 const (
@@ -123,13 +124,7 @@ func (e *env) create(f func(context.Context) error) {
 // eventually polls a cache condition (never sleeps for a fixed time).
 func (e *env) eventually(what string, cond func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.Within(e.t, what, 20*time.Second, 10*time.Millisecond, cond)
 }
 
 // pod creates a pod of ns/sa on node (unscheduled when node is empty) and

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -38,6 +39,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -209,34 +211,25 @@ func (e *env) get(t *testing.T, ns, name string) *certificatesv1.PodCertificateR
 // waitDecided polls until the request carries a condition.
 func (e *env) waitDecided(t *testing.T, ns, name string) *certificatesv1.PodCertificateRequest {
 	t.Helper()
-	deadline := time.Now().Add(pollTimeout)
-	for {
-		req := e.get(t, ns, name)
-		if len(req.Status.Conditions) > 0 {
-			return req
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("PodCertificateRequest %s/%s undecided after %s", ns, name, pollTimeout)
-		}
-		time.Sleep(pollEvery)
-	}
+	var req *certificatesv1.PodCertificateRequest
+	wait.Within(t, "a decision on PodCertificateRequest "+ns+"/"+name, pollTimeout, pollEvery, func() bool {
+		req = e.get(t, ns, name)
+		return len(req.Status.Conditions) > 0
+	})
+	return req
 }
 
 // waitLog polls until a log line has msg and its error contains substr.
 func waitLog(t *testing.T, logs *logBuffer, pcrName, substr string) {
 	t.Helper()
-	deadline := time.Now().Add(pollTimeout)
-	for {
+	wait.Within(t, "a log line for "+pcrName+" with "+strconv.Quote(substr), pollTimeout, pollEvery, func() bool {
 		for _, l := range logs.lines(t, "pcr", pcrName) {
 			if e, _ := l["error"].(string); strings.Contains(e, substr) {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line for %s with %q after %s", pcrName, substr, pollTimeout)
-		}
-		time.Sleep(pollEvery)
-	}
+		return false
+	})
 }
 
 func ecKey(t *testing.T, c elliptic.Curve) crypto.Signer {

@@ -1,5 +1,6 @@
 // Package wait polls a condition with a deadline, for tests that wait on a
-// real API server or a real network: never a fixed sleep for a rotation.
+// real API server, a real network or another goroutine's side effect:
+// never a fixed sleep for a rotation (the fake clock drives those).
 package wait
 
 import (
@@ -14,12 +15,19 @@ const Timeout = 30 * time.Second
 // with what it waited for when Timeout passes first.
 func For(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(Timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
+	Within(t, what, Timeout, 20*time.Millisecond, cond)
+}
+
+// Within polls cond every interval until it returns true, and fails the
+// test with what it waited for when timeout passes first.
+func Within(t testing.TB, what string, timeout, interval time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", Timeout, what)
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		<-tick.C
 	}
