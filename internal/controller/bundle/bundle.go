@@ -21,12 +21,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/controller/changes"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -68,8 +68,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.NamespaceSelector == nil {
 		r.NamespaceSelector = labels.Everything()
 	}
-	changes := make(chan event.GenericEvent, 1)
-	if err := mgr.Add(forwardChanges(r.Source, changes)); err != nil {
+	changed := make(chan event.GenericEvent, 1)
+	if err := mgr.Add(changes.Forward(r.Source, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: clusterKey}}, changed, true)); err != nil {
 		return err
 	}
 	isOurs := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == ConfigMapName })
@@ -79,46 +79,13 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetNamespace()}}}
 		}), builder.WithPredicates(isOurs)).
-		WatchesRawSource(source.Channel(changes, handler.EnqueueRequestsFromMapFunc(r.all)))
+		WatchesRawSource(source.Channel(changed, handler.EnqueueRequestsFromMapFunc(r.all)))
 	if r.ClusterTrustBundle {
 		b = b.Watches(&certificatesv1.ClusterTrustBundle{}, handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: clusterKey}}}
 		}), builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == ClusterTrustBundleName })))
 	}
 	return b.Complete(r)
-}
-
-// forwardChanges turns authority changes into controller events.
-func forwardChanges(src Source, out chan<- event.GenericEvent) manager.RunnableFunc {
-	return func(ctx context.Context) error {
-		ch, cancel := src.Subscribe()
-		defer cancel()
-		trigger := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: clusterKey}}
-		send := func() bool {
-			select {
-			case out <- event.GenericEvent{Object: trigger}:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		}
-		// Reconcile everything once at start (after subscribing, so no
-		// change is missed): nothing else creates the ClusterTrustBundle
-		// until the bundle first changes.
-		if !send() {
-			return nil
-		}
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-ch:
-				if !send() {
-					return nil
-				}
-			}
-		}
-	}
 }
 
 // all enqueues every namespace and the ClusterTrustBundle.

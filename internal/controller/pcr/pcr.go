@@ -37,12 +37,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/controller/changes"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -194,12 +194,12 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := builder.ControllerManagedBy(mgr).
 		Named("podcertificaterequest").
 		For(&certificatesv1.PodCertificateRequest{}, builder.WithPredicates(r.pending()))
-	if sub, ok := r.Authority.(subscriber); ok {
-		changes := make(chan event.GenericEvent, 1)
-		if err := mgr.Add(forwardChanges(sub, changes)); err != nil {
+	if sub, ok := r.Authority.(changes.Subscriber); ok {
+		changed := make(chan event.GenericEvent, 1)
+		if err := mgr.Add(changes.Forward(sub, &certificatesv1.PodCertificateRequest{}, changed, false)); err != nil {
 			return err
 		}
-		b = b.WatchesRawSource(source.Channel(changes, handler.EnqueueRequestsFromMapFunc(r.allPending)))
+		b = b.WatchesRawSource(source.Channel(changed, handler.EnqueueRequestsFromMapFunc(r.allPending)))
 	}
 	return b.Complete(r)
 }
@@ -210,31 +210,6 @@ func (r *Reconciler) pending() predicate.Predicate {
 		req, ok := o.(*certificatesv1.PodCertificateRequest)
 		return ok && req.Spec.SignerName == r.SignerName && !isTerminal(req)
 	})
-}
-
-type subscriber interface {
-	Subscribe() (<-chan struct{}, func())
-}
-
-// forwardChanges turns authority changes into controller events.
-func forwardChanges(src subscriber, out chan<- event.GenericEvent) manager.RunnableFunc {
-	return func(ctx context.Context) error {
-		ch, cancel := src.Subscribe()
-		defer cancel()
-		trigger := &certificatesv1.PodCertificateRequest{}
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-ch:
-				select {
-				case out <- event.GenericEvent{Object: trigger}:
-				case <-ctx.Done():
-					return nil
-				}
-			}
-		}
-	}
 }
 
 // allPending enqueues every pending request of our signer.

@@ -39,13 +39,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/controller/changes"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -79,9 +79,7 @@ type Authority interface {
 // channel receives a value after every change of the state in force.
 // With it, a changed trust bundle reaches every Secret at once; without it,
 // at each object's next reconcile.
-type Subscriber interface {
-	Subscribe() (<-chan struct{}, func())
-}
+type Subscriber = changes.Subscriber
 
 // Reconciler reconciles WorkloadCertificates into Secrets.
 type Reconciler struct {
@@ -163,11 +161,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.ServiceAccount{}, handler.EnqueueRequestsFromMapFunc(r.forServiceAccount), builder.OnlyMetadata).
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.forService), builder.OnlyMetadata)
 	if sub, ok := r.Authority.(Subscriber); ok {
-		changes := make(chan event.GenericEvent, 1)
-		if err := mgr.Add(forwardChanges(sub, changes)); err != nil {
+		changed := make(chan event.GenericEvent, 1)
+		if err := mgr.Add(changes.Forward(sub, &mayflyv1alpha1.WorkloadCertificate{}, changed, false)); err != nil {
 			return err
 		}
-		b = b.WatchesRawSource(source.Channel(changes, handler.EnqueueRequestsFromMapFunc(r.all)))
+		b = b.WatchesRawSource(source.Channel(changed, handler.EnqueueRequestsFromMapFunc(r.all)))
 	}
 	return b.Complete(r)
 }
@@ -194,27 +192,6 @@ func (r *Reconciler) defaults() {
 	}
 	if r.metrics == nil {
 		r.metrics, _ = newMetrics(nil) // cannot fail without a registerer
-	}
-}
-
-// forwardChanges turns authority changes into one event each (coalesced).
-func forwardChanges(sub Subscriber, out chan<- event.GenericEvent) manager.RunnableFunc {
-	return func(ctx context.Context) error {
-		ch, cancel := sub.Subscribe()
-		defer cancel()
-		trigger := &mayflyv1alpha1.WorkloadCertificate{}
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-ch:
-				select {
-				case out <- event.GenericEvent{Object: trigger}:
-				case <-ctx.Done():
-					return nil
-				}
-			}
-		}
 	}
 }
 
