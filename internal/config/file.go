@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
@@ -70,4 +71,19 @@ func OrDefault(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// Load reads the configuration file at path and parses it with parse;
+// errors name the file. what names the file's kind ("CA config").
+func Load[T any](path, what string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return zero, fmt.Errorf("reading %s: %w", what, err)
+	}
+	v, err := parse(raw)
+	if err != nil {
+		return zero, fmt.Errorf("%s: %w", path, err)
+	}
+	return v, nil
 }

@@ -131,15 +131,7 @@ type Config struct {
 
 // LoadFile reads and validates a configuration file.
 func LoadFile(path string) (*Config, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading CA config: %w", err)
-	}
-	cfg, err := Parse(raw)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return cfg, nil
+	return config.Load(path, "CA config", Parse)
 }
 
 // Parse parses and validates a configuration; unknown fields are errors
