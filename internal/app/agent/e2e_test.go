@@ -182,50 +182,19 @@ func TestEndToEndMTLSThroughRotations(t *testing.T) {
 		t.Skip("end-to-end test with real rotations (about 40s); skipped with -short")
 	}
 	s := startStack(t, "20s")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	addr := workloadapi.WithClientOptions(workloadapi.WithAddr("unix://" + s.socket))
-
-	serverSrc, err := workloadapi.NewX509Source(ctx, addr, pick(serverID))
-	if err != nil {
-		t.Fatalf("server X509Source: %v\nagent logs:\n%s", err, s.agLogs)
-	}
-	defer serverSrc.Close()
-	clientSrc, err := workloadapi.NewX509Source(ctx, addr, pick(clientID))
-	if err != nil {
-		t.Fatalf("client X509Source: %v", err)
-	}
-	defer clientSrc.Close()
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{
-		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
-		TLSConfig:         tlsconfig.MTLSServerConfig(serverSrc, serverSrc, tlsconfig.AuthorizeID(clientID)),
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	go func() { _ = srv.ServeTLS(lis, "", "") }()
-	defer srv.Close()
+	m := startMTLS(t, s)
 
 	var failures atomic.Int64
 	serials := map[string]bool{}
 	deadline := time.Now().Add(90 * time.Second)
 	requests := 0
 	for len(serials) < 4 && time.Now().Before(deadline) {
-		// A new connection per request: every request is a full handshake.
-		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(clientSrc, clientSrc, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
-		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + lis.Addr().String())
 		requests++
-		if err != nil {
+		if err := m.handshake(); err != nil {
 			failures.Add(1)
 			t.Errorf("request %d failed: %v", requests, err)
-		} else {
-			_ = resp.Body.Close()
 		}
-		tr.CloseIdleConnections()
-		svid, err := serverSrc.GetX509SVID()
+		svid, err := m.serverSrc.GetX509SVID()
 		if err == nil {
 			serials[svid.Certificates[0].SerialNumber.String()] = true
 		}
@@ -255,39 +224,8 @@ func TestEndToEndCAOutage(t *testing.T) {
 		t.Skip("end-to-end test with a real CA outage (about 30s); skipped with -short")
 	}
 	s := startStack(t, "30s")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	addr := workloadapi.WithClientOptions(workloadapi.WithAddr("unix://" + s.socket))
-	serverSrc, err := workloadapi.NewX509Source(ctx, addr, pick(serverID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer serverSrc.Close()
-	clientSrc, err := workloadapi.NewX509Source(ctx, addr, pick(clientID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer clientSrc.Close()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{
-		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
-		TLSConfig:         tlsconfig.MTLSServerConfig(serverSrc, serverSrc, tlsconfig.AuthorizeID(clientID)),
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	go func() { _ = srv.ServeTLS(lis, "", "") }()
-	defer srv.Close()
-	handshake := func() error {
-		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(clientSrc, clientSrc, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
-		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + lis.Addr().String())
-		if err != nil {
-			return err
-		}
-		return resp.Body.Close()
-	}
+	m := startMTLS(t, s)
+	handshake, serverSrc := m.handshake, m.serverSrc
 	first, err := serverSrc.GetX509SVID()
 	if err != nil {
 		t.Fatal(err)
@@ -332,4 +270,49 @@ func TestEndToEndCAOutage(t *testing.T) {
 	if err := handshake(); err != nil {
 		t.Fatalf("handshake with the renewed certificate: %v", err)
 	}
+}
+
+// mtls is a go-spiffe server and client, each with its own X509Source on
+// the agent's socket, serving HTTPS with mutual authorization by ID.
+type mtls struct {
+	serverSrc *workloadapi.X509Source
+	// handshake makes one request on a new connection: a full handshake.
+	handshake func() error
+}
+
+func startMTLS(t *testing.T, s *stack) *mtls {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	addr := workloadapi.WithClientOptions(workloadapi.WithAddr("unix://" + s.socket))
+	serverSrc, err := workloadapi.NewX509Source(ctx, addr, pick(serverID))
+	if err != nil {
+		t.Fatalf("server X509Source: %v\nagent logs:\n%s", err, s.agLogs)
+	}
+	t.Cleanup(func() { serverSrc.Close() })
+	clientSrc, err := workloadapi.NewX509Source(ctx, addr, pick(clientID))
+	if err != nil {
+		t.Fatalf("client X509Source: %v", err)
+	}
+	t.Cleanup(func() { clientSrc.Close() })
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
+		TLSConfig:         tlsconfig.MTLSServerConfig(serverSrc, serverSrc, tlsconfig.AuthorizeID(clientID)),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go func() { _ = srv.ServeTLS(lis, "", "") }()
+	t.Cleanup(func() { srv.Close() })
+	return &mtls{serverSrc: serverSrc, handshake: func() error {
+		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(clientSrc, clientSrc, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + lis.Addr().String())
+		if err != nil {
+			return err
+		}
+		return resp.Body.Close()
+	}}
 }
