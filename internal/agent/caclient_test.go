@@ -26,48 +26,11 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
-
-// fakeAuthority is the issuer's AuthoritySource; set replaces the bundle
-// and signals the bundle streams.
-type fakeAuthority struct {
-	mu   sync.Mutex
-	cur  *authority.Loaded
-	subs map[chan struct{}]struct{}
-}
-
-func (a *fakeAuthority) Current() (*authority.Loaded, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.cur, nil
-}
-
-func (a *fakeAuthority) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	a.mu.Lock()
-	a.subs[ch] = struct{}{}
-	a.mu.Unlock()
-	return ch, func() {
-		a.mu.Lock()
-		delete(a.subs, ch)
-		a.mu.Unlock()
-	}
-}
-
-func (a *fakeAuthority) set(l *authority.Loaded) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.cur = l
-	for ch := range a.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
 
 // joinTokens is a standalone-style attestor: each token attests its node
 // once and is consumed.
@@ -120,7 +83,7 @@ type caHarness struct {
 	t      *testing.T
 	clk    *rotate.FakeClock
 	tca    *testca.CA
-	auth   *fakeAuthority
+	auth   *fakeauthority.Authority
 	tokens *joinTokens
 	srv    *issuer.Server
 	reg    *prometheus.Registry
@@ -137,9 +100,9 @@ func newCAHarness(t *testing.T) *caHarness {
 		acks:   make(chan struct{}, 64),
 	}
 	h.tca = testca.New(t, testca.WithClock(clk.Now))
-	h.auth = &fakeAuthority{subs: map[chan struct{}]struct{}{}, cur: &authority.Loaded{
+	h.auth = fakeauthority.New(&authority.Loaded{
 		Bundle: h.tca.Bundle(), BundleVersion: "v1", Authority: h.tca.Authority(),
-	}}
+	}, nil)
 	srv, err := issuer.New(issuer.Config{
 		TrustDomain: h.tca.TrustDomain,
 		Authority:   h.auth,
@@ -576,7 +539,7 @@ func TestCAClientInstallsAndAcknowledgesBundles(t *testing.T) {
 	changes, unsubscribe := a.SubscribeBundle()
 	defer unsubscribe()
 	next := testca.New(t, testca.WithClock(h.clk.Now))
-	h.auth.set(&authority.Loaded{Bundle: []*x509.Certificate{h.tca.Root, next.Root}, BundleVersion: "v2", Authority: h.tca.Authority()})
+	h.auth.Set(&authority.Loaded{Bundle: []*x509.Certificate{h.tca.Root, next.Root}, BundleVersion: "v2", Authority: h.tca.Authority()}, nil)
 	recv(t, changes, "a bundle change signal")
 	roots, version := a.Bundle()
 	if version != "v2" || len(roots) != 2 || !roots[1].Equal(next.Root) {

@@ -32,6 +32,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -61,56 +62,13 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-// fakeAuthority is an AuthoritySource whose Loaded the test replaces.
-type fakeAuthority struct {
-	mu   sync.Mutex
-	cur  *authority.Loaded
-	subs map[chan struct{}]struct{}
-}
-
-func newFakeAuthority(l *authority.Loaded) *fakeAuthority {
-	return &fakeAuthority{cur: l, subs: map[chan struct{}]struct{}{}}
-}
-
-func (a *fakeAuthority) Current() (*authority.Loaded, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.cur == nil {
-		return nil, errors.New("fake authority: not ready")
+// newFakeAuthority is an AuthoritySource whose Loaded the test replaces
+// (Set); with nothing loaded it is not ready.
+func newFakeAuthority(l *authority.Loaded) *fakeauthority.Authority {
+	if l == nil {
+		return fakeauthority.New(nil, errors.New("fake authority: not ready"))
 	}
-	return a.cur, nil
-}
-
-func (a *fakeAuthority) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	a.mu.Lock()
-	a.subs[ch] = struct{}{}
-	a.mu.Unlock()
-	return ch, func() {
-		a.mu.Lock()
-		delete(a.subs, ch)
-		a.mu.Unlock()
-	}
-}
-
-// set installs l and signals every subscriber (coalesced, like
-// authority.Manager).
-func (a *fakeAuthority) set(l *authority.Loaded) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.cur = l
-	for ch := range a.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
-
-func (a *fakeAuthority) subscribers() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.subs)
+	return fakeauthority.New(l, nil)
 }
 
 // secretAttestorDetail is the text of the attestor's internal error; it must
@@ -201,7 +159,7 @@ type harness struct {
 	t     *testing.T
 	clock *fakeClock
 	tca   *testca.CA
-	src   *fakeAuthority
+	src   *fakeauthority.Authority
 	authz *fakeAuthorizer
 	srv   *issuer.Server
 	reg   *prometheus.Registry

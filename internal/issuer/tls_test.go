@@ -85,7 +85,7 @@ func TestServingCertificate(t *testing.T) {
 		wantCode(t, err, codes.Unavailable)
 	})
 
-	h.src.set(&authority.Loaded{Bundle: next.Bundle(), BundleVersion: "v2", Authority: next.Authority()})
+	h.src.Set(&authority.Loaded{Bundle: next.Bundle(), BundleVersion: "v2", Authority: next.Authority()}, nil)
 
 	t.Run("after an authority change it chains to the new bundle", func(t *testing.T) {
 		chain, err := h.servingCert(t, next.Bundle())

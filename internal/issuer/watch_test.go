@@ -68,7 +68,7 @@ func TestWatchBundle(t *testing.T) {
 		eventually(t, "OnAck", func() bool { return h.acks.Load() == 1 })
 	})
 	t.Run("a bundle change is pushed", func(t *testing.T) {
-		h.src.set(&authority.Loaded{Bundle: []*x509.Certificate{h.tca.Root, other.Root}, BundleVersion: "v2", Authority: h.tca.Authority()})
+		h.src.Set(&authority.Loaded{Bundle: []*x509.Certificate{h.tca.Root, other.Root}, BundleVersion: "v2", Authority: h.tca.Authority()}, nil)
 		v, roots := recvBundle(t, stream)
 		if v != "v2" || len(roots) != 2 || !roots[0].Equal(h.tca.Root) || !roots[1].Equal(other.Root) {
 			t.Fatalf("got %s with %d roots, want v2 with both roots", v, len(roots))
@@ -100,7 +100,7 @@ func TestWatchBundle(t *testing.T) {
 			t.Fatal(err)
 		}
 		h.waitGauges(t, 0, 0)
-		eventually(t, "unsubscribe", func() bool { return h.src.subscribers() == 0 })
+		eventually(t, "unsubscribe", func() bool { return h.src.Subscribers() == 0 })
 	})
 }
 
