@@ -18,15 +18,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
+	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -103,7 +102,7 @@ func newCAHarness(t *testing.T) *caHarness {
 	h.auth = fakeauthority.New(&authority.Loaded{
 		Bundle: h.tca.Bundle(), BundleVersion: "v1", Authority: h.tca.Authority(),
 	}, nil)
-	srv, err := issuer.New(issuer.Config{
+	h.srv, h.addr = issuertest.Serve(t, issuer.Config{
 		TrustDomain: h.tca.TrustDomain,
 		Authority:   h.auth,
 		Attestor:    h.tokens,
@@ -118,25 +117,6 @@ func newCAHarness(t *testing.T) *caHarness {
 		Rand:       rand.Reader,
 		Registerer: h.reg,
 	})
-	if err != nil {
-		t.Fatalf("issuer.New: %v", err)
-	}
-	h.srv = srv
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(srv.TLSConfig())))
-	issuerv1.RegisterIssuerServer(gs, srv)
-	served := make(chan error, 1)
-	go func() { served <- gs.Serve(lis) }()
-	t.Cleanup(func() {
-		gs.Stop()
-		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	h.addr = lis.Addr().String()
 	return h
 }
 

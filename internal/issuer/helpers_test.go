@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -25,7 +24,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
@@ -33,6 +31,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
+	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -188,26 +187,7 @@ func newHarness(t *testing.T, mods ...func(*issuer.Config)) *harness {
 	for _, m := range mods {
 		m(&cfg)
 	}
-	srv, err := issuer.New(cfg)
-	if err != nil {
-		t.Fatalf("issuer.New: %v", err)
-	}
-	h.srv = srv
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(srv.TLSConfig())), grpc.MaxRecvMsgSize(maxRecvMsgSize))
-	issuerv1.RegisterIssuerServer(gs, srv)
-	served := make(chan error, 1)
-	go func() { served <- gs.Serve(lis) }()
-	t.Cleanup(func() {
-		gs.Stop()
-		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	h.addr = lis.Addr().String()
+	h.srv, h.addr = issuertest.Serve(t, cfg, grpc.MaxRecvMsgSize(maxRecvMsgSize))
 	return h
 }
 
