@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -45,32 +43,8 @@ type replica struct {
 
 func startReplica(t *testing.T, c *cluster.Cluster, clock rotate.Clock) *replica {
 	t.Helper()
-	cfg, err := ca.Parse([]byte(kubeConfig))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- ca.Run(ctx, cfg, ca.Options{Listener: lis, RestConfig: c.Config, Clock: clock, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("CA replica: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("CA replica did not stop within 30s")
-		}
-	})
-	return &replica{addr: lis.Addr().String(), logs: logs}
+	p := runCA(t, kubeConfig, ca.Options{RestConfig: c.Config, Clock: clock})
+	return &replica{addr: p.addr, logs: p.logs}
 }
 
 func create[T any](t *testing.T, f func(context.Context, T, metav1.CreateOptions) (T, error), obj T) T {

@@ -76,13 +76,22 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func startCA(t testing.TB, extra ...string) *runningCA {
+// caProcess is a CA that runCA runs in this process.
+type caProcess struct {
+	cfg    *ca.Config
+	addr   string
+	logs   *syncBuffer
+	served chan struct{} // closed once the issuer API serves
+	exited chan struct{} // closed once Run returned
+	err    error         // what Run returned, once exited is closed
+}
+
+// runCA runs the CA that the config text describes on a new 127.0.0.1
+// port until the test ends, logging JSON to its logs; opts adds to the
+// options (runCA sets Listener, Logger and Ready). It does not wait for
+// the CA to serve.
+func runCA(t testing.TB, text string, opts ca.Options) *caProcess {
 	t.Helper()
-	dir := t.TempDir()
-	text := strings.ReplaceAll(standaloneConfig, "DIR", filepath.Join(dir, "state"))
-	for _, e := range extra {
-		text = strings.Replace(text, "workloads:\n", "workloads:\n"+e+"\n", 1)
-	}
 	cfg, err := ca.Parse([]byte(text))
 	if err != nil {
 		t.Fatal(err)
@@ -91,39 +100,65 @@ func startCA(t testing.TB, extra ...string) *runningCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
-	var logOut io.Writer = logs
+	p := &caProcess{cfg: cfg, addr: lis.Addr().String(), logs: &syncBuffer{}, served: make(chan struct{}), exited: make(chan struct{})}
+	var logOut io.Writer = p.logs
 	if _, ok := t.(*testing.B); ok {
 		// Benchmarks format every audit line as production does, but do not
 		// keep them in memory (the RSS figure would measure the test's buffer).
 		logOut = io.Discard
 	}
+	opts.Listener = lis
+	opts.Logger = slog.New(slog.NewJSONHandler(logOut, nil))
+	opts.Ready = func(string) { close(p.served) }
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	ready := make(chan struct{})
 	go func() {
-		done <- ca.Run(ctx, cfg, ca.Options{Listener: lis, Logger: slog.New(slog.NewJSONHandler(logOut, nil)), Ready: func(string) { close(ready) }})
+		p.err = ca.Run(ctx, cfg, opts)
+		close(p.exited)
 	}()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("CA run: %v", err)
+		select {
+		case <-p.exited:
+			if p.err != nil {
+				t.Errorf("CA run: %v", p.err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("the CA did not stop within 30s")
 		}
 	})
+	return p
+}
+
+// serveCA runs the standalone CA that the config text describes and
+// returns it once the issuer API serves, with the trust bundle it wrote.
+func serveCA(t testing.TB, text string) *runningCA {
+	t.Helper()
+	p := runCA(t, text, ca.Options{})
 	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("CA exited: %v", err)
+	case <-p.served:
+	case <-p.exited:
+		t.Fatal("the CA exited before it served") // cleanup reports its error
 	}
-	raw, err := os.ReadFile(filepath.Join(cfg.Directory, ca.TrustBundleFile))
+	raw, err := os.ReadFile(filepath.Join(p.cfg.Directory, ca.TrustBundleFile))
 	if err != nil {
-		t.Fatalf("trust bundle file: %v", err)
+		t.Fatalf("trust bundle file (CA logs: %s): %v", p.logs.String(), err)
 	}
 	bundle, err := pki.DecodeCertificates(raw, pki.PEMLimits{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &runningCA{addr: lis.Addr().String(), dir: cfg.Directory, logs: logs, bundle: bundle}
+	return &runningCA{addr: p.addr, dir: p.cfg.Directory, logs: p.logs, bundle: bundle}
+}
+
+// startCA runs the standalone CA of standaloneConfig, with the extra lines
+// under workloads, once it serves.
+func startCA(t testing.TB, extra ...string) *runningCA {
+	t.Helper()
+	text := strings.ReplaceAll(standaloneConfig, "DIR", filepath.Join(t.TempDir(), "state"))
+	for _, e := range extra {
+		text = strings.Replace(text, "workloads:\n", "workloads:\n"+e+"\n", 1)
+	}
+	return serveCA(t, text)
 }
 
 type agent struct {

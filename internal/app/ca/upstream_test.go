@@ -10,9 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"log/slog"
 	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -393,41 +391,7 @@ func runUpstreamCA(t *testing.T, upstreamYAML string) *runningCA {
 	dir := t.TempDir()
 	text := strings.ReplaceAll(upstreamCAConfig, "DIR", filepath.Join(dir, "state"))
 	text = strings.ReplaceAll(text, "UPSTREAM", upstreamYAML)
-	cfg, err := ca.Parse([]byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	ready := make(chan struct{})
-	go func() {
-		done <- ca.Run(ctx, cfg, ca.Options{Listener: lis, Logger: slog.New(slog.NewJSONHandler(logs, nil)), Ready: func(string) { close(ready) }})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("CA run: %v", err)
-		}
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("CA exited: %v", err)
-	}
-	raw, err := os.ReadFile(filepath.Join(cfg.Directory, ca.TrustBundleFile))
-	if err != nil {
-		t.Fatalf("trust bundle file (CA logs: %s): %v", logs.String(), err)
-	}
-	bundle, err := pki.DecodeCertificates(raw, pki.PEMLimits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &runningCA{addr: lis.Addr().String(), dir: cfg.Directory, logs: logs, bundle: bundle}
+	return serveCA(t, text)
 }
 
 func TestStandaloneWithFileUpstream(t *testing.T) {
