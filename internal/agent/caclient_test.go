@@ -26,6 +26,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
+	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -141,12 +142,12 @@ type testAgent struct {
 	credCalls atomic.Int32
 	svids     chan *x509.Certificate
 	reachable chan bool
-	logs      *syncBuffer
+	logs      *logbuf.Buffer
 }
 
 func (h *caHarness) newAgent(s agentSetup) *testAgent {
 	h.t.Helper()
-	a := &testAgent{h: h, svids: make(chan *x509.Certificate, 16), reachable: make(chan bool, 256), logs: &syncBuffer{}}
+	a := &testAgent{h: h, svids: make(chan *x509.Certificate, 16), reachable: make(chan bool, 256), logs: &logbuf.Buffer{}}
 	addr := s.address
 	if addr == "" {
 		addr = h.addr

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -241,24 +240,6 @@ func (b staticBundle) Bundle() ([]*x509.Certificate, string) { return b, "v1" }
 
 func (staticBundle) SubscribeBundle() (<-chan struct{}, func()) {
 	return make(chan struct{}), func() {}
-}
-
-// syncBuffer collects log output written from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // recv waits for one value from ch.

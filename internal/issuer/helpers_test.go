@@ -32,6 +32,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
+	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -135,24 +136,6 @@ func (a *fakeAuthorizer) AuthorizeWorkload(_ context.Context, node string, req *
 	return issuer.Grant{ID: id, DNSNames: dns, Subject: "pod " + req.GetPodUid()}, nil
 }
 
-// syncBuffer collects log output from concurrent handlers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // harness is an issuer.Server behind real gRPC over TLS on 127.0.0.1.
 type harness struct {
 	t     *testing.T
@@ -162,14 +145,14 @@ type harness struct {
 	authz *fakeAuthorizer
 	srv   *issuer.Server
 	reg   *prometheus.Registry
-	logs  *syncBuffer
+	logs  *logbuf.Buffer
 	addr  string
 	acks  atomic.Int32
 }
 
 func newHarness(t *testing.T, mods ...func(*issuer.Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, clock: &fakeClock{now: epoch}, authz: newFakeAuthorizer(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	h := &harness{t: t, clock: &fakeClock{now: epoch}, authz: newFakeAuthorizer(), reg: prometheus.NewRegistry(), logs: &logbuf.Buffer{}}
 	h.tca = testca.New(t, testca.WithClock(h.clock.Now))
 	h.src = newFakeAuthority(&authority.Loaded{Bundle: h.tca.Bundle(), BundleVersion: "v1", Authority: h.tca.Authority()})
 	cfg := issuer.Config{

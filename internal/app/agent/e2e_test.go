@@ -23,6 +23,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/app/agent"
 	"github.com/mayfly-pki/mayfly/internal/app/ca"
 	"github.com/mayfly-pki/mayfly/internal/standalone"
+	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 )
 
 var (
@@ -30,29 +31,12 @@ var (
 	clientID = spiffeid.RequireFromString("spiffe://example.org/e2e/client")
 )
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // stack is a standalone CA and one agent, run in this process.
 type stack struct {
 	socket   string
 	writeDir string
-	caLogs   *logBuffer
-	agLogs   *logBuffer
+	caLogs   *logbuf.Buffer
+	agLogs   *logbuf.Buffer
 	// stopCA stops the CA; startCA starts it again on the same address and
 	// state directory.
 	stopCA  func()
@@ -80,7 +64,7 @@ nodes:
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &stack{caLogs: &logBuffer{}, agLogs: &logBuffer{}}
+	s := &stack{caLogs: &logbuf.Buffer{}, agLogs: &logbuf.Buffer{}}
 	var wg sync.WaitGroup
 	caAddr := lis.Addr().String()
 	var caMu sync.Mutex

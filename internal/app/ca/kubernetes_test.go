@@ -24,6 +24,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -38,7 +39,7 @@ kubernetes:
 
 type replica struct {
 	addr string
-	logs *syncBuffer
+	logs *logbuf.Buffer
 }
 
 func startReplica(t *testing.T, c *cluster.Cluster, clock rotate.Clock) *replica {

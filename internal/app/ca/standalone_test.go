@@ -28,6 +28,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/app/ca"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/standalone"
+	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -55,32 +56,15 @@ nodes:
 type runningCA struct {
 	addr   string
 	dir    string
-	logs   *syncBuffer
+	logs   *logbuf.Buffer
 	bundle []*x509.Certificate
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // caProcess is a CA that runCA runs in this process.
 type caProcess struct {
 	cfg    *ca.Config
 	addr   string
-	logs   *syncBuffer
+	logs   *logbuf.Buffer
 	served chan struct{} // closed once the issuer API serves
 	exited chan struct{} // closed once Run returned
 	err    error         // what Run returned, once exited is closed
@@ -100,7 +84,7 @@ func runCA(t testing.TB, text string, opts ca.Options) *caProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &caProcess{cfg: cfg, addr: lis.Addr().String(), logs: &syncBuffer{}, served: make(chan struct{}), exited: make(chan struct{})}
+	p := &caProcess{cfg: cfg, addr: lis.Addr().String(), logs: &logbuf.Buffer{}, served: make(chan struct{}), exited: make(chan struct{})}
 	var logOut io.Writer = p.logs
 	if _, ok := t.(*testing.B); ok {
 		// Benchmarks format every audit line as production does, but do not

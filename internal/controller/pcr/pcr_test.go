@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +37,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/kubeattest"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
+	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -59,23 +59,12 @@ func loadedOf(tca *testca.CA) *authority.Loaded {
 }
 
 // logBuffer collects JSON log lines from several goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type logBuffer struct{ logbuf.Buffer }
 
 // lines returns the decoded log lines whose field key equals value.
 func (b *logBuffer) lines(t *testing.T, key, value string) []map[string]any {
 	t.Helper()
-	b.mu.Lock()
-	data := bytes.Clone(b.buf.Bytes())
-	b.mu.Unlock()
+	data := b.Bytes()
 	var out []map[string]any
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {

@@ -1,7 +1,6 @@
 package workloadcert_test
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -33,6 +32,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
+	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -71,24 +71,6 @@ func (c *fakeClock) set(t time.Time) {
 	c.now = t
 }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // env is a cluster with the CRD installed and the controller running.
 type env struct {
 	c      *cluster.Cluster
@@ -96,7 +78,7 @@ type env struct {
 	ca     *testca.CA
 	auth   *fakeauthority.Authority
 	clock  *fakeClock
-	logs   *syncBuffer
+	logs   *logbuf.Buffer
 	reg    *prometheus.Registry
 	scheme *runtime.Scheme
 }
@@ -128,7 +110,7 @@ func crdDir(t testing.TB) string {
 func start(t testing.TB, clock *fakeClock, tweak func(*rest.Config), workers int) *env {
 	t.Helper()
 	c := cluster.Start(t, cluster.WithCRDDirectory(crdDir(t)))
-	e := &env{c: c, ca: testca.New(t), logs: &syncBuffer{}, reg: prometheus.NewRegistry(), scheme: newScheme(t), clock: clock}
+	e := &env{c: c, ca: testca.New(t), logs: &logbuf.Buffer{}, reg: prometheus.NewRegistry(), scheme: newScheme(t), clock: clock}
 	e.auth = newAuthority(loadedFrom(e.ca, "v1"))
 	cfg := rest.CopyConfig(c.Config)
 	if tweak != nil {
