@@ -36,31 +36,13 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 // maxRecvMsgSize is what internal/app/ca sets on the issuer's gRPC server.
 const maxRecvMsgSize = 8 << 20
 
 var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-
-// fakeClock is a settable clock; the server, the test CA and the clients
-// all read it.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // newFakeAuthority is an AuthoritySource whose Loaded the test replaces
 // (Set); with nothing loaded it is not ready.
@@ -139,7 +121,7 @@ func (a *fakeAuthorizer) AuthorizeWorkload(_ context.Context, node string, req *
 // harness is an issuer.Server behind real gRPC over TLS on 127.0.0.1.
 type harness struct {
 	t     *testing.T
-	clock *fakeClock
+	clock *rotate.FakeClock // the server, the test CA and the clients all read it
 	tca   *testca.CA
 	src   *fakeauthority.Authority
 	authz *fakeAuthorizer
@@ -152,7 +134,7 @@ type harness struct {
 
 func newHarness(t *testing.T, mods ...func(*issuer.Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, clock: &fakeClock{now: epoch}, authz: newFakeAuthorizer(), reg: prometheus.NewRegistry(), logs: &logbuf.Buffer{}}
+	h := &harness{t: t, clock: rotate.NewFakeClock(epoch), authz: newFakeAuthorizer(), reg: prometheus.NewRegistry(), logs: &logbuf.Buffer{}}
 	h.tca = testca.New(t, testca.WithClock(h.clock.Now))
 	h.src = newFakeAuthority(&authority.Loaded{Bundle: h.tca.Bundle(), BundleVersion: "v1", Authority: h.tca.Authority()})
 	cfg := issuer.Config{

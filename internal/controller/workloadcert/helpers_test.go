@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,6 +34,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 const (
@@ -53,31 +53,13 @@ func loadedFrom(tca *testca.CA, version string, bundle ...*x509.Certificate) *au
 	return &authority.Loaded{Authority: tca.Authority(), Bundle: bundle, BundleVersion: version}
 }
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
-
 // env is a cluster with the CRD installed and the controller running.
 type env struct {
 	c      *cluster.Cluster
 	cl     client.Client // direct, uncached
 	ca     *testca.CA
 	auth   *fakeauthority.Authority
-	clock  *fakeClock
+	clock  *rotate.FakeClock
 	logs   *logbuf.Buffer
 	reg    *prometheus.Registry
 	scheme *runtime.Scheme
@@ -107,7 +89,7 @@ func crdDir(t testing.TB) string {
 // start runs an API server and the controller until the test ends. clock
 // nil means real time; tweak changes the client configuration; workers 0
 // is the controller's default.
-func start(t testing.TB, clock *fakeClock, tweak func(*rest.Config), workers int) *env {
+func start(t testing.TB, clock *rotate.FakeClock, tweak func(*rest.Config), workers int) *env {
 	t.Helper()
 	c := cluster.Start(t, cluster.WithCRDDirectory(crdDir(t)))
 	e := &env{c: c, ca: testca.New(t), logs: &logbuf.Buffer{}, reg: prometheus.NewRegistry(), scheme: newScheme(t), clock: clock}

@@ -21,12 +21,13 @@ import (
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 // TestWorkloadCertificate runs the controller against a real API server;
 // the subtests share it and run in order (the clock and the CA are shared).
 func TestWorkloadCertificate(t *testing.T) {
-	clock := &fakeClock{now: time.Now()}
+	clock := rotate.NewFakeClock(time.Now())
 	e := start(t, clock, nil, 0)
 	ctx := context.Background()
 	e.create(t, namespace("app"), namespace("other-ns"), serviceAccount("app", "web"), service("app", "web"), service("other-ns", "x"))
@@ -277,14 +278,14 @@ func TestWorkloadCertificate(t *testing.T) {
 			t.Fatal(err)
 		}
 		old := first.serial()
-		clock.set(wc.Status.RenewalTime.Add(-time.Minute))
+		clock.Set(wc.Status.RenewalTime.Add(-time.Minute))
 		touch(t, e, "app", "web", "before")
 		// Not due yet: the same certificate, observed after the touch.
 		eventually(t, "the controller saw the touch", func(ctx context.Context) (bool, string) {
 			got, err := e.secret(ctx, "app", "web-tls")
 			return err == nil && got.serial() == old, fmt.Sprint(err)
 		})
-		clock.set(wc.Status.RenewalTime.Add(time.Second))
+		clock.Set(wc.Status.RenewalTime.Add(time.Second))
 		touch(t, e, "app", "web", "after")
 		first = e.waitSecret(t, "app", "web", "web-tls", old)
 		if !first.chain[0].NotBefore.After(wc.Status.NotBefore.Time) {
