@@ -72,7 +72,38 @@ func LoadFileUpstream(certFile, keyFile, bundleFile string) (*FileUpstream, erro
 		}
 		u.chain = append([]*x509.Certificate{u.cert}, u.chain...)
 	}
+	if err := verifyUpstream(u, time.Now()); err != nil {
+		return nil, fmt.Errorf("upstream.file.certFile %s: %w", certFile, err)
+	}
 	return u, nil
+}
+
+// verifyUpstream checks at start-up what the first intermediate would
+// otherwise find out: that the upstream certificate is valid now and chains
+// to the bundle's roots through the intermediates that follow it.
+func verifyUpstream(u *FileUpstream, now time.Time) error {
+	if now.Before(u.cert.NotBefore) {
+		return fmt.Errorf("not valid before %s", u.cert.NotBefore.UTC().Format(time.RFC3339))
+	}
+	if now.After(u.cert.NotAfter) {
+		return fmt.Errorf("expired at %s", u.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range u.roots {
+		roots.AddCert(r)
+	}
+	for _, c := range u.chain {
+		inters.AddCert(c)
+	}
+	if _, err := u.cert.Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inters,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	}); err != nil {
+		return fmt.Errorf("does not chain to the roots of upstream.file.bundleFile (the intermediates between them go after it in certFile): %w", err)
+	}
+	return nil
 }
 
 // Name names the upstream.

@@ -235,6 +235,26 @@ func TestFileUpstreamIntermediateWithBundle(t *testing.T) {
 	}
 }
 
+// An issuing CA two levels below the root loads when certFile carries the
+// intermediate between them after it, as a tls.crt does.
+func TestFileUpstreamChainsThroughIntermediatesInCertFile(t *testing.T) {
+	t.Parallel()
+	f := writeUpstream(t)
+	sub := newCorpCert(t, corpOpts{isCA: true, parent: f.issuing, commonName: "Corp Sub CA"})
+	certFile := writeFile(t, f.dir, "sub-chain.crt", pki.EncodeCertificates(sub.cert, f.issuing.cert))
+	u, err := ca.LoadFileUpstream(certFile, writeFile(t, f.dir, "sub.key", keyPEM(t, sub.key)), writeFile(t, f.dir, "bundle.crt", pki.EncodeCertificates(f.root.cert)))
+	if err != nil {
+		t.Fatalf("LoadFileUpstream: %v", err)
+	}
+	chain, roots := signAndVerify(t, u, time.Hour)
+	if len(chain) != 3 || !chain[1].Equal(sub.cert) || !chain[2].Equal(f.issuing.cert) {
+		t.Fatalf("chain = %d certificates, want the intermediate, the sub CA and the issuing CA", len(chain))
+	}
+	if len(roots) != 1 || !roots[0].Equal(f.root.cert) {
+		t.Fatalf("roots = %d certificates, want the corp root", len(roots))
+	}
+}
+
 func TestFileUpstreamLegacyKeyFormats(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -325,6 +345,15 @@ func TestLoadFileUpstreamRejectsBadInputs(t *testing.T) {
 		certAsKey    = writeFile(t, dir, "certaskey.key", rootPEM)
 		truncBundle  = writeFile(t, dir, "trunc-bundle.crt", rootPEM[:len(rootPEM)-40])
 		otherKey     = writeFile(t, dir, "other.key", keyPEM(t, upstreamKey(t)))
+		otherRoot    = newCorpCert(t, corpOpts{isCA: true, commonName: "Other Root CA"})
+		otherBundle  = writeFile(t, dir, "other-root.crt", pki.EncodeCertificates(otherRoot.cert))
+		rootBundle   = writeFile(t, dir, "root-bundle.crt", rootPEM)
+		sub          = newCorpCert(t, corpOpts{isCA: true, parent: f.issuing, commonName: "Corp Sub CA"})
+		subCert      = writeFile(t, dir, "sub.crt", pki.EncodeCertificates(sub.cert))
+		subKey       = writeFile(t, dir, "sub.key", keyPEM(t, sub.key))
+		expired      = newCorpCert(t, corpOpts{isCA: true, notAfter: time.Now().Add(-time.Minute), commonName: "Expired Root"})
+		expiredCert  = writeFile(t, dir, "expired.crt", pki.EncodeCertificates(expired.cert))
+		expiredKey   = writeFile(t, dir, "expired.key", keyPEM(t, expired.key))
 	)
 	for _, tc := range []struct {
 		name                      string
@@ -349,6 +378,9 @@ func TestLoadFileUpstreamRejectsBadInputs(t *testing.T) {
 		{"intermediate_without_bundle", f.issuingCert, f.issKey, "", "upstream.file.bundleFile: required, " + f.issuingCert + " is not a self-signed root"},
 		{"truncated_bundle", f.issuingCert, f.issKey, truncBundle, "upstream.file.bundleFile " + truncBundle + ": "},
 		{"empty_bundle", f.issuingCert, f.issKey, emptyFile, "upstream.file.bundleFile " + emptyFile + ": "},
+		{"bundle_of_another_root", f.issuingCert, f.issKey, otherBundle, "upstream.file.certFile " + f.issuingCert + ": does not chain to the roots of upstream.file.bundleFile"},
+		{"intermediate_left_out_of_cert_file", subCert, subKey, rootBundle, "upstream.file.certFile " + subCert + ": does not chain to the roots of upstream.file.bundleFile"},
+		{"expired_root", expiredCert, expiredKey, "", "upstream.file.certFile " + expiredCert + ": expired at "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
