@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
-	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
@@ -100,9 +99,7 @@ func newCAHarness(t *testing.T) *caHarness {
 		acks:   make(chan struct{}, 64),
 	}
 	h.tca = testca.New(t, testca.WithClock(clk.Now))
-	h.auth = fakeauthority.New(&authority.Loaded{
-		Bundle: h.tca.Bundle(), BundleVersion: "v1", Authority: h.tca.Authority(),
-	}, nil)
+	h.auth = fakeauthority.New(fakeauthority.Loaded(h.tca, "v1"), nil)
 	h.srv, h.addr = issuertest.Serve(t, issuer.Config{
 		TrustDomain: h.tca.TrustDomain,
 		Authority:   h.auth,
@@ -520,7 +517,7 @@ func TestCAClientInstallsAndAcknowledgesBundles(t *testing.T) {
 	changes, unsubscribe := a.SubscribeBundle()
 	defer unsubscribe()
 	next := testca.New(t, testca.WithClock(h.clk.Now))
-	h.auth.Set(&authority.Loaded{Bundle: []*x509.Certificate{h.tca.Root, next.Root}, BundleVersion: "v2", Authority: h.tca.Authority()}, nil)
+	h.auth.Set(fakeauthority.Loaded(h.tca, "v2", h.tca.Root, next.Root), nil)
 	recv(t, changes, "a bundle change signal")
 	roots, version := a.Bundle()
 	if version != "v2" || len(roots) != 2 || !roots[1].Equal(next.Root) {

@@ -136,7 +136,7 @@ func newHarness(t *testing.T, mods ...func(*issuer.Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, clock: rotate.NewFakeClock(epoch), authz: newFakeAuthorizer(), reg: prometheus.NewRegistry(), logs: &logbuf.Buffer{}}
 	h.tca = testca.New(t, testca.WithClock(h.clock.Now))
-	h.src = newFakeAuthority(&authority.Loaded{Bundle: h.tca.Bundle(), BundleVersion: "v1", Authority: h.tca.Authority()})
+	h.src = newFakeAuthority(fakeauthority.Loaded(h.tca, "v1"))
 	cfg := issuer.Config{
 		TrustDomain:    h.tca.TrustDomain,
 		Authority:      h.src,

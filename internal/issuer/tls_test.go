@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/peer"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
-	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -85,7 +85,7 @@ func TestServingCertificate(t *testing.T) {
 		wantCode(t, err, codes.Unavailable)
 	})
 
-	h.src.Set(&authority.Loaded{Bundle: next.Bundle(), BundleVersion: "v2", Authority: next.Authority()}, nil)
+	h.src.Set(fakeauthority.Loaded(next, "v2"), nil)
 
 	t.Run("after an authority change it chains to the new bundle", func(t *testing.T) {
 		chain, err := h.servingCert(t, next.Bundle())

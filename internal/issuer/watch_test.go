@@ -5,8 +5,8 @@ import (
 	"crypto/x509"
 	"testing"
 
-	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
@@ -68,7 +68,7 @@ func TestWatchBundle(t *testing.T) {
 		eventually(t, "OnAck", func() bool { return h.acks.Load() == 1 })
 	})
 	t.Run("a bundle change is pushed", func(t *testing.T) {
-		h.src.Set(&authority.Loaded{Bundle: []*x509.Certificate{h.tca.Root, other.Root}, BundleVersion: "v2", Authority: h.tca.Authority()}, nil)
+		h.src.Set(fakeauthority.Loaded(h.tca, "v2", h.tca.Root, other.Root), nil)
 		v, roots := recvBundle(t, stream)
 		if v != "v2" || len(roots) != 2 || !roots[0].Equal(h.tca.Root) || !roots[1].Equal(other.Root) {
 			t.Fatalf("got %s with %d roots, want v2 with both roots", v, len(roots))

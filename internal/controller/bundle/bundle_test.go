@@ -38,11 +38,6 @@ const (
 	pollTimeout = 20 * time.Second
 )
 
-// newSource is a bundle.Source whose bundle and readiness the test sets.
-func newSource(l *authority.Loaded, err error) *fakeauthority.Authority {
-	return fakeauthority.New(l, err)
-}
-
 func loaded(version string, roots ...*x509.Certificate) *authority.Loaded {
 	return &authority.Loaded{Bundle: roots, BundleVersion: version}
 }
@@ -270,7 +265,7 @@ func TestBundleDistribution(t *testing.T) {
 	c := cluster.Start(t)
 	ca1, ca2 := testca.New(t), testca.New(t)
 	v1 := loaded("v1", ca1.Root)
-	src := newSource(v1, nil)
+	src := fakeauthority.New(v1, nil)
 	// A namespace that exists before the controller starts.
 	e := &env{c: c}
 	e.createNamespace(t, "team-a", nil)
@@ -392,7 +387,7 @@ func TestBundleNamespaceSelector(t *testing.T) {
 	e.createNamespace(t, "trusted-early", trust)
 	e.createNamespace(t, "untrusted", map[string]string{"mayfly.dev/trust": "no"})
 	e.createNamespace(t, "unlabelled", nil)
-	e = start(t, c, newSource(v1, nil), labels.SelectorFromSet(labels.Set(trust)))
+	e = start(t, c, fakeauthority.New(v1, nil), labels.SelectorFromSet(labels.Set(trust)))
 	ctx := context.Background()
 
 	e.waitConfigMap(t, "trusted-early", v1)
@@ -446,7 +441,7 @@ func TestBundleSourceNotReady(t *testing.T) {
 	c := cluster.Start(t)
 	ctx := context.Background()
 	errNotReady := fmt.Errorf("%w: state not loaded yet", authority.ErrNotReady)
-	src := newSource(nil, errNotReady)
+	src := fakeauthority.New(nil, errNotReady)
 	e := &env{c: c}
 	e.createNamespace(t, "team-a", nil)
 	e = start(t, c, src, nil)

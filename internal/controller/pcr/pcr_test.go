@@ -48,16 +48,6 @@ const (
 	pollTimeout = 20 * time.Second
 )
 
-// newAuthority is the reconciler's AuthoritySource; the test sets its
-// state and readiness.
-func newAuthority(l *authority.Loaded, err error) *fakeauthority.Authority {
-	return fakeauthority.New(l, err)
-}
-
-func loadedOf(tca *testca.CA) *authority.Loaded {
-	return &authority.Loaded{Authority: tca.Authority(), Bundle: tca.Bundle(), BundleVersion: "v1"}
-}
-
 // logBuffer collects JSON log lines from several goroutines.
 type logBuffer struct{ logbuf.Buffer }
 
@@ -305,7 +295,7 @@ func TestSigner(t *testing.T) {
 	logs := &logBuffer{}
 	reg := prometheus.NewRegistry()
 	e.startSigner(t, &pcr.Reconciler{
-		Authority:   newAuthority(loadedOf(tca), nil),
+		Authority:   fakeauthority.New(fakeauthority.Loaded(tca, "v1"), nil),
 		Pods:        pods,
 		TrustDomain: tca.TrustDomain,
 		Logger:      slog.New(slog.NewJSONHandler(logs, nil)),
@@ -401,7 +391,7 @@ func TestSigner(t *testing.T) {
 func TestSignerWaitsForCA(t *testing.T) {
 	e := newEnv(t)
 	logs := &logBuffer{}
-	auth := newAuthority(nil, fmt.Errorf("%w: state not loaded yet", authority.ErrNotReady))
+	auth := fakeauthority.New(nil, fmt.Errorf("%w: state not loaded yet", authority.ErrNotReady))
 	const signer = "mayfly.dev/waiting"
 	tca := testca.New(t, testca.WithIntermediateTTL(48*time.Hour))
 	e.startSigner(t, &pcr.Reconciler{
@@ -425,13 +415,13 @@ func TestSignerWaitsForCA(t *testing.T) {
 	}
 
 	old := testca.New(t, testca.WithIntermediateTTL(30*time.Minute))
-	auth.Set(loadedOf(old), nil)
+	auth.Set(fakeauthority.Loaded(old, "v1"), nil)
 	waitLog(t, logs, "api", "waiting for the CA to rotate")
 	if req := e.get(t, ns, "api"); len(req.Status.Conditions) != 0 {
 		t.Fatalf("intermediate expiring: request decided %+v, want pending", req.Status.Conditions)
 	}
 
-	auth.Set(loadedOf(tca), nil)
+	auth.Set(fakeauthority.Loaded(tca, "v1"), nil)
 	req := e.waitDecided(t, ns, "api")
 	if c := req.Status.Conditions[0]; c.Type != "Issued" {
 		t.Fatalf("condition %s %s: %s, want Issued", c.Type, c.Reason, c.Message)
@@ -447,10 +437,10 @@ func TestSetupRejectsBadConfig(t *testing.T) {
 		r    pcr.Reconciler
 	}{
 		{"no_authority", pcr.Reconciler{TrustDomain: td}},
-		{"no_trust_domain", pcr.Reconciler{Authority: newAuthority(nil, errors.New("x"))}},
-		{"min_ttl_below_one_hour", pcr.Reconciler{Authority: newAuthority(nil, errors.New("x")), TrustDomain: td, MinTTL: 30 * time.Minute}},
-		{"max_below_min", pcr.Reconciler{Authority: newAuthority(nil, errors.New("x")), TrustDomain: td, MinTTL: 2 * time.Hour, MaxTTL: time.Hour + time.Minute}},
-		{"max_above_a_day", pcr.Reconciler{Authority: newAuthority(nil, errors.New("x")), TrustDomain: td, MaxTTL: 48 * time.Hour}},
+		{"no_trust_domain", pcr.Reconciler{Authority: fakeauthority.New(nil, errors.New("x"))}},
+		{"min_ttl_below_one_hour", pcr.Reconciler{Authority: fakeauthority.New(nil, errors.New("x")), TrustDomain: td, MinTTL: 30 * time.Minute}},
+		{"max_below_min", pcr.Reconciler{Authority: fakeauthority.New(nil, errors.New("x")), TrustDomain: td, MinTTL: 2 * time.Hour, MaxTTL: time.Hour + time.Minute}},
+		{"max_above_a_day", pcr.Reconciler{Authority: fakeauthority.New(nil, errors.New("x")), TrustDomain: td, MaxTTL: 48 * time.Hour}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

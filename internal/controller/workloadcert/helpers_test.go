@@ -27,7 +27,6 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
-	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
@@ -41,17 +40,6 @@ const (
 	pollEvery   = 50 * time.Millisecond
 	pollTimeout = 30 * time.Second
 )
-
-// newAuthority is a workloadcert.Authority and Subscriber whose state the
-// test sets.
-func newAuthority(l *authority.Loaded) *fakeauthority.Authority { return fakeauthority.New(l, nil) }
-
-func loadedFrom(tca *testca.CA, version string, bundle ...*x509.Certificate) *authority.Loaded {
-	if len(bundle) == 0 {
-		bundle = tca.Bundle()
-	}
-	return &authority.Loaded{Authority: tca.Authority(), Bundle: bundle, BundleVersion: version}
-}
 
 // env is a cluster with the CRD installed and the controller running.
 type env struct {
@@ -93,7 +81,7 @@ func start(t testing.TB, clock *rotate.FakeClock, tweak func(*rest.Config), work
 	t.Helper()
 	c := cluster.Start(t, cluster.WithCRDDirectory(crdDir(t)))
 	e := &env{c: c, ca: testca.New(t), logs: &logbuf.Buffer{}, reg: prometheus.NewRegistry(), scheme: newScheme(t), clock: clock}
-	e.auth = newAuthority(loadedFrom(e.ca, "v1"))
+	e.auth = fakeauthority.New(fakeauthority.Loaded(e.ca, "v1"), nil)
 	cfg := rest.CopyConfig(c.Config)
 	if tweak != nil {
 		tweak(cfg)

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
+	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -298,7 +299,7 @@ func TestWorkloadCertificate(t *testing.T) {
 		serial := first.serial()
 		// A new root is published next to the old one: ca.crt follows, the
 		// certificate stays.
-		e.auth.Set(loadedFrom(e.ca, "v2", e.ca.Root, next.Root), nil)
+		e.auth.Set(fakeauthority.Loaded(e.ca, "v2", e.ca.Root, next.Root), nil)
 		eventually(t, "ca.crt holds both roots", func(ctx context.Context) (bool, string) {
 			got, err := e.secret(ctx, "app", "web-tls")
 			if err != nil {
@@ -308,7 +309,7 @@ func TestWorkloadCertificate(t *testing.T) {
 		})
 		// The old root goes: the certificate no longer verifies, so a new
 		// one from the new CA replaces it.
-		e.auth.Set(loadedFrom(next, "v3"), nil)
+		e.auth.Set(fakeauthority.Loaded(next, "v3"), nil)
 		got := e.waitSecret(t, "app", "web", "web-tls", serial)
 		if _, err := pki.VerifyX509SVID(got.chain[0], got.chain[1:], next.Bundle(), clock.Now(), x509.ExtKeyUsageServerAuth); err != nil {
 			t.Errorf("the new certificate does not verify against the new root: %v", err)

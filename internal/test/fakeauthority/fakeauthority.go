@@ -1,12 +1,14 @@
-// Package fakeauthority is a CA authority for controller and issuer tests:
-// it hands out a settable *authority.Loaded (or an error) and signals its
-// subscribers when it changes, as authority.Manager does.
+// Package fakeauthority is a CA authority for the controller, issuer and
+// agent tests: it hands out a settable *authority.Loaded (or an error) and
+// signals its subscribers when it changes, as authority.Manager does.
 package fakeauthority
 
 import (
+	"crypto/x509"
 	"sync"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
 )
 
 // Authority implements Current and Subscribe.
@@ -16,6 +18,15 @@ type Authority struct {
 	err    error
 	subs   map[chan struct{}]struct{}
 	calls  int
+}
+
+// Loaded is the state of an authority whose intermediate is tca's, with
+// the bundle roots (tca's root when none are given) at version.
+func Loaded(tca *testca.CA, version string, roots ...*x509.Certificate) *authority.Loaded {
+	if len(roots) == 0 {
+		roots = tca.Bundle()
+	}
+	return &authority.Loaded{Authority: tca.Authority(), Bundle: roots, BundleVersion: version}
 }
 
 // New returns an authority in force with l, or failing with err.
