@@ -30,6 +30,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -94,15 +95,7 @@ func start(t *testing.T, c *cluster.Cluster, src *fakeauthority.Authority, selec
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatalf("SetupWithManager: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	cluster.RunManager(t, mgr)
 	e := &env{c: c, src: src, client: rc}
 	e.eventually(t, "the controller subscribes to bundle changes", func(context.Context) (bool, string) {
 		return src.Subscribers() > 0, "no subscriber"
@@ -114,25 +107,7 @@ func start(t *testing.T, c *cluster.Cluster, src *fakeauthority.Authority, selec
 // holds and, if not, what it saw.
 func (e *env) eventually(t *testing.T, what string, cond func(ctx context.Context) (bool, string)) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), pollTimeout)
-	defer cancel()
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	var last string
-	for {
-		ok, saw := cond(ctx)
-		if ok {
-			return
-		}
-		if ctx.Err() == nil || last == "" { // keep what was seen before the deadline cut a call short
-			last = saw
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("after %s, still not true that %s: %s", pollTimeout, what, last)
-		case <-tick.C:
-		}
-	}
+	wait.Until(t, what, pollTimeout, pollEvery, cond)
 }
 
 func (e *env) createNamespace(t *testing.T, name string, lbls map[string]string) {

@@ -101,15 +101,7 @@ func (e *env) startSigner(t *testing.T, r *pcr.Reconciler) {
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	cluster.RunManager(t, mgr)
 }
 
 func (e *env) namespace(t *testing.T, name string) {

@@ -32,6 +32,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -115,15 +116,7 @@ func start(t testing.TB, clock *rotate.FakeClock, tweak func(*rest.Config), work
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatalf("SetupWithManager: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	cluster.RunManager(t, mgr)
 	return e
 }
 
@@ -131,25 +124,7 @@ func start(t testing.TB, clock *rotate.FakeClock, tweak func(*rest.Config), work
 // what it saw when it does not hold.
 func eventually(t testing.TB, what string, cond func(ctx context.Context) (bool, string)) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), pollTimeout)
-	defer cancel()
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	var last string
-	for {
-		ok, saw := cond(ctx)
-		if ok {
-			return
-		}
-		if ctx.Err() == nil || last == "" {
-			last = saw
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("after %s, still not true that %s: %s", pollTimeout, what, last)
-		case <-tick.C:
-		}
-	}
+	wait.Until(t, what, pollTimeout, pollEvery, cond)
 }
 
 func (e *env) create(t testing.TB, objs ...client.Object) {

@@ -4,12 +4,14 @@
 package cluster
 
 import (
+	"context"
 	"os"
 	"testing"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 )
 
 // Cluster is a running API server with an admin client.
@@ -67,4 +69,19 @@ func Start(t testing.TB, opts ...Option) *Cluster {
 		t.Fatalf("client for envtest: %v", err)
 	}
 	return &Cluster{Env: env, Config: cfg, Client: client}
+}
+
+// RunManager starts mgr and runs it until the test ends; at cleanup it
+// stops mgr and fails the test if mgr's Start returned an error.
+func RunManager(t testing.TB, mgr manager.Manager) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
 }

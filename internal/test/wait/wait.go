@@ -4,6 +4,7 @@
 package wait
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -30,5 +31,32 @@ func Within(t testing.TB, what string, timeout, interval time.Duration, cond fun
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		<-tick.C
+	}
+}
+
+// Until polls cond every interval until it holds, and fails the test when
+// timeout passes first, with what it waited for and what cond last said it
+// saw. cond's context ends at the deadline; what cond saw in a call the
+// deadline cut short does not replace what it saw before.
+func Until(t testing.TB, what string, timeout, interval time.Duration, cond func(ctx context.Context) (ok bool, saw string)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var last string
+	for {
+		ok, saw := cond(ctx)
+		if ok {
+			return
+		}
+		if ctx.Err() == nil || last == "" {
+			last = saw
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("after %s, still not true that %s: %s", timeout, what, last)
+		case <-tick.C:
+		}
 	}
 }
