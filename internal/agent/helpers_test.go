@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -301,9 +301,8 @@ func newCSR(t *testing.T) (crypto.Signer, []byte) {
 	return key, csr
 }
 
-// gather returns the families of reg by name, after checking them with
-// promlint.
-func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {
+// gather returns the families of reg, after checking them with promlint.
+func gather(t *testing.T, reg *prometheus.Registry) []*dto.MetricFamily {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -316,41 +315,14 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
-	out := make(map[string]*dto.MetricFamily, len(mfs))
-	for _, mf := range mfs {
-		out[mf.GetName()] = mf
-	}
-	return out
+	return mfs
 }
 
 // sample returns the value of the series of name whose labels include
 // labels (name="value" pairs), and whether there is one.
 func sample(t *testing.T, reg *prometheus.Registry, name string, labels ...string) (float64, bool) {
 	t.Helper()
-	mf := gather(t, reg)[name]
-	if mf == nil {
-		return 0, false
-	}
-next:
-	for _, m := range mf.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for _, kv := range labels {
-			k, v, _ := strings.Cut(kv, "=")
-			if have[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue(), true
-		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue(), true
-		}
-	}
-	return 0, false
+	return promtest.Find(gather(t, reg), name, labels...)
 }
 
 func mustSample(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -688,24 +689,9 @@ func TestManagerMetrics(t *testing.T) {
 // counterValue returns one series of the rotations counter.
 func counterValue(t *testing.T, reg *prometheus.Registry, step, result string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	v, ok := promtest.Value(t, reg, "mayfly_ca_authority_rotations_total", "step="+step, "result="+result)
+	if !ok {
+		t.Fatalf("no rotations_total{step=%q,result=%q}", step, result)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != "mayfly_ca_authority_rotations_total" {
-			continue
-		}
-		for _, mt := range mf.GetMetric() {
-			l := map[string]string{}
-			for _, lp := range mt.GetLabel() {
-				l[lp.GetName()] = lp.GetValue()
-			}
-			if l["step"] == step && l["result"] == result {
-				return mt.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no rotations_total{step=%q,result=%q}", step, result)
-	return 0
+	return v
 }

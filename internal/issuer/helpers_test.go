@@ -33,6 +33,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
+	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -358,21 +359,11 @@ func (h *harness) gauge(name string) float64 {
 
 func (h *harness) issued(kind, result string) float64 {
 	h.t.Helper()
-	mf := h.family("mayfly_ca_certificates_issued_total")
-	if mf == nil {
-		h.t.Fatal("mayfly_ca_certificates_issued_total not gathered")
+	v, ok := promtest.Value(h.t, h.reg, "mayfly_ca_certificates_issued_total", "kind="+kind, "result="+result)
+	if !ok {
+		h.t.Fatalf("no series mayfly_ca_certificates_issued_total{kind=%s,result=%s}", kind, result)
 	}
-	for _, m := range mf.GetMetric() {
-		labels := map[string]string{}
-		for _, l := range m.GetLabel() {
-			labels[l.GetName()] = l.GetValue()
-		}
-		if labels["kind"] == kind && labels["result"] == result {
-			return m.GetCounter().GetValue()
-		}
-	}
-	h.t.Fatalf("no series kind=%s result=%s", kind, result)
-	return 0
+	return v
 }
 
 func workloadItem(t *testing.T, reqID, id string, ttlSeconds int64) *issuerv1.WorkloadRequest {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 )
 
@@ -371,25 +372,8 @@ func TestMetrics(t *testing.T) {
 
 func counterValue(t *testing.T, env *testEnv, method, code string) float64 {
 	t.Helper()
-	mfs, err := env.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "mayfly_agent_workload_api_requests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["method"] == method && labels["code"] == code {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	v, _ := promtest.Value(t, env.reg, "mayfly_agent_workload_api_requests_total", "method="+method, "code="+code)
+	return v
 }
 
 func TestResponseCache(t *testing.T) {

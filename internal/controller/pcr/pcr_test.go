@@ -38,6 +38,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
+	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -214,24 +215,11 @@ func ecKey(t *testing.T, c elliptic.Curve) crypto.Signer {
 
 func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	v, ok := promtest.Value(t, reg, "mayfly_ca_podcertificaterequests_total", "result="+result)
+	if !ok {
+		t.Fatalf("no mayfly_ca_podcertificaterequests_total{result=%q}", result)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != "mayfly_ca_podcertificaterequests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == result {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no mayfly_ca_podcertificaterequests_total{result=%q}", result)
-	return 0
+	return v
 }
 
 // checkIssued checks an Issued request against the API rules and the

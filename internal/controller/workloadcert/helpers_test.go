@@ -31,6 +31,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
+	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -248,26 +249,11 @@ func (e *env) waitSecret(t testing.TB, ns, wcName, secretName, notSerial string)
 }
 
 // counter returns the value of mayfly_ca_workloadcertificates_issued_total
-// for result.
+// for result (0 before the first).
 func (e *env) counter(t testing.TB, result string) float64 {
 	t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "mayfly_ca_workloadcertificates_issued_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == result {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	v, _ := promtest.Value(t, e.reg, "mayfly_ca_workloadcertificates_issued_total", "result="+result)
+	return v
 }
 
 func has(s, sub string) bool { return strings.Contains(s, sub) }
