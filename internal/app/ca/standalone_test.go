@@ -35,7 +35,9 @@ import (
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
-const standaloneConfig = `
+// caConfigHead starts the standalone CA configs of these tests; DIR
+// stands for the state directory (serveCA fills it in).
+const caConfigHead = `
 apiVersion: mayfly.dev/v1alpha1
 kind: CAConfig
 trustDomain: example.org
@@ -45,7 +47,9 @@ workloads:
   minTTL: 1m
   defaultTTL: 10m
   maxTTL: 1h
-nodes:
+`
+
+const standaloneConfig = caConfigHead + `nodes:
   - name: host-a
     allowedIDs: ["spiffe://example.org/demo/*", "spiffe://example.org/exact"]
     allowedDNSNames: ["demo.local"]
@@ -113,10 +117,12 @@ func runCA(t testing.TB, text string, opts ca.Options) *caProcess {
 	return p
 }
 
-// serveCA runs the standalone CA that the config text describes and
-// returns it once the issuer API serves, with the trust bundle it wrote.
+// serveCA runs the standalone CA that the config text describes, with a
+// new state directory for DIR, and returns it once the issuer API serves,
+// with the trust bundle it wrote.
 func serveCA(t testing.TB, text string) *runningCA {
 	t.Helper()
+	text = strings.Replace(text, "directory: DIR", "directory: "+filepath.Join(t.TempDir(), "state"), 1)
 	p := runCA(t, text, ca.Options{})
 	select {
 	case <-p.served:
@@ -138,7 +144,7 @@ func serveCA(t testing.TB, text string) *runningCA {
 // under workloads, once it serves.
 func startCA(t testing.TB, extra ...string) *runningCA {
 	t.Helper()
-	text := strings.ReplaceAll(standaloneConfig, "DIR", filepath.Join(t.TempDir(), "state"))
+	text := standaloneConfig
 	for _, e := range extra {
 		text = strings.Replace(text, "workloads:\n", "workloads:\n"+e+"\n", 1)
 	}

@@ -398,17 +398,7 @@ func TestLoadFileUpstreamRejectsBadInputs(t *testing.T) {
 	}
 }
 
-const upstreamCAConfig = `
-apiVersion: mayfly.dev/v1alpha1
-kind: CAConfig
-trustDomain: example.org
-directory: DIR
-healthAddress: "off"
-workloads:
-  minTTL: 1m
-  defaultTTL: 10m
-  maxTTL: 1h
-nodes:
+const upstreamCAConfig = caConfigHead + `nodes:
   - name: host-a
     allowedIDs: ["spiffe://example.org/demo/*"]
 upstream:
@@ -420,10 +410,7 @@ UPSTREAM
 // files, and returns it once the issuer API serves.
 func runUpstreamCA(t *testing.T, upstreamYAML string) *runningCA {
 	t.Helper()
-	dir := t.TempDir()
-	text := strings.ReplaceAll(upstreamCAConfig, "DIR", filepath.Join(dir, "state"))
-	text = strings.ReplaceAll(text, "UPSTREAM", upstreamYAML)
-	return serveCA(t, text)
+	return serveCA(t, strings.ReplaceAll(upstreamCAConfig, "UPSTREAM", upstreamYAML))
 }
 
 func TestStandaloneWithFileUpstream(t *testing.T) {
