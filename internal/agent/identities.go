@@ -90,7 +90,14 @@ type entry struct {
 
 	subMu sync.Mutex
 	subs  map[chan struct{}]struct{}
+
+	// settled is closed when the first attempt to obtain ends, either way
+	// (or the identity is removed).
+	settled    chan struct{}
+	settleOnce sync.Once
 }
+
+func (e *entry) settle() { e.settleOnce.Do(func() { close(e.settled) }) }
 
 // NewManager returns a Manager; Start runs it.
 func NewManager(cfg ManagerConfig) *Manager {
@@ -176,7 +183,7 @@ func (m *Manager) ensureLocked(spec Spec) *entry {
 		}
 		return e
 	}
-	e = &entry{spec: spec, lastUsed: m.cfg.Clock.Now(), subs: map[chan struct{}]struct{}{}}
+	e = &entry{spec: spec, lastUsed: m.cfg.Clock.Now(), subs: map[chan struct{}]struct{}{}, settled: make(chan struct{})}
 	e.rot = rotate.New(func(ctx context.Context) (*rotate.Credential, error) { return m.obtain(ctx, e) }, rotate.Options{
 		Policy: m.cfg.Policy, Clock: m.cfg.Clock, Sinks: spec.Sinks, Name: spec.Key,
 		OnEvent: func(ev rotate.Event) { m.onEvent(e, ev) },
@@ -213,6 +220,7 @@ func (m *Manager) removeLocked(key string) {
 		m.expiry.DeleteLabelValues(idOf(cur.Leaf()))
 	}
 	delete(m.entries, key)
+	e.settle()
 	e.notify()
 }
 
@@ -232,10 +240,12 @@ func (m *Manager) onEvent(e *entry, ev rotate.Event) {
 		if cur != nil {
 			m.cfg.Logger.Info("SVID rotated", "spiffe_id", idOf(cur.Leaf()), "serial", cur.Leaf().SerialNumber.Text(16), "not_after", cur.Leaf().NotAfter)
 		}
+		e.settle()
 		e.notify()
 	case rotate.EventObtainFailed:
 		m.rotations.WithLabelValues("failure").Inc()
 		m.cfg.Logger.Warn("SVID rotation failed; keeping the current one", "identity", e.spec.Key, "error", ev.Err, "next", ev.Next.At)
+		e.settle()
 	case rotate.EventSinkFailed:
 		m.cfg.Logger.Warn("writing an SVID to a sink failed", "identity", e.spec.Key, "error", ev.Err)
 	}
@@ -307,13 +317,28 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 	return &rotate.Credential{Certificates: chain, Key: key, Bundle: roots}, nil
 }
 
-// Get returns the current credential of key, waiting up to ctx for the
-// first one.
-func (m *Manager) Get(ctx context.Context, spec Spec) (*rotate.Credential, error) {
+// ErrNotIssued is returned by Obtain for an identity whose first attempt
+// failed or that was removed; the reason is in the log.
+var ErrNotIssued = errors.New("identity not issued")
+
+// Obtain returns the current credential of spec's identity, creating it if
+// new, and waits up to ctx for its first attempt to end, but not for the
+// retries after a failed one: an identity the CA refused must not hold up
+// the others of the same workload. Before a first success it returns
+// ErrNotIssued.
+func (m *Manager) Obtain(ctx context.Context, spec Spec) (*rotate.Credential, error) {
 	m.mu.Lock()
 	e := m.ensureLocked(spec)
 	m.mu.Unlock()
-	return e.rot.WaitReady(ctx)
+	select {
+	case <-e.settled:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if cur := e.rot.Current(); cur != nil {
+		return cur, nil
+	}
+	return nil, ErrNotIssued
 }
 
 // Subscribe signals after each rotation of key's identity.

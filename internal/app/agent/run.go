@@ -354,16 +354,27 @@ func (s *source) specs(c workloadapi.Caller) []agent.Spec {
 func (s *source) Identities(ctx context.Context, c workloadapi.Caller) ([]workloadapi.Identity, map[spiffeid.TrustDomain][]*x509.Certificate, error) {
 	specs := s.specs(c)
 	out := make([]workloadapi.Identity, 0, len(specs))
+	var notIssued []string
 	for _, spec := range specs {
-		cred, err := s.mgr.Get(ctx, spec)
+		cred, err := s.mgr.Obtain(ctx, spec)
+		if errors.Is(err, agent.ErrNotIssued) {
+			// Served without it; its rotation is pushed when it comes.
+			notIssued = append(notIssued, spec.Key)
+			continue
+		}
 		if err != nil {
-			return nil, nil, status.Errorf(codes.Unavailable, "identity %s not issued yet: %v", spec.Key, err)
+			return nil, nil, err
 		}
 		id, err := spiffeid.FromURI(cred.Leaf().URIs[0])
 		if err != nil {
 			return nil, nil, err
 		}
 		out = append(out, workloadapi.Identity{ID: id, Chain: cred.Certificates, Key: cred.Key})
+	}
+	if len(out) == 0 && len(notIssued) > 0 {
+		// The reason (a CA refusal, the CA unreachable) is in the agent's
+		// log; the workload learns which identity and that it may retry.
+		return nil, nil, status.Errorf(codes.Unavailable, "identity %s is not issued yet; retry later (the agent's log says why)", strings.Join(notIssued, ", "))
 	}
 	roots, _ := s.ca.Bundle()
 	return out, map[spiffeid.TrustDomain][]*x509.Certificate{s.td: roots}, nil

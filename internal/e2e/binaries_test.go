@@ -1,0 +1,304 @@
+//go:build linux
+
+// Package e2e_test runs the built binaries as a user runs them: `ca run`,
+// `ca token create`, `agent run`, the status commands, signals and restarts,
+// with go-spiffe's client fetching from the agent's socket. The packages'
+// own tests run the same code in process; this one catches what only the
+// mains, flags, files on disk and process lifecycle can get wrong.
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
+)
+
+// binaries builds cmd/ca and cmd/agent (from the build cache when warm).
+func binaries(t *testing.T) (ca, agent string) {
+	t.Helper()
+	dir := t.TempDir()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command is needed to build the binaries: %v", err)
+	}
+	for _, name := range []string{"ca", "agent"} {
+		cmd := exec.Command(goBin, "build", "-o", filepath.Join(dir, name), "github.com/mayfly-pki/mayfly/cmd/"+name)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build cmd/%s: %v\n%s", name, err, out)
+		}
+	}
+	return filepath.Join(dir, "ca"), filepath.Join(dir, "agent")
+}
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	return addr
+}
+
+// proc is a started binary whose output goes to a log file.
+type proc struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan error
+}
+
+func start(t *testing.T, logPath string, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", bin, err)
+	}
+	p := &proc{cmd: cmd, log: logPath, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait(); _ = f.Close() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			out, _ := os.ReadFile(logPath)
+			t.Logf("%s log:\n%s", filepath.Base(bin), out)
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and wants a clean exit within a few seconds.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+	select {
+	case err := <-p.done:
+		p.done <- err // for the cleanup
+		if err != nil {
+			out, _ := os.ReadFile(p.log)
+			t.Fatalf("%s exited with %v after SIGTERM; log:\n%s", p.cmd.Path, err, out)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("%s did not exit within 15s of SIGTERM", p.cmd.Path)
+	}
+}
+
+// run runs a binary to completion and returns its stdout, stderr and error.
+func run(bin string, env []string, args ...string) (string, string, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Env = append(os.Environ(), env...)
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+func writeFile(t *testing.T, path, text string) string {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func wantMode(t *testing.T, path string, want os.FileMode) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode() & (os.ModePerm | os.ModeSocket); got != want {
+		t.Errorf("%s has mode %v, want %v", path, got, want)
+	}
+}
+
+// fetch gets the caller's SVID from the agent's socket with go-spiffe.
+func fetch(socket string) (*x509svid.SVID, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
+}
+
+func TestBinariesStandalone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	caBin, agentBin := binaries(t)
+	work := t.TempDir()
+	caAddr, caHealth, agentHealth := freeAddr(t), freeAddr(t), freeAddr(t)
+	uid := os.Getuid()
+	wantID := spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/test/user-%d", uid))
+
+	caConfig := writeFile(t, filepath.Join(work, "ca.yaml"), fmt.Sprintf(`
+apiVersion: mayfly.dev/v1alpha1
+kind: CAConfig
+trustDomain: example.org
+directory: %[1]s/ca
+listenAddress: %[2]s
+healthAddress: %[3]s
+workloads: {minTTL: 1m, defaultTTL: 10m, maxTTL: 1h}
+nodes:
+  - name: host-a
+    allowedIDs: ["spiffe://example.org/test/*"]
+`, work, caAddr, caHealth))
+	writeFile(t, filepath.Join(work, "registrations.yaml"), fmt.Sprintf(`
+registrations:
+  - spiffeID: %s
+    selectors: {uid: %d}
+  - spiffeID: spiffe://example.org/elsewhere/not-granted
+    selectors: {uid: %d}
+`, wantID, uid, uid))
+	socket := filepath.Join(work, "run", "agent.sock")
+	agentConfig := writeFile(t, filepath.Join(work, "agent.yaml"), fmt.Sprintf(`
+apiVersion: mayfly.dev/v1alpha1
+kind: AgentConfig
+trustDomain: example.org
+server: {address: %[2]s, trustBundleFile: %[1]s/ca/trust-bundle.pem}
+nodeName: host-a
+socketPath: %[3]s
+dataDir: %[1]s/agent
+healthAddress: %[4]s
+writeDir: %[1]s/certs
+standalone: {registrationsFile: %[1]s/registrations.yaml}
+`, work, caAddr, socket, agentHealth))
+
+	// Bad input fails at once, naming what is wrong, and serves nothing.
+	if _, stderr, err := run(caBin, nil, "run", "--config", filepath.Join(work, "missing.yaml")); err == nil || !strings.Contains(stderr, "missing.yaml") {
+		t.Errorf("ca run with a missing config: err %v, stderr %q; want a failure naming the file", err, stderr)
+	}
+	badAgent := writeFile(t, filepath.Join(work, "bad-agent.yaml"), "trustDomain: example.org\nsocketPth: /tmp/x.sock\n")
+	if _, stderr, err := run(agentBin, nil, "run", "--config", badAgent); err == nil || !strings.Contains(stderr, "socketPth") {
+		t.Errorf("agent run with a misspelt field: err %v, stderr %q; want a failure naming the field", err, stderr)
+	}
+
+	ca := start(t, filepath.Join(work, "ca.log"), nil, caBin, "run", "--config", caConfig)
+	wait.Within(t, "the CA's trust bundle", 30*time.Second, 50*time.Millisecond, func() bool {
+		fi, err := os.Stat(filepath.Join(work, "ca", "trust-bundle.pem"))
+		return err == nil && fi.Size() > 0
+	})
+	wantMode(t, filepath.Join(work, "ca"), 0o700)
+	wantMode(t, filepath.Join(work, "ca", "authority.json"), 0o600)
+
+	token, stderr, err := run(caBin, nil, "token", "create", "--config", caConfig, "--node", "host-a", "--ttl", "5m")
+	if err != nil {
+		t.Fatalf("ca token create: %v\n%s", err, stderr)
+	}
+	token = strings.TrimSpace(token)
+
+	agent := start(t, filepath.Join(work, "agent.log"), []string{"MAYFLY_JOIN_TOKEN=" + token}, agentBin, "run", "--config", agentConfig)
+	var svid *x509svid.SVID
+	wait.Within(t, "an SVID from the agent's socket", 30*time.Second, 50*time.Millisecond, func() bool {
+		svid, err = fetch(socket)
+		return err == nil
+	})
+	if svid.ID != wantID {
+		t.Fatalf("SVID ID = %s, want %s", svid.ID, wantID)
+	}
+	verifySVID(t, svid, filepath.Join(work, "ca", "trust-bundle.pem"))
+	wantMode(t, socket, os.ModeSocket|0o666)
+	wantMode(t, filepath.Dir(socket), 0o755)
+	wantMode(t, filepath.Join(work, "agent"), 0o700)
+	wantMode(t, filepath.Join(work, "agent", "agent-key.pem"), 0o600)
+	wantMode(t, filepath.Join(work, "certs", fmt.Sprintf("test-user-%d", uid), "tls.key"), 0o600)
+
+	// The registration outside the node's grant is reported, not served.
+	wait.Within(t, "the refused registration in the agent log", 10*time.Second, 50*time.Millisecond, func() bool {
+		out, _ := os.ReadFile(filepath.Join(work, "agent.log"))
+		return bytes.Contains(out, []byte("spiffe://example.org/elsewhere/not-granted"))
+	})
+	if ids := svidIDs(t, socket); len(ids) != 1 {
+		t.Fatalf("the agent serves %v, want only %s", ids, wantID)
+	}
+
+	for _, c := range []struct{ bin, addr, want string }{
+		{agentBin, agentHealth, wantID.String()},
+		{caBin, caHealth, "example.org"},
+	} {
+		out, stderr, err := run(c.bin, nil, "status", "--address", c.addr)
+		if err != nil || !strings.Contains(out, c.want) {
+			t.Errorf("%s status: err %v, output %q %q; want it to mention %s", filepath.Base(c.bin), err, out, stderr, c.want)
+		}
+	}
+
+	// Restart: the agent comes back without a token (its SVID was saved)
+	// and serves again.
+	agent.stop(t)
+	began := time.Now()
+	start(t, filepath.Join(work, "agent2.log"), nil, agentBin, "run", "--config", agentConfig)
+	wait.Within(t, "an SVID after the agent's restart", 30*time.Second, 10*time.Millisecond, func() bool {
+		svid, err = fetch(socket)
+		return err == nil
+	})
+	t.Logf("agent restart (process start to first SVID served): %v", time.Since(began).Round(time.Millisecond))
+	if svid.ID != wantID {
+		t.Fatalf("SVID ID after restart = %s, want %s", svid.ID, wantID)
+	}
+	verifySVID(t, svid, filepath.Join(work, "ca", "trust-bundle.pem"))
+	ca.stop(t)
+}
+
+// verifySVID checks the SVID's chain against the CA's trust bundle file.
+func verifySVID(t *testing.T, svid *x509svid.SVID, bundleFile string) {
+	t.Helper()
+	raw, err := os.ReadFile(bundleFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(raw) {
+		t.Fatalf("%s holds no certificate", bundleFile)
+	}
+	inters := x509.NewCertPool()
+	for _, c := range svid.Certificates[1:] {
+		inters.AddCert(c)
+	}
+	if _, err := svid.Certificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("SVID does not verify against the CA's trust bundle: %v", err)
+	}
+}
+
+// svidIDs lists every SVID the socket serves this process.
+func svidIDs(t *testing.T, socket string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	svids, err := c.FetchX509SVIDs(ctx)
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range svids {
+		ids = append(ids, s.ID.String())
+	}
+	return ids
+}
