@@ -33,6 +33,7 @@ var (
 
 // stack is a standalone CA and one agent, run in this process.
 type stack struct {
+	stateDir string // the CA's state directory
 	socket   string
 	writeDir string
 	caLogs   *logbuf.Buffer
@@ -64,7 +65,7 @@ nodes:
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &stack{caLogs: &logbuf.Buffer{}, agLogs: &logbuf.Buffer{}}
+	s := &stack{stateDir: stateDir, caLogs: &logbuf.Buffer{}, agLogs: &logbuf.Buffer{}}
 	var wg sync.WaitGroup
 	caAddr := lis.Addr().String()
 	var caMu sync.Mutex
@@ -259,7 +260,7 @@ func TestEndToEndCAOutage(t *testing.T) {
 // mtls is a go-spiffe server and client, each with its own X509Source on
 // the agent's socket, serving HTTPS with mutual authorization by ID.
 type mtls struct {
-	serverSrc *workloadapi.X509Source
+	serverSrc, clientSrc *workloadapi.X509Source
 	// handshake makes one request on a new connection: a full handshake.
 	handshake func() error
 }
@@ -290,7 +291,7 @@ func startMTLS(t *testing.T, s *stack) *mtls {
 	}
 	go func() { _ = srv.ServeTLS(lis, "", "") }()
 	t.Cleanup(func() { srv.Close() })
-	return &mtls{serverSrc: serverSrc, handshake: func() error {
+	return &mtls{serverSrc: serverSrc, clientSrc: clientSrc, handshake: func() error {
 		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(clientSrc, clientSrc, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
 		defer tr.CloseIdleConnections()
 		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + lis.Addr().String())
