@@ -340,7 +340,12 @@ func TestSigner(t *testing.T) {
 			} else if req.Status.CertificateChain != "" || req.Status.NotAfter != nil {
 				t.Errorf("%s request carries a certificate", tt.wantType)
 			}
-			audits := logs.lines(t, "pcr", tt.name)
+			// The audit line follows the status update: wait for it.
+			var audits []map[string]any
+			wait.For(t, "the audit line of "+tt.name, func() bool {
+				audits = logs.lines(t, "pcr", tt.name)
+				return len(audits) > 0
+			})
 			if len(audits) != 1 || audits[0]["msg"] != "audit" || audits[0]["reason"] != tt.reason {
 				t.Errorf("audit lines %v, want one with reason %s", audits, tt.reason)
 			}
