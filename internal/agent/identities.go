@@ -341,6 +341,38 @@ func (m *Manager) Obtain(ctx context.Context, spec Spec) (*rotate.Credential, er
 	return nil, ErrNotIssued
 }
 
+// WaitAnyReady waits up to ctx until one of the specs' identities has its
+// first credential (creating those that are new).
+func (m *Manager) WaitAnyReady(ctx context.Context, specs []Spec) error {
+	m.mu.Lock()
+	ready := make([]<-chan struct{}, 0, len(specs))
+	for _, spec := range specs {
+		ready = append(ready, m.ensureLocked(spec).rot.Ready())
+	}
+	m.mu.Unlock()
+	first := make(chan struct{}, 1)
+	done := make(chan struct{})
+	defer close(done)
+	for _, ch := range ready {
+		go func() {
+			select {
+			case <-ch:
+				select {
+				case first <- struct{}{}:
+				default:
+				}
+			case <-done:
+			}
+		}()
+	}
+	select {
+	case <-first:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Subscribe signals after each rotation of key's identity.
 func (m *Manager) Subscribe(key string) (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)

@@ -538,3 +538,34 @@ func TestManagerRotationFinishingAfterRemoveExportsNoExpiry(t *testing.T) {
 		t.Errorf("rotations_total{result=success} = %v, want 2: the rotation still happened", got)
 	}
 }
+
+// A workload with a refused identity and a granted one: Obtain answers for
+// each after its first attempt, without waiting for the refused one's
+// retries; WaitAnyReady returns once the granted one is there, and waits
+// (up to its context) while none is.
+func TestManagerRefusedIdentityDoesNotHoldUpTheOthers(t *testing.T) {
+	h := newManager(t, true)
+	h.ca.grant(idDB)
+	refused := Spec{Key: "default/web", SpiffeID: idWeb}
+	granted := Spec{Key: "default/db", SpiffeID: idDB}
+
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	if err := h.m.WaitAnyReady(ctx, []Spec{refused, granted}); err != nil {
+		t.Fatalf("WaitAnyReady: %v", err)
+	}
+	cred, err := h.m.Obtain(ctx, granted)
+	if err != nil {
+		t.Fatalf("Obtain(granted): %v", err)
+	}
+	h.checkSVID(cred, idDB)
+	if _, err := h.m.Obtain(ctx, refused); !errors.Is(err, ErrNotIssued) {
+		t.Fatalf("Obtain(refused) = %v, want ErrNotIssued", err)
+	}
+
+	short, cancelShort := context.WithCancel(t.Context())
+	cancelShort()
+	if err := h.m.WaitAnyReady(short, []Spec{refused}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("WaitAnyReady with only a refused identity = %v, want the context's error", err)
+	}
+}

@@ -224,7 +224,12 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 	wantMode(t, filepath.Dir(socket), 0o755)
 	wantMode(t, filepath.Join(work, "agent"), 0o700)
 	wantMode(t, filepath.Join(work, "agent", "agent-key.pem"), 0o600)
-	wantMode(t, filepath.Join(work, "certs", fmt.Sprintf("test-user-%d", uid), "tls.key"), 0o600)
+	keyFile := filepath.Join(work, "certs", fmt.Sprintf("test-user-%d", uid), "tls.key")
+	wait.Within(t, "the writeDir key file", 10*time.Second, 20*time.Millisecond, func() bool {
+		_, err := os.Stat(keyFile)
+		return err == nil
+	})
+	wantMode(t, keyFile, 0o600)
 
 	// The registration outside the node's grant is reported, not served.
 	wait.Within(t, "the refused registration in the agent log", 10*time.Second, 50*time.Millisecond, func() bool {

@@ -21,8 +21,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"k8s.io/client-go/rest"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
@@ -353,31 +351,41 @@ func (s *source) specs(c workloadapi.Caller) []agent.Spec {
 
 func (s *source) Identities(ctx context.Context, c workloadapi.Caller) ([]workloadapi.Identity, map[spiffeid.TrustDomain][]*x509.Certificate, error) {
 	specs := s.specs(c)
+	for {
+		out, err := s.issued(ctx, specs)
+		if err != nil || len(out) > 0 || len(specs) == 0 {
+			roots, _ := s.ca.Bundle()
+			return out, map[spiffeid.TrustDomain][]*x509.Certificate{s.td: roots}, err
+		}
+		// None issued yet (a new pod the CA has not seen, the CA down):
+		// wait for the first while the agent retries.
+		if err := s.mgr.WaitAnyReady(ctx, specs); err != nil {
+			return nil, nil, err
+		}
+	}
+}
+
+// issued returns the credentials of specs that have been issued, after
+// each one's first attempt ended: an identity the CA refuses must not hold
+// up the others of the same workload (it is reported in the log and pushed
+// on the open streams if it comes later).
+func (s *source) issued(ctx context.Context, specs []agent.Spec) ([]workloadapi.Identity, error) {
 	out := make([]workloadapi.Identity, 0, len(specs))
-	var notIssued []string
 	for _, spec := range specs {
 		cred, err := s.mgr.Obtain(ctx, spec)
 		if errors.Is(err, agent.ErrNotIssued) {
-			// Served without it; its rotation is pushed when it comes.
-			notIssued = append(notIssued, spec.Key)
 			continue
 		}
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		id, err := spiffeid.FromURI(cred.Leaf().URIs[0])
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		out = append(out, workloadapi.Identity{ID: id, Chain: cred.Certificates, Key: cred.Key})
 	}
-	if len(out) == 0 && len(notIssued) > 0 {
-		// The reason (a CA refusal, the CA unreachable) is in the agent's
-		// log; the workload learns which identity and that it may retry.
-		return nil, nil, status.Errorf(codes.Unavailable, "identity %s is not issued yet; retry later (the agent's log says why)", strings.Join(notIssued, ", "))
-	}
-	roots, _ := s.ca.Bundle()
-	return out, map[spiffeid.TrustDomain][]*x509.Certificate{s.td: roots}, nil
+	return out, nil
 }
 
 func (s *source) Subscribe(c workloadapi.Caller) (<-chan struct{}, func()) {
