@@ -24,6 +24,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/app/ca"
 	"github.com/mayfly-pki/mayfly/internal/standalone"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
 var (
@@ -100,7 +101,13 @@ nodes:
 		caCancel()
 		<-caDone
 	}
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		if t.Failed() {
+			t.Logf("CA logs:\n%s\nagent logs:\n%s", s.caLogs, s.agLogs)
+		}
+	})
 	s.startCA()
 
 	token, err := standalone.NewJoinTokens(stateDir, nil).Create("host-a", time.Minute)
@@ -169,25 +176,21 @@ func TestEndToEndMTLSThroughRotations(t *testing.T) {
 	s := startStack(t, "20s")
 	m := startMTLS(t, s)
 
+	// A request every 200ms until the server has had 4 certificates.
 	var failures atomic.Int64
 	serials := map[string]bool{}
-	deadline := time.Now().Add(90 * time.Second)
 	requests := 0
-	for len(serials) < 4 && time.Now().Before(deadline) {
+	wait.Until(t, "the server certificate rotated 3 times", 90*time.Second, 200*time.Millisecond, func(context.Context) (bool, string) {
 		requests++
 		if err := m.handshake(); err != nil {
 			failures.Add(1)
 			t.Errorf("request %d failed: %v", requests, err)
 		}
-		svid, err := m.serverSrc.GetX509SVID()
-		if err == nil {
+		if svid, err := m.serverSrc.GetX509SVID(); err == nil {
 			serials[svid.Certificates[0].SerialNumber.String()] = true
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if len(serials) < 4 {
-		t.Fatalf("saw %d server certificates in 90s, want 4 (3 rotations)\nagent logs:\n%s", len(serials), s.agLogs)
-	}
+		return len(serials) >= 4, fmt.Sprintf("%d server certificates seen", len(serials))
+	})
 	if failures.Load() != 0 {
 		t.Fatalf("%d of %d handshakes failed", failures.Load(), requests)
 	}
@@ -219,17 +222,22 @@ func TestEndToEndCAOutage(t *testing.T) {
 	notAfter := first.Certificates[0].NotAfter
 
 	s.stopCA()
-	// Past the renewal point (about half of 30s) with the CA down.
-	outageEnd := time.Now().Add(18 * time.Second)
-	for time.Now().Before(outageEnd) {
+	before := len(s.agLogs.String())
+	// Past the server certificate's renewal point (about half of 30s) with
+	// the CA down, until its rotation has failed twice (the agent is in its
+	// retry backoff); every handshake keeps working meanwhile.
+	wait.Within(t, "two failed rotations of the server certificate while the CA is down", 25*time.Second, 250*time.Millisecond, func() bool {
 		if err := handshake(); err != nil {
 			t.Fatalf("handshake failed during the CA outage: %v", err)
 		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	if !strings.Contains(s.agLogs.String(), "SVID rotation failed; keeping the current one") {
-		t.Fatalf("the agent did not report failed rotations during the outage:\n%s", s.agLogs)
-	}
+		failed := 0
+		for _, line := range strings.Split(s.agLogs.String()[before:], "\n") {
+			if strings.Contains(line, "SVID rotation failed; keeping the current one") && strings.Contains(line, serverID.String()) {
+				failed++
+			}
+		}
+		return failed >= 2
+	})
 	cur, _ := serverSrc.GetX509SVID()
 	if cur.Certificates[0].SerialNumber.String() != firstSerial {
 		t.Fatal("the certificate changed while the CA was down")
@@ -237,19 +245,15 @@ func TestEndToEndCAOutage(t *testing.T) {
 
 	restarted := time.Now()
 	s.startCA()
-	for {
-		cur, _ := serverSrc.GetX509SVID()
-		if cur.Certificates[0].SerialNumber.String() != firstSerial {
-			break
-		}
-		if time.Now().After(notAfter) {
-			t.Fatalf("the certificate expired before the agent recovered; agent logs:\n%s", s.agLogs)
+	wait.Within(t, "a new certificate before the old one expired", time.Until(notAfter), 100*time.Millisecond, func() bool {
+		if cur, _ := serverSrc.GetX509SVID(); cur.Certificates[0].SerialNumber.String() != firstSerial {
+			return true
 		}
 		if err := handshake(); err != nil {
 			t.Fatalf("handshake failed after the CA came back: %v", err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return false
+	})
 	t.Logf("recovered %s after the CA came back (%s before the old certificate's expiry)",
 		time.Since(restarted).Round(10*time.Millisecond), time.Until(notAfter).Round(time.Second))
 	if err := handshake(); err != nil {

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
 // TestThroughput measures how fast the controller brings new
@@ -79,11 +80,10 @@ func TestThroughput(t *testing.T) {
 	}
 	created := time.Since(begin)
 
-	deadline := time.Now().Add(5 * time.Minute)
-	for {
+	wait.Until(t, fmt.Sprintf("all %d WorkloadCertificates are Ready", n), 5*time.Minute, 100*time.Millisecond, func(context.Context) (bool, string) {
 		var list mayflyv1alpha1.WorkloadCertificateList
 		if err := e.cl.List(ctx, &list, client.InNamespace("perf")); err != nil {
-			t.Fatal(err)
+			return false, err.Error()
 		}
 		ready := 0
 		for i := range list.Items {
@@ -91,14 +91,8 @@ func TestThroughput(t *testing.T) {
 				ready++
 			}
 		}
-		if ready == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d Ready after 5m", ready, n)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return ready == n, fmt.Sprintf("%d Ready", ready)
+	})
 	total := time.Since(begin)
 	rate := float64(n) / total.Seconds()
 	t.Logf("%d WorkloadCertificates: created in %s, all Ready after %s: %.0f objects/s (issued counter %v)",
