@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -66,7 +67,7 @@ func TestEndToEndRootRotation(t *testing.T) {
 			// that root already, and the old one still.
 			for other, osrc := range map[string]*workloadapi.X509Source{"server": m.serverSrc, "client": m.clientSrc} {
 				rs := roots(t, osrc)
-				if !holds(rs, oldRoot) {
+				if !slices.ContainsFunc(rs, oldRoot.Equal) {
 					t.Fatalf("%s's bundle dropped the old root while certificates under it are valid", other)
 				}
 				signed := false
@@ -106,13 +107,4 @@ func roots(t *testing.T, src *workloadapi.X509Source) []*x509.Certificate {
 		t.Fatal(err)
 	}
 	return b.X509Authorities()
-}
-
-func holds(certs []*x509.Certificate, c *x509.Certificate) bool {
-	for _, x := range certs {
-		if x.Equal(c) {
-			return true
-		}
-	}
-	return false
 }
