@@ -298,22 +298,9 @@ func (m *Manager) notify() {
 
 func (m *Manager) updateMetrics(s *State) {
 	m.expiry.Reset()
-	set := func(role, slot string, c *x509.Certificate) {
+	s.EachSlot(func(role, slot string, c *x509.Certificate) {
 		m.expiry.WithLabelValues(role, slot).Set(float64(c.NotAfter.Unix()))
-	}
-	for _, r := range s.Roots() {
-		set("root", "current", r)
-	}
-	if s.NextRoot != nil {
-		set("root", "next", s.NextRoot.Cert())
-	}
-	for _, r := range s.Retired {
-		set("root", "retired", r.Cert)
-	}
-	set("intermediate", "current", s.Intermediate.Cert())
-	if s.NextIntermediate != nil {
-		set("intermediate", "next", s.NextIntermediate.Cert())
-	}
+	})
 }
 
 // Kick makes a running rotation loop plan again now (after a bundle

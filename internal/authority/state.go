@@ -88,6 +88,25 @@ func (s *State) Roots() []*x509.Certificate {
 	return s.UpstreamRoots
 }
 
+// EachSlot calls f for every certificate of the state with its role ("root"
+// or "intermediate") and slot ("current", "next", "retired"), in that
+// order: what status output and expiry metrics list.
+func (s *State) EachSlot(f func(role, slot string, c *x509.Certificate)) {
+	for _, r := range s.Roots() {
+		f("root", "current", r)
+	}
+	if s.NextRoot != nil {
+		f("root", "next", s.NextRoot.Cert())
+	}
+	for _, r := range s.Retired {
+		f("root", "retired", r.Cert)
+	}
+	f("intermediate", "current", s.Intermediate.Cert())
+	if s.NextIntermediate != nil {
+		f("intermediate", "next", s.NextIntermediate.Cert())
+	}
+}
+
 // Bundle returns every root relying parties must trust now: the signing
 // roots, the next root (published ahead of its activation) and retired roots
 // whose certificates may still be in use.

@@ -53,23 +53,9 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server) Status {
 	if srv != nil {
 		st.Agents.Connected, st.Agents.CurrentBundle = srv.AgentCounts()
 	}
-	add := func(role, slot string, c *x509.Certificate) {
+	l.State.EachSlot(func(role, slot string, c *x509.Certificate) {
 		st.Authorities = append(st.Authorities, SlotInfo{Role: role, Slot: slot, Serial: c.SerialNumber.Text(16), Subject: c.Subject.String(), NotBefore: c.NotBefore, NotAfter: c.NotAfter})
-	}
-	s := l.State
-	for _, r := range s.Roots() {
-		add("root", "current", r)
-	}
-	if s.NextRoot != nil {
-		add("root", "next", s.NextRoot.Cert())
-	}
-	for _, r := range s.Retired {
-		add("root", "retired", r.Cert)
-	}
-	add("intermediate", "current", s.Intermediate.Cert())
-	if s.NextIntermediate != nil {
-		add("intermediate", "next", s.NextIntermediate.Cert())
-	}
+	})
 	return st
 }
 
