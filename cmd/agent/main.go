@@ -6,9 +6,9 @@ package main
 import (
 	"os"
 
-	"github.com/mayfly-pki/mayfly/internal/app/agent"
+	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
 )
 
 func main() {
-	os.Exit(agent.Main(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(agentapp.Main(os.Args[1:], os.Stdout, os.Stderr))
 }

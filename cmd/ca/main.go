@@ -5,9 +5,9 @@ package main
 import (
 	"os"
 
-	"github.com/mayfly-pki/mayfly/internal/app/ca"
+	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 )
 
 func main() {
-	os.Exit(ca.Main(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(caapp.Main(os.Args[1:], os.Stdout, os.Stderr))
 }

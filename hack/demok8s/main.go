@@ -43,8 +43,8 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/mayfly-pki/mayfly/internal/app/agent"
-	"github.com/mayfly-pki/mayfly/internal/app/ca"
+	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
+	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 )
 
@@ -222,7 +222,7 @@ func (d *demo) demo(ctx context.Context) int {
 	}
 
 	// The CA, Kubernetes mode, in this process.
-	caCfg, err := ca.Parse(fmt.Appendf(nil, `apiVersion: mayfly.dev/v1alpha1
+	caCfg, err := caapp.Parse(fmt.Appendf(nil, `apiVersion: mayfly.dev/v1alpha1
 kind: CAConfig
 trustDomain: %s
 healthAddress: %s
@@ -242,7 +242,7 @@ workloads: {minTTL: 10s, defaultTTL: %s, maxTTL: 1h}
 	say("starting the CA on %s (logs: %s)", lis.Addr(), filepath.Join(d.work, "ca.log"))
 	dead := make(chan struct{}, 4) // a component stopped before cctx was done
 	wg.Go(func() {
-		err := ca.Run(cctx, caCfg, ca.Options{Listener: lis, RestConfig: d.rest, Logger: caLog})
+		err := caapp.Run(cctx, caCfg, caapp.Options{Listener: lis, RestConfig: d.rest, Logger: caLog})
 		if cctx.Err() == nil {
 			if err == nil {
 				err = errors.New("stopped")
@@ -288,7 +288,7 @@ workloads: {minTTL: 10s, defaultTTL: %s, maxTTL: 1h}
 
 	// The agent, Kubernetes mode, attesting through the fake procfs.
 	socket := filepath.Join(d.work, "run", "agent.sock")
-	agCfg, err := agent.Parse(fmt.Appendf(nil, `apiVersion: mayfly.dev/v1alpha1
+	agCfg, err := agentapp.Parse(fmt.Appendf(nil, `apiVersion: mayfly.dev/v1alpha1
 kind: AgentConfig
 trustDomain: %s
 server: {address: %s, trustBundleFile: %s}
@@ -310,7 +310,7 @@ workloads: {ttl: %s}
 	say("starting the agent for node %s (logs: %s)", nodeName, filepath.Join(d.work, "agent.log"))
 	ready := make(chan struct{})
 	wg.Go(func() {
-		err := agent.Run(cctx, agCfg, agent.Options{RestConfig: d.rest, ProcRoot: d.procRoot, Logger: agLog, Ready: func(string) { close(ready) }})
+		err := agentapp.Run(cctx, agCfg, agentapp.Options{RestConfig: d.rest, ProcRoot: d.procRoot, Logger: agLog, Ready: func(string) { close(ready) }})
 		if cctx.Err() == nil {
 			if err == nil {
 				err = errors.New("stopped")

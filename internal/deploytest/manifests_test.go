@@ -15,8 +15,8 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/mayfly-pki/mayfly/internal/app/agent"
-	"github.com/mayfly-pki/mayfly/internal/app/ca"
+	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
+	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 )
 
 const (
@@ -56,12 +56,12 @@ func TestInstallTree(t *testing.T) {
 	var caCM, agentCM corev1.ConfigMap
 	convert(t, findPrefix(t, objs, "ConfigMap", "mayfly-ca-config-"), &caCM)
 	convert(t, findPrefix(t, objs, "ConfigMap", "mayfly-agent-config-"), &agentCM)
-	caCfg, err := ca.Parse([]byte(caCM.Data["ca.yaml"]))
+	caCfg, err := caapp.Parse([]byte(caCM.Data["ca.yaml"]))
 	if err != nil {
 		t.Fatalf("ca.yaml in ConfigMap %s: %v", caCM.Name, err)
 	}
 	t.Setenv("NODE_NAME", "node-a")
-	agentCfg, err := agent.Parse([]byte(agentCM.Data["agent.yaml"]))
+	agentCfg, err := agentapp.Parse([]byte(agentCM.Data["agent.yaml"]))
 	if err != nil {
 		t.Fatalf("agent.yaml in ConfigMap %s: %v", agentCM.Name, err)
 	}
@@ -95,7 +95,7 @@ func TestInstallTree(t *testing.T) {
 	})
 }
 
-func checkCA(t *testing.T, objs []*unstructured.Unstructured, d *appsv1.Deployment, cm *corev1.ConfigMap, cfg *ca.Config) {
+func checkCA(t *testing.T, objs []*unstructured.Unstructured, d *appsv1.Deployment, cm *corev1.ConfigMap, cfg *caapp.Config) {
 	t.Helper()
 	spec := d.Spec.Template.Spec
 	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
@@ -187,7 +187,7 @@ func checkCA(t *testing.T, objs []*unstructured.Unstructured, d *appsv1.Deployme
 	}
 }
 
-func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.DaemonSet, cm *corev1.ConfigMap, cfg *agent.Config, caCfg *ca.Config) {
+func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.DaemonSet, cm *corev1.ConfigMap, cfg *agentapp.Config, caCfg *caapp.Config) {
 	t.Helper()
 	spec := ds.Spec.Template.Spec
 	if !spec.HostPID {

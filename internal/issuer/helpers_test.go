@@ -40,7 +40,7 @@ import (
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
-// maxRecvMsgSize is what internal/app/ca sets on the issuer's gRPC server.
+// maxRecvMsgSize is what internal/app/caapp sets on the issuer's gRPC server.
 const maxRecvMsgSize = 8 << 20
 
 var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)

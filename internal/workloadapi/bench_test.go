@@ -26,7 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 
-	"github.com/mayfly-pki/mayfly/internal/attest"
+	"github.com/mayfly-pki/mayfly/internal/workloadattest"
 
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 )
@@ -66,7 +66,7 @@ func BenchmarkFetchX509SVID(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ours := grpc.NewServer(grpc.Creds(attest.NewCredentials()), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))
+	ours := grpc.NewServer(grpc.Creds(workloadattest.NewCredentials()), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))
 	s.Register(ours)
 	oursPath := filepath.Join(dir, "mayfly.sock")
 	startBench(b, ours, oursPath)
@@ -172,16 +172,16 @@ func benchFetches(b *testing.B, path string, conc int) {
 	}
 }
 
-// unixAttestor is the agent's standalone attestation (internal/attest) with
+// unixAttestor is the agent's standalone attestation (internal/workloadattest) with
 // a one-entry registration: the caller's uid.
 type unixAttestor struct{ uid int }
 
 func (a unixAttestor) Attest(ctx context.Context) (Caller, error) {
-	p, ok := attest.PeerFromContext(ctx)
+	p, ok := workloadattest.PeerFromContext(ctx)
 	if !ok {
 		return nil, errors.New("no peer credentials")
 	}
-	sel, err := attest.UnixAttestor{}.Attest(ctx, p)
+	sel, err := workloadattest.UnixAttestor{}.Attest(ctx, p)
 	if err != nil {
 		return nil, err
 	}

@@ -49,7 +49,7 @@ type Identity struct {
 // Caller is what attestation found out about a peer; opaque to this package.
 type Caller any
 
-// Attestor identifies the caller of a request (internal/attest in the agent).
+// Attestor identifies the caller of a request (internal/workloadattest in the agent).
 type Attestor interface {
 	// Attest returns the caller of the request in ctx. An error refuses the
 	// request with PermissionDenied and is logged as an audit line.

@@ -67,7 +67,7 @@ type AuthoritySource interface {
 	Current() (*authority.Loaded, error)
 }
 
-// PodSource finds pods by UID, e.g. *kubeattest.PodCache (the CA's pod
+// PodSource finds pods by UID, e.g. *kubenodes.PodCache (the CA's pod
 // informer). If it also has HasSynced() bool, requests wait until it has
 // synced.
 type PodSource interface {

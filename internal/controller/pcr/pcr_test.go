@@ -34,7 +34,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
-	"github.com/mayfly-pki/mayfly/internal/kubeattest"
+	"github.com/mayfly-pki/mayfly/internal/kubenodes"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
@@ -267,7 +267,7 @@ func checkIssued(t *testing.T, req *certificatesv1.PodCertificateRequest, tca *t
 func TestSigner(t *testing.T) {
 	e := newEnv(t)
 	tca := testca.New(t, testca.WithIntermediateTTL(48*time.Hour))
-	pods := kubeattest.NewPodCache(e.c.Client, 0)
+	pods := kubenodes.NewPodCache(e.c.Client, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = pods.Start(ctx) }()

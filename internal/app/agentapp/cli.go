@@ -1,0 +1,59 @@
+package agentapp
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"os"
+
+	"github.com/mayfly-pki/mayfly/internal/cli"
+)
+
+const usage = `mayfly node agent
+
+Usage:
+  agent run --config FILE [--join-token TOKEN] [--log-level info]
+      Run the agent: attest to the CA, serve the SPIFFE Workload API on the
+      socket, keep every identity rotated.
+  agent status [--address 127.0.0.1:9444] [--output table|json]
+      Show the identities of a running agent (see issue #7 for the full table).
+
+See docs/agent.md and docs/workload-api.md.
+`
+
+// Main is the agent command; it returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	return cli.Main("agent", usage, args, stdout, stderr, map[string]cli.Command{
+		"run":    func(a []string) error { return cmdRun(a, stderr) },
+		"status": func(a []string) error { return cmdStatus(a, stdout, stderr) },
+	})
+}
+
+func cmdRun(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agent run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "agent configuration file (YAML)")
+	joinToken := fs.String("join-token", "", "single-use join token (standalone mode); prefer standalone.joinTokenFile or $MAYFLY_JOIN_TOKEN to keep it out of ps")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *configPath == "" {
+		return errors.New("--config is required")
+	}
+	cfg, err := LoadFile(*configPath)
+	if err != nil {
+		return err
+	}
+	cfg.JoinToken = *joinToken
+	if cfg.JoinToken == "" {
+		cfg.JoinToken = os.Getenv("MAYFLY_JOIN_TOKEN")
+	}
+	log, err := cli.Logger(*level, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	return Run(ctx, cfg, Options{Logger: log})
+}

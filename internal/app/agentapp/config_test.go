@@ -1,0 +1,92 @@
+package agentapp_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
+)
+
+const minimalStandalone = `
+trustDomain: example.org
+server: {address: 127.0.0.1:8443, trustBundleFile: /etc/mayfly/bundle.pem}
+nodeName: host-a
+standalone: {registrationsFile: /etc/mayfly/registrations.yaml}
+`
+
+func TestParseDefaults(t *testing.T) {
+	c, err := agentapp.Parse([]byte(minimalStandalone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SocketPath != "/run/mayfly/agent.sock" || c.DataDir != "/var/lib/mayfly/agent" || c.HealthAddress != "127.0.0.1:9444" {
+		t.Errorf("defaults: socket %q, dataDir %q, health %q", c.SocketPath, c.DataDir, c.HealthAddress)
+	}
+	if c.KeyType != "ecdsa-p256" || c.WorkloadTTL != 0 {
+		t.Errorf("workload defaults: %q %s", c.KeyType, c.WorkloadTTL)
+	}
+	k, err := agentapp.Parse([]byte(`
+trustDomain: example.org
+server: {address: ca:8443, trustBundleFile: /b.pem}
+nodeName: node-a
+healthAddress: "off"
+kubernetes: {csi: {}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.HealthAddress != "" || k.Kubernetes.TokenFile != "/var/run/secrets/mayfly/token" || k.Kubernetes.ProcRoot != "/proc" {
+		t.Errorf("kubernetes defaults: %+v, health %q", k.Kubernetes, k.HealthAddress)
+	}
+	if k.Kubernetes.CSI.SocketPath != "/var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock" {
+		t.Errorf("csi socket default %q", k.Kubernetes.CSI.SocketPath)
+	}
+}
+
+func TestParseRejectsBadConfigs(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"empty", "", "config is empty"},
+		{"too_large", minimalStandalone + "#" + strings.Repeat("x", 1<<20) + "\n", "more than"},
+		{"not_yaml", "trustDomain: [x\n", "parsing agent config"},
+		{"unknown_field", minimalStandalone + "socketPth: /x\n", "parsing agent config"},
+		{"wrong_kind", "kind: CAConfig\n" + minimalStandalone, "kind: want AgentConfig"},
+		{"no_trust_domain", "server: {address: a:1, trustBundleFile: /b}\nstandalone: {registrationsFile: /r}\n", "trustDomain: required"},
+		{"bad_trust_domain", strings.Replace(minimalStandalone, "example.org", "Example.ORG", 1), "trustDomain:"},
+		{"bad_server_address", strings.Replace(minimalStandalone, "127.0.0.1:8443", "no-port", 1), "server.address"},
+		{"no_bundle", strings.Replace(minimalStandalone, ", trustBundleFile: /etc/mayfly/bundle.pem", "", 1), "server.trustBundleFile: required"},
+		{"relative_socket", minimalStandalone + "socketPath: agent.sock\n", "socketPath: must be absolute"},
+		{"bad_health_address", minimalStandalone + "healthAddress: nope\n", "healthAddress"},
+		{"bad_key_type", minimalStandalone + "workloads: {keyType: dsa}\n", "workloads.keyType"},
+		{"negative_ttl", minimalStandalone + "workloads: {ttl: -1m}\n", "workloads.ttl"},
+		{"no_mode", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\n", "standalone or kubernetes"},
+		{"both_modes", minimalStandalone + "kubernetes: {}\n", "set only one"},
+		{"no_registrations", strings.Replace(minimalStandalone, "{registrationsFile: /etc/mayfly/registrations.yaml}", "{}", 1), "standalone.registrationsFile: required"},
+		{"write_dir_in_kubernetes", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {}\nwriteDir: /x\n", "writeDir: only for standalone"},
+		{"relative_csi_socket", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {socketPath: csi.sock}}\n", "kubernetes.csi"},
+		{"bad_node_name", strings.Replace(minimalStandalone, "nodeName: host-a", "nodeName: a/b", 1), "nodeName"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := agentapp.Parse([]byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(minimalStandalone))
+	f.Add([]byte("trustDomain: example.org\nserver: {address: ca:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {}}\n"))
+	f.Add([]byte("{}"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		c, err := agentapp.Parse(raw)
+		if err != nil {
+			return
+		}
+		if c.TrustDomain.IsZero() || c.NodeName == "" || c.SocketPath == "" {
+			t.Fatalf("accepted config with empty required fields: %+v", c)
+		}
+	})
+}

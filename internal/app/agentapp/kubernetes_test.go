@@ -1,0 +1,213 @@
+package agentapp_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
+	"github.com/mayfly-pki/mayfly/internal/app/caapp"
+	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
+)
+
+func must[T any](t *testing.T) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+// TestKubernetesPodGetsItsIdentity runs a CA and an agent in Kubernetes
+// mode against envtest. The test process plays a container of a pod: a
+// fake /proc gives our own PID the pod's cgroup, the pod object lists the
+// container, and go-spiffe's client gets spiffe://example.org/ns/app/sa/web,
+// then a rotation on its open stream; the same pod's CSI inline volume gets
+// the identity as files.
+func TestKubernetesPodGetsItsIdentity(t *testing.T) {
+	c := cluster.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	kube := c.Client
+	for _, ns := range []string{"mayfly-system", "app"} {
+		must[*corev1.Namespace](t)(kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
+	}
+	must[*corev1.ServiceAccount](t)(kube.CoreV1().ServiceAccounts("mayfly-system").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent"}}, metav1.CreateOptions{}))
+	must[*corev1.ServiceAccount](t)(kube.CoreV1().ServiceAccounts("app").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "web"}}, metav1.CreateOptions{}))
+	agentPod := must[*corev1.Pod](t)(kube.CoreV1().Pods("mayfly-system").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent-x"},
+		Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: "node-a", Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
+	}, metav1.CreateOptions{}))
+
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	// CA, Kubernetes mode.
+	caCfg := must[*caapp.Config](t)(caapp.Parse([]byte("trustDomain: example.org\nhealthAddress: \"off\"\nkubernetes: {namespace: mayfly-system, leaderElection: false}\nworkloads: {minTTL: 10s, defaultTTL: 20s, maxTTL: 1h}\n")))
+	lis := must[net.Listener](t)(net.Listen("tcp", "127.0.0.1:0"))
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := caapp.Run(ctx, caCfg, caapp.Options{Listener: lis, RestConfig: c.Config, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+			t.Errorf("CA: %v", err)
+		}
+	}()
+	var bundlePEM string
+	wait.For(t, "trust bundle ConfigMap", func() bool {
+		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		bundlePEM = cm.Data[bundle.ConfigMapKey]
+		return bundlePEM != ""
+	})
+	bundleFile := filepath.Join(dir, "ca.crt")
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(bundleFile, []byte(bundlePEM), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exp := int64(3600)
+	tr := must[*authenticationv1.TokenRequest](t)(kube.CoreV1().ServiceAccounts("mayfly-system").CreateToken(ctx, "mayfly-agent", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
+		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: agentPod.Name, UID: agentPod.UID},
+	}}, metav1.CreateOptions{}))
+	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The workload pod, and a fake /proc that puts this process in it.
+	web := must[*corev1.Pod](t)(kube.CoreV1().Pods("app").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-1"},
+		Spec:       corev1.PodSpec{ServiceAccountName: "web", NodeName: "node-a", Containers: []corev1.Container{{Name: "web", Image: "web"}}},
+	}, metav1.CreateOptions{}))
+	containerID := strings.Repeat("ab", 32)
+	procRoot := filepath.Join(dir, "proc")
+	pidDir := filepath.Join(procRoot, fmt.Sprint(os.Getpid()))
+	if err := os.MkdirAll(pidDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cgroup := fmt.Sprintf("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod%s.slice/cri-containerd-%s.scope\n",
+		strings.ReplaceAll(string(web.UID), "-", "_"), containerID)
+	if err := os.WriteFile(filepath.Join(pidDir, "cgroup"), []byte(cgroup), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	socket := filepath.Join(dir, "run", "agent.sock")
+	agCfg := must[*agentapp.Config](t)(agentapp.Parse([]byte(fmt.Sprintf(`
+trustDomain: example.org
+server: {address: %s, trustBundleFile: %s}
+nodeName: node-a
+socketPath: %s
+dataDir: %s
+healthAddress: "off"
+kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s}}
+`, lis.Addr(), bundleFile, socket, filepath.Join(dir, "agent"), tokenFile, filepath.Join(dir, "csi", "csi.sock"), filepath.Join(dir, "csi", "volumes")))))
+	ready := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := agentapp.Run(ctx, agCfg, agentapp.Options{RestConfig: c.Config, ProcRoot: procRoot, Logger: slog.New(slog.DiscardHandler), Ready: func(string) { close(ready) }}); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}()
+	<-ready
+
+	// The container starts: the kubelet would report its ID in the status.
+	web.Status = corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{{Name: "web", ContainerID: "containerd://" + containerID, Ready: true}}}
+	started := time.Now()
+	must[*corev1.Pod](t)(kube.CoreV1().Pods("app").UpdateStatus(ctx, web, metav1.UpdateOptions{}))
+
+	client := must[*workloadapi.Client](t)(workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket)))
+	defer client.Close()
+	// The stream is the pod's first call: its identity is created on that
+	// first use, and the open stream must get every rotation pushed.
+	updates := make(chan *workloadapi.X509Context, 16)
+	wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
+	defer wcancel()
+	go func() { _ = client.WatchX509Context(wctx, watcher{updates}) }()
+	seen := map[string]bool{}
+	for len(seen) < 2 {
+		select {
+		case u := <-updates:
+			svid := u.DefaultSVID()
+			if len(seen) == 0 {
+				t.Logf("pod status updated -> SVID served in %s", time.Since(started).Round(time.Millisecond))
+			}
+			if got := svid.ID.String(); got != "spiffe://example.org/ns/app/sa/web" {
+				t.Fatalf("SVID ID %s, want spiffe://example.org/ns/app/sa/web", got)
+			}
+			seen[svid.Certificates[0].SerialNumber.String()] = true
+		case <-wctx.Done():
+			t.Fatalf("the stream pushed %d certificates in 45s, want the first and a rotation", len(seen))
+		}
+	}
+
+	// The same pod mounts a CSI inline volume: the agent writes its SVID
+	// as files, through the same identity path.
+	conn := must[*grpc.ClientConn](t)(grpc.NewClient("unix://"+filepath.Join(dir, "csi", "csi.sock"), grpc.WithTransportCredentials(insecure.NewCredentials())))
+	defer conn.Close()
+	target := filepath.Join(dir, "pods", string(web.UID), "volumes", "tls")
+	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	_, err := csipb.NewNodeClient(conn).NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{
+		VolumeId: "csi-web-1", TargetPath: target,
+		VolumeCapability: &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{}},
+			AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}},
+		VolumeContext: map[string]string{
+			"csi.storage.k8s.io/ephemeral": "true", "csi.storage.k8s.io/pod.name": web.Name, "csi.storage.k8s.io/pod.namespace": "app",
+			"csi.storage.k8s.io/pod.uid": string(web.UID), "csi.storage.k8s.io/serviceAccount.name": "web",
+		},
+	})
+	if err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+	files, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(files[0], files[1])
+	if err != nil {
+		t.Fatalf("tls.crt and tls.key do not match: %v", err)
+	}
+	if got := pair.Leaf.URIs[0].String(); got != "spiffe://example.org/ns/app/sa/web" {
+		t.Fatalf("volume certificate for %s", got)
+	}
+	if _, err := csipb.NewNodeClient(conn).NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: "csi-web-1", TargetPath: target}); err != nil {
+		t.Fatalf("NodeUnpublishVolume: %v", err)
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Fatalf("target still there after unpublish: %v", err)
+	}
+}
+
+type watcher struct {
+	updates chan<- *workloadapi.X509Context
+}
+
+func (w watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.updates <- c }
+
+func (watcher) OnX509ContextWatchError(error) {}

@@ -1,0 +1,261 @@
+// Package ca wires mayfly's CA control plane: configuration, authority,
+// issuer API, health and metrics, in standalone (directory) or Kubernetes
+// mode.
+package caapp
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/config"
+	"github.com/mayfly-pki/mayfly/internal/hostnodes"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+// FileConfig is the CA configuration as users write it (YAML or JSON).
+type FileConfig struct {
+	config.Header
+	// TrustDomain of every identity this CA issues, e.g. example.org.
+	TrustDomain string `json:"trustDomain"`
+	// ListenAddress of the issuer gRPC API (default 127.0.0.1:8443).
+	ListenAddress string `json:"listenAddress,omitempty"`
+	// HealthAddress serves /healthz, /readyz and /metrics (default 127.0.0.1:9443; "" or "off" disables).
+	HealthAddress string `json:"healthAddress,omitempty"`
+	// ServerDNSNames go into the CA's serving certificate.
+	ServerDNSNames []string `json:"serverDNSNames,omitempty"`
+	// KeyType of the CA's own keys (default ecdsa-p256).
+	KeyType string `json:"keyType,omitempty"`
+
+	// Directory holds the state in standalone mode (no Kubernetes).
+	Directory string `json:"directory,omitempty"`
+	// Kubernetes holds the state in a Secret and attests agents by
+	// ServiceAccount token.
+	Kubernetes *KubernetesConfig `json:"kubernetes,omitempty"`
+	// Upstream signs the intermediates instead of a self-signed root.
+	Upstream *UpstreamConfig `json:"upstream,omitempty"`
+
+	Rotation  RotationConfig  `json:"rotation,omitempty"`
+	Workloads WorkloadsConfig `json:"workloads,omitempty"`
+	// AgentTTL is the lifetime of agent SVIDs (default 1h).
+	AgentTTL config.Duration `json:"agentTTL,omitempty"`
+	// Nodes (standalone mode) say which identities each node's agent may obtain.
+	Nodes []hostnodes.NodePolicy `json:"nodes,omitempty"`
+}
+
+// KubernetesConfig configures Kubernetes mode.
+type KubernetesConfig struct {
+	// Namespace of the CA (default: the pod's namespace, or mayfly-system).
+	Namespace string `json:"namespace,omitempty"`
+	// SecretName holds the CA state (default mayfly-ca).
+	SecretName string `json:"secretName,omitempty"`
+	// AgentServiceAccount of the agent DaemonSet (default mayfly-agent, in Namespace).
+	AgentServiceAccount string `json:"agentServiceAccount,omitempty"`
+	// Audience of the agents' projected tokens (default mayfly-ca).
+	Audience string `json:"audience,omitempty"`
+	// ClusterDomain for Service DNS names (default cluster.local).
+	ClusterDomain string `json:"clusterDomain,omitempty"`
+	// BundleNamespaceSelector selects the namespaces that get the
+	// mayfly-trust-bundle ConfigMap (label selector; default: all).
+	BundleNamespaceSelector string `json:"bundleNamespaceSelector,omitempty"`
+	// RequirePodToken refuses workload requests without the pod's own
+	// ServiceAccount token (CSI tokenRequests): a compromised agent then
+	// cannot obtain identities of pods that did not mount a volume. Leave it
+	// off when workloads use the Workload API socket or podCertificate.
+	RequirePodToken bool `json:"requirePodToken,omitempty"`
+	// LeaderElection (default true) lets one replica rotate.
+	LeaderElection *bool `json:"leaderElection,omitempty"`
+}
+
+// UpstreamConfig selects an upstream authority.
+type UpstreamConfig struct {
+	// File is a CA certificate and key on disk that signs intermediates.
+	File *UpstreamFile `json:"file,omitempty"`
+}
+
+// UpstreamFile names the PEM files of an upstream CA.
+type UpstreamFile struct {
+	CertFile string `json:"certFile"`
+	KeyFile  string `json:"keyFile"`
+	// BundleFile holds the roots above CertFile; default: CertFile is the root.
+	BundleFile string `json:"bundleFile,omitempty"`
+}
+
+// RotationConfig sets the lifetimes and rotation points of the CA's keys.
+type RotationConfig struct {
+	RootTTL         config.Duration `json:"rootTTL,omitempty"`
+	IntermediateTTL config.Duration `json:"intermediateTTL,omitempty"`
+	RootAckWait     config.Duration `json:"rootAckWait,omitempty"`
+}
+
+// WorkloadsConfig bounds workload SVID lifetimes.
+type WorkloadsConfig struct {
+	// MinTTL is the shortest lifetime a request may ask for (default 5m;
+	// down to 10s for demos and tests).
+	MinTTL     config.Duration `json:"minTTL,omitempty"`
+	DefaultTTL config.Duration `json:"defaultTTL,omitempty"`
+	MaxTTL     config.Duration `json:"maxTTL,omitempty"`
+	// NodeRateLimit bounds the certificates one node's agent may obtain
+	// per second (default 500), with bursts of NodeBurst (default 2000).
+	NodeRateLimit float64 `json:"nodeRateLimit,omitempty"`
+	NodeBurst     int     `json:"nodeBurst,omitempty"`
+}
+
+// Config is the validated runtime form.
+type Config struct {
+	TrustDomain        spiffeid.TrustDomain
+	ListenAddress      string
+	HealthAddress      string
+	ServerDNSNames     []string
+	KeyType            pki.KeyType
+	Directory          string
+	Kubernetes         *KubernetesConfig
+	Upstream           *UpstreamConfig
+	Policy             authority.Policy
+	AgentTTL           time.Duration
+	MinWorkloadTTL     time.Duration
+	DefaultWorkloadTTL time.Duration
+	MaxWorkloadTTL     time.Duration
+	NodeRateLimit      float64
+	NodeBurst          int
+	Nodes              []hostnodes.NodePolicy
+	// AllowRebootstrap is set by flag only, never by file.
+	AllowRebootstrap bool
+}
+
+// LoadFile reads and validates a configuration file.
+func LoadFile(path string) (*Config, error) {
+	return config.Load(path, "CA config", Parse)
+}
+
+// Parse parses and validates a configuration; unknown fields are errors
+// (a typo must not silently fall back to a default).
+func Parse(raw []byte) (*Config, error) {
+	var fc FileConfig
+	if err := config.DecodeStrict(raw, "CA config", &fc); err != nil {
+		return nil, err
+	}
+	return fc.Validate()
+}
+
+// Validate applies defaults and returns the runtime form; errors name the
+// field path.
+func (fc *FileConfig) Validate() (*Config, error) {
+	if err := fc.Check("CAConfig"); err != nil {
+		return nil, err
+	}
+	td, err := config.TrustDomain(fc.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	c := &Config{
+		TrustDomain:    td,
+		ListenAddress:  config.OrDefault(fc.ListenAddress, "127.0.0.1:8443"),
+		HealthAddress:  config.OrDefault(fc.HealthAddress, "127.0.0.1:9443"),
+		ServerDNSNames: fc.ServerDNSNames,
+		Directory:      fc.Directory,
+		Kubernetes:     fc.Kubernetes,
+		Upstream:       fc.Upstream,
+		Nodes:          fc.Nodes,
+	}
+	if c.HealthAddress == "off" {
+		c.HealthAddress = ""
+	}
+	if _, _, err := net.SplitHostPort(c.ListenAddress); err != nil {
+		return nil, fmt.Errorf("listenAddress: %w", err)
+	}
+	if c.HealthAddress != "" {
+		if _, _, err := net.SplitHostPort(c.HealthAddress); err != nil {
+			return nil, fmt.Errorf("healthAddress: %w", err)
+		}
+	}
+	for i, n := range c.ServerDNSNames {
+		if err := pki.CheckDNSName(n); err != nil {
+			return nil, fmt.Errorf("serverDNSNames[%d]: %w", i, err)
+		}
+	}
+	if c.KeyType, err = pki.ParseKeyType(fc.KeyType); err != nil {
+		return nil, fmt.Errorf("keyType: %w", err)
+	}
+	switch {
+	case c.Directory == "" && c.Kubernetes == nil:
+		return nil, errors.New("directory or kubernetes: one is required (directory: standalone mode; kubernetes: state in a Secret)")
+	case c.Directory != "" && c.Kubernetes != nil:
+		return nil, errors.New("directory and kubernetes: set only one")
+	}
+	if k := c.Kubernetes; k != nil {
+		k.Namespace = config.OrDefault(k.Namespace, config.OrDefault(os.Getenv("POD_NAMESPACE"), "mayfly-system"))
+		k.SecretName = config.OrDefault(k.SecretName, "mayfly-ca")
+		k.AgentServiceAccount = config.OrDefault(k.AgentServiceAccount, "mayfly-agent")
+		k.Audience = config.OrDefault(k.Audience, "mayfly-ca")
+		k.ClusterDomain = config.OrDefault(k.ClusterDomain, "cluster.local")
+		if len(c.Nodes) > 0 {
+			return nil, errors.New("nodes: only for standalone mode; in Kubernetes mode pods are authorized by the pod's node and ServiceAccount")
+		}
+	}
+	if u := c.Upstream; u != nil {
+		if u.File == nil {
+			return nil, errors.New("upstream: set file")
+		}
+		if u.File.CertFile == "" || u.File.KeyFile == "" {
+			return nil, errors.New("upstream.file: certFile and keyFile are required")
+		}
+	}
+	def := authority.DefaultPolicy()
+	c.Policy = authority.Policy{
+		RootTTL:         fc.Rotation.RootTTL.Or(def.RootTTL),
+		IntermediateTTL: fc.Rotation.IntermediateTTL.Or(def.IntermediateTTL),
+		PrepareAt:       def.PrepareAt,
+		ActivateAt:      def.ActivateAt,
+		RootAckWait:     fc.Rotation.RootAckWait.Or(def.RootAckWait),
+	}
+	if err := c.Policy.Validate(); err != nil {
+		return nil, err
+	}
+	c.AgentTTL = fc.AgentTTL.Or(time.Hour)
+	c.DefaultWorkloadTTL = fc.Workloads.DefaultTTL.Or(time.Hour)
+	c.MaxWorkloadTTL = fc.Workloads.MaxTTL.Or(pki.MaxWorkloadTTL)
+	c.MinWorkloadTTL = fc.Workloads.MinTTL.Or(pki.MinWorkloadTTL)
+	switch {
+	case c.MinWorkloadTTL < 10*time.Second:
+		return nil, fmt.Errorf("workloads.minTTL: must be at least 10s, got %s", c.MinWorkloadTTL)
+	case c.AgentTTL < time.Minute || c.AgentTTL > pki.MaxWorkloadTTL:
+		return nil, fmt.Errorf("agentTTL: must be in [1m, 24h], got %s", c.AgentTTL)
+	case c.MaxWorkloadTTL < c.MinWorkloadTTL || c.MaxWorkloadTTL > pki.MaxWorkloadTTL:
+		return nil, fmt.Errorf("workloads.maxTTL: must be in [minTTL=%s, %s], got %s", c.MinWorkloadTTL, pki.MaxWorkloadTTL, c.MaxWorkloadTTL)
+	case c.DefaultWorkloadTTL < c.MinWorkloadTTL || c.DefaultWorkloadTTL > c.MaxWorkloadTTL:
+		return nil, fmt.Errorf("workloads.defaultTTL: must be in [minTTL=%s, maxTTL=%s], got %s", c.MinWorkloadTTL, c.MaxWorkloadTTL, c.DefaultWorkloadTTL)
+	case c.MaxWorkloadTTL > c.Policy.IntermediateTTL/2:
+		return nil, fmt.Errorf("workloads.maxTTL: %s must be at most half of rotation.intermediateTTL (%s), or leaves get cut short", c.MaxWorkloadTTL, c.Policy.IntermediateTTL)
+	}
+	c.NodeRateLimit, c.NodeBurst = fc.Workloads.NodeRateLimit, fc.Workloads.NodeBurst
+	if c.NodeRateLimit == 0 {
+		c.NodeRateLimit = 500
+	}
+	if c.NodeBurst == 0 && c.NodeRateLimit > 0 {
+		// Rounded up and capped: a rate below 0.25/s still gets a burst
+		// of 1, and a huge rate does not overflow int.
+		c.NodeBurst = int(math.Min(math.Ceil(4*c.NodeRateLimit), math.MaxInt32))
+	}
+	if c.NodeRateLimit < 0 || c.NodeBurst < 1 {
+		return nil, fmt.Errorf("workloads.nodeRateLimit, nodeBurst: must be positive, got %v and %d", c.NodeRateLimit, c.NodeBurst)
+	}
+	seen := map[string]bool{}
+	for i, n := range c.Nodes {
+		path := fmt.Sprintf("nodes[%d]", i)
+		if err := n.Validate(path, td); err != nil {
+			return nil, err
+		}
+		if seen[n.Name] {
+			return nil, fmt.Errorf("%s.name: node %q is listed twice", path, n.Name)
+		}
+		seen[n.Name] = true
+	}
+	return c, nil
+}

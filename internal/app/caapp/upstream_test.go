@@ -1,0 +1,449 @@
+package caapp_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/mayfly-pki/mayfly/internal/app/caapp"
+	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+// corpCA is an upstream CA as a company PKI would hand it over: no SPIFFE
+// names, made with crypto/x509 directly rather than with mayfly's pki.
+type corpCA struct {
+	cert *x509.Certificate
+	key  crypto.Signer
+}
+
+type corpOpts struct {
+	parent     *corpCA // nil: self-signed
+	isCA       bool
+	keyUsage   x509.KeyUsage
+	notAfter   time.Time
+	key        crypto.Signer
+	commonName string
+}
+
+func newCorpCert(t *testing.T, o corpOpts) *corpCA {
+	t.Helper()
+	key := o.key
+	if key == nil {
+		key = upstreamKey(t)
+	}
+	if o.notAfter.IsZero() {
+		o.notAfter = time.Now().Add(10 * 365 * 24 * time.Hour)
+	}
+	if o.keyUsage == 0 {
+		o.keyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{"Corp"}, CommonName: o.commonName},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              o.notAfter,
+		KeyUsage:              o.keyUsage,
+		BasicConstraintsValid: true,
+		IsCA:                  o.isCA,
+	}
+	if !o.isCA {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.SubjectKeyId = []byte{1, 2, 3, 4}
+	}
+	parent, signer := tmpl, key
+	if o.parent != nil {
+		parent, signer = o.parent.cert, o.parent.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &corpCA{cert: cert, key: key}
+}
+
+func upstreamKey(t *testing.T) crypto.Signer {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// writeFile writes data to name in dir and returns its path.
+func writeFile(t *testing.T, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func keyPEM(t *testing.T, k crypto.Signer) []byte {
+	t.Helper()
+	raw, err := pki.MarshalPrivateKeyPEM(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// upstreamFiles is a root and an issuing CA below it, written to disk.
+type upstreamFiles struct {
+	root, issuing                          *corpCA
+	rootCert, rootKey, issuingCert, issKey string
+	dir                                    string
+}
+
+func writeUpstream(t *testing.T) *upstreamFiles {
+	t.Helper()
+	dir := t.TempDir()
+	root := newCorpCert(t, corpOpts{isCA: true, commonName: "Corp Root CA"})
+	issuing := newCorpCert(t, corpOpts{isCA: true, parent: root, commonName: "Corp Issuing CA"})
+	return &upstreamFiles{
+		root: root, issuing: issuing, dir: dir,
+		rootCert:    writeFile(t, dir, "root.crt", pki.EncodeCertificates(root.cert)),
+		rootKey:     writeFile(t, dir, "root.key", keyPEM(t, root.key)),
+		issuingCert: writeFile(t, dir, "issuing.crt", pki.EncodeCertificates(issuing.cert)),
+		issKey:      writeFile(t, dir, "issuing.key", keyPEM(t, issuing.key)),
+	}
+}
+
+var upstreamTD = spiffeid.RequireTrustDomainFromString("example.org")
+
+// signAndVerify asks u for an intermediate and checks it as the CA would
+// use it: a pathLen-0 CA of the trust domain for the requested key,
+// chaining to the returned roots through the returned chain.
+func signAndVerify(t *testing.T, u authority.Upstream, ttl time.Duration) (chain, roots []*x509.Certificate) {
+	t.Helper()
+	key := upstreamKey(t)
+	chain, roots, err := u.SignIntermediate(context.Background(), authority.IntermediateRequest{TrustDomain: upstreamTD, Key: key, TTL: ttl})
+	if err != nil {
+		t.Fatalf("SignIntermediate: %v", err)
+	}
+	if len(chain) == 0 || len(roots) == 0 {
+		t.Fatalf("SignIntermediate returned %d chain and %d root certificates", len(chain), len(roots))
+	}
+	inter := chain[0]
+	if !inter.IsCA || inter.MaxPathLen != 0 || !inter.MaxPathLenZero {
+		t.Errorf("intermediate IsCA=%v MaxPathLen=%d MaxPathLenZero=%v, want a CA with pathLen 0", inter.IsCA, inter.MaxPathLen, inter.MaxPathLenZero)
+	}
+	if len(inter.URIs) != 1 || inter.URIs[0].String() != "spiffe://example.org" {
+		t.Errorf("intermediate URIs = %v, want [spiffe://example.org]", inter.URIs)
+	}
+	if inter.KeyUsage&x509.KeyUsageCertSign == 0 {
+		t.Error("intermediate lacks keyCertSign")
+	}
+	if pub, ok := inter.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key.Public()) {
+		t.Error("intermediate is not for the requested key")
+	}
+	if got := inter.NotAfter.Sub(inter.NotBefore); got > ttl+pki.Backdate+time.Second {
+		t.Errorf("intermediate lives %s, asked for %s", got, ttl)
+	}
+	rootPool, interPool := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range roots {
+		rootPool.AddCert(r)
+	}
+	for _, c := range chain[1:] {
+		interPool.AddCert(c)
+	}
+	if _, err := inter.Verify(x509.VerifyOptions{Roots: rootPool, Intermediates: interPool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("intermediate does not verify against the roots: %v", err)
+	}
+	// A workload SVID signed by the intermediate verifies against the roots.
+	leafKey := upstreamKey(t)
+	signer := &pki.Signer{Authority: pki.Authority{Cert: inter, Key: key}, Now: time.Now, Rand: rand.Reader, Options: pki.DefaultWorkloadOptions()}
+	leaf, _, err := signer.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: leafKey.Public(), ID: spiffeid.RequireFromString("spiffe://example.org/ns/default/sa/web"), TTL: time.Hour})
+	if err != nil {
+		t.Fatalf("signing a workload under the intermediate: %v", err)
+	}
+	if _, err := pki.VerifyX509SVID(leaf, chain, roots, time.Now(), x509.ExtKeyUsageClientAuth); err != nil {
+		t.Fatalf("workload SVID under the upstream does not verify: %v", err)
+	}
+	return chain, roots
+}
+
+func TestFileUpstreamRootSignsIntermediates(t *testing.T) {
+	t.Parallel()
+	f := writeUpstream(t)
+	u, err := caapp.LoadFileUpstream(f.rootCert, f.rootKey, "")
+	if err != nil {
+		t.Fatalf("LoadFileUpstream: %v", err)
+	}
+	if !strings.Contains(u.Name(), f.rootCert) {
+		t.Errorf("Name() = %q, want it to name %s", u.Name(), f.rootCert)
+	}
+	chain, roots := signAndVerify(t, u, 48*time.Hour)
+	if len(chain) != 1 {
+		t.Errorf("chain has %d certificates, want only the new intermediate", len(chain))
+	}
+	if len(roots) != 1 || !roots[0].Equal(f.root.cert) {
+		t.Errorf("roots = %d certificates, want [upstream root]", len(roots))
+	}
+	if err := chain[0].CheckSignatureFrom(f.root.cert); err != nil {
+		t.Errorf("intermediate is not signed by the root: %v", err)
+	}
+}
+
+func TestFileUpstreamIntermediateWithBundle(t *testing.T) {
+	t.Parallel()
+	f := writeUpstream(t)
+	bundle := writeFile(t, f.dir, "bundle.crt", pki.EncodeCertificates(f.root.cert))
+	u, err := caapp.LoadFileUpstream(f.issuingCert, f.issKey, bundle)
+	if err != nil {
+		t.Fatalf("LoadFileUpstream: %v", err)
+	}
+	chain, roots := signAndVerify(t, u, 12*time.Hour)
+	if len(chain) != 2 || !chain[1].Equal(f.issuing.cert) {
+		t.Fatalf("chain = %d certificates, want [new intermediate, upstream issuing CA]", len(chain))
+	}
+	if err := chain[0].CheckSignatureFrom(f.issuing.cert); err != nil {
+		t.Errorf("intermediate is not signed by the issuing CA: %v", err)
+	}
+	if len(roots) != 1 || !roots[0].Equal(f.root.cert) {
+		t.Errorf("roots = %d certificates, want [upstream root]", len(roots))
+	}
+	// Each call returns a fresh slice: callers may append to it.
+	chain2, _ := signAndVerify(t, u, 12*time.Hour)
+	if chain2[0].Equal(chain[0]) || !chain2[1].Equal(f.issuing.cert) || !chain[1].Equal(f.issuing.cert) {
+		t.Error("a second intermediate changed the first chain or was not new")
+	}
+}
+
+// An issuing CA two levels below the root loads when certFile carries the
+// intermediate between them after it, as a tls.crt does.
+func TestFileUpstreamChainsThroughIntermediatesInCertFile(t *testing.T) {
+	t.Parallel()
+	f := writeUpstream(t)
+	sub := newCorpCert(t, corpOpts{isCA: true, parent: f.issuing, commonName: "Corp Sub CA"})
+	certFile := writeFile(t, f.dir, "sub-chain.crt", pki.EncodeCertificates(sub.cert, f.issuing.cert))
+	u, err := caapp.LoadFileUpstream(certFile, writeFile(t, f.dir, "sub.key", keyPEM(t, sub.key)), writeFile(t, f.dir, "bundle.crt", pki.EncodeCertificates(f.root.cert)))
+	if err != nil {
+		t.Fatalf("LoadFileUpstream: %v", err)
+	}
+	chain, roots := signAndVerify(t, u, time.Hour)
+	if len(chain) != 3 || !chain[1].Equal(sub.cert) || !chain[2].Equal(f.issuing.cert) {
+		t.Fatalf("chain = %d certificates, want the intermediate, the sub CA and the issuing CA", len(chain))
+	}
+	if len(roots) != 1 || !roots[0].Equal(f.root.cert) {
+		t.Fatalf("roots = %d certificates, want the corp root", len(roots))
+	}
+}
+
+func TestFileUpstreamLegacyKeyFormats(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ecKey := upstreamKey(t).(*ecdsa.PrivateKey)
+	sec1, err := x509.MarshalECPrivateKey(ecKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		key  crypto.Signer
+		pem  []byte
+	}{
+		{"ec_private_key", ecKey, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1})},
+		{"rsa_private_key", rsaKey, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			root := newCorpCert(t, corpOpts{isCA: true, key: tc.key, commonName: "Corp " + tc.name})
+			u, err := caapp.LoadFileUpstream(
+				writeFile(t, dir, tc.name+".crt", pki.EncodeCertificates(root.cert)),
+				writeFile(t, dir, tc.name+".key", tc.pem), "")
+			if err != nil {
+				t.Fatalf("LoadFileUpstream: %v", err)
+			}
+			signAndVerify(t, u, 24*time.Hour)
+		})
+	}
+}
+
+func TestFileUpstreamIntermediateEndsWithTheUpstream(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	notAfter := time.Now().Add(3 * time.Hour).Truncate(time.Second)
+	root := newCorpCert(t, corpOpts{isCA: true, notAfter: notAfter, commonName: "Corp Short Root"})
+	u, err := caapp.LoadFileUpstream(writeFile(t, dir, "r.crt", pki.EncodeCertificates(root.cert)), writeFile(t, dir, "r.key", keyPEM(t, root.key)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, _ := signAndVerify(t, u, 48*time.Hour)
+	if !chain[0].NotAfter.Equal(root.cert.NotAfter) {
+		t.Errorf("intermediate notAfter = %s, want the upstream's %s", chain[0].NotAfter, root.cert.NotAfter)
+	}
+}
+
+func TestFileUpstreamRefusesOtherTrustDomain(t *testing.T) {
+	t.Parallel()
+	// A mayfly root of example.org as upstream cannot sign for another
+	// trust domain.
+	other := testca.New(t)
+	dir := t.TempDir()
+	u, err := caapp.LoadFileUpstream(writeFile(t, dir, "r.crt", other.BundlePEM()), writeFile(t, dir, "r.key", keyPEM(t, other.RootKey)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = u.SignIntermediate(context.Background(), authority.IntermediateRequest{
+		TrustDomain: spiffeid.RequireTrustDomainFromString("other.org"), Key: upstreamKey(t), TTL: 24 * time.Hour,
+	})
+	if err == nil {
+		t.Fatal("an example.org root signed an intermediate of other.org")
+	}
+}
+
+func TestLoadFileUpstreamRejectsBadInputs(t *testing.T) {
+	t.Parallel()
+	f := writeUpstream(t)
+	dir := f.dir
+	leaf := newCorpCert(t, corpOpts{parent: f.root, keyUsage: x509.KeyUsageDigitalSignature, commonName: "server"})
+	caNoCertSign := newCorpCert(t, corpOpts{isCA: true, keyUsage: x509.KeyUsageCRLSign, commonName: "CRL only"})
+	rootPEM := pki.EncodeCertificates(f.root.cert)
+	keyRaw := keyPEM(t, f.root.key)
+	var (
+		missing      = filepath.Join(dir, "does-not-exist.pem")
+		leafCert     = writeFile(t, dir, "leaf.crt", pki.EncodeCertificates(leaf.cert))
+		leafKey      = writeFile(t, dir, "leaf.key", keyPEM(t, leaf.key))
+		noSignCert   = writeFile(t, dir, "nosign.crt", pki.EncodeCertificates(caNoCertSign.cert))
+		noSignKey    = writeFile(t, dir, "nosign.key", keyPEM(t, caNoCertSign.key))
+		truncCert    = writeFile(t, dir, "trunc.crt", rootPEM[:len(rootPEM)/2])
+		noFooterCert = writeFile(t, dir, "nofooter.crt", []byte(strings.TrimSuffix(strings.TrimSpace(string(rootPEM)), "-----END CERTIFICATE-----")))
+		truncKey     = writeFile(t, dir, "trunc.key", keyRaw[:len(keyRaw)-30])
+		emptyFile    = writeFile(t, dir, "empty.pem", nil)
+		garbage      = writeFile(t, dir, "garbage.pem", []byte("not a PEM file\n"))
+		keyAsCert    = writeFile(t, dir, "keyascert.crt", keyRaw)
+		certAsKey    = writeFile(t, dir, "certaskey.key", rootPEM)
+		truncBundle  = writeFile(t, dir, "trunc-bundle.crt", rootPEM[:len(rootPEM)-40])
+		otherKey     = writeFile(t, dir, "other.key", keyPEM(t, upstreamKey(t)))
+		otherRoot    = newCorpCert(t, corpOpts{isCA: true, commonName: "Other Root CA"})
+		otherBundle  = writeFile(t, dir, "other-root.crt", pki.EncodeCertificates(otherRoot.cert))
+		rootBundle   = writeFile(t, dir, "root-bundle.crt", rootPEM)
+		sub          = newCorpCert(t, corpOpts{isCA: true, parent: f.issuing, commonName: "Corp Sub CA"})
+		subCert      = writeFile(t, dir, "sub.crt", pki.EncodeCertificates(sub.cert))
+		subKey       = writeFile(t, dir, "sub.key", keyPEM(t, sub.key))
+		expired      = newCorpCert(t, corpOpts{isCA: true, notAfter: time.Now().Add(-time.Minute), commonName: "Expired Root"})
+		expiredCert  = writeFile(t, dir, "expired.crt", pki.EncodeCertificates(expired.cert))
+		expiredKey   = writeFile(t, dir, "expired.key", keyPEM(t, expired.key))
+	)
+	for _, tc := range []struct {
+		name                      string
+		certFile, keyFile, bundle string
+		wantErr                   string
+	}{
+		{"cert_file_missing", missing, f.rootKey, "", "upstream.file.certFile: "},
+		{"key_file_missing", f.rootCert, missing, "", "upstream.file.keyFile: "},
+		{"bundle_file_missing", f.issuingCert, f.issKey, missing, "upstream.file.bundleFile: "},
+		{"key_does_not_match_cert", f.rootCert, otherKey, "", "upstream.file.keyFile " + otherKey + ": does not match the certificate in " + f.rootCert},
+		{"issuing_key_for_root_cert", f.rootCert, f.issKey, "", "upstream.file.keyFile " + f.issKey + ": does not match"},
+		{"not_a_ca_certificate", leafCert, leafKey, "", "upstream.file.certFile " + leafCert + ": not a CA certificate"},
+		{"ca_without_cert_sign", noSignCert, noSignKey, "", "upstream.file.certFile " + noSignCert + ": not a CA certificate with keyCertSign"},
+		{"truncated_cert_pem", truncCert, f.rootKey, "", "upstream.file.certFile " + truncCert + ": "},
+		{"cert_pem_without_footer", noFooterCert, f.rootKey, "", "upstream.file.certFile " + noFooterCert + ": "},
+		{"empty_cert_file", emptyFile, f.rootKey, "", "upstream.file.certFile " + emptyFile + ": "},
+		{"garbage_cert_file", garbage, f.rootKey, "", "upstream.file.certFile " + garbage + ": "},
+		{"key_in_cert_file", keyAsCert, f.rootKey, "", "upstream.file.certFile " + keyAsCert + ": "},
+		{"truncated_key_pem", f.rootCert, truncKey, "", "upstream.file.keyFile " + truncKey + ": "},
+		{"cert_in_key_file", f.rootCert, certAsKey, "", "upstream.file.keyFile " + certAsKey + ": "},
+		{"empty_key_file", f.rootCert, emptyFile, "", "upstream.file.keyFile " + emptyFile + ": "},
+		{"intermediate_without_bundle", f.issuingCert, f.issKey, "", "upstream.file.bundleFile: required, " + f.issuingCert + " is not a self-signed root"},
+		{"truncated_bundle", f.issuingCert, f.issKey, truncBundle, "upstream.file.bundleFile " + truncBundle + ": "},
+		{"empty_bundle", f.issuingCert, f.issKey, emptyFile, "upstream.file.bundleFile " + emptyFile + ": "},
+		{"bundle_of_another_root", f.issuingCert, f.issKey, otherBundle, "upstream.file.certFile " + f.issuingCert + ": does not chain to the roots of upstream.file.bundleFile"},
+		{"intermediate_left_out_of_cert_file", subCert, subKey, rootBundle, "upstream.file.certFile " + subCert + ": does not chain to the roots of upstream.file.bundleFile"},
+		{"expired_root", expiredCert, expiredKey, "", "upstream.file.certFile " + expiredCert + ": expired at "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			u, err := caapp.LoadFileUpstream(tc.certFile, tc.keyFile, tc.bundle)
+			if err == nil {
+				t.Fatalf("LoadFileUpstream accepted it: %+v", u)
+			}
+			if !strings.HasPrefix(err.Error(), tc.wantErr) {
+				t.Fatalf("error = %q, want it to start with %q", err, tc.wantErr)
+			}
+			if strings.Contains(err.Error(), "PRIVATE KEY-----") {
+				t.Fatalf("error quotes key material: %q", err)
+			}
+		})
+	}
+}
+
+const upstreamCAConfig = caConfigHead + `nodes:
+  - name: host-a
+    allowedIDs: ["spiffe://example.org/demo/*"]
+upstream:
+  file:
+UPSTREAM
+`
+
+// runUpstreamCA runs a standalone CA whose config names the upstream
+// files, and returns it once the issuer API serves.
+func runUpstreamCA(t *testing.T, upstreamYAML string) *runningCA {
+	t.Helper()
+	return serveCA(t, strings.ReplaceAll(upstreamCAConfig, "UPSTREAM", upstreamYAML))
+}
+
+func TestStandaloneWithFileUpstream(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		upstream func(f *upstreamFiles) string
+	}{
+		{"root", func(f *upstreamFiles) string {
+			return "    certFile: " + f.rootCert + "\n    keyFile: " + f.rootKey
+		}},
+		{"issuing_ca_with_bundle", func(f *upstreamFiles) string {
+			bundle := filepath.Join(f.dir, "bundle.crt")
+			if err := os.WriteFile(bundle, pki.EncodeCertificates(f.root.cert), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return "    certFile: " + f.issuingCert + "\n    keyFile: " + f.issKey + "\n    bundleFile: " + bundle
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := writeUpstream(t)
+			r := runUpstreamCA(t, tc.upstream(f))
+			if len(r.bundle) != 1 || !r.bundle[0].Equal(f.root.cert) {
+				var names []string
+				for _, c := range r.bundle {
+					names = append(names, c.Subject.String())
+				}
+				t.Fatalf("trust bundle = %v, want only the upstream root %s", names, f.root.cert.Subject)
+			}
+			// An agent SVID from this CA verifies against the upstream root
+			// (attest checks the chain against r.bundle).
+			r.attest(t, "host-a")
+		})
+	}
+}

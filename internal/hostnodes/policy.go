@@ -1,0 +1,117 @@
+package hostnodes
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+// spiffeidPlaceholder checks node names with the agent ID rules.
+var spiffeidPlaceholder = spiffeid.RequireTrustDomainFromString("example.org")
+
+// NodePolicy says which identities the agent of one node may obtain.
+type NodePolicy struct {
+	// Name is the node name the join token was made for.
+	Name string `json:"name"`
+	// AllowedIDs are SPIFFE IDs, exact or ending in "/*" for every ID
+	// below a path (spiffe://example.org/demo/*).
+	AllowedIDs []string `json:"allowedIDs"`
+	// AllowedDNSNames may appear as DNS SANs of this node's workloads.
+	AllowedDNSNames []string `json:"allowedDNSNames,omitempty"`
+}
+
+// Validate checks the policy; path names the policy in errors
+// (e.g. "nodes[0]").
+func (p NodePolicy) Validate(path string, td spiffeid.TrustDomain) error {
+	if _, err := pki.AgentID(td, p.Name); err != nil {
+		return fmt.Errorf("%s.name: %w", path, err)
+	}
+	for i, pattern := range p.AllowedIDs {
+		base := strings.TrimSuffix(pattern, "/*")
+		id, err := pki.ParseID(base)
+		if err != nil {
+			return fmt.Errorf("%s.allowedIDs[%d]: %w", path, i, err)
+		}
+		if id.TrustDomain() != td {
+			return fmt.Errorf("%s.allowedIDs[%d]: %s is not in trust domain %s", path, i, pattern, td)
+		}
+		if id.Path() == "" {
+			return fmt.Errorf("%s.allowedIDs[%d]: %s names the whole trust domain; name a path", path, i, pattern)
+		}
+	}
+	for i, n := range p.AllowedDNSNames {
+		if err := pki.CheckDNSName(n); err != nil {
+			return fmt.Errorf("%s.allowedDNSNames[%d]: %w", path, i, err)
+		}
+	}
+	return nil
+}
+
+// Allows reports whether id matches one of the policy's patterns.
+func (p NodePolicy) Allows(id spiffeid.ID) bool {
+	s := id.String()
+	for _, pattern := range p.AllowedIDs {
+		if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
+			if strings.HasPrefix(s, prefix+"/") {
+				return true
+			}
+		} else if s == pattern {
+			return true
+		}
+	}
+	return false
+}
+
+// Authorizer grants a node's agent the identities of its NodePolicy
+// (issuer.WorkloadAuthorizer).
+type Authorizer struct {
+	TrustDomain spiffeid.TrustDomain
+	Nodes       map[string]NodePolicy
+}
+
+// NewAuthorizer indexes the policies by node name.
+func NewAuthorizer(td spiffeid.TrustDomain, nodes []NodePolicy) *Authorizer {
+	a := &Authorizer{TrustDomain: td, Nodes: map[string]NodePolicy{}}
+	for _, n := range nodes {
+		a.Nodes[n.Name] = n
+	}
+	return a
+}
+
+// AuthorizeWorkload checks the requested SPIFFE ID against the node's
+// allow list.
+func (a *Authorizer) AuthorizeWorkload(_ context.Context, node string, req *issuerv1.WorkloadRequest) (issuer.Grant, error) {
+	if req.GetPodUid() != "" {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_INVALID_ARGUMENT, "pod_uid is for Kubernetes mode; this CA runs standalone: send spiffe_id")
+	}
+	if req.GetSpiffeId() == "" {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_INVALID_ARGUMENT, "spiffe_id is empty")
+	}
+	id, err := pki.ParseID(req.GetSpiffeId())
+	if err != nil {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_INVALID_ARGUMENT, "spiffe_id: %v", err)
+	}
+	if id.TrustDomain() != a.TrustDomain {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "spiffe_id %s is not in trust domain %s", id, a.TrustDomain)
+	}
+	p, ok := a.Nodes[node]
+	if !ok {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "node %s has no entry in the CA's nodes configuration", node)
+	}
+	if !p.Allows(id) {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "node %s may not obtain %s (not in its allowedIDs)", node, id)
+	}
+	for _, n := range req.GetDnsNames() {
+		if !slices.Contains(p.AllowedDNSNames, n) {
+			return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "node %s may not put DNS name %q in a certificate (not in its allowedDNSNames)", node, n)
+		}
+	}
+	return issuer.Grant{ID: id, DNSNames: req.GetDnsNames(), Subject: "node " + node}, nil
+}

@@ -1,0 +1,133 @@
+package kubenodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+// PodAuthorizer authorizes workload requests of node agents
+// (issuer.WorkloadAuthorizer): the pod named by UID must be in the CA's pod
+// cache, alive and scheduled on the caller's node; the identity is its
+// ns/sa, and DNS names are limited to Services of its own namespace.
+// Decisions come from the cache, so issuance for already-known pods goes on
+// while the API server is unreachable (except for requests carrying a
+// pod_token, whose review needs the API server).
+type PodAuthorizer struct {
+	cfg Config
+}
+
+// NewPodAuthorizer validates cfg and returns a PodAuthorizer.
+func NewPodAuthorizer(cfg Config) (*PodAuthorizer, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validateCommon(); err != nil {
+		return nil, err
+	}
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("kubeattest: trustDomain: must be set")
+	}
+	if err := pki.CheckDNSName(cfg.ClusterDomain); err != nil {
+		return nil, fmt.Errorf("kubeattest: clusterDomain: %w", err)
+	}
+	return &PodAuthorizer{cfg: cfg}, nil
+}
+
+// AuthorizeWorkload grants the identity of the pod req.PodUid to the agent
+// of node when the pod runs there.
+func (p *PodAuthorizer) AuthorizeWorkload(ctx context.Context, node string, req *issuerv1.WorkloadRequest) (issuer.Grant, error) {
+	if req.GetSpiffeId() != "" {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_INVALID_ARGUMENT, "spiffe_id is for standalone mode; in Kubernetes mode name the pod by pod_uid")
+	}
+	uid := req.GetPodUid()
+	if uid == "" {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_INVALID_ARGUMENT, "pod_uid is empty")
+	}
+	if node == "" {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "the caller has no node")
+	}
+	pod, ok := p.cfg.Cache.ByUID(uid)
+	if !ok {
+		if !p.cfg.Cache.HasSynced() {
+			return issuer.Grant{}, issuer.Deny(issuerv1.Denial_UNAVAILABLE, "the CA's pod cache has not synced yet; retry with backoff")
+		}
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_NOT_FOUND, "pod with uid %q not found", truncate(uid, 64))
+	}
+	ref := pod.Namespace + "/" + pod.Name
+	switch {
+	case pod.DeletionTimestamp != nil:
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod %s is terminating", ref)
+	case pod.Status.Phase != corev1.PodPending && pod.Status.Phase != corev1.PodRunning:
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod %s is in phase %q, not Pending or Running", ref, pod.Status.Phase)
+	case pod.Spec.NodeName != node:
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
+			"pod %s is scheduled on node %q, not on the caller's node %q", ref, pod.Spec.NodeName, node)
+	}
+	id, err := pki.WorkloadID(p.cfg.TrustDomain, pod.Namespace, pod.Spec.ServiceAccountName)
+	if err != nil {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod %s has no usable ServiceAccount: %v", ref, err)
+	}
+	for _, name := range req.GetDnsNames() {
+		if err := p.checkDNSName(pod.Namespace, name); err != nil {
+			return issuer.Grant{}, err
+		}
+	}
+	if req.GetPodToken() == "" && p.cfg.RequirePodToken {
+		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
+			"pod_token required (kubernetes.requirePodToken): only pods that mount a csi.mayfly.dev volume with tokenRequests get an identity")
+	}
+	if tok := req.GetPodToken(); tok != "" {
+		if err := p.checkPodToken(ctx, pod, tok); err != nil {
+			return issuer.Grant{}, err
+		}
+	}
+	return issuer.Grant{ID: id, DNSNames: slices.Clone(req.GetDnsNames()), Subject: "pod " + ref}, nil
+}
+
+// checkDNSName allows <svc>.<ns>.svc and <svc>.<ns>.svc.<clusterDomain>
+// for a Service svc of the pod's namespace ns that is in the cache.
+func (p *PodAuthorizer) checkDNSName(ns, name string) error {
+	svc, rest, _ := strings.Cut(name, ".")
+	if svc == "" || (rest != ns+".svc" && rest != ns+".svc."+p.cfg.ClusterDomain) {
+		return issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
+			"dns name %q is not a Service name of the pod's namespace (<service>.%s.svc or <service>.%s.svc.%s)",
+			truncate(name, 253), ns, ns, p.cfg.ClusterDomain)
+	}
+	_, err := p.cfg.Cache.Services().Services(ns).Get(svc)
+	switch {
+	case apierrors.IsNotFound(err):
+		return issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "dns name %q: there is no Service %s/%s", name, ns, svc)
+	case err != nil:
+		return fmt.Errorf("kubeattest: looking up Service %s/%s: %w", ns, svc, err)
+	}
+	return nil
+}
+
+// checkPodToken requires tok to be a valid token for the CA's audience
+// bound to pod.
+func (p *PodAuthorizer) checkPodToken(ctx context.Context, pod *corev1.Pod, tok string) error {
+	r, err := reviewToken(ctx, p.cfg.Client, p.cfg.ReviewTimeout, p.cfg.Audience, tok)
+	if err != nil {
+		var d *issuer.Denial
+		if errors.As(err, &d) && d.Code == issuerv1.Denial_PERMISSION_DENIED {
+			return issuer.Deny(d.Code, "pod_token: %s", d.Message)
+		}
+		return err
+	}
+	ref := pod.Namespace + "/" + pod.Name
+	switch {
+	case r.podUID != string(pod.UID):
+		return issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod_token is not bound to pod %s", ref)
+	case r.username != serviceAccountUser(pod.Namespace, pod.Spec.ServiceAccountName):
+		return issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod_token belongs to %s, not to the ServiceAccount of pod %s", r.username, ref)
+	}
+	return nil
+}
