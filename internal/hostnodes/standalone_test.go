@@ -14,8 +14,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
-	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
+	"github.com/mayfly-pki/mayfly/internal/issuer"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")

@@ -25,9 +25,9 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/agent"
-	"github.com/mayfly-pki/mayfly/internal/workloadattest"
 	"github.com/mayfly-pki/mayfly/internal/csi"
 	"github.com/mayfly-pki/mayfly/internal/workloadapi"
+	"github.com/mayfly-pki/mayfly/internal/workloadattest"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
