@@ -224,3 +224,16 @@ func isRSA(pub crypto.PublicKey) bool {
 	_, ok := pub.(*rsa.PublicKey)
 	return ok
 }
+
+// PublicKeysEqual reports whether a and b are the same public key. It is the
+// one key comparison of mayfly: a certificate and its key, a CSR and the
+// certificate issued for it, an upstream chain and the CA's own key.
+func PublicKeysEqual(a, b crypto.PublicKey) bool {
+	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && b != nil && e.Equal(b)
+}
+
+// KeyMatches reports whether key is the private key of cert.
+func KeyMatches(cert *x509.Certificate, key crypto.Signer) bool {
+	return cert != nil && key != nil && PublicKeysEqual(cert.PublicKey, key.Public())
+}

@@ -172,3 +172,25 @@ func TestKeyTypeOf_rejectsRSA4096WithoutKeyType(t *testing.T) {
 		t.Fatalf("err = %v, want ErrUnsupportedKey", err)
 	}
 }
+
+func TestKeyMatches(t *testing.T) {
+	a, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := &x509.Certificate{PublicKey: a.Public()}
+	switch {
+	case !pki.KeyMatches(cert, a):
+		t.Error("a certificate does not match its own key")
+	case pki.KeyMatches(cert, b):
+		t.Error("a certificate matches another key")
+	case pki.KeyMatches(nil, a), pki.KeyMatches(cert, nil):
+		t.Error("nil matches")
+	case pki.PublicKeysEqual(nil, a.Public()), pki.PublicKeysEqual(a.Public(), nil):
+		t.Error("nil public key equal")
+	}
+}

@@ -1,0 +1,82 @@
+// Package atomicfile writes files so that a reader, or a crash, never sees a
+// partial one: the data goes to a new file created exclusively next to the
+// target, with its mode set explicitly (whatever the umask), synced, renamed
+// over the target, and the directory synced. It is the one place mayfly
+// writes a single state file (CA state, join tokens, the agent's own SVID,
+// CSI volume records); several files that must change together go through
+// pkg/rotate's FileSink, which swaps a whole directory.
+package atomicfile
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// WriteFile replaces path with data, atomically, with mode. The temporary
+// file is removed when anything fails. Errors name the file, never its
+// contents.
+func WriteFile(path string, data []byte, mode fs.FileMode) (err error) {
+	dir, name := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+			err = fmt.Errorf("write %s: %w", path, err)
+		}
+	}()
+	if err = f.Chmod(mode); err != nil {
+		return err
+	}
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return SyncDir(dir)
+}
+
+// WriteFileIfChanged is WriteFile that leaves path alone when it already
+// holds data with mode; it reports whether it wrote.
+func WriteFileIfChanged(path string, data []byte, mode fs.FileMode) (bool, error) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm() == mode.Perm() && fi.Size() == int64(len(data)) {
+		if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+			return false, nil
+		}
+	}
+	if err := WriteFile(path, data, mode); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// SyncDir flushes a directory's entries (a rename or a new file) to disk.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, fs.ErrInvalid) {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
