@@ -1,4 +1,4 @@
-// Package ca wires mayfly's CA control plane: configuration, authority,
+// Package caapp wires mayfly's CA control plane (cmd/ca): configuration, authority,
 // issuer API, health and metrics, in standalone (directory) or Kubernetes
 // mode.
 package caapp
