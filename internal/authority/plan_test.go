@@ -18,8 +18,8 @@ func TestPlan(t *testing.T) {
 
 	// Shared fixtures; Plan and Apply never modify their input.
 	fresh := bootstrap(t, m, t0)
-	inter0 := fresh.Intermediate.Cert()
-	root0 := fresh.Root.Cert()
+	inter0 := fresh.Intermediate.Current.Cert()
+	root0 := fresh.Root.Current.Cert()
 	rootPrepare := point(root0, p.PrepareAt)
 	rootActivate := point(root0, p.ActivateAt)
 
@@ -105,7 +105,7 @@ func TestPlan(t *testing.T) {
 		{
 			name:      "intermediate and its successor both expired: replaces it",
 			state:     prepared,
-			now:       prepared.NextIntermediate.Cert().NotAfter,
+			now:       prepared.Intermediate.Next.Cert().NotAfter,
 			wantSteps: []authority.Step{authority.StepReplaceIntermediate},
 		},
 		{
@@ -169,19 +169,19 @@ func TestPlan(t *testing.T) {
 			name:     "retired root before its Until: kept",
 			state:    activated,
 			now:      rootActivate.Add(time.Hour),
-			wantNext: minTime(activated.Retired[0].Until, point(activated.Intermediate.Cert(), 0.5)),
+			wantNext: minTime(activated.Root.Retired[0].Until, point(activated.Intermediate.Current.Cert(), 0.5)),
 		},
 		{
 			name:      "retired root past its Until: drops it (and the intermediate rotates as usual)",
 			state:     activated,
-			now:       activated.Retired[0].Until,
+			now:       activated.Root.Retired[0].Until,
 			wantSteps: []authority.Step{authority.StepDropRetired, authority.StepPrepareIntermediate},
 		},
 		{
 			name:     "upstream mode at the fresh state: nothing due",
 			state:    upstream,
 			now:      t0,
-			wantNext: point(upstream.Intermediate.Cert(), 0.5),
+			wantNext: point(upstream.Intermediate.Current.Cert(), 0.5),
 		},
 		{
 			name:      "upstream mode at half of the root TTL: only intermediate steps",
@@ -250,10 +250,10 @@ func TestPlanAppliedStepsConverge(t *testing.T) {
 			}
 			continue
 		}
-		if !now.Before(s.Intermediate.Cert().NotAfter) {
-			t.Fatalf("at %s the signing intermediate has expired (notAfter %s)", now, s.Intermediate.Cert().NotAfter)
+		if !now.Before(s.Intermediate.Current.Cert().NotAfter) {
+			t.Fatalf("at %s the signing intermediate has expired (notAfter %s)", now, s.Intermediate.Current.Cert().NotAfter)
 		}
-		if !now.Before(s.Root.Cert().NotAfter) {
+		if !now.Before(s.Root.Current.Cert().NotAfter) {
 			t.Fatalf("at %s the signing root has expired", now)
 		}
 		now = d.Next

@@ -27,7 +27,7 @@ func fullState(t *testing.T) *authority.State {
 	s = apply(t, m, s, authority.StepActivateRoot, t0.Add(2*time.Hour))
 	s = apply(t, m, s, authority.StepPrepareRoot, t0.Add(3*time.Hour))
 	s = apply(t, m, s, authority.StepPrepareIntermediate, t0.Add(4*time.Hour))
-	if s.Root == nil || s.NextRoot == nil || s.Intermediate == nil || s.NextIntermediate == nil || len(s.Retired) != 1 {
+	if s.Root.Current == nil || s.Root.Next == nil || s.Intermediate.Current == nil || s.Intermediate.Next == nil || len(s.Root.Retired) != 1 {
 		t.Fatalf("fixture is missing a slot: %+v", s)
 	}
 	return s
@@ -92,14 +92,14 @@ func TestStateRoundTrip(t *testing.T) {
 			if got.Generation != s.Generation {
 				t.Errorf("Generation = %d, want %d", got.Generation, s.Generation)
 			}
-			if !got.NextRootPublishedAt.Equal(s.NextRootPublishedAt) {
-				t.Errorf("NextRootPublishedAt = %s, want %s", got.NextRootPublishedAt, s.NextRootPublishedAt)
+			if !got.Root.NextPublishedAt.Equal(s.Root.NextPublishedAt) {
+				t.Errorf("Root.NextPublishedAt = %s, want %s", got.Root.NextPublishedAt, s.Root.NextPublishedAt)
 			}
-			if len(got.Retired) != len(s.Retired) {
-				t.Fatalf("%d retired roots, want %d", len(got.Retired), len(s.Retired))
+			if len(got.Root.Retired) != len(s.Root.Retired) {
+				t.Fatalf("%d retired roots, want %d", len(got.Root.Retired), len(s.Root.Retired))
 			}
-			for i := range s.Retired {
-				if !got.Retired[i].Cert.Equal(s.Retired[i].Cert) || !got.Retired[i].Until.Equal(s.Retired[i].Until) {
+			for i := range s.Root.Retired {
+				if !got.Root.Retired[i].Cert.Equal(s.Root.Retired[i].Cert) || !got.Root.Retired[i].Until.Equal(s.Root.Retired[i].Until) {
 					t.Errorf("retired root %d differs", i)
 				}
 			}
@@ -107,8 +107,8 @@ func TestStateRoundTrip(t *testing.T) {
 				name      string
 				got, want *authority.Slot
 			}{
-				{"root", got.Root, s.Root}, {"next root", got.NextRoot, s.NextRoot},
-				{"intermediate", got.Intermediate, s.Intermediate}, {"next intermediate", got.NextIntermediate, s.NextIntermediate},
+				{"root", got.Root.Current, s.Root.Current}, {"next root", got.Root.Next, s.Root.Next},
+				{"intermediate", got.Intermediate.Current, s.Intermediate.Current}, {"next intermediate", got.Intermediate.Next, s.Intermediate.Next},
 			} {
 				if (pair.got == nil) != (pair.want == nil) {
 					t.Errorf("%s: got %v, want %v", pair.name, pair.got, pair.want)
@@ -314,7 +314,7 @@ func assertNoKeyMaterial(t *testing.T, msg string, datas ...map[string][]byte) {
 
 func TestBundle(t *testing.T) {
 	s := fullState(t)
-	until := s.Retired[0].Until
+	until := s.Root.Retired[0].Until
 	tests := []struct {
 		name string
 		now  time.Time
@@ -329,7 +329,7 @@ func TestBundle(t *testing.T) {
 			if len(b) != tt.want {
 				t.Fatalf("bundle has %d roots, want %d", len(b), tt.want)
 			}
-			if !containsCert(b, s.Root.Cert()) || !containsCert(b, s.NextRoot.Cert()) {
+			if !containsCert(b, s.Root.Current.Cert()) || !containsCert(b, s.Root.Next.Cert()) {
 				t.Error("bundle lacks the current or the next root")
 			}
 		})
