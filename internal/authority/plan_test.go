@@ -49,6 +49,18 @@ func TestPlan(t *testing.T) {
 	longAckWait := p
 	longAckWait.RootAckWait = 30 * 24 * time.Hour
 
+	// Preparation capped to 1 day before the root's activation point
+	// (later than its half life).
+	capped := p
+	capped.RootAckWait, capped.MaxPrepareAhead = 12*time.Hour, 24*time.Hour
+	cappedPrepare := rootActivate.Add(-capped.MaxPrepareAhead)
+	if !cappedPrepare.After(rootPrepare) {
+		t.Fatalf("test policy: the capped preparation %s must lie after the root's half life %s", cappedPrepare, rootPrepare)
+	}
+	// An intermediate minted an hour before cappedPrepare: its own
+	// points lie after it.
+	beforeCappedPrepare := apply(t, m, fresh, authority.StepReplaceIntermediate, cappedPrepare.Add(-time.Hour))
+
 	tests := []struct {
 		name      string
 		state     *authority.State
@@ -112,6 +124,27 @@ func TestPlan(t *testing.T) {
 			name:      "root at half life: prepares the next root",
 			state:     apply(t, m, fresh, authority.StepReplaceIntermediate, rootPrepare),
 			now:       rootPrepare,
+			wantSteps: []authority.Step{authority.StepPrepareRoot},
+		},
+		{
+			name:     "prepare cap: root past half life, before activation minus the cap: waits for that",
+			state:    beforeCappedPrepare,
+			now:      cappedPrepare.Add(-time.Second),
+			policy:   &capped,
+			wantNext: cappedPrepare,
+		},
+		{
+			name:      "prepare cap: root at activation minus the cap: prepares the next root",
+			state:     beforeCappedPrepare,
+			now:       cappedPrepare,
+			policy:    &capped,
+			wantSteps: []authority.Step{authority.StepPrepareRoot},
+		},
+		{
+			name:      "prepare cap: a requested root rotation prepares at once",
+			state:     requested(t, apply(t, m, fresh, authority.StepReplaceIntermediate, rootPrepare)),
+			now:       rootPrepare,
+			policy:    &capped,
 			wantSteps: []authority.Step{authority.StepPrepareRoot},
 		},
 		{
@@ -231,7 +264,14 @@ func TestPlan(t *testing.T) {
 // whatever Plan asks for, Apply can do, and a second Plan at the same instant
 // is quiet (no step is planned twice).
 func TestPlanAppliedStepsConverge(t *testing.T) {
-	p := testPolicy()
+	capped := testPolicy()
+	capped.RootAckWait, capped.MaxPrepareAhead = 12*time.Hour, 24*time.Hour
+	for name, p := range map[string]authority.Policy{"test policy": testPolicy(), "preparation capped": capped} {
+		t.Run(name, func(t *testing.T) { testPlanConverges(t, p) })
+	}
+}
+
+func testPlanConverges(t *testing.T, p authority.Policy) {
 	m := newMinter(p)
 	s := bootstrap(t, m, t0)
 	now := t0
@@ -242,6 +282,9 @@ func TestPlanAppliedStepsConverge(t *testing.T) {
 		}
 		d := authority.Plan(s, now, p, nil)
 		for _, step := range d.Steps {
+			if ahead := point(s.Root.Current.Cert(), p.ActivateAt).Sub(now); step == authority.StepPrepareRoot && p.MaxPrepareAhead > 0 && ahead > p.MaxPrepareAhead {
+				t.Fatalf("at %s: next root prepared %s before the activation point, more than the cap %s", now, ahead, p.MaxPrepareAhead)
+			}
 			s = apply(t, m, s, step, now)
 		}
 		if len(d.Steps) > 0 {
@@ -261,6 +304,14 @@ func TestPlanAppliedStepsConverge(t *testing.T) {
 	if s.Generation == 0 {
 		t.Fatal("no rotation happened across a whole root lifetime")
 	}
+}
+
+// requested returns a copy of s with a root rotation requested.
+func requested(t *testing.T, s *authority.State) *authority.State {
+	t.Helper()
+	n := *s
+	n.Root.Requested = true
+	return &n
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -290,6 +341,11 @@ func TestPolicyValidate(t *testing.T) {
 		{name: "activateAt equal to prepareAt", modify: func(p *authority.Policy) { p.ActivateAt = p.PrepareAt }, wantErr: "rotation.activateAt:"},
 		{name: "activateAt one", modify: func(p *authority.Policy) { p.ActivateAt = 1 }, wantErr: "rotation.activateAt:"},
 		{name: "negative ack wait", modify: func(p *authority.Policy) { p.RootAckWait = -time.Second }, wantErr: "rotation.rootAckWait:"},
+		{name: "no prepare cap (0) is valid", modify: func(p *authority.Policy) { p.MaxPrepareAhead = 0 }},
+		{name: "prepare cap equal to the ack wait is valid", modify: func(p *authority.Policy) { p.MaxPrepareAhead = p.RootAckWait }},
+		{name: "prepare cap longer than the root's life is valid (never binds)", modify: func(p *authority.Policy) { p.MaxPrepareAhead = 2 * p.RootTTL }},
+		{name: "prepare cap below the ack wait", modify: func(p *authority.Policy) { p.MaxPrepareAhead = p.RootAckWait - time.Second }, wantErr: "rotation.maxPrepareAhead:"},
+		{name: "negative prepare cap", modify: func(p *authority.Policy) { p.MaxPrepareAhead = -time.Hour }, wantErr: "rotation.maxPrepareAhead: must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,11 +2,14 @@ package authority_test
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"maps"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -342,4 +345,108 @@ func rawOf(certs []*x509.Certificate) [][]byte {
 		out[i] = c.Raw
 	}
 	return out
+}
+
+// TestDecodeStateOfEarlierVersion loads states that the CA wrote before
+// the keys were modelled as Rotations (testdata/legacy, written through a
+// DirStore by that version's Minter): they must load unchanged, and encode
+// back to the same bytes.
+func TestDecodeStateOfEarlierVersion(t *testing.T) {
+	type slot struct{ role, slot string }
+	tests := []struct {
+		dir            string
+		wantSlots      []slot
+		wantGeneration int64
+		wantPublished  time.Time
+		wantRequested  bool
+		wantUpstream   int
+	}{
+		{
+			dir: "selfsigned",
+			wantSlots: []slot{
+				{"root", "current"}, {"root", "next"}, {"root", "retired"},
+				{"intermediate", "current"}, {"intermediate", "next"},
+			},
+			wantGeneration: 4,
+			wantPublished:  time.Date(2030, 1, 1, 3, 0, 0, 0, time.UTC),
+			wantRequested:  true,
+		},
+		{
+			dir:            "upstream",
+			wantSlots:      []slot{{"root", "current"}, {"intermediate", "current"}, {"intermediate", "next"}},
+			wantGeneration: 1,
+			wantUpstream:   1,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.dir, func(t *testing.T) {
+			raw, err := os.ReadFile(filepath.Join("testdata", "legacy", tt.dir, authority.StateFileName))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, authority.StateFileName), raw, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			store, err := authority.NewDirStore(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap, err := store.Load(context.Background())
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			s, err := authority.Decode(snap.Data)
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			var got []slot
+			s.EachSlot(func(role, name string, _ *x509.Certificate) { got = append(got, slot{role, name}) })
+			if !slices.Equal(got, tt.wantSlots) {
+				t.Errorf("slots = %v, want %v", got, tt.wantSlots)
+			}
+			if s.Generation != tt.wantGeneration || !s.Root.NextPublishedAt.Equal(tt.wantPublished) || s.Root.Requested != tt.wantRequested || len(s.UpstreamRoots) != tt.wantUpstream {
+				t.Errorf("Generation, Root.NextPublishedAt, Root.Requested, upstream roots = %d, %s, %v, %d; want %d, %s, %v, %d",
+					s.Generation, s.Root.NextPublishedAt, s.Root.Requested, len(s.UpstreamRoots), tt.wantGeneration, tt.wantPublished, tt.wantRequested, tt.wantUpstream)
+			}
+			for name, inter := range map[string]*authority.Slot{"current": s.Intermediate.Current, "next": s.Intermediate.Next} {
+				issuer := s.Roots()[0]
+				if err := inter.Cert().CheckSignatureFrom(issuer); err != nil {
+					t.Errorf("%s intermediate is not signed by the current root: %v", name, err)
+				}
+			}
+			if again := encode(t, s); !reflect.DeepEqual(again, snap.Data) {
+				t.Error("Encode(Decode(data)) differs from the data the earlier version wrote")
+			}
+			if _, err := s.SigningAuthority(); err != nil {
+				t.Errorf("SigningAuthority: %v", err)
+			}
+		})
+	}
+}
+
+// TestEncodeRefusesWhatTheFormatCannotHold: the stored format keeps
+// publication, retirement and rotation requests for the root only; Encode
+// fails rather than drop them for the intermediate.
+func TestEncodeRefusesWhatTheFormatCannotHold(t *testing.T) {
+	s := fullState(t)
+	tests := []struct {
+		name   string
+		modify func(r *authority.Rotation)
+	}{
+		{"published intermediate", func(r *authority.Rotation) { r.NextPublishedAt = t0 }},
+		{"retired intermediate", func(r *authority.Rotation) {
+			r.Retired = []authority.Retired{{Cert: r.Current.Cert(), Until: t0}}
+		}},
+		{"requested intermediate rotation", func(r *authority.Rotation) { r.Requested = true }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := *s
+			tt.modify(&n.Intermediate)
+			if _, err := n.Encode(); err == nil || !strings.Contains(err.Error(), "intermediate") {
+				t.Fatalf("Encode() error = %v, want one naming the intermediate", err)
+			}
+		})
+	}
 }
