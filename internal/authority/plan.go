@@ -67,7 +67,7 @@ func (p Policy) Validate() error {
 	case p.MaxPrepareAhead < 0:
 		return fmt.Errorf("rotation.maxPrepareAhead: must not be negative, got %s", p.MaxPrepareAhead)
 	case p.MaxPrepareAhead != 0 && p.MaxPrepareAhead < p.RootAckWait:
-		return fmt.Errorf("rotation.maxPrepareAhead: must be 0 (no cap) or at least rootAckWait (%s), got %s", p.RootAckWait, p.MaxPrepareAhead)
+		return fmt.Errorf("rotation.maxPrepareAhead: must be at least rootAckWait (%s), got %s", p.RootAckWait, p.MaxPrepareAhead)
 	}
 	return nil
 }
