@@ -84,9 +84,10 @@ func (p Policy) RootSchedule() Schedule {
 }
 
 // IntermediateSchedule is when the intermediate rotates: at its rotation
-// points, with no one to wait for.
+// points, with no one to wait for, and at once when it expired with no
+// successor.
 func (p Policy) IntermediateSchedule() Schedule {
-	return Schedule{PrepareAt: p.PrepareAt, ActivateAt: p.ActivateAt, MaxPrepareAhead: p.MaxPrepareAhead}
+	return Schedule{PrepareAt: p.PrepareAt, ActivateAt: p.ActivateAt, MaxPrepareAhead: p.MaxPrepareAhead, Replaceable: true}
 }
 
 // Step is one change to the authority state.
@@ -128,8 +129,8 @@ type kind struct {
 	name     string
 	rotation func(*State) *Rotation
 	schedule func(Policy) Schedule
-	// prepare, activate and replace name the steps; replace is "" for a
-	// kind whose successor must be published before use.
+	// prepare, activate and replace name the steps (replace only for a
+	// Replaceable schedule).
 	prepare, activate, replace Step
 	// replacedBy is a step of another kind that replaces this kind's keys
 	// (a new root comes with a new intermediate under it).
@@ -175,7 +176,7 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 			continue
 		}
 		r := k.rotation(s)
-		action, at := r.Decide(now, k.schedule(p), acked, k.replace != "")
+		action, at := r.Decide(now, k.schedule(p), acked)
 		switch action {
 		case ActionNone:
 			consider(at)

@@ -67,9 +67,14 @@ type Schedule struct {
 	Published    bool
 	AdoptionWait time.Duration
 	ForceBefore  time.Duration
+	// Replaceable kinds mint a new current key at once when theirs expired
+	// with no usable successor (the CA was down). A root is not: its
+	// successor must be published first.
+	Replaceable bool
 }
 
-// PreparePoint is when the successor of the current key is due.
+// PreparePoint is when the successor of the current key is due (without a
+// requested rotation). Current must not be nil.
 func (r *Rotation) PreparePoint(s Schedule) time.Time {
 	c := r.Current
 	prepare := at(c.NotBefore(), c.NotAfter(), s.PrepareAt)
@@ -79,7 +84,8 @@ func (r *Rotation) PreparePoint(s Schedule) time.Time {
 	return prepare
 }
 
-// ActivatePoint is when the successor takes over, adoption permitting.
+// ActivatePoint is when the successor takes over, adoption permitting
+// (without a requested rotation). Current must not be nil.
 func (r *Rotation) ActivatePoint(s Schedule) time.Time {
 	c := r.Current
 	return at(c.NotBefore(), c.NotAfter(), s.ActivateAt)
@@ -152,22 +158,21 @@ const (
 )
 
 // Decide returns the action due at now and, when none is, the earliest
-// time one may become due. canReplace is false for kinds that cannot be
-// minted afresh in place (a root: its successor must be published first).
-func (r *Rotation) Decide(now time.Time, s Schedule, adopted func() bool, canReplace bool) (Action, time.Time) {
+// time one may become due. adopted is as for ShouldActivate.
+func (r *Rotation) Decide(now time.Time, s Schedule, adopted func() bool) (Action, time.Time) {
 	if r.Current == nil {
 		return ActionNone, farFuture
 	}
 	prepare, activate := r.points(now, s)
 	switch {
-	case canReplace && r.ShouldReplace(now):
+	case s.Replaceable && r.ShouldReplace(now):
 		return ActionReplace, now
 	case r.ShouldActivate(now, s, adopted):
 		return ActionActivate, now
 	case r.NextUsable(now) && !now.Before(activate):
 		// Waiting for the consumers: look again soon, and at the latest
-		// when the wait is over.
-		// (Both lie after now: the wait is not over.)
+		// when the wait is over (which lies after now, or it would be
+		// over).
 		return ActionNone, minTime(now.Add(10*time.Second), r.NextPublishedAt.Add(s.AdoptionWait))
 	case r.ShouldPrepare(now, s):
 		return ActionPrepare, now
