@@ -47,12 +47,6 @@ type Spec struct {
 	Pinned bool
 }
 
-// BundleSource gives the trust bundle (CAClient).
-type BundleSource interface {
-	Bundle() ([]*x509.Certificate, string)
-	SubscribeBundle() (<-chan struct{}, func())
-}
-
 // ManagerConfig configures a Manager.
 type ManagerConfig struct {
 	Batcher     *Batcher

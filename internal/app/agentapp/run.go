@@ -85,12 +85,12 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
-	batcher := &agent.Batcher{Signer: ca}
+	batcher := &agent.Batcher{Signer: ca.Conn, Clock: opts.Clock}
 	mgr := agent.NewManager(agent.ManagerConfig{
-		Batcher: batcher, Bundle: ca, TrustDomain: cfg.TrustDomain, Clock: opts.Clock,
+		Batcher: batcher, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Clock: opts.Clock,
 		Logger: log.With("component", "identities"), Registerer: reg,
 	})
-	ca.OnSVID(mgr.SetAgentSVID)
+	ca.Store.OnChange(mgr.SetAgentSVID)
 
 	g, ctx := errgroup.WithContext(ctx)
 	var att workloadattest.Attestor
@@ -354,7 +354,7 @@ func (s *source) Identities(ctx context.Context, c workloadapi.Caller) ([]worklo
 	for {
 		out, err := s.issued(ctx, specs)
 		if err != nil || len(out) > 0 || len(specs) == 0 {
-			roots, _ := s.ca.Bundle()
+			roots, _ := s.ca.Bundles.Bundle()
 			return out, map[spiffeid.TrustDomain][]*x509.Certificate{s.td: roots}, err
 		}
 		// None issued yet (a new pod the CA has not seen, the CA down):
@@ -413,7 +413,7 @@ func (s *source) Subscribe(c workloadapi.Caller) (<-chan struct{}, func()) {
 		cancels = append(cancels, cancel)
 		go forward(ch, done)
 	}
-	bch, bcancel := s.ca.SubscribeBundle()
+	bch, bcancel := s.ca.Bundles.SubscribeBundle()
 	cancels = append(cancels, bcancel)
 	go forward(bch, done)
 	return out, func() {
