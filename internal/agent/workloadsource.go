@@ -113,8 +113,8 @@ func (s *WorkloadSource) Subscribe(c workloadapi.Caller) (<-chan struct{}, func(
 	go forward(bch)
 	return out, func() {
 		close(done)
-		for _, c := range cancels {
-			c()
+		for _, cancel := range cancels {
+			cancel()
 		}
 	}
 }
