@@ -470,32 +470,26 @@ func TestFileSinkPutBundle(t *testing.T) {
 	})
 }
 
-// TestFileSinkPutBundleNeverRevertsAPut runs PutBundle alongside Puts: a
-// bundle update re-writes the chain and key it read, so it must not read
-// them before a Put and write them back after it.
+// TestFileSinkPutBundleNeverRevertsAPut runs a PutBundle alongside each
+// Put: a bundle update re-writes the chain and key it read, so it must not
+// read them before a Put and write them back after it.
 func TestFileSinkPutBundleNeverRevertsAPut(t *testing.T) {
 	ctx := context.Background()
 	ca, other := newTestCA(t), newTestCA(t)
 	dir := t.TempDir()
 	s := newSink(t, dir, FileSinkOptions{})
-	creds := issueN(t, ca, 20)
+	creds := issueN(t, ca, 40)
 	if err := s.Put(ctx, creds[0]); err != nil {
 		t.Fatal(err)
 	}
-	var stop atomic.Bool
-	errs := make(chan error, 1)
-	go func() {
-		defer close(errs)
-		bundles := [][]*x509.Certificate{{ca.cert}, {ca.cert, other.cert}}
-		for i := 0; !stop.Load(); i++ {
-			if err := s.PutBundle(ctx, bundles[i%2]); err != nil {
-				errs <- err
-				return
-			}
-		}
-	}()
-	for _, c := range creds[1:] {
+	bundles := [][]*x509.Certificate{{ca.cert}, {ca.cert, other.cert}}
+	for i, c := range creds[1:] {
+		bundleErr := make(chan error, 1)
+		go func() { bundleErr <- s.PutBundle(ctx, bundles[i%2]) }()
 		if err := s.Put(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-bundleErr; err != nil {
 			t.Fatal(err)
 		}
 		files, err := atomicfile.ReadAtomic(dir, "tls.crt", "tls.key")
@@ -503,11 +497,7 @@ func TestFileSinkPutBundleNeverRevertsAPut(t *testing.T) {
 			t.Fatal(err)
 		}
 		if leaf, match, err := parsePair(t, files[0], files[1]); err != nil || !match || !leaf.Equal(c.Certificates[0]) {
-			t.Fatalf("after Put the files hold another credential (match %v, err %v)", match, err)
+			t.Fatalf("Put %d was reverted by a PutBundle (match %v, err %v)", i+1, match, err)
 		}
-	}
-	stop.Store(true)
-	for err := range errs {
-		t.Error(err)
 	}
 }
