@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/mayfly-pki/mayfly/pkg/rotate"
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 )
 
 const volID = "csi-5f1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -55,7 +55,7 @@ func TestPublishRotatesWithoutMismatch(t *testing.T) {
 	mustPublish(t, e.d, publishRequest(volID, target, podContext(nil)))
 
 	// The first credential is there when NodePublishVolume returns.
-	files, err := rotate.ReadAtomic(target, "tls.crt", "tls.key", "ca.crt")
+	files, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key", "ca.crt")
 	if err != nil {
 		t.Fatalf("files after publish: %v", err)
 	}
@@ -76,7 +76,7 @@ func TestPublishRotatesWithoutMismatch(t *testing.T) {
 				return
 			default:
 			}
-			got, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+			got, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key")
 			if err != nil {
 				errc <- err
 				return
@@ -91,7 +91,7 @@ func TestPublishRotatesWithoutMismatch(t *testing.T) {
 	for i := range 3 {
 		c := e.creds.issue()
 		e.ids.push(t, c)
-		got, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+		got, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,7 +148,7 @@ func TestPublishFileModes(t *testing.T) {
 		if g := fileGID(fi); g != gid {
 			t.Fatalf("key group %d, want %d", g, gid)
 		}
-		got, err := rotate.ReadAtomic(target, "svid.pem", "svid-key.pem", "bundle.pem")
+		got, err := atomicfile.ReadAtomic(target, "svid.pem", "svid-key.pem", "bundle.pem")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -269,7 +269,7 @@ func TestPublishWaitsForTheFirstCertificate(t *testing.T) {
 	if n := e.ids.trackCalls(); n != 1 {
 		t.Fatalf("Track called %d times across the retry, want 1", n)
 	}
-	if _, err := rotate.ReadAtomic(target, "tls.crt", "tls.key"); err != nil {
+	if _, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -431,7 +431,7 @@ func TestResumeAfterRestart(t *testing.T) {
 
 	c := e.creds.issue()
 	ids2.push(t, c)
-	files, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+	files, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -170,17 +171,8 @@ func checkTargetPath(p string) (string, error) {
 // checkFileName accepts plain file names that cannot escape the volume
 // directory nor collide with the entries of the atomic writer.
 func checkFileName(attr, n string) error {
-	switch {
-	case n == "":
-		return invalidf("volume attribute %s: must not be empty", attr)
-	case strings.Trim(n, ".") == "":
-		return invalidf("volume attribute %s: %q is not a file name", attr, n)
-	case strings.ContainsAny(n, "/\\\x00"):
-		return invalidf("volume attribute %s: must be a plain file name without slashes, got %q", attr, n)
-	case strings.HasPrefix(n, ".."):
-		return invalidf("volume attribute %s: must not start with \"..\" (reserved for versions), got %q", attr, n)
-	case len(n) > 255:
-		return invalidf("volume attribute %s: name longer than 255 bytes", attr)
+	if err := atomicfile.CheckName(n); err != nil {
+		return invalidf("volume attribute %s: %v", attr, err)
 	}
 	return nil
 }

@@ -26,7 +26,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
-	"github.com/mayfly-pki/mayfly/pkg/rotate"
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 )
 
 func must[T any](t *testing.T) func(T, error) T {
@@ -185,7 +185,7 @@ kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s}}
 	if err != nil {
 		t.Fatalf("NodePublishVolume: %v", err)
 	}
-	files, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+	files, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key")
 	if err != nil {
 		t.Fatal(err)
 	}
