@@ -86,4 +86,3 @@ func handshake(t *testing.T, client *tls.Config, cert tls.Certificate) error {
 	<-done
 	return err
 }
-
