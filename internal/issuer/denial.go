@@ -25,13 +25,13 @@ func Deny(code issuerv1.Denial_Code, format string, args ...any) error {
 	return &Denial{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// asDenial converts err to the message sent back: a Denial keeps its code
+// DenialOf converts err to the denial sent back: a Denial keeps its code
 // and message; other errors get the code of their policy class
 // (policy.ClassOf): forbidden is PERMISSION_DENIED, a bad request
 // INVALID_ARGUMENT, an authority that cannot sign now UNAVAILABLE, each with
 // the error's text; anything else is INTERNAL with a generic message (the
 // detail goes to the audit log only).
-func asDenial(err error) *issuerv1.Denial {
+func DenialOf(err error) *issuerv1.Denial {
 	var d *Denial
 	if errors.As(err, &d) {
 		return &issuerv1.Denial{Code: d.Code, Message: d.Message}

@@ -47,7 +47,7 @@ func TestStatusFor(t *testing.T) {
 				t.Fatalf("message %q leaks the internal detail", st.Message())
 			}
 			// The per-item denial of SignWorkloads carries the same code.
-			if got := grpcCode(asDenial(tc.err).GetCode()); got != tc.want {
+			if got := grpcCode(DenialOf(tc.err).GetCode()); got != tc.want {
 				t.Fatalf("denial code maps to %s, want %s", got, tc.want)
 			}
 		})

@@ -302,7 +302,7 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 	res := &issuerv1.WorkloadResult{RequestId: item.GetRequestId()}
 	deny := func(subject string, err error) *issuerv1.WorkloadResult {
 		s.auditDeny(ctx, "workload", "sign", "node "+node, subject, err)
-		res.Result = &issuerv1.WorkloadResult_Denial{Denial: asDenial(err)}
+		res.Result = &issuerv1.WorkloadResult_Denial{Denial: DenialOf(err)}
 		return res
 	}
 	subject := requestSubject(item)
@@ -500,7 +500,7 @@ func bundleMessage(l *authority.Loaded) *issuerv1.Bundle {
 }
 
 func statusFor(err error) error {
-	d := asDenial(err)
+	d := DenialOf(err)
 	return status.Error(grpcCode(d.Code), d.Message)
 }
 

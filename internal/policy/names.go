@@ -27,11 +27,11 @@ func CheckIDPattern(td spiffeid.TrustDomain, pattern string) error {
 	case IsReserved(id.Path()):
 		// A pattern whose path is not empty and not reserved matches no
 		// reserved ID: a wildcard only reaches below its own path.
-		what := "names"
+		what := "is a reserved ID"
 		if wildcard {
-			what = "covers"
+			what = "covers reserved IDs"
 		}
-		return fmt.Errorf("%s %s IDs under spiffe://%s%s/, which are reserved for mayfly's agents and CA", pattern, what, td.Name(), ReservedPath)
+		return fmt.Errorf("%s %s: spiffe://%s%s/... belong to mayfly's agents and CA, never to workloads", pattern, what, td.Name(), ReservedPath)
 	}
 	return nil
 }
