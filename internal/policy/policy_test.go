@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
@@ -245,6 +247,49 @@ func TestServiceDNSName(t *testing.T) {
 			}
 			if !errors.Is(err, policy.ErrForbidden) || policy.RuleOf(err) != policy.RuleServiceDNSName {
 				t.Fatalf("err = %v, want a forbidden %s refusal", err, policy.RuleServiceDNSName)
+			}
+		})
+	}
+}
+
+func TestPodRules(t *testing.T) {
+	pod := func(node string, phase corev1.PodPhase, deleting bool) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "web-1"}, Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: phase}}
+		if deleting {
+			now := metav1.Now()
+			p.DeletionTimestamp = &now
+		}
+		return p
+	}
+	tests := []struct {
+		name     string
+		check    func() error
+		wantRule string // "": allowed
+		wantText string
+	}{
+		{"pod-node: pod on the node passes", func() error { return policy.PodOnNode(pod("node-a", corev1.PodRunning, false), "node-a") }, "", ""},
+		{"pod-node: pod on another node is refused", func() error { return policy.PodOnNode(pod("node-a", corev1.PodRunning, false), "node-b") }, policy.RulePodNode, `scheduled on node "node-a", not on the requesting node "node-b"`},
+		{"pod-node: unscheduled pod is refused", func() error { return policy.PodOnNode(pod("", corev1.PodPending, false), "node-b") }, policy.RulePodNode, `scheduled on node ""`},
+		{"pod-phase: running pod passes", func() error { return policy.PodNotTerminated(pod("n", corev1.PodRunning, false)) }, "", ""},
+		{"pod-phase: pod without a phase is not terminated", func() error { return policy.PodNotTerminated(pod("n", "", false)) }, "", ""},
+		{"pod-phase: deleting pod is refused", func() error { return policy.PodNotTerminated(pod("n", corev1.PodRunning, true)) }, policy.RulePodPhase, "is terminating"},
+		{"pod-phase: succeeded pod is refused", func() error { return policy.PodNotTerminated(pod("n", corev1.PodSucceeded, false)) }, policy.RulePodPhase, "phase Succeeded"},
+		{"pod-phase: failed pod is refused", func() error { return policy.PodNotTerminated(pod("n", corev1.PodFailed, false)) }, policy.RulePodPhase, "phase Failed"},
+		{"pod-phase: active pending pod passes", func() error { return policy.PodActive(pod("n", corev1.PodPending, false)) }, "", ""},
+		{"pod-phase: active requires a known live phase", func() error { return policy.PodActive(pod("n", corev1.PodUnknown, false)) }, policy.RulePodPhase, `phase "Unknown", not Pending or Running`},
+		{"pod-phase: active refuses a deleting pod", func() error { return policy.PodActive(pod("n", corev1.PodRunning, true)) }, policy.RulePodPhase, "is terminating"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.check()
+			if tc.wantRule == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if policy.RuleOf(err) != tc.wantRule || !errors.Is(err, policy.ErrForbidden) || !strings.Contains(err.Error(), tc.wantText) {
+				t.Fatalf("err = %v, want a forbidden %s refusal with %q", err, tc.wantRule, tc.wantText)
 			}
 		})
 	}
