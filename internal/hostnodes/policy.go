@@ -82,18 +82,18 @@ func (a *Authorizer) AuthorizeWorkload(_ context.Context, node string, req *issu
 		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_INVALID_ARGUMENT, "spiffe_id: %v", err)
 	}
 	if id.TrustDomain() != a.TrustDomain {
-		return issuer.Grant{}, policy.Deny(policy.RuleNodeIDs, policy.ErrForbidden, "spiffe_id %s is not in trust domain %s", id, a.TrustDomain)
+		return issuer.Grant{}, policy.Deny(policy.RuleNodeIDs, policy.ClassForbidden, "spiffe_id %s is not in trust domain %s", id, a.TrustDomain)
 	}
 	p, ok := a.Nodes[node]
 	if !ok {
-		return issuer.Grant{}, policy.Deny(policy.RuleNodeIDs, policy.ErrForbidden, "node %s has no entry in the CA's nodes configuration", node)
+		return issuer.Grant{}, policy.Deny(policy.RuleNodeIDs, policy.ClassForbidden, "node %s has no entry in the CA's nodes configuration", node)
 	}
 	if !p.Allows(id) {
-		return issuer.Grant{}, policy.Deny(policy.RuleNodeIDs, policy.ErrForbidden, "node %s may not obtain %s (not in its allowedIDs)", node, id)
+		return issuer.Grant{}, policy.Deny(policy.RuleNodeIDs, policy.ClassForbidden, "node %s may not obtain %s (not in its allowedIDs)", node, id)
 	}
 	for _, n := range req.GetDnsNames() {
 		if !slices.Contains(p.AllowedDNSNames, n) {
-			return issuer.Grant{}, policy.Deny(policy.RuleNodeDNSNames, policy.ErrForbidden, "node %s may not put DNS name %q in a certificate (not in its allowedDNSNames)", node, n)
+			return issuer.Grant{}, policy.Deny(policy.RuleNodeDNSNames, policy.ClassForbidden, "node %s may not put DNS name %q in a certificate (not in its allowedDNSNames)", node, n)
 		}
 	}
 	return issuer.Grant{ID: id, DNSNames: req.GetDnsNames(), Subject: "node " + node}, nil

@@ -32,7 +32,7 @@ func (s *Server) auditDeny(ctx context.Context, kind, op, caller, subject string
 	result := "denied"
 	var d *Denial
 	if !errors.As(err, &d) && !isStatus(err) {
-		if c := policy.ClassOf(err); c != policy.ErrForbidden && c != policy.ErrBadRequest {
+		if c := policy.ClassOf(err); c != policy.ClassForbidden && c != policy.ClassBadRequest {
 			result = "error"
 		}
 	}

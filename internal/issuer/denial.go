@@ -37,11 +37,11 @@ func DenialOf(err error) *issuerv1.Denial {
 		return &issuerv1.Denial{Code: d.Code, Message: d.Message}
 	}
 	switch policy.ClassOf(err) {
-	case policy.ErrForbidden:
+	case policy.ClassForbidden:
 		return &issuerv1.Denial{Code: issuerv1.Denial_PERMISSION_DENIED, Message: err.Error()}
-	case policy.ErrBadRequest:
+	case policy.ClassBadRequest:
 		return &issuerv1.Denial{Code: issuerv1.Denial_INVALID_ARGUMENT, Message: err.Error()}
-	case policy.ErrUnavailable:
+	case policy.ClassUnavailable:
 		return &issuerv1.Denial{Code: issuerv1.Denial_UNAVAILABLE, Message: "the CA cannot sign right now; retry with backoff: " + err.Error()}
 	}
 	return &issuerv1.Denial{Code: issuerv1.Denial_INTERNAL, Message: "internal error; see the CA's log"}

@@ -24,12 +24,12 @@ func TestStatusFor(t *testing.T) {
 		wantDetail  bool // the message carries the error's text
 		wantMessage string
 	}{
-		{"forbidden is permission denied", fmt.Errorf("sign: %w", policy.Deny(policy.RuleReservedID, policy.ErrForbidden, "reserved")), codes.PermissionDenied, true, "policy: rule reserved-id: reserved"},
-		{"bad request is invalid argument", policy.Deny(policy.RuleTTLBounds, policy.ErrBadRequest, "ttl 48h0m0s is above the maximum 24h0m0s"), codes.InvalidArgument, true, "policy: rule ttl-bounds: ttl 48h0m0s is above the maximum 24h0m0s"},
+		{"forbidden is permission denied", fmt.Errorf("sign: %w", policy.Deny(policy.RuleReservedID, policy.ClassForbidden, "reserved")), codes.PermissionDenied, true, "policy: rule reserved-id: reserved"},
+		{"bad request is invalid argument", policy.Deny(policy.RuleTTLBounds, policy.ClassBadRequest, "ttl 48h0m0s is above the maximum 24h0m0s"), codes.InvalidArgument, true, "policy: rule ttl-bounds: ttl 48h0m0s is above the maximum 24h0m0s"},
 		{"malformed CSR is invalid argument", fmt.Errorf("csr: %w", pki.ErrCSRMalformed), codes.InvalidArgument, true, "malformed CSR"},
 		{"weak key is invalid argument", fmt.Errorf("sign: %w", pki.ErrWeakKey), codes.InvalidArgument, true, "weak key"},
 		{"signing authority unusable now is unavailable", fmt.Errorf("sign: %w: issuer is valid from", pki.ErrAuthority), codes.Unavailable, true, "retry with backoff"},
-		{"internal class is internal without detail", policy.Deny(policy.RuleKind, policy.ErrInternal, secret), codes.Internal, false, "internal error; see the CA's log"},
+		{"internal class is internal without detail", policy.Deny(policy.RuleKind, policy.ClassInternal, secret), codes.Internal, false, "internal error; see the CA's log"},
 		{"unclassed error is internal without detail", errors.New(secret), codes.Internal, false, "internal error; see the CA's log"},
 		{"a Denial keeps its code", Deny(issuerv1.Denial_NOT_FOUND, "pod gone"), codes.NotFound, true, "pod gone"},
 		{"a Denial of resource exhaustion keeps its code", Deny(issuerv1.Denial_RESOURCE_EXHAUSTED, "slow down"), codes.ResourceExhausted, true, "slow down"},

@@ -72,7 +72,7 @@ func (p *PodAuthorizer) AuthorizeWorkload(ctx context.Context, node string, req 
 	}
 	id, err := pki.WorkloadID(p.cfg.TrustDomain, pod.Namespace, pod.Spec.ServiceAccountName)
 	if err != nil {
-		return issuer.Grant{}, policy.Deny(policy.RuleIDShape, policy.ErrForbidden, "pod %s has no usable ServiceAccount: %v", ref, err)
+		return issuer.Grant{}, policy.Deny(policy.RuleIDShape, policy.ClassForbidden, "pod %s has no usable ServiceAccount: %v", ref, err)
 	}
 	for _, name := range req.GetDnsNames() {
 		if err := p.checkDNSName(pod.Namespace, name); err != nil {
@@ -80,7 +80,7 @@ func (p *PodAuthorizer) AuthorizeWorkload(ctx context.Context, node string, req 
 		}
 	}
 	if req.GetPodToken() == "" && p.cfg.RequirePodToken {
-		return issuer.Grant{}, policy.Deny(policy.RulePodToken, policy.ErrForbidden,
+		return issuer.Grant{}, policy.Deny(policy.RulePodToken, policy.ClassForbidden,
 			"pod_token required (kubernetes.requirePodToken): only pods that mount a csi.mayfly.dev volume with tokenRequests get an identity")
 	}
 	if tok := req.GetPodToken(); tok != "" {
@@ -101,7 +101,7 @@ func (p *PodAuthorizer) checkDNSName(ns, name string) error {
 	_, err = p.cfg.Cache.Services().Services(ns).Get(svc)
 	switch {
 	case apierrors.IsNotFound(err):
-		return policy.Deny(policy.RuleServiceDNSName, policy.ErrForbidden, "dns name %q: there is no Service %s/%s", name, ns, svc)
+		return policy.Deny(policy.RuleServiceDNSName, policy.ClassForbidden, "dns name %q: there is no Service %s/%s", name, ns, svc)
 	case err != nil:
 		return fmt.Errorf("kubeattest: looking up Service %s/%s: %w", ns, svc, err)
 	}
@@ -122,9 +122,9 @@ func (p *PodAuthorizer) checkPodToken(ctx context.Context, pod *corev1.Pod, tok 
 	ref := pod.Namespace + "/" + pod.Name
 	switch {
 	case r.podUID != string(pod.UID):
-		return policy.Deny(policy.RulePodToken, policy.ErrForbidden, "pod_token is not bound to pod %s", ref)
+		return policy.Deny(policy.RulePodToken, policy.ClassForbidden, "pod_token is not bound to pod %s", ref)
 	case r.username != serviceAccountUser(pod.Namespace, pod.Spec.ServiceAccountName):
-		return policy.Deny(policy.RulePodToken, policy.ErrForbidden, "pod_token belongs to %s, not to the ServiceAccount of pod %s", r.username, ref)
+		return policy.Deny(policy.RulePodToken, policy.ClassForbidden, "pod_token belongs to %s, not to the ServiceAccount of pod %s", r.username, ref)
 	}
 	return nil
 }

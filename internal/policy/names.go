@@ -54,7 +54,7 @@ func MatchIDPattern(pattern string, id spiffeid.ID) bool {
 func ServiceDNSName(name, ns, clusterDomain string) (string, error) {
 	svc, rest, _ := strings.Cut(name, ".")
 	if !isDNS1035Label(svc) || (rest != ns+".svc" && rest != ns+".svc."+clusterDomain) {
-		return "", Deny(RuleServiceDNSName, ErrForbidden,
+		return "", Deny(RuleServiceDNSName, ClassForbidden,
 			"dns name %q is not a Service name of namespace %s (<service>.%s.svc or <service>.%s.svc.%s)",
 			truncate(name, 253), ns, ns, ns, clusterDomain)
 	}

@@ -15,7 +15,7 @@ const (
 // obtains identities of its own node's pods only.
 func PodOnNode(pod *corev1.Pod, node string) error {
 	if pod.Spec.NodeName == "" || pod.Spec.NodeName != node {
-		return Deny(RulePodNode, ErrForbidden, "pod %s/%s is scheduled on node %q, not on the requesting node %q", pod.Namespace, pod.Name, pod.Spec.NodeName, node)
+		return Deny(RulePodNode, ClassForbidden, "pod %s/%s is scheduled on node %q, not on the requesting node %q", pod.Namespace, pod.Name, pod.Spec.NodeName, node)
 	}
 	return nil
 }
@@ -26,9 +26,9 @@ func PodOnNode(pod *corev1.Pod, node string) error {
 func PodNotTerminated(pod *corev1.Pod) error {
 	switch {
 	case pod.DeletionTimestamp != nil:
-		return Deny(RulePodPhase, ErrForbidden, "pod %s/%s is terminating", pod.Namespace, pod.Name)
+		return Deny(RulePodPhase, ClassForbidden, "pod %s/%s is terminating", pod.Namespace, pod.Name)
 	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
-		return Deny(RulePodPhase, ErrForbidden, "pod %s/%s has terminated (phase %s)", pod.Namespace, pod.Name, pod.Status.Phase)
+		return Deny(RulePodPhase, ClassForbidden, "pod %s/%s has terminated (phase %s)", pod.Namespace, pod.Name, pod.Status.Phase)
 	}
 	return nil
 }
@@ -41,7 +41,7 @@ func PodActive(pod *corev1.Pod) error {
 		return err
 	}
 	if pod.Status.Phase != corev1.PodPending && pod.Status.Phase != corev1.PodRunning {
-		return Deny(RulePodPhase, ErrForbidden, "pod %s/%s is in phase %q, not Pending or Running", pod.Namespace, pod.Name, pod.Status.Phase)
+		return Deny(RulePodPhase, ClassForbidden, "pod %s/%s is in phase %q, not Pending or Running", pod.Namespace, pod.Name, pod.Status.Phase)
 	}
 	return nil
 }

@@ -9,19 +9,20 @@
 // order the rule sets (WorkloadRules, AgentRules, ServerRules) list them;
 // the rules that need more than the request (ServiceDNSName for Kubernetes
 // Services, CheckIDPattern and MatchIDPattern for the standalone node
-// policies, the pod rules of podrules.go) are functions their callers apply
-// before signing. Each refusal is an *Error that names its rule and its
-// class:
+// policies, PodOnNode, PodNotTerminated and PodActive for pods) are
+// functions their callers apply before signing. Each refusal is an *Error
+// that names its rule and its class:
 //
 //	policy: rule ttl-bounds: ttl 48h0m0s is above the maximum 24h0m0s
 //
-// The class says whose fault a refusal is and so what a client sees:
-// ErrForbidden (the caller may not have this: PermissionDenied), ErrBadRequest
-// (the request is malformed: bad CSR, TTL, key or name: InvalidArgument),
-// ErrUnavailable (the CA cannot sign now, e.g. its signing key is not valid
-// at this moment: Unavailable) and ErrInternal (a failure of the CA itself:
-// Internal, without detail). ClassOf classes any error, including pkg/pki's
-// sentinels, so the issuer maps each outcome to its gRPC code in one switch.
+// The Class says whose fault a refusal is and so what a client sees:
+// ClassForbidden (the caller may not have this: PermissionDenied),
+// ClassBadRequest (the request is malformed: bad CSR, TTL, key or name:
+// InvalidArgument), ClassUnavailable (the CA cannot sign now, e.g. its
+// signing key is not valid at this moment: Unavailable) and ClassInternal (a
+// failure of the CA itself: Internal, without detail). ClassOf classes any
+// error, including pkg/pki's sentinels, so the issuer maps each outcome to
+// its gRPC code in one switch.
 //
 // What stays in pkg/pki: the facts of the certificate format and of mayfly's
 // certificate profile, which hold whoever asks — SPIFFE ID syntax, the shape
@@ -30,7 +31,9 @@
 // constraint of intermediates — and the default lifetime bounds of the
 // design (pki.MinWorkloadTTL, pki.MaxWorkloadTTL), which the agent side
 // reads too. This package decides which of the certificates pki can make the
-// CA does make.
+// CA does make for leaves. pki's own generic options (pkg/pki/options.go)
+// remain for intermediates (the authority's DefaultIntermediateOptions) and
+// tests; no leaf-signing path of the CA uses them.
 //
 // Reserved identities: every SPIFFE ID under spiffe://<td>/mayfly/ belongs to
 // mayfly's own components (agents, the CA). ReservedIDs refuses them to
@@ -45,38 +48,54 @@ import (
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
-// The classes of a refusal; every *Error wraps exactly one, and ClassOf
-// returns one for any error.
-var (
-	// ErrForbidden: the caller may not obtain what it asked for.
-	ErrForbidden = errors.New("forbidden")
-	// ErrBadRequest: the request is malformed or out of bounds (CSR, TTL,
+// Class says whose fault a refusal is, and so what a client sees.
+type Class int
+
+// The classes; ClassOf returns one for any error.
+const (
+	// ClassNone is the class of no error.
+	ClassNone Class = iota
+	// ClassInternal: the CA failed; the detail is for its log only.
+	ClassInternal
+	// ClassBadRequest: the request is malformed or out of bounds (CSR, TTL,
 	// key type, DNS name syntax); the same request never succeeds.
-	ErrBadRequest = errors.New("bad request")
-	// ErrUnavailable: the CA cannot sign right now (its signing key is not
-	// loaded or not valid at this moment); retry later.
-	ErrUnavailable = errors.New("unavailable")
-	// ErrInternal: the CA failed; the detail is for its log only.
-	ErrInternal = errors.New("internal error")
+	ClassBadRequest
+	// ClassForbidden: the caller may not obtain what it asked for.
+	ClassForbidden
+	// ClassUnavailable: the CA cannot sign right now (its signing key is
+	// not loaded or not valid at this moment); retry later.
+	ClassUnavailable
 )
+
+func (c Class) String() string {
+	switch c {
+	case ClassNone:
+		return "none"
+	case ClassBadRequest:
+		return "bad request"
+	case ClassForbidden:
+		return "forbidden"
+	case ClassUnavailable:
+		return "unavailable"
+	}
+	return "internal"
+}
 
 // Error is a refusal by a named rule.
 type Error struct {
 	// Rule names the rule that refused, e.g. "ttl-bounds".
 	Rule string
-	// Class is ErrForbidden, ErrBadRequest, ErrUnavailable or ErrInternal.
-	Class error
+	// Class is ClassForbidden, ClassBadRequest, ClassUnavailable or
+	// ClassInternal.
+	Class Class
 	// Reason says what is wrong, for the caller.
 	Reason string
 }
 
 func (e *Error) Error() string { return "policy: rule " + e.Rule + ": " + e.Reason }
 
-// Unwrap returns the class, so errors.Is(err, ErrForbidden) works.
-func (e *Error) Unwrap() error { return e.Class }
-
 // Deny returns an *Error of rule and class with a formatted reason.
-func Deny(rule string, class error, format string, args ...any) error {
+func Deny(rule string, class Class, format string, args ...any) error {
 	return &Error{Rule: rule, Class: class, Reason: fmt.Sprintf(format, args...)}
 }
 
@@ -91,24 +110,24 @@ func RuleOf(err error) string {
 }
 
 // ClassOf returns the class of err: the class of an *Error; for pkg/pki's
-// errors ErrBadRequest (a malformed CSR, key, ID or request, or a refusal of
-// one of pki's own options) or ErrUnavailable (the signing authority is
-// unusable now, pki.ErrAuthority); ErrInternal for anything else, nil for
-// nil.
-func ClassOf(err error) error {
+// errors ClassBadRequest (a malformed CSR, key, ID or request, or a refusal
+// of one of pki's own options) or ClassUnavailable (the signing authority is
+// unusable now, pki.ErrAuthority); ClassInternal for anything else, and
+// ClassNone for nil.
+func ClassOf(err error) Class {
 	var e *Error
 	switch {
 	case err == nil:
-		return nil
-	case errors.As(err, &e) && e.Class != nil:
+		return ClassNone
+	case errors.As(err, &e) && e.Class != ClassNone:
 		return e.Class
 	case errors.Is(err, pki.ErrAuthority):
-		return ErrUnavailable
+		return ClassUnavailable
 	case errors.Is(err, pki.ErrInvalidRequest), errors.Is(err, pki.ErrPolicy),
 		errors.Is(err, pki.ErrInvalidID),
 		errors.Is(err, pki.ErrCSRMalformed), errors.Is(err, pki.ErrCSRSignature), errors.Is(err, pki.ErrCSRTooLarge),
 		errors.Is(err, pki.ErrUnsupportedKey), errors.Is(err, pki.ErrWeakKey):
-		return ErrBadRequest
+		return ClassBadRequest
 	}
-	return ErrInternal
+	return ClassInternal
 }

@@ -46,49 +46,49 @@ func TestRules(t *testing.T) {
 		name      string
 		rule      policy.Rule
 		req       pki.SignRequest
-		wantClass error // nil: allowed
+		wantClass policy.Class // ClassNone: allowed
 		wantText  string
 	}{
-		{"kind: listed kind passes", policy.Kinds{pki.KindWorkload}, web, nil, ""},
-		{"kind: other kind is our mistake", policy.Kinds{pki.KindWorkload}, agent, policy.ErrInternal, `kind "agent"`},
+		{"kind: listed kind passes", policy.Kinds{pki.KindWorkload}, web, policy.ClassNone, ""},
+		{"kind: other kind is our mistake", policy.Kinds{pki.KindWorkload}, agent, policy.ClassInternal, `kind "agent"`},
 
-		{"id-shape: workload /ns/sa passes", policy.IDShape{}, web, nil, ""},
-		{"id-shape: free-form workload ID is forbidden", policy.IDShape{}, workload("spiffe://example.org/demo/web"), policy.ErrForbidden, `"/demo/web" does not fit kind workload`},
-		{"id-shape: agent /mayfly/agent/<node> passes", policy.IDShape{}, agent, nil, ""},
-		{"id-shape: agent ID of a workload shape is forbidden", policy.IDShape{}, with(agent, func(r *pki.SignRequest) { r.ID = web.ID }), policy.ErrForbidden, "does not fit kind agent"},
+		{"id-shape: workload /ns/sa passes", policy.IDShape{}, web, policy.ClassNone, ""},
+		{"id-shape: free-form workload ID is forbidden", policy.IDShape{}, workload("spiffe://example.org/demo/web"), policy.ClassForbidden, `"/demo/web" does not fit kind workload`},
+		{"id-shape: agent /mayfly/agent/<node> passes", policy.IDShape{}, agent, policy.ClassNone, ""},
+		{"id-shape: agent ID of a workload shape is forbidden", policy.IDShape{}, with(agent, func(r *pki.SignRequest) { r.ID = web.ID }), policy.ClassForbidden, "does not fit kind agent"},
 
-		{"reserved-id: ordinary workload ID passes", policy.ReservedIDs{}, workload("spiffe://example.org/svc/web"), nil, ""},
-		{"reserved-id: workload posing as another node's agent is forbidden", policy.ReservedIDs{}, workload("spiffe://example.org/mayfly/agent/other-node"), policy.ErrForbidden, "reserved for mayfly's own components"},
-		{"reserved-id: workload posing as the CA is forbidden", policy.ReservedIDs{}, workload("spiffe://example.org/mayfly/ca"), policy.ErrForbidden, "spiffe://example.org/mayfly/ca is reserved"},
-		{"reserved-id: the reserved path itself is forbidden", policy.ReservedIDs{}, workload("spiffe://example.org/mayfly"), policy.ErrForbidden, "reserved"},
-		{"reserved-id: a look-alike path passes", policy.ReservedIDs{}, workload("spiffe://example.org/mayflyer/x"), nil, ""},
-		{"reserved-id: agents may have their own IDs", policy.ReservedIDs{}, agent, nil, ""},
+		{"reserved-id: ordinary workload ID passes", policy.ReservedIDs{}, workload("spiffe://example.org/svc/web"), policy.ClassNone, ""},
+		{"reserved-id: workload posing as another node's agent is forbidden", policy.ReservedIDs{}, workload("spiffe://example.org/mayfly/agent/other-node"), policy.ClassForbidden, "reserved for mayfly's own components"},
+		{"reserved-id: workload posing as the CA is forbidden", policy.ReservedIDs{}, workload("spiffe://example.org/mayfly/ca"), policy.ClassForbidden, "spiffe://example.org/mayfly/ca is reserved"},
+		{"reserved-id: the reserved path itself is forbidden", policy.ReservedIDs{}, workload("spiffe://example.org/mayfly"), policy.ClassForbidden, "reserved"},
+		{"reserved-id: a look-alike path passes", policy.ReservedIDs{}, workload("spiffe://example.org/mayflyer/x"), policy.ClassNone, ""},
+		{"reserved-id: agents may have their own IDs", policy.ReservedIDs{}, agent, policy.ClassNone, ""},
 
-		{"ttl-bounds: ttl at the minimum passes", policy.TTLBounds{Min: time.Hour, Max: 24 * time.Hour}, web, nil, ""},
-		{"ttl-bounds: ttl above the maximum is a bad request", policy.TTLBounds{Min: 5 * time.Minute, Max: 24 * time.Hour}, with(web, func(r *pki.SignRequest) { r.TTL = 48 * time.Hour }), policy.ErrBadRequest, "ttl 48h0m0s is above the maximum 24h0m0s"},
-		{"ttl-bounds: ttl below the minimum is a bad request", policy.TTLBounds{Min: 5 * time.Minute, Max: 24 * time.Hour}, with(web, func(r *pki.SignRequest) { r.TTL = time.Minute }), policy.ErrBadRequest, "ttl 1m0s is below the minimum 5m0s"},
+		{"ttl-bounds: ttl at the minimum passes", policy.TTLBounds{Min: time.Hour, Max: 24 * time.Hour}, web, policy.ClassNone, ""},
+		{"ttl-bounds: ttl above the maximum is a bad request", policy.TTLBounds{Min: 5 * time.Minute, Max: 24 * time.Hour}, with(web, func(r *pki.SignRequest) { r.TTL = 48 * time.Hour }), policy.ClassBadRequest, "ttl 48h0m0s is above the maximum 24h0m0s"},
+		{"ttl-bounds: ttl below the minimum is a bad request", policy.TTLBounds{Min: 5 * time.Minute, Max: 24 * time.Hour}, with(web, func(r *pki.SignRequest) { r.TTL = time.Minute }), policy.ClassBadRequest, "ttl 1m0s is below the minimum 5m0s"},
 
-		{"key-type: listed type passes", policy.KeyTypes{pki.KeyTypeECDSAP256}, web, nil, ""},
-		{"key-type: unlisted type is a bad request", policy.KeyTypes{pki.KeyTypeECDSAP256}, with(web, func(r *pki.SignRequest) { r.PublicKey = rsa3072 }), policy.ErrBadRequest, "key type rsa-3072 is not one of"},
-		{"key-type: unknown key is a bad request", policy.KeyTypes(pki.KeyTypes()), with(web, func(r *pki.SignRequest) { r.PublicKey = "not a key" }), policy.ErrBadRequest, "unsupported key"},
+		{"key-type: listed type passes", policy.KeyTypes{pki.KeyTypeECDSAP256}, web, policy.ClassNone, ""},
+		{"key-type: unlisted type is a bad request", policy.KeyTypes{pki.KeyTypeECDSAP256}, with(web, func(r *pki.SignRequest) { r.PublicKey = rsa3072 }), policy.ClassBadRequest, "key type rsa-3072 is not one of"},
+		{"key-type: unknown key is a bad request", policy.KeyTypes(pki.KeyTypes()), with(web, func(r *pki.SignRequest) { r.PublicKey = "not a key" }), policy.ClassBadRequest, "unsupported key"},
 
-		{"dns-names: valid names pass", policy.DNSNames{Max: 2}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example", "b.example"} }), nil, ""},
-		{"dns-names: too many names is a bad request", policy.DNSNames{Max: 1}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example", "b.example"} }), policy.ErrBadRequest, "2 DNS names, at most 1"},
-		{"dns-names: none allowed", policy.DNSNames{}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example"} }), policy.ErrBadRequest, "at most 0"},
-		{"dns-names: invalid name is a bad request naming its index", policy.DNSNames{Max: 2}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example", "*.example"} }), policy.ErrBadRequest, "dnsNames[1]"},
-		{"dns-names: duplicate is a bad request", policy.DNSNames{Max: 2}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example", "a.example"} }), policy.ErrBadRequest, `dnsNames[1]: duplicate "a.example"`},
+		{"dns-names: valid names pass", policy.DNSNames{Max: 2}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example", "b.example"} }), policy.ClassNone, ""},
+		{"dns-names: too many names is a bad request", policy.DNSNames{Max: 1}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example", "b.example"} }), policy.ClassBadRequest, "2 DNS names, at most 1"},
+		{"dns-names: none allowed", policy.DNSNames{}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example"} }), policy.ClassBadRequest, "at most 0"},
+		{"dns-names: invalid name is a bad request naming its index", policy.DNSNames{Max: 2}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example", "*.example"} }), policy.ClassBadRequest, "dnsNames[1]"},
+		{"dns-names: duplicate is a bad request", policy.DNSNames{Max: 2}, with(web, func(r *pki.SignRequest) { r.DNSNames = []string{"a.example", "a.example"} }), policy.ClassBadRequest, `dnsNames[1]: duplicate "a.example"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			req := tc.req
 			err := tc.rule.Apply(&req, &x509.Certificate{})
-			if tc.wantClass == nil {
+			if tc.wantClass == policy.ClassNone {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
 				}
 				return
 			}
-			if !errors.Is(err, tc.wantClass) {
+			if got := policy.ClassOf(err); got != tc.wantClass {
 				t.Fatalf("err = %v, want class %v", err, tc.wantClass)
 			}
 			if got := policy.RuleOf(err); got != tc.rule.Name() {
@@ -146,21 +146,21 @@ func TestClassOf(t *testing.T) {
 	tests := []struct {
 		name string
 		err  error
-		want error
+		want policy.Class
 	}{
-		{"nil has no class", nil, nil},
-		{"a refusal keeps its class", policy.Deny("r", policy.ErrForbidden, "no"), policy.ErrForbidden},
-		{"a wrapped refusal keeps its class", fmt.Errorf("sign: %w", policy.Deny("r", policy.ErrBadRequest, "no")), policy.ErrBadRequest},
-		{"unusable signing authority is unavailable", fmt.Errorf("sign: %w", pki.ErrAuthority), policy.ErrUnavailable},
-		{"malformed CSR is a bad request", fmt.Errorf("x: %w", pki.ErrCSRMalformed), policy.ErrBadRequest},
-		{"bad CSR signature is a bad request", pki.ErrCSRSignature, policy.ErrBadRequest},
-		{"weak key is a bad request", pki.ErrWeakKey, policy.ErrBadRequest},
-		{"unsupported key is a bad request", pki.ErrUnsupportedKey, policy.ErrBadRequest},
-		{"invalid sign request is a bad request", pki.ErrInvalidRequest, policy.ErrBadRequest},
-		{"pki's own option refusal is a bad request", pki.ErrPolicy, policy.ErrBadRequest},
-		{"invalid SPIFFE ID is a bad request", pki.ErrInvalidID, policy.ErrBadRequest},
-		{"self-check failure is internal", fmt.Errorf("self-check: %w", pki.ErrNotSVID), policy.ErrInternal},
-		{"anything else is internal", errors.New("disk on fire"), policy.ErrInternal},
+		{"nil has no class", nil, policy.ClassNone},
+		{"a refusal keeps its class", policy.Deny("r", policy.ClassForbidden, "no"), policy.ClassForbidden},
+		{"a wrapped refusal keeps its class", fmt.Errorf("sign: %w", policy.Deny("r", policy.ClassBadRequest, "no")), policy.ClassBadRequest},
+		{"unusable signing authority is unavailable", fmt.Errorf("sign: %w", pki.ErrAuthority), policy.ClassUnavailable},
+		{"malformed CSR is a bad request", fmt.Errorf("x: %w", pki.ErrCSRMalformed), policy.ClassBadRequest},
+		{"bad CSR signature is a bad request", pki.ErrCSRSignature, policy.ClassBadRequest},
+		{"weak key is a bad request", pki.ErrWeakKey, policy.ClassBadRequest},
+		{"unsupported key is a bad request", pki.ErrUnsupportedKey, policy.ClassBadRequest},
+		{"invalid sign request is a bad request", pki.ErrInvalidRequest, policy.ClassBadRequest},
+		{"pki's own option refusal is a bad request", pki.ErrPolicy, policy.ClassBadRequest},
+		{"invalid SPIFFE ID is a bad request", pki.ErrInvalidID, policy.ClassBadRequest},
+		{"self-check failure is internal", fmt.Errorf("self-check: %w", pki.ErrNotSVID), policy.ClassInternal},
+		{"anything else is internal", errors.New("disk on fire"), policy.ClassInternal},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -245,7 +245,7 @@ func TestServiceDNSName(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, policy.ErrForbidden) || policy.RuleOf(err) != policy.RuleServiceDNSName {
+			if policy.ClassOf(err) != policy.ClassForbidden || policy.RuleOf(err) != policy.RuleServiceDNSName {
 				t.Fatalf("err = %v, want a forbidden %s refusal", err, policy.RuleServiceDNSName)
 			}
 		})
@@ -288,7 +288,7 @@ func TestPodRules(t *testing.T) {
 				}
 				return
 			}
-			if policy.RuleOf(err) != tc.wantRule || !errors.Is(err, policy.ErrForbidden) || !strings.Contains(err.Error(), tc.wantText) {
+			if policy.RuleOf(err) != tc.wantRule || policy.ClassOf(err) != policy.ClassForbidden || !strings.Contains(err.Error(), tc.wantText) {
 				t.Fatalf("err = %v, want a forbidden %s refusal with %q", err, tc.wantRule, tc.wantText)
 			}
 		})

@@ -90,7 +90,7 @@ func (Kinds) Name() string { return RuleKind }
 // Apply implements pki.SignOption.
 func (k Kinds) Apply(req *pki.SignRequest, _ *x509.Certificate) error {
 	if !slices.Contains(k, req.Kind) {
-		return Deny(RuleKind, ErrInternal, "kind %q is not one of %v", req.Kind, []pki.Kind(k))
+		return Deny(RuleKind, ClassInternal, "kind %q is not one of %v", req.Kind, []pki.Kind(k))
 	}
 	return nil
 }
@@ -114,7 +114,7 @@ func (IDShape) Apply(req *pki.SignRequest, _ *x509.Certificate) error {
 		ok = req.ID.Path() == ""
 	}
 	if !ok {
-		return Deny(RuleIDShape, ErrForbidden, "ID path %q does not fit kind %s", req.ID.Path(), req.Kind)
+		return Deny(RuleIDShape, ClassForbidden, "ID path %q does not fit kind %s", req.ID.Path(), req.Kind)
 	}
 	return nil
 }
@@ -129,7 +129,7 @@ func (ReservedIDs) Name() string { return RuleReservedID }
 // Apply implements pki.SignOption.
 func (ReservedIDs) Apply(req *pki.SignRequest, _ *x509.Certificate) error {
 	if req.Kind == pki.KindWorkload && IsReserved(req.ID.Path()) {
-		return Deny(RuleReservedID, ErrForbidden, "%s is reserved for mayfly's own components (%s/...); no workload may have it", req.ID, ReservedPath)
+		return Deny(RuleReservedID, ClassForbidden, "%s is reserved for mayfly's own components (%s/...); no workload may have it", req.ID, ReservedPath)
 	}
 	return nil
 }
@@ -150,9 +150,9 @@ func (b TTLBounds) Apply(req *pki.SignRequest, _ *x509.Certificate) error { retu
 func (b TTLBounds) Check(ttl time.Duration) error {
 	switch {
 	case ttl < b.Min:
-		return Deny(RuleTTLBounds, ErrBadRequest, "ttl %s is below the minimum %s", ttl, b.Min)
+		return Deny(RuleTTLBounds, ClassBadRequest, "ttl %s is below the minimum %s", ttl, b.Min)
 	case ttl > b.Max:
-		return Deny(RuleTTLBounds, ErrBadRequest, "ttl %s is above the maximum %s", ttl, b.Max)
+		return Deny(RuleTTLBounds, ClassBadRequest, "ttl %s is above the maximum %s", ttl, b.Max)
 	}
 	return nil
 }
@@ -167,10 +167,10 @@ func (KeyTypes) Name() string { return RuleKeyType }
 func (k KeyTypes) Apply(req *pki.SignRequest, _ *x509.Certificate) error {
 	kt, err := pki.KeyTypeOf(req.PublicKey)
 	if err != nil {
-		return Deny(RuleKeyType, ErrBadRequest, "%v", err)
+		return Deny(RuleKeyType, ClassBadRequest, "%v", err)
 	}
 	if !slices.Contains(k, kt) {
-		return Deny(RuleKeyType, ErrBadRequest, "key type %s is not one of %v", kt, []pki.KeyType(k))
+		return Deny(RuleKeyType, ClassBadRequest, "key type %s is not one of %v", kt, []pki.KeyType(k))
 	}
 	return nil
 }
@@ -187,14 +187,14 @@ func (DNSNames) Name() string { return RuleDNSNames }
 // Apply implements pki.SignOption.
 func (d DNSNames) Apply(req *pki.SignRequest, _ *x509.Certificate) error {
 	if len(req.DNSNames) > d.Max {
-		return Deny(RuleDNSNames, ErrBadRequest, "%d DNS names, at most %d allowed", len(req.DNSNames), d.Max)
+		return Deny(RuleDNSNames, ClassBadRequest, "%d DNS names, at most %d allowed", len(req.DNSNames), d.Max)
 	}
 	for i, name := range req.DNSNames {
 		if err := pki.CheckDNSName(name); err != nil {
-			return Deny(RuleDNSNames, ErrBadRequest, "dnsNames[%d]: %v", i, err)
+			return Deny(RuleDNSNames, ClassBadRequest, "dnsNames[%d]: %v", i, err)
 		}
 		if slices.Contains(req.DNSNames[:i], name) {
-			return Deny(RuleDNSNames, ErrBadRequest, "dnsNames[%d]: duplicate %q", i, name)
+			return Deny(RuleDNSNames, ClassBadRequest, "dnsNames[%d]: duplicate %q", i, name)
 		}
 	}
 	return nil

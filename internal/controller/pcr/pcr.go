@@ -335,7 +335,7 @@ func (r *Reconciler) issue(ctx context.Context, req *certificatesv1.PodCertifica
 	}
 	leaf, _, err := signer.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: pub, ID: id, TTL: plan.ttl})
 	switch {
-	case policy.ClassOf(err) == policy.ErrUnavailable:
+	case policy.ClassOf(err) == policy.ClassUnavailable:
 		return fmt.Errorf("%w: %w", errRetry, err)
 	case err != nil:
 		return r.writeFailed(ctx, req, deny(ReasonSigningFailed, "the CA could not sign: %v", err))

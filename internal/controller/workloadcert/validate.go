@@ -128,7 +128,7 @@ func validateSpec(ctx context.Context, wc *mayflyv1alpha1.WorkloadCertificate, c
 			return out, nil, fmt.Errorf("looking up Service %s/%s: %w", ns, svc, err)
 		}
 		if !exists {
-			errs.add(path, "%v", policy.Deny(policy.RuleServiceDNSName, policy.ErrForbidden, "%q names Service %q, which does not exist in namespace %s", name, svc, ns))
+			errs.add(path, "%v", policy.Deny(policy.RuleServiceDNSName, policy.ClassForbidden, "%q names Service %q, which does not exist in namespace %s", name, svc, ns))
 			continue
 		}
 		out.dnsNames = append(out.dnsNames, name)
