@@ -5,7 +5,6 @@
 package authority
 
 import (
-	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
