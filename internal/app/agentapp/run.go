@@ -301,11 +301,14 @@ type registrationSync struct {
 func (s *registrationSync) apply(regs []workloadattest.Registration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := agent.CheckWriteDirs(s.cfg.WriteDir, regs); err != nil {
+		return err
+	}
 	next := map[string]bool{}
 	for _, r := range regs {
 		var sinks []rotate.Sink
 		if s.cfg.WriteDir != "" {
-			dir := filepath.Join(s.cfg.WriteDir, dirName(r.SPIFFEID))
+			dir := agent.WriteDir(s.cfg.WriteDir, r.SPIFFEID)
 			fs, err := rotate.NewFileSink(dir, rotate.FileSinkOptions{})
 			if err != nil {
 				return fmt.Errorf("writeDir: %w", err)
@@ -326,11 +329,6 @@ func (s *registrationSync) apply(regs []workloadattest.Registration) error {
 	}
 	s.current = next
 	return nil
-}
-
-// dirName turns spiffe://td/a/b into "a-b" for a writeDir subdirectory.
-func dirName(id spiffeid.ID) string {
-	return strings.ReplaceAll(strings.TrimPrefix(id.Path(), "/"), "/", "-")
 }
 
 // source is the Workload API's view of the identity manager.
