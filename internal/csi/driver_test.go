@@ -291,11 +291,11 @@ func TestPublishFailsWhenTrackingFails(t *testing.T) {
 func TestTokenIsPassedOnButNotStored(t *testing.T) {
 	e := newEnv(t)
 	e.ids.push(t, e.creds.issue())
-	const token = "eyJhbGciOiJSUzI1NiJ9.secret-token-value.sig"
+	token := fakeJWT(e.clock.Now().Add(time.Hour), "secret-token-value")
 	tokens := `{"mayfly-ca":{"token":"` + token + `","expirationTimestamp":"2030-01-01T00:00:00Z"},"other":{"token":"x"}}`
 	mustPublish(t, e.d, publishRequest(volID, e.target("pod-a"), podContext(map[string]string{ctxTokens: tokens})))
-	if got := e.ids.active()[0].PodToken; got != token {
-		t.Fatalf("PodToken = %q, want the mayfly-ca token", got)
+	if got := e.ids.renew(t); len(got) != 1 || got[0] != token {
+		t.Fatalf("renewal sends %q, want the mayfly-ca token", got)
 	}
 	raw, err := os.ReadFile(filepath.Join(e.stateDir, volID+".json"))
 	if err != nil {
@@ -388,7 +388,7 @@ func TestResumeAfterRestart(t *testing.T) {
 	e := newEnv(t)
 	e.ids.push(t, e.creds.issue())
 	target := e.target("pod-a")
-	tokens := `{"mayfly-ca":{"token":"tok","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+	tokens := tokenContext(fakeJWT(e.clock.Now().Add(time.Hour), "tok"))
 	mustPublish(t, e.d, publishRequest(volID, target, podContext(map[string]string{attrDNSNames: "web.team-a.svc", attrTTL: "2h", ctxTokens: tokens})))
 	sockTarget := e.target("pod-b")
 	mustPublish(t, e.d, publishRequest("csi-socket", sockTarget, podContext(map[string]string{attrMode: ModeSocket})))
@@ -419,8 +419,8 @@ func TestResumeAfterRestart(t *testing.T) {
 		got.TTL != 2*time.Hour || len(got.DNSNames) != 1 || got.DNSNames[0] != "web.team-a.svc" {
 		t.Fatalf("resumed identity %+v", got)
 	}
-	if got.PodToken != "" {
-		t.Fatal("a resumed identity has a token; tokens are never stored")
+	if got := ids2.renew(t); len(got) != 1 || got[0] != "" {
+		t.Fatalf("a resumed identity sends token %q; tokens are never stored", got)
 	}
 	if src := e.mounter.source(sockTarget); src != e.sockDir {
 		t.Fatalf("socket volume mounted from %q after resume, want %q", src, e.sockDir)
@@ -487,7 +487,7 @@ func TestSocketMode(t *testing.T) {
 		}
 	})
 	t.Run("disabled without a socket directory", func(t *testing.T) {
-		d, err := New(Config{NodeName: "n", StateDir: e.stateDir, Identities: e.ids, Mounter: e.mounter})
+		d, err := New(Config{NodeName: "n", StateDir: e.stateDir, KubeletDir: e.kubelet, Identities: e.ids, Mounter: e.mounter})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,12 +19,12 @@ type csiIdentities struct {
 	mgr *agent.Manager
 
 	mu     sync.Mutex
-	pods   map[string]map[string]string // identity key -> pod UID -> token
+	pods   map[string]map[string]csi.PodTokenSource // identity key -> pod UID -> the pod's token
 	counts map[string]int
 }
 
 func newCSIIdentities(mgr *agent.Manager) *csiIdentities {
-	return &csiIdentities{mgr: mgr, pods: map[string]map[string]string{}, counts: map[string]int{}}
+	return &csiIdentities{mgr: mgr, pods: map[string]map[string]csi.PodTokenSource{}, counts: map[string]int{}}
 }
 
 func (c *csiIdentities) Track(id csi.VolumeIdentity, sink rotate.Sink) (func(), error) {
@@ -38,9 +38,9 @@ func (c *csiIdentities) Track(id csi.VolumeIdentity, sink rotate.Sink) (func(), 
 	}
 	c.mu.Lock()
 	if c.pods[key] == nil {
-		c.pods[key] = map[string]string{}
+		c.pods[key] = map[string]csi.PodTokenSource{}
 	}
-	if id.PodToken != "" || c.pods[key][id.PodUID] == "" {
+	if id.PodToken != nil || c.pods[key][id.PodUID] == nil {
 		c.pods[key][id.PodUID] = id.PodToken
 	}
 	c.counts[key+"\x00"+id.PodUID]++
@@ -57,10 +57,16 @@ func (c *csiIdentities) Track(id csi.VolumeIdentity, sink rotate.Sink) (func(), 
 			}
 			return out
 		},
+		// Asked anew for every request: the driver's source follows the
+		// kubelet's republishes and never hands out an expired token.
 		PodToken: func(uid string) string {
 			c.mu.Lock()
-			defer c.mu.Unlock()
-			return c.pods[key][uid]
+			src := c.pods[key][uid]
+			c.mu.Unlock()
+			if src == nil {
+				return ""
+			}
+			return src.PodToken()
 		},
 	}
 	rot := c.mgr.Ensure(spec)

@@ -119,7 +119,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		resolve = kubernetesSpecs(cfg)
 		if c := cfg.Kubernetes.CSI; c != nil {
 			drv, err := csi.New(csi.Config{
-				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath),
+				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath), KubeletDir: c.KubeletDir, Clock: opts.Clock,
 				Identities: newCSIIdentities(mgr), Logger: log.With("component", "csi"), Registerer: reg,
 			})
 			if err != nil {
