@@ -178,7 +178,7 @@ func New(cfg Config) (*Driver, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Driver{
-		cfg:   cfg,
+		cfg:    cfg,
 		lim:    limits{minTTL: cfg.MinTTL, maxTTL: cfg.MaxTTL, tokenAudience: cfg.TokenAudience, kubeletDir: cfg.KubeletDir},
 		store:  store{dir: cfg.StateDir},
 		log:    cfg.Logger,
