@@ -206,6 +206,13 @@ func TestPublishRejectsBadRequests(t *testing.T) {
 		{"unknown mode", publishRequest(volID, target, podContext(map[string]string{attrMode: "secret"})), attrMode},
 		{"socket mode with file options", publishRequest(volID, target, podContext(map[string]string{attrMode: ModeSocket, attrTTL: "1h"})), "does not apply"},
 		{"tokens not JSON", publishRequest(volID, target, podContext(map[string]string{ctxTokens: "{"})), ctxTokens},
+		{"token without expiry", publishRequest(volID, target, podContext(map[string]string{ctxTokens: `{"mayfly-ca":{"token":"opaque"}}`})), "no exp claim and its expirationTimestamp"},
+		{"target outside the kubelet directory", publishRequest(volID, "/etc/mayfly/mount", podContext(nil)), "not under the kubelet directory"},
+		{"target is the kubelet directory", publishRequest(volID, e.kubelet, podContext(nil)), "not under the kubelet directory"},
+		{"target of another plugin", publishRequest(volID, filepath.Join(e.podsDir, testPodUID, "volumes", "kubernetes.io~secret", "certs", "mount"), podContext(nil)), "not the target of a CSI volume"},
+		{"target not named mount", publishRequest(volID, filepath.Join(filepath.Dir(target), "data"), podContext(nil)), "not the target of a CSI volume"},
+		{"target below mount", publishRequest(volID, filepath.Join(target, "x"), podContext(nil)), "not the target of a CSI volume"},
+		{"target in another pod's directory", publishRequest(volID, filepath.Join(e.podsDir, "other-uid", "volumes", "kubernetes.io~csi", "certs", "mount"), podContext(nil)), "in the directory of pod other-uid"},
 		{"staging path", func() *csipb.NodePublishVolumeRequest {
 			r := publishRequest(volID, target, podContext(nil))
 			r.StagingTargetPath = "/var/lib/kubelet/staging"

@@ -45,7 +45,7 @@ func checkTarget(p, kubeletDir string) (target, error) {
 }
 
 // checkNoSymlinks fails when a component of t below kubeletDir is a
-// symbolic link or not a directory, so that the driver never writes,
+// symbolic link, or one above the target is not a directory, so that the driver never writes,
 // mounts or removes through a link. Components that do not exist yet end
 // the walk (the driver creates the target itself). The kubelet directory
 // itself may be a link (some distributions move it); nothing below it may.
@@ -55,7 +55,8 @@ func checkNoSymlinks(t target, kubeletDir string) error {
 		return invalidf("target_path %q: %v", t.path, err)
 	}
 	dir := kubeletDir
-	for _, name := range strings.Split(rel, "/") {
+	names := strings.Split(rel, "/")
+	for i, name := range names {
 		dir = filepath.Join(dir, name)
 		fi, err := os.Lstat(dir)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -67,7 +68,7 @@ func checkNoSymlinks(t target, kubeletDir string) error {
 		switch {
 		case fi.Mode()&fs.ModeSymlink != 0:
 			return invalidf("target_path %q: %s is a symbolic link; the driver does not follow links below the kubelet directory %s", t.path, dir, kubeletDir)
-		case !fi.IsDir():
+		case !fi.IsDir() && i < len(names)-1:
 			return invalidf("target_path %q: %s is not a directory", t.path, dir)
 		}
 	}

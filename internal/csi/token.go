@@ -122,14 +122,13 @@ func tokenExpiry(token string) (exp time.Time, ok bool) {
 		return time.Time{}, false
 	}
 	var claims struct {
-		Exp *json.Number `json:"exp"`
+		Exp *float64 `json:"exp"` // NumericDate (RFC 7519)
 	}
 	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == nil {
 		return time.Time{}, false
 	}
-	secs, err := claims.Exp.Float64()
-	if err != nil || secs <= 0 || secs > 1<<40 {
-		return time.Time{}, false
+	if secs := *claims.Exp; secs > 0 && secs < 1<<40 {
+		return time.Unix(int64(secs), 0), true
 	}
-	return time.Unix(int64(secs), 0), true
+	return time.Time{}, false
 }
