@@ -6,6 +6,12 @@
 //
 // The driver keeps a record of every published volume in a state directory,
 // so that an agent restart resumes the rotation of every volume (Resume).
+// It keeps the pod's ServiceAccount token (CSIDriver tokenRequests) in
+// memory only, replaced by every republish (requiresRepublish), and never
+// hands out an expired one (PodTokenSource). It publishes only to the
+// kubelet's target paths of inline CSI volumes, never through a symbolic
+// link, and unpublishing a volume it does not know removes only what it
+// would have made (docs/csi.md).
 package csi
 
 import (
@@ -245,9 +251,9 @@ func (d *Driver) Status() []VolumeStatus {
 	return out
 }
 
-// podToken returns the token holder of id's pod, counting one more volume
+// tokenHolder returns the token holder of id's pod, counting one more volume
 // that uses it.
-func (d *Driver) podToken(id VolumeIdentity) *podToken {
+func (d *Driver) tokenHolder(id VolumeIdentity) *podToken {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	t := d.tokens[id.PodUID]
@@ -327,7 +333,7 @@ func (d *Driver) Resume(ctx context.Context) error {
 		var v *volume
 		switch rec.Mode {
 		case ModeFiles:
-			if v, err = d.startFiles(rec, d.podToken(rec.Identity)); err != nil {
+			if v, err = d.startFiles(rec, d.tokenHolder(rec.Identity)); err != nil {
 				d.releaseToken(rec.Identity.PodUID)
 			}
 		case ModeSocket:
@@ -424,7 +430,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 	if rec.Mode == ModeSocket {
 		v, err = d.mountSocket(rec)
 	} else {
-		tok := d.podToken(rec.Identity)
+		tok := d.tokenHolder(rec.Identity)
 		if p.token != "" {
 			tok.set(p.token, p.tokenExp)
 		}
