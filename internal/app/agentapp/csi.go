@@ -57,17 +57,7 @@ func (c *csiIdentities) Track(id csi.VolumeIdentity, sink rotate.Sink) (func(), 
 			}
 			return out
 		},
-		// Asked anew for every request: the driver's source follows the
-		// kubelet's republishes and never hands out an expired token.
-		PodToken: func(uid string) string {
-			c.mu.Lock()
-			src := c.pods[key][uid]
-			c.mu.Unlock()
-			if src == nil {
-				return ""
-			}
-			return src.PodToken()
-		},
+		PodToken: func(uid string) string { return c.podToken(key, uid) },
 	}
 	rot := c.mgr.Ensure(spec)
 	// A volume counts as a watcher, so idle collection leaves it alone.
@@ -88,4 +78,17 @@ func (c *csiIdentities) Track(id csi.VolumeIdentity, sink rotate.Sink) (func(), 
 			c.mu.Unlock()
 		})
 	}, nil
+}
+
+// podToken returns the token of pod uid for a request for identity key.
+// It is asked anew for every request: the driver's source follows the
+// kubelet's republishes and never hands out an expired token.
+func (c *csiIdentities) podToken(key, uid string) string {
+	c.mu.Lock()
+	src := c.pods[key][uid]
+	c.mu.Unlock()
+	if src == nil {
+		return ""
+	}
+	return src.PodToken()
 }
