@@ -123,8 +123,8 @@ nodeName: node-a
 socketPath: %s
 dataDir: %s
 healthAddress: "off"
-kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s}}
-`, lis.Addr(), bundleFile, socket, filepath.Join(dir, "agent"), tokenFile, filepath.Join(dir, "csi", "csi.sock"), filepath.Join(dir, "csi", "volumes")))))
+kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s, kubeletDir: %s}}
+`, lis.Addr(), bundleFile, socket, filepath.Join(dir, "agent"), tokenFile, filepath.Join(dir, "csi", "csi.sock"), filepath.Join(dir, "csi", "volumes"), dir))))
 	ready := make(chan struct{})
 	wg.Add(1)
 	go func() {
@@ -169,7 +169,7 @@ kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s}}
 	// as files, through the same identity path.
 	conn := must[*grpc.ClientConn](t)(grpc.NewClient("unix://"+filepath.Join(dir, "csi", "csi.sock"), grpc.WithTransportCredentials(insecure.NewCredentials())))
 	defer conn.Close()
-	target := filepath.Join(dir, "pods", string(web.UID), "volumes", "tls")
+	target := filepath.Join(dir, "pods", string(web.UID), "volumes", "kubernetes.io~csi", "tls", "mount") // the kubelet's layout under kubeletDir
 	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
 		t.Fatal(err)
 	}
