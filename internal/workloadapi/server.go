@@ -83,8 +83,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics (optional).
 	Registerer prometheus.Registerer
-	// Now is the clock that expires cached responses (default time.Now).
+	// Now is the clock that expires cached responses and spaces the log
+	// lines about refused connections (default time.Now).
 	Now func() time.Time
+	// Limits bound connections, streams and sizes (zero fields: DefaultLimits).
+	// They apply to a gRPC server created with ServerOptions that serves a
+	// listener wrapped by LimitListener.
+	Limits Limits
 }
 
 // Server is the SPIFFE Workload API server.
@@ -94,6 +99,8 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *metrics
 	svids    *responseCache
+	limits   Limits
+	now      func() time.Time
 }
 
 // New validates cfg and returns a Server, its metrics registered.
@@ -110,6 +117,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	limits := cfg.Limits.withDefaults()
+	if err := limits.check(); err != nil {
+		return nil, fmt.Errorf("workloadapi: %w", err)
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("workloadapi: registering metrics: %w", err)
@@ -120,12 +131,15 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger,
 		metrics:  m,
 		svids:    newResponseCache(cfg.Now),
+		limits:   limits,
+		now:      cfg.Now,
 	}, nil
 }
 
 // Register registers the SPIFFE Workload API service on g. The security
 // header and the request metrics are enforced by UnaryInterceptor and
-// StreamInterceptor, which g must have been created with.
+// StreamInterceptor, and the limits by ServerOptions, which g must have
+// been created with; g must serve listeners wrapped by LimitListener.
 func (s *Server) Register(g *grpc.Server) {
 	workload.RegisterSpiffeWorkloadAPIServer(g, &handler{s: s})
 }
