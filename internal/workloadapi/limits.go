@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -153,8 +154,13 @@ const (
 // LimitListener returns l with the connection limits enforced at accept.
 // Serve the Workload API on the result; closing it closes l.
 func (s *Server) LimitListener(l net.Listener) net.Listener {
+	var raw syscall.RawConn
+	if ul, ok := l.(*net.UnixListener); ok {
+		raw, _ = ul.SyscallConn() // nil on error: the portable path
+	}
 	return &limitListener{
 		Listener: l,
+		raw:      raw,
 		limits:   s.limits,
 		metrics:  s.metrics,
 		perUID:   map[uint32]int{},
@@ -166,6 +172,7 @@ func (s *Server) LimitListener(l net.Listener) net.Listener {
 // closes new ones over a limit before returning them to gRPC.
 type limitListener struct {
 	net.Listener
+	raw     syscall.RawConn // of a unix listener, for acceptUnix
 	limits  Limits
 	metrics *metrics
 	rejects *rejectLog
@@ -177,32 +184,101 @@ type limitListener struct {
 
 // Accept returns the next connection within the limits; refused ones are
 // counted, then closed, and Accept waits for the next.
+//
+// On a unix listener it first takes what the kernel has queued straight
+// from the descriptor: a refused connection then costs accept4, getsockopt
+// and close, with no poller registration and no allocation, so the agent
+// drains the accept queue, which every user shares, faster than a flood
+// fills it. When the queue is empty it waits in the listener's own Accept.
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
+		if l.raw != nil {
+			c, err := l.acceptQueued()
+			if c != nil || err != nil {
+				return c, err
+			}
+		}
 		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		sc, ok := c.(syscall.Conn)
-		if !ok || c.LocalAddr().Network() != "unix" {
-			l.reject(RejectPeerCredentials, -1, fmt.Errorf("connection is a %T, not a unix socket", c))
-			_ = c.Close()
-			continue
+		if c, ok := l.admit(c); ok {
+			return c, nil
 		}
-		uid, err := peerUID(sc)
-		if err != nil {
-			l.reject(RejectPeerCredentials, -1, err)
-			_ = c.Close()
-			continue
-		}
-		if reason := l.acquire(uid); reason != "" {
-			l.reject(reason, int(uid), nil)
-			_ = c.Close()
-			continue
-		}
-		l.metrics.connections.Inc()
-		return &limitedConn{Conn: c, raw: sc, release: func() { l.release(uid) }}, nil
 	}
+}
+
+// admit returns c within the limits, or closes it.
+func (l *limitListener) admit(c net.Conn) (net.Conn, bool) {
+	sc, ok := c.(syscall.Conn)
+	if !ok || c.LocalAddr().Network() != "unix" {
+		l.reject(RejectPeerCredentials, -1, fmt.Errorf("connection is a %T, not a unix socket", c))
+		_ = c.Close()
+		return nil, false
+	}
+	uid, err := peerUID(sc)
+	if err != nil {
+		l.reject(RejectPeerCredentials, -1, err)
+		_ = c.Close()
+		return nil, false
+	}
+	if reason := l.acquire(uid); reason != "" {
+		l.reject(reason, int(uid), nil)
+		_ = c.Close()
+		return nil, false
+	}
+	return l.opened(c, sc, uid), true
+}
+
+// acceptQueued accepts from the (non-blocking) listening descriptor until
+// a connection is admitted, an error, or the queue is empty (nil, nil).
+func (l *limitListener) acceptQueued() (net.Conn, error) {
+	var (
+		conn  net.Conn
+		opErr error
+	)
+	err := l.raw.Control(func(lfd uintptr) {
+		for {
+			fd, _, err := unix.Accept4(int(lfd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			switch {
+			case errors.Is(err, unix.EAGAIN):
+				return
+			case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+				continue
+			case err != nil:
+				// EMFILE and the like: net.OpError tells gRPC's accept
+				// loop whether to back off and retry.
+				opErr = &net.OpError{Op: "accept", Net: "unix", Addr: l.Addr(), Err: os.NewSyscallError("accept4", err)}
+				return
+			}
+			cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+			if err != nil {
+				l.reject(RejectPeerCredentials, -1, fmt.Errorf("peer credentials: SO_PEERCRED: %w", err))
+				_ = unix.Close(fd)
+				continue
+			}
+			uid := cred.Uid
+			if reason := l.acquire(uid); reason != "" {
+				l.reject(reason, int(uid), nil)
+				_ = unix.Close(fd)
+				continue
+			}
+			f := os.NewFile(uintptr(fd), "")
+			c, err := net.FileConn(f) // a dup of fd
+			_ = f.Close()
+			if err != nil {
+				l.release(uid)
+				opErr = &net.OpError{Op: "accept", Net: "unix", Addr: l.Addr(), Err: err}
+				return
+			}
+			conn = l.opened(c, c.(syscall.Conn), uid)
+			return
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return conn, opErr
 }
 
 // acquire counts a new connection of uid, or returns why it is refused.
@@ -220,14 +296,23 @@ func (l *limitListener) acquire(uid uint32) string {
 	return ""
 }
 
+// release uncounts a connection of uid.
 func (l *limitListener) release(uid uint32) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.total--
 	if l.perUID[uid]--; l.perUID[uid] <= 0 {
 		delete(l.perUID, uid)
 	}
-	l.mu.Unlock()
-	l.metrics.connections.Dec()
+}
+
+// opened returns c, counted as open until it is closed.
+func (l *limitListener) opened(c net.Conn, raw syscall.Conn, uid uint32) net.Conn {
+	l.metrics.connections.Inc()
+	return &limitedConn{Conn: c, raw: raw, release: func() {
+		l.release(uid)
+		l.metrics.connections.Dec()
+	}}
 }
 
 func (l *limitListener) reject(reason string, uid int, err error) {

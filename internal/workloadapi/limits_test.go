@@ -20,6 +20,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 
 	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
@@ -178,6 +179,36 @@ func TestConnectionLimits(t *testing.T) {
 		}
 		if p, tot := rejected(t, env, RejectPerUID), rejected(t, env, RejectTotal); p != 1 || tot != 1 {
 			t.Errorf("rejected per uid %v, total %v; want 1 and 1", p, tot)
+		}
+	})
+	t.Run("connections_queued_before_serving_are_limited_too", func(t *testing.T) {
+		// They are taken from the kernel's queue in one go (acceptQueued).
+		s, err := New(Config{Attestor: &fakeAttestor{}, Source: newFakeSource(), Limits: Limits{MaxConnections: 10, MaxConnectionsPerUID: 2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "api.sock")
+		l, err := Listen(path, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l = s.LimitListener(l)
+		g := grpc.NewServer(s.ServerOptions()...)
+		s.Register(g)
+		t.Cleanup(g.Stop) // after the connections close: Stop waits for handshakes
+		conns := make([]net.Conn, 5)
+		for i := range conns {
+			conns[i] = dialRaw(t, path)
+		}
+		go func() { _ = g.Serve(l) }()
+		n := 0
+		for _, c := range conns {
+			if accepted(t, c) {
+				n++
+			}
+		}
+		if n != 2 {
+			t.Fatalf("%d of 5 queued connections accepted, want 2", n)
 		}
 	})
 	t.Run("non_unix_connection_is_refused", func(t *testing.T) {
