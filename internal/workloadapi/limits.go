@@ -135,11 +135,9 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 		grpc.ConnectionTimeout(l.HandshakeTimeout),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: l.IdleTimeout}),
 		// Requests are tiny; the 32 KiB default read buffer per
-		// connection would be most of a held connection's memory.
+		// connection would be most of a held connection's memory. (The
+		// write buffer goes back to a pool after each flush by default.)
 		grpc.ReadBufferSize(4 << 10),
-		// Return the write buffer to a pool after each flush rather than
-		// keeping 32 KiB per idle connection.
-		grpc.SharedWriteBuffer(true),
 	}
 }
 

@@ -7,6 +7,12 @@
 // written against: a request without the security header is InvalidArgument
 // (go-spiffe stops watching), a caller without identity is PermissionDenied
 // "no identity issued" (go-spiffe retries with backoff).
+//
+// The socket is open to every local user, so the server bounds what callers
+// can hold (Limits): LimitListener closes connections over the total or
+// per-uid limit at accept, before any HTTP/2 work, and ServerOptions bound
+// streams per connection, header and message sizes, and how long a
+// connection may stay without a handshake or a call.
 package workloadapi
 
 import (
