@@ -170,7 +170,7 @@ func (s *Server) LimitListener(l net.Listener) net.Listener {
 // closes new ones over a limit before returning them to gRPC.
 type limitListener struct {
 	net.Listener
-	raw     syscall.RawConn // of a unix listener, for acceptUnix
+	raw     syscall.RawConn // of a unix listener, for acceptQueued
 	limits  Limits
 	metrics *metrics
 	rejects *rejectLog
@@ -185,15 +185,18 @@ type limitListener struct {
 //
 // On a unix listener it first takes what the kernel has queued straight
 // from the descriptor: a refused connection then costs accept4, getsockopt
-// and close, with no poller registration and no allocation, so the agent
+// and close, with no poller registration and no net.Conn, so the agent
 // drains the accept queue, which every user shares, faster than a flood
 // fills it. When the queue is empty it waits in the listener's own Accept.
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
 		if l.raw != nil {
-			c, err := l.acceptQueued()
+			c, empty, err := l.acceptQueued(queuedBatch)
 			if c != nil || err != nil {
 				return c, err
+			}
+			if !empty {
+				continue
 			}
 		}
 		c, err := l.Listener.Accept()
@@ -228,18 +231,22 @@ func (l *limitListener) admit(c net.Conn) (net.Conn, bool) {
 	return l.opened(c, sc, uid), true
 }
 
+// queuedBatch is how many connections acceptQueued refuses in one go
+// before it lets go of the descriptor, so that closing the listener never
+// waits on a flood.
+const queuedBatch = 1024
+
 // acceptQueued accepts from the (non-blocking) listening descriptor until
-// a connection is admitted, an error, or the queue is empty (nil, nil).
-func (l *limitListener) acceptQueued() (net.Conn, error) {
-	var (
-		conn  net.Conn
-		opErr error
-	)
-	err := l.raw.Control(func(lfd uintptr) {
-		for {
+// a connection is admitted, an error, the queue is empty (empty is true),
+// or it has refused batch connections.
+func (l *limitListener) acceptQueued(batch int) (conn net.Conn, empty bool, err error) {
+	var opErr error
+	err = l.raw.Control(func(lfd uintptr) {
+		for range batch {
 			fd, _, err := unix.Accept4(int(lfd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 			switch {
 			case errors.Is(err, unix.EAGAIN):
+				empty = true
 				return
 			case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
 				continue
@@ -274,9 +281,9 @@ func (l *limitListener) acceptQueued() (net.Conn, error) {
 		}
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return conn, opErr
+	return conn, empty, opErr
 }
 
 // acquire counts a new connection of uid, or returns why it is refused.

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -209,6 +210,37 @@ func TestConnectionLimits(t *testing.T) {
 		}
 		if n != 2 {
 			t.Fatalf("%d of 5 queued connections accepted, want 2", n)
+		}
+	})
+	t.Run("a_flood_is_refused_in_batches_that_let_go_of_the_listener", func(t *testing.T) {
+		env := &testEnv{reg: prometheus.NewRegistry()}
+		s, err := New(Config{Attestor: &fakeAttestor{}, Source: newFakeSource(), Registerer: env.reg, Limits: Limits{MaxConnections: 1, MaxConnectionsPerUID: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "api.sock")
+		raw, err := Listen(path, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := s.LimitListener(raw).(*limitListener)
+		t.Cleanup(func() { _ = l.Close() })
+		for range 5 {
+			dialRaw(t, path)
+		}
+		c, empty, err := l.acceptQueued(queuedBatch)
+		if c == nil || empty || err != nil {
+			t.Fatalf("first queued connection: %v, empty %v, %v", c, empty, err)
+		}
+		defer c.Close()
+		if c, empty, err := l.acceptQueued(2); c != nil || empty || err != nil {
+			t.Fatalf("a batch of 2 refusals: got %v, empty %v, %v; want nothing, more queued", c, empty, err)
+		}
+		if c, empty, err := l.acceptQueued(queuedBatch); c != nil || !empty || err != nil {
+			t.Fatalf("the rest: got %v, empty %v, %v; want nothing, queue empty", c, empty, err)
+		}
+		if got := rejected(t, env, RejectTotal); got != 4 {
+			t.Errorf("rejected = %v, want 4", got)
 		}
 	})
 	t.Run("non_unix_connection_is_refused", func(t *testing.T) {
