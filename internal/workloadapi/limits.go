@@ -321,7 +321,7 @@ func (l *limitListener) opened(c net.Conn, raw syscall.Conn, uid uint32) net.Con
 }
 
 func (l *limitListener) reject(reason string, uid int, err error) {
-	l.metrics.rejected.WithLabelValues(reason).Inc()
+	l.metrics.rejectedBy[reason].Inc()
 	l.rejects.note(reason, uid, err, l.limits)
 }
 

@@ -10,6 +10,9 @@ type metrics struct {
 	attestation prometheus.Histogram
 	connections prometheus.Gauge
 	rejected    *prometheus.CounterVec
+	// rejectedBy holds the series of rejected by reason, looked up once:
+	// a flood increments them for every connection.
+	rejectedBy map[string]prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -32,8 +35,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Workload API connections closed at accept, by reason: max_connections, max_connections_per_uid, peer_credentials.",
 		}, []string{"reason"}),
 	}
+	m.rejectedBy = map[string]prometheus.Counter{}
 	for _, r := range []string{RejectTotal, RejectPerUID, RejectPeerCredentials} {
-		m.rejected.WithLabelValues(r)
+		m.rejectedBy[r] = m.rejected.WithLabelValues(r)
 	}
 	if reg == nil {
 		return m, nil
