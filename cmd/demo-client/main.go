@@ -5,7 +5,6 @@
 package main
 
 import (
-	"context"
 	"crypto/x509"
 	"flag"
 	"fmt"
@@ -13,14 +12,12 @@ import (
 	"log"
 	"net/http"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/mayfly-pki/mayfly/internal/cli"
+	"github.com/mayfly-pki/mayfly/internal/demo"
 )
 
 func main() {
@@ -40,32 +37,21 @@ func main() {
 }
 
 func run(server, self, peer string, every time.Duration) (ok, failed int, err error) {
-	selfID, err := spiffeid.FromString(self)
+	ids, err := demo.ParseIDs(self, peer, "server-id")
 	if err != nil {
-		return 0, 0, fmt.Errorf("--id: %w", err)
+		return 0, 0, err
 	}
-	serverID, err := spiffeid.FromString(peer)
-	if err != nil {
-		return 0, 0, fmt.Errorf("--server-id: %w", err)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
-	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
-		for _, s := range svids {
-			if s.ID == selfID {
-				return s
-			}
-		}
-		return svids[0]
-	}))
+	src, err := demo.NewSource(ctx, ids.Self)
 	if err != nil {
-		return 0, 0, fmt.Errorf("workload API: %w", err)
+		return 0, 0, err
 	}
 	defer src.Close()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
-		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
+		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(ids.Peer)), DisableKeepAlives: true}
 		client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
 		resp, err := client.Get("https://" + server + "/")
 		now := time.Now()

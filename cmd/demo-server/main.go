@@ -4,20 +4,16 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"log"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/mayfly-pki/mayfly/internal/cli"
+	"github.com/mayfly-pki/mayfly/internal/demo"
 )
 
 func main() {
@@ -31,25 +27,20 @@ func main() {
 }
 
 func run(addr, self, peer string) error {
-	selfID, err := spiffeid.FromString(self)
+	ids, err := demo.ParseIDs(self, peer, "client-id")
 	if err != nil {
-		return fmt.Errorf("--id: %w", err)
+		return err
 	}
-	clientID, err := spiffeid.FromString(peer)
-	if err != nil {
-		return fmt.Errorf("--client-id: %w", err)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
-	// SPIFFE_ENDPOINT_SOCKET names the agent's socket.
-	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithDefaultX509SVIDPicker(picker(selfID)))
+	src, err := demo.NewSource(ctx, ids.Self)
 	if err != nil {
-		return fmt.Errorf("workload API: %w", err)
+		return err
 	}
 	defer src.Close()
 	srv := &http.Server{
 		Addr:              addr,
-		TLSConfig:         tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeID(clientID)),
+		TLSConfig:         tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeID(ids.Peer)),
 		ReadHeaderTimeout: 5 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			c := r.TLS.PeerCertificates[0]
@@ -61,20 +52,9 @@ func run(addr, self, peer string) error {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
-	log.Printf("demo-server: serving mTLS on %s as %s, accepting %s", addr, selfID, clientID)
+	log.Printf("demo-server: serving mTLS on %s as %s, accepting %s", addr, ids.Self, ids.Peer)
 	if err := srv.ListenAndServeTLS("", ""); err != nil && err != http.ErrServerClosed {
 		return err
 	}
 	return nil
-}
-
-func picker(id spiffeid.ID) func([]*x509svid.SVID) *x509svid.SVID {
-	return func(svids []*x509svid.SVID) *x509svid.SVID {
-		for _, s := range svids {
-			if s.ID == id {
-				return s
-			}
-		}
-		return svids[0]
-	}
 }
