@@ -22,11 +22,14 @@ import (
 
 func main() {
 	server := flag.String("server", "127.0.0.1:8444", "demo server address")
-	self := flag.String("id", "spiffe://example.org/demo/client", "this client's SPIFFE ID")
-	peer := flag.String("server-id", "spiffe://example.org/demo/server", "the server SPIFFE ID to accept")
+	parseIDs := demo.IDFlags("client", "server")
 	every := flag.Duration("interval", time.Second, "time between requests")
 	flag.Parse()
-	ok, failed, err := run(*server, *self, *peer, *every)
+	ids, err := parseIDs()
+	if err != nil {
+		log.Fatalf("demo-client: %v", err)
+	}
+	ok, failed, err := run(*server, ids, *every)
 	if err != nil {
 		log.Fatalf("demo-client: %v", err)
 	}
@@ -36,11 +39,7 @@ func main() {
 	}
 }
 
-func run(server, self, peer string, every time.Duration) (ok, failed int, err error) {
-	ids, err := demo.ParseIDs(self, peer, "server-id")
-	if err != nil {
-		return 0, 0, err
-	}
+func run(server string, ids demo.IDs, every time.Duration) (ok, failed int, err error) {
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	src, err := demo.NewSource(ctx, ids.Self)

@@ -18,19 +18,18 @@ import (
 
 func main() {
 	addr := flag.String("listen", "127.0.0.1:8444", "address to serve HTTPS on")
-	self := flag.String("id", "spiffe://example.org/demo/server", "this server's SPIFFE ID")
-	peer := flag.String("client-id", "spiffe://example.org/demo/client", "the only client SPIFFE ID accepted")
+	parseIDs := demo.IDFlags("server", "client")
 	flag.Parse()
-	if err := run(*addr, *self, *peer); err != nil {
+	ids, err := parseIDs()
+	if err == nil {
+		err = run(*addr, ids)
+	}
+	if err != nil {
 		log.Fatalf("demo-server: %v", err)
 	}
 }
 
-func run(addr, self, peer string) error {
-	ids, err := demo.ParseIDs(self, peer, "client-id")
-	if err != nil {
-		return err
-	}
+func run(addr string, ids demo.IDs) error {
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	src, err := demo.NewSource(ctx, ids.Self)

@@ -66,6 +66,15 @@ func TrustDomain(s string) (spiffeid.TrustDomain, error) {
 	return td, nil
 }
 
+// Identify starts every configuration's validation: the header must fit
+// kind, and the required trustDomain field must parse.
+func Identify(h Header, kind, trustDomain string) (spiffeid.TrustDomain, error) {
+	if err := h.Check(kind); err != nil {
+		return spiffeid.TrustDomain{}, err
+	}
+	return TrustDomain(trustDomain)
+}
+
 // OrDefault returns s, or def when s is empty.
 func OrDefault(s, def string) string {
 	if s == "" {

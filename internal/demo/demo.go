@@ -5,6 +5,7 @@ package demo
 
 import (
 	"context"
+	"flag"
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -15,6 +16,15 @@ import (
 // IDs are a demo workload's own SPIFFE ID and the only peer ID it accepts.
 type IDs struct {
 	Self, Peer spiffeid.ID
+}
+
+// IDFlags adds this workload's --id and its peer's --<peer>-id to the
+// command line, defaulting to spiffe://example.org/demo/<self> and
+// /demo/<peer>; the function it returns parses them after flag.Parse.
+func IDFlags(self, peer string) func() (IDs, error) {
+	selfID := flag.String("id", "spiffe://example.org/demo/"+self, "this "+self+"'s SPIFFE ID")
+	peerID := flag.String(peer+"-id", "spiffe://example.org/demo/"+peer, "the only "+peer+" SPIFFE ID accepted")
+	return func() (IDs, error) { return ParseIDs(*selfID, *peerID, peer+"-id") }
 }
 
 // ParseIDs parses the --id flag and the peer's flag (named peerFlag in

@@ -114,10 +114,7 @@ func Parse(raw []byte) (*Config, error) {
 
 // Validate applies defaults; errors name the field path.
 func (fc *FileConfig) Validate() (*Config, error) {
-	if err := fc.Check("AgentConfig"); err != nil {
-		return nil, err
-	}
-	td, err := config.TrustDomain(fc.TrustDomain)
+	td, err := config.Identify(fc.Header, "AgentConfig", fc.TrustDomain)
 	if err != nil {
 		return nil, err
 	}

@@ -143,10 +143,7 @@ func Parse(raw []byte) (*Config, error) {
 // Validate applies defaults and returns the runtime form; errors name the
 // field path.
 func (fc *FileConfig) Validate() (*Config, error) {
-	if err := fc.Check("CAConfig"); err != nil {
-		return nil, err
-	}
-	td, err := config.TrustDomain(fc.TrustDomain)
+	td, err := config.Identify(fc.Header, "CAConfig", fc.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
