@@ -41,7 +41,7 @@ type clientLog struct {
 }
 
 func newClientLog(path string) (*clientLog, error) {
-	f, err := os.Create(path) //nolint:gosec // a file in the demo's own temporary directory
+	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
 	}

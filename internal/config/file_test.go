@@ -53,7 +53,7 @@ func TestParse(t *testing.T) {
 	}{
 		{name: "validates_the_decoded_form", raw: "name: x\n", want: "validated x"},
 		{name: "validation_error_returned", raw: "name: \"\"\n", wantErr: "name: required"},
-		{name: "unknown_field_refused", raw: "name: x\nnmae: y\n", wantErr: `parsing test config: `},
+		{name: "unknown_field_refused", raw: "name: x\nunknown: y\n", wantErr: `parsing test config: `},
 		{name: "empty_refused", raw: "  \n", wantErr: "config is empty"},
 		{name: "not_yaml_refused", raw: "name: [\n", wantErr: "parsing test config: "},
 	} {

@@ -1,4 +1,4 @@
-// Package agent wires mayfly's node agent: configuration, its identity
+// Package agentapp wires mayfly's node agent: configuration, its identity
 // towards the CA, workload attestation, the Workload API socket, file sinks,
 // health and metrics.
 package agentapp

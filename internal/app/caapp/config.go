@@ -1,6 +1,8 @@
-// Package ca wires mayfly's CA control plane: configuration, authority,
-// issuer API, health and metrics, in standalone (directory) or Kubernetes
-// mode.
+// Package caapp wires mayfly's CA control plane: configuration, and one
+// core (authority, issuer API, health and metrics) that each mode feeds
+// with its parts: standalone (state in a directory, join tokens, node
+// policies) or Kubernetes (state in a Secret, ServiceAccount tokens, pods,
+// the trust bundle and certificate controllers).
 package caapp
 
 import (
