@@ -97,6 +97,19 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 	return c, nil
 }
 
+// newUpstream returns the configured upstream, or nil for a self-signed
+// root. now is the CA's clock.
+func newUpstream(cfg *Config, now func() time.Time) (authority.Upstream, error) {
+	if cfg.Upstream == nil || cfg.Upstream.File == nil {
+		return nil, nil
+	}
+	u, err := authority.LoadFileUpstream(cfg.Upstream.File.CertFile, cfg.Upstream.File.KeyFile, cfg.Upstream.File.BundleFile, now)
+	if err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -1,4 +1,4 @@
-package caapp
+package authority
 
 import (
 	"context"
@@ -9,25 +9,12 @@ import (
 	"os"
 	"time"
 
-	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
-// newUpstream returns the configured upstream, or nil for a self-signed
-// root. now is the CA's clock.
-func newUpstream(cfg *Config, now func() time.Time) (authority.Upstream, error) {
-	if cfg.Upstream == nil || cfg.Upstream.File == nil {
-		return nil, nil
-	}
-	u, err := LoadFileUpstream(cfg.Upstream.File.CertFile, cfg.Upstream.File.KeyFile, cfg.Upstream.File.BundleFile, now)
-	if err != nil {
-		return nil, err
-	}
-	return u, nil
-}
-
-// FileUpstream is a CA given as certificate and key files; it signs the
-// intermediates, and its root is the trust anchor.
+// FileUpstream is an Upstream given as certificate and key files (the CA
+// config's upstream.file, named so in errors); it signs the intermediates,
+// and its root is the trust anchor.
 type FileUpstream struct {
 	cert  *x509.Certificate
 	chain []*x509.Certificate // above cert, up to but excluding roots
@@ -122,8 +109,8 @@ func verifyUpstream(u *FileUpstream, now time.Time) error {
 func (u *FileUpstream) Name() string { return u.name }
 
 // SignIntermediate signs the intermediate with the upstream CA key.
-func (u *FileUpstream) SignIntermediate(_ context.Context, req authority.IntermediateRequest) ([]*x509.Certificate, []*x509.Certificate, error) {
-	cert, err := authority.SignIntermediate(u.cert, u.key, req.Key.Public(), req.TrustDomain, req.TTL, u.now(), rand.Reader)
+func (u *FileUpstream) SignIntermediate(_ context.Context, req IntermediateRequest) ([]*x509.Certificate, []*x509.Certificate, error) {
+	cert, err := SignIntermediate(u.cert, u.key, req.Key.Public(), req.TrustDomain, req.TTL, u.now(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
