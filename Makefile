@@ -41,7 +41,7 @@ generate: ## Regenerate api/: protobuf (needs protoc: apt-get install protobuf-c
 	hack/generate.sh
 	go generate ./api/mayfly/...
 
-tidy: ## go mod tidy (-e: see BUILDING.md on a refused module version).
+tidy: ## go mod tidy (-e: see docs/building.md on a refused module version).
 	go mod tidy -e
 
 ##@ Test

@@ -245,7 +245,7 @@ func (m *Manager) rebootstrap(ctx context.Context, version string) error {
 		m.setErr(fmt.Errorf("%w: %w", ErrNotReady, err))
 		return err
 	}
-	m.opts.Logger.Info("bootstrapped CA", "store", m.opts.Store.Describe(), "root_serial", serialOf(s.Roots()), "intermediate_serial", s.Intermediate.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Cert().NotAfter)
+	m.opts.Logger.Info("bootstrapped CA", "store", m.opts.Store.Describe(), "root_serial", serialOf(s.Roots()), "intermediate_serial", s.Intermediate.Current.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Current.NotAfter())
 	m.install(ctx, s, v)
 	return nil
 }
@@ -377,7 +377,7 @@ func (m *Manager) RotateOnce(ctx context.Context) time.Duration {
 		m.rotations.WithLabelValues(string(step), "ok").Inc()
 	}
 	m.opts.Logger.Info("rotated CA keys", "steps", d.Steps, "reason", d.Reason, "generation", s.Generation,
-		"intermediate_serial", s.Intermediate.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Cert().NotAfter)
+		"intermediate_serial", s.Intermediate.Current.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Current.NotAfter())
 	m.install(ctx, s, v)
 	return 0
 }
@@ -422,13 +422,13 @@ func RequestRootRotation(ctx context.Context, store Store) error {
 		if err != nil {
 			return err
 		}
-		if s.Root == nil {
+		if s.Root.Current == nil {
 			return errors.New("the roots belong to the upstream CA: rotate them there")
 		}
-		if s.RootRotationRequested {
+		if s.Root.Requested {
 			return nil
 		}
-		s.RootRotationRequested = true
+		s.Root.Requested = true
 		data, err := s.Encode()
 		if err != nil {
 			return err

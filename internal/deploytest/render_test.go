@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// kustomizeVersion is the version the Makefile installs (BUILDING.md).
+// kustomizeVersion is the version the Makefile installs (docs/building.md).
 const kustomizeVersion = "v5.8.2"
 
 // repoRoot is the module root, found from this file's location.

@@ -1,4 +1,4 @@
-// Package standalone is the CA's mode for plain Linux hosts, without
+// Package hostnodes is the CA side of plain Linux hosts (standalone mode), without
 // Kubernetes: agents attest with single-use join tokens, and each node may
 // obtain only the SPIFFE IDs its configuration grants.
 package hostnodes

@@ -1,6 +1,6 @@
 // Package v1alpha1 holds the mayfly.dev/v1alpha1 Kubernetes API: the
 // WorkloadCertificate resource, from which the CA writes an X.509-SVID into a
-// kubernetes.io/tls Secret (DESIGN.md, Delivery paths).
+// kubernetes.io/tls Secret (docs/delivery.md).
 //
 // zz_generated.deepcopy.go and the CRD in deploy/k8s/base/crds are generated
 // from the markers in this package; run `go generate ./api/mayfly/...` after

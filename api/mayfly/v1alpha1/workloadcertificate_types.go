@@ -5,7 +5,7 @@ import (
 )
 
 // Limits of a WorkloadCertificate, shared by the CRD schema and the
-// controller's own validation (DESIGN.md, Identity).
+// controller's own validation (docs/architecture.md, Identities).
 const (
 	// DefaultTTL is the lifetime of a certificate when spec.ttl is unset.
 	DefaultTTL = "1h"

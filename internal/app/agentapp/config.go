@@ -1,4 +1,4 @@
-// Package agentapp wires mayfly's node agent: configuration, its identity
+// Package agentapp wires mayfly's node agent (cmd/agent): configuration, its identity
 // towards the CA, workload attestation, the Workload API socket, file sinks,
 // health and metrics.
 package agentapp

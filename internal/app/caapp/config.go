@@ -1,6 +1,6 @@
-// Package caapp wires mayfly's CA control plane: configuration, and one
-// core (authority, issuer API, health and metrics) that each mode feeds
-// with its parts: standalone (state in a directory, join tokens, node
+// Package caapp wires mayfly's CA control plane (cmd/ca): configuration,
+// and one core (authority, issuer API, health and metrics) that each mode
+// feeds with its parts: standalone (state in a directory, join tokens, node
 // policies) or Kubernetes (state in a Secret, ServiceAccount tokens, pods,
 // the trust bundle and certificate controllers).
 package caapp
@@ -94,6 +94,9 @@ type RotationConfig struct {
 	RootTTL         config.Duration `json:"rootTTL,omitempty"`
 	IntermediateTTL config.Duration `json:"intermediateTTL,omitempty"`
 	RootAckWait     config.Duration `json:"rootAckWait,omitempty"`
+	// MaxPrepareAhead caps how long before its activation a successor is
+	// prepared (default 720h; at least rootAckWait).
+	MaxPrepareAhead config.Duration `json:"maxPrepareAhead,omitempty"`
 }
 
 // WorkloadsConfig bounds workload SVID lifetimes.
@@ -203,6 +206,7 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		PrepareAt:       def.PrepareAt,
 		ActivateAt:      def.ActivateAt,
 		RootAckWait:     fc.Rotation.RootAckWait.Or(def.RootAckWait),
+		MaxPrepareAhead: fc.Rotation.MaxPrepareAhead.Or(def.MaxPrepareAhead),
 	}
 	if err := c.Policy.Validate(); err != nil {
 		return nil, err
