@@ -18,17 +18,30 @@ type PodIndex struct {
 	seq  uint64
 }
 
+// TokenSource gives a pod's current ServiceAccount token: the CSI driver's
+// source follows the kubelet's republishes and never hands out an expired
+// one, so it is asked anew for every request to the CA.
+type TokenSource interface {
+	PodToken() string
+}
+
+// StaticToken is a TokenSource of one fixed token.
+type StaticToken string
+
+// PodToken implements TokenSource.
+func (t StaticToken) PodToken() string { return string(t) }
+
 type podEntry struct {
-	token string
+	token TokenSource
 	users int
 	seq   uint64 // when it was added, for the order of UIDs
 }
 
 // Add records that pod uid carries identity key, with the pod's token if
-// the caller has one (a token already known is kept when token is empty),
+// the caller has one (a token source already known is kept when token is nil),
 // and returns the function that releases this use; calling it twice is
 // safe.
-func (x *PodIndex) Add(key, uid, token string) (release func()) {
+func (x *PodIndex) Add(key, uid string, token TokenSource) (release func()) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.keys == nil {
@@ -45,7 +58,7 @@ func (x *PodIndex) Add(key, uid, token string) (release func()) {
 		p = &podEntry{seq: x.seq}
 		pods[uid] = p
 	}
-	if token != "" {
+	if token != nil {
 		p.token = token
 	}
 	p.users++
@@ -86,14 +99,18 @@ func (x *PodIndex) UIDs(key string) []string {
 	return out
 }
 
-// Token returns the token of pod uid for identity key, or "".
+// Token returns the current token of pod uid for identity key, or "".
 func (x *PodIndex) Token(key, uid string) string {
 	x.mu.Lock()
-	defer x.mu.Unlock()
+	var src TokenSource
 	if p := x.keys[key][uid]; p != nil {
-		return p.token
+		src = p.token
 	}
-	return ""
+	x.mu.Unlock()
+	if src == nil {
+		return ""
+	}
+	return src.PodToken()
 }
 
 // Len returns the number of identities that have pods, for tests and

@@ -13,11 +13,11 @@ import (
 
 func TestPodIndex(t *testing.T) {
 	var x PodIndex
-	releaseA := x.Add("default/web", "uid-a", "")
-	releaseB := x.Add("default/web", "uid-b", "token-b")
-	releaseA2 := x.Add("default/web", "uid-a", "token-a") // a second user of uid-a
-	x.Add("default/web", "uid-b", "")                     // an empty token keeps the known one
-	releaseDB := x.Add("default/db", "uid-c", "")
+	releaseA := x.Add("default/web", "uid-a", nil)
+	releaseB := x.Add("default/web", "uid-b", StaticToken("token-b"))
+	releaseA2 := x.Add("default/web", "uid-a", StaticToken("token-a")) // a second user of uid-a
+	x.Add("default/web", "uid-b", nil)                                 // an empty token keeps the known one
+	releaseDB := x.Add("default/db", "uid-c", nil)
 
 	if got, want := x.UIDs("default/web"), []string{"uid-b", "uid-a"}; !slices.Equal(got, want) {
 		t.Errorf("UIDs = %v, want %v (the most recently added first)", got, want)
@@ -107,7 +107,7 @@ func TestVolumeIdentities(t *testing.T) {
 
 	got := make(chan *rotate.Credential, 4)
 	sink := rotate.SinkFunc(func(_ context.Context, c *rotate.Credential) error { got <- c; return nil })
-	untrackA, err := v.Track(csi.VolumeIdentity{Namespace: "default", ServiceAccount: "web", PodUID: "uid-a", PodToken: "tok-a"}, sink)
+	untrackA, err := v.Track(csi.VolumeIdentity{Namespace: "default", ServiceAccount: "web", PodUID: "uid-a", PodToken: StaticToken("tok-a")}, sink)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,12 +3,8 @@ package agent
 import (
 	"fmt"
 	"log/slog"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/mayfly-pki/mayfly/internal/workloadattest"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -37,11 +33,14 @@ type Registrations struct {
 func (r *Registrations) Apply(regs []workloadattest.Registration) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := CheckWriteDirs(r.WriteDir, regs); err != nil {
+		return err
+	}
 	next := map[string]bool{}
 	for _, reg := range regs {
 		var sinks []rotate.Sink
 		if r.WriteDir != "" {
-			fs, err := rotate.NewFileSink(filepath.Join(r.WriteDir, dirName(reg.SPIFFEID)), rotate.FileSinkOptions{})
+			fs, err := rotate.NewFileSink(WriteDir(r.WriteDir, reg.SPIFFEID), rotate.FileSinkOptions{})
 			if err != nil {
 				return fmt.Errorf("writeDir: %w", err)
 			}
@@ -88,11 +87,6 @@ func (r *Registrations) spec(reg workloadattest.Registration, sinks []rotate.Sin
 	return Spec{Key: id, SpiffeID: id, DNSNames: reg.DNSNames, TTL: ttl, KeyType: r.KeyType, Sinks: sinks, Pinned: true}
 }
 
-// dirName turns spiffe://td/a/b into "a-b" for a writeDir subdirectory.
-func dirName(id spiffeid.ID) string {
-	return strings.ReplaceAll(strings.TrimPrefix(id.Path(), "/"), "/", "-")
-}
-
 // PodIdentities tells the Workload API the identity of a process in a pod
 // (Kubernetes mode): its ServiceAccount's, one certificate per
 // ServiceAccount on the node, authorized by the pods in Pods.
@@ -109,6 +103,6 @@ func (p *PodIdentities) Hold(sel workloadattest.Selectors) ([]Spec, func()) {
 		return nil, func() {}
 	}
 	key := sel.Namespace + "/" + sel.ServiceAccount
-	release := p.Pods.Add(key, sel.PodUID, "")
+	release := p.Pods.Add(key, sel.PodUID, nil)
 	return []Spec{p.Pods.spec(Spec{Key: key, TTL: p.TTL, KeyType: p.KeyType})}, release
 }

@@ -83,7 +83,7 @@ func TestWorkloadSourceFirstFetchIsDirect(t *testing.T) {
 	run(t, "Manager.Start", h.m.Start)
 	recv(t, h.gc.armed, "the collector's first timer")
 	h.settle(4) // web, db, cache (backing off), jobs (never asked: obtained now)
-	if _, err := os.Stat(filepath.Join(dir, "out", "ns-default-sa-web", "tls.crt")); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, "out", "ns", "default", "sa", "web", "tls.crt")); err != nil {
 		t.Errorf("web's file sink: %v", err)
 	}
 

@@ -5,7 +5,6 @@
 package authority
 
 import (
-	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -251,7 +250,7 @@ func checkSlot(s *Slot, selfSigned bool) error {
 	if !c.IsCA || c.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return errors.New("certificate is not a CA with keyCertSign")
 	}
-	if !publicKeysEqual(c.PublicKey, s.Key.Public()) {
+	if !pki.KeyMatches(c, s.Key) {
 		return errors.New("private key does not match the certificate")
 	}
 	if selfSigned {
@@ -265,13 +264,6 @@ func checkSlot(s *Slot, selfSigned bool) error {
 		}
 	}
 	return nil
-}
-
-type equaler interface{ Equal(crypto.PublicKey) bool }
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	e, ok := a.(equaler)
-	return ok && e.Equal(b)
 }
 
 func dedupe(certs []*x509.Certificate) []*x509.Certificate {

@@ -1,74 +1,79 @@
 package config_test
 
 import (
-	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/mayfly-pki/mayfly/internal/config"
 )
 
-func TestHealthAddress(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		name, in, want, wantErr string
-	}{
-		{name: "empty_is_the_default", in: "", want: "127.0.0.1:9443"},
-		{name: "off_disables", in: "off", want: ""},
-		{name: "host_port_kept", in: "0.0.0.0:9000", want: "0.0.0.0:9000"},
-		{name: "missing_port_refused", in: "localhost", wantErr: "healthAddress: "},
-		{name: "garbage_refused", in: "::::", wantErr: "healthAddress: "},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := config.HealthAddress(tc.in, "127.0.0.1:9443")
-			if tc.wantErr != "" {
-				if err == nil || !strings.HasPrefix(err.Error(), tc.wantErr) {
-					t.Fatalf("HealthAddress(%q) = %q, %v; want an error starting %q", tc.in, got, err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("HealthAddress(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
-			}
-		})
-	}
-}
+func parseString(raw []byte) (string, error) { return string(raw), nil }
 
-type fileForm struct {
-	Name string `json:"name"`
-}
-
-func TestParse(t *testing.T) {
+func TestLoad(t *testing.T) {
 	t.Parallel()
-	errInvalid := errors.New("name: required")
-	validate := func(f *fileForm) (string, error) {
-		if f.Name == "" {
-			return "", errInvalid
+	dir := t.TempDir()
+	limit := strconv.Itoa(config.MaxFileSize)
+
+	t.Run("reads a file at the limit", func(t *testing.T) {
+		t.Parallel()
+		path := filepath.Join(dir, "max.yaml")
+		if err := os.WriteFile(path, []byte(strings.Repeat("#", config.MaxFileSize)), 0o600); err != nil {
+			t.Fatal(err)
 		}
-		return "validated " + f.Name, nil
-	}
-	for _, tc := range []struct {
-		name, raw, want, wantErr string
-	}{
-		{name: "validates_the_decoded_form", raw: "name: x\n", want: "validated x"},
-		{name: "validation_error_returned", raw: "name: \"\"\n", wantErr: "name: required"},
-		{name: "unknown_field_refused", raw: "name: x\nunknown: y\n", wantErr: `parsing test config: `},
-		{name: "empty_refused", raw: "  \n", wantErr: "config is empty"},
-		{name: "not_yaml_refused", raw: "name: [\n", wantErr: "parsing test config: "},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := config.Parse([]byte(tc.raw), "test config", validate)
-			if tc.wantErr != "" {
-				if err == nil || !strings.HasPrefix(err.Error(), tc.wantErr) {
-					t.Fatalf("Parse = %q, %v; want an error starting %q", got, err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("Parse = %q, %v; want %q", got, err, tc.want)
-			}
-		})
-	}
+		got, err := config.Load(path, "test config", parseString)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != config.MaxFileSize {
+			t.Fatalf("read %d bytes, want %d", len(got), config.MaxFileSize)
+		}
+	})
+	t.Run("refuses a big sparse file naming it and the limit", func(t *testing.T) {
+		t.Parallel()
+		path := filepath.Join(dir, "big.yaml")
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Sparse: 10 MiB of size, no data blocks written.
+		if err := f.Truncate(10 << 20); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		_, err = config.Load(path, "test config", parseString)
+		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), limit) {
+			t.Fatalf("err = %v, want one naming %s and the limit %s", err, path, limit)
+		}
+	})
+	t.Run("one byte over the limit", func(t *testing.T) {
+		t.Parallel()
+		path := filepath.Join(dir, "over.yaml")
+		if err := os.WriteFile(path, []byte(strings.Repeat("#", config.MaxFileSize+1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := config.Load(path, "test config", parseString); err == nil || !strings.Contains(err.Error(), limit) {
+			t.Fatalf("err = %v, want the size limit", err)
+		}
+	})
+	t.Run("an endless device is refused, not read to the end", func(t *testing.T) {
+		t.Parallel()
+		if _, err := os.Stat("/dev/zero"); err != nil {
+			t.Skipf("no /dev/zero on this system: %v", err)
+		}
+		if _, err := config.Load("/dev/zero", "test config", parseString); err == nil || !strings.Contains(err.Error(), "/dev/zero") {
+			t.Fatalf("err = %v, want the size limit naming /dev/zero", err)
+		}
+	})
+	t.Run("missing file", func(t *testing.T) {
+		t.Parallel()
+		path := filepath.Join(dir, "missing.yaml")
+		if _, err := config.Load(path, "test config", parseString); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+			t.Fatalf("err = %v, want one naming the file", err)
+		}
+	})
 }

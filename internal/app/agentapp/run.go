@@ -116,7 +116,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		entitlements = &agent.PodIdentities{Pods: podIndex, TTL: cfg.WorkloadTTL, KeyType: cfg.KeyType}
 		if c := cfg.Kubernetes.CSI; c != nil {
 			drv, err := csi.New(csi.Config{
-				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath),
+				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath), KubeletDir: c.KubeletDir, Clock: opts.Clock,
 				Identities: &agent.VolumeIdentities{Manager: mgr, Pods: podIndex}, Logger: log.With("component", "csi"), Registerer: reg,
 			})
 			if err != nil {

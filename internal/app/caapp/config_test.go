@@ -299,6 +299,9 @@ func TestParseRejectsBadConfigs(t *testing.T) {
     allowedIDs: ["spiffe://evil.org/b/*"]
 `, "nodes[1].allowedIDs[0]: spiffe://evil.org/b/* is not in trust domain example.org"},
 		{"node_id_whole_trust_domain", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org]\n", "nodes[0].allowedIDs[0]: "},
+		{"node_ids_cover_reserved_ids", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/svc/*, spiffe://example.org/mayfly/*]\n", "nodes[0].allowedIDs[1]: spiffe://example.org/mayfly/* covers reserved IDs"},
+		{"node_id_is_another_agent", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/mayfly/agent/b]\n", "nodes[0].allowedIDs[0]: spiffe://example.org/mayfly/agent/b is a reserved ID"},
+		{"node_id_is_the_ca", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/mayfly/ca]\n", "nodes[0].allowedIDs[0]: spiffe://example.org/mayfly/ca is a reserved ID"},
 		{"node_name_empty", minimalStandalone + "nodes:\n  - allowedIDs: [spiffe://example.org/x]\n", "nodes[0].name: "},
 		{"node_dns_name_bad", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/x]\n    allowedDNSNames: ['-bad-']\n", "nodes[0].allowedDNSNames[0]: "},
 		{"duplicate_node", minimalStandalone + `nodes:
