@@ -105,12 +105,12 @@ func say(format string, args ...any) {
 	fmt.Printf("demo-k8s: "+format+"\n", args...)
 }
 
-var (
-	// errInterrupted: SIGINT or SIGTERM came before the demo finished (exit 130).
-	errInterrupted = errors.New("interrupted")
-	// errCannotStart: the demo cannot start here, e.g. a binary is missing (exit 2).
-	errCannotStart = errors.New("cannot start")
-)
+// errInterrupted: SIGINT or SIGTERM came before the demo finished (exit 130).
+var errInterrupted = errors.New("interrupted")
+
+// cannotStart is an error of a demo that cannot start here, e.g. a binary
+// is missing (exit 2).
+type cannotStart struct{ error }
 
 // run runs the steps of the demo in order and returns the exit code: 0, 1
 // when a step failed, 2 when the demo could not start, 130 when
@@ -184,7 +184,7 @@ func (d *demo) exitCode(err error) int {
 	switch {
 	case errors.Is(err, errInterrupted):
 		return 130
-	case errors.Is(err, errCannotStart):
+	case errors.As(err, new(cannotStart)):
 		return 2
 	}
 	d.failedRun = true
@@ -207,12 +207,12 @@ func (d *demo) fail(what string, err error) {
 func (d *demo) checkBinaries(context.Context) error {
 	for _, b := range []string{"ca", "agent", "demo-server", "demo-client"} {
 		if st, err := os.Stat(filepath.Join(d.opts.bin, b)); err != nil || st.IsDir() {
-			return fmt.Errorf("%w: %s missing; run 'make build' (make demo-k8s does)", errCannotStart, filepath.Join(d.opts.bin, b))
+			return cannotStart{fmt.Errorf("%s missing; run 'make build' (make demo-k8s does)", filepath.Join(d.opts.bin, b))}
 		}
 	}
 	bin, err := filepath.Abs(d.opts.bin)
 	if err != nil {
-		return fmt.Errorf("%w: %w", errCannotStart, err)
+		return cannotStart{err}
 	}
 	d.opts.bin = bin
 	return nil
@@ -224,7 +224,7 @@ func (d *demo) checkBinaries(context.Context) error {
 func (d *demo) makeWorkDir(context.Context) error {
 	work, err := os.MkdirTemp("", "mayfly-demo-k8s.")
 	if err != nil {
-		return fmt.Errorf("%w: %w", errCannotStart, err)
+		return cannotStart{err}
 	}
 	d.work, d.procRoot = work, filepath.Join(work, "proc")
 	d.onCleanUp(func() {
