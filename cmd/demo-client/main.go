@@ -5,7 +5,6 @@
 package main
 
 import (
-	"context"
 	"crypto/x509"
 	"flag"
 	"fmt"
@@ -13,23 +12,24 @@ import (
 	"log"
 	"net/http"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/mayfly-pki/mayfly/internal/cli"
+	"github.com/mayfly-pki/mayfly/internal/demo"
 )
 
 func main() {
 	server := flag.String("server", "127.0.0.1:8444", "demo server address")
-	self := flag.String("id", "spiffe://example.org/demo/client", "this client's SPIFFE ID")
-	peer := flag.String("server-id", "spiffe://example.org/demo/server", "the server SPIFFE ID to accept")
+	parseIDs := demo.IDFlags("client", "server")
 	every := flag.Duration("interval", time.Second, "time between requests")
 	flag.Parse()
-	ok, failed, err := run(*server, *self, *peer, *every)
+	ids, err := parseIDs()
+	if err != nil {
+		log.Fatalf("demo-client: %v", err)
+	}
+	ok, failed, err := run(*server, ids, *every)
 	if err != nil {
 		log.Fatalf("demo-client: %v", err)
 	}
@@ -39,33 +39,18 @@ func main() {
 	}
 }
 
-func run(server, self, peer string, every time.Duration) (ok, failed int, err error) {
-	selfID, err := spiffeid.FromString(self)
-	if err != nil {
-		return 0, 0, fmt.Errorf("--id: %w", err)
-	}
-	serverID, err := spiffeid.FromString(peer)
-	if err != nil {
-		return 0, 0, fmt.Errorf("--server-id: %w", err)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+func run(server string, ids demo.IDs, every time.Duration) (ok, failed int, err error) {
+	ctx, stop := cli.SignalContext()
 	defer stop()
-	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
-		for _, s := range svids {
-			if s.ID == selfID {
-				return s
-			}
-		}
-		return svids[0]
-	}))
+	src, err := demo.NewSource(ctx, ids.Self)
 	if err != nil {
-		return 0, 0, fmt.Errorf("workload API: %w", err)
+		return 0, 0, err
 	}
 	defer src.Close()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
-		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
+		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(ids.Peer)), DisableKeepAlives: true}
 		client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
 		resp, err := client.Get("https://" + server + "/")
 		now := time.Now()

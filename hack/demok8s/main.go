@@ -11,25 +11,20 @@
 // the agent's status and exits 1 if a handshake failed; without it the demo
 // runs until SIGINT/SIGTERM. Either way envtest is stopped, the children are
 // killed and the temporary directory is removed.
+//
+// The demo is a list of steps (run); each returns an error and registers
+// how to undo what it started, which runs in reverse order at the end.
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,7 +35,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
@@ -111,15 +105,90 @@ func say(format string, args ...any) {
 	fmt.Printf("demo-k8s: "+format+"\n", args...)
 }
 
-// demo holds what run starts, so that cleanup stops all of it.
+// errInterrupted: SIGINT or SIGTERM came before the demo finished (exit 130).
+var errInterrupted = errors.New("interrupted")
+
+// cannotStart is an error of a demo that cannot start here, e.g. a binary
+// is missing (exit 2).
+type cannotStart struct{ error }
+
+// run runs the steps of the demo in order and returns the exit code: 0, 1
+// when a step failed, 2 when the demo could not start, 130 when
+// interrupted. What the steps started is stopped when run returns.
+func run(ctx context.Context, o options) int {
+	d := &demo{opts: o}
+	defer d.cleanUp()
+	for _, step := range []func(context.Context) error{
+		d.checkBinaries,
+		d.makeWorkDir,
+		d.startAPIServer,
+		d.createObjects,
+		d.startCA,
+		d.startAgent,
+		d.startServer,
+		d.startClient,
+		d.waitForEnd,
+		d.report,
+	} {
+		if err := step(ctx); err != nil {
+			return d.exitCode(err)
+		}
+	}
+	return 0
+}
+
+// demo holds what the steps started and what the later steps need.
 type demo struct {
 	opts     options
 	work     string
 	procRoot string
-	kube     kubernetes.Interface
 	rest     *rest.Config
-	failures []string // "what: error" of components that stopped early
-	mu       sync.Mutex
+	kube     kubernetes.Interface
+	// undo holds what the steps started, stopped in reverse order by cleanUp.
+	undo []func()
+	// failedRun is set when the demo failed: cleanUp then prints the logs.
+	failedRun bool
+
+	// components is the context of the CA and the agent: they stop after
+	// the final status report, not at the signal.
+	components context.Context
+	wg         sync.WaitGroup
+	dead       chan struct{} // a component stopped before components was done
+	mu         sync.Mutex
+	failures   []string // "what: error" of components that stopped early
+
+	agentPod    *corev1.Pod
+	caAddr      string
+	socket      string
+	server      *workload
+	client      *workload
+	clientLog   *clientLog
+	interrupted bool
+}
+
+// onCleanUp registers f to run when the demo ends, before what was
+// registered earlier.
+func (d *demo) onCleanUp(f func()) { d.undo = append(d.undo, f) }
+
+func (d *demo) cleanUp() {
+	for i := len(d.undo) - 1; i >= 0; i-- {
+		d.undo[i]()
+	}
+}
+
+// exitCode prints err and returns the exit code it stands for.
+func (d *demo) exitCode(err error) int {
+	if err != errInterrupted { //nolint:errorlint // only the bare sentinel exits silently; a wrapped one says where
+		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
+	}
+	switch {
+	case errors.Is(err, errInterrupted):
+		return 130
+	case errors.As(err, new(cannotStart)):
+		return 2
+	}
+	d.failedRun = true
+	return 1
 }
 
 func (d *demo) failed() []string {
@@ -134,161 +203,158 @@ func (d *demo) fail(what string, err error) {
 	d.failures = append(d.failures, fmt.Sprintf("%s: %v", what, err))
 }
 
-func run(ctx context.Context, o options) int {
+// checkBinaries finds the ca, agent, demo-server and demo-client binaries.
+func (d *demo) checkBinaries(context.Context) error {
 	for _, b := range []string{"ca", "agent", "demo-server", "demo-client"} {
-		if st, err := os.Stat(filepath.Join(o.bin, b)); err != nil || st.IsDir() {
-			fmt.Fprintf(os.Stderr, "demo-k8s: %s missing; run 'make build' (make demo-k8s does)\n", filepath.Join(o.bin, b))
-			return 2
+		if st, err := os.Stat(filepath.Join(d.opts.bin, b)); err != nil || st.IsDir() {
+			return cannotStart{fmt.Errorf("%s missing; run 'make build' (make demo-k8s does)", filepath.Join(d.opts.bin, b))}
 		}
 	}
-	bin, err := filepath.Abs(o.bin)
+	bin, err := filepath.Abs(d.opts.bin)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 2
+		return cannotStart{err}
 	}
-	o.bin = bin
+	d.opts.bin = bin
+	return nil
+}
+
+// makeWorkDir creates the temporary directory of the logs, the fake procfs
+// and the agent's files; at the end it shows the logs' tails if the demo
+// failed, and removes the directory unless --keep.
+func (d *demo) makeWorkDir(context.Context) error {
 	work, err := os.MkdirTemp("", "mayfly-demo-k8s.")
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 2
+		return cannotStart{err}
 	}
-	d := &demo{opts: o, work: work, procRoot: filepath.Join(work, "proc")}
-	defer func() {
-		if o.keep {
+	d.work, d.procRoot = work, filepath.Join(work, "proc")
+	d.onCleanUp(func() {
+		if d.failedRun {
+			d.printTails()
+		}
+		if d.opts.keep {
 			say("kept %s", work)
 			return
 		}
 		_ = os.RemoveAll(work)
-	}()
+	})
+	return nil
+}
 
+// startAPIServer starts envtest's kube-apiserver and etcd.
+func (d *demo) startAPIServer(context.Context) error {
 	started := time.Now()
 	say("starting envtest (kube-apiserver and etcd from %s)", os.Getenv("KUBEBUILDER_ASSETS"))
 	env := &envtest.Environment{}
 	cfg, err := env.Start()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: starting envtest: %v\n", err)
-		return 1
+		return fmt.Errorf("starting envtest: %w", err)
 	}
-	defer func() {
+	d.onCleanUp(func() {
 		if err := env.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "demo-k8s: stopping envtest: %v\n", err)
 		} else {
 			say("envtest stopped")
 		}
-	}()
+	})
 	say("envtest up in %s at %s", time.Since(started).Round(time.Millisecond), cfg.Host)
 	d.rest = cfg
-	if d.kube, err = kubernetes.NewForConfig(cfg); err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
-	}
-
-	code := d.demo(ctx)
-	if code == 1 {
-		d.printTails()
-	}
-	return code
+	d.kube, err = kubernetes.NewForConfig(cfg)
+	return err
 }
 
-// demo sets up the cluster objects, the CA, the agent and the workloads,
-// and runs until ctx is done, the duration passed or something failed.
-func (d *demo) demo(ctx context.Context) int {
-	o := d.opts
-	kube := d.kube
-	caLog, closeCALog, err := fileLogger(filepath.Join(d.work, "ca.log"))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
+// createObjects creates the namespaces, the ServiceAccounts and the agent
+// pod.
+func (d *demo) createObjects(ctx context.Context) error {
+	core := d.kube.CoreV1()
+	for _, ns := range []string{caNamespace, demoNamespace} {
+		if _, err := core.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("creating cluster objects: namespace %s: %w", ns, err)
+		}
 	}
-	defer closeCALog()
-	agLog, closeAgLog, err := fileLogger(filepath.Join(d.work, "agent.log"))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
+	for _, sa := range [][2]string{{caNamespace, "mayfly-agent"}, {demoNamespace, "server"}, {demoNamespace, "client"}} {
+		if _, err := core.ServiceAccounts(sa[0]).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa[1]}}, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("creating cluster objects: serviceaccount %s/%s: %w", sa[0], sa[1], err)
+		}
 	}
-	defer closeAgLog()
-	// The CA and the agent run under their own context: they stop after
-	// the final status report (and before their logs close), not at the
-	// signal.
-	cctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
+	pod, err := core.Pods(caNamespace).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent-" + nodeName, Labels: map[string]string{"app.kubernetes.io/name": "mayfly-agent"}},
+		Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: nodeName, Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("creating cluster objects: agent pod: %w", err)
+	}
+	d.agentPod = pod
+	return nil
+}
 
-	agentPod, err := d.objects(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: creating cluster objects: %v\n", err)
-		return 1
+// startComponent runs a component (the CA, the agent) in this process
+// until the demo ends, logging to log; stopping early is a failure.
+func (d *demo) startComponent(what string, log *logFile, run func(context.Context) error) {
+	if d.components == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		d.components, d.dead = ctx, make(chan struct{}, 4)
+		d.onCleanUp(func() {
+			cancel()
+			d.wg.Wait()
+		})
 	}
+	d.wg.Go(func() {
+		defer log.close()
+		err := run(d.components)
+		if d.components.Err() == nil {
+			if err == nil {
+				err = errors.New("stopped")
+			}
+			d.fail(what, err)
+			d.dead <- struct{}{}
+		}
+	})
+}
 
-	// The CA, Kubernetes mode, in this process.
-	caCfg, err := caapp.Parse(fmt.Appendf(nil, `apiVersion: mayfly.dev/v1alpha1
+// startCA runs the CA in Kubernetes mode and waits until it published the
+// trust bundle ConfigMap.
+func (d *demo) startCA(ctx context.Context) error {
+	cfg, err := caapp.Parse(fmt.Appendf(nil, `apiVersion: mayfly.dev/v1alpha1
 kind: CAConfig
 trustDomain: %s
 healthAddress: %s
 kubernetes: {namespace: %s}
 rotation: {rootTTL: 720h, intermediateTTL: 2h}
 workloads: {minTTL: 10s, defaultTTL: %s, maxTTL: 1h}
-`, trustDomain, o.caHealth, caNamespace, o.ttl))
+`, trustDomain, d.opts.caHealth, caNamespace, d.opts.ttl))
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: CA config: %v\n", err)
-		return 1
+		return fmt.Errorf("CA config: %w", err)
+	}
+	log, err := openLog(filepath.Join(d.work, "ca.log"))
+	if err != nil {
+		return err
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: CA listener: %v\n", err)
-		return 1
+		log.close()
+		return fmt.Errorf("CA listener: %w", err)
 	}
-	say("starting the CA on %s (logs: %s)", lis.Addr(), filepath.Join(d.work, "ca.log"))
-	dead := make(chan struct{}, 4) // a component stopped before cctx was done
-	wg.Go(func() {
-		err := caapp.Run(cctx, caCfg, caapp.Options{Listener: lis, RestConfig: d.rest, Logger: caLog})
-		if cctx.Err() == nil {
-			if err == nil {
-				err = errors.New("stopped")
-			}
-			d.fail("CA", err)
-			dead <- struct{}{}
-		}
+	d.caAddr = lis.Addr().String()
+	say("starting the CA on %s (logs: %s)", lis.Addr(), log.path)
+	d.startComponent("CA", log, func(ctx context.Context) error {
+		return caapp.Run(ctx, cfg, caapp.Options{Listener: lis, RestConfig: d.rest, Logger: log.logger})
 	})
+	return d.eventually(ctx, d.dead, "the trust bundle ConfigMap "+caNamespace+"/"+bundle.ConfigMapName, 60*time.Second, func() bool {
+		cm, err := d.kube.CoreV1().ConfigMaps(caNamespace).Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
+		return err == nil && cm.Data[bundle.ConfigMapKey] != ""
+	})
+}
 
-	var bundlePEM string
-	if err := d.eventually(ctx, dead, "the trust bundle ConfigMap "+caNamespace+"/"+bundle.ConfigMapName, 60*time.Second, func() bool {
-		cm, err := kube.CoreV1().ConfigMaps(caNamespace).Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
-		if err != nil {
-			return false
-		}
-		bundlePEM = cm.Data[bundle.ConfigMapKey]
-		return bundlePEM != ""
-	}); err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
-	}
-	bundleFile := filepath.Join(d.work, "ca.crt")
-	tokenFile := filepath.Join(d.work, "token")
-	if err := os.WriteFile(bundleFile, []byte(bundlePEM), 0o600); err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
-	}
-	// The projected token a DaemonSet pod would get: audience mayfly-ca,
-	// bound to the agent pod (so it carries the node name).
-	exp := int64(3600)
-	tr, err := kube.CoreV1().ServiceAccounts(caNamespace).CreateToken(ctx, "mayfly-agent", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
-		Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
-		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: agentPod.Name, UID: agentPod.UID},
-	}}, metav1.CreateOptions{})
+// startAgent gives the agent what a DaemonSet pod would have (the trust
+// bundle, a projected token bound to its pod), runs it in Kubernetes mode
+// attesting through the fake procfs, and waits for its socket.
+func (d *demo) startAgent(ctx context.Context) error {
+	bundleFile, tokenFile, err := d.agentFiles(ctx)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: agent token: %v\n", err)
-		return 1
+		return err
 	}
-	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600); err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
-	}
-
-	// The agent, Kubernetes mode, attesting through the fake procfs.
-	socket := filepath.Join(d.work, "run", "agent.sock")
-	agCfg, err := agentapp.Parse(fmt.Appendf(nil, `apiVersion: mayfly.dev/v1alpha1
+	d.socket = filepath.Join(d.work, "run", "agent.sock")
+	cfg, err := agentapp.Parse(fmt.Appendf(nil, `apiVersion: mayfly.dev/v1alpha1
 kind: AgentConfig
 trustDomain: %s
 server: {address: %s, trustBundleFile: %s}
@@ -298,38 +364,66 @@ dataDir: %s
 healthAddress: %s
 kubernetes: {tokenFile: %s}
 workloads: {ttl: %s}
-`, trustDomain, lis.Addr(), bundleFile, nodeName, socket, filepath.Join(d.work, "agent"), o.agentHealth, tokenFile, o.ttl))
+`, trustDomain, d.caAddr, bundleFile, nodeName, d.socket, filepath.Join(d.work, "agent"), d.opts.agentHealth, tokenFile, d.opts.ttl))
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: agent config: %v\n", err)
-		return 1
+		return fmt.Errorf("agent config: %w", err)
 	}
 	if err := os.MkdirAll(d.procRoot, 0o700); err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
+		return err
 	}
-	say("starting the agent for node %s (logs: %s)", nodeName, filepath.Join(d.work, "agent.log"))
+	log, err := openLog(filepath.Join(d.work, "agent.log"))
+	if err != nil {
+		return err
+	}
+	say("starting the agent for node %s (logs: %s)", nodeName, log.path)
 	ready := make(chan struct{})
-	wg.Go(func() {
-		err := agentapp.Run(cctx, agCfg, agentapp.Options{RestConfig: d.rest, ProcRoot: d.procRoot, Logger: agLog, Ready: func(string) { close(ready) }})
-		if cctx.Err() == nil {
-			if err == nil {
-				err = errors.New("stopped")
-			}
-			d.fail("agent", err)
-			dead <- struct{}{}
-		}
+	d.startComponent("agent", log, func(ctx context.Context) error {
+		return agentapp.Run(ctx, cfg, agentapp.Options{RestConfig: d.rest, ProcRoot: d.procRoot, Logger: log.logger, Ready: func(string) { close(ready) }})
 	})
 	select {
 	case <-ready:
-	case <-dead:
-		return 1
+	case <-d.dead:
+		return fmt.Errorf("the agent did not start: %s", strings.Join(d.failed(), "; "))
 	case <-ctx.Done():
-		return 130
+		return errInterrupted
 	case <-time.After(60 * time.Second):
-		fmt.Fprintln(os.Stderr, "demo-k8s: timed out waiting for the agent's socket")
-		return 1
+		return errors.New("timed out waiting for the agent's socket")
 	}
-	endpoint := "unix://" + socket
+	d.printBanner()
+	return nil
+}
+
+// agentFiles writes the trust bundle of the CA's ConfigMap and the agent's
+// projected ServiceAccount token (audience mayfly-ca, bound to the agent
+// pod, so it carries the node name).
+func (d *demo) agentFiles(ctx context.Context) (bundleFile, tokenFile string, err error) {
+	cm, err := d.kube.CoreV1().ConfigMaps(caNamespace).Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
+	if err != nil {
+		return "", "", fmt.Errorf("trust bundle: %w", err)
+	}
+	bundleFile = filepath.Join(d.work, "ca.crt")
+	if err := os.WriteFile(bundleFile, []byte(cm.Data[bundle.ConfigMapKey]), 0o600); err != nil {
+		return "", "", err
+	}
+	exp := int64(3600)
+	tr, err := d.kube.CoreV1().ServiceAccounts(caNamespace).CreateToken(ctx, "mayfly-agent", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
+		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: d.agentPod.Name, UID: d.agentPod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", "", fmt.Errorf("agent token: %w", err)
+	}
+	tokenFile = filepath.Join(d.work, "token")
+	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600); err != nil {
+		return "", "", err
+	}
+	return bundleFile, tokenFile, nil
+}
+
+func (d *demo) endpoint() string { return "unix://" + d.socket }
+
+func (d *demo) printBanner() {
+	o := d.opts
 	fmt.Printf(`
   SPIFFE_ENDPOINT_SOCKET=%s
 
@@ -340,245 +434,99 @@ workloads: {ttl: %s}
   Metrics: http://%s/metrics  http://%s/metrics
   API server: %s (kubectl: --server %s, admin credentials are envtest's)
 
-`, endpoint, nodeName, d.procRoot, o.ttl, o.bin, o.agentHealth, o.bin, o.caHealth, o.agentHealth, o.caHealth, d.rest.Host, d.rest.Host)
+`, d.endpoint(), nodeName, d.procRoot, o.ttl, o.bin, o.agentHealth, o.bin, o.caHealth, o.agentHealth, o.caHealth, d.rest.Host, d.rest.Host)
+}
 
-	childEnv := append(os.Environ(), "SPIFFE_ENDPOINT_SOCKET="+endpoint)
-	serverOut, err := os.Create(filepath.Join(d.work, "server.log"))
+// startServer starts bin/demo-server as pod demo/server-1 and waits until
+// it listens.
+func (d *demo) startServer(ctx context.Context) error {
+	out, err := os.Create(filepath.Join(d.work, "server.log"))
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
+		return err
 	}
-	defer func() { _ = serverOut.Close() }()
-	server, err := d.startWorkload(ctx, "server-1", "server", filepath.Join(o.bin, "demo-server"),
-		[]string{"--listen", o.serverAddr, "--id", serverID, "--client-id", clientID}, childEnv, serverOut)
+	d.onCleanUp(func() { _ = out.Close() })
+	d.server, err = d.startWorkload(ctx, "server-1", "server", "demo-server",
+		[]string{"--listen", d.opts.serverAddr, "--id", serverID, "--client-id", clientID}, out)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: demo server: %v\n", err)
-		return 1
+		return fmt.Errorf("demo server: %w", err)
 	}
-	defer server.stop()
-	say("demo-server pid %d is pod %s/server-1 (logs: %s)", server.cmd.Process.Pid, demoNamespace, serverOut.Name())
-	if err := d.eventually(ctx, merge(dead, server.done), "the demo server on "+o.serverAddr, 60*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", o.serverAddr, time.Second)
+	d.onCleanUp(d.server.stop)
+	say("demo-server pid %d is pod %s/server-1 (logs: %s)", d.server.cmd.Process.Pid, demoNamespace, out.Name())
+	return d.eventually(ctx, merge(d.dead, d.server.done), "the demo server on "+d.opts.serverAddr, 60*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", d.opts.serverAddr, time.Second)
 		if err != nil {
 			return false
 		}
 		_ = c.Close()
 		return true
-	}); err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
-	}
+	})
+}
 
-	clientFile, err := os.Create(filepath.Join(d.work, "client.out"))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %v\n", err)
-		return 1
+// startClient starts bin/demo-client as pod demo/client-1; its output is
+// shown and kept in client.out.
+func (d *demo) startClient(ctx context.Context) error {
+	var err error
+	if d.clientLog, err = newClientLog(filepath.Join(d.work, "client.out")); err != nil {
+		return err
 	}
-	defer func() { _ = clientFile.Close() }()
-	pr, pw := io.Pipe()
-	summary := make(chan string, 1)
-	go func() {
-		var last string
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Println(line)
-			_, _ = fmt.Fprintln(clientFile, line)
-			if strings.HasPrefix(line, "demo-client: ") {
-				last = line
-			}
-		}
-		summary <- last
-	}()
-	client, err := d.startWorkload(ctx, "client-1", "client", filepath.Join(o.bin, "demo-client"),
-		[]string{"--server", o.serverAddr, "--id", clientID, "--server-id", serverID}, childEnv, pw)
+	d.onCleanUp(d.clientLog.close)
+	d.client, err = d.startWorkload(ctx, "client-1", "client", "demo-client",
+		[]string{"--server", d.opts.serverAddr, "--id", clientID, "--server-id", serverID}, d.clientLog)
 	if err != nil {
-		_ = pw.Close()
-		fmt.Fprintf(os.Stderr, "demo-k8s: demo client: %v\n", err)
-		return 1
+		return fmt.Errorf("demo client: %w", err)
 	}
-	defer client.stop()
-	say("demo-client pid %d is pod %s/client-1", client.cmd.Process.Pid, demoNamespace)
+	d.onCleanUp(d.client.stop)
+	say("demo-client pid %d is pod %s/client-1", d.client.cmd.Process.Pid, demoNamespace)
+	return nil
+}
 
+// waitForEnd waits for the duration, a signal, or a part of the demo that
+// stopped early.
+func (d *demo) waitForEnd(ctx context.Context) error {
 	var timeout <-chan time.Time
-	if o.duration > 0 {
-		timeout = time.After(o.duration)
+	if d.opts.duration > 0 {
+		timeout = time.After(d.opts.duration)
 	}
-	interrupted := false
 	select {
 	case <-timeout:
 	case <-ctx.Done():
-		interrupted = true
-	case <-client.done:
-		d.fail("demo-client", client.exitError())
-	case <-server.done:
-		d.fail("demo-server", server.exitError())
-	case <-dead:
+		d.interrupted = true
+	case <-d.client.done:
+		d.fail("demo-client", d.client.exitError())
+	case <-d.server.done:
+		d.fail("demo-server", d.server.exitError())
+	case <-d.dead:
 	}
-	client.terminate(10 * time.Second)
-	_ = pw.Close()
-	last := <-summary
+	return nil
+}
+
+// report stops the client, prints its summary, the CA's and the agent's
+// status and the rotations seen, and fails unless every handshake
+// succeeded.
+func (d *demo) report(context.Context) error {
+	d.client.terminate(10 * time.Second)
+	last := d.clientLog.summary()
 	fmt.Println()
-	d.status("ca", o.caHealth)
+	d.status("ca", d.opts.caHealth)
 	fmt.Println()
-	d.status("agent", o.agentHealth)
+	d.status("agent", d.opts.agentHealth)
 	fmt.Println()
-	rotations := countLines(filepath.Join(d.work, "agent.log"), `"msg":"SVID rotated"`)
-	say("%d SVID rotations seen by the agent", rotations)
+	say("%d SVID rotations seen by the agent", countLines(filepath.Join(d.work, "agent.log"), `"msg":"SVID rotated"`))
 	for _, f := range d.failed() {
 		fmt.Fprintf(os.Stderr, "demo-k8s: %s\n", f)
 	}
 	total, failed, ok := parseSummary(last)
 	switch {
 	case !ok:
-		fmt.Fprintln(os.Stderr, "demo-k8s: FAILED (the client printed no summary)")
-		return 1
+		return errors.New("FAILED (the client printed no summary)")
 	case failed != 0 || total == 0 || len(d.failed()) > 0:
-		fmt.Fprintf(os.Stderr, "demo-k8s: FAILED (%d handshakes, %d failed)\n", total, failed)
-		return 1
-	case interrupted:
+		return fmt.Errorf("FAILED (%d handshakes, %d failed)", total, failed)
+	case d.interrupted:
 		say("interrupted (%d handshakes, 0 failed)", total)
-		return 130
+		return errInterrupted
 	}
 	say("OK (%d handshakes, 0 failed)", total)
-	return 0
-}
-
-// objects creates the namespaces, the ServiceAccounts and the agent pod.
-func (d *demo) objects(ctx context.Context) (*corev1.Pod, error) {
-	core := d.kube.CoreV1()
-	for _, ns := range []string{caNamespace, demoNamespace} {
-		if _, err := core.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			return nil, fmt.Errorf("namespace %s: %w", ns, err)
-		}
-	}
-	for _, sa := range [][2]string{{caNamespace, "mayfly-agent"}, {demoNamespace, "server"}, {demoNamespace, "client"}} {
-		if _, err := core.ServiceAccounts(sa[0]).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa[1]}}, metav1.CreateOptions{}); err != nil {
-			return nil, fmt.Errorf("serviceaccount %s/%s: %w", sa[0], sa[1], err)
-		}
-	}
-	pod, err := core.Pods(caNamespace).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent-" + nodeName, Labels: map[string]string{"app.kubernetes.io/name": "mayfly-agent"}},
-		Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: nodeName, Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("agent pod: %w", err)
-	}
-	return pod, nil
-}
-
-// workload is a child process playing a pod's container.
-type workload struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed when it exited; err is set then
-	err  error
-}
-
-// startWorkload creates pod demo/<pod> with ServiceAccount sa on the demo
-// node and starts bin as its container. The child starts as a shell that
-// waits for a line on stdin: meanwhile its PID gets the pod's cgroup in the
-// fake procfs and the pod status lists the container; then the shell execs
-// bin under the same PID, which the agent attests as the pod.
-func (d *demo) startWorkload(ctx context.Context, pod, sa, bin string, args, env []string, out io.Writer) (*workload, error) {
-	pods := d.kube.CoreV1().Pods(demoNamespace)
-	p, err := pods.Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: pod},
-		Spec:       corev1.PodSpec{ServiceAccountName: sa, NodeName: nodeName, Containers: []corev1.Container{{Name: sa, Image: "mayfly/demo-" + sa}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("pod %s/%s: %w", demoNamespace, pod, err)
-	}
-	cmd := exec.Command("/bin/sh", append([]string{"-c", `read _ && exec "$0" "$@"`, bin}, args...)...) //nolint:gosec // our own binaries from bin/
-	cmd.Env = env
-	cmd.Stdout = out
-	cmd.Stderr = out
-	// Its own process group: a Ctrl-C reaches this process only, which
-	// stops the children in order. If this process dies without cleaning
-	// up, the child goes too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	w := &workload{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		w.err = cmd.Wait()
-		close(w.done)
-	}()
-	release := func() error {
-		var id [32]byte
-		if _, err := rand.Read(id[:]); err != nil {
-			return err
-		}
-		containerID := hex.EncodeToString(id[:])
-		pidDir := filepath.Join(d.procRoot, strconv.Itoa(cmd.Process.Pid))
-		if err := os.MkdirAll(pidDir, 0o700); err != nil {
-			return err
-		}
-		cgroup := fmt.Sprintf("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod%s.slice/cri-containerd-%s.scope\n",
-			strings.ReplaceAll(string(p.UID), "-", "_"), containerID)
-		if err := os.WriteFile(filepath.Join(pidDir, "cgroup"), []byte(cgroup), 0o600); err != nil {
-			return err
-		}
-		now := metav1.Now()
-		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &now, ContainerStatuses: []corev1.ContainerStatus{{
-			Name: sa, Image: p.Spec.Containers[0].Image, ContainerID: "containerd://" + containerID, Ready: true, Started: ptr.To(true),
-			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
-		}}}
-		if _, err := pods.UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("pod %s/%s status: %w", demoNamespace, pod, err)
-		}
-		if _, err := io.WriteString(stdin, "\n"); err != nil {
-			return err
-		}
-		return stdin.Close()
-	}
-	if err := release(); err != nil {
-		w.stop()
-		return nil, err
-	}
-	return w, nil
-}
-
-// exitError says why a workload that should still run is gone.
-func (w *workload) exitError() error {
-	if w.err == nil {
-		return errors.New("exited by itself with status 0")
-	}
-	return fmt.Errorf("exited by itself: %w", w.err)
-}
-
-// terminate sends SIGTERM and waits up to grace, then kills.
-func (w *workload) terminate(grace time.Duration) {
-	select {
-	case <-w.done:
-		return
-	default:
-	}
-	_ = w.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-w.done:
-	case <-time.After(grace):
-		_ = w.cmd.Process.Kill()
-		<-w.done
-	}
-}
-
-func (w *workload) stop() { w.terminate(5 * time.Second) }
-
-// status prints `bin/<name> status --address addr`.
-func (d *demo) status(name, addr string) {
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(sctx, filepath.Join(d.opts.bin, name), "status", "--address", addr) //nolint:gosec // our own binary from bin/
-	cmd.Stdout = os.Stdout
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "demo-k8s: %s status: %v\n", name, err)
-	}
+	return nil
 }
 
 // eventually polls f until it holds, failing early when stop fires or ctx
@@ -591,7 +539,7 @@ func (d *demo) eventually(ctx context.Context, stop <-chan struct{}, what string
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("interrupted while waiting for %s", what)
+			return fmt.Errorf("%w while waiting for %s", errInterrupted, what)
 		case <-stop:
 			return fmt.Errorf("a component stopped while waiting for %s: %s", what, strings.Join(d.failed(), "; "))
 		case <-time.After(100 * time.Millisecond):
@@ -611,48 +559,4 @@ func merge(a <-chan struct{}, b <-chan struct{}) <-chan struct{} {
 		close(out)
 	}()
 	return out
-}
-
-func fileLogger(path string) (*slog.Logger, func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, nil, err
-	}
-	return slog.New(slog.NewJSONHandler(f, nil)), func() { _ = f.Close() }, nil
-}
-
-var summaryRE = regexp.MustCompile(`^demo-client: (\d+) handshakes, (\d+) failed$`)
-
-func parseSummary(line string) (total, failed int, ok bool) {
-	m := summaryRE.FindStringSubmatch(line)
-	if m == nil {
-		return 0, 0, false
-	}
-	total, _ = strconv.Atoi(m[1])
-	failed, _ = strconv.Atoi(m[2])
-	return total, failed, true
-}
-
-func countLines(path, substr string) int {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	return strings.Count(string(raw), substr)
-}
-
-// printTails shows the end of every log, for a failed run.
-func (d *demo) printTails() {
-	for _, name := range []string{"ca.log", "agent.log", "server.log", "client.out"} {
-		path := filepath.Join(d.work, name)
-		raw, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
-		if len(lines) > 20 {
-			lines = lines[len(lines)-20:]
-		}
-		fmt.Fprintf(os.Stderr, "\n==> %s (last %d lines) <==\n%s\n", path, len(lines), strings.Join(lines, "\n"))
-	}
 }

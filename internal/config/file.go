@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -66,6 +67,15 @@ func TrustDomain(s string) (spiffeid.TrustDomain, error) {
 	return td, nil
 }
 
+// Identify starts every configuration's validation: the header must fit
+// kind, and the required trustDomain field must parse.
+func Identify(h Header, kind, trustDomain string) (spiffeid.TrustDomain, error) {
+	if err := h.Check(kind); err != nil {
+		return spiffeid.TrustDomain{}, err
+	}
+	return TrustDomain(trustDomain)
+}
+
 // OrDefault returns s, or def when s is empty.
 func OrDefault(s, def string) string {
 	if s == "" {
@@ -89,6 +99,31 @@ func Load[T any](path, what string, parse func([]byte) (T, error)) (T, error) {
 		return zero, fmt.Errorf("%s: %w", path, err)
 	}
 	return v, nil
+}
+
+// Parse decodes raw strictly (see DecodeStrict) into the file form F and
+// returns what validate makes of it: the runtime form C.
+func Parse[F, C any](raw []byte, what string, validate func(*F) (C, error)) (C, error) {
+	var fc F
+	if err := DecodeStrict(raw, what, &fc); err != nil {
+		var zero C
+		return zero, err
+	}
+	return validate(&fc)
+}
+
+// HealthAddress validates the healthAddress field: def when empty, "" (no
+// health server) when "off", otherwise a host:port.
+func HealthAddress(s, def string) (string, error) {
+	switch s = OrDefault(s, def); s {
+	case "off":
+		return "", nil
+	default:
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			return "", fmt.Errorf("healthAddress: %w", err)
+		}
+		return s, nil
+	}
 }
 
 // readLimited reads the file at path, failing when it holds more than limit

@@ -1,9 +1,9 @@
 package agentapp
 
 import (
-	"errors"
-	"flag"
+	"context"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/mayfly-pki/mayfly/internal/cli"
@@ -30,18 +30,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdRun(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("agent run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "agent configuration file (YAML)")
+	fs := cli.NewRunFlags("agent run", "agent", stderr)
 	joinToken := fs.String("join-token", "", "single-use join token (standalone mode); prefer standalone.joinTokenFile or $MAYFLY_JOIN_TOKEN to keep it out of ps")
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *configPath == "" {
-		return errors.New("--config is required")
-	}
-	cfg, err := LoadFile(*configPath)
+	cfg, err := cli.LoadConfig(fs.ConfigFlags, args, LoadFile)
 	if err != nil {
 		return err
 	}
@@ -49,11 +40,5 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if cfg.JoinToken == "" {
 		cfg.JoinToken = os.Getenv("MAYFLY_JOIN_TOKEN")
 	}
-	log, err := cli.Logger(*level, stderr)
-	if err != nil {
-		return err
-	}
-	ctx, stop := cli.SignalContext()
-	defer stop()
-	return Run(ctx, cfg, Options{Logger: log})
+	return fs.Serve(func(ctx context.Context, log *slog.Logger) error { return Run(ctx, cfg, Options{Logger: log}) })
 }

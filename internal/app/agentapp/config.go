@@ -139,19 +139,12 @@ func LoadFile(path string) (*Config, error) {
 
 // Parse parses and validates a configuration; unknown fields are errors.
 func Parse(raw []byte) (*Config, error) {
-	var fc FileConfig
-	if err := config.DecodeStrict(raw, "agent config", &fc); err != nil {
-		return nil, err
-	}
-	return fc.Validate()
+	return config.Parse(raw, "agent config", (*FileConfig).Validate)
 }
 
 // Validate applies defaults; errors name the field path.
 func (fc *FileConfig) Validate() (*Config, error) {
-	if err := fc.Check("AgentConfig"); err != nil {
-		return nil, err
-	}
-	td, err := config.TrustDomain(fc.TrustDomain)
+	td, err := config.Identify(fc.Header, "AgentConfig", fc.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
@@ -162,13 +155,9 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		NodeName:        fc.NodeName,
 		SocketPath:      config.OrDefault(fc.SocketPath, "/run/mayfly/agent.sock"),
 		DataDir:         config.OrDefault(fc.DataDir, "/var/lib/mayfly/agent"),
-		HealthAddress:   config.OrDefault(fc.HealthAddress, "127.0.0.1:9444"),
 		WriteDir:        fc.WriteDir,
 		Kubernetes:      fc.Kubernetes,
 		WorkloadTTL:     fc.Workloads.TTL.Duration,
-	}
-	if c.HealthAddress == "off" {
-		c.HealthAddress = ""
 	}
 	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
 		return nil, fmt.Errorf("server.address: %w", err)
@@ -176,10 +165,8 @@ func (fc *FileConfig) Validate() (*Config, error) {
 	if c.TrustBundleFile == "" {
 		return nil, errors.New("server.trustBundleFile: required (the CA's trust-bundle.pem)")
 	}
-	if c.HealthAddress != "" {
-		if _, _, err := net.SplitHostPort(c.HealthAddress); err != nil {
-			return nil, fmt.Errorf("healthAddress: %w", err)
-		}
+	if c.HealthAddress, err = config.HealthAddress(fc.HealthAddress, "127.0.0.1:9444"); err != nil {
+		return nil, err
 	}
 	if !filepath.IsAbs(c.SocketPath) {
 		return nil, fmt.Errorf("socketPath: must be absolute, got %q", c.SocketPath)

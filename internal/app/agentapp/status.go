@@ -1,7 +1,6 @@
 package agentapp
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -18,18 +17,7 @@ type statusDoc struct {
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("agent status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("address", "127.0.0.1:9444", "the agent's healthAddress")
-	output := fs.String("output", "table", "table or json")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	var doc statusDoc
-	if err := cli.FetchStatus(*addr, "agent", &doc); err != nil {
-		return err
-	}
-	return cli.Render(stdout, *output, doc, func() error { return printTable(stdout, doc, time.Now()) })
+	return cli.Status("agent status", "agent", "127.0.0.1:9444", args, stdout, stderr, printTable)
 }
 
 func printTable(w io.Writer, doc statusDoc, now time.Time) error {

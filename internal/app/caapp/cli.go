@@ -3,9 +3,9 @@ package caapp
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -44,37 +44,21 @@ func Main(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdRun(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "CA configuration file (YAML)")
+	fs := cli.NewRunFlags("ca run", "CA", stderr)
 	rebootstrap := fs.Bool("allow-rebootstrap", false, "mint a new root although this CA issued before and its state is missing or corrupt (every workload must then get the new trust bundle)")
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *configPath == "" {
-		return errors.New("--config is required")
-	}
-	cfg, err := LoadFile(*configPath)
+	cfg, err := cli.LoadConfig(fs.ConfigFlags, args, LoadFile)
 	if err != nil {
 		return err
 	}
 	cfg.AllowRebootstrap = *rebootstrap
-	log, err := cli.Logger(*level, stderr)
-	if err != nil {
-		return err
-	}
-	ctx, stop := cli.SignalContext()
-	defer stop()
-	return Run(ctx, cfg, Options{Logger: log})
+	return fs.Serve(func(ctx context.Context, log *slog.Logger) error { return Run(ctx, cfg, Options{Logger: log}) })
 }
 
 func cmdToken(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "create" {
 		return errors.New("usage: ca token create --node NAME [--ttl 10m] (--config FILE | --dir DIR)")
 	}
-	fs := flag.NewFlagSet("ca token create", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cli.NewFlags("ca token create", stderr)
 	node := fs.String("node", "", "node name the token is for (required)")
 	ttl := fs.Duration("ttl", 10*time.Minute, "how long the token may be used (at most 24h)")
 	configPath := fs.String("config", "", "CA configuration file; its directory holds the tokens")
@@ -107,16 +91,7 @@ func cmdToken(args []string, stdout, stderr io.Writer) error {
 }
 
 func cmdRotateRoot(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca rotate-root", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "CA configuration file (YAML)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *configPath == "" {
-		return errors.New("--config is required")
-	}
-	cfg, err := LoadFile(*configPath)
+	cfg, err := cli.LoadConfig(cli.NewConfigFlags("ca rotate-root", "CA", stderr), args, LoadFile)
 	if err != nil {
 		return err
 	}

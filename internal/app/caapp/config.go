@@ -1,6 +1,8 @@
-// Package caapp wires mayfly's CA control plane (cmd/ca): configuration, authority,
-// issuer API, health and metrics, in standalone (directory) or Kubernetes
-// mode.
+// Package caapp wires mayfly's CA control plane (cmd/ca): configuration,
+// and one core (authority, issuer API, health and metrics) that each mode
+// feeds with its parts: standalone (state in a directory, join tokens, node
+// policies) or Kubernetes (state in a Secret, ServiceAccount tokens, pods,
+// the trust bundle and certificate controllers).
 package caapp
 
 import (
@@ -140,43 +142,30 @@ func LoadFile(path string) (*Config, error) {
 // Parse parses and validates a configuration; unknown fields are errors
 // (a typo must not silently fall back to a default).
 func Parse(raw []byte) (*Config, error) {
-	var fc FileConfig
-	if err := config.DecodeStrict(raw, "CA config", &fc); err != nil {
-		return nil, err
-	}
-	return fc.Validate()
+	return config.Parse(raw, "CA config", (*FileConfig).Validate)
 }
 
 // Validate applies defaults and returns the runtime form; errors name the
 // field path.
 func (fc *FileConfig) Validate() (*Config, error) {
-	if err := fc.Check("CAConfig"); err != nil {
-		return nil, err
-	}
-	td, err := config.TrustDomain(fc.TrustDomain)
+	td, err := config.Identify(fc.Header, "CAConfig", fc.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
 	c := &Config{
 		TrustDomain:    td,
 		ListenAddress:  config.OrDefault(fc.ListenAddress, "127.0.0.1:8443"),
-		HealthAddress:  config.OrDefault(fc.HealthAddress, "127.0.0.1:9443"),
 		ServerDNSNames: fc.ServerDNSNames,
 		Directory:      fc.Directory,
 		Kubernetes:     fc.Kubernetes,
 		Upstream:       fc.Upstream,
 		Nodes:          fc.Nodes,
 	}
-	if c.HealthAddress == "off" {
-		c.HealthAddress = ""
-	}
 	if _, _, err := net.SplitHostPort(c.ListenAddress); err != nil {
 		return nil, fmt.Errorf("listenAddress: %w", err)
 	}
-	if c.HealthAddress != "" {
-		if _, _, err := net.SplitHostPort(c.HealthAddress); err != nil {
-			return nil, fmt.Errorf("healthAddress: %w", err)
-		}
+	if c.HealthAddress, err = config.HealthAddress(fc.HealthAddress, "127.0.0.1:9443"); err != nil {
+		return nil, err
 	}
 	for i, n := range c.ServerDNSNames {
 		if err := pki.CheckDNSName(n); err != nil {

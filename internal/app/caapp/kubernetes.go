@@ -5,23 +5,19 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -35,7 +31,6 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
-	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/kubenodes"
 )
 
@@ -51,20 +46,16 @@ func (r runnable) NeedLeaderElection() bool        { return r.leader }
 
 var setCtrlLogger sync.Once
 
+// runKubernetes runs the CA in a cluster: the state in a Secret, agents
+// attested by ServiceAccount token, workloads authorized by their pods, the
+// trust bundle published by controllers, under controller-runtime's
+// manager (leader election for rotation).
 func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
-	defaults(&opts)
 	log := opts.Logger
 	k := cfg.Kubernetes
-	restCfg := opts.RestConfig
-	if restCfg == nil {
-		var err error
-		if restCfg, err = ctrl.GetConfig(); err != nil {
-			return fmt.Errorf("kubernetes: no API server configuration (in-cluster or KUBECONFIG): %w", err)
-		}
-	}
-	kube, err := kubernetes.NewForConfig(restCfg)
+	restCfg, kube, err := kubeClients(opts.RestConfig)
 	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
+		return err
 	}
 	selector := labels.Everything()
 	if k.BundleNamespaceSelector != "" {
@@ -72,20 +63,82 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 			return fmt.Errorf("kubernetes.bundleNamespaceSelector: %w", err)
 		}
 	}
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+	mgr, err := newControllerManager(restCfg, k, log)
+	if err != nil {
 		return err
 	}
-	if err := mayflyv1alpha1.AddToScheme(scheme); err != nil {
+	store := authority.NewSecretStore(kube, k.Namespace, k.SecretName)
+	pods := kubenodes.NewPodCache(kube, 0)
+	parts, err := kubernetesParts(cfg, kube, store, pods)
+	if err != nil {
 		return err
+	}
+	c, err := newCore(ctx, cfg, opts, parts)
+	if err != nil {
+		return err
+	}
+	if err := setupControllers(mgr, c, pods, selector); err != nil {
+		return err
+	}
+	ready := func() error {
+		if err := c.authority.Ready(); err != nil {
+			return err
+		}
+		if !pods.HasSynced() {
+			return errors.New("pod cache not synced yet")
+		}
+		return nil
+	}
+	for _, r := range []runnable{
+		{leader: true, run: c.authority.Rotate},
+		{run: pods.Start},
+		{run: func(ctx context.Context) error { return store.Watch(ctx, func() { _ = c.authority.Reload(ctx) }) }},
+		{run: func(ctx context.Context) error { return c.authority.ReloadEvery(ctx, time.Minute) }},
+		{run: func(ctx context.Context) error { return c.serve(ctx, ready) }},
+	} {
+		if err := mgr.Add(r); err != nil {
+			return err
+		}
+	}
+	_ = mgr.AddHealthzCheck("ping", healthz.Ping)
+	log.Info("starting CA in Kubernetes mode", "namespace", k.Namespace, "secret", k.SecretName, "leader_election", leaderElection(k))
+	return mgr.Start(ctx)
+}
+
+// kubeClients returns restCfg, or the in-cluster or KUBECONFIG
+// configuration when it is nil, and a client on it.
+func kubeClients(restCfg *rest.Config) (*rest.Config, kubernetes.Interface, error) {
+	if restCfg == nil {
+		var err error
+		if restCfg, err = ctrl.GetConfig(); err != nil {
+			return nil, nil, fmt.Errorf("kubernetes: no API server configuration (in-cluster or KUBECONFIG): %w", err)
+		}
+	}
+	kube, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return restCfg, kube, nil
+}
+
+func leaderElection(k *KubernetesConfig) bool { return k.LeaderElection == nil || *k.LeaderElection }
+
+// newControllerManager returns the controller-runtime manager the CA runs
+// under, its caches narrowed to the objects the CA owns.
+func newControllerManager(restCfg *rest.Config, k *KubernetesConfig, log *slog.Logger) (ctrl.Manager, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := mayflyv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
 	}
 	// controller-runtime's logger is global: the first run in a process sets it.
 	setCtrlLogger.Do(func() { ctrl.SetLogger(logrFromSlog(log)) })
-	leaderElection := k.LeaderElection == nil || *k.LeaderElection
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                        scheme,
 		Logger:                        logrFromSlog(log),
-		LeaderElection:                leaderElection,
+		LeaderElection:                leaderElection(k),
 		LeaderElectionID:              "mayfly-ca",
 		LeaderElectionNamespace:       k.Namespace,
 		LeaderElectionReleaseOnCancel: true,
@@ -103,31 +156,16 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		}},
 	})
 	if err != nil {
-		return fmt.Errorf("controller manager (is the API server at %s reachable?): %w", restCfg.Host, err)
+		return nil, fmt.Errorf("controller manager (is the API server at %s reachable?): %w", restCfg.Host, err)
 	}
+	return mgr, nil
+}
 
-	reg := newRegistry()
-	upstream, err := newUpstream(cfg)
-	if err != nil {
-		return err
-	}
-	store := authority.NewSecretStore(kube, k.Namespace, k.SecretName)
-	var srv *issuer.Server
-	am := authority.NewManager(authority.ManagerOptions{
-		Store:            store,
-		Minter:           &authority.Minter{TrustDomain: cfg.TrustDomain, Policy: cfg.Policy, Upstream: upstream, KeyType: cfg.KeyType, Rand: rand.Reader},
-		Marker:           configMapMarker{client: kube, namespace: k.Namespace},
-		Clock:            opts.Clock,
-		Logger:           log.With("component", "authority"),
-		Registerer:       reg,
-		AllowRebootstrap: cfg.AllowRebootstrap,
-		Acks:             func() bool { return srv != nil && srv.AllAgentsCurrent() },
-	})
-	if err := am.Load(ctx); err != nil {
-		log.Error("CA state could not be loaded; the CA does not issue until this is fixed", "error", err)
-	}
-
-	pods := kubenodes.NewPodCache(kube, 0)
+// kubernetesParts are the Kubernetes mode's parts of the core: the state in
+// a Secret, the bundle ConfigMap as marker, agents attested by their
+// ServiceAccount token, workloads authorized by their pod.
+func kubernetesParts(cfg *Config, kube kubernetes.Interface, store *authority.SecretStore, pods *kubenodes.PodCache) (modeParts, error) {
+	k := cfg.Kubernetes
 	kcfg := kubenodes.Config{
 		TrustDomain: cfg.TrustDomain, Audience: k.Audience, AgentNamespace: k.Namespace,
 		AgentServiceAccount: k.AgentServiceAccount, ClusterDomain: k.ClusterDomain, Client: kube, Cache: pods,
@@ -135,151 +173,47 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	attestor, err := kubenodes.NewTokenAttestor(kcfg)
 	if err != nil {
-		return err
+		return modeParts{}, err
 	}
 	authorizer, err := kubenodes.NewPodAuthorizer(kcfg)
 	if err != nil {
-		return err
+		return modeParts{}, err
 	}
-	srv, err = issuer.New(issuer.Config{
-		TrustDomain:        cfg.TrustDomain,
-		Authority:          am,
-		Attestor:           attestor,
-		Authorizer:         authorizer,
-		AgentTTL:           cfg.AgentTTL,
-		MinWorkloadTTL:     cfg.MinWorkloadTTL,
-		DefaultWorkloadTTL: cfg.DefaultWorkloadTTL,
-		MaxWorkloadTTL:     cfg.MaxWorkloadTTL,
-		KubernetesIDs:      true,
-		ServerDNSNames:     cfg.ServerDNSNames,
-		NodeRate:           rate.Limit(cfg.NodeRateLimit),
-		NodeBurst:          cfg.NodeBurst,
-		OnAck:              am.Kick,
-		Now:                opts.Clock.Now,
-		Rand:               rand.Reader,
-		Logger:             log.With("component", "issuer"),
-		Registerer:         reg,
-	})
-	if err != nil {
-		return err
-	}
+	return modeParts{
+		store:         store,
+		marker:        bundle.Marker{Client: kube, Namespace: k.Namespace},
+		attestor:      attestor,
+		authorizer:    authorizer,
+		kubernetesIDs: true,
+	}, nil
+}
 
-	if err := (&bundle.Reconciler{Client: mgr.GetClient(), Source: am, NamespaceSelector: selector, ClusterTrustBundle: true}).SetupWithManager(mgr); err != nil {
+// setupControllers adds the trust bundle publisher, the
+// PodCertificateRequest signer and, when its CRD is installed, the
+// WorkloadCertificate controller.
+func setupControllers(mgr ctrl.Manager, c *core, pods *kubenodes.PodCache, selector labels.Selector) error {
+	cfg, log := c.cfg, c.opts.Logger
+	if err := (&bundle.Reconciler{Client: mgr.GetClient(), Source: c.authority, NamespaceSelector: selector, ClusterTrustBundle: true}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("trust bundle controller: %w", err)
 	}
 	if err := (&pcr.Reconciler{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Authority: am, Pods: pods,
-		TrustDomain: cfg.TrustDomain, Now: opts.Clock.Now, Rand: rand.Reader,
-		Logger: log.With("component", "podcertificate-signer"), Registerer: reg,
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Authority: c.authority, Pods: pods,
+		TrustDomain: cfg.TrustDomain, Now: c.opts.Clock.Now, Rand: rand.Reader,
+		Logger: log.With("component", "podcertificate-signer"), Registerer: c.registry,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("PodCertificateRequest signer: %w", err)
 	}
 	wcGK := schema.GroupKind{Group: mayflyv1alpha1.GroupVersion.Group, Kind: "WorkloadCertificate"}
 	if _, err := mgr.GetRESTMapper().RESTMapping(wcGK, mayflyv1alpha1.GroupVersion.Version); err != nil {
 		log.Warn("the WorkloadCertificate CRD is not installed: Secrets are not issued (apply deploy/k8s/base/crds)", "error", err)
-	} else if err := (&workloadcert.Reconciler{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Authority: am,
-		TrustDomain: cfg.TrustDomain, ClusterDomain: k.ClusterDomain, Now: opts.Clock.Now, Rand: rand.Reader,
-		Logger: log.With("component", "workloadcertificates"), Registerer: reg,
+		return nil
+	}
+	if err := (&workloadcert.Reconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Authority: c.authority,
+		TrustDomain: cfg.TrustDomain, ClusterDomain: cfg.Kubernetes.ClusterDomain, Now: c.opts.Clock.Now, Rand: rand.Reader,
+		Logger: log.With("component", "workloadcertificates"), Registerer: c.registry,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("WorkloadCertificate controller: %w", err)
 	}
-	add := func(leader bool, f func(context.Context) error) error {
-		return mgr.Add(runnable{run: f, leader: leader})
-	}
-	for _, r := range []struct {
-		leader bool
-		f      func(context.Context) error
-	}{
-		{true, am.Rotate},
-		{false, pods.Start},
-		{false, func(ctx context.Context) error { return watchSecret(ctx, kube, k.Namespace, k.SecretName, am) }},
-		{false, func(ctx context.Context) error { return reloadLoop(ctx, am, opts.Clock, time.Minute) }},
-		{false, func(ctx context.Context) error {
-			g, gctx := errgroup.WithContext(ctx)
-			serveIssuer(gctx, g, cfg, opts, srv)
-			serveHealth(gctx, g, cfg, reg, func() error {
-				if err := am.Ready(); err != nil {
-					return err
-				}
-				if !pods.HasSynced() {
-					return errors.New("pod cache not synced yet")
-				}
-				return nil
-			}, func() Status { return statusOf(cfg, am, srv) }, log)
-			return g.Wait()
-		}},
-	} {
-		if err := add(r.leader, r.f); err != nil {
-			return err
-		}
-	}
-	_ = mgr.AddHealthzCheck("ping", healthz.Ping)
-	log.Info("starting CA in Kubernetes mode", "namespace", k.Namespace, "secret", k.SecretName, "leader_election", leaderElection)
-	return mgr.Start(ctx)
-}
-
-// watchSecret reloads the authority whenever the CA Secret changes, so
-// every replica signs with the slot the leader activated, without restart.
-func watchSecret(ctx context.Context, kube kubernetes.Interface, namespace, name string, am *authority.Manager) error {
-	f := informers.NewSharedInformerFactoryWithOptions(kube, 10*time.Minute,
-		informers.WithNamespace(namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
-		}))
-	inf := f.Core().V1().Secrets().Informer()
-	reload := func(any) { _ = am.Reload(ctx) }
-	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    reload,
-		UpdateFunc: func(_, n any) { reload(n) },
-		DeleteFunc: reload,
-	}); err != nil {
-		return err
-	}
-	f.Start(ctx.Done())
-	<-ctx.Done()
-	f.Shutdown()
 	return nil
-}
-
-// configMapMarker is the Kubernetes authority.Marker: the trust bundle
-// ConfigMap in the CA's own namespace.
-type configMapMarker struct {
-	client    kubernetes.Interface
-	namespace string
-}
-
-func (m configMapMarker) Marked(ctx context.Context) (bool, error) {
-	cm, err := m.client.CoreV1().ConfigMaps(m.namespace).Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return cm.Data[bundle.ConfigMapKey] != "", nil
-}
-
-func (m configMapMarker) Mark(ctx context.Context, bundlePEM []byte) error {
-	cms := m.client.CoreV1().ConfigMaps(m.namespace)
-	cm, err := cms.Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		_, err = cms.Create(ctx, &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: bundle.ConfigMapName, Namespace: m.namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "mayfly-ca"}},
-			Data:       map[string]string{bundle.ConfigMapKey: string(bundlePEM)},
-		}, metav1.CreateOptions{})
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	if cm.Data[bundle.ConfigMapKey] == string(bundlePEM) {
-		return nil
-	}
-	if cm.Data == nil {
-		cm.Data = map[string]string{}
-	}
-	cm.Data[bundle.ConfigMapKey] = string(bundlePEM)
-	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
-	return err
 }

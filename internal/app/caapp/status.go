@@ -2,7 +2,6 @@ package caapp
 
 import (
 	"crypto/x509"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -60,18 +59,7 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server) Status {
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("address", "127.0.0.1:9443", "the CA's healthAddress")
-	output := fs.String("output", "table", "table or json")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	var st Status
-	if err := cli.FetchStatus(*addr, "CA", &st); err != nil {
-		return err
-	}
-	return cli.Render(stdout, *output, st, func() error { return printStatus(stdout, st, time.Now()) })
+	return cli.Status("ca status", "CA", "127.0.0.1:9443", args, stdout, stderr, printStatus)
 }
 
 func printStatus(w io.Writer, st Status, now time.Time) error {

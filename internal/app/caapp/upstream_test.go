@@ -1,5 +1,8 @@
 package caapp_test
 
+// The tests of authority.FileUpstream stay here, next to
+// TestStandaloneWithFileUpstream which runs the CA on the same fixtures.
+
 import (
 	"context"
 	"crypto"
@@ -19,7 +22,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -191,7 +193,7 @@ func signAndVerify(t *testing.T, u authority.Upstream, ttl time.Duration) (chain
 func TestFileUpstreamRootSignsIntermediates(t *testing.T) {
 	t.Parallel()
 	f := writeUpstream(t)
-	u, err := caapp.LoadFileUpstream(f.rootCert, f.rootKey, "")
+	u, err := authority.LoadFileUpstream(f.rootCert, f.rootKey, "", nil)
 	if err != nil {
 		t.Fatalf("LoadFileUpstream: %v", err)
 	}
@@ -214,7 +216,7 @@ func TestFileUpstreamIntermediateWithBundle(t *testing.T) {
 	t.Parallel()
 	f := writeUpstream(t)
 	bundle := writeFile(t, f.dir, "bundle.crt", pki.EncodeCertificates(f.root.cert))
-	u, err := caapp.LoadFileUpstream(f.issuingCert, f.issKey, bundle)
+	u, err := authority.LoadFileUpstream(f.issuingCert, f.issKey, bundle, nil)
 	if err != nil {
 		t.Fatalf("LoadFileUpstream: %v", err)
 	}
@@ -242,7 +244,7 @@ func TestFileUpstreamChainsThroughIntermediatesInCertFile(t *testing.T) {
 	f := writeUpstream(t)
 	sub := newCorpCert(t, corpOpts{isCA: true, parent: f.issuing, commonName: "Corp Sub CA"})
 	certFile := writeFile(t, f.dir, "sub-chain.crt", pki.EncodeCertificates(sub.cert, f.issuing.cert))
-	u, err := caapp.LoadFileUpstream(certFile, writeFile(t, f.dir, "sub.key", keyPEM(t, sub.key)), writeFile(t, f.dir, "bundle.crt", pki.EncodeCertificates(f.root.cert)))
+	u, err := authority.LoadFileUpstream(certFile, writeFile(t, f.dir, "sub.key", keyPEM(t, sub.key)), writeFile(t, f.dir, "bundle.crt", pki.EncodeCertificates(f.root.cert)), nil)
 	if err != nil {
 		t.Fatalf("LoadFileUpstream: %v", err)
 	}
@@ -278,9 +280,9 @@ func TestFileUpstreamLegacyKeyFormats(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			root := newCorpCert(t, corpOpts{isCA: true, key: tc.key, commonName: "Corp " + tc.name})
-			u, err := caapp.LoadFileUpstream(
+			u, err := authority.LoadFileUpstream(
 				writeFile(t, dir, tc.name+".crt", pki.EncodeCertificates(root.cert)),
-				writeFile(t, dir, tc.name+".key", tc.pem), "")
+				writeFile(t, dir, tc.name+".key", tc.pem), "", nil)
 			if err != nil {
 				t.Fatalf("LoadFileUpstream: %v", err)
 			}
@@ -294,7 +296,7 @@ func TestFileUpstreamIntermediateEndsWithTheUpstream(t *testing.T) {
 	dir := t.TempDir()
 	notAfter := time.Now().Add(3 * time.Hour).Truncate(time.Second)
 	root := newCorpCert(t, corpOpts{isCA: true, notAfter: notAfter, commonName: "Corp Short Root"})
-	u, err := caapp.LoadFileUpstream(writeFile(t, dir, "r.crt", pki.EncodeCertificates(root.cert)), writeFile(t, dir, "r.key", keyPEM(t, root.key)), "")
+	u, err := authority.LoadFileUpstream(writeFile(t, dir, "r.crt", pki.EncodeCertificates(root.cert)), writeFile(t, dir, "r.key", keyPEM(t, root.key)), "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +312,7 @@ func TestFileUpstreamRefusesOtherTrustDomain(t *testing.T) {
 	// trust domain.
 	other := testca.New(t)
 	dir := t.TempDir()
-	u, err := caapp.LoadFileUpstream(writeFile(t, dir, "r.crt", other.BundlePEM()), writeFile(t, dir, "r.key", keyPEM(t, other.RootKey)), "")
+	u, err := authority.LoadFileUpstream(writeFile(t, dir, "r.crt", other.BundlePEM()), writeFile(t, dir, "r.key", keyPEM(t, other.RootKey)), "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,6 +321,29 @@ func TestFileUpstreamRefusesOtherTrustDomain(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("an example.org root signed an intermediate of other.org")
+	}
+}
+
+// TestFileUpstreamUsesTheGivenClock: the upstream certificate is checked
+// against the CA's clock, and intermediates are dated by it.
+func TestFileUpstreamUsesTheGivenClock(t *testing.T) {
+	t.Parallel()
+	f := writeUpstream(t)
+	late := func() time.Time { return f.root.cert.NotAfter.Add(time.Minute) }
+	if _, err := authority.LoadFileUpstream(f.rootCert, f.rootKey, "", late); err == nil || !strings.Contains(err.Error(), "expired at ") {
+		t.Fatalf("LoadFileUpstream after the root's notAfter: error = %v, want expired", err)
+	}
+	now := time.Now().Add(time.Hour).Truncate(time.Second)
+	u, err := authority.LoadFileUpstream(f.rootCert, f.rootKey, "", func() time.Time { return now })
+	if err != nil {
+		t.Fatalf("LoadFileUpstream: %v", err)
+	}
+	chain, _, err := u.SignIntermediate(context.Background(), authority.IntermediateRequest{TrustDomain: upstreamTD, Key: upstreamKey(t), TTL: time.Hour})
+	if err != nil {
+		t.Fatalf("SignIntermediate: %v", err)
+	}
+	if nb := chain[0].NotBefore; nb.After(now) || nb.Before(now.Add(-time.Hour)) {
+		t.Fatalf("intermediate notBefore = %s, want near the given clock's %s", nb, now)
 	}
 }
 
@@ -384,7 +409,7 @@ func TestLoadFileUpstreamRejectsBadInputs(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			u, err := caapp.LoadFileUpstream(tc.certFile, tc.keyFile, tc.bundle)
+			u, err := authority.LoadFileUpstream(tc.certFile, tc.keyFile, tc.bundle, nil)
 			if err == nil {
 				t.Fatalf("LoadFileUpstream accepted it: %+v", u)
 			}

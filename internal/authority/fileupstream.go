@@ -1,4 +1,4 @@
-package caapp
+package authority
 
 import (
 	"context"
@@ -9,30 +9,29 @@ import (
 	"os"
 	"time"
 
-	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
-func newUpstream(cfg *Config) (authority.Upstream, error) {
-	if cfg.Upstream == nil || cfg.Upstream.File == nil {
-		return nil, nil
-	}
-	return LoadFileUpstream(cfg.Upstream.File.CertFile, cfg.Upstream.File.KeyFile, cfg.Upstream.File.BundleFile)
-}
-
-// FileUpstream is a CA given as certificate and key files; it signs the
-// intermediates, and its root is the trust anchor.
+// FileUpstream is an Upstream given as certificate and key files (the CA
+// config's upstream.file, named so in errors); it signs the intermediates,
+// and its root is the trust anchor.
 type FileUpstream struct {
 	cert  *x509.Certificate
 	chain []*x509.Certificate // above cert, up to but excluding roots
 	key   crypto.Signer
 	roots []*x509.Certificate
 	name  string
+	now   func() time.Time
 }
 
 // LoadFileUpstream reads the CA files. bundleFile holds the roots above
-// certFile; without it certFile must be a self-signed root.
-func LoadFileUpstream(certFile, keyFile, bundleFile string) (*FileUpstream, error) {
+// certFile; without it certFile must be a self-signed root. now is the
+// clock the certificate is checked against and intermediates are dated by
+// (nil: time.Now).
+func LoadFileUpstream(certFile, keyFile, bundleFile string, now func() time.Time) (*FileUpstream, error) {
+	if now == nil {
+		now = time.Now
+	}
 	rawCert, err := os.ReadFile(certFile)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.file.certFile: %w", err)
@@ -49,11 +48,11 @@ func LoadFileUpstream(certFile, keyFile, bundleFile string) (*FileUpstream, erro
 	if err != nil {
 		return nil, fmt.Errorf("upstream.file.keyFile %s: %w", keyFile, err)
 	}
-	u := &FileUpstream{cert: certs[0], chain: certs[1:], key: key, name: "file " + certFile}
+	u := &FileUpstream{cert: certs[0], chain: certs[1:], key: key, name: "file " + certFile, now: now}
 	if !u.cert.IsCA || u.cert.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return nil, fmt.Errorf("upstream.file.certFile %s: not a CA certificate with keyCertSign", certFile)
 	}
-	if e, ok := u.cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !e.Equal(key.Public()) {
+	if !pki.KeyMatches(u.cert, key) {
 		return nil, fmt.Errorf("upstream.file.keyFile %s: does not match the certificate in %s", keyFile, certFile)
 	}
 	if bundleFile == "" {
@@ -72,7 +71,7 @@ func LoadFileUpstream(certFile, keyFile, bundleFile string) (*FileUpstream, erro
 		}
 		u.chain = append([]*x509.Certificate{u.cert}, u.chain...)
 	}
-	if err := verifyUpstream(u, time.Now()); err != nil {
+	if err := verifyUpstream(u, now()); err != nil {
 		return nil, fmt.Errorf("upstream.file.certFile %s: %w", certFile, err)
 	}
 	return u, nil
@@ -110,8 +109,8 @@ func verifyUpstream(u *FileUpstream, now time.Time) error {
 func (u *FileUpstream) Name() string { return u.name }
 
 // SignIntermediate signs the intermediate with the upstream CA key.
-func (u *FileUpstream) SignIntermediate(_ context.Context, req authority.IntermediateRequest) ([]*x509.Certificate, []*x509.Certificate, error) {
-	cert, err := authority.SignIntermediate(u.cert, u.key, req.Key.Public(), req.TrustDomain, req.TTL, time.Now(), rand.Reader)
+func (u *FileUpstream) SignIntermediate(_ context.Context, req IntermediateRequest) ([]*x509.Certificate, []*x509.Certificate, error) {
+	cert, err := SignIntermediate(u.cert, u.key, req.Key.Public(), req.TrustDomain, req.TTL, u.now(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}

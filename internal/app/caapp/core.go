@@ -1,0 +1,203 @@
+package caapp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/issuer"
+)
+
+// shutdownGrace bounds how long the issuer API and the health server drain
+// before they are closed.
+const shutdownGrace = 5 * time.Second
+
+// modeParts are what a mode (standalone or Kubernetes) feeds the core: where
+// the state lives, how a first start is told from lost state, how agents
+// prove who they are and what they may obtain.
+type modeParts struct {
+	store      authority.Store
+	marker     authority.Marker
+	attestor   issuer.AgentAttestor
+	authorizer issuer.WorkloadAuthorizer
+	// kubernetesIDs: workload IDs are ns/<namespace>/sa/<serviceaccount>.
+	kubernetesIDs bool
+}
+
+// core is what both modes run: the metrics registry, the authority manager
+// and the issuer API, and the listeners that serve them.
+type core struct {
+	cfg       *Config
+	opts      Options
+	registry  *prometheus.Registry
+	authority *authority.Manager
+	issuer    *issuer.Server
+}
+
+// newCore builds the core on the parts of a mode and loads the CA state. A
+// state that does not load is logged, not returned: the CA keeps serving
+// health so the operator sees why it does not issue.
+func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*core, error) {
+	c := &core{cfg: cfg, opts: opts, registry: newRegistry()}
+	upstream, err := newUpstream(cfg, opts.Clock.Now)
+	if err != nil {
+		return nil, err
+	}
+	c.authority = authority.NewManager(authority.ManagerOptions{
+		Store:            parts.store,
+		Minter:           &authority.Minter{TrustDomain: cfg.TrustDomain, Policy: cfg.Policy, Upstream: upstream, KeyType: cfg.KeyType, Rand: rand.Reader},
+		Marker:           parts.marker,
+		Clock:            opts.Clock,
+		Logger:           opts.Logger.With("component", "authority"),
+		Registerer:       c.registry,
+		AllowRebootstrap: cfg.AllowRebootstrap,
+		Acks:             func() bool { return c.issuer != nil && c.issuer.AllAgentsCurrent() },
+	})
+	if err := c.authority.Load(ctx); err != nil {
+		opts.Logger.Error("CA state could not be loaded; the CA does not issue until this is fixed", "error", err)
+	}
+	c.issuer, err = issuer.New(issuer.Config{
+		TrustDomain:        cfg.TrustDomain,
+		Authority:          c.authority,
+		Attestor:           parts.attestor,
+		Authorizer:         parts.authorizer,
+		AgentTTL:           cfg.AgentTTL,
+		MinWorkloadTTL:     cfg.MinWorkloadTTL,
+		DefaultWorkloadTTL: cfg.DefaultWorkloadTTL,
+		MaxWorkloadTTL:     cfg.MaxWorkloadTTL,
+		KubernetesIDs:      parts.kubernetesIDs,
+		ServerDNSNames:     cfg.ServerDNSNames,
+		NodeRate:           rate.Limit(cfg.NodeRateLimit),
+		NodeBurst:          cfg.NodeBurst,
+		OnAck:              c.authority.Kick,
+		Now:                opts.Clock.Now,
+		Rand:               rand.Reader,
+		Logger:             opts.Logger.With("component", "issuer"),
+		Registerer:         c.registry,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newUpstream returns the configured upstream, or nil for a self-signed
+// root. now is the CA's clock.
+func newUpstream(cfg *Config, now func() time.Time) (authority.Upstream, error) {
+	if cfg.Upstream == nil || cfg.Upstream.File == nil {
+		return nil, nil
+	}
+	u, err := authority.LoadFileUpstream(cfg.Upstream.File.CertFile, cfg.Upstream.File.KeyFile, cfg.Upstream.File.BundleFile, now)
+	if err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// status is what /status and `ca status` show.
+func (c *core) status() Status { return statusOf(c.cfg, c.authority, c.issuer) }
+
+// serve runs the issuer API and the health server until ctx is done; ready
+// answers /readyz.
+func (c *core) serve(ctx context.Context, ready func() error) error {
+	g, ctx := errgroup.WithContext(ctx)
+	c.serveIssuer(ctx, g)
+	c.serveHealth(ctx, g, ready)
+	return g.Wait()
+}
+
+func (c *core) serveIssuer(ctx context.Context, g *errgroup.Group) {
+	gs := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(c.issuer.TLSConfig())),
+		grpc.MaxRecvMsgSize(8<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+	)
+	issuerv1.RegisterIssuerServer(gs, c.issuer)
+	g.Go(func() error {
+		lis := c.opts.Listener
+		if lis == nil {
+			var err error
+			if lis, err = net.Listen("tcp", c.cfg.ListenAddress); err != nil {
+				return fmt.Errorf("listenAddress: %w", err)
+			}
+		}
+		c.opts.Logger.Info("issuer API listening", "address", lis.Addr().String(), "trust_domain", c.cfg.TrustDomain.String())
+		if c.opts.Ready != nil {
+			c.opts.Ready(lis.Addr().String())
+		}
+		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("issuer API: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		stopped := make(chan struct{})
+		go func() { gs.GracefulStop(); close(stopped) }()
+		t := c.opts.Clock.NewTimer(shutdownGrace)
+		defer t.Stop()
+		select {
+		case <-stopped:
+		case <-t.C():
+			gs.Stop()
+		}
+		return nil
+	})
+}
+
+func (c *core) serveHealth(ctx context.Context, g *errgroup.Group, ready func() error) {
+	if c.cfg.HealthAddress == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(c.status())
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{Registry: c.registry}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	hs := &http.Server{Addr: c.cfg.HealthAddress, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error {
+		c.opts.Logger.Info("health and metrics listening", "address", c.cfg.HealthAddress)
+		if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("healthAddress: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		return hs.Shutdown(sctx) //nolint:contextcheck // the run context is already done
+	})
+}
