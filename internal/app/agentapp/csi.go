@@ -47,7 +47,7 @@ func (c *csiIdentities) Track(id csi.VolumeIdentity, sink rotate.Sink) (func(), 
 	c.mu.Unlock()
 
 	spec := agent.Spec{
-		Key: key, DNSNames: id.DNSNames, TTL: id.TTL, KeyType: id.KeyType,
+		Key: key, DNSNames: id.DNSNames, TTL: id.TTL, KeyType: id.KeyType, Path: agent.PathCSI,
 		PodUIDs: func() []string {
 			c.mu.Lock()
 			defer c.mu.Unlock()

@@ -313,6 +313,9 @@ func (s *registrationSync) apply(regs []workloadattest.Registration) error {
 			sinks = append(sinks, fs)
 		}
 		spec := registrationSpec(s.cfg, r, sinks)
+		if len(sinks) > 0 {
+			spec.Path = agent.PathWriteDir
+		}
 		next[spec.Key] = true
 		if !s.current[spec.Key] {
 			s.mgr.Ensure(spec)
