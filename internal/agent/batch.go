@@ -8,9 +8,10 @@ import (
 	"time"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
-// Signer sends a batch of workload requests to the CA (CAClient).
+// Signer sends a batch of workload requests to the CA (CAConn).
 type Signer interface {
 	SignWorkloads(ctx context.Context, reqs []*issuerv1.WorkloadRequest) ([]*issuerv1.WorkloadResult, error)
 }
@@ -22,6 +23,8 @@ type Batcher struct {
 	Signer   Signer
 	Window   time.Duration
 	MaxBatch int
+	// Clock times the window; nil means the wall clock.
+	Clock rotate.Clock
 
 	once    sync.Once
 	in      chan *pending
@@ -30,7 +33,6 @@ type Batcher struct {
 
 type pending struct {
 	req  *issuerv1.WorkloadRequest
-	ctx  context.Context
 	done chan batchResult
 }
 
@@ -47,6 +49,9 @@ func (b *Batcher) init() {
 		if b.MaxBatch == 0 {
 			b.MaxBatch = 256
 		}
+		if b.Clock == nil {
+			b.Clock = rotate.RealClock{}
+		}
 		b.in = make(chan *pending)
 	})
 }
@@ -62,13 +67,13 @@ func (b *Batcher) Start(ctx context.Context) error {
 		case first = <-b.in:
 		}
 		batch := []*pending{first}
-		timer := time.NewTimer(b.Window)
+		timer := b.Clock.NewTimer(b.Window)
 	gather:
 		for len(batch) < b.MaxBatch {
 			select {
 			case p := <-b.in:
 				batch = append(batch, p)
-			case <-timer.C:
+			case <-timer.C():
 				break gather
 			case <-ctx.Done():
 				break gather
@@ -107,7 +112,7 @@ func (b *Batcher) send(ctx context.Context, batch []*pending) {
 func (b *Batcher) Sign(ctx context.Context, req *issuerv1.WorkloadRequest) (*issuerv1.WorkloadResult, error) {
 	b.init()
 	req.RequestId = strconv.FormatUint(b.counter.Add(1), 36)
-	p := &pending{req: req, ctx: ctx, done: make(chan batchResult, 1)}
+	p := &pending{req: req, done: make(chan batchResult, 1)}
 	select {
 	case b.in <- p:
 	case <-ctx.Done():

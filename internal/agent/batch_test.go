@@ -8,8 +8,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 // signerFunc adapts a function to Signer.
@@ -296,5 +298,33 @@ func TestBatcherSignReturnsContextErrorWhenNoLoopRuns(t *testing.T) {
 				t.Errorf("the CA saw batches %v, want only the live request [1]", got)
 			}
 		})
+	}
+}
+
+func TestBatcherWindowRunsOnTheInjectedClock(t *testing.T) {
+	clk := rotate.NewFakeClock(epoch)
+	rec := &batchRecorder{}
+	b := &Batcher{Signer: rec, Window: time.Second, Clock: clk}
+	run(t, "Batcher.Start", b.Start)
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Sign(t.Context(), &issuerv1.WorkloadRequest{SpiffeId: "spiffe://example.org/w"})
+		done <- err
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	if err := clk.BlockUntilContext(ctx, 1); err != nil {
+		t.Fatalf("the batch window never started on the fake clock: %v", err)
+	}
+	clk.Advance(time.Second - time.Nanosecond)
+	if got := rec.batches(); len(got) != 0 {
+		t.Fatalf("batches %v sent before the window ended", got)
+	}
+	clk.Advance(time.Nanosecond)
+	if err := recv(t, done, "Sign to return once the window ended"); err != nil {
+		t.Fatalf("Sign: %v", err)
+	}
+	if got := rec.batches(); !slices.Equal(got, []int{1}) {
+		t.Errorf("batches %v, want [1]", got)
 	}
 }

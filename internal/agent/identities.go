@@ -17,6 +17,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/pkg/notify"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -51,12 +52,6 @@ type Spec struct {
 	Pinned bool
 }
 
-// BundleSource gives the trust bundle (CAClient).
-type BundleSource interface {
-	Bundle() ([]*x509.Certificate, string)
-	SubscribeBundle() (<-chan struct{}, func())
-}
-
 // ManagerConfig configures a Manager.
 type ManagerConfig struct {
 	Batcher     *Batcher
@@ -71,37 +66,41 @@ type ManagerConfig struct {
 	IdleTimeout time.Duration
 }
 
-// Manager obtains and rotates the node's workload identities, one rotator
-// per identity, all sharing one batcher towards the CA.
+// Manager obtains and rotates the node's workload identities. The first
+// request for an identity obtains it directly, through the batcher shared
+// by all, and gets it back; from then on one rotator per identity renews
+// it and pushes each new credential to the subscribers and sinks.
 type Manager struct {
 	cfg ManagerConfig
 
 	mu      sync.Mutex
-	ctx     context.Context
 	entries map[string]*entry
 	agent   *x509.Certificate
+	// unstarted are the identities whose rotators Start has not run yet;
+	// launch signals it that there are some.
+	unstarted []*entry
+	launch    chan struct{}
 
 	svids     *svidMetrics
 	rotations *prometheus.CounterVec
 }
 
 type entry struct {
-	spec     Spec
-	rot      *rotate.Rotator
-	cancel   context.CancelFunc
+	spec    Spec
+	rot     *rotate.Rotator
+	changes notify.Notifier
+	removed chan struct{} // closed by removal
+
+	// Under Manager.mu:
 	lastUsed time.Time
 	watchers int
-
-	subMu sync.Mutex
-	subs  map[chan struct{}]struct{}
-
-	// settled is closed when the first attempt to obtain ends, either way
-	// (or the identity is removed).
-	settled    chan struct{}
-	settleOnce sync.Once
+	stop     context.CancelFunc // stops the rotator once Start runs it
+	// attempted is set once the first attempt to obtain ended, either way,
+	// or the identity was removed. attempt is open while a caller makes the
+	// first attempt; the others wait for it.
+	attempted bool
+	attempt   chan struct{}
 }
-
-func (e *entry) settle() { e.settleOnce.Do(func() { close(e.settled) }) }
 
 // NewManager returns a Manager; Start runs it.
 func NewManager(cfg ManagerConfig) *Manager {
@@ -117,6 +116,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 	m := &Manager{
 		cfg:     cfg,
 		entries: map[string]*entry{},
+		launch:  make(chan struct{}, 1),
 		svids:   newSVIDMetrics(),
 		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mayfly_agent_rotations_total",
@@ -134,24 +134,47 @@ func NewManager(cfg ManagerConfig) *Manager {
 	return m
 }
 
-// Start runs until ctx is done, collecting idle identities.
+// Start runs until ctx is done: it runs the rotator of every identity
+// (after its first attempt, which it makes itself for an identity nobody
+// asked for yet) and collects idle identities every minute.
 func (m *Manager) Start(ctx context.Context) error {
-	m.mu.Lock()
-	m.ctx = ctx
-	for _, e := range m.entries {
-		m.startEntry(e)
-	}
-	m.mu.Unlock()
+	gc := m.cfg.Clock.NewTimer(time.Minute)
+	defer func() { gc.Stop() }()
 	for {
-		t := m.cfg.Clock.NewTimer(time.Minute)
+		m.mu.Lock()
+		batch := m.unstarted
+		m.unstarted = nil
+		m.mu.Unlock()
+		for _, e := range batch {
+			m.run(ctx, e)
+		}
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return nil
-		case <-t.C():
+		case <-m.launch:
+		case <-gc.C():
+			m.collect()
+			gc = m.cfg.Clock.NewTimer(time.Minute)
 		}
-		m.collect()
 	}
+}
+
+// run makes e's first attempt unless a request did, then runs its rotator,
+// until ctx is done or e is removed.
+func (m *Manager) run(ctx context.Context, e *entry) {
+	m.mu.Lock()
+	if m.entries[e.spec.Key] != e {
+		m.mu.Unlock()
+		return // removed before it ran
+	}
+	ctx, e.stop = context.WithCancel(ctx)
+	m.mu.Unlock()
+	go func() {
+		if _, err := m.first(ctx, e); errors.Is(err, context.Canceled) {
+			return
+		}
+		_ = e.rot.Start(ctx)
+	}()
 }
 
 func (m *Manager) collect() {
@@ -165,7 +188,7 @@ func (m *Manager) collect() {
 	}
 }
 
-// Ensure returns the identity for spec, creating and starting it if new.
+// Ensure returns the identity for spec, creating it if new.
 func (m *Manager) Ensure(spec Spec) *rotate.Rotator {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -183,24 +206,25 @@ func (m *Manager) ensureLocked(spec Spec) *entry {
 		if spec.PodUIDs != nil {
 			e.spec.PodUIDs = spec.PodUIDs
 		}
+		if spec.PodToken != nil {
+			e.spec.PodToken = spec.PodToken
+		}
 		return e
 	}
-	e = &entry{spec: spec, lastUsed: m.cfg.Clock.Now(), subs: map[chan struct{}]struct{}{}, settled: make(chan struct{})}
+	e = &entry{spec: spec, lastUsed: m.cfg.Clock.Now(), removed: make(chan struct{})}
+	// The rotator renews what the first request obtained, with the same
+	// obtain; its events keep the metrics and wake the subscribers.
 	e.rot = rotate.New(func(ctx context.Context) (*rotate.Credential, error) { return m.obtain(ctx, e) }, rotate.Options{
 		Policy: m.cfg.Policy, Clock: m.cfg.Clock, Sinks: spec.Sinks, Name: spec.Key,
 		OnEvent: func(ev rotate.Event) { m.onEvent(e, ev) },
 	})
 	m.entries[spec.Key] = e
-	if m.ctx != nil {
-		m.startEntry(e)
+	m.unstarted = append(m.unstarted, e)
+	select {
+	case m.launch <- struct{}{}:
+	default:
 	}
 	return e
-}
-
-func (m *Manager) startEntry(e *entry) {
-	ctx, cancel := context.WithCancel(m.ctx)
-	e.cancel = cancel
-	go func() { _ = e.rot.Start(ctx) }()
 }
 
 // Remove stops and forgets an identity.
@@ -215,13 +239,14 @@ func (m *Manager) removeLocked(key string) {
 	if !ok {
 		return
 	}
-	if e.cancel != nil {
-		e.cancel()
+	if e.stop != nil {
+		e.stop()
 	}
 	m.svids.remove(key)
 	delete(m.entries, key)
-	e.settle()
-	e.notify()
+	e.attempted = true
+	close(e.removed)
+	e.changes.Notify()
 }
 
 func (m *Manager) onEvent(e *entry, ev rotate.Event) {
@@ -240,25 +265,12 @@ func (m *Manager) onEvent(e *entry, ev rotate.Event) {
 		if cur != nil {
 			m.cfg.Logger.Info("SVID rotated", "spiffe_id", idOf(cur.Leaf()), "serial", cur.Leaf().SerialNumber.Text(16), "not_after", cur.Leaf().NotAfter)
 		}
-		e.settle()
-		e.notify()
+		e.changes.Notify()
 	case rotate.EventObtainFailed:
 		m.rotations.WithLabelValues("failure").Inc()
 		m.cfg.Logger.Warn("SVID rotation failed; keeping the current one", "identity", e.spec.Key, "error", ev.Err, "next", ev.Next.At)
-		e.settle()
 	case rotate.EventSinkFailed:
 		m.cfg.Logger.Warn("writing an SVID to a sink failed", "identity", e.spec.Key, "error", ev.Err)
-	}
-}
-
-func (e *entry) notify() {
-	e.subMu.Lock()
-	defer e.subMu.Unlock()
-	for ch := range e.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
 	}
 }
 
@@ -322,23 +334,104 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 var ErrNotIssued = errors.New("identity not issued")
 
 // Obtain returns the current credential of spec's identity, creating it if
-// new, and waits up to ctx for its first attempt to end, but not for the
-// retries after a failed one: an identity the CA refused must not hold up
-// the others of the same workload. Before a first success it returns
+// new. An identity not attempted yet is obtained at once, in the caller's
+// goroutine, through the batcher (concurrent callers share the attempt);
+// its rotator then only renews it. Obtain does not wait for the retries
+// after a failed first attempt (an identity the CA refused must not hold
+// up the others of the same workload): before a first success it returns
 // ErrNotIssued.
 func (m *Manager) Obtain(ctx context.Context, spec Spec) (*rotate.Credential, error) {
 	m.mu.Lock()
 	e := m.ensureLocked(spec)
 	m.mu.Unlock()
-	select {
-	case <-e.settled:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	return m.first(ctx, e)
+}
+
+// ObtainAll is Obtain for several identities at once, so that those not
+// attempted yet share a batch. It returns the credentials issued, in the
+// order of specs, leaving out those not issued; its error is the first
+// other error.
+func (m *Manager) ObtainAll(ctx context.Context, specs []Spec) ([]*rotate.Credential, error) {
+	if len(specs) == 1 { // the common case, without a goroutine
+		cred, err := m.Obtain(ctx, specs[0])
+		if errors.Is(err, ErrNotIssued) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return []*rotate.Credential{cred}, nil
 	}
-	if cur := e.rot.Current(); cur != nil {
-		return cur, nil
+	creds := make([]*rotate.Credential, len(specs))
+	errs := make([]error, len(specs))
+	var wg sync.WaitGroup
+	for i, spec := range specs {
+		wg.Go(func() { creds[i], errs[i] = m.Obtain(ctx, spec) })
 	}
-	return nil, ErrNotIssued
+	wg.Wait()
+	out := make([]*rotate.Credential, 0, len(specs))
+	for i, cred := range creds {
+		switch {
+		case errors.Is(errs[i], ErrNotIssued):
+		case errs[i] != nil:
+			return nil, errs[i]
+		default:
+			out = append(out, cred)
+		}
+	}
+	return out, nil
+}
+
+// first returns e's credential once its first attempt ended, making that
+// attempt itself when nobody else is. An attempt cut short by the caller's
+// context does not count: the next caller (or Start) makes it again.
+func (m *Manager) first(ctx context.Context, e *entry) (*rotate.Credential, error) {
+	for {
+		m.mu.Lock()
+		if e.attempted {
+			m.mu.Unlock()
+			if cur := e.rot.Current(); cur != nil {
+				return cur, nil
+			}
+			return nil, ErrNotIssued
+		}
+		if wait := e.attempt; wait != nil {
+			m.mu.Unlock()
+			select {
+			case <-wait:
+			case <-e.removed:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		done := make(chan struct{})
+		e.attempt = done
+		m.mu.Unlock()
+
+		cred, err := m.obtain(ctx, e)
+		if err != nil && ctx.Err() != nil {
+			m.mu.Lock()
+			e.attempt = nil
+			m.mu.Unlock()
+			close(done)
+			return nil, ctx.Err()
+		}
+		// The rotator takes the outcome as its own first attempt: it
+		// renews the credential, or retries after backoff.
+		if err := e.rot.Record(cred, err); err != nil {
+			cred = nil
+		}
+		m.mu.Lock()
+		e.attempted = true
+		e.attempt = nil
+		m.mu.Unlock()
+		close(done)
+		if cred == nil {
+			return nil, ErrNotIssued
+		}
+		return cred, nil
+	}
 }
 
 // WaitAnyReady waits up to ctx until one of the specs' identities has its
@@ -373,9 +466,9 @@ func (m *Manager) WaitAnyReady(ctx context.Context, specs []Spec) error {
 	}
 }
 
-// Subscribe signals after each rotation of key's identity.
+// Subscribe signals after each rotation of key's identity, and its
+// removal.
 func (m *Manager) Subscribe(key string) (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
 	m.mu.Lock()
 	e, ok := m.entries[key]
 	if ok {
@@ -383,19 +476,18 @@ func (m *Manager) Subscribe(key string) (<-chan struct{}, func()) {
 	}
 	m.mu.Unlock()
 	if !ok {
-		return ch, func() {}
+		return make(chan struct{}), func() {}
 	}
-	e.subMu.Lock()
-	e.subs[ch] = struct{}{}
-	e.subMu.Unlock()
+	ch, unsubscribe := e.changes.Subscribe()
+	var once sync.Once
 	return ch, func() {
-		e.subMu.Lock()
-		delete(e.subs, ch)
-		e.subMu.Unlock()
-		m.mu.Lock()
-		e.watchers--
-		e.lastUsed = m.cfg.Clock.Now()
-		m.mu.Unlock()
+		once.Do(func() {
+			unsubscribe()
+			m.mu.Lock()
+			e.watchers--
+			e.lastUsed = m.cfg.Clock.Now()
+			m.mu.Unlock()
+		})
 	}
 }
 

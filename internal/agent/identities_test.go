@@ -569,3 +569,91 @@ func TestManagerRefusedIdentityDoesNotHoldUpTheOthers(t *testing.T) {
 		t.Fatalf("WaitAnyReady with only a refused identity = %v, want the context's error", err)
 	}
 }
+
+// The first request for an identity obtains it directly: with no Start
+// running, Obtain returns the credential; the rotator, once started, does
+// not obtain it again but renews it at its renewal point.
+func TestManagerFirstRequestObtainsDirectly(t *testing.T) {
+	h := newManager(t, false)
+	h.ca.grant(idWeb)
+	spec := Spec{Key: idWeb, SpiffeID: idWeb}
+	cred := h.get(spec)
+	h.checkSVID(cred, idWeb)
+	if calls, _ := h.ca.counts(); calls != 1 {
+		t.Fatalf("the CA got %d calls for the first request, want 1", calls)
+	}
+	if again := h.get(spec); again != cred {
+		t.Fatal("a second request did not get the credential already issued")
+	}
+	changes, unsubscribe := h.m.Subscribe(idWeb)
+	defer unsubscribe()
+
+	run(t, "Manager.Start", h.m.Start)
+	recv(t, h.gc.armed, "the collector's first timer")
+	h.settle(1)
+	if calls, _ := h.ca.counts(); calls != 1 {
+		t.Fatalf("the CA got %d calls once the rotator ran, want still 1", calls)
+	}
+	if st := h.m.Ensure(spec).State(); st.Rotations != 1 || !st.NextAt.After(h.clk.Now()) {
+		t.Fatalf("rotator state %+v, want the first credential recorded and a renewal ahead", st)
+	}
+	h.clk.Advance(pastRenewal)
+	recv(t, changes, "a signal after the renewal")
+	renewed := h.get(spec)
+	if renewed.Leaf().SerialNumber.Cmp(cred.Leaf().SerialNumber) == 0 {
+		t.Fatal("the rotator did not renew the credential the first request obtained")
+	}
+	if got := mustSample(t, h.reg, "mayfly_agent_rotations_total", "result=success"); got != 2 {
+		t.Errorf("rotations_total{result=success} = %v, want 2 (first request + renewal)", got)
+	}
+}
+
+// A refused first request counts as the rotator's first attempt: it
+// retries after the backoff, not at once.
+func TestManagerRefusedFirstRequestIsRetriedAfterBackoff(t *testing.T) {
+	h := newManager(t, false)
+	spec := Spec{Key: idWeb, SpiffeID: idWeb}
+	if _, err := h.m.Obtain(t.Context(), spec); !errors.Is(err, ErrNotIssued) {
+		t.Fatalf("Obtain of a refused identity = %v, want ErrNotIssued", err)
+	}
+	run(t, "Manager.Start", h.m.Start)
+	recv(t, h.gc.armed, "the collector's first timer")
+	h.settle(1)
+	if calls, _ := h.ca.counts(); calls != 1 {
+		t.Fatalf("the CA got %d calls before the backoff, want 1", calls)
+	}
+	st := h.m.Ensure(spec).State()
+	if st.Failures != 1 || !strings.Contains(st.LastError, "PERMISSION_DENIED") {
+		t.Fatalf("rotator state %+v, want the refused first request as its failure", st)
+	}
+	h.ca.grant(idWeb)
+	h.clk.Set(st.NextAt)
+	h.ca.waitCalls(t, 2)
+	h.settle(1)
+	h.checkSVID(h.get(spec), idWeb)
+}
+
+// A first request whose caller goes away is no attempt: the identity is
+// not marked refused, and the next request obtains it.
+func TestManagerFirstRequestCancelledByItsCallerIsNoAttempt(t *testing.T) {
+	h := newManager(t, false)
+	h.ca.grant(idWeb)
+	spec := Spec{Key: idWeb, SpiffeID: idWeb}
+	release := h.ca.hold()
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := h.m.Obtain(ctx, spec)
+		errc <- err
+	}()
+	h.ca.waitItems(t, 1)
+	cancel()
+	if err := recv(t, errc, "Obtain to return when its caller left"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Obtain = %v, want context.Canceled", err)
+	}
+	release()
+	if st := h.m.Ensure(spec).State(); st.Failures != 0 || st.Current != nil {
+		t.Fatalf("rotator state %+v, want no attempt recorded", st)
+	}
+	h.checkSVID(h.get(spec), idWeb)
+}

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 )
 
 // StateFileName is the file of a DirStore that holds the whole state.
@@ -84,32 +86,8 @@ func (s *DirStore) Save(_ context.Context, data map[string][]byte, prev string) 
 	if err != nil {
 		return "", fmt.Errorf("encoding CA state: %w", err)
 	}
-	tmp, err := os.CreateTemp(s.dir, ".authority-*.tmp")
-	if err != nil {
+	if err := atomicfile.WriteFile(s.Describe(), raw, 0o600); err != nil {
 		return "", fmt.Errorf("writing CA state: %w", err)
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }() // best effort; gone after the rename
-	if err := tmp.Chmod(0o600); err != nil {
-		_ = tmp.Close()
-		return "", fmt.Errorf("writing CA state: %w", err)
-	}
-	if _, err := tmp.Write(raw); err != nil {
-		_ = tmp.Close()
-		return "", fmt.Errorf("writing CA state: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return "", fmt.Errorf("writing CA state: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("writing CA state: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), s.Describe()); err != nil {
-		return "", fmt.Errorf("writing CA state: %w", err)
-	}
-	if d, err := os.Open(s.dir); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return version(raw), nil
 }

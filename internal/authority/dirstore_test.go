@@ -73,7 +73,7 @@ func TestDirStoreModesIgnoreUmask(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, e := range entries {
-				if strings.HasSuffix(e.Name(), ".tmp") {
+				if strings.Contains(e.Name(), ".tmp") {
 					t.Errorf("temporary file %s left behind", e.Name())
 				}
 			}

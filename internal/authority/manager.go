@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mayfly-pki/mayfly/pkg/notify"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -71,8 +72,7 @@ type Manager struct {
 	err     error
 	kick    chan struct{}
 
-	subMu sync.Mutex
-	subs  map[chan struct{}]struct{}
+	changed notify.Notifier // signalled when the state in force changes
 
 	ready     prometheus.Gauge
 	expiry    *prometheus.GaugeVec
@@ -90,7 +90,6 @@ func NewManager(opts ManagerOptions) *Manager {
 	m := &Manager{
 		opts: opts,
 		kick: make(chan struct{}, 1),
-		subs: map[chan struct{}]struct{}{},
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mayfly_ca_ready",
 			Help: "1 when the CA holds a valid signing authority, 0 when it refuses to issue (state missing or corrupt).",
@@ -132,15 +131,7 @@ func (m *Manager) Ready() error {
 // Subscribe returns a channel that receives a value after every change of
 // the state in force (coalesced), and a function to unsubscribe.
 func (m *Manager) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	m.subMu.Lock()
-	m.subs[ch] = struct{}{}
-	m.subMu.Unlock()
-	return ch, func() {
-		m.subMu.Lock()
-		delete(m.subs, ch)
-		m.subMu.Unlock()
-	}
+	return m.changed.Subscribe()
 }
 
 // Load reads the state, bootstrapping it on a first start. A missing or
@@ -245,7 +236,7 @@ func (m *Manager) rebootstrap(ctx context.Context, version string) error {
 		m.setErr(fmt.Errorf("%w: %w", ErrNotReady, err))
 		return err
 	}
-	m.opts.Logger.Info("bootstrapped CA", "store", m.opts.Store.Describe(), "root_serial", serialOf(s.Roots()), "intermediate_serial", s.Intermediate.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Cert().NotAfter)
+	m.opts.Logger.Info("bootstrapped CA", "store", m.opts.Store.Describe(), "root_serial", serialOf(s.Roots()), "intermediate_serial", s.Intermediate.Current.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Current.NotAfter())
 	m.install(ctx, s, v)
 	return nil
 }
@@ -268,7 +259,7 @@ func (m *Manager) install(ctx context.Context, s *State, version string) {
 		}
 	}
 	if prev == nil || prev.Version != version {
-		m.notify()
+		m.changed.Notify()
 		m.Kick() // the new state may move the next rotation point
 	}
 }
@@ -282,17 +273,6 @@ func (m *Manager) setErr(err error) {
 		m.opts.Logger.Error("CA not ready", "error", err)
 	} else {
 		m.ready.Set(1)
-	}
-}
-
-func (m *Manager) notify() {
-	m.subMu.Lock()
-	defer m.subMu.Unlock()
-	for ch := range m.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
 	}
 }
 
@@ -377,7 +357,7 @@ func (m *Manager) RotateOnce(ctx context.Context) time.Duration {
 		m.rotations.WithLabelValues(string(step), "ok").Inc()
 	}
 	m.opts.Logger.Info("rotated CA keys", "steps", d.Steps, "reason", d.Reason, "generation", s.Generation,
-		"intermediate_serial", s.Intermediate.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Cert().NotAfter)
+		"intermediate_serial", s.Intermediate.Current.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Current.NotAfter())
 	m.install(ctx, s, v)
 	return 0
 }
@@ -422,13 +402,13 @@ func RequestRootRotation(ctx context.Context, store Store) error {
 		if err != nil {
 			return err
 		}
-		if s.Root == nil {
+		if s.Root.Current == nil {
 			return errors.New("the roots belong to the upstream CA: rotate them there")
 		}
-		if s.RootRotationRequested {
+		if s.Root.Requested {
 			return nil
 		}
-		s.RootRotationRequested = true
+		s.Root.Requested = true
 		data, err := s.Encode()
 		if err != nil {
 			return err

@@ -95,7 +95,7 @@ func TestManagerFirstLoadBootstraps(t *testing.T) {
 	if err := m.Ready(); err != nil {
 		t.Fatalf("Ready after Load: %v", err)
 	}
-	if len(l.Bundle) != 1 || !l.Bundle[0].Equal(l.State.Root.Cert()) {
+	if len(l.Bundle) != 1 || !l.Bundle[0].Equal(l.State.Root.Current.Cert()) {
 		t.Fatalf("bundle has %d roots, want the one new root", len(l.Bundle))
 	}
 	leaf := signLeaf(t, l.Authority, t0)
@@ -106,7 +106,7 @@ func TestManagerFirstLoadBootstraps(t *testing.T) {
 		t.Error("the marker was not given the bundle")
 	}
 	stored, v := storedState(t, store)
-	if v != l.Version || !stored.Root.Cert().Equal(l.State.Root.Cert()) {
+	if v != l.Version || !stored.Root.Current.Cert().Equal(l.State.Root.Current.Cert()) {
 		t.Error("the bootstrapped state was not written to the store")
 	}
 }
@@ -122,7 +122,7 @@ func TestManagerSecondManagerLoadsSameState(t *testing.T) {
 	if second.Version != first.Version {
 		t.Errorf("second manager at version %s, want %s", second.Version, first.Version)
 	}
-	if !second.State.Root.Cert().Equal(first.State.Root.Cert()) || !second.Authority.Cert.Equal(first.Authority.Cert) {
+	if !second.State.Root.Current.Cert().Equal(first.State.Root.Current.Cert()) || !second.Authority.Cert.Equal(first.Authority.Cert) {
 		t.Error("second manager minted a new root or intermediate instead of loading the state")
 	}
 }
@@ -223,11 +223,11 @@ func TestManagerLoadBrokenState(t *testing.T) {
 					t.Fatalf("Load: %v", err)
 				}
 				l := mustCurrent(t, m)
-				if tt.wantNewRoot && l.State.Root.Cert().Equal(old.State.Root.Cert()) {
+				if tt.wantNewRoot && l.State.Root.Current.Cert().Equal(old.State.Root.Current.Cert()) {
 					t.Fatal("kept the old root, want a new one")
 				}
 				stored, _ := storedState(t, store)
-				if !stored.Root.Cert().Equal(l.State.Root.Cert()) {
+				if !stored.Root.Current.Cert().Equal(l.State.Root.Current.Cert()) {
 					t.Fatal("the new root was not written to the store")
 				}
 				return
@@ -263,7 +263,7 @@ func TestManagerRotatesIntermediates(t *testing.T) {
 	m := newManager(store, clock, &memMarker{})
 	l := mustLoad(t, m)
 
-	cur := l.State.Intermediate.Cert()
+	cur := l.State.Intermediate.Current.Cert()
 	curAuth := l.Authority
 	var next *x509.Certificate
 	serials := map[string]bool{cur.SerialNumber.String(): true}
@@ -279,13 +279,13 @@ func TestManagerRotatesIntermediates(t *testing.T) {
 		if len(l.Bundle) != 1 {
 			t.Fatalf("at %s the bundle has %d roots, want 1", now, len(l.Bundle))
 		}
-		if next == nil && s.NextIntermediate != nil {
-			next = s.NextIntermediate.Cert()
+		if next == nil && s.Intermediate.Next != nil {
+			next = s.Intermediate.Next.Cert()
 			if want := point(cur, p.PrepareAt); !now.Equal(want) {
 				t.Errorf("next intermediate prepared at %s, want %s (half life)", now, want)
 			}
 		}
-		if got := s.Intermediate.Cert(); !got.Equal(cur) {
+		if got := s.Intermediate.Current.Cert(); !got.Equal(cur) {
 			activations++
 			if want := point(cur, p.ActivateAt); !now.Equal(want) {
 				t.Errorf("intermediate changed at %s, want only at the activation point %s", now, want)
@@ -363,7 +363,7 @@ func TestManagerRotatesRoot(t *testing.T) {
 				}
 			})
 			l := mustLoad(t, m)
-			oldRoot := l.State.Root.Cert()
+			oldRoot := l.State.Root.Current.Cert()
 			if tt.ackAt != nil {
 				ackAt = tt.ackAt(oldRoot)
 			}
@@ -379,34 +379,34 @@ func TestManagerRotatesRoot(t *testing.T) {
 			drive(t, m, clock, t0.Add(p.RootTTL-12*time.Hour), func(now time.Time, l *authority.Loaded) {
 				s := l.State
 				switch {
-				case published.IsZero() && s.NextRoot != nil:
+				case published.IsZero() && s.Root.Next != nil:
 					published = now
-					newRoot = s.NextRoot.Cert()
+					newRoot = s.Root.Next.Cert()
 					if want := point(oldRoot, p.PrepareAt); !now.Equal(want) {
 						t.Errorf("next root published at %s, want %s (half of the root's life)", now, want)
 					}
 					if len(l.Bundle) != 2 || !containsCert(l.Bundle, oldRoot) || !containsCert(l.Bundle, newRoot) {
 						t.Errorf("bundle after publication has %d roots, want the old and the next one", len(l.Bundle))
 					}
-					if !s.NextRootPublishedAt.Equal(now) {
-						t.Errorf("NextRootPublishedAt = %s, want %s", s.NextRootPublishedAt, now)
+					if !s.Root.NextPublishedAt.Equal(now) {
+						t.Errorf("Root.NextPublishedAt = %s, want %s", s.Root.NextPublishedAt, now)
 					}
 				case published.IsZero():
 					if len(l.Bundle) != 1 {
 						t.Fatalf("at %s, before publication, the bundle has %d roots", now, len(l.Bundle))
 					}
-				case activated.IsZero() && !s.Root.Cert().Equal(oldRoot):
+				case activated.IsZero() && !s.Root.Current.Cert().Equal(oldRoot):
 					activated = now
 					if want := tt.wantActivate(oldRoot, published); !now.Equal(want) {
 						t.Errorf("root activated at %s, want %s", now, want)
 					}
-					if !s.Root.Cert().Equal(newRoot) {
+					if !s.Root.Current.Cert().Equal(newRoot) {
 						t.Fatal("the activated root is not the published one")
 					}
-					if len(s.Retired) != 1 || !s.Retired[0].Cert.Equal(oldRoot) {
-						t.Fatalf("old root not retired: %+v", s.Retired)
+					if len(s.Root.Retired) != 1 || !s.Root.Retired[0].Cert.Equal(oldRoot) {
+						t.Fatalf("old root not retired: %+v", s.Root.Retired)
 					}
-					retiredUntil = s.Retired[0].Until
+					retiredUntil = s.Root.Retired[0].Until
 					// Until covers every leaf the old intermediates may have
 					// signed: the current one's, and the prepared one's.
 					wantUntil := lastInter.Cert.NotAfter
@@ -435,16 +435,16 @@ func TestManagerRotatesRoot(t *testing.T) {
 					}
 					lastInter = l.Authority
 					lastNext = nil
-					if s.NextIntermediate != nil {
-						lastNext = s.NextIntermediate.Cert()
+					if s.Intermediate.Next != nil {
+						lastNext = s.Intermediate.Next.Cert()
 					}
 				case dropped.IsZero() && !containsCert(l.Bundle, oldRoot):
 					dropped = now
 					if !now.Equal(retiredUntil) {
 						t.Errorf("old root dropped from the bundle at %s, want %s (old intermediate's notAfter)", now, retiredUntil)
 					}
-					if len(s.Retired) != 0 {
-						t.Errorf("retired roots not removed from the state: %d left", len(s.Retired))
+					if len(s.Root.Retired) != 0 {
+						t.Errorf("retired roots not removed from the state: %d left", len(s.Root.Retired))
 					}
 				case dropped.IsZero():
 					if len(l.Bundle) != 2 || !containsCert(l.Bundle, newRoot) {
@@ -485,7 +485,7 @@ func TestManagersOnOneStoreRotateOnce(t *testing.T) {
 			if la.Version != lb.Version {
 				t.Fatal("the two managers loaded different states")
 			}
-			inter := la.State.Intermediate.Cert()
+			inter := la.State.Intermediate.Current.Cert()
 			if step == "activate" {
 				clock.Set(point(inter, p.PrepareAt))
 				if a.RotateOnce(ctx) != 0 {
@@ -524,7 +524,7 @@ func TestManagersOnOneStoreRotateOnce(t *testing.T) {
 				if l.Version != v {
 					t.Errorf("manager %d at version %s, want %s", i, l.Version, v)
 				}
-				if !l.Authority.Cert.Equal(stored.Intermediate.Cert()) {
+				if !l.Authority.Cert.Equal(stored.Intermediate.Current.Cert()) {
 					t.Errorf("manager %d signs with another intermediate than the stored one", i)
 				}
 			}
@@ -548,7 +548,7 @@ func TestManagerRotateLoop(t *testing.T) {
 	clock := rotate.NewFakeClock(t0)
 	m := newManager(newDirStore(t), clock, &memMarker{})
 	l := mustLoad(t, m)
-	inter := l.State.Intermediate.Cert()
+	inter := l.State.Intermediate.Current.Cert()
 	changes, unsubscribe := m.Subscribe()
 	defer unsubscribe()
 
@@ -582,7 +582,7 @@ func TestManagerRotateLoop(t *testing.T) {
 
 	advanceTo(point(inter, p.PrepareAt))
 	l = mustCurrent(t, m)
-	if l.State.NextIntermediate == nil || !l.State.Intermediate.Cert().Equal(inter) {
+	if l.State.Intermediate.Next == nil || !l.State.Intermediate.Current.Cert().Equal(inter) {
 		t.Fatal("at half life the loop did not prepare the next intermediate (or activated it early)")
 	}
 	select {
@@ -593,7 +593,7 @@ func TestManagerRotateLoop(t *testing.T) {
 
 	advanceTo(point(inter, p.ActivateAt))
 	l = mustCurrent(t, m)
-	if l.State.Intermediate.Cert().Equal(inter) {
+	if l.State.Intermediate.Current.Cert().Equal(inter) {
 		t.Fatal("at two thirds the loop did not activate the next intermediate")
 	}
 	select {
@@ -642,13 +642,13 @@ func TestManagerMetrics(t *testing.T) {
 	ready(0)
 	l := mustLoad(t, m)
 	ready(1)
-	inter := l.State.Intermediate.Cert()
+	inter := l.State.Intermediate.Current.Cert()
 	got, ok := gauge("mayfly_ca_authority_expiry_timestamp_seconds", map[string]string{"role": "intermediate", "slot": "current"})
 	if !ok || got != float64(inter.NotAfter.Unix()) {
 		t.Errorf("intermediate/current expiry = %v (present %v), want %d", got, ok, inter.NotAfter.Unix())
 	}
 	got, ok = gauge("mayfly_ca_authority_expiry_timestamp_seconds", map[string]string{"role": "root", "slot": "current"})
-	if !ok || got != float64(l.State.Root.Cert().NotAfter.Unix()) {
+	if !ok || got != float64(l.State.Root.Current.Cert().NotAfter.Unix()) {
 		t.Errorf("root/current expiry = %v (present %v), want the root's notAfter", got, ok)
 	}
 	if _, ok := gauge("mayfly_ca_authority_expiry_timestamp_seconds", map[string]string{"role": "intermediate", "slot": "next"}); ok {
@@ -659,7 +659,7 @@ func TestManagerMetrics(t *testing.T) {
 	if m.RotateOnce(context.Background()) != 0 {
 		t.Fatal("no rotation at half life")
 	}
-	next := mustCurrent(t, m).State.NextIntermediate.Cert()
+	next := mustCurrent(t, m).State.Intermediate.Next.Cert()
 	if got, ok := gauge("mayfly_ca_authority_expiry_timestamp_seconds", map[string]string{"role": "intermediate", "slot": "next"}); !ok || got != float64(next.NotAfter.Unix()) {
 		t.Errorf("intermediate/next expiry = %v (present %v), want %d", got, ok, next.NotAfter.Unix())
 	}

@@ -53,13 +53,13 @@ func (m *Minter) Bootstrap(ctx context.Context, now time.Time) (*State, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.Root = root
+		s.Root.Current = root
 	}
-	inter, roots, err := m.newIntermediate(ctx, s, s.Root, now)
+	inter, roots, err := m.newIntermediate(ctx, s.Root.Current, now)
 	if err != nil {
 		return nil, err
 	}
-	s.Intermediate = inter
+	s.Intermediate.Current = inter
 	if m.Upstream != nil {
 		s.UpstreamRoots = roots
 	}
@@ -69,69 +69,65 @@ func (m *Minter) Bootstrap(ctx context.Context, now time.Time) (*State, error) {
 // Apply returns a copy of s with step applied at now.
 func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) (*State, error) {
 	n := *s
-	n.Retired = append([]RetiredRoot(nil), s.Retired...)
+	root, inter := &n.Root, &n.Intermediate
 	switch step {
 	case StepDropRetired:
-		kept := n.Retired[:0]
-		for _, r := range n.Retired {
-			if now.Before(r.Until) {
-				kept = append(kept, r)
-			}
-		}
-		n.Retired = kept
+		*root = root.withoutExpired(now)
 	case StepPrepareRoot:
-		if n.Root == nil {
+		if root.Current == nil {
 			return nil, errors.New("prepare root: an upstream owns the roots")
 		}
-		root, err := m.newRoot(now)
+		next, err := m.newRoot(now)
 		if err != nil {
 			return nil, err
 		}
-		n.NextRoot, n.NextRootPublishedAt = root, now
+		*root = root.prepared(next, now, true)
 	case StepActivateRoot:
-		if n.NextRoot == nil {
+		if root.Next == nil {
 			return nil, errors.New("activate root: no next root")
 		}
-		inter, _, err := m.newIntermediate(ctx, &n, n.NextRoot, now)
+		cur, _, err := m.newIntermediate(ctx, root.Next, now)
 		if err != nil {
 			return nil, err
 		}
-		until := n.Intermediate.Cert().NotAfter
-		if n.NextIntermediate != nil && n.NextIntermediate.Cert().NotAfter.After(until) {
-			until = n.NextIntermediate.Cert().NotAfter
+		// The old root stays in the bundle while an intermediate under it
+		// (and so a leaf) may still be in use.
+		until := inter.Current.NotAfter()
+		if inter.Next != nil {
+			until = maxTime(until, inter.Next.NotAfter())
 		}
-		n.Retired = append(n.Retired, RetiredRoot{Cert: n.Root.Cert(), Until: until})
-		n.Root, n.NextRoot, n.NextRootPublishedAt = n.NextRoot, nil, time.Time{}
-		n.RootRotationRequested = false
-		n.Intermediate, n.NextIntermediate = inter, nil
+		*root = root.activated(until)
+		*inter = inter.replaced(cur)
 	case StepPrepareIntermediate:
-		inter, roots, err := m.newIntermediate(ctx, &n, n.Root, now)
+		next, roots, err := m.newIntermediate(ctx, root.Current, now)
 		if err != nil {
 			return nil, err
 		}
-		n.NextIntermediate = inter
-		if m.Upstream != nil {
-			n.UpstreamRoots = mergeRoots(n.UpstreamRoots, roots)
-		}
+		*inter = inter.prepared(next, now, false)
+		m.mergeUpstreamRoots(&n, roots)
 	case StepActivateIntermediate:
-		if n.NextIntermediate == nil {
+		if inter.Next == nil {
 			return nil, errors.New("activate intermediate: no next intermediate")
 		}
-		n.Intermediate, n.NextIntermediate = n.NextIntermediate, nil
+		*inter = inter.activated(time.Time{})
 	case StepReplaceIntermediate:
-		inter, roots, err := m.newIntermediate(ctx, &n, n.Root, now)
+		cur, roots, err := m.newIntermediate(ctx, root.Current, now)
 		if err != nil {
 			return nil, err
 		}
-		n.Intermediate, n.NextIntermediate = inter, nil
-		if m.Upstream != nil {
-			n.UpstreamRoots = mergeRoots(n.UpstreamRoots, roots)
-		}
+		*inter = inter.replaced(cur)
+		m.mergeUpstreamRoots(&n, roots)
 	default:
 		return nil, fmt.Errorf("unknown rotation step %q", step)
 	}
 	n.Generation++
 	return &n, nil
+}
+
+func (m *Minter) mergeUpstreamRoots(s *State, roots []*x509.Certificate) {
+	if m.Upstream != nil {
+		s.UpstreamRoots = mergeRoots(s.UpstreamRoots, roots)
+	}
 }
 
 func (m *Minter) keyType() pki.KeyType {
@@ -155,7 +151,7 @@ func (m *Minter) newRoot(now time.Time) (*Slot, error) {
 
 // newIntermediate mints an intermediate under root (self-signed mode) or
 // from the upstream.
-func (m *Minter) newIntermediate(ctx context.Context, _ *State, root *Slot, now time.Time) (*Slot, []*x509.Certificate, error) {
+func (m *Minter) newIntermediate(ctx context.Context, root *Slot, now time.Time) (*Slot, []*x509.Certificate, error) {
 	key, err := pki.GenerateKey(m.keyType(), m.Rand)
 	if err != nil {
 		return nil, nil, fmt.Errorf("intermediate key: %w", err)

@@ -2,6 +2,7 @@ package authority
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -23,6 +24,15 @@ type Policy struct {
 	// to report that it holds the new bundle before it activates anyway
 	// (default 24h).
 	RootAckWait time.Duration
+	// MaxPrepareAhead caps how early a successor is prepared for a long
+	// lifetime: at the latest of the PrepareAt point and (its activation
+	// point - MaxPrepareAhead). Half of a 1-year root would otherwise be 6
+	// months ahead; the default 30 days puts a new root in the trust bundle
+	// a month before it signs, and never binds for intermediates (their
+	// lifetime is at most 30 days). 0 means no cap; else it must be at
+	// least RootAckWait, so that the cap never makes a root wait for the
+	// agents past its activation point.
+	MaxPrepareAhead time.Duration
 }
 
 // DefaultPolicy returns the lifetimes and rotation points of DESIGN.md.
@@ -33,6 +43,7 @@ func DefaultPolicy() Policy {
 		PrepareAt:       0.5,
 		ActivateAt:      2.0 / 3.0,
 		RootAckWait:     24 * time.Hour,
+		MaxPrepareAhead: 30 * 24 * time.Hour,
 	}
 }
 
@@ -53,8 +64,30 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("rotation.activateAt: must be in (prepareAt=%v, 1), got %v", p.PrepareAt, p.ActivateAt)
 	case p.RootAckWait < 0:
 		return fmt.Errorf("rotation.rootAckWait: must not be negative, got %s", p.RootAckWait)
+	case p.MaxPrepareAhead < 0:
+		return fmt.Errorf("rotation.maxPrepareAhead: must not be negative, got %s", p.MaxPrepareAhead)
+	case p.MaxPrepareAhead != 0 && p.MaxPrepareAhead < p.RootAckWait:
+		return fmt.Errorf("rotation.maxPrepareAhead: must be at least rootAckWait (%s), got %s", p.RootAckWait, p.MaxPrepareAhead)
 	}
 	return nil
+}
+
+// RootSchedule is when the self-signed root rotates: its successor is
+// published in the trust bundle and activates once every connected agent
+// holds it, RootAckWait after it was published, or when an intermediate
+// would no longer fit in the current root's life, whichever comes first.
+func (p Policy) RootSchedule() Schedule {
+	return Schedule{
+		PrepareAt: p.PrepareAt, ActivateAt: p.ActivateAt, MaxPrepareAhead: p.MaxPrepareAhead,
+		Published: true, AdoptionWait: p.RootAckWait, ForceBefore: p.IntermediateTTL,
+	}
+}
+
+// IntermediateSchedule is when the intermediate rotates: at its rotation
+// points, with no one to wait for, and at once when it expired with no
+// successor.
+func (p Policy) IntermediateSchedule() Schedule {
+	return Schedule{PrepareAt: p.PrepareAt, ActivateAt: p.ActivateAt, MaxPrepareAhead: p.MaxPrepareAhead, Replaceable: true}
 }
 
 // Step is one change to the authority state.
@@ -91,6 +124,36 @@ type Decision struct {
 // next root. Plan only asks while a next root waits for activation.
 type BundleAcks func() bool
 
+// kind is one rotating key of the state and the steps that rotate it.
+type kind struct {
+	name     string
+	rotation func(*State) *Rotation
+	schedule func(Policy) Schedule
+	// prepare, activate and replace name the steps (replace only for a
+	// Replaceable schedule).
+	prepare, activate, replace Step
+	// replacedBy is a step of another kind that replaces this kind's keys
+	// (a new root comes with a new intermediate under it).
+	replacedBy Step
+}
+
+// kinds are the rotating keys, in the order Plan considers them.
+var kinds = []kind{
+	{
+		name:     "root",
+		rotation: func(s *State) *Rotation { return &s.Root },
+		schedule: Policy.RootSchedule,
+		prepare:  StepPrepareRoot, activate: StepActivateRoot,
+	},
+	{
+		name:     "intermediate",
+		rotation: func(s *State) *Rotation { return &s.Intermediate },
+		schedule: Policy.IntermediateSchedule,
+		prepare:  StepPrepareIntermediate, activate: StepActivateIntermediate, replace: StepReplaceIntermediate,
+		replacedBy: StepActivateRoot,
+	},
+}
+
 // Plan decides which rotation steps are due at now. It is a pure function of
 // the state, the clock and the agents' bundle acknowledgements.
 func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
@@ -102,59 +165,31 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 		}
 	}
 
-	for _, r := range s.Retired {
-		if !now.Before(r.Until) {
-			d.Steps = append(d.Steps, StepDropRetired)
-			break
-		}
-		consider(r.Until)
+	if due, until := s.Root.retiredDue(now); due {
+		d.Steps = append(d.Steps, StepDropRetired)
+	} else {
+		consider(until)
 	}
 
-	if s.Root != nil { // self-signed: we rotate the root ourselves
-		root := s.Root.Cert()
-		prepare := at(root.NotBefore, root.NotAfter, p.PrepareAt)
-		activate := at(root.NotBefore, root.NotAfter, p.ActivateAt)
-		if s.RootRotationRequested {
-			// An operator asked for a rotation now (ca rotate-root): prepare
-			// at once, activate as soon as the agents hold the new root.
-			prepare, activate = minTime(prepare, now), minTime(activate, now)
+	for _, k := range kinds {
+		if k.replacedBy != "" && slices.Contains(d.Steps, k.replacedBy) {
+			continue
 		}
-		switch {
-		case s.NextRoot == nil && !now.Before(prepare):
-			d.Steps = append(d.Steps, StepPrepareRoot)
-			consider(now.Add(time.Second))
-		case s.NextRoot == nil:
-			consider(prepare)
-		case !now.Before(activate) && (acked == nil || acked() || !now.Before(s.NextRootPublishedAt.Add(p.RootAckWait)) || !now.Before(root.NotAfter.Add(-p.IntermediateTTL))):
-			d.Steps = append(d.Steps, StepActivateRoot)
-			d.Reason = "next root published to every agent, or the wait is over"
-		case !now.Before(activate):
-			// Waiting for acknowledgements: look again soon.
-			consider(now.Add(10 * time.Second))
-			consider(s.NextRootPublishedAt.Add(p.RootAckWait))
-		default:
-			consider(activate)
-		}
-	}
-
-	if s.Intermediate != nil && !containsStep(d.Steps, StepActivateRoot) {
-		cur := s.Intermediate.Cert()
-		prepare := at(cur.NotBefore, cur.NotAfter, p.PrepareAt)
-		activate := at(cur.NotBefore, cur.NotAfter, p.ActivateAt)
-		nextUsable := s.NextIntermediate != nil && now.Before(s.NextIntermediate.Cert().NotAfter)
-		switch {
-		case !now.Before(cur.NotAfter) && !nextUsable:
-			d.Steps = append(d.Steps, StepReplaceIntermediate)
-			d.Reason = "current intermediate expired with no successor"
-		case !now.Before(activate) && nextUsable:
-			d.Steps = append(d.Steps, StepActivateIntermediate)
-		case !now.Before(prepare) && !nextUsable:
-			d.Steps = append(d.Steps, StepPrepareIntermediate)
-			consider(activate)
-		case nextUsable:
-			consider(activate)
-		default:
-			consider(prepare)
+		r := k.rotation(s)
+		action, at := r.Decide(now, k.schedule(p), acked)
+		switch action {
+		case ActionNone:
+			consider(at)
+		case ActionReplace:
+			d.Steps = append(d.Steps, k.replace)
+			d.Reason = fmt.Sprintf("current %s expired with no successor", k.name)
+		case ActionActivate:
+			d.Steps = append(d.Steps, k.activate)
+			if k.schedule(p).Published {
+				d.Reason = fmt.Sprintf("next %s published to every agent, or the wait is over", k.name)
+			}
+		case ActionPrepare:
+			d.Steps = append(d.Steps, k.prepare)
 		}
 	}
 	if d.Reason == "" && len(d.Steps) > 0 {
@@ -168,24 +203,3 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 }
 
 var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
-
-func at(notBefore, notAfter time.Time, fraction float64) time.Time {
-	life := notAfter.Sub(notBefore)
-	return notBefore.Add(time.Duration(float64(life) * fraction))
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-func containsStep(steps []Step, s Step) bool {
-	for _, x := range steps {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}

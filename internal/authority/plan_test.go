@@ -18,8 +18,8 @@ func TestPlan(t *testing.T) {
 
 	// Shared fixtures; Plan and Apply never modify their input.
 	fresh := bootstrap(t, m, t0)
-	inter0 := fresh.Intermediate.Cert()
-	root0 := fresh.Root.Cert()
+	inter0 := fresh.Intermediate.Current.Cert()
+	root0 := fresh.Root.Current.Cert()
 	rootPrepare := point(root0, p.PrepareAt)
 	rootActivate := point(root0, p.ActivateAt)
 
@@ -48,6 +48,18 @@ func TestPlan(t *testing.T) {
 
 	longAckWait := p
 	longAckWait.RootAckWait = 30 * 24 * time.Hour
+
+	// Preparation capped to 1 day before the root's activation point
+	// (later than its half life).
+	capped := p
+	capped.RootAckWait, capped.MaxPrepareAhead = 12*time.Hour, 24*time.Hour
+	cappedPrepare := rootActivate.Add(-capped.MaxPrepareAhead)
+	if !cappedPrepare.After(rootPrepare) {
+		t.Fatalf("test policy: the capped preparation %s must lie after the root's half life %s", cappedPrepare, rootPrepare)
+	}
+	// An intermediate minted an hour before cappedPrepare: its own
+	// points lie after it.
+	beforeCappedPrepare := apply(t, m, fresh, authority.StepReplaceIntermediate, cappedPrepare.Add(-time.Hour))
 
 	tests := []struct {
 		name      string
@@ -105,13 +117,34 @@ func TestPlan(t *testing.T) {
 		{
 			name:      "intermediate and its successor both expired: replaces it",
 			state:     prepared,
-			now:       prepared.NextIntermediate.Cert().NotAfter,
+			now:       prepared.Intermediate.Next.Cert().NotAfter,
 			wantSteps: []authority.Step{authority.StepReplaceIntermediate},
 		},
 		{
 			name:      "root at half life: prepares the next root",
 			state:     apply(t, m, fresh, authority.StepReplaceIntermediate, rootPrepare),
 			now:       rootPrepare,
+			wantSteps: []authority.Step{authority.StepPrepareRoot},
+		},
+		{
+			name:     "prepare cap: root past half life, before activation minus the cap: waits for that",
+			state:    beforeCappedPrepare,
+			now:      cappedPrepare.Add(-time.Second),
+			policy:   &capped,
+			wantNext: cappedPrepare,
+		},
+		{
+			name:      "prepare cap: root at activation minus the cap: prepares the next root",
+			state:     beforeCappedPrepare,
+			now:       cappedPrepare,
+			policy:    &capped,
+			wantSteps: []authority.Step{authority.StepPrepareRoot},
+		},
+		{
+			name:      "prepare cap: a requested root rotation prepares at once",
+			state:     requested(t, apply(t, m, fresh, authority.StepReplaceIntermediate, rootPrepare)),
+			now:       rootPrepare,
+			policy:    &capped,
 			wantSteps: []authority.Step{authority.StepPrepareRoot},
 		},
 		{
@@ -169,19 +202,19 @@ func TestPlan(t *testing.T) {
 			name:     "retired root before its Until: kept",
 			state:    activated,
 			now:      rootActivate.Add(time.Hour),
-			wantNext: minTime(activated.Retired[0].Until, point(activated.Intermediate.Cert(), 0.5)),
+			wantNext: minTime(activated.Root.Retired[0].Until, point(activated.Intermediate.Current.Cert(), 0.5)),
 		},
 		{
 			name:      "retired root past its Until: drops it (and the intermediate rotates as usual)",
 			state:     activated,
-			now:       activated.Retired[0].Until,
+			now:       activated.Root.Retired[0].Until,
 			wantSteps: []authority.Step{authority.StepDropRetired, authority.StepPrepareIntermediate},
 		},
 		{
 			name:     "upstream mode at the fresh state: nothing due",
 			state:    upstream,
 			now:      t0,
-			wantNext: point(upstream.Intermediate.Cert(), 0.5),
+			wantNext: point(upstream.Intermediate.Current.Cert(), 0.5),
 		},
 		{
 			name:      "upstream mode at half of the root TTL: only intermediate steps",
@@ -231,7 +264,14 @@ func TestPlan(t *testing.T) {
 // whatever Plan asks for, Apply can do, and a second Plan at the same instant
 // is quiet (no step is planned twice).
 func TestPlanAppliedStepsConverge(t *testing.T) {
-	p := testPolicy()
+	capped := testPolicy()
+	capped.RootAckWait, capped.MaxPrepareAhead = 12*time.Hour, 24*time.Hour
+	for name, p := range map[string]authority.Policy{"test policy": testPolicy(), "preparation capped": capped} {
+		t.Run(name, func(t *testing.T) { testPlanConverges(t, p) })
+	}
+}
+
+func testPlanConverges(t *testing.T, p authority.Policy) {
 	m := newMinter(p)
 	s := bootstrap(t, m, t0)
 	now := t0
@@ -242,6 +282,9 @@ func TestPlanAppliedStepsConverge(t *testing.T) {
 		}
 		d := authority.Plan(s, now, p, nil)
 		for _, step := range d.Steps {
+			if ahead := point(s.Root.Current.Cert(), p.ActivateAt).Sub(now); step == authority.StepPrepareRoot && p.MaxPrepareAhead > 0 && ahead > p.MaxPrepareAhead {
+				t.Fatalf("at %s: next root prepared %s before the activation point, more than the cap %s", now, ahead, p.MaxPrepareAhead)
+			}
 			s = apply(t, m, s, step, now)
 		}
 		if len(d.Steps) > 0 {
@@ -250,10 +293,10 @@ func TestPlanAppliedStepsConverge(t *testing.T) {
 			}
 			continue
 		}
-		if !now.Before(s.Intermediate.Cert().NotAfter) {
-			t.Fatalf("at %s the signing intermediate has expired (notAfter %s)", now, s.Intermediate.Cert().NotAfter)
+		if !now.Before(s.Intermediate.Current.Cert().NotAfter) {
+			t.Fatalf("at %s the signing intermediate has expired (notAfter %s)", now, s.Intermediate.Current.Cert().NotAfter)
 		}
-		if !now.Before(s.Root.Cert().NotAfter) {
+		if !now.Before(s.Root.Current.Cert().NotAfter) {
 			t.Fatalf("at %s the signing root has expired", now)
 		}
 		now = d.Next
@@ -261,6 +304,14 @@ func TestPlanAppliedStepsConverge(t *testing.T) {
 	if s.Generation == 0 {
 		t.Fatal("no rotation happened across a whole root lifetime")
 	}
+}
+
+// requested returns a copy of s with a root rotation requested.
+func requested(t *testing.T, s *authority.State) *authority.State {
+	t.Helper()
+	n := *s
+	n.Root.Requested = true
+	return &n
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -290,6 +341,11 @@ func TestPolicyValidate(t *testing.T) {
 		{name: "activateAt equal to prepareAt", modify: func(p *authority.Policy) { p.ActivateAt = p.PrepareAt }, wantErr: "rotation.activateAt:"},
 		{name: "activateAt one", modify: func(p *authority.Policy) { p.ActivateAt = 1 }, wantErr: "rotation.activateAt:"},
 		{name: "negative ack wait", modify: func(p *authority.Policy) { p.RootAckWait = -time.Second }, wantErr: "rotation.rootAckWait:"},
+		{name: "no prepare cap (0) is valid", modify: func(p *authority.Policy) { p.MaxPrepareAhead = 0 }},
+		{name: "prepare cap equal to the ack wait is valid", modify: func(p *authority.Policy) { p.MaxPrepareAhead = p.RootAckWait }},
+		{name: "prepare cap longer than the root's life is valid (never binds)", modify: func(p *authority.Policy) { p.MaxPrepareAhead = 2 * p.RootTTL }},
+		{name: "prepare cap below the ack wait", modify: func(p *authority.Policy) { p.MaxPrepareAhead = p.RootAckWait - time.Second }, wantErr: "rotation.maxPrepareAhead:"},
+		{name: "negative prepare cap", modify: func(p *authority.Policy) { p.MaxPrepareAhead = -time.Hour }, wantErr: "rotation.maxPrepareAhead: must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

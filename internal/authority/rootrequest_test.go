@@ -24,7 +24,7 @@ func TestRequestRootRotation(t *testing.T) {
 		o.Acks = func() bool { return acked }
 	})
 	before := mustLoad(t, m)
-	oldRoot := before.State.Root.Cert()
+	oldRoot := before.State.Root.Current.Cert()
 
 	if err := authority.RequestRootRotation(ctx, store); err != nil {
 		t.Fatal(err)
@@ -34,26 +34,26 @@ func TestRequestRootRotation(t *testing.T) {
 	}
 	m.RotateOnce(ctx)
 	l := mustCurrent(t, m)
-	if l.State.NextRoot == nil || len(l.Bundle) != 2 {
+	if l.State.Root.Next == nil || len(l.Bundle) != 2 {
 		t.Fatalf("next root not published: bundle has %d roots", len(l.Bundle))
 	}
-	if !l.State.Root.Cert().Equal(oldRoot) {
+	if !l.State.Root.Current.Cert().Equal(oldRoot) {
 		t.Fatal("root activated before the agents acknowledged it")
 	}
 
 	acked = true
 	m.RotateOnce(ctx)
 	l = mustCurrent(t, m)
-	if l.State.Root.Cert().Equal(oldRoot) {
+	if l.State.Root.Current.Cert().Equal(oldRoot) {
 		t.Fatal("root not activated after the acknowledgements")
 	}
-	if l.State.RootRotationRequested {
+	if l.State.Root.Requested {
 		t.Fatal("request flag still set after the rotation")
 	}
 	if !containsCert(l.Bundle, oldRoot) {
 		t.Fatal("old root dropped from the bundle while leaves under it may live")
 	}
-	if err := l.Authority.Cert.CheckSignatureFrom(l.State.Root.Cert()); err != nil {
+	if err := l.Authority.Cert.CheckSignatureFrom(l.State.Root.Current.Cert()); err != nil {
 		t.Fatalf("intermediate not under the new root: %v", err)
 	}
 }

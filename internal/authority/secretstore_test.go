@@ -101,7 +101,7 @@ func TestSecretStore(t *testing.T) {
 			}
 		}
 		a, b := mustCurrent(t, replicas[0]), mustCurrent(t, replicas[1])
-		if a.Version != b.Version || !a.State.Root.Cert().Equal(b.State.Root.Cert()) {
+		if a.Version != b.Version || !a.State.Root.Current.Cert().Equal(b.State.Root.Current.Cert()) {
 			t.Fatal("the replicas hold different states after starting together")
 		}
 		secretStore := authority.NewSecretStore(c.Client, ns, "mayfly-ca")
@@ -109,7 +109,7 @@ func TestSecretStore(t *testing.T) {
 		gen0 := a.State.Generation
 
 		// Both reach the rotation point at the same instant.
-		clock.Set(point(a.State.Intermediate.Cert(), p.PrepareAt))
+		clock.Set(point(a.State.Intermediate.Current.Cert(), p.PrepareAt))
 		waits := make([]time.Duration, 2)
 		for i, m := range replicas {
 			wg.Go(func() { waits[i] = m.RotateOnce(ctx) })
@@ -127,7 +127,7 @@ func TestSecretStore(t *testing.T) {
 				t.Fatalf("replica %d Reload: %v", i, err)
 			}
 			l := mustCurrent(t, m)
-			if l.Version != v || l.State.NextIntermediate == nil || !l.State.NextIntermediate.Cert().Equal(stored.NextIntermediate.Cert()) {
+			if l.Version != v || l.State.Intermediate.Next == nil || !l.State.Intermediate.Next.Cert().Equal(stored.Intermediate.Next.Cert()) {
 				t.Errorf("replica %d did not converge on the stored state", i)
 			}
 		}

@@ -5,7 +5,6 @@
 package authority
 
 import (
-	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -33,40 +32,32 @@ const (
 // ErrCorrupt is wrapped by every error about state that cannot be decoded.
 var ErrCorrupt = errors.New("CA state is corrupt")
 
-// Slot is one key pair of the authority: a certificate (with the chain above
-// it, not including a root) and its private key.
-type Slot struct {
-	Chain []*x509.Certificate // Chain[0] is the slot's own certificate
-	Key   crypto.Signer
-}
-
-// Cert is the slot's own certificate.
-func (s *Slot) Cert() *x509.Certificate { return s.Chain[0] }
-
-// RetiredRoot is a root that no longer signs but stays in the trust bundle
-// until the last certificate under it has expired.
-type RetiredRoot struct {
-	Cert  *x509.Certificate
-	Until time.Time
-}
-
-// State is the whole CA state. Root and NextRoot are nil with an upstream
-// authority, whose roots are UpstreamRoots instead.
+// State is the whole CA state: one Rotation per kind of key.
 type State struct {
-	Root             *Slot
-	NextRoot         *Slot
-	UpstreamRoots    []*x509.Certificate
-	Intermediate     *Slot
-	NextIntermediate *Slot
-	Retired          []RetiredRoot
-	// NextRootPublishedAt is when NextRoot first entered the trust bundle.
-	NextRootPublishedAt time.Time
+	// Root is the self-signed root: its next root is published in the trust
+	// bundle ahead of activation (NextPublishedAt), and a retired root stays
+	// in the bundle until the last intermediate under it has expired.
+	// Root.Current and Root.Next are nil with an upstream authority, whose
+	// roots are UpstreamRoots instead.
+	Root          Rotation
+	UpstreamRoots []*x509.Certificate
+	// Intermediate signs the leaves; it is never published (leaves carry
+	// it in their chain) and never retired.
+	Intermediate Rotation
 	// Generation counts the rotations, for logs and status.
 	Generation int64
-	// RootRotationRequested asks the leader to rotate the root now, without
-	// waiting for the root's rotation point (ca rotate-root).
-	RootRotationRequested bool
 }
+
+// slotKeys are the data keys of a rotation's current and next slot.
+type slotKeys struct {
+	cert, key, nextCert, nextKey string
+	selfSigned                   bool
+}
+
+var (
+	rootKeys         = slotKeys{KeyRoot, KeyRootKey, KeyNextRoot, KeyNextRootKey, true}
+	intermediateKeys = slotKeys{KeyIntermediate, KeyIntermediateKey, KeyNextIntermediate, KeyNextIntermediateKey, false}
+)
 
 type meta struct {
 	Generation          int64         `json:"generation"`
@@ -82,8 +73,8 @@ type retiredJSON struct {
 
 // Roots returns the roots that sign now: the local root or the upstream's.
 func (s *State) Roots() []*x509.Certificate {
-	if s.Root != nil {
-		return []*x509.Certificate{s.Root.Cert()}
+	if s.Root.Current != nil {
+		return []*x509.Certificate{s.Root.Current.Cert()}
 	}
 	return s.UpstreamRoots
 }
@@ -92,19 +83,13 @@ func (s *State) Roots() []*x509.Certificate {
 // or "intermediate") and slot ("current", "next", "retired"), in that
 // order: what status output and expiry metrics list.
 func (s *State) EachSlot(f func(role, slot string, c *x509.Certificate)) {
-	for _, r := range s.Roots() {
-		f("root", "current", r)
+	if s.Root.Current == nil {
+		for _, r := range s.UpstreamRoots {
+			f("root", "current", r)
+		}
 	}
-	if s.NextRoot != nil {
-		f("root", "next", s.NextRoot.Cert())
-	}
-	for _, r := range s.Retired {
-		f("root", "retired", r.Cert)
-	}
-	f("intermediate", "current", s.Intermediate.Cert())
-	if s.NextIntermediate != nil {
-		f("intermediate", "next", s.NextIntermediate.Cert())
-	}
+	s.Root.each(func(slot string, c *x509.Certificate) { f("root", slot, c) })
+	s.Intermediate.each(func(slot string, c *x509.Certificate) { f("intermediate", slot, c) })
 }
 
 // Bundle returns every root relying parties must trust now: the signing
@@ -112,10 +97,10 @@ func (s *State) EachSlot(f func(role, slot string, c *x509.Certificate)) {
 // whose certificates may still be in use.
 func (s *State) Bundle(now time.Time) []*x509.Certificate {
 	out := slices.Clone(s.Roots())
-	if s.NextRoot != nil {
-		out = append(out, s.NextRoot.Cert())
+	if s.Root.Next != nil {
+		out = append(out, s.Root.Next.Cert())
 	}
-	for _, r := range s.Retired {
+	for _, r := range s.Root.Retired {
 		if now.Before(r.Until) {
 			out = append(out, r.Cert)
 		}
@@ -125,10 +110,11 @@ func (s *State) Bundle(now time.Time) []*x509.Certificate {
 
 // SigningAuthority returns the pki.Authority of the current intermediate.
 func (s *State) SigningAuthority() (pki.Authority, error) {
-	if s.Intermediate == nil {
+	cur := s.Intermediate.Current
+	if cur == nil {
 		return pki.Authority{}, fmt.Errorf("%w: no current intermediate", ErrCorrupt)
 	}
-	return pki.Authority{Cert: s.Intermediate.Cert(), Key: s.Intermediate.Key, Chain: s.Intermediate.Chain[1:]}, nil
+	return pki.Authority{Cert: cur.Cert(), Key: cur.Key, Chain: cur.Chain[1:]}, nil
 }
 
 // Encode returns the state as data for a Store.
@@ -146,28 +132,30 @@ func (s *State) Encode() (map[string][]byte, error) {
 		data[keyKey] = keyPEM
 		return nil
 	}
+	if in := s.Intermediate; len(in.Retired) > 0 || !in.NextPublishedAt.IsZero() || in.Requested {
+		// The format has no place for these: fail rather than drop them.
+		return nil, errors.New("encoding state: intermediates are never published, retired or rotated on request")
+	}
 	for _, p := range []struct {
-		c, k string
-		s    *Slot
-	}{
-		{KeyRoot, KeyRootKey, s.Root},
-		{KeyNextRoot, KeyNextRootKey, s.NextRoot},
-		{KeyIntermediate, KeyIntermediateKey, s.Intermediate},
-		{KeyNextIntermediate, KeyNextIntermediateKey, s.NextIntermediate},
-	} {
-		if err := put(p.c, p.k, p.s); err != nil {
+		keys slotKeys
+		r    Rotation
+	}{{rootKeys, s.Root}, {intermediateKeys, s.Intermediate}} {
+		if err := put(p.keys.cert, p.keys.key, p.r.Current); err != nil {
+			return nil, err
+		}
+		if err := put(p.keys.nextCert, p.keys.nextKey, p.r.Next); err != nil {
 			return nil, err
 		}
 	}
 	if len(s.UpstreamRoots) > 0 {
 		data[KeyUpstreamRoots] = pki.EncodeCertificates(s.UpstreamRoots...)
 	}
-	m := meta{Generation: s.Generation, RootRotation: s.RootRotationRequested}
-	if !s.NextRootPublishedAt.IsZero() {
-		t := s.NextRootPublishedAt.UTC()
+	m := meta{Generation: s.Generation, RootRotation: s.Root.Requested}
+	if !s.Root.NextPublishedAt.IsZero() {
+		t := s.Root.NextPublishedAt.UTC()
 		m.NextRootPublishedAt = &t
 	}
-	for _, r := range s.Retired {
+	for _, r := range s.Root.Retired {
 		m.Retired = append(m.Retired, retiredJSON{Cert: string(pki.EncodeCertificates(r.Cert)), Until: r.Until.UTC()})
 	}
 	mj, err := json.Marshal(m)
@@ -183,16 +171,10 @@ func (s *State) Encode() (map[string][]byte, error) {
 func Decode(data map[string][]byte) (*State, error) {
 	s := &State{}
 	var err error
-	if s.Root, err = decodeSlot(data, KeyRoot, KeyRootKey, true); err != nil {
+	if s.Root, err = decodeRotation(data, rootKeys); err != nil {
 		return nil, err
 	}
-	if s.NextRoot, err = decodeSlot(data, KeyNextRoot, KeyNextRootKey, true); err != nil {
-		return nil, err
-	}
-	if s.Intermediate, err = decodeSlot(data, KeyIntermediate, KeyIntermediateKey, false); err != nil {
-		return nil, err
-	}
-	if s.NextIntermediate, err = decodeSlot(data, KeyNextIntermediate, KeyNextIntermediateKey, false); err != nil {
+	if s.Intermediate, err = decodeRotation(data, intermediateKeys); err != nil {
 		return nil, err
 	}
 	if raw, ok := data[KeyUpstreamRoots]; ok {
@@ -200,10 +182,10 @@ func Decode(data map[string][]byte) (*State, error) {
 			return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, KeyUpstreamRoots, err)
 		}
 	}
-	if s.Intermediate == nil {
+	if s.Intermediate.Current == nil {
 		return nil, fmt.Errorf("%w: %s is missing", ErrCorrupt, KeyIntermediate)
 	}
-	if s.Root == nil && len(s.UpstreamRoots) == 0 {
+	if s.Root.Current == nil && len(s.UpstreamRoots) == 0 {
 		return nil, fmt.Errorf("%w: neither %s nor %s is present", ErrCorrupt, KeyRoot, KeyUpstreamRoots)
 	}
 	if raw, ok := data[KeyMeta]; ok {
@@ -212,19 +194,31 @@ func Decode(data map[string][]byte) (*State, error) {
 			return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, KeyMeta, err)
 		}
 		s.Generation = m.Generation
-		s.RootRotationRequested = m.RootRotation
+		s.Root.Requested = m.RootRotation
 		if m.NextRootPublishedAt != nil {
-			s.NextRootPublishedAt = *m.NextRootPublishedAt
+			s.Root.NextPublishedAt = *m.NextRootPublishedAt
 		}
 		for i, r := range m.Retired {
 			certs, err := pki.DecodeCertificates([]byte(r.Cert), pki.PEMLimits{MaxBlocks: 1})
 			if err != nil {
 				return nil, fmt.Errorf("%w: %s: retiredRoots[%d].cert: %w", ErrCorrupt, KeyMeta, i, err)
 			}
-			s.Retired = append(s.Retired, RetiredRoot{Cert: certs[0], Until: r.Until})
+			s.Root.Retired = append(s.Root.Retired, Retired{Cert: certs[0], Until: r.Until})
 		}
 	}
 	return s, nil
+}
+
+func decodeRotation(data map[string][]byte, k slotKeys) (Rotation, error) {
+	cur, err := decodeSlot(data, k.cert, k.key, k.selfSigned)
+	if err != nil {
+		return Rotation{}, err
+	}
+	next, err := decodeSlot(data, k.nextCert, k.nextKey, k.selfSigned)
+	if err != nil {
+		return Rotation{}, err
+	}
+	return Rotation{Current: cur, Next: next}, nil
 }
 
 func decodeSlot(data map[string][]byte, certKey, keyKey string, selfSigned bool) (*Slot, error) {
@@ -256,7 +250,7 @@ func checkSlot(s *Slot, selfSigned bool) error {
 	if !c.IsCA || c.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return errors.New("certificate is not a CA with keyCertSign")
 	}
-	if !publicKeysEqual(c.PublicKey, s.Key.Public()) {
+	if !pki.KeyMatches(c, s.Key) {
 		return errors.New("private key does not match the certificate")
 	}
 	if selfSigned {
@@ -270,13 +264,6 @@ func checkSlot(s *Slot, selfSigned bool) error {
 		}
 	}
 	return nil
-}
-
-type equaler interface{ Equal(crypto.PublicKey) bool }
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	e, ok := a.(equaler)
-	return ok && e.Equal(b)
 }
 
 func dedupe(certs []*x509.Certificate) []*x509.Certificate {

@@ -2,11 +2,14 @@ package authority_test
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"maps"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -27,7 +30,7 @@ func fullState(t *testing.T) *authority.State {
 	s = apply(t, m, s, authority.StepActivateRoot, t0.Add(2*time.Hour))
 	s = apply(t, m, s, authority.StepPrepareRoot, t0.Add(3*time.Hour))
 	s = apply(t, m, s, authority.StepPrepareIntermediate, t0.Add(4*time.Hour))
-	if s.Root == nil || s.NextRoot == nil || s.Intermediate == nil || s.NextIntermediate == nil || len(s.Retired) != 1 {
+	if s.Root.Current == nil || s.Root.Next == nil || s.Intermediate.Current == nil || s.Intermediate.Next == nil || len(s.Root.Retired) != 1 {
 		t.Fatalf("fixture is missing a slot: %+v", s)
 	}
 	return s
@@ -92,14 +95,14 @@ func TestStateRoundTrip(t *testing.T) {
 			if got.Generation != s.Generation {
 				t.Errorf("Generation = %d, want %d", got.Generation, s.Generation)
 			}
-			if !got.NextRootPublishedAt.Equal(s.NextRootPublishedAt) {
-				t.Errorf("NextRootPublishedAt = %s, want %s", got.NextRootPublishedAt, s.NextRootPublishedAt)
+			if !got.Root.NextPublishedAt.Equal(s.Root.NextPublishedAt) {
+				t.Errorf("Root.NextPublishedAt = %s, want %s", got.Root.NextPublishedAt, s.Root.NextPublishedAt)
 			}
-			if len(got.Retired) != len(s.Retired) {
-				t.Fatalf("%d retired roots, want %d", len(got.Retired), len(s.Retired))
+			if len(got.Root.Retired) != len(s.Root.Retired) {
+				t.Fatalf("%d retired roots, want %d", len(got.Root.Retired), len(s.Root.Retired))
 			}
-			for i := range s.Retired {
-				if !got.Retired[i].Cert.Equal(s.Retired[i].Cert) || !got.Retired[i].Until.Equal(s.Retired[i].Until) {
+			for i := range s.Root.Retired {
+				if !got.Root.Retired[i].Cert.Equal(s.Root.Retired[i].Cert) || !got.Root.Retired[i].Until.Equal(s.Root.Retired[i].Until) {
 					t.Errorf("retired root %d differs", i)
 				}
 			}
@@ -107,8 +110,8 @@ func TestStateRoundTrip(t *testing.T) {
 				name      string
 				got, want *authority.Slot
 			}{
-				{"root", got.Root, s.Root}, {"next root", got.NextRoot, s.NextRoot},
-				{"intermediate", got.Intermediate, s.Intermediate}, {"next intermediate", got.NextIntermediate, s.NextIntermediate},
+				{"root", got.Root.Current, s.Root.Current}, {"next root", got.Root.Next, s.Root.Next},
+				{"intermediate", got.Intermediate.Current, s.Intermediate.Current}, {"next intermediate", got.Intermediate.Next, s.Intermediate.Next},
 			} {
 				if (pair.got == nil) != (pair.want == nil) {
 					t.Errorf("%s: got %v, want %v", pair.name, pair.got, pair.want)
@@ -314,7 +317,7 @@ func assertNoKeyMaterial(t *testing.T, msg string, datas ...map[string][]byte) {
 
 func TestBundle(t *testing.T) {
 	s := fullState(t)
-	until := s.Retired[0].Until
+	until := s.Root.Retired[0].Until
 	tests := []struct {
 		name string
 		now  time.Time
@@ -329,7 +332,7 @@ func TestBundle(t *testing.T) {
 			if len(b) != tt.want {
 				t.Fatalf("bundle has %d roots, want %d", len(b), tt.want)
 			}
-			if !containsCert(b, s.Root.Cert()) || !containsCert(b, s.NextRoot.Cert()) {
+			if !containsCert(b, s.Root.Current.Cert()) || !containsCert(b, s.Root.Next.Cert()) {
 				t.Error("bundle lacks the current or the next root")
 			}
 		})
@@ -342,4 +345,108 @@ func rawOf(certs []*x509.Certificate) [][]byte {
 		out[i] = c.Raw
 	}
 	return out
+}
+
+// TestDecodeStateOfEarlierVersion loads states that the CA wrote before
+// the keys were modelled as Rotations (testdata/legacy, written through a
+// DirStore by that version's Minter): they must load unchanged, and encode
+// back to the same bytes.
+func TestDecodeStateOfEarlierVersion(t *testing.T) {
+	type slot struct{ role, slot string }
+	tests := []struct {
+		dir            string
+		wantSlots      []slot
+		wantGeneration int64
+		wantPublished  time.Time
+		wantRequested  bool
+		wantUpstream   int
+	}{
+		{
+			dir: "selfsigned",
+			wantSlots: []slot{
+				{"root", "current"}, {"root", "next"}, {"root", "retired"},
+				{"intermediate", "current"}, {"intermediate", "next"},
+			},
+			wantGeneration: 4,
+			wantPublished:  time.Date(2030, 1, 1, 3, 0, 0, 0, time.UTC),
+			wantRequested:  true,
+		},
+		{
+			dir:            "upstream",
+			wantSlots:      []slot{{"root", "current"}, {"intermediate", "current"}, {"intermediate", "next"}},
+			wantGeneration: 1,
+			wantUpstream:   1,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.dir, func(t *testing.T) {
+			raw, err := os.ReadFile(filepath.Join("testdata", "legacy", tt.dir, authority.StateFileName))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, authority.StateFileName), raw, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			store, err := authority.NewDirStore(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap, err := store.Load(context.Background())
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			s, err := authority.Decode(snap.Data)
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			var got []slot
+			s.EachSlot(func(role, name string, _ *x509.Certificate) { got = append(got, slot{role, name}) })
+			if !slices.Equal(got, tt.wantSlots) {
+				t.Errorf("slots = %v, want %v", got, tt.wantSlots)
+			}
+			if s.Generation != tt.wantGeneration || !s.Root.NextPublishedAt.Equal(tt.wantPublished) || s.Root.Requested != tt.wantRequested || len(s.UpstreamRoots) != tt.wantUpstream {
+				t.Errorf("Generation, Root.NextPublishedAt, Root.Requested, upstream roots = %d, %s, %v, %d; want %d, %s, %v, %d",
+					s.Generation, s.Root.NextPublishedAt, s.Root.Requested, len(s.UpstreamRoots), tt.wantGeneration, tt.wantPublished, tt.wantRequested, tt.wantUpstream)
+			}
+			for name, inter := range map[string]*authority.Slot{"current": s.Intermediate.Current, "next": s.Intermediate.Next} {
+				issuer := s.Roots()[0]
+				if err := inter.Cert().CheckSignatureFrom(issuer); err != nil {
+					t.Errorf("%s intermediate is not signed by the current root: %v", name, err)
+				}
+			}
+			if again := encode(t, s); !reflect.DeepEqual(again, snap.Data) {
+				t.Error("Encode(Decode(data)) differs from the data the earlier version wrote")
+			}
+			if _, err := s.SigningAuthority(); err != nil {
+				t.Errorf("SigningAuthority: %v", err)
+			}
+		})
+	}
+}
+
+// TestEncodeRefusesWhatTheFormatCannotHold: the stored format keeps
+// publication, retirement and rotation requests for the root only; Encode
+// fails rather than drop them for the intermediate.
+func TestEncodeRefusesWhatTheFormatCannotHold(t *testing.T) {
+	s := fullState(t)
+	tests := []struct {
+		name   string
+		modify func(r *authority.Rotation)
+	}{
+		{"published intermediate", func(r *authority.Rotation) { r.NextPublishedAt = t0 }},
+		{"retired intermediate", func(r *authority.Rotation) {
+			r.Retired = []authority.Retired{{Cert: r.Current.Cert(), Until: t0}}
+		}},
+		{"requested intermediate rotation", func(r *authority.Rotation) { r.Requested = true }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := *s
+			tt.modify(&n.Intermediate)
+			if _, err := n.Encode(); err == nil || !strings.Contains(err.Error(), "intermediate") {
+				t.Fatalf("Encode() error = %v, want one naming the intermediate", err)
+			}
+		})
+	}
 }

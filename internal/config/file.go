@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -74,10 +75,12 @@ func OrDefault(s, def string) string {
 }
 
 // Load reads the configuration file at path and parses it with parse;
-// errors name the file. what names the file's kind ("CA config").
+// errors name the file. what names the file's kind ("CA config"). It reads
+// at most MaxFileSize+1 bytes, so a huge file (or a device such as
+// /dev/zero) is refused without being read into memory.
 func Load[T any](path, what string, parse func([]byte) (T, error)) (T, error) {
 	var zero T
-	raw, err := os.ReadFile(path)
+	raw, err := readLimited(path, MaxFileSize)
 	if err != nil {
 		return zero, fmt.Errorf("reading %s: %w", what, err)
 	}
@@ -86,4 +89,22 @@ func Load[T any](path, what string, parse func([]byte) (T, error)) (T, error) {
 		return zero, fmt.Errorf("%s: %w", path, err)
 	}
 	return v, nil
+}
+
+// readLimited reads the file at path, failing when it holds more than limit
+// bytes; it never reads more than limit+1.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if int64(len(raw)) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes, the limit of a configuration file", path, limit)
+	}
+	return raw, nil
 }

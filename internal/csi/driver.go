@@ -6,6 +6,12 @@
 //
 // The driver keeps a record of every published volume in a state directory,
 // so that an agent restart resumes the rotation of every volume (Resume).
+// It keeps the pod's ServiceAccount token (CSIDriver tokenRequests) in
+// memory only, replaced by every republish (requiresRepublish), and never
+// hands out an expired one (PodTokenSource). It publishes only to the
+// kubelet's target paths of inline CSI volumes, never through a symbolic
+// link, and unpublishing a volume it does not know removes only what it
+// would have made (docs/csi.md).
 package csi
 
 import (
@@ -16,6 +22,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,7 +57,9 @@ type Identities interface {
 	// to it: sink receives the current credential at once (when there is
 	// one) and every new one after. untrack removes the sink again; after
 	// it returns, Track's rotation may stop when nothing else needs it.
-	// id.PodToken, when set, is the pod's ServiceAccount token for the CA.
+	// id.PodToken gives the pod's ServiceAccount token for every request
+	// to the CA; ask it anew for each request, it changes when the kubelet
+	// republishes the volume.
 	Track(id VolumeIdentity, sink rotate.Sink) (untrack func(), err error)
 }
 
@@ -60,6 +70,10 @@ type Config struct {
 	// StateDir holds one record per published volume (created 0700).
 	// Required.
 	StateDir string
+	// KubeletDir is the kubelet's root directory (--root-dir, default
+	// /var/lib/kubelet). Target paths must be
+	// <KubeletDir>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount.
+	KubeletDir string
 	// SocketDir is the directory of the agent's Workload API socket,
 	// bind-mounted read-only into volumes of mode socket. Empty disables
 	// mode socket.
@@ -79,6 +93,8 @@ type Config struct {
 	// PublishTimeout bounds the wait for the first certificate (default
 	// 1m); the request's own deadline applies when it is earlier.
 	PublishTimeout time.Duration
+	// Clock decides when a pod token has expired; nil means the real clock.
+	Clock rotate.Clock
 	// Logger receives one line per publish and unpublish; nil discards.
 	Logger *slog.Logger
 	// Registerer receives the driver's metrics; nil registers none.
@@ -95,15 +111,17 @@ type Driver struct {
 	store store
 	log   *slog.Logger
 
-	mu   sync.Mutex
-	vols map[string]*volume // by volume ID
-	busy map[string]bool    // volume IDs with an operation in progress
+	mu     sync.Mutex
+	vols   map[string]*volume   // by volume ID
+	busy   map[string]bool      // volume IDs with an operation in progress
+	tokens map[string]*podToken // by pod UID, shared by the pod's volumes
 }
 
 // volume is a published volume.
 type volume struct {
 	rec     record
 	sink    *publishSink // files mode
+	token   *podToken    // files mode
 	untrack func()
 }
 
@@ -131,6 +149,16 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.SocketDir != "" && !filepath.IsAbs(cfg.SocketDir) {
 		return nil, fmt.Errorf("csi: SocketDir: must be absolute, got %q", cfg.SocketDir)
 	}
+	if cfg.KubeletDir == "" {
+		cfg.KubeletDir = DefaultKubeletDir
+	}
+	if !filepath.IsAbs(cfg.KubeletDir) || filepath.Clean(cfg.KubeletDir) == "/" {
+		return nil, fmt.Errorf("csi: KubeletDir: must be an absolute directory other than /, got %q", cfg.KubeletDir)
+	}
+	cfg.KubeletDir = filepath.Clean(cfg.KubeletDir)
+	if cfg.Clock == nil {
+		cfg.Clock = rotate.RealClock{}
+	}
 	if cfg.Mounter == nil {
 		cfg.Mounter = LinuxMounter{}
 	}
@@ -156,12 +184,13 @@ func New(cfg Config) (*Driver, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Driver{
-		cfg:   cfg,
-		lim:   limits{minTTL: cfg.MinTTL, maxTTL: cfg.MaxTTL, tokenAudience: cfg.TokenAudience},
-		store: store{dir: cfg.StateDir},
-		log:   cfg.Logger,
-		vols:  map[string]*volume{},
-		busy:  map[string]bool{},
+		cfg:    cfg,
+		lim:    limits{minTTL: cfg.MinTTL, maxTTL: cfg.MaxTTL, tokenAudience: cfg.TokenAudience, kubeletDir: cfg.KubeletDir},
+		store:  store{dir: cfg.StateDir},
+		log:    cfg.Logger,
+		vols:   map[string]*volume{},
+		busy:   map[string]bool{},
+		tokens: map[string]*podToken{},
 	}
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -189,6 +218,63 @@ func (d *Driver) Volumes() []string {
 		out = append(out, id)
 	}
 	return out
+}
+
+// VolumeStatus describes a published volume.
+type VolumeStatus struct {
+	VolumeID   string `json:"volumeID"`
+	TargetPath string `json:"targetPath"`
+	Mode       string `json:"mode"`
+	Namespace  string `json:"namespace"`
+	Pod        string `json:"pod"`
+	// Token is the state of the pod's token (files mode).
+	Token TokenStatus `json:"token"`
+}
+
+// Status returns the published volumes, sorted by volume ID.
+func (d *Driver) Status() []VolumeStatus {
+	d.mu.Lock()
+	vols := make([]*volume, 0, len(d.vols))
+	for _, v := range d.vols {
+		vols = append(vols, v)
+	}
+	d.mu.Unlock()
+	out := make([]VolumeStatus, 0, len(vols))
+	for _, v := range vols {
+		s := VolumeStatus{VolumeID: v.rec.VolumeID, TargetPath: v.rec.TargetPath, Mode: v.rec.Mode, Namespace: v.rec.Identity.Namespace, Pod: v.rec.Identity.PodName}
+		if v.token != nil {
+			s.Token = v.token.status()
+		}
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b VolumeStatus) int { return strings.Compare(a.VolumeID, b.VolumeID) })
+	return out
+}
+
+// tokenHolder returns the token holder of id's pod, counting one more volume
+// that uses it.
+func (d *Driver) tokenHolder(id VolumeIdentity) *podToken {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t := d.tokens[id.PodUID]
+	if t == nil {
+		t = &podToken{clock: d.cfg.Clock, log: d.log, namespace: id.Namespace, pod: id.PodName}
+		d.tokens[id.PodUID] = t
+	}
+	t.volumes++
+	return t
+}
+
+// releaseToken forgets one volume of the pod's token holder; the holder goes
+// with the pod's last volume.
+func (d *Driver) releaseToken(podUID string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t := d.tokens[podUID]; t != nil {
+		if t.volumes--; t.volumes <= 0 {
+			delete(d.tokens, podUID)
+		}
+	}
 }
 
 // acquire marks an operation on volume id as running; it fails when one
@@ -228,6 +314,14 @@ func (d *Driver) Resume(ctx context.Context) error {
 			return fmt.Errorf("csi: resume: %w", err)
 		}
 		log := d.log.With("volume_id", rec.VolumeID, "target_path", rec.TargetPath, "mode", rec.Mode)
+		t, err := checkTarget(rec.TargetPath, d.cfg.KubeletDir)
+		if err == nil {
+			err = checkNoSymlinks(t, d.cfg.KubeletDir)
+		}
+		if err != nil {
+			log.Error("not resuming a CSI volume whose target path is not acceptable; unpublishing the volume removes its record", "error", err)
+			continue
+		}
 		if _, err := os.Stat(filepath.Dir(rec.TargetPath)); errors.Is(err, fs.ErrNotExist) {
 			// The pod's directory is gone: nobody will unpublish this.
 			log.Info("dropping the record of a CSI volume whose pod directory is gone")
@@ -239,7 +333,9 @@ func (d *Driver) Resume(ctx context.Context) error {
 		var v *volume
 		switch rec.Mode {
 		case ModeFiles:
-			v, err = d.startFiles(rec, "")
+			if v, err = d.startFiles(rec, d.tokenHolder(rec.Identity)); err != nil {
+				d.releaseToken(rec.Identity.PodUID)
+			}
 		case ModeSocket:
 			v, err = d.mountSocket(rec)
 		}
@@ -295,6 +391,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 	if err != nil {
 		return nil, statusOf(err)
 	}
+	if err := checkNoSymlinks(target{path: p.rec.TargetPath, podUID: p.rec.Identity.PodUID}, d.cfg.KubeletDir); err != nil {
+		return nil, statusOf(err)
+	}
 	rec := &p.rec
 	if err := d.acquire(rec.VolumeID); err != nil {
 		return nil, err
@@ -313,6 +412,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 		if !sameVolume(&v.rec, rec) {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published at %s with other attributes", rec.VolumeID, rec.TargetPath)
 		}
+		// A republish (requiresRepublish: true) brings the kubelet's
+		// current token of the pod: later renewals carry it.
+		if v.token != nil && p.token != "" {
+			v.token.set(p.token, p.tokenExp)
+		}
 		return d.awaitFirst(ctx, v)
 	}
 
@@ -326,7 +430,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 	if rec.Mode == ModeSocket {
 		v, err = d.mountSocket(rec)
 	} else {
-		v, err = d.startFiles(rec, rec.Identity.PodToken)
+		tok := d.tokenHolder(rec.Identity)
+		if p.token != "" {
+			tok.set(p.token, p.tokenExp)
+		}
+		if v, err = d.startFiles(rec, tok); err != nil {
+			d.releaseToken(rec.Identity.PodUID)
+		}
 	}
 	if err != nil {
 		log.Error("publishing a CSI volume failed", "error", err)
@@ -363,8 +473,10 @@ func (d *Driver) awaitFirst(ctx context.Context, v *volume) (*csipb.NodePublishV
 	}
 }
 
-// startFiles creates the volume's file sink and tracks its identity.
-func (d *Driver) startFiles(rec *record, token string) (*volume, error) {
+// startFiles creates the volume's file sink and tracks its identity, with
+// token as the source of the pod's token. The caller releases the token
+// holder when it fails.
+func (d *Driver) startFiles(rec *record, token *podToken) (*volume, error) {
 	files, err := rotate.NewFileSink(rec.TargetPath, rec.sinkOptions())
 	if err != nil {
 		return nil, err
@@ -377,7 +489,7 @@ func (d *Driver) startFiles(rec *record, token string) (*volume, error) {
 		sink.close()
 		return nil, fmt.Errorf("track the identity of %s/%s: %w", id.Namespace, id.ServiceAccount, err)
 	}
-	return &volume{rec: *rec, sink: sink, untrack: untrack}, nil
+	return &volume{rec: *rec, sink: sink, token: token, untrack: untrack}, nil
 }
 
 // mountSocket bind-mounts the socket directory onto the target, unless it
@@ -403,14 +515,18 @@ func (d *Driver) mountSocket(rec *record) (*volume, error) {
 
 // NodeUnpublishVolume stops the rotation into the volume, unmounts or
 // removes its files and the target directory, and forgets the volume. It
-// succeeds for volumes it does not know.
+// succeeds for volumes it does not know, removing only what it would have
+// created there (cleanUnknown).
 func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csipb.NodeUnpublishVolumeRequest) (*csipb.NodeUnpublishVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if err := checkVolumeID(id); err != nil {
 		return nil, statusOf(err)
 	}
-	target, err := checkTargetPath(req.GetTargetPath())
+	t, err := checkTarget(req.GetTargetPath(), d.cfg.KubeletDir)
 	if err != nil {
+		return nil, statusOf(err)
+	}
+	if err := checkNoSymlinks(t, d.cfg.KubeletDir); err != nil {
 		return nil, statusOf(err)
 	}
 	if err := d.acquire(id); err != nil {
@@ -420,20 +536,31 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csipb.NodeUnpublish
 
 	d.mu.Lock()
 	v := d.vols[id]
-	delete(d.vols, id)
+	if v != nil && v.rec.TargetPath == t.path {
+		delete(d.vols, id)
+	} else {
+		v = nil // unknown, or published elsewhere: not this target's volume
+	}
 	d.mu.Unlock()
-	mode := ""
+	mode, recorded := "", false
 	if v != nil {
 		v.stop()
-		mode = v.rec.Mode
-	} else if rec, err := d.store.read(id + ".json"); err == nil {
-		mode = rec.Mode // recorded, but Resume could not start it
+		if v.token != nil {
+			d.releaseToken(v.rec.Identity.PodUID)
+		}
+		mode, recorded = v.rec.Mode, true
+	} else if rec, err := d.store.read(id + ".json"); err == nil && rec.TargetPath == t.path {
+		mode, recorded = rec.Mode, true // recorded, but Resume could not start it
+	} else if !errors.Is(err, fs.ErrNotExist) && err != nil {
+		recorded = true // an unreadable record of this volume: unpublishing removes it
 	}
-	if err := d.cleanTarget(target, mode); err != nil {
+	if err := d.cleanTarget(t.path, mode); err != nil {
 		return nil, status.Errorf(codes.Internal, "unpublish volume %s: %v", id, err)
 	}
-	if err := d.store.remove(id); err != nil {
-		return nil, status.Errorf(codes.Internal, "%v", err)
+	if recorded {
+		if err := d.store.remove(id); err != nil {
+			return nil, status.Errorf(codes.Internal, "%v", err)
+		}
 	}
 	if v != nil {
 		d.log.Info("CSI volume unpublished", "volume_id", id, "namespace", v.rec.Identity.Namespace, "pod", v.rec.Identity.PodName, "mode", mode)
@@ -441,10 +568,9 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csipb.NodeUnpublish
 	return &csipb.NodeUnpublishVolumeResponse{}, nil
 }
 
-// cleanTarget unmounts whatever is mounted at target and removes it. mode
-// is the volume's mode, or "" for a volume the driver does not know, whose
-// directory is removed only when it is empty or holds files of the atomic
-// writer (a ..data link).
+// cleanTarget unmounts what the volume mounted at target and removes the
+// target. mode is the volume's mode, or "" for a volume the driver does not
+// know (cleanUnknown).
 func (d *Driver) cleanTarget(target, mode string) error {
 	fi, err := os.Lstat(target)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -453,43 +579,139 @@ func (d *Driver) cleanTarget(target, mode string) error {
 	if err != nil {
 		return err
 	}
-	unmounted := false
-	for i := 0; ; i++ {
-		mounted, err := d.cfg.Mounter.IsMountPoint(target)
-		if err != nil {
-			return err
-		}
-		if !mounted {
-			break
-		}
-		if i == maxUnmounts {
-			return fmt.Errorf("%s: %w", target, errStillMounted)
-		}
-		if err := d.cfg.Mounter.Unmount(target); err != nil {
-			return err
-		}
-		unmounted = true
+	if mode == "" {
+		return d.cleanUnknown(target, fi)
+	}
+	unmounted, err := d.unmountAll(target)
+	if err != nil {
+		return err
 	}
 	if !fi.IsDir() {
 		return removeIfExists(target)
 	}
-	switch {
-	case mode == ModeFiles && !unmounted:
+	if mode == ModeFiles && !unmounted {
 		return os.RemoveAll(target)
-	case mode == "" && !unmounted:
-		if _, err := os.Lstat(filepath.Join(target, "..data")); err == nil {
-			return os.RemoveAll(target)
-		}
 	}
-	// Socket mode, or unknown: only an empty directory goes.
-	if err := removeIfExists(target); err != nil {
-		if mode == "" {
-			d.log.Warn("leaving a non-empty directory of an unknown CSI volume", "target_path", target, "error", err)
-			return nil
+	// Socket mode: only the empty mount point goes.
+	return removeIfExists(target)
+}
+
+// unmountAll removes the mounts stacked at target.
+func (d *Driver) unmountAll(target string) (unmounted bool, err error) {
+	for i := 0; ; i++ {
+		mounted, err := d.cfg.Mounter.IsMountPoint(target)
+		if err != nil {
+			return unmounted, err
 		}
+		if !mounted {
+			return unmounted, nil
+		}
+		if i == maxUnmounts {
+			return unmounted, fmt.Errorf("%s: %w", target, errStillMounted)
+		}
+		if err := d.cfg.Mounter.Unmount(target); err != nil {
+			return unmounted, err
+		}
+		unmounted = true
+	}
+}
+
+// cleanUnknown cleans the target of a volume the driver has no record of
+// (its record was lost, or the kubelet retries an unpublish that already
+// succeeded). It removes only what the driver itself would have made there:
+// a bind mount of the socket directory, an empty directory, or a directory
+// holding nothing but the atomic writer's layout. Anything else (a link,
+// a file, another mount, foreign files) is logged and left alone; the
+// unpublish still succeeds, as the CSI spec asks for unknown volumes.
+func (d *Driver) cleanUnknown(target string, fi fs.FileInfo) error {
+	log := d.log.With("target_path", target)
+	if !fi.IsDir() {
+		log.Warn("leaving what is at the target of an unknown CSI volume: not a directory", "type", fi.Mode().Type().String())
+		return nil
+	}
+	mounted, err := d.cfg.Mounter.IsMountPoint(target)
+	if err != nil {
 		return err
 	}
-	return nil
+	if mounted {
+		if !d.isSocketMount(target) {
+			log.Warn("leaving a mount at the target of an unknown CSI volume: it is not the Workload API socket directory")
+			return nil
+		}
+		if _, err := d.unmountAll(target); err != nil {
+			return err
+		}
+		return removeIfExists(target)
+	}
+	ours, why := isAtomicWriterDir(target)
+	if !ours {
+		log.Warn("leaving the directory of an unknown CSI volume: not what the driver writes", "reason", why)
+		return nil
+	}
+	return os.RemoveAll(target)
+}
+
+// isSocketMount reports whether target shows the socket directory (a bind
+// mount of it shows the same directory inode).
+func (d *Driver) isSocketMount(target string) bool {
+	if d.cfg.SocketDir == "" {
+		return false
+	}
+	a, err := os.Stat(target)
+	if err != nil {
+		return false
+	}
+	b, err := os.Stat(d.cfg.SocketDir)
+	return err == nil && os.SameFile(a, b)
+}
+
+// isAtomicWriterDir reports whether dir holds only what rotate.FileSink
+// writes: the ..data link to a version directory, version directories of
+// regular files, links <name> -> ..data/<name>, and the writer's temporary
+// links. An empty directory qualifies. why says what did not fit.
+func isAtomicWriterDir(dir string) (ok bool, why string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err.Error()
+	}
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case e.Type()&fs.ModeSymlink != 0:
+			dest, err := os.Readlink(filepath.Join(dir, name))
+			if err != nil {
+				return false, err.Error()
+			}
+			switch {
+			case name == "..data" || name == "..data_tmp":
+				if strings.Contains(dest, "/") || !strings.HasPrefix(dest, "..") {
+					return false, fmt.Sprintf("%s points to %q, not a version directory", name, dest)
+				}
+			case strings.HasPrefix(name, ".."):
+				// A temporary user link (..<name>.tmp) being swapped in.
+				if !strings.HasSuffix(name, ".tmp") || !strings.HasPrefix(dest, "..data/") {
+					return false, fmt.Sprintf("link %s is not the writer's", name)
+				}
+			default:
+				if dest != "..data/"+name {
+					return false, fmt.Sprintf("link %s points to %q, not ..data/%s", name, dest, name)
+				}
+			}
+		case e.IsDir() && strings.HasPrefix(name, ".."):
+			files, err := os.ReadDir(filepath.Join(dir, name))
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, f := range files {
+				if !f.Type().IsRegular() {
+					return false, fmt.Sprintf("%s/%s is not a regular file", name, f.Name())
+				}
+			}
+		default:
+			return false, fmt.Sprintf("%s is not part of the atomic writer's layout", name)
+		}
+	}
+	return true, ""
 }
 
 func removeIfExists(path string) error {

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/mayfly-pki/mayfly/pkg/rotate"
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 )
 
 const volID = "csi-5f1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -55,7 +55,7 @@ func TestPublishRotatesWithoutMismatch(t *testing.T) {
 	mustPublish(t, e.d, publishRequest(volID, target, podContext(nil)))
 
 	// The first credential is there when NodePublishVolume returns.
-	files, err := rotate.ReadAtomic(target, "tls.crt", "tls.key", "ca.crt")
+	files, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key", "ca.crt")
 	if err != nil {
 		t.Fatalf("files after publish: %v", err)
 	}
@@ -76,7 +76,7 @@ func TestPublishRotatesWithoutMismatch(t *testing.T) {
 				return
 			default:
 			}
-			got, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+			got, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key")
 			if err != nil {
 				errc <- err
 				return
@@ -91,7 +91,7 @@ func TestPublishRotatesWithoutMismatch(t *testing.T) {
 	for i := range 3 {
 		c := e.creds.issue()
 		e.ids.push(t, c)
-		got, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+		got, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,7 +148,7 @@ func TestPublishFileModes(t *testing.T) {
 		if g := fileGID(fi); g != gid {
 			t.Fatalf("key group %d, want %d", g, gid)
 		}
-		got, err := rotate.ReadAtomic(target, "svid.pem", "svid-key.pem", "bundle.pem")
+		got, err := atomicfile.ReadAtomic(target, "svid.pem", "svid-key.pem", "bundle.pem")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -206,6 +206,13 @@ func TestPublishRejectsBadRequests(t *testing.T) {
 		{"unknown mode", publishRequest(volID, target, podContext(map[string]string{attrMode: "secret"})), attrMode},
 		{"socket mode with file options", publishRequest(volID, target, podContext(map[string]string{attrMode: ModeSocket, attrTTL: "1h"})), "does not apply"},
 		{"tokens not JSON", publishRequest(volID, target, podContext(map[string]string{ctxTokens: "{"})), ctxTokens},
+		{"token without expiry", publishRequest(volID, target, podContext(map[string]string{ctxTokens: `{"mayfly-ca":{"token":"opaque"}}`})), "no exp claim and its expirationTimestamp"},
+		{"target outside the kubelet directory", publishRequest(volID, "/etc/mayfly/mount", podContext(nil)), "not under the kubelet directory"},
+		{"target is the kubelet directory", publishRequest(volID, e.kubelet, podContext(nil)), "not under the kubelet directory"},
+		{"target of another plugin", publishRequest(volID, filepath.Join(e.podsDir, testPodUID, "volumes", "kubernetes.io~secret", "certs", "mount"), podContext(nil)), "not the target of a CSI volume"},
+		{"target not named mount", publishRequest(volID, filepath.Join(filepath.Dir(target), "data"), podContext(nil)), "not the target of a CSI volume"},
+		{"target below mount", publishRequest(volID, filepath.Join(target, "x"), podContext(nil)), "not the target of a CSI volume"},
+		{"target in another pod's directory", publishRequest(volID, filepath.Join(e.podsDir, "other-uid", "volumes", "kubernetes.io~csi", "certs", "mount"), podContext(nil)), "in the directory of pod other-uid"},
 		{"staging path", func() *csipb.NodePublishVolumeRequest {
 			r := publishRequest(volID, target, podContext(nil))
 			r.StagingTargetPath = "/var/lib/kubelet/staging"
@@ -269,7 +276,7 @@ func TestPublishWaitsForTheFirstCertificate(t *testing.T) {
 	if n := e.ids.trackCalls(); n != 1 {
 		t.Fatalf("Track called %d times across the retry, want 1", n)
 	}
-	if _, err := rotate.ReadAtomic(target, "tls.crt", "tls.key"); err != nil {
+	if _, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -291,11 +298,11 @@ func TestPublishFailsWhenTrackingFails(t *testing.T) {
 func TestTokenIsPassedOnButNotStored(t *testing.T) {
 	e := newEnv(t)
 	e.ids.push(t, e.creds.issue())
-	const token = "eyJhbGciOiJSUzI1NiJ9.secret-token-value.sig"
+	token := fakeJWT(e.clock.Now().Add(time.Hour), "secret-token-value")
 	tokens := `{"mayfly-ca":{"token":"` + token + `","expirationTimestamp":"2030-01-01T00:00:00Z"},"other":{"token":"x"}}`
 	mustPublish(t, e.d, publishRequest(volID, e.target("pod-a"), podContext(map[string]string{ctxTokens: tokens})))
-	if got := e.ids.active()[0].PodToken; got != token {
-		t.Fatalf("PodToken = %q, want the mayfly-ca token", got)
+	if got := e.ids.renew(t); len(got) != 1 || got[0] != token {
+		t.Fatalf("renewal sends %q, want the mayfly-ca token", got)
 	}
 	raw, err := os.ReadFile(filepath.Join(e.stateDir, volID+".json"))
 	if err != nil {
@@ -388,7 +395,7 @@ func TestResumeAfterRestart(t *testing.T) {
 	e := newEnv(t)
 	e.ids.push(t, e.creds.issue())
 	target := e.target("pod-a")
-	tokens := `{"mayfly-ca":{"token":"tok","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+	tokens := tokenContext(fakeJWT(e.clock.Now().Add(time.Hour), "tok"))
 	mustPublish(t, e.d, publishRequest(volID, target, podContext(map[string]string{attrDNSNames: "web.team-a.svc", attrTTL: "2h", ctxTokens: tokens})))
 	sockTarget := e.target("pod-b")
 	mustPublish(t, e.d, publishRequest("csi-socket", sockTarget, podContext(map[string]string{attrMode: ModeSocket})))
@@ -419,8 +426,8 @@ func TestResumeAfterRestart(t *testing.T) {
 		got.TTL != 2*time.Hour || len(got.DNSNames) != 1 || got.DNSNames[0] != "web.team-a.svc" {
 		t.Fatalf("resumed identity %+v", got)
 	}
-	if got.PodToken != "" {
-		t.Fatal("a resumed identity has a token; tokens are never stored")
+	if got := ids2.renew(t); len(got) != 1 || got[0] != "" {
+		t.Fatalf("a resumed identity sends token %q; tokens are never stored", got)
 	}
 	if src := e.mounter.source(sockTarget); src != e.sockDir {
 		t.Fatalf("socket volume mounted from %q after resume, want %q", src, e.sockDir)
@@ -431,7 +438,7 @@ func TestResumeAfterRestart(t *testing.T) {
 
 	c := e.creds.issue()
 	ids2.push(t, c)
-	files, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+	files, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,7 +494,7 @@ func TestSocketMode(t *testing.T) {
 		}
 	})
 	t.Run("disabled without a socket directory", func(t *testing.T) {
-		d, err := New(Config{NodeName: "n", StateDir: e.stateDir, Identities: e.ids, Mounter: e.mounter})
+		d, err := New(Config{NodeName: "n", StateDir: e.stateDir, KubeletDir: e.kubelet, Identities: e.ids, Mounter: e.mounter})
 		if err != nil {
 			t.Fatal(err)
 		}

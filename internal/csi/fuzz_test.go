@@ -16,11 +16,13 @@ func FuzzParsePublish(f *testing.F) {
 	f.Add("ttl", "1h", `{"mayfly-ca":{"token":""}}`)
 	f.Add("mode", "socket", `[]`)
 	f.Add("fsGroup", "-1", `{"mayfly-ca":null}`)
-	lim := limits{minTTL: 5 * time.Minute, maxTTL: 24 * time.Hour, tokenAudience: DefaultTokenAudience}
+	f.Add("keyType", "ed25519", `{"mayfly-ca":{"token":"a.eyJleHAiOjE3OTk5OTk5OTl9.TOKEN"}}`)
+	f.Add("ttl", "30m", `{"mayfly-ca":{"token":"TOKEN","expirationTimestamp":"2030-01-01T00:00:00Z"}}`)
+	lim := limits{minTTL: 5 * time.Minute, maxTTL: 24 * time.Hour, tokenAudience: DefaultTokenAudience, kubeletDir: DefaultKubeletDir}
 	f.Fuzz(func(t *testing.T, key, value, tokens string) {
 		const secret = "SECRET-TOKEN-VALUE"
 		tokens = strings.ReplaceAll(tokens, "TOKEN", secret)
-		req := publishRequest(volID, "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount", podContext(map[string]string{key: value, ctxTokens: tokens}))
+		req := publishRequest(volID, "/var/lib/kubelet/pods/"+testPodUID+"/volumes/kubernetes.io~csi/v/mount", podContext(map[string]string{key: value, ctxTokens: tokens}))
 		p, err := parsePublish(req, lim)
 		if err != nil {
 			if !errors.Is(err, errInvalid) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -36,6 +37,25 @@ type fakeTrack struct {
 	id     VolumeIdentity
 	sink   rotate.Sink
 	active bool
+}
+
+// renew does what the agent's identity manager does for a renewal of a
+// tracked volume: it asks the pod token source anew and returns the token
+// the request to the CA carries ("" for none).
+func (f *fakeIdentities) renew(t testing.TB) []string {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var sent []string
+	for _, tr := range f.tracks {
+		if tr.active {
+			if tr.id.PodToken == nil {
+				t.Fatal("a tracked volume has no pod token source")
+			}
+			sent = append(sent, tr.id.PodToken.PodToken())
+		}
+	}
+	return sent
 }
 
 // Track records the sink and delivers the current credential, if any, from
@@ -175,6 +195,8 @@ func (c *credentials) issue() *rotate.Credential {
 type testEnv struct {
 	t        testing.TB
 	d        *Driver
+	clock    *rotate.FakeClock
+	kubelet  string // the kubelet's root directory
 	ids      *fakeIdentities
 	mounter  *fakeMounter
 	creds    *credentials
@@ -188,8 +210,10 @@ func newEnv(t testing.TB) *testEnv {
 	root := t.TempDir()
 	e := &testEnv{
 		t: t, ids: &fakeIdentities{}, mounter: newFakeMounter(), creds: newCredentials(t),
-		stateDir: filepath.Join(root, "state", "volumes"),
-		podsDir:  filepath.Join(root, "pods"),
+		clock:    rotate.NewFakeClock(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)),
+		kubelet:  filepath.Join(root, "kubelet"),
+		stateDir: filepath.Join(root, "kubelet", "plugins", DriverName, "volumes"),
+		podsDir:  filepath.Join(root, "kubelet", "pods"),
 		sockDir:  filepath.Join(root, "run"),
 	}
 	for _, dir := range []string{e.podsDir, e.sockDir} {
@@ -203,22 +227,26 @@ func newEnv(t testing.TB) *testEnv {
 
 func (e *testEnv) newDriver(ids Identities) *Driver {
 	e.t.Helper()
-	d, err := New(Config{NodeName: "node-1", StateDir: e.stateDir, SocketDir: e.sockDir, Identities: ids, Mounter: e.mounter})
+	d, err := New(Config{NodeName: "node-1", StateDir: e.stateDir, SocketDir: e.sockDir, KubeletDir: e.kubelet, Clock: e.clock, Identities: ids, Mounter: e.mounter})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return d
 }
 
-// target returns a target path for a pod's volume; its parent exists, as
-// the kubelet creates it.
-func (e *testEnv) target(pod string) string {
-	parent := filepath.Join(e.podsDir, pod, "volumes", "kubernetes.io~csi", "certs")
+// target returns the target path of volume name of the pod of podContext,
+// laid out as the kubelet does; its parent exists, as the kubelet creates
+// it.
+func (e *testEnv) target(name string) string {
+	parent := filepath.Join(e.podsDir, testPodUID, "volumes", "kubernetes.io~csi", name)
 	if err := os.MkdirAll(parent, 0o750); err != nil {
 		e.t.Fatal(err)
 	}
 	return filepath.Join(parent, "mount")
 }
+
+// testPodUID is the UID of the pod of podContext.
+const testPodUID = "0b0f7a57-2c3e-4c1e-9d7c-6a4b3c2d1e0f"
 
 // podContext is the volume context of an inline volume of pod "web-0".
 func podContext(extra map[string]string) map[string]string {
@@ -226,7 +254,7 @@ func podContext(extra map[string]string) map[string]string {
 		ctxEphemeral:      "true",
 		ctxPodName:        "web-0",
 		ctxPodNamespace:   "team-a",
-		ctxPodUID:         "0b0f7a57-2c3e-4c1e-9d7c-6a4b3c2d1e0f",
+		ctxPodUID:         testPodUID,
 		ctxServiceAccount: "web",
 	}
 	for k, v := range extra {
@@ -287,4 +315,19 @@ func fileGID(fi fs.FileInfo) int64 {
 		return -1
 	}
 	return int64(st.Gid)
+}
+
+// fakeJWT returns a token shaped like the kubelet's: a JWT whose claims
+// carry exp; mark makes tokens distinct. Its signature is not valid: the
+// driver reads exp without verifying (the CA verifies the token).
+func fakeJWT(exp time.Time, mark string) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	claims := fmt.Sprintf(`{"aud":["mayfly-ca"],"exp":%d,"sub":"system:serviceaccount:team-a:web","mark":%q}`, exp.Unix(), mark)
+	return enc([]byte(`{"alg":"RS256","kid":"k"}`)) + "." + enc([]byte(claims)) + ".c2lnbmF0dXJl"
+}
+
+// tokenContext is the kubelet's serviceAccount.tokens attribute holding
+// token for the audience mayfly-ca.
+func tokenContext(token string) string {
+	return `{"mayfly-ca":{"token":"` + token + `","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
 }

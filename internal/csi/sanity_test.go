@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -60,6 +61,12 @@ func TestSanity(t *testing.T) {
 // whose CreateVolume returns the volume context the kubelet would send
 // (ephemeral, pod info). The specs tagged [Controller Server] exercise only
 // that stand-in and are skipped.
+//
+// csi-sanity publishes at <TargetPath>/target and <TargetPath>/other_target;
+// the driver accepts only the kubelet's layout
+// <kubelet>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount. TargetPath
+// is the kubernetes.io~csi directory of the pod, and kubeletPaths maps each
+// <name> to <name>/mount, creating <name> as the kubelet does.
 func runSanity(t *testing.T) {
 	dir, err := os.MkdirTemp("", "mayfly-csi-sanity") // short: unix socket paths are limited to 108 bytes
 	if err != nil {
@@ -69,20 +76,25 @@ func runSanity(t *testing.T) {
 
 	ids := &fakeIdentities{}
 	ids.push(t, newCredentials(t).issue())
-	d, err := New(Config{NodeName: "sanity-node", StateDir: filepath.Join(dir, "state"), SocketDir: dir, Identities: ids, Mounter: newFakeMounter(), Version: "test"})
+	kubelet := filepath.Join(dir, "kubelet")
+	podCSIDir := filepath.Join(kubelet, "pods", testPodUID, "volumes", csiPluginDir)
+	if err := os.MkdirAll(filepath.Dir(podCSIDir), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{NodeName: "sanity-node", StateDir: filepath.Join(dir, "state"), SocketDir: filepath.Join(dir, "run"), KubeletDir: kubelet, Identities: ids, Mounter: newFakeMounter(), Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	sock := filepath.Join(dir, "csi.sock")
-	served := make(chan error, 1)
-	go func() { served <- d.Serve(ctx, sock) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	nodeLis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := grpc.NewServer(grpc.UnaryInterceptor(kubeletPaths(podCSIDir)))
+	csipb.RegisterIdentityServer(node, d)
+	csipb.RegisterNodeServer(node, d)
+	go func() { _ = node.Serve(nodeLis) }()
+	t.Cleanup(node.Stop)
 
 	ctrlSock := filepath.Join(dir, "controller.sock")
 	lis, err := net.Listen("unix", ctrlSock)
@@ -98,7 +110,22 @@ func runSanity(t *testing.T) {
 	cfg := sanity.NewTestConfig()
 	cfg.Address = sock
 	cfg.ControllerAddress = ctrlSock
-	cfg.TargetPath = filepath.Join(dir, "mount")
+	cfg.TargetPath = podCSIDir
+	cfg.RemoveTargetPath = os.RemoveAll // with the <name> directories the "kubelet" made
+	cfg.CheckPath = func(path string) (sanity.PathKind, error) {
+		fi, err := os.Lstat(kubeletTarget(podCSIDir, path))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return sanity.PathIsNotFound, nil
+		case err != nil:
+			return sanity.PathIsOther, err
+		case fi.IsDir():
+			return sanity.PathIsDir, nil
+		case fi.Mode().IsRegular():
+			return sanity.PathIsFile, nil
+		}
+		return sanity.PathIsOther, nil
+	}
 	cfg.StagingPath = filepath.Join(dir, "staging")
 	sc := sanity.GinkgoTest(&cfg)
 	gomega.RegisterFailHandler(ginkgo.Fail)
@@ -109,6 +136,35 @@ func runSanity(t *testing.T) {
 	reporter.NoColor = true
 	ginkgo.RunSpecs(t, "csi.mayfly.dev sanity", suite, reporter)
 	sc.Finalize()
+}
+
+// kubeletTarget maps csi-sanity's target <podCSIDir>/<name> to the path the
+// kubelet would use, <podCSIDir>/<name>/mount.
+func kubeletTarget(podCSIDir, path string) string {
+	if filepath.Dir(path) != podCSIDir {
+		return path
+	}
+	return filepath.Join(path, "mount")
+}
+
+// kubeletPaths rewrites the target paths of publish and unpublish requests
+// with kubeletTarget, creating <name> as the kubelet does before it
+// publishes.
+func kubeletPaths(podCSIDir string) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		switch r := req.(type) {
+		case *csipb.NodePublishVolumeRequest:
+			if p := kubeletTarget(podCSIDir, r.GetTargetPath()); p != r.GetTargetPath() {
+				if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+					return nil, err
+				}
+				r.TargetPath = p
+			}
+		case *csipb.NodeUnpublishVolumeRequest:
+			r.TargetPath = kubeletTarget(podCSIDir, r.GetTargetPath())
+		}
+		return handler(ctx, req)
+	}
 }
 
 // inlineController stands in for the kubelet: its "volumes" carry the

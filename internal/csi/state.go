@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 )
 
 // recordVersion is the format version of a state file.
@@ -38,7 +40,8 @@ func (s store) ensureDir() error {
 	return nil
 }
 
-// save writes rec by a rename, so a crash leaves the old or the new file.
+// save writes rec atomically, so a crash leaves the old or the new file; the
+// temporary file starts with a dot, which load skips.
 func (s store) save(rec *record) error {
 	data, err := json.MarshalIndent(stateFile{Version: recordVersion, record: *rec}, "", "  ")
 	if err != nil {
@@ -47,23 +50,7 @@ func (s store) save(rec *record) error {
 	if err := s.ensureDir(); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(s.dir, "."+rec.VolumeID+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("save state of volume %s: %w", rec.VolumeID, err)
-	}
-	tmp := f.Name()
-	defer func() { _ = os.Remove(tmp) }()
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, s.path(rec.VolumeID))
-	}
-	if err != nil {
+	if err := atomicfile.WriteFile(s.path(rec.VolumeID), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save state of volume %s: %w", rec.VolumeID, err)
 	}
 	return nil

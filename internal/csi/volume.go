@@ -12,6 +12,7 @@ import (
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -68,10 +69,12 @@ type VolumeIdentity struct {
 	TTL time.Duration `json:"ttl,omitempty"`
 	// KeyType is the requested key type; empty means the default.
 	KeyType pki.KeyType `json:"keyType,omitempty"`
-	// PodToken is the pod's ServiceAccount token for the CA's audience
-	// (CSIDriver tokenRequests), empty when the kubelet sent none. It is
-	// never stored: a resumed volume has none.
-	PodToken string `json:"-"`
+	// PodToken gives the pod's ServiceAccount token for the CA's audience
+	// (CSIDriver tokenRequests): the latest one the kubelet passed, while
+	// it is valid. The driver sets it for every files-mode volume; the
+	// token is never stored, so a resumed volume has none until the
+	// kubelet republishes it.
+	PodToken PodTokenSource `json:"-"`
 }
 
 // FileOptions are the file names and group of a files-mode volume.
@@ -119,6 +122,7 @@ func sameVolume(a, b *record) bool {
 type limits struct {
 	minTTL, maxTTL time.Duration
 	tokenAudience  string
+	kubeletDir     string // clean, absolute
 }
 
 // errInvalid marks errors that the driver answers with InvalidArgument.
@@ -170,17 +174,8 @@ func checkTargetPath(p string) (string, error) {
 // checkFileName accepts plain file names that cannot escape the volume
 // directory nor collide with the entries of the atomic writer.
 func checkFileName(attr, n string) error {
-	switch {
-	case n == "":
-		return invalidf("volume attribute %s: must not be empty", attr)
-	case strings.Trim(n, ".") == "":
-		return invalidf("volume attribute %s: %q is not a file name", attr, n)
-	case strings.ContainsAny(n, "/\\\x00"):
-		return invalidf("volume attribute %s: must be a plain file name without slashes, got %q", attr, n)
-	case strings.HasPrefix(n, ".."):
-		return invalidf("volume attribute %s: must not start with \"..\" (reserved for versions), got %q", attr, n)
-	case len(n) > 255:
-		return invalidf("volume attribute %s: name longer than 255 bytes", attr)
+	if err := atomicfile.CheckName(n); err != nil {
+		return invalidf("volume attribute %s: %v", attr, err)
 	}
 	return nil
 }
@@ -189,6 +184,10 @@ func checkFileName(attr, n string) error {
 type parsedPublish struct {
 	rec      record
 	readOnly bool
+	// token is the pod's token for the CA's audience, "" when the kubelet
+	// passed none; tokenExp is its expiry.
+	token    string
+	tokenExp time.Time
 }
 
 // parsePublish validates a NodePublishVolume request. Its errors wrap
@@ -198,7 +197,7 @@ func parsePublish(req *csipb.NodePublishVolumeRequest, lim limits) (*parsedPubli
 	if err := checkVolumeID(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	target, err := checkTargetPath(req.GetTargetPath())
+	target, err := checkTarget(req.GetTargetPath(), lim.kubeletDir)
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +216,7 @@ func parsePublish(req *csipb.NodePublishVolumeRequest, lim limits) (*parsedPubli
 	if vctx[ctxEphemeral] != "true" {
 		return nil, invalidf("volume_context %s: must be \"true\"; %s only serves CSI ephemeral inline volumes (spec.volumes[].csi in a Pod), not PersistentVolumes", ctxEphemeral, DriverName)
 	}
-	rec := record{VolumeID: req.GetVolumeId(), TargetPath: target, Mode: ModeFiles}
+	rec := record{VolumeID: req.GetVolumeId(), TargetPath: target.path, Mode: ModeFiles}
 	id := &rec.Identity
 	for _, f := range []struct {
 		key string
@@ -231,6 +230,9 @@ func parsePublish(req *csipb.NodePublishVolumeRequest, lim limits) (*parsedPubli
 		if *f.dst = vctx[f.key]; *f.dst == "" {
 			return nil, invalidf("volume_context %s: missing; set podInfoOnMount: true in the CSIDriver object", f.key)
 		}
+	}
+	if target.podUID != id.PodUID {
+		return nil, invalidf("target_path %q: in the directory of pod %s, but volume_context %s is %s", target.path, target.podUID, ctxPodUID, id.PodUID)
 	}
 
 	// Reject unknown attributes so that a typo does not pass silently.
@@ -311,12 +313,13 @@ func parsePublish(req *csipb.NodePublishVolumeRequest, lim limits) (*parsedPubli
 	if rec.Files.FSGroup, err = parseFSGroup(vctx, vc.GetMount().GetVolumeMountGroup()); err != nil {
 		return nil, err
 	}
+	p := &parsedPublish{rec: rec, readOnly: req.GetReadonly()}
 	if raw, ok := vctx[ctxTokens]; ok {
-		if id.PodToken, err = parseToken(raw, lim.tokenAudience); err != nil {
+		if p.token, p.tokenExp, err = parseToken(raw, lim.tokenAudience); err != nil {
 			return nil, err
 		}
 	}
-	return &parsedPublish{rec: rec, readOnly: req.GetReadonly()}, nil
+	return p, nil
 }
 
 func parseDNSNames(v string) ([]string, error) {
@@ -367,26 +370,35 @@ func parseFSGroup(vctx map[string]string, mountGroup string) (*int64, error) {
 	}
 }
 
-// parseToken extracts the token for audience from the kubelet's
-// serviceAccount.tokens attribute:
+// parseToken extracts the token for audience, and its expiry, from the
+// kubelet's serviceAccount.tokens attribute:
 //
 //	{"<audience>": {"token": "...", "expirationTimestamp": "..."}}
 //
-// A missing audience yields "". Errors never contain the token.
-func parseToken(raw, audience string) (string, error) {
+// The expiry is the token's exp claim (read, not verified: the CA verifies
+// the token), else the kubelet's expirationTimestamp. A missing audience
+// yields "". Errors never contain the token.
+func parseToken(raw, audience string) (string, time.Time, error) {
 	var tokens map[string]struct {
 		Token               string `json:"token"`
 		ExpirationTimestamp string `json:"expirationTimestamp"`
 	}
 	if err := json.Unmarshal([]byte(raw), &tokens); err != nil {
-		return "", invalidf("volume_context %s: not a JSON object of audiences to tokens", ctxTokens)
+		return "", time.Time{}, invalidf("volume_context %s: not a JSON object of audiences to tokens", ctxTokens)
 	}
 	t, ok := tokens[audience]
 	if !ok {
-		return "", nil
+		return "", time.Time{}, nil
 	}
 	if t.Token == "" {
-		return "", invalidf("volume_context %s: the token for audience %q is empty", ctxTokens, audience)
+		return "", time.Time{}, invalidf("volume_context %s: the token for audience %q is empty", ctxTokens, audience)
 	}
-	return t.Token, nil
+	if exp, ok := tokenExpiry(t.Token); ok {
+		return t.Token, exp, nil
+	}
+	exp, err := time.Parse(time.RFC3339, t.ExpirationTimestamp)
+	if err != nil {
+		return "", time.Time{}, invalidf("volume_context %s: the token for audience %q has no exp claim and its expirationTimestamp is not an RFC 3339 time", ctxTokens, audience)
+	}
+	return t.Token, exp, nil
 }

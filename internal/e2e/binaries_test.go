@@ -224,7 +224,7 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 	wantMode(t, filepath.Dir(socket), 0o755)
 	wantMode(t, filepath.Join(work, "agent"), 0o700)
 	wantMode(t, filepath.Join(work, "agent", "agent-key.pem"), 0o600)
-	keyFile := filepath.Join(work, "certs", fmt.Sprintf("test-user-%d", uid), "tls.key")
+	keyFile := filepath.Join(work, "certs", "test", fmt.Sprintf("user-%d", uid), "tls.key") // writeDir/<ID path>
 	wait.Within(t, "the writeDir key file", 10*time.Second, 20*time.Millisecond, func() bool {
 		_, err := os.Stat(keyFile)
 		return err == nil

@@ -171,6 +171,10 @@ func TestNodePolicy(t *testing.T) {
 		{"bad_node_name", hostnodes.NodePolicy{Name: "a/b"}, "nodes[0].name"},
 		{"other_trust_domain", hostnodes.NodePolicy{Name: "h", AllowedIDs: []string{"spiffe://evil.org/x"}}, "nodes[0].allowedIDs[0]"},
 		{"whole_trust_domain", hostnodes.NodePolicy{Name: "h", AllowedIDs: []string{"spiffe://example.org"}}, "names the whole trust domain"},
+		{"whole_trust_domain_wildcard", hostnodes.NodePolicy{Name: "h", AllowedIDs: []string{"spiffe://example.org/*"}}, "nodes[0].allowedIDs[0]: spiffe://example.org/* names the whole trust domain"},
+		{"reserved_wildcard", hostnodes.NodePolicy{Name: "h", AllowedIDs: []string{"spiffe://example.org/svc/*", "spiffe://example.org/mayfly/*"}}, "nodes[0].allowedIDs[1]: spiffe://example.org/mayfly/* covers reserved IDs"},
+		{"reserved_agent_id", hostnodes.NodePolicy{Name: "h", AllowedIDs: []string{"spiffe://example.org/mayfly/agent/other-node"}}, "nodes[0].allowedIDs[0]: spiffe://example.org/mayfly/agent/other-node is a reserved ID"},
+		{"reserved_ca_id", hostnodes.NodePolicy{Name: "h", AllowedIDs: []string{"spiffe://example.org/mayfly/ca"}}, "nodes[0].allowedIDs[0]"},
 		{"bad_dns_name", hostnodes.NodePolicy{Name: "h", AllowedDNSNames: []string{"-bad-"}}, "nodes[0].allowedDNSNames[0]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -204,8 +208,7 @@ func TestAuthorizer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := a.AuthorizeWorkload(ctx, tc.node, tc.req)
-			var d *issuer.Denial
-			if !errors.As(err, &d) || d.Code != tc.code {
+			if err == nil || issuer.DenialOf(err).GetCode() != tc.code {
 				t.Fatalf("err = %v, want a denial %v", err, tc.code)
 			}
 		})

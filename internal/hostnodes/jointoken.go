@@ -1,4 +1,4 @@
-// Package standalone is the CA's mode for plain Linux hosts, without
+// Package hostnodes is the CA side of plain Linux hosts (standalone mode), without
 // Kubernetes: agents attest with single-use join tokens, and each node may
 // obtain only the SPIFFE IDs its configuration grants.
 package hostnodes
@@ -23,6 +23,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -157,14 +158,7 @@ func (j *JoinTokens) update(f func([]tokenRecord) ([]tokenRecord, error)) error 
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, out, 0o600); err != nil {
-		return fmt.Errorf("join tokens: %w", err)
-	}
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		return fmt.Errorf("join tokens: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.WriteFile(path, out, 0o600); err != nil {
 		return fmt.Errorf("join tokens: %w", err)
 	}
 	return nil

@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -21,7 +21,8 @@ type NodePolicy struct {
 	// Name is the node name the join token was made for.
 	Name string `json:"name"`
 	// AllowedIDs are SPIFFE IDs, exact or ending in "/*" for every ID
-	// below a path (spiffe://example.org/demo/*).
+	// below a path (spiffe://example.org/demo/*). None may name or cover
+	// an ID under spiffe://<td>/mayfly/, reserved for agents and the CA.
 	AllowedIDs []string `json:"allowedIDs"`
 	// AllowedDNSNames may appear as DNS SANs of this node's workloads.
 	AllowedDNSNames []string `json:"allowedDNSNames,omitempty"`
@@ -34,16 +35,8 @@ func (p NodePolicy) Validate(path string, td spiffeid.TrustDomain) error {
 		return fmt.Errorf("%s.name: %w", path, err)
 	}
 	for i, pattern := range p.AllowedIDs {
-		base := strings.TrimSuffix(pattern, "/*")
-		id, err := pki.ParseID(base)
-		if err != nil {
+		if err := policy.CheckIDPattern(td, pattern); err != nil {
 			return fmt.Errorf("%s.allowedIDs[%d]: %w", path, i, err)
-		}
-		if id.TrustDomain() != td {
-			return fmt.Errorf("%s.allowedIDs[%d]: %s is not in trust domain %s", path, i, pattern, td)
-		}
-		if id.Path() == "" {
-			return fmt.Errorf("%s.allowedIDs[%d]: %s names the whole trust domain; name a path", path, i, pattern)
 		}
 	}
 	for i, n := range p.AllowedDNSNames {
@@ -56,17 +49,7 @@ func (p NodePolicy) Validate(path string, td spiffeid.TrustDomain) error {
 
 // Allows reports whether id matches one of the policy's patterns.
 func (p NodePolicy) Allows(id spiffeid.ID) bool {
-	s := id.String()
-	for _, pattern := range p.AllowedIDs {
-		if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
-			if strings.HasPrefix(s, prefix+"/") {
-				return true
-			}
-		} else if s == pattern {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(p.AllowedIDs, func(pattern string) bool { return policy.MatchIDPattern(pattern, id) })
 }
 
 // Authorizer grants a node's agent the identities of its NodePolicy
@@ -99,18 +82,18 @@ func (a *Authorizer) AuthorizeWorkload(_ context.Context, node string, req *issu
 		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_INVALID_ARGUMENT, "spiffe_id: %v", err)
 	}
 	if id.TrustDomain() != a.TrustDomain {
-		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "spiffe_id %s is not in trust domain %s", id, a.TrustDomain)
+		return issuer.Grant{}, policy.Deny(policy.RuleNodeIDs, policy.ClassForbidden, "spiffe_id %s is not in trust domain %s", id, a.TrustDomain)
 	}
 	p, ok := a.Nodes[node]
 	if !ok {
-		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "node %s has no entry in the CA's nodes configuration", node)
+		return issuer.Grant{}, policy.Deny(policy.RuleNodeIDs, policy.ClassForbidden, "node %s has no entry in the CA's nodes configuration", node)
 	}
 	if !p.Allows(id) {
-		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "node %s may not obtain %s (not in its allowedIDs)", node, id)
+		return issuer.Grant{}, policy.Deny(policy.RuleNodeIDs, policy.ClassForbidden, "node %s may not obtain %s (not in its allowedIDs)", node, id)
 	}
 	for _, n := range req.GetDnsNames() {
 		if !slices.Contains(p.AllowedDNSNames, n) {
-			return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "node %s may not put DNS name %q in a certificate (not in its allowedDNSNames)", node, n)
+			return issuer.Grant{}, policy.Deny(policy.RuleNodeDNSNames, policy.ClassForbidden, "node %s may not put DNS name %q in a certificate (not in its allowedDNSNames)", node, n)
 		}
 	}
 	return issuer.Grant{ID: id, DNSNames: req.GetDnsNames(), Subject: "node " + node}, nil

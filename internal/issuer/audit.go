@@ -6,6 +6,8 @@ import (
 	"errors"
 	"log/slog"
 	"time"
+
+	"github.com/mayfly-pki/mayfly/internal/policy"
 )
 
 // auditIssue writes the one audit line of an issuance: who asked, for whom,
@@ -23,15 +25,24 @@ func (s *Server) auditIssue(ctx context.Context, kind, op, caller string, leaf *
 	s.cfg.Logger.InfoContext(ctx, "audit", args...)
 }
 
-// auditDeny writes the audit line of a refusal with its reason.
+// auditDeny writes the audit line of a refusal with its reason and, for a
+// policy refusal, the rule. A refusal of the request (a Denial, a status, a
+// forbidden or bad request) counts as denied, a failure of the CA as error.
 func (s *Server) auditDeny(ctx context.Context, kind, op, caller, subject string, err error) {
 	result := "denied"
 	var d *Denial
 	if !errors.As(err, &d) && !isStatus(err) {
-		result = "error"
+		if c := policy.ClassOf(err); c != policy.ClassForbidden && c != policy.ClassBadRequest {
+			result = "error"
+		}
 	}
 	s.metrics.issued.WithLabelValues(kind, result).Inc()
-	s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "audit",
+	attrs := []slog.Attr{
 		slog.String("event", "deny"), slog.String("decision", "deny"), slog.String("kind", kind), slog.String("op", op),
-		slog.String("caller", caller), slog.String("subject", subject), slog.String("reason", err.Error()))
+		slog.String("caller", caller), slog.String("subject", subject), slog.String("reason", err.Error()),
+	}
+	if rule := policy.RuleOf(err); rule != "" {
+		attrs = append(attrs, slog.String("rule", rule))
+	}
+	s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "audit", attrs...)
 }

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/policy"
 )
 
 // Denial is an error that says why a request was refused, with the code the
@@ -24,13 +25,24 @@ func Deny(code issuerv1.Denial_Code, format string, args ...any) error {
 	return &Denial{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// asDenial converts err to the message sent back: a Denial keeps its code
-// and message; other errors become INTERNAL with a generic message (the
+// DenialOf converts err to the denial sent back: a Denial keeps its code
+// and message; other errors get the code of their policy class
+// (policy.ClassOf): forbidden is PERMISSION_DENIED, a bad request
+// INVALID_ARGUMENT, an authority that cannot sign now UNAVAILABLE, each with
+// the error's text; anything else is INTERNAL with a generic message (the
 // detail goes to the audit log only).
-func asDenial(err error) *issuerv1.Denial {
+func DenialOf(err error) *issuerv1.Denial {
 	var d *Denial
 	if errors.As(err, &d) {
 		return &issuerv1.Denial{Code: d.Code, Message: d.Message}
+	}
+	switch policy.ClassOf(err) {
+	case policy.ClassForbidden:
+		return &issuerv1.Denial{Code: issuerv1.Denial_PERMISSION_DENIED, Message: err.Error()}
+	case policy.ClassBadRequest:
+		return &issuerv1.Denial{Code: issuerv1.Denial_INVALID_ARGUMENT, Message: err.Error()}
+	case policy.ClassUnavailable:
+		return &issuerv1.Denial{Code: issuerv1.Denial_UNAVAILABLE, Message: "the CA cannot sign right now; retry with backoff: " + err.Error()}
 	}
 	return &issuerv1.Denial{Code: issuerv1.Denial_INTERNAL, Message: "internal error; see the CA's log"}
 }

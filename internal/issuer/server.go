@@ -3,6 +3,14 @@
 // their agent SVID, and obtain workload SVIDs in batches, each item
 // authorized on its own; a bundle stream pushes trust bundle changes and
 // collects the agents' acknowledgements.
+//
+// What may be issued is internal/policy's decision; a refusal reaches the
+// client with the code of its class: forbidden is PermissionDenied, a
+// malformed request (CSR, TTL, key, names) InvalidArgument, a signing
+// authority that cannot sign now Unavailable, and any other failure
+// Internal without detail (the audit log has it). Authorizers and attestors
+// may return a *Denial to choose the code themselves (NotFound,
+// Unavailable).
 package issuer
 
 import (
@@ -12,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +34,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -187,26 +197,18 @@ func (s *Server) current() (*signers, error) {
 		bundle: pool,
 		workload: &pki.Signer{
 			Authority: l.Authority, Now: s.cfg.Now, Rand: s.cfg.Rand,
-			Options: s.workloadOptions(), MaxTTL: s.cfg.MaxWorkloadTTL,
+			Options: policy.WorkloadRules(policy.WorkloadLimits{
+				MinTTL: s.cfg.MinWorkloadTTL, MaxTTL: s.cfg.MaxWorkloadTTL,
+				MaxDNSNames: pki.MaxDNSNames, KubernetesIDs: s.cfg.KubernetesIDs,
+			}),
 		},
 		agent: &pki.Signer{
 			Authority: l.Authority, Now: s.cfg.Now, Rand: s.cfg.Rand,
-			Options: []pki.SignOption{pki.AllowKinds(pki.KindAgent), pki.IDShape()},
+			Options: policy.AgentRules(),
 		},
 	}
 	s.signers.Store(n)
 	return n, nil
-}
-
-func (s *Server) workloadOptions() []pki.SignOption {
-	opts := []pki.SignOption{pki.AllowKinds(pki.KindWorkload)}
-	if s.cfg.KubernetesIDs {
-		opts = append(opts, pki.IDShape())
-	}
-	return append(opts,
-		pki.TTLRange(s.cfg.MinWorkloadTTL, s.cfg.MaxWorkloadTTL),
-		pki.AllowKeyTypes(pki.KeyTypes()...),
-		pki.ValidDNSNames(pki.MaxDNSNames))
 }
 
 // AttestAgent issues an agent SVID for a valid bootstrap credential.
@@ -300,7 +302,7 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 	res := &issuerv1.WorkloadResult{RequestId: item.GetRequestId()}
 	deny := func(subject string, err error) *issuerv1.WorkloadResult {
 		s.auditDeny(ctx, "workload", "sign", "node "+node, subject, err)
-		res.Result = &issuerv1.WorkloadResult_Denial{Denial: asDenial(err)}
+		res.Result = &issuerv1.WorkloadResult_Denial{Denial: DenialOf(err)}
 		return res
 	}
 	subject := requestSubject(item)
@@ -308,30 +310,19 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 	if err != nil {
 		return deny(subject, Deny(issuerv1.Denial_INVALID_ARGUMENT, "csr: %v", err))
 	}
-	// Compare seconds before converting: ttl_seconds * time.Second
-	// overflows for huge values (2^55 s wraps to 0, the default TTL).
-	var ttl time.Duration
-	switch secs := item.GetTtlSeconds(); {
-	case secs < 0:
-		return deny(subject, Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: must not be negative"))
-	case secs == 0:
-		ttl = s.cfg.DefaultWorkloadTTL
-	case secs > int64(s.cfg.MaxWorkloadTTL/time.Second):
-		return deny(subject, Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: %d exceeds the maximum of %s", secs, s.cfg.MaxWorkloadTTL))
-	default:
-		ttl = time.Duration(secs) * time.Second
-		if ttl < s.cfg.MinWorkloadTTL {
-			return deny(subject, Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: %d is below the minimum of %s", secs, s.cfg.MinWorkloadTTL))
-		}
+	ttl, err := requestTTL(item.GetTtlSeconds(), s.cfg.DefaultWorkloadTTL)
+	if err != nil {
+		return deny(subject, err)
 	}
 	grant, err := s.cfg.Authorizer.AuthorizeWorkload(ctx, node, item)
 	if err != nil {
 		return deny(subject, err)
 	}
+	// The policy's ttl-bounds rule is the one check of the TTL.
 	leaf, der, err := sg.workload.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: csr.PublicKey, ID: grant.ID, DNSNames: grant.DNSNames, TTL: ttl})
 	s.metrics.signDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return deny(grant.ID.String(), Deny(issuerv1.Denial_INVALID_ARGUMENT, "%v", err))
+		return deny(grant.ID.String(), err)
 	}
 	s.auditIssue(ctx, "workload", "sign", "node "+node, leaf, "subject", grant.Subject)
 	res.Result = &issuerv1.WorkloadResult_Issued{Issued: &issuerv1.Issued{
@@ -341,6 +332,22 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 		SerialNumber:     serialHex(leaf),
 	}}
 	return res
+}
+
+// requestTTL converts ttl_seconds to the TTL to ask for: def for 0, and
+// huge values saturated rather than overflowed (2^55 s would wrap to 0, the
+// default), so the ttl-bounds rule sees them above its maximum. Its bounds
+// are the policy's, not checked here.
+func requestTTL(secs int64, def time.Duration) (time.Duration, error) {
+	switch {
+	case secs < 0:
+		return 0, Deny(issuerv1.Denial_INVALID_ARGUMENT, "ttl_seconds: must not be negative")
+	case secs == 0:
+		return def, nil
+	case secs > int64(math.MaxInt64/time.Second):
+		return math.MaxInt64, nil
+	}
+	return time.Duration(secs) * time.Second, nil
 }
 
 // requestSubject names what an item asked for, for the audit log.
@@ -493,7 +500,7 @@ func bundleMessage(l *authority.Loaded) *issuerv1.Bundle {
 }
 
 func statusFor(err error) error {
-	d := asDenial(err)
+	d := DenialOf(err)
 	return status.Error(grpcCode(d.Code), d.Message)
 }
 

@@ -176,12 +176,18 @@ func TestSignWorkloadsPerItemResults(t *testing.T) {
 	const dbID = "spiffe://example.org/ns/default/sa/db"
 	h.authz.grant("node-a", webID)
 	h.authz.grant("node-a", dbID, "db.default.svc")
+	// An authorizer (or a node policy) that grants reserved IDs: the
+	// signing policy refuses them all the same.
+	const otherAgentID, caID = "spiffe://example.org/mayfly/agent/node-b", "spiffe://example.org/mayfly/ca"
+	h.authz.grant("node-a", otherAgentID)
+	h.authz.grant("node-a", caID)
 	agent := h.agent("node-a")
 
 	tests := []struct {
 		name     string
 		item     *issuerv1.WorkloadRequest
 		wantCode issuerv1.Denial_Code // CODE_UNSPECIFIED: issued
+		wantRule string               // the policy rule the denial names, if any
 		wantTTL  time.Duration
 		wantDNS  []string
 	}{
@@ -197,10 +203,12 @@ func TestSignWorkloadsPerItemResults(t *testing.T) {
 		{name: "empty csr is invalid argument", item: &issuerv1.WorkloadRequest{RequestId: "empty", SpiffeId: webID}, wantCode: issuerv1.Denial_INVALID_ARGUMENT},
 		{name: "csr signed by another key is invalid argument", item: &issuerv1.WorkloadRequest{RequestId: "other-key", Csr: csrSignedByOtherKey(t), SpiffeId: webID}, wantCode: issuerv1.Denial_INVALID_ARGUMENT},
 		{name: "csr with flipped signature bit is invalid argument", item: &issuerv1.WorkloadRequest{RequestId: "flipped", Csr: csrSignatureFlipped(t), SpiffeId: webID}, wantCode: issuerv1.Denial_INVALID_ARGUMENT},
-		{name: "ttl above the maximum is invalid argument", item: workloadItem(t, "ttl-long", webID, 25*3600), wantCode: issuerv1.Denial_INVALID_ARGUMENT},
-		{name: "ttl below the minimum is invalid argument", item: workloadItem(t, "ttl-short", webID, 60), wantCode: issuerv1.Denial_INVALID_ARGUMENT},
+		{name: "ttl above the maximum is invalid argument", item: workloadItem(t, "ttl-long", webID, 25*3600), wantCode: issuerv1.Denial_INVALID_ARGUMENT, wantRule: "ttl-bounds"},
+		{name: "ttl below the minimum is invalid argument", item: workloadItem(t, "ttl-short", webID, 60), wantCode: issuerv1.Denial_INVALID_ARGUMENT, wantRule: "ttl-bounds"},
 		{name: "negative ttl is invalid argument", item: workloadItem(t, "ttl-negative", webID, -1), wantCode: issuerv1.Denial_INVALID_ARGUMENT},
-		{name: "ttl that overflows a duration is invalid argument", item: workloadItem(t, "ttl-overflow", webID, 1<<55), wantCode: issuerv1.Denial_INVALID_ARGUMENT},
+		{name: "ttl that overflows a duration is invalid argument", item: workloadItem(t, "ttl-overflow", webID, 1<<55), wantCode: issuerv1.Denial_INVALID_ARGUMENT, wantRule: "ttl-bounds"},
+		{name: "workload posing as another node's agent is permission denied", item: workloadItem(t, "reserved-agent", otherAgentID, 0), wantCode: issuerv1.Denial_PERMISSION_DENIED, wantRule: "reserved-id"},
+		{name: "workload posing as the CA is permission denied", item: workloadItem(t, "reserved-ca", caID, 0), wantCode: issuerv1.Denial_PERMISSION_DENIED, wantRule: "reserved-id"},
 		{name: "identity not granted to the node is permission denied", item: workloadItem(t, "not-granted", "spiffe://example.org/ns/kube-system/sa/admin", 0), wantCode: issuerv1.Denial_PERMISSION_DENIED},
 		{name: "unknown pod is not found", item: workloadItem(t, "not-found", idNotFound, 0), wantCode: issuerv1.Denial_NOT_FOUND},
 		{name: "authorizer failure is internal", item: workloadItem(t, "internal", idInternalError, 0), wantCode: issuerv1.Denial_INTERNAL},
@@ -229,6 +237,9 @@ func TestSignWorkloadsPerItemResults(t *testing.T) {
 				}
 				if d.GetMessage() == "" {
 					t.Fatal("denial without a message")
+				}
+				if tc.wantRule != "" && !strings.Contains(d.GetMessage(), "policy: rule "+tc.wantRule+": ") {
+					t.Fatalf("denial %q does not name rule %s", d.GetMessage(), tc.wantRule)
 				}
 				if tc.wantCode == issuerv1.Denial_INTERNAL && strings.Contains(d.GetMessage(), secretAuthorizerDetail) {
 					t.Fatalf("INTERNAL message leaks the authorizer's error: %q", d.GetMessage())
@@ -352,6 +363,18 @@ func TestAuthentication(t *testing.T) {
 	rogue := testca.New(t, testca.WithClock(h.clock.Now))
 	rogueAgent := tlsCertOf(rogue.IssueWorkload(t, spiffeid.RequireFromString("spiffe://example.org/mayfly/agent/node-a"), time.Hour))
 
+	// An SVID of our CA with an agent's ID but without the component
+	// policy: what a workload certificate for /mayfly/agent/<node> would
+	// be, had a policy ever issued one (or an agent SVID from before the
+	// policy existed).
+	noPolicy := &pki.Signer{Authority: h.tca.Authority(), Now: h.clock.Now, Rand: rand.Reader}
+	impostorKey := newKey(t)
+	impostor, _, err := noPolicy.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: impostorKey.Public(), ID: spiffeid.RequireFromString("spiffe://example.org/mayfly/agent/node-a"), TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostorAgent := tlsCertOf([]*x509.Certificate{impostor, h.tca.Intermediate}, impostorKey)
+
 	stolen := h.attest("node-a")
 	stolen.PrivateKey = newKey(t)
 	unauthenticated := []codes.Code{codes.Unauthenticated}
@@ -364,6 +387,7 @@ func TestAuthentication(t *testing.T) {
 		{"agent SVID of another trust domain is unauthenticated", h.dial(evilAgent), unauthenticated},
 		{"agent SVID from an untrusted root of our trust domain is unauthenticated", h.dial(rogueAgent), unauthenticated},
 		{"workload SVID of our trust domain is unauthenticated", h.dial(workloadCert), unauthenticated},
+		{"agent ID without the component policy is unauthenticated", h.dial(impostorAgent), unauthenticated},
 		// The TLS handshake checks possession of the key: the call fails
 		// on the connection, before the server sees it.
 		{"agent SVID presented without its key fails the handshake", h.dial(stolen), []codes.Code{codes.Unavailable}},

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -30,8 +31,8 @@ func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
 // and on every authority change), and an optional client certificate.
 // The handshake only proves that the client holds the certificate's key;
 // every method but AttestAgent then requires it to be an agent SVID of our
-// trust domain, verified against the bundle in force at the call
-// (peerAgent). Refusing it in the handshake instead would fail the call as
+// trust domain carrying the component policy (pki.OIDComponentPolicy),
+// verified against the bundle in force at the call (peerAgent). Refusing it in the handshake instead would fail the call as
 // Unavailable, and an agent whose SVID no longer verifies (root rotated
 // out, CA clock ahead of the agent's) would retry renewal forever instead
 // of attesting anew on Unauthenticated.
@@ -94,6 +95,9 @@ func (s *Server) verifyAgent(raw [][]byte) (string, error) {
 	if !ok || id.TrustDomain() != s.cfg.TrustDomain {
 		return "", fmt.Errorf("client certificate %s is not an agent SVID of %s", id, s.cfg.TrustDomain)
 	}
+	if !pki.HasComponentPolicy(certs[0]) {
+		return "", fmt.Errorf("client certificate %s lacks the mayfly component policy %s: it was not issued to an agent (or predates the policy); attest again", id, pki.OIDComponentPolicy)
+	}
 	return node, nil
 }
 
@@ -137,7 +141,7 @@ func (c *servingCert) get() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	signer := &pki.Signer{Authority: sg.loaded.Authority, Now: s.cfg.Now, Rand: s.cfg.Rand, Options: []pki.SignOption{pki.ValidDNSNames(pki.MaxDNSNames)}}
+	signer := &pki.Signer{Authority: sg.loaded.Authority, Now: s.cfg.Now, Rand: s.cfg.Rand, Options: policy.ServerRules()}
 	leaf, der, err := signer.Sign(pki.SignRequest{Kind: pki.KindAgent, PublicKey: key.Public(), ID: ServerID(s.cfg.TrustDomain), DNSNames: s.cfg.ServerDNSNames, TTL: servingTTL})
 	if err != nil {
 		return nil, fmt.Errorf("minting the CA serving certificate: %w", err)

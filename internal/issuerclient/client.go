@@ -1,7 +1,8 @@
 // Package issuerclient dials the CA's issuer API the way an agent does: TLS
-// 1.3, the CA authenticated by its SPIFFE ID (spiffe://<td>/mayfly/ca)
-// against a trust bundle that may change, and an optional client
-// certificate (the agent SVID) that may rotate.
+// 1.3, the CA authenticated by its SPIFFE ID (spiffe://<td>/mayfly/ca) and
+// the mayfly component policy (pki.OIDComponentPolicy, which no workload
+// certificate carries) against a trust bundle that may change, and an
+// optional client certificate (the agent SVID) that may rotate.
 package issuerclient
 
 import (
@@ -56,6 +57,9 @@ func (c Config) TLSConfig() *tls.Config {
 			}
 			if id != serverID {
 				return fmt.Errorf("CA certificate has ID %s, want %s", id, serverID)
+			}
+			if !pki.HasComponentPolicy(certs[0]) {
+				return fmt.Errorf("CA certificate %s lacks the mayfly component policy %s: not issued to the CA (or by a CA older than this agent; upgrade the CA first)", id, pki.OIDComponentPolicy)
 			}
 			return nil
 		},

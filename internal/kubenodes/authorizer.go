@@ -5,20 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
 // PodAuthorizer authorizes workload requests of node agents
 // (issuer.WorkloadAuthorizer): the pod named by UID must be in the CA's pod
 // cache, alive and scheduled on the caller's node; the identity is its
-// ns/sa, and DNS names are limited to Services of its own namespace.
+// ns/sa, and DNS names are limited to Services of its own namespace. The
+// rules are internal/policy's (pod-phase, pod-node, service-dns-name,
+// pod-token), and their refusals name them.
 // Decisions come from the cache, so issuance for already-known pods goes on
 // while the API server is unreachable (except for requests carrying a
 // pod_token, whose review needs the API server).
@@ -62,18 +64,15 @@ func (p *PodAuthorizer) AuthorizeWorkload(ctx context.Context, node string, req 
 		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_NOT_FOUND, "pod with uid %q not found", truncate(uid, 64))
 	}
 	ref := pod.Namespace + "/" + pod.Name
-	switch {
-	case pod.DeletionTimestamp != nil:
-		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod %s is terminating", ref)
-	case pod.Status.Phase != corev1.PodPending && pod.Status.Phase != corev1.PodRunning:
-		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod %s is in phase %q, not Pending or Running", ref, pod.Status.Phase)
-	case pod.Spec.NodeName != node:
-		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
-			"pod %s is scheduled on node %q, not on the caller's node %q", ref, pod.Spec.NodeName, node)
+	if err := policy.PodActive(pod); err != nil {
+		return issuer.Grant{}, err
+	}
+	if err := policy.PodOnNode(pod, node); err != nil {
+		return issuer.Grant{}, err
 	}
 	id, err := pki.WorkloadID(p.cfg.TrustDomain, pod.Namespace, pod.Spec.ServiceAccountName)
 	if err != nil {
-		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod %s has no usable ServiceAccount: %v", ref, err)
+		return issuer.Grant{}, policy.Deny(policy.RuleIDShape, policy.ClassForbidden, "pod %s has no usable ServiceAccount: %v", ref, err)
 	}
 	for _, name := range req.GetDnsNames() {
 		if err := p.checkDNSName(pod.Namespace, name); err != nil {
@@ -81,7 +80,7 @@ func (p *PodAuthorizer) AuthorizeWorkload(ctx context.Context, node string, req 
 		}
 	}
 	if req.GetPodToken() == "" && p.cfg.RequirePodToken {
-		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
+		return issuer.Grant{}, policy.Deny(policy.RulePodToken, policy.ClassForbidden,
 			"pod_token required (kubernetes.requirePodToken): only pods that mount a csi.mayfly.dev volume with tokenRequests get an identity")
 	}
 	if tok := req.GetPodToken(); tok != "" {
@@ -95,16 +94,14 @@ func (p *PodAuthorizer) AuthorizeWorkload(ctx context.Context, node string, req 
 // checkDNSName allows <svc>.<ns>.svc and <svc>.<ns>.svc.<clusterDomain>
 // for a Service svc of the pod's namespace ns that is in the cache.
 func (p *PodAuthorizer) checkDNSName(ns, name string) error {
-	svc, rest, _ := strings.Cut(name, ".")
-	if svc == "" || (rest != ns+".svc" && rest != ns+".svc."+p.cfg.ClusterDomain) {
-		return issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
-			"dns name %q is not a Service name of the pod's namespace (<service>.%s.svc or <service>.%s.svc.%s)",
-			truncate(name, 253), ns, ns, p.cfg.ClusterDomain)
+	svc, err := policy.ServiceDNSName(name, ns, p.cfg.ClusterDomain)
+	if err != nil {
+		return err
 	}
-	_, err := p.cfg.Cache.Services().Services(ns).Get(svc)
+	_, err = p.cfg.Cache.Services().Services(ns).Get(svc)
 	switch {
 	case apierrors.IsNotFound(err):
-		return issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "dns name %q: there is no Service %s/%s", name, ns, svc)
+		return policy.Deny(policy.RuleServiceDNSName, policy.ClassForbidden, "dns name %q: there is no Service %s/%s", name, ns, svc)
 	case err != nil:
 		return fmt.Errorf("kubeattest: looking up Service %s/%s: %w", ns, svc, err)
 	}
@@ -125,9 +122,9 @@ func (p *PodAuthorizer) checkPodToken(ctx context.Context, pod *corev1.Pod, tok 
 	ref := pod.Namespace + "/" + pod.Name
 	switch {
 	case r.podUID != string(pod.UID):
-		return issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod_token is not bound to pod %s", ref)
+		return policy.Deny(policy.RulePodToken, policy.ClassForbidden, "pod_token is not bound to pod %s", ref)
 	case r.username != serviceAccountUser(pod.Namespace, pod.Spec.ServiceAccountName):
-		return issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "pod_token belongs to %s, not to the ServiceAccount of pod %s", r.username, ref)
+		return policy.Deny(policy.RulePodToken, policy.ClassForbidden, "pod_token belongs to %s, not to the ServiceAccount of pod %s", r.username, ref)
 	}
 	return nil
 }

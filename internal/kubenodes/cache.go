@@ -1,4 +1,4 @@
-// Package kubeattest attests mayfly node agents and authorizes workload
+// Package kubenodes is the CA side of Kubernetes nodes: it attests mayfly node agents and authorizes workload
 // requests in Kubernetes mode: agents prove themselves with a projected
 // ServiceAccount token bound to their pod (TokenReview), and an agent may
 // only obtain the identity of a pod that is scheduled on its own node. Pods

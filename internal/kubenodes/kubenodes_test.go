@@ -181,10 +181,10 @@ func (e *env) token(pod *corev1.Pod, opts ...tokenOpt) string {
 // contains want and none of the tokens.
 func checkDenial(t *testing.T, err error, code issuerv1.Denial_Code, want string, tokens ...string) {
 	t.Helper()
-	var d *issuer.Denial
-	if !errors.As(err, &d) {
-		t.Fatalf("error = %v (%T), want a denial %s", err, err, code)
+	if err == nil {
+		t.Fatalf("no error, want a denial %s", code)
 	}
+	d := issuer.DenialOf(err)
 	if d.Code != code {
 		t.Errorf("code = %s (%q), want %s", d.Code, d.Message, code)
 	}
@@ -335,7 +335,7 @@ func testAuthorizer(t *testing.T, e *env) {
 			req: &issuerv1.WorkloadRequest{PodUid: string(web.UID)}, want: webID},
 		{name: "pod_on_another_node_is_denied", node: nodeB,
 			req:  &issuerv1.WorkloadRequest{PodUid: string(web.UID)},
-			code: issuerv1.Denial_PERMISSION_DENIED, want: `pod apps/web-1 is scheduled on node "node-a", not on the caller's node "node-b"`},
+			code: issuerv1.Denial_PERMISSION_DENIED, want: `pod apps/web-1 is scheduled on node "node-a", not on the requesting node "node-b"`},
 		{name: "unknown_uid_is_not_found", node: nodeA,
 			req:  &issuerv1.WorkloadRequest{PodUid: "00000000-0000-0000-0000-000000000000"},
 			code: issuerv1.Denial_NOT_FOUND, want: "not found"},
@@ -436,7 +436,7 @@ func TestAPIServerDown(t *testing.T) {
 		t.Errorf("ID = %s, want %s", g.ID, want)
 	}
 	_, err = e.authz.AuthorizeWorkload(e.ctx(), nodeB, &issuerv1.WorkloadRequest{PodUid: string(web.UID)})
-	checkDenial(t, err, issuerv1.Denial_PERMISSION_DENIED, "not on the caller's node")
+	checkDenial(t, err, issuerv1.Denial_PERMISSION_DENIED, "not on the requesting node")
 
 	_, err = e.att.AttestAgent(e.ctx(), saReq(tok))
 	var d *issuer.Denial

@@ -2,7 +2,6 @@ package workloadapi
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
 // x509Response is the X509SVIDResponse of one version of an identity set,
@@ -153,7 +154,7 @@ func buildX509Response(ids []Identity, bundles map[spiffeid.TrustDomain][]*x509.
 			return nil, fmt.Errorf("identity %s has no certificate or no key", id.ID)
 		}
 		leaf := id.Chain[0]
-		if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(id.Key.Public()) {
+		if !pki.KeyMatches(leaf, id.Key) {
 			return nil, fmt.Errorf("identity %s: key does not match certificate serial %s", id.ID, leaf.SerialNumber)
 		}
 		key, err := x509.MarshalPKCS8PrivateKey(id.Key)

@@ -1,4 +1,4 @@
-// Package attest identifies the process at the other end of the node agent's
+// Package workloadattest is the agent side of attestation: it identifies the process at the other end of the node agent's
 // Workload API socket and turns it into selectors that registrations and the
 // SVID issuance policy match against.
 //

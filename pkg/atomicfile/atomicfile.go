@@ -1,10 +1,15 @@
 // Package atomicfile writes files so that a reader, or a crash, never sees a
-// partial one: the data goes to a new file created exclusively next to the
-// target, with its mode set explicitly (whatever the umask), synced, renamed
-// over the target, and the directory synced. It is the one place mayfly
-// writes a single state file (CA state, join tokens, the agent's own SVID,
-// CSI volume records); several files that must change together go through
-// pkg/rotate's FileSink, which swaps a whole directory.
+// partial one. It is the one place mayfly writes files atomically.
+//
+// [WriteFile] replaces a single state file (CA state, join tokens, the
+// agent's own SVID, CSI volume records): the data goes to a new file created
+// exclusively next to the target, with its mode set explicitly (whatever the
+// umask), synced, renamed over the target, and the directory synced.
+//
+// [Dir] writes several named files that must change together (a certificate
+// and its key) as one version directory, swapped in through a symlink as the
+// kubelet's atomic writer does; [ReadAtomic] reads several files of one
+// version. pkg/rotate's FileSink maps a credential onto a Dir.
 package atomicfile
 
 import (

@@ -22,6 +22,8 @@ const (
 // agents): kind workload or agent, ID shaped per kind, TTL between 5m and
 // 24h, any supported key type, and syntactically valid DNS names (at most
 // MaxDNSNames). Which DNS names a workload may have is the caller's policy.
+// The CA's own issuing paths use internal/policy's rule sets, which add the
+// reserved-ID rule; this default serves tests and tools.
 func DefaultWorkloadOptions() []SignOption {
 	return []SignOption{
 		AllowKinds(KindWorkload, KindAgent),

@@ -25,7 +25,9 @@ type Kind string
 const (
 	// KindWorkload is a workload X.509-SVID, spiffe://<td>/ns/<ns>/sa/<sa>.
 	KindWorkload Kind = "workload"
-	// KindAgent is a node agent X.509-SVID, spiffe://<td>/mayfly/agent/<node>.
+	// KindAgent is an X.509-SVID of a mayfly component: a node agent,
+	// spiffe://<td>/mayfly/agent/<node>, or the CA's serving certificate,
+	// spiffe://<td>/mayfly/ca. It carries OIDComponentPolicy.
 	KindAgent Kind = "agent"
 	// KindIntermediate is an intermediate CA certificate (pathLen 0).
 	KindIntermediate Kind = "intermediate"
@@ -84,8 +86,7 @@ func (a Authority) Validate() error {
 	case len(a.Cert.SubjectKeyId) == 0:
 		return fmt.Errorf("%w: certificate %s lacks a subject key identifier", ErrAuthority, a.Cert.Subject)
 	}
-	pub, ok := a.Key.Public().(interface{ Equal(crypto.PublicKey) bool })
-	if !ok || !pub.Equal(a.Cert.PublicKey) {
+	if !KeyMatches(a.Cert, a.Key) {
 		return fmt.Errorf("%w: key does not match certificate %s", ErrAuthority, a.Cert.Subject)
 	}
 	return nil
@@ -186,8 +187,10 @@ type Signer struct {
 // CheckSVIDRules defines it: one URI SAN, cA=false, critical key usage
 // digitalSignature (+keyEncipherment for RSA keys), EKU serverAuth and
 // clientAuth, 128-bit random serial from Rand, subject and authority key IDs.
-// notBefore is Now minus Backdate (rounded up to the second, and not before
-// the issuer's notBefore); notAfter is Now plus TTL, capped by MaxTTL and the
+// Agent leaves, and only they, carry the certificate policy
+// OIDComponentPolicy. notBefore is Now minus Backdate, or minus a tenth of
+// the TTL when that is shorter (rounded up to the second, and not before the
+// issuer's notBefore); notAfter is Now plus TTL, capped by MaxTTL and the
 // issuer's notAfter.
 func (s *Signer) Sign(req SignRequest) (*x509.Certificate, []byte, error) {
 	cert, der, err := s.sign(req)
@@ -271,6 +274,9 @@ func (s *Signer) sign(req SignRequest) (*x509.Certificate, []byte, error) {
 	}
 	if req.Kind.IsLeaf() {
 		err = CheckSVIDRules(cert)
+		if err == nil && HasComponentPolicy(cert) != (req.Kind == KindAgent) {
+			err = fmt.Errorf("%w: the component policy %s belongs on agent leaves only", ErrNotSVID, OIDComponentPolicy)
+		}
 	} else {
 		err = checkIntermediateRules(cert)
 	}
@@ -321,7 +327,12 @@ func leafTemplate(req SignRequest) (*x509.Certificate, error) {
 	if isRSA(req.PublicKey) {
 		ku |= x509.KeyUsageKeyEncipherment
 	}
+	var policies []x509.OID
+	if req.Kind == KindAgent {
+		policies = []x509.OID{OIDComponentPolicy}
+	}
 	return &x509.Certificate{
+		Policies:              policies,
 		Subject:               req.Subject,
 		URIs:                  []*url.URL{req.ID.URL()},
 		DNSNames:              req.DNSNames,
@@ -412,12 +423,12 @@ func SelfSignedRoot(key crypto.Signer, td spiffeid.TrustDomain, ttl time.Duratio
 	return cert, nil
 }
 
-// validity returns notBefore (now-Backdate rounded up to the second, so the
-// backdate never exceeds Backdate) and notAfter (now+ttl rounded down).
-// validity backdates notBefore by Backdate, or by a tenth of the TTL when
-// that is shorter: a 2-minute certificate backdated a whole minute would
-// reach its renewal point (half of notBefore..notAfter) within seconds of
-// being issued.
+// validity returns notBefore and notAfter of a certificate signed at now
+// for ttl. notBefore is now minus the backdate, rounded up to the second so
+// the backdate never exceeds it; the backdate is Backdate, or a tenth of the
+// TTL when that is shorter (a 2-minute certificate backdated a whole minute
+// would reach its renewal point, half of notBefore..notAfter, within
+// seconds of being issued). notAfter is now+ttl rounded down to the second.
 func validity(now time.Time, ttl time.Duration) (notBefore, notAfter time.Time) {
 	back := min(Backdate, ttl/10)
 	return ceilSecond(now.Add(-back)), now.Add(ttl).Truncate(time.Second)

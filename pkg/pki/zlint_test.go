@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -31,27 +33,40 @@ func TestZlint(t *testing.T) {
 		t.Skip("MAYFLY_ZLINT not set; make test sets it")
 	}
 	ca := newTestCA(t)
-	issue := func(kind pki.Kind, kt pki.KeyType, dns []string) *x509.Certificate {
+	issueID := func(kind pki.Kind, kt pki.KeyType, id spiffeid.ID, dns []string) *x509.Certificate {
 		t.Helper()
 		req := workloadRequest(mustKey(t, kt).Public())
 		req.Kind, req.DNSNames = kind, dns
-		if kind == pki.KindAgent {
+		if !id.IsZero() {
+			req.ID = id
+		} else if kind == pki.KindAgent {
 			req.ID = testAgentID
 		}
-		cert, _, err := ca.Signer(nil).Sign(req)
+		s := ca.Signer(nil)
+		if !id.IsZero() {
+			s.Options = nil // the CA's serving ID fits no kind's ID shape
+		}
+		cert, _, err := s.Sign(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return cert
 	}
+	issue := func(kind pki.Kind, kt pki.KeyType, dns []string) *x509.Certificate {
+		t.Helper()
+		return issueID(kind, kt, spiffeid.ID{}, dns)
+	}
 	certs := map[string]*x509.Certificate{
-		"root":               ca.Root,
-		"intermediate":       ca.Intermediate,
-		"workload_ecdsa":     issue(pki.KindWorkload, pki.KeyTypeECDSAP256, nil),
-		"workload_ecdsa384":  issue(pki.KindWorkload, pki.KeyTypeECDSAP384, nil),
-		"workload_rsa":       issue(pki.KindWorkload, pki.KeyTypeRSA2048, nil),
-		"workload_ed25519":   issue(pki.KindWorkload, pki.KeyTypeEd25519, nil),
-		"agent":              issue(pki.KindAgent, pki.KeyTypeECDSAP256, nil),
+		"root":              ca.Root,
+		"intermediate":      ca.Intermediate,
+		"workload_ecdsa":    issue(pki.KindWorkload, pki.KeyTypeECDSAP256, nil),
+		"workload_ecdsa384": issue(pki.KindWorkload, pki.KeyTypeECDSAP384, nil),
+		"workload_rsa":      issue(pki.KindWorkload, pki.KeyTypeRSA2048, nil),
+		"workload_ed25519":  issue(pki.KindWorkload, pki.KeyTypeEd25519, nil),
+		"agent":             issue(pki.KindAgent, pki.KeyTypeECDSAP256, nil),
+		// The CA's serving certificate: a component leaf (with the component
+		// policy) of ID /mayfly/ca with DNS names.
+		"ca_server":          issueID(pki.KindAgent, pki.KeyTypeECDSAP256, spiffeid.RequireFromString("spiffe://example.org/mayfly/ca"), []string{"mayfly-ca.mayfly-system.svc"}),
 		"workload_dns_names": issue(pki.KindWorkload, pki.KeyTypeECDSAP256, []string{"web.default.svc", "web.default.svc.cluster.local"}),
 	}
 	dir := t.TempDir()

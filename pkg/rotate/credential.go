@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+
+	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
 // Credential is one X.509 identity: a certificate chain, its private key and
@@ -65,11 +67,7 @@ func (c *Credential) Validate() error {
 	if c.Key == nil {
 		return fmt.Errorf("%w: no private key", ErrInvalidCredential)
 	}
-	pub, ok := c.Key.Public().(interface{ Equal(crypto.PublicKey) bool })
-	if !ok {
-		return fmt.Errorf("%w: unsupported private key type %T", ErrInvalidCredential, c.Key)
-	}
-	if !pub.Equal(c.Certificates[0].PublicKey) {
+	if !pki.KeyMatches(c.Certificates[0], c.Key) {
 		return fmt.Errorf("%w: private key does not match the leaf certificate (serial %s)",
 			ErrInvalidCredential, c.Certificates[0].SerialNumber)
 	}

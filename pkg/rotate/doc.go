@@ -10,8 +10,9 @@
 //     last good [Credential] while obtaining fails, and pushes every new
 //     credential to its [Sink]s, retrying failed sinks with backoff.
 //   - [FileSink] writes a credential to a directory as PEM files that are
-//     swapped atomically through a directory symlink, like the kubelet's
-//     atomic writer, so readers never see a certificate without its key.
+//     swapped atomically through a directory symlink (an atomicfile.Dir),
+//     like the kubelet's atomic writer, so readers never see a certificate
+//     without its key; [FileSink.PutBundle] updates the trust bundle alone.
 //
 // The package imports no Kubernetes package, holds no global state, and takes
 // its clock and randomness from the caller. [FakeClock] drives time in tests.

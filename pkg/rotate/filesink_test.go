@@ -13,8 +13,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
 // parsePair parses a chain and a PKCS#8 key and reports whether they match.
@@ -36,8 +40,27 @@ func parsePair(t testing.TB, certPEM, keyPEM []byte) (leaf *x509.Certificate, ma
 	if err != nil {
 		return nil, false, err
 	}
-	pub := key.(crypto.Signer).Public().(interface{ Equal(crypto.PublicKey) bool })
-	return leaf, pub.Equal(leaf.PublicKey), nil
+	return leaf, pki.KeyMatches(leaf, key.(crypto.Signer)), nil
+}
+
+// newSink returns a FileSink into dir, failing the test on error.
+func newSink(t *testing.T, dir string, opts FileSinkOptions) *FileSink {
+	t.Helper()
+	s, err := NewFileSink(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// issueN returns n credentials of ca, valid for an hour.
+func issueN(t *testing.T, ca *testCA, n int) []*Credential {
+	t.Helper()
+	creds := make([]*Credential, n)
+	for i := range creds {
+		creds[i] = ca.issue(t, time.Now(), time.Now().Add(time.Hour))
+	}
+	return creds
 }
 
 func mode(t *testing.T, path string) fs.FileMode {
@@ -49,28 +72,24 @@ func mode(t *testing.T, path string) fs.FileMode {
 	return fi.Mode().Perm()
 }
 
-func versionDirs(t *testing.T, dir string) []string {
+// version returns the version directory ..data points at, and its inode.
+func version(t *testing.T, dir string) (string, os.FileInfo) {
 	t.Helper()
-	entries, err := os.ReadDir(dir)
+	v, err := os.Readlink(filepath.Join(dir, "..data"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	for _, e := range entries {
-		if isVersionDir(e.Name()) {
-			out = append(out, e.Name())
-		}
+	fi, err := os.Stat(filepath.Join(dir, v))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return v, fi
 }
 
 func TestFileSinkWritesLayout(t *testing.T) {
 	ca := newTestCA(t)
 	dir := filepath.Join(t.TempDir(), "a", "b", "certs")
-	s, err := NewFileSink(dir, FileSinkOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newSink(t, dir, FileSinkOptions{})
 	if got := mode(t, dir); got != 0o700 {
 		t.Errorf("created target dir mode = %v, want 0700", got)
 	}
@@ -85,11 +104,10 @@ func TestFileSinkWritesLayout(t *testing.T) {
 			t.Errorf("%s: link %q, %v; want a symlink to ..data/%s", name, target, err, name)
 		}
 	}
-	data, err := os.Readlink(filepath.Join(dir, "..data"))
-	if err != nil || !isVersionDir(data) {
-		t.Fatalf("..data -> %q, %v; want a version directory", data, err)
+	if v, _ := version(t, dir); !strings.HasPrefix(v, "..") {
+		t.Fatalf("..data -> %q; want a version directory", v)
 	}
-	files, err := ReadAtomic(dir, "tls.crt", "tls.key", "ca.crt")
+	files, err := atomicfile.ReadAtomic(dir, "tls.crt", "tls.key", "ca.crt")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,10 +125,7 @@ func TestFileSinkWritesChainLeafFirst(t *testing.T) {
 	cred := ca.issue(t, time.Now(), time.Now().Add(time.Hour))
 	cred.Certificates = append(cred.Certificates, ca.cert) // as an intermediate
 	dir := t.TempDir()
-	s, err := NewFileSink(dir, FileSinkOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newSink(t, dir, FileSinkOptions{})
 	if err := s.Put(context.Background(), cred); err != nil {
 		t.Fatal(err)
 	}
@@ -134,10 +149,7 @@ func TestFileSinkWritesChainLeafFirst(t *testing.T) {
 func TestFileSinkCustomNames(t *testing.T) {
 	ca := newTestCA(t)
 	dir := t.TempDir()
-	s, err := NewFileSink(dir, FileSinkOptions{CertFile: "svid.pem", KeyFile: "svid_key.pem", BundleFile: "bundle.pem"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newSink(t, dir, FileSinkOptions{CertFile: "svid.pem", KeyFile: "svid_key.pem", BundleFile: "bundle.pem"})
 	if err := s.Put(context.Background(), ca.issue(t, time.Now(), time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
@@ -187,11 +199,8 @@ func TestFileSinkRejectsMismatchedKeyWithoutLeakingIt(t *testing.T) {
 	a, b := ca.issue(t, time.Now(), time.Now().Add(time.Hour)), ca.issue(t, time.Now(), time.Now().Add(time.Hour))
 	a.Key = b.Key
 	dir := t.TempDir()
-	s, err := NewFileSink(dir, FileSinkOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = s.Put(context.Background(), a)
+	s := newSink(t, dir, FileSinkOptions{})
+	err := s.Put(context.Background(), a)
 	if !errors.Is(err, ErrInvalidCredential) {
 		t.Fatalf("Put() = %v, want ErrInvalidCredential", err)
 	}
@@ -203,77 +212,17 @@ func TestFileSinkRejectsMismatchedKeyWithoutLeakingIt(t *testing.T) {
 	}
 }
 
-func TestFileSinkRemovesOldAndStaleVersions(t *testing.T) {
-	ca := newTestCA(t)
-	dir := t.TempDir()
-	// Leftovers of a crashed writer, and files that are not ours.
-	stale := filepath.Join(dir, "..2020_01_01_00_00_00.12345")
-	if err := os.MkdirAll(stale, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(stale, "tls.key"), []byte("half"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, link := range []string{"..data_tmp", "..tls.crt.tmp"} {
-		if err := os.Symlink(filepath.Base(stale), filepath.Join(dir, link)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, keep := range []string{"..keep", "README"} {
-		if err := os.WriteFile(filepath.Join(dir, keep), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// A regular file from an older layout is replaced by the symlink.
-	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), []byte("old"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	s, err := NewFileSink(dir, FileSinkOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 3 {
-		if err := s.Put(context.Background(), ca.issue(t, time.Now(), time.Now().Add(time.Hour))); err != nil {
-			t.Fatal(err)
-		}
-		current, err := os.Readlink(filepath.Join(dir, "..data"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := versionDirs(t, dir); len(got) != 1 || got[0] != current {
-			t.Fatalf("version dirs = %v, want only the current %s", got, current)
-		}
-	}
-	for _, gone := range []string{"..data_tmp", "..tls.crt.tmp"} {
-		if _, err := os.Lstat(filepath.Join(dir, gone)); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("%s left behind: %v", gone, err)
-		}
-	}
-	for _, keep := range []string{"..keep", "README"} {
-		if _, err := os.Stat(filepath.Join(dir, keep)); err != nil {
-			t.Errorf("%s removed: %v", keep, err)
-		}
-	}
-	if target, err := os.Readlink(filepath.Join(dir, "tls.crt")); err != nil || target != "..data/tls.crt" {
-		t.Errorf("tls.crt -> %q, %v; want ..data/tls.crt", target, err)
-	}
-}
-
 func TestFileSinkRecreatesDeletedDir(t *testing.T) {
 	ca := newTestCA(t)
 	dir := filepath.Join(t.TempDir(), "certs")
-	s, err := NewFileSink(dir, FileSinkOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newSink(t, dir, FileSinkOptions{})
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Put(context.Background(), ca.issue(t, time.Now(), time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ReadAtomic(dir, "tls.crt", "tls.key"); err != nil {
+	if _, err := atomicfile.ReadAtomic(dir, "tls.crt", "tls.key"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -285,14 +234,8 @@ func TestFileSinkRecreatesDeletedDir(t *testing.T) {
 func TestFileSinkReadersNeverSeeMismatchedPair(t *testing.T) {
 	ca := newTestCA(t)
 	dir := t.TempDir()
-	s, err := NewFileSink(dir, FileSinkOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds := make([]*Credential, 50)
-	for i := range creds {
-		creds[i] = ca.issue(t, time.Now(), time.Now().Add(time.Hour))
-	}
+	s := newSink(t, dir, FileSinkOptions{})
+	creds := issueN(t, ca, 50)
 	if err := s.Put(context.Background(), creds[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +251,7 @@ func TestFileSinkReadersNeverSeeMismatchedPair(t *testing.T) {
 	go func() { // pair reader
 		defer wg.Done()
 		for !stop.Load() {
-			files, err := ReadAtomic(dir, "tls.crt", "tls.key")
+			files, err := atomicfile.ReadAtomic(dir, "tls.crt", "tls.key")
 			if err != nil {
 				errs <- err
 				return
@@ -355,7 +298,7 @@ func TestFileSinkReadersNeverSeeMismatchedPair(t *testing.T) {
 	if pairReads.Load() == 0 || fileReads.Load() == 0 {
 		t.Fatalf("readers did not run (%d pair reads, %d file reads)", pairReads.Load(), fileReads.Load())
 	}
-	files, err := ReadAtomic(dir, "tls.crt", "tls.key")
+	files, err := atomicfile.ReadAtomic(dir, "tls.crt", "tls.key")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,28 +307,16 @@ func TestFileSinkReadersNeverSeeMismatchedPair(t *testing.T) {
 	}
 }
 
-func TestReadAtomicRejectsBadNames(t *testing.T) {
-	if _, err := ReadAtomic(t.TempDir(), "../etc/passwd"); err == nil {
-		t.Fatal("ReadAtomic(../etc/passwd) = nil error")
-	}
-	if _, err := ReadAtomic(t.TempDir(), "tls.crt"); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("ReadAtomic(empty dir) = %v, want ErrNotExist", err)
-	}
-}
-
 // TestFileSinkAsRotatorSink wires a FileSink into a Rotator on a fake clock.
 func TestFileSinkAsRotatorSink(t *testing.T) {
 	dir := t.TempDir()
-	s, err := NewFileSink(dir, FileSinkOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newSink(t, dir, FileSinkOptions{})
 	h := newHarness(t, Options{Sinks: []Sink{s}})
 	h.start()
 	h.idle()
 	for range 3 {
 		h.advanceToWake()
-		files, err := ReadAtomic(dir, "tls.crt", "tls.key")
+		files, err := atomicfile.ReadAtomic(dir, "tls.crt", "tls.key")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -396,5 +327,177 @@ func TestFileSinkAsRotatorSink(t *testing.T) {
 	}
 	if st := h.r.State(); st.PendingSinks != 0 || st.SinkFailures != 0 {
 		t.Fatalf("state = %+v", st)
+	}
+}
+
+func TestFileSinkModesWhateverTheUmask(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	group := int64(os.Getgid())
+	if os.Geteuid() == 0 {
+		group = 4242 // root may give any group: one the files would not have otherwise
+	}
+	for _, tt := range []struct {
+		name    string
+		fsGroup *int64
+		keyMode fs.FileMode
+		dirMode fs.FileMode
+	}{
+		{"without fsGroup the key is the owner's", nil, 0o600, 0o700},
+		{"with fsGroup the group reads the key", &group, 0o640, 0o750},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "certs")
+			s := newSink(t, dir, FileSinkOptions{FSGroup: tt.fsGroup})
+			if err := s.Put(context.Background(), newTestCA(t).issue(t, time.Now(), time.Now().Add(time.Hour))); err != nil {
+				t.Fatal(err)
+			}
+			v, _ := version(t, dir)
+			for path, want := range map[string]fs.FileMode{
+				dir:                           tt.dirMode,
+				filepath.Join(dir, v):         tt.dirMode,
+				filepath.Join(dir, "tls.crt"): 0o644,
+				filepath.Join(dir, "tls.key"): tt.keyMode,
+				filepath.Join(dir, "ca.crt"):  0o644,
+			} {
+				if got := mode(t, path); got != want {
+					t.Errorf("%s: mode %v, want %v", path, got, want)
+				}
+			}
+			if tt.fsGroup == nil {
+				return
+			}
+			fi, err := os.Stat(filepath.Join(dir, "tls.key"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := int64(fi.Sys().(*syscall.Stat_t).Gid); got != group {
+				t.Errorf("tls.key: group %d, want %d", got, group)
+			}
+		})
+	}
+}
+
+func TestFileSinkSkipsUnchangedPut(t *testing.T) {
+	ca := newTestCA(t)
+	dir := t.TempDir()
+	s := newSink(t, dir, FileSinkOptions{})
+	cred := ca.issue(t, time.Now(), time.Now().Add(time.Hour))
+	if err := s.Put(context.Background(), cred); err != nil {
+		t.Fatal(err)
+	}
+	v1, fi1 := version(t, dir)
+	if err := s.Put(context.Background(), cred); err != nil { // a Rotator retry
+		t.Fatal(err)
+	}
+	if v2, fi2 := version(t, dir); v2 != v1 || !os.SameFile(fi1, fi2) {
+		t.Fatalf("an unchanged Put swapped %s for %s", v1, v2)
+	}
+	if err := s.Put(context.Background(), ca.issue(t, time.Now(), time.Now().Add(time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	if v3, _ := version(t, dir); v3 == v1 {
+		t.Fatal("a new credential was not written")
+	}
+}
+
+func TestFileSinkPutBundle(t *testing.T) {
+	ctx := context.Background()
+	ca, other := newTestCA(t), newTestCA(t)
+	dir := t.TempDir()
+	s := newSink(t, dir, FileSinkOptions{CertFile: "svid.pem", KeyFile: "svid_key.pem", BundleFile: "bundle.pem"})
+	read := func() [][]byte {
+		t.Helper()
+		files, err := atomicfile.ReadAtomic(dir, "svid.pem", "svid_key.pem", "bundle.pem")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return files
+	}
+
+	t.Run("refuses before the first credential", func(t *testing.T) {
+		if err := s.PutBundle(ctx, []*x509.Certificate{ca.cert}); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("PutBundle() = %v, want ErrNotExist", err)
+		}
+	})
+	cred := ca.issue(t, time.Now(), time.Now().Add(time.Hour))
+	if err := s.Put(ctx, cred); err != nil {
+		t.Fatal(err)
+	}
+	before := read()
+	v1, _ := version(t, dir)
+
+	t.Run("replaces the bundle and keeps chain and key", func(t *testing.T) {
+		bundle := []*x509.Certificate{ca.cert, other.cert}
+		if err := s.PutBundle(ctx, bundle); err != nil {
+			t.Fatal(err)
+		}
+		after := read()
+		if !bytes.Equal(after[0], before[0]) || !bytes.Equal(after[1], before[1]) {
+			t.Fatal("chain or key changed")
+		}
+		if !bytes.Equal(after[2], pki.EncodeCertificates(bundle...)) {
+			t.Fatal("bundle.pem does not hold the new bundle")
+		}
+		if v, _ := version(t, dir); v == v1 {
+			t.Fatal("no new version")
+		}
+		if mode(t, filepath.Join(dir, "svid_key.pem")) != 0o600 {
+			t.Fatal("key lost its mode")
+		}
+	})
+	t.Run("an unchanged bundle writes nothing", func(t *testing.T) {
+		v, fi := version(t, dir)
+		if err := s.PutBundle(ctx, []*x509.Certificate{ca.cert, other.cert}); err != nil {
+			t.Fatal(err)
+		}
+		if v2, fi2 := version(t, dir); v2 != v || !os.SameFile(fi, fi2) {
+			t.Fatalf("version %s swapped for %s", v, v2)
+		}
+	})
+	t.Run("refuses a nil certificate, naming it", func(t *testing.T) {
+		err := s.PutBundle(ctx, []*x509.Certificate{ca.cert, nil})
+		if !errors.Is(err, ErrInvalidCredential) || !strings.Contains(err.Error(), "bundle[1] is nil") {
+			t.Fatalf("PutBundle() = %v, want ErrInvalidCredential naming bundle[1]", err)
+		}
+	})
+	t.Run("refuses once ctx is done", func(t *testing.T) {
+		done, cancel := context.WithCancel(ctx)
+		cancel()
+		if err := s.PutBundle(done, []*x509.Certificate{other.cert}); !errors.Is(err, context.Canceled) {
+			t.Fatalf("PutBundle() = %v, want context.Canceled", err)
+		}
+	})
+}
+
+// TestFileSinkPutBundleNeverRevertsAPut runs a PutBundle alongside each
+// Put: a bundle update re-writes the chain and key it read, so it must not
+// read them before a Put and write them back after it.
+func TestFileSinkPutBundleNeverRevertsAPut(t *testing.T) {
+	ctx := context.Background()
+	ca, other := newTestCA(t), newTestCA(t)
+	dir := t.TempDir()
+	s := newSink(t, dir, FileSinkOptions{})
+	creds := issueN(t, ca, 40)
+	if err := s.Put(ctx, creds[0]); err != nil {
+		t.Fatal(err)
+	}
+	bundles := [][]*x509.Certificate{{ca.cert}, {ca.cert, other.cert}}
+	for i, c := range creds[1:] {
+		bundleErr := make(chan error, 1)
+		go func() { bundleErr <- s.PutBundle(ctx, bundles[i%2]) }()
+		if err := s.Put(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-bundleErr; err != nil {
+			t.Fatal(err)
+		}
+		files, err := atomicfile.ReadAtomic(dir, "tls.crt", "tls.key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leaf, match, err := parsePair(t, files[0], files[1]); err != nil || !match || !leaf.Equal(c.Certificates[0]) {
+			t.Fatalf("Put %d was reverted by a PutBundle (match %v, err %v)", i+1, match, err)
+		}
 	}
 }

@@ -120,7 +120,7 @@ type Rotator struct {
 	onEvent func(Event)
 
 	trigger   chan struct{} // buffered 1: renew now, coalesced
-	wake      chan struct{} // buffered 1: the sink set changed
+	wake      chan struct{} // buffered 1: the sinks or the state changed outside the loop
 	ready     chan struct{} // closed after the first success
 	readyOnce sync.Once
 
@@ -392,16 +392,52 @@ func (r *Rotator) decideLocked(now time.Time) Decision {
 func (r *Rotator) renew(ctx context.Context) {
 	cred, err := r.obtain(ctx)
 	if err == nil {
-		err = cred.Validate()
+		err = r.check(cred, r.clock.Now())
 	}
+	if err != nil && ctx.Err() != nil {
+		return // shutting down: not a failure
+	}
+	if r.record(cred, err) == nil {
+		r.deliver(ctx, true)
+	}
+}
+
+// Record takes the outcome of an attempt to obtain made outside the loop,
+// by a caller that needed the credential at once (a first request), as the
+// rotator's own: a credential becomes current (Ready closes, the sinks get
+// it, the next renewal is scheduled from it) and an error counts as a
+// failed attempt (the next one waits out the backoff). It emits the same
+// events as an attempt of the loop and returns the error recorded: err, or
+// why cred is unusable, or nil when cred became current. It may be called
+// before [Rotator.Start] or while the loop runs, which then re-decides.
+func (r *Rotator) Record(cred *Credential, err error) error {
+	if err == nil {
+		err = r.check(cred, r.clock.Now())
+	}
+	err = r.record(cred, err)
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	return err
+}
+
+// check refuses a credential that is unusable or has already expired.
+func (r *Rotator) check(cred *Credential, now time.Time) error {
+	if err := cred.Validate(); err != nil {
+		return err
+	}
+	if !now.Before(cred.Validity().NotAfter) {
+		return fmt.Errorf("%w (notAfter %s)", ErrExpiredOnArrival, cred.Validity().NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// record makes the outcome of one attempt (already checked) the state and
+// emits its event; a new credential is due to every sink at once.
+func (r *Rotator) record(cred *Credential, err error) error {
 	now := r.clock.Now()
-	if err == nil && !now.Before(cred.Validity().NotAfter) {
-		err = fmt.Errorf("%w (notAfter %s)", ErrExpiredOnArrival, cred.Validity().NotAfter.UTC().Format(time.RFC3339))
-	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return // shutting down: not a failure
-		}
 		r.mu.Lock()
 		r.attempts++
 		r.failures++
@@ -409,7 +445,7 @@ func (r *Rotator) renew(ctx context.Context) {
 		ev := Event{Kind: EventObtainFailed, Attempt: r.attempts, Err: err, Next: r.decideLocked(now)}
 		r.mu.Unlock()
 		r.emit(ev, now)
-		return
+		return err
 	}
 
 	r.mu.Lock()
@@ -419,6 +455,9 @@ func (r *Rotator) renew(ctx context.Context) {
 	r.lastSuccess = now
 	r.rotations++
 	r.jitter = r.drawJitter()
+	for _, e := range r.sinks {
+		e.retryAt = time.Time{}
+	}
 	// Guard against a hot loop when a fresh credential is already due (a CA
 	// clock far ahead, or a lifetime too short for the policy): count such
 	// successes as attempts for the backoff.
@@ -432,7 +471,7 @@ func (r *Rotator) renew(ctx context.Context) {
 	r.mu.Unlock()
 	r.readyOnce.Do(func() { close(r.ready) })
 	r.emit(ev, now)
-	r.deliver(ctx, true)
+	return nil
 }
 
 // nextSinkRetry returns the earliest time at which a pending sink should be

@@ -619,3 +619,96 @@ func TestMultiSinkJoinsErrors(t *testing.T) {
 		t.Fatalf("Put() = %v after %d calls, want boom from sinks 0 and 2 after 3 calls", err, calls)
 	}
 }
+
+func TestRotatorRecord(t *testing.T) {
+	t.Run("a_credential_recorded_before_start_is_renewed_not_obtained_again", func(t *testing.T) {
+		s := &recordingSink{}
+		h := newHarness(t, Options{Sinks: []Sink{s}})
+		cred := h.ca.issue(t, t0, t0.Add(time.Hour))
+		if err := h.r.Record(cred, nil); err != nil {
+			t.Fatalf("Record: %v", err)
+		}
+		select {
+		case <-h.r.Ready():
+		default:
+			t.Fatal("Ready() not closed after a recorded credential")
+		}
+		if h.r.Current() != cred {
+			t.Fatal("the recorded credential is not current")
+		}
+		h.start()
+		if wake := h.idle(); !wake.Equal(t0.Add(30 * time.Minute)) {
+			t.Fatalf("loop wakes at %v, want the recorded credential's half-life", wake)
+		}
+		if got := h.calls.Load(); got != 0 {
+			t.Fatalf("obtain calls after start = %d, want 0: the recorded credential is current", got)
+		}
+		if got := s.calls(); len(got) != 1 || got[0] != cred {
+			t.Fatalf("sink got %d credentials, want the recorded one", len(got))
+		}
+		if kinds := h.eventKinds(); len(kinds) != 2 || kinds[0] != EventRotated || kinds[1] != EventSinkUpdated {
+			t.Errorf("events = %v, want Rotated, SinkUpdated", kinds)
+		}
+		h.advanceToWake()
+		if got := h.calls.Load(); got != 1 {
+			t.Errorf("obtain calls at half-life = %d, want 1", got)
+		}
+	})
+	t.Run("a_recorded_failure_is_retried_after_backoff", func(t *testing.T) {
+		h := newHarness(t, Options{Policy: noJitterPolicy})
+		errDenied := errors.New("denied")
+		if err := h.r.Record(nil, errDenied); !errors.Is(err, errDenied) {
+			t.Fatalf("Record = %v, want the recorded error", err)
+		}
+		st := h.r.State()
+		if st.Failures != 1 || st.Attempts != 1 || st.LastError != "denied" || st.Current != nil {
+			t.Fatalf("state %+v, want one failed attempt", st)
+		}
+		h.start()
+		if wake := h.idle(); !wake.Equal(t0.Add(time.Second)) {
+			t.Fatalf("loop wakes at %v, want after the first backoff (1s)", wake)
+		}
+		if got := h.calls.Load(); got != 0 {
+			t.Fatalf("obtain calls = %d, want 0 before the backoff", got)
+		}
+		h.advanceToWake()
+		if h.calls.Load() != 1 || h.r.Current() == nil {
+			t.Fatalf("after the backoff: %d calls, current %v; want one successful call", h.calls.Load(), h.r.Current())
+		}
+	})
+	t.Run("an_unusable_credential_is_recorded_as_a_failure", func(t *testing.T) {
+		h := newHarness(t, Options{})
+		expired := h.ca.issue(t, t0.Add(-2*time.Hour), t0.Add(-time.Hour))
+		if err := h.r.Record(expired, nil); !errors.Is(err, ErrExpiredOnArrival) {
+			t.Fatalf("Record(expired) = %v, want ErrExpiredOnArrival", err)
+		}
+		if err := h.r.Record(&Credential{}, nil); !errors.Is(err, ErrInvalidCredential) {
+			t.Fatalf("Record(empty) = %v, want ErrInvalidCredential", err)
+		}
+		if st := h.r.State(); st.Failures != 2 || st.Current != nil {
+			t.Fatalf("state %+v, want two failures and no credential", st)
+		}
+	})
+	t.Run("a_running_loop_takes_a_recorded_credential", func(t *testing.T) {
+		s := &recordingSink{put: make(chan *Credential, 4)}
+		h := newHarness(t, Options{Sinks: []Sink{s}})
+		h.start()
+		h.idle()
+		<-s.put
+		cred := h.ca.issue(t, t0, t0.Add(2*time.Hour))
+		if err := h.r.Record(cred, nil); err != nil {
+			t.Fatalf("Record: %v", err)
+		}
+		select {
+		case got := <-s.put:
+			if got != cred {
+				t.Fatal("the sink got another credential than the recorded one")
+			}
+		case <-testContext(t).Done():
+			t.Fatal("the running loop never delivered the recorded credential")
+		}
+		if wake := h.idle(); !wake.Equal(t0.Add(time.Hour)) {
+			t.Errorf("loop wakes at %v, want the recorded credential's half-life", wake)
+		}
+	})
+}

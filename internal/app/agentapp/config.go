@@ -1,4 +1,4 @@
-// Package agent wires mayfly's node agent: configuration, its identity
+// Package agentapp wires mayfly's node agent (cmd/agent): configuration, its identity
 // towards the CA, workload attestation, the Workload API socket, file sinks,
 // health and metrics.
 package agentapp
@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/mayfly-pki/mayfly/internal/config"
+	"github.com/mayfly-pki/mayfly/internal/csi"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -75,6 +76,10 @@ type CSIConfig struct {
 	// StateDir keeps a record per published volume, to resume rotating them
 	// after a restart (default /var/lib/kubelet/plugins/csi.mayfly.dev/volumes).
 	StateDir string `json:"stateDir,omitempty"`
+	// KubeletDir is the kubelet's root directory (--root-dir, default
+	// /var/lib/kubelet): the driver publishes only to
+	// <kubeletDir>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount.
+	KubeletDir string `json:"kubeletDir,omitempty"`
 }
 
 // WorkloadsConfig sets what the agent asks the CA for.
@@ -178,8 +183,12 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		if k.CSI != nil {
 			k.CSI.SocketPath = config.OrDefault(k.CSI.SocketPath, "/var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock")
 			k.CSI.StateDir = config.OrDefault(k.CSI.StateDir, "/var/lib/kubelet/plugins/csi.mayfly.dev/volumes")
+			k.CSI.KubeletDir = config.OrDefault(k.CSI.KubeletDir, csi.DefaultKubeletDir)
 			if !filepath.IsAbs(k.CSI.SocketPath) || !filepath.IsAbs(k.CSI.StateDir) {
 				return nil, errors.New("kubernetes.csi.socketPath, stateDir: must be absolute")
+			}
+			if !filepath.IsAbs(k.CSI.KubeletDir) || filepath.Clean(k.CSI.KubeletDir) == "/" {
+				return nil, fmt.Errorf("kubernetes.csi.kubeletDir: must be an absolute directory other than /, got %q", k.CSI.KubeletDir)
 			}
 		}
 		if c.WriteDir != "" {

@@ -65,6 +65,8 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"no_registrations", strings.Replace(minimalStandalone, "{registrationsFile: /etc/mayfly/registrations.yaml}", "{}", 1), "standalone.registrationsFile: required"},
 		{"write_dir_in_kubernetes", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {}\nwriteDir: /x\n", "writeDir: only for standalone"},
 		{"relative_csi_socket", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {socketPath: csi.sock}}\n", "kubernetes.csi"},
+		{"relative_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: var/lib/kubelet}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory"},
+		{"root_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: /}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory other than /"},
 		{"bad_node_name", strings.Replace(minimalStandalone, "nodeName: host-a", "nodeName: a/b", 1), "nodeName"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

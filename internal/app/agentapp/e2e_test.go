@@ -197,7 +197,7 @@ func TestEndToEndMTLSThroughRotations(t *testing.T) {
 	t.Logf("%d requests, 0 failures, %d server certificates", requests, len(serials))
 
 	// The write-dir sink holds a matching pair for each registration.
-	for _, sub := range []string{"e2e-server", "e2e-client"} {
+	for _, sub := range []string{"e2e/server", "e2e/client"} {
 		if _, err := os.Stat(filepath.Join(s.writeDir, sub, "tls.crt")); err != nil {
 			t.Errorf("writeDir/%s: %v", sub, err)
 		}

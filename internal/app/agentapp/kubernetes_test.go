@@ -26,7 +26,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
-	"github.com/mayfly-pki/mayfly/pkg/rotate"
+	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 )
 
 func must[T any](t *testing.T) func(T, error) T {
@@ -123,8 +123,8 @@ nodeName: node-a
 socketPath: %s
 dataDir: %s
 healthAddress: "off"
-kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s}}
-`, lis.Addr(), bundleFile, socket, filepath.Join(dir, "agent"), tokenFile, filepath.Join(dir, "csi", "csi.sock"), filepath.Join(dir, "csi", "volumes")))))
+kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s, kubeletDir: %s}}
+`, lis.Addr(), bundleFile, socket, filepath.Join(dir, "agent"), tokenFile, filepath.Join(dir, "csi", "csi.sock"), filepath.Join(dir, "csi", "volumes"), dir))))
 	ready := make(chan struct{})
 	wg.Add(1)
 	go func() {
@@ -169,7 +169,7 @@ kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s}}
 	// as files, through the same identity path.
 	conn := must[*grpc.ClientConn](t)(grpc.NewClient("unix://"+filepath.Join(dir, "csi", "csi.sock"), grpc.WithTransportCredentials(insecure.NewCredentials())))
 	defer conn.Close()
-	target := filepath.Join(dir, "pods", string(web.UID), "volumes", "tls")
+	target := filepath.Join(dir, "pods", string(web.UID), "volumes", "kubernetes.io~csi", "tls", "mount") // the kubelet's layout under kubeletDir
 	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s}}
 	if err != nil {
 		t.Fatalf("NodePublishVolume: %v", err)
 	}
-	files, err := rotate.ReadAtomic(target, "tls.crt", "tls.key")
+	files, err := atomicfile.ReadAtomic(target, "tls.crt", "tls.key")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package agentapp
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,18 +11,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"k8s.io/client-go/rest"
 
-	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/agent"
 	"github.com/mayfly-pki/mayfly/internal/csi"
 	"github.com/mayfly-pki/mayfly/internal/workloadapi"
@@ -85,16 +81,16 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
-	batcher := &agent.Batcher{Signer: ca}
+	batcher := &agent.Batcher{Signer: ca.Conn, Clock: opts.Clock}
 	mgr := agent.NewManager(agent.ManagerConfig{
-		Batcher: batcher, Bundle: ca, TrustDomain: cfg.TrustDomain, Clock: opts.Clock,
+		Batcher: batcher, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Clock: opts.Clock,
 		Logger: log.With("component", "identities"), Registerer: reg,
 	})
-	ca.OnSVID(mgr.SetAgentSVID)
+	ca.Store.OnChange(mgr.SetAgentSVID)
 
 	g, ctx := errgroup.WithContext(ctx)
 	var att workloadattest.Attestor
-	var resolve func(workloadattest.Selectors) []agent.Spec
+	var entitlements agent.Entitlements
 	procRoot := opts.ProcRoot
 	if cfg.Kubernetes != nil {
 		if procRoot == "" {
@@ -116,11 +112,12 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		}
 		g.Go(func() error { return pods.Start(ctx) })
 		att = workloadattest.KubernetesAttestor{Proc: workloadattest.Proc{Root: procRoot}, Resolver: pods}
-		resolve = kubernetesSpecs(cfg)
+		podIndex := &agent.PodIndex{}
+		entitlements = &agent.PodIdentities{Pods: podIndex, TTL: cfg.WorkloadTTL, KeyType: cfg.KeyType}
 		if c := cfg.Kubernetes.CSI; c != nil {
 			drv, err := csi.New(csi.Config{
-				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath),
-				Identities: newCSIIdentities(mgr), Logger: log.With("component", "csi"), Registerer: reg,
+				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath), KubeletDir: c.KubeletDir, Clock: opts.Clock,
+				Identities: &agent.VolumeIdentities{Manager: mgr, Pods: podIndex}, Logger: log.With("component", "csi"), Registerer: reg,
 			})
 			if err != nil {
 				return fmt.Errorf("kubernetes.csi: %w", err)
@@ -139,13 +136,13 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		if err != nil {
 			return fmt.Errorf("standalone.registrationsFile: %w", err)
 		}
-		sync := &registrationSync{cfg: cfg, mgr: mgr, log: log}
-		if err := sync.apply(watcher.Registrations()); err != nil {
+		regs := &agent.Registrations{Manager: mgr, DefaultTTL: cfg.WorkloadTTL, KeyType: cfg.KeyType, WriteDir: cfg.WriteDir, Logger: log}
+		if err := regs.Apply(watcher.Registrations()); err != nil {
 			return err
 		}
-		watcher.OnChange = func(regs []workloadattest.Registration) {
-			log.Info("registrations reloaded", "count", len(regs))
-			if err := sync.apply(regs); err != nil {
+		watcher.OnChange = func(rs []workloadattest.Registration) {
+			log.Info("registrations reloaded", "count", len(rs))
+			if err := regs.Apply(rs); err != nil {
 				log.Error("applying registrations", "error", err)
 			}
 		}
@@ -154,18 +151,12 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		}
 		g.Go(func() error { return watcher.Start(ctx) })
 		att = workloadattest.UnixAttestor{Proc: workloadattest.Proc{Root: procRoot}}
-		resolve = func(sel workloadattest.Selectors) []agent.Spec {
-			var out []agent.Spec
-			for _, r := range workloadattest.Match(watcher.Registrations(), sel) {
-				out = append(out, registrationSpec(cfg, r, nil))
-			}
-			return out
-		}
+		entitlements = regs
 	}
 
 	wapi, err := workloadapi.New(workloadapi.Config{
 		Attestor:   workloadAttestor{att: att},
-		Source:     &source{mgr: mgr, ca: ca, td: cfg.TrustDomain, resolve: resolve},
+		Source:     &agent.WorkloadSource{Manager: mgr, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Entitlements: entitlements},
 		Logger:     log.With("component", "workload-api"),
 		Registerer: reg,
 		Now:        opts.Clock.Now,
@@ -210,14 +201,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 // every attestation, Kubernetes).
 func bootstrapCredential(cfg *Config) (agent.Credential, error) {
 	if cfg.Kubernetes != nil {
-		path := cfg.Kubernetes.TokenFile
-		return func(context.Context) (*issuerv1.AttestAgentRequest, error) {
-			tok, err := os.ReadFile(path)
-			if err != nil {
-				return nil, fmt.Errorf("kubernetes.tokenFile: %w", err)
-			}
-			return &issuerv1.AttestAgentRequest{Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: strings.TrimSpace(string(tok))}}, nil
-		}, nil
+		return agent.ServiceAccountToken(cfg.Kubernetes.TokenFile), nil
 	}
 	token := cfg.JoinToken
 	if token == "" && cfg.JoinTokenFile != "" {
@@ -227,17 +211,7 @@ func bootstrapCredential(cfg *Config) (agent.Credential, error) {
 		}
 		token = strings.TrimSpace(string(raw))
 	}
-	var mu sync.Mutex
-	return func(context.Context) (*issuerv1.AttestAgentRequest, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if token == "" {
-			return nil, errors.New("no join token, or it was used already: create one with `ca token create --node " + cfg.NodeName + "` and pass it with --join-token")
-		}
-		t := token
-		token = "" // single use
-		return &issuerv1.AttestAgentRequest{Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: t}}, nil
-	}, nil
+	return agent.JoinToken(token, cfg.NodeName), nil
 }
 
 // workloadAttestor adapts workloadattest.Attestor to the Workload API.
@@ -249,182 +223,6 @@ func (w workloadAttestor) Attest(ctx context.Context) (workloadapi.Caller, error
 		return nil, errors.New("no peer credentials on this connection")
 	}
 	return w.att.Attest(ctx, p)
-}
-
-func kubernetesSpecs(cfg *Config) func(workloadattest.Selectors) []agent.Spec {
-	var mu sync.Mutex
-	uids := map[string]map[string]bool{} // ns/sa -> pod UIDs seen on this node
-	return func(sel workloadattest.Selectors) []agent.Spec {
-		if sel.Namespace == "" || sel.ServiceAccount == "" {
-			return nil
-		}
-		key := sel.Namespace + "/" + sel.ServiceAccount
-		mu.Lock()
-		if uids[key] == nil {
-			uids[key] = map[string]bool{}
-		}
-		uids[key][sel.PodUID] = true
-		mu.Unlock()
-		return []agent.Spec{{
-			Key: key, TTL: cfg.WorkloadTTL, KeyType: cfg.KeyType,
-			PodUIDs: func() []string {
-				mu.Lock()
-				defer mu.Unlock()
-				out := make([]string, 0, len(uids[key]))
-				for u := range uids[key] {
-					out = append(out, u)
-				}
-				return out
-			},
-		}}
-	}
-}
-
-func registrationSpec(cfg *Config, r workloadattest.Registration, sinks []rotate.Sink) agent.Spec {
-	ttl := r.TTLDuration
-	if ttl == 0 {
-		ttl = cfg.WorkloadTTL
-	}
-	return agent.Spec{Key: r.SPIFFEID.String(), SpiffeID: r.SPIFFEID.String(), DNSNames: r.DNSNames, TTL: ttl, KeyType: cfg.KeyType, Sinks: sinks, Pinned: true}
-}
-
-// registrationSync keeps one pinned identity per registration (so files in
-// writeDir stay fresh and fetches are answered from memory).
-type registrationSync struct {
-	cfg     *Config
-	mgr     *agent.Manager
-	log     *slog.Logger
-	mu      sync.Mutex
-	current map[string]bool
-}
-
-func (s *registrationSync) apply(regs []workloadattest.Registration) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	next := map[string]bool{}
-	for _, r := range regs {
-		var sinks []rotate.Sink
-		if s.cfg.WriteDir != "" {
-			dir := filepath.Join(s.cfg.WriteDir, dirName(r.SPIFFEID))
-			fs, err := rotate.NewFileSink(dir, rotate.FileSinkOptions{})
-			if err != nil {
-				return fmt.Errorf("writeDir: %w", err)
-			}
-			sinks = append(sinks, fs)
-		}
-		spec := registrationSpec(s.cfg, r, sinks)
-		if len(sinks) > 0 {
-			spec.Path = agent.PathWriteDir
-		}
-		next[spec.Key] = true
-		if !s.current[spec.Key] {
-			s.mgr.Ensure(spec)
-		}
-	}
-	for k := range s.current {
-		if !next[k] {
-			s.mgr.Remove(k)
-			s.log.Info("registration removed; identity dropped", "spiffe_id", k)
-		}
-	}
-	s.current = next
-	return nil
-}
-
-// dirName turns spiffe://td/a/b into "a-b" for a writeDir subdirectory.
-func dirName(id spiffeid.ID) string {
-	return strings.ReplaceAll(strings.TrimPrefix(id.Path(), "/"), "/", "-")
-}
-
-// source is the Workload API's view of the identity manager.
-type source struct {
-	mgr     *agent.Manager
-	ca      *agent.CAClient
-	td      spiffeid.TrustDomain
-	resolve func(workloadattest.Selectors) []agent.Spec
-}
-
-func (s *source) specs(c workloadapi.Caller) []agent.Spec {
-	sel, ok := c.(workloadattest.Selectors)
-	if !ok {
-		return nil
-	}
-	return s.resolve(sel)
-}
-
-func (s *source) Identities(ctx context.Context, c workloadapi.Caller) ([]workloadapi.Identity, map[spiffeid.TrustDomain][]*x509.Certificate, error) {
-	specs := s.specs(c)
-	for {
-		out, err := s.issued(ctx, specs)
-		if err != nil || len(out) > 0 || len(specs) == 0 {
-			roots, _ := s.ca.Bundle()
-			return out, map[spiffeid.TrustDomain][]*x509.Certificate{s.td: roots}, err
-		}
-		// None issued yet (a new pod the CA has not seen, the CA down):
-		// wait for the first while the agent retries.
-		if err := s.mgr.WaitAnyReady(ctx, specs); err != nil {
-			return nil, nil, err
-		}
-	}
-}
-
-// issued returns the credentials of specs that have been issued, after
-// each one's first attempt ended: an identity the CA refuses must not hold
-// up the others of the same workload (it is reported in the log and pushed
-// on the open streams if it comes later).
-func (s *source) issued(ctx context.Context, specs []agent.Spec) ([]workloadapi.Identity, error) {
-	out := make([]workloadapi.Identity, 0, len(specs))
-	for _, spec := range specs {
-		cred, err := s.mgr.Obtain(ctx, spec)
-		if errors.Is(err, agent.ErrNotIssued) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		id, err := spiffeid.FromURI(cred.Leaf().URIs[0])
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, workloadapi.Identity{ID: id, Chain: cred.Certificates, Key: cred.Key})
-	}
-	return out, nil
-}
-
-func (s *source) Subscribe(c workloadapi.Caller) (<-chan struct{}, func()) {
-	out := make(chan struct{}, 1)
-	var cancels []func()
-	forward := func(ch <-chan struct{}, done <-chan struct{}) {
-		for {
-			select {
-			case <-done:
-				return
-			case <-ch:
-				select {
-				case out <- struct{}{}:
-				default:
-				}
-			}
-		}
-	}
-	done := make(chan struct{})
-	for _, spec := range s.specs(c) {
-		// Kubernetes identities are created on first use: make sure the
-		// one subscribed to exists, or its rotations are never pushed.
-		s.mgr.Ensure(spec)
-		ch, cancel := s.mgr.Subscribe(spec.Key)
-		cancels = append(cancels, cancel)
-		go forward(ch, done)
-	}
-	bch, bcancel := s.ca.SubscribeBundle()
-	cancels = append(cancels, bcancel)
-	go forward(bch, done)
-	return out, func() {
-		close(done)
-		for _, c := range cancels {
-			c()
-		}
-	}
 }
 
 func serveHealth(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, ca *agent.CAClient, mgr *agent.Manager, log *slog.Logger) {

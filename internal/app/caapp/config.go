@@ -1,4 +1,4 @@
-// Package ca wires mayfly's CA control plane: configuration, authority,
+// Package caapp wires mayfly's CA control plane (cmd/ca): configuration, authority,
 // issuer API, health and metrics, in standalone (directory) or Kubernetes
 // mode.
 package caapp
@@ -92,6 +92,9 @@ type RotationConfig struct {
 	RootTTL         config.Duration `json:"rootTTL,omitempty"`
 	IntermediateTTL config.Duration `json:"intermediateTTL,omitempty"`
 	RootAckWait     config.Duration `json:"rootAckWait,omitempty"`
+	// MaxPrepareAhead caps how long before its activation a successor is
+	// prepared (default 720h; at least rootAckWait).
+	MaxPrepareAhead config.Duration `json:"maxPrepareAhead,omitempty"`
 }
 
 // WorkloadsConfig bounds workload SVID lifetimes.
@@ -214,6 +217,7 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		PrepareAt:       def.PrepareAt,
 		ActivateAt:      def.ActivateAt,
 		RootAckWait:     fc.Rotation.RootAckWait.Or(def.RootAckWait),
+		MaxPrepareAhead: fc.Rotation.MaxPrepareAhead.Or(def.MaxPrepareAhead),
 	}
 	if err := c.Policy.Validate(); err != nil {
 		return nil, err

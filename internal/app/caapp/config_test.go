@@ -67,6 +67,7 @@ rotation:
   rootTTL: 8760h
   intermediateTTL: 12h
   rootAckWait: 1h
+  maxPrepareAhead: 240h
 agentTTL: 30m
 workloads:
   minTTL: 1m
@@ -99,7 +100,7 @@ upstream:
 					KeyType:            pki.KeyTypeECDSAP384,
 					Directory:          "/srv/ca",
 					Upstream:           &caapp.UpstreamConfig{File: &caapp.UpstreamFile{CertFile: "/etc/mayfly/upstream.crt", KeyFile: "/etc/mayfly/upstream.key", BundleFile: "/etc/mayfly/roots.crt"}},
-					Policy:             authority.Policy{RootTTL: 8760 * time.Hour, IntermediateTTL: 12 * time.Hour, PrepareAt: def.PrepareAt, ActivateAt: def.ActivateAt, RootAckWait: time.Hour},
+					Policy:             authority.Policy{RootTTL: 8760 * time.Hour, IntermediateTTL: 12 * time.Hour, PrepareAt: def.PrepareAt, ActivateAt: def.ActivateAt, RootAckWait: time.Hour, MaxPrepareAhead: 240 * time.Hour},
 					AgentTTL:           30 * time.Minute,
 					MinWorkloadTTL:     time.Minute,
 					DefaultWorkloadTTL: 10 * time.Minute,
@@ -298,6 +299,9 @@ func TestParseRejectsBadConfigs(t *testing.T) {
     allowedIDs: ["spiffe://evil.org/b/*"]
 `, "nodes[1].allowedIDs[0]: spiffe://evil.org/b/* is not in trust domain example.org"},
 		{"node_id_whole_trust_domain", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org]\n", "nodes[0].allowedIDs[0]: "},
+		{"node_ids_cover_reserved_ids", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/svc/*, spiffe://example.org/mayfly/*]\n", "nodes[0].allowedIDs[1]: spiffe://example.org/mayfly/* covers reserved IDs"},
+		{"node_id_is_another_agent", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/mayfly/agent/b]\n", "nodes[0].allowedIDs[0]: spiffe://example.org/mayfly/agent/b is a reserved ID"},
+		{"node_id_is_the_ca", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/mayfly/ca]\n", "nodes[0].allowedIDs[0]: spiffe://example.org/mayfly/ca is a reserved ID"},
 		{"node_name_empty", minimalStandalone + "nodes:\n  - allowedIDs: [spiffe://example.org/x]\n", "nodes[0].name: "},
 		{"node_dns_name_bad", minimalStandalone + "nodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/x]\n    allowedDNSNames: ['-bad-']\n", "nodes[0].allowedDNSNames[0]: "},
 		{"duplicate_node", minimalStandalone + `nodes:
@@ -324,6 +328,8 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"intermediate_ttl_too_short", minimalStandalone + "rotation:\n  intermediateTTL: 30m\n", "rotation.intermediateTTL: "},
 		{"intermediate_ttl_above_half_root", minimalStandalone + "rotation:\n  rootTTL: 72h\n  intermediateTTL: 48h\n", "rotation.intermediateTTL: must be at most half of rootTTL"},
 		{"negative_root_ack_wait", minimalStandalone + "rotation:\n  rootAckWait: -1h\n", "rotation.rootAckWait: "},
+		{"max_prepare_ahead_below_root_ack_wait", minimalStandalone + "rotation:\n  maxPrepareAhead: 1h\n", "rotation.maxPrepareAhead: must be at least rootAckWait (24h0m0s), got 1h0m0s"},
+		{"negative_max_prepare_ahead", minimalStandalone + "rotation:\n  maxPrepareAhead: -1h\n", "rotation.maxPrepareAhead: must not be negative"},
 		{"upstream_without_file", minimalStandalone + "upstream: {}\n", "upstream: set file"},
 		{"upstream_file_missing_key_file", minimalStandalone + "upstream:\n  file:\n    certFile: /ca.crt\n", "upstream.file: certFile and keyFile are required"},
 		{"upstream_file_missing_cert_file", minimalStandalone + "upstream:\n  file:\n    keyFile: /ca.key\n", "upstream.file: certFile and keyFile are required"},

@@ -6,7 +6,8 @@
 // Before issuing, the signer checks the pod itself (kube-apiserver checks
 // the pod only for requests a node creates): it exists with spec.podUID, is
 // scheduled on spec.nodeName, runs as spec.serviceAccountName and is not
-// terminating; and it verifies the stub CSR. A request that fails a check
+// terminating; and it verifies the stub CSR. The pod and signing rules are
+// internal/policy's, the same the issuer API applies. A request that fails a check
 // is Denied; the kubelet never retries a Denied or Failed request for the
 // same pod, so anything that may pass later (CA not ready, pod cache not
 // synced, intermediate about to expire, API errors) leaves the request
@@ -43,6 +44,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/changes"
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -332,17 +334,13 @@ func (r *Reconciler) issue(ctx context.Context, req *certificatesv1.PodCertifica
 		Authority: ca,
 		Now:       func() time.Time { return now },
 		Rand:      r.Rand,
-		Options: []pki.SignOption{
-			pki.AllowKinds(pki.KindWorkload),
-			pki.IDShape(),
-			pki.TTLRange(pki.MinWorkloadTTL, pki.MaxWorkloadTTL),
-			pki.AllowKeyTypes(pki.KeyTypes()...),
-			pki.ValidDNSNames(0),
-		},
+		Options: policy.WorkloadRules(policy.WorkloadLimits{
+			MinTTL: pki.MinWorkloadTTL, MaxTTL: pki.MaxWorkloadTTL, KubernetesIDs: true,
+		}),
 	}
 	leaf, _, err := signer.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: pub, ID: id, TTL: plan.ttl})
 	switch {
-	case errors.Is(err, pki.ErrAuthority):
+	case policy.ClassOf(err) == policy.ClassUnavailable:
 		return fmt.Errorf("%w: %w", errRetry, err)
 	case err != nil:
 		return r.writeFailed(ctx, req, deny(ReasonSigningFailed, "the CA could not sign: %v", err))

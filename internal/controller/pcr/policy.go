@@ -8,6 +8,7 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -109,19 +110,15 @@ func checkMirrorPod(_ *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *d
 }
 
 func checkTerminating(_ *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denial {
-	switch {
-	case pod.DeletionTimestamp != nil:
-		return deny(ReasonPodTerminating, "pod %s/%s is being deleted", pod.Namespace, pod.Name)
-	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
-		return deny(ReasonPodTerminating, "pod %s/%s has terminated (phase %s)", pod.Namespace, pod.Name, pod.Status.Phase)
+	if err := policy.PodNotTerminated(pod); err != nil {
+		return deny(ReasonPodTerminating, "%v", err)
 	}
 	return nil
 }
 
 func checkNode(req *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denial {
-	if pod.Spec.NodeName == "" || pod.Spec.NodeName != string(req.Spec.NodeName) {
-		return deny(ReasonWrongNode, "pod %s/%s is scheduled on node %q, not on %q named in the request",
-			pod.Namespace, pod.Name, pod.Spec.NodeName, req.Spec.NodeName)
+	if err := policy.PodOnNode(pod, string(req.Spec.NodeName)); err != nil {
+		return deny(ReasonWrongNode, "%v", err)
 	}
 	return nil
 }

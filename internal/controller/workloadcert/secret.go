@@ -2,7 +2,6 @@ package workloadcert
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -81,7 +80,7 @@ func inspect(s *corev1.Secret, wantID, wantHash string, roots []*x509.Certificat
 		return nil, renewSecretInvalid, fmt.Sprintf("%s: %v", keyKey, err)
 	}
 	cur := &current{leaf: certs[0], chain: certs[1:]}
-	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cur.leaf.PublicKey) {
+	if !pki.KeyMatches(cur.leaf, key) {
 		return cur, renewSecretInvalid, fmt.Sprintf("%s does not match the certificate in %s", keyKey, keyCert)
 	}
 	if s.Annotations[annotationSpecHash] != wantHash {

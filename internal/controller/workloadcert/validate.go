@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -33,6 +34,16 @@ func (e *fieldErrors) add(path, format string, args ...any) {
 }
 
 func (e fieldErrors) Error() string { return strings.Join(e, "; ") }
+
+// ttlBounds is the lifetime rule of WorkloadCertificates: the spec is
+// checked against it (with the field path), and signRules applies it again
+// when signing.
+var ttlBounds = policy.TTLBounds{Min: pki.MinWorkloadTTL, Max: pki.MaxWorkloadTTL}
+
+// signRules is the signing policy of WorkloadCertificate leaves.
+var signRules = policy.WorkloadRules(policy.WorkloadLimits{
+	MinTTL: ttlBounds.Min, MaxTTL: ttlBounds.Max, MaxDNSNames: mayflyv1alpha1.MaxDNSNames, KubernetesIDs: true,
+})
 
 // keyTypes maps the API's key type names to pki's.
 var keyTypes = map[mayflyv1alpha1.KeyType]pki.KeyType{
@@ -62,8 +73,8 @@ func validateSpec(ctx context.Context, wc *mayflyv1alpha1.WorkloadCertificate, c
 	}
 	if spec.TTL != nil {
 		out.ttl = spec.TTL.Duration
-		if out.ttl < pki.MinWorkloadTTL || out.ttl > pki.MaxWorkloadTTL {
-			errs.add("spec.ttl", "%s is outside [%s, %s]", out.ttl, pki.MinWorkloadTTL, pki.MaxWorkloadTTL)
+		if err := ttlBounds.Check(out.ttl); err != nil {
+			errs.add("spec.ttl", "%v", err)
 		}
 	}
 	if spec.KeyType != "" {
@@ -107,9 +118,9 @@ func validateSpec(ctx context.Context, wc *mayflyv1alpha1.WorkloadCertificate, c
 			errs.add(path, "%q is listed twice", name)
 			continue
 		}
-		svc, ok := serviceOf(name, ns, clusterDomain)
-		if !ok {
-			errs.add(path, "%q is not a Service name of namespace %s (allowed: <service>.%s.svc or <service>.%s.svc.%s)", name, ns, ns, ns, clusterDomain)
+		svc, err := policy.ServiceDNSName(name, ns, clusterDomain)
+		if err != nil {
+			errs.add(path, "%v", err)
 			continue
 		}
 		exists, err := lk.serviceExists(ctx, ns, svc)
@@ -117,28 +128,12 @@ func validateSpec(ctx context.Context, wc *mayflyv1alpha1.WorkloadCertificate, c
 			return out, nil, fmt.Errorf("looking up Service %s/%s: %w", ns, svc, err)
 		}
 		if !exists {
-			errs.add(path, "%q names Service %q, which does not exist in namespace %s", name, svc, ns)
+			errs.add(path, "%v", policy.Deny(policy.RuleServiceDNSName, policy.ClassForbidden, "%q names Service %q, which does not exist in namespace %s", name, svc, ns))
 			continue
 		}
 		out.dnsNames = append(out.dnsNames, name)
 	}
 	return out, errs, nil
-}
-
-// serviceOf returns the Service that name designates, if name is
-// <svc>.<ns>.svc or <svc>.<ns>.svc.<clusterDomain>.
-func serviceOf(name, ns, clusterDomain string) (string, bool) {
-	svc, rest, ok := strings.Cut(name, ".")
-	if !ok || strings.Contains(svc, ".") {
-		return "", false
-	}
-	if rest != ns+".svc" && rest != ns+".svc."+clusterDomain {
-		return "", false
-	}
-	if len(validation.IsDNS1035Label(svc)) > 0 {
-		return "", false
-	}
-	return svc, true
 }
 
 func keyTypeNames() string {

@@ -46,6 +46,7 @@ import (
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/changes"
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -209,7 +210,7 @@ func (r *Reconciler) forServiceAccount(ctx context.Context, o client.Object) []r
 func (r *Reconciler) forService(ctx context.Context, o client.Object) []reconcile.Request {
 	return r.enqueue(ctx, o.GetNamespace(), func(wc *mayflyv1alpha1.WorkloadCertificate) bool {
 		for _, n := range wc.Spec.DNSNames {
-			if svc, ok := serviceOf(n, wc.Namespace, r.ClusterDomain); ok && svc == o.GetName() {
+			if svc, err := policy.ServiceDNSName(n, wc.Namespace, r.ClusterDomain); err == nil && svc == o.GetName() {
 				return true
 			}
 		}
@@ -336,7 +337,7 @@ func (r *Reconciler) issue(ctx context.Context, wc *mayflyv1alpha1.WorkloadCerti
 		Authority: l.Authority,
 		Now:       func() time.Time { return now },
 		Rand:      r.Rand,
-		Options:   pki.DefaultWorkloadOptions(),
+		Options:   signRules,
 	}
 	leaf, _, err := signer.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: key.Public(), ID: id, DNSNames: spec.dnsNames, TTL: spec.ttl})
 	if err != nil {

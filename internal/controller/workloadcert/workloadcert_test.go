@@ -152,7 +152,7 @@ func TestWorkloadCertificate(t *testing.T) {
 		e.create(t, workloadCert("app", "foreign-dns", "web", "foreign-dns-tls", "web.app.svc", "x.other-ns.svc"))
 		wc := e.waitCondition(t, "app", "foreign-dns", mayflyv1alpha1.ConditionFailed, "True", mayflyv1alpha1.ReasonInvalidSpec)
 		msg := meta.FindStatusCondition(wc.Status.Conditions, mayflyv1alpha1.ConditionFailed).Message
-		if want := `spec.dnsNames[1]: "x.other-ns.svc" is not a Service name of namespace app`; !has(msg, want) {
+		if want := `spec.dnsNames[1]: policy: rule service-dns-name: dns name "x.other-ns.svc" is not a Service name of namespace app`; !has(msg, want) {
 			t.Errorf("message %q lacks %q", msg, want)
 		}
 		if c := meta.FindStatusCondition(wc.Status.Conditions, mayflyv1alpha1.ConditionReady); c == nil || c.Status != "False" {
@@ -170,7 +170,7 @@ func TestWorkloadCertificate(t *testing.T) {
 	t.Run("issues_once_a_missing_Service_and_ServiceAccount_exist", func(t *testing.T) {
 		e.create(t, workloadCert("app", "late", "late-sa", "late-tls", "late.app.svc"))
 		wc := e.waitCondition(t, "app", "late", mayflyv1alpha1.ConditionFailed, "True", mayflyv1alpha1.ReasonInvalidSpec)
-		if msg := meta.FindStatusCondition(wc.Status.Conditions, "Failed").Message; !has(msg, `spec.dnsNames[0]: "late.app.svc" names Service "late", which does not exist in namespace app`) {
+		if msg := meta.FindStatusCondition(wc.Status.Conditions, "Failed").Message; !has(msg, `spec.dnsNames[0]: policy: rule service-dns-name: "late.app.svc" names Service "late", which does not exist in namespace app`) {
 			t.Errorf("message %q", msg)
 		}
 		e.create(t, service("app", "late"))

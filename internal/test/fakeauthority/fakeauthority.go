@@ -9,15 +9,16 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/pkg/notify"
 )
 
 // Authority implements Current and Subscribe.
 type Authority struct {
-	mu     sync.Mutex
-	loaded *authority.Loaded
-	err    error
-	subs   map[chan struct{}]struct{}
-	calls  int
+	mu      sync.Mutex
+	loaded  *authority.Loaded
+	err     error
+	calls   int
+	changed notify.Notifier
 }
 
 // Loaded is the state of an authority whose intermediate is tca's, with
@@ -31,7 +32,7 @@ func Loaded(tca *testca.CA, version string, roots ...*x509.Certificate) *authori
 
 // New returns an authority in force with l, or failing with err.
 func New(l *authority.Loaded, err error) *Authority {
-	return &Authority{loaded: l, err: err, subs: map[chan struct{}]struct{}{}}
+	return &Authority{loaded: l, err: err}
 }
 
 // Current returns the state set last.
@@ -44,28 +45,15 @@ func (a *Authority) Current() (*authority.Loaded, error) {
 
 // Subscribe signals after every Set (coalesced).
 func (a *Authority) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	a.mu.Lock()
-	a.subs[ch] = struct{}{}
-	a.mu.Unlock()
-	return ch, func() {
-		a.mu.Lock()
-		delete(a.subs, ch)
-		a.mu.Unlock()
-	}
+	return a.changed.Subscribe()
 }
 
 // Set changes the state in force and signals the subscribers.
 func (a *Authority) Set(l *authority.Loaded, err error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.loaded, a.err = l, err
-	for ch := range a.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
+	a.mu.Unlock()
+	a.changed.Notify()
 }
 
 // Calls counts the calls of Current.
@@ -76,8 +64,4 @@ func (a *Authority) Calls() int {
 }
 
 // Subscribers counts the open subscriptions.
-func (a *Authority) Subscribers() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.subs)
-}
+func (a *Authority) Subscribers() int { return a.changed.Len() }

@@ -1,0 +1,48 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"sync"
+
+	"github.com/mayfly-pki/mayfly/internal/csi"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
+)
+
+// VolumeIdentities gives CSI volumes their identities from the Manager:
+// volumes of one ServiceAccount with the same options share one
+// certificate, like Workload API callers do, and a volume's pod is in Pods
+// while the volume is published.
+type VolumeIdentities struct {
+	Manager *Manager
+	Pods    *PodIndex
+}
+
+var _ csi.Identities = (*VolumeIdentities)(nil)
+
+// Track adds sink to the identity of the volume's pod and keeps that
+// identity alive (a volume counts as a watcher) until untrack.
+func (v *VolumeIdentities) Track(id csi.VolumeIdentity, sink rotate.Sink) (func(), error) {
+	if id.Namespace == "" || id.ServiceAccount == "" || id.PodUID == "" {
+		return nil, errors.New("volume identity needs namespace, ServiceAccount and pod UID")
+	}
+	key := id.Namespace + "/" + id.ServiceAccount
+	if len(id.DNSNames) > 0 || id.TTL != 0 || id.KeyType != "" {
+		h := sha256.Sum256([]byte(strings.Join(id.DNSNames, ",") + "|" + id.TTL.String() + "|" + string(id.KeyType)))
+		key += "#" + hex.EncodeToString(h[:6])
+	}
+	releasePod := v.Pods.Add(key, id.PodUID, id.PodToken)
+	rot := v.Manager.Ensure(v.Pods.spec(Spec{Key: key, DNSNames: id.DNSNames, TTL: id.TTL, KeyType: id.KeyType, Path: PathCSI}))
+	_, unsubscribe := v.Manager.Subscribe(key)
+	removeSink := rot.AddSink(sink)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			removeSink()
+			unsubscribe()
+			releasePod()
+		})
+	}, nil
+}

@@ -1,0 +1,267 @@
+package authority
+
+import (
+	"crypto"
+	"crypto/x509"
+	"time"
+)
+
+// Slot is one key pair of the authority: a certificate (with the chain above
+// it, not including a root) and its private key.
+type Slot struct {
+	Chain []*x509.Certificate // Chain[0] is the slot's own certificate
+	Key   crypto.Signer
+}
+
+// Cert is the slot's own certificate.
+func (s *Slot) Cert() *x509.Certificate { return s.Chain[0] }
+
+// NotBefore is when the slot's key starts to be valid.
+func (s *Slot) NotBefore() time.Time { return s.Cert().NotBefore }
+
+// NotAfter is when the slot's key expires.
+func (s *Slot) NotAfter() time.Time { return s.Cert().NotAfter }
+
+// Retired is a key that no longer signs but stays trusted until the last
+// credential it signed has expired.
+type Retired struct {
+	Cert  *x509.Certificate
+	Until time.Time
+}
+
+// Rotation is one rotating key of the authority (the root, the
+// intermediate): the key in use, its prepared successor, and the keys it
+// replaced that relying parties must still trust. Every kind of key goes
+// through the same steps: prepare the next key (and, for a published kind,
+// publish it), activate it once the schedule and the consumers allow, retire
+// the old one.
+type Rotation struct {
+	// Current signs now; nil when the kind is not ours (roots of an
+	// upstream authority).
+	Current *Slot
+	// Next is the prepared successor, or nil.
+	Next *Slot
+	// NextPublishedAt is when Next was first published to the consumers
+	// (published kinds only; zero otherwise).
+	NextPublishedAt time.Time
+	// Retired keys stay trusted until their Until.
+	Retired []Retired
+	// Requested asks for a rotation now, without waiting for the
+	// rotation points (ca rotate-root).
+	Requested bool
+}
+
+// Schedule says when one kind of key rotates. Policy.RootSchedule and
+// Policy.IntermediateSchedule derive it from the Policy.
+type Schedule struct {
+	// PrepareAt and ActivateAt are fractions of the current key's life.
+	PrepareAt, ActivateAt float64
+	// MaxPrepareAhead caps how long before its activation point the next
+	// key is prepared: preparation starts at the later of the PrepareAt
+	// point and (activation point - MaxPrepareAhead). 0 means no cap.
+	MaxPrepareAhead time.Duration
+	// Published kinds publish the next key before it is used and activate
+	// it only once the consumers adopted it (the agents hold the bundle
+	// with the next root), AdoptionWait after it was published, or
+	// ForceBefore the current key expires, whichever comes first.
+	Published    bool
+	AdoptionWait time.Duration
+	ForceBefore  time.Duration
+	// Replaceable kinds mint a new current key at once when theirs expired
+	// with no usable successor (the CA was down). A root is not: its
+	// successor must be published first.
+	Replaceable bool
+}
+
+// PreparePoint is when the successor of the current key is due (without a
+// requested rotation). Current must not be nil.
+func (r *Rotation) PreparePoint(s Schedule) time.Time {
+	c := r.Current
+	prepare := at(c.NotBefore(), c.NotAfter(), s.PrepareAt)
+	if s.MaxPrepareAhead > 0 {
+		prepare = maxTime(prepare, r.ActivatePoint(s).Add(-s.MaxPrepareAhead))
+	}
+	return prepare
+}
+
+// ActivatePoint is when the successor takes over, adoption permitting
+// (without a requested rotation). Current must not be nil.
+func (r *Rotation) ActivatePoint(s Schedule) time.Time {
+	c := r.Current
+	return at(c.NotBefore(), c.NotAfter(), s.ActivateAt)
+}
+
+// points are PreparePoint and ActivatePoint, both moved to now at the
+// latest when a rotation was requested.
+func (r *Rotation) points(now time.Time, s Schedule) (prepare, activate time.Time) {
+	prepare, activate = r.PreparePoint(s), r.ActivatePoint(s)
+	if r.Requested {
+		prepare, activate = minTime(prepare, now), minTime(activate, now)
+	}
+	return prepare, activate
+}
+
+// NextUsable reports whether a successor exists and has not expired.
+func (r *Rotation) NextUsable(now time.Time) bool {
+	return r.Next != nil && now.Before(r.Next.NotAfter())
+}
+
+// ShouldPrepare reports whether a successor must be prepared at now: the
+// preparation point passed and no usable successor exists.
+func (r *Rotation) ShouldPrepare(now time.Time, s Schedule) bool {
+	if r.Current == nil || r.NextUsable(now) {
+		return false
+	}
+	prepare, _ := r.points(now, s)
+	return !now.Before(prepare)
+}
+
+// ShouldActivate reports whether the successor must take over at now: the
+// activation point passed and, for a published kind, the consumers adopted
+// it or the wait for them is over. adopted is asked only then; nil counts
+// as adopted.
+func (r *Rotation) ShouldActivate(now time.Time, s Schedule, adopted func() bool) bool {
+	if r.Current == nil || !r.NextUsable(now) {
+		return false
+	}
+	if _, activate := r.points(now, s); now.Before(activate) {
+		return false
+	}
+	return !s.Published || adopted == nil || adopted() || r.adoptionWaitOver(now, s)
+}
+
+// adoptionWaitOver reports whether a published successor activates without
+// the consumers' adoption: it waited AdoptionWait, or the current key is
+// too close to its end.
+func (r *Rotation) adoptionWaitOver(now time.Time, s Schedule) bool {
+	return !now.Before(r.NextPublishedAt.Add(s.AdoptionWait)) || !now.Before(r.Current.NotAfter().Add(-s.ForceBefore))
+}
+
+// ShouldReplace reports whether the current key expired with no usable
+// successor (the CA was down): a new key must sign at once.
+func (r *Rotation) ShouldReplace(now time.Time) bool {
+	return r.Current != nil && !now.Before(r.Current.NotAfter()) && !r.NextUsable(now)
+}
+
+// Action is what a Rotation needs at an instant.
+type Action int
+
+// The actions of a Rotation, in the order Decide considers them.
+const (
+	ActionNone Action = iota
+	// ActionReplace: the current key expired with no usable successor.
+	ActionReplace
+	// ActionActivate: the successor takes over.
+	ActionActivate
+	// ActionPrepare: a successor is minted (and published).
+	ActionPrepare
+)
+
+// Decide returns the action due at now and, when none is, the earliest
+// time one may become due. adopted is as for ShouldActivate.
+func (r *Rotation) Decide(now time.Time, s Schedule, adopted func() bool) (Action, time.Time) {
+	if r.Current == nil {
+		return ActionNone, farFuture
+	}
+	prepare, activate := r.points(now, s)
+	switch {
+	case s.Replaceable && r.ShouldReplace(now):
+		return ActionReplace, now
+	case r.ShouldActivate(now, s, adopted):
+		return ActionActivate, now
+	case r.NextUsable(now) && !now.Before(activate):
+		// Waiting for the consumers: look again soon, and at the latest
+		// when the wait is over (which lies after now, or it would be
+		// over).
+		return ActionNone, minTime(now.Add(10*time.Second), r.NextPublishedAt.Add(s.AdoptionWait))
+	case r.ShouldPrepare(now, s):
+		return ActionPrepare, now
+	case r.NextUsable(now):
+		return ActionNone, activate
+	default:
+		return ActionNone, prepare
+	}
+}
+
+// each calls f for every key of r with its slot name, current first.
+func (r *Rotation) each(f func(slot string, c *x509.Certificate)) {
+	if r.Current != nil {
+		f("current", r.Current.Cert())
+	}
+	if r.Next != nil {
+		f("next", r.Next.Cert())
+	}
+	for _, k := range r.Retired {
+		f("retired", k.Cert)
+	}
+}
+
+// prepared returns r with next as its successor, published at now for a
+// published kind.
+func (r Rotation) prepared(next *Slot, now time.Time, published bool) Rotation {
+	r.Next, r.NextPublishedAt = next, time.Time{}
+	if published {
+		r.NextPublishedAt = now
+	}
+	return r
+}
+
+// activated returns r with the successor in force and the old key retired
+// until retireUntil (zero: not retired, it was never published).
+func (r Rotation) activated(retireUntil time.Time) Rotation {
+	if !retireUntil.IsZero() {
+		r.Retired = append(append([]Retired(nil), r.Retired...), Retired{Cert: r.Current.Cert(), Until: retireUntil})
+	}
+	r.Current, r.Next, r.NextPublishedAt, r.Requested = r.Next, nil, time.Time{}, false
+	return r
+}
+
+// replaced returns r with cur in force and no successor.
+func (r Rotation) replaced(cur *Slot) Rotation {
+	r.Current, r.Next, r.NextPublishedAt = cur, nil, time.Time{}
+	return r
+}
+
+// withoutExpired returns r without the retired keys whose Until passed.
+func (r Rotation) withoutExpired(now time.Time) Rotation {
+	var kept []Retired
+	for _, k := range r.Retired {
+		if now.Before(k.Until) {
+			kept = append(kept, k)
+		}
+	}
+	r.Retired = kept
+	return r
+}
+
+// retiredDue reports whether a retired key's Until has passed, and else
+// the earliest Until.
+func (r *Rotation) retiredDue(now time.Time) (due bool, next time.Time) {
+	next = farFuture
+	for _, k := range r.Retired {
+		if !now.Before(k.Until) {
+			return true, now
+		}
+		next = minTime(next, k.Until)
+	}
+	return false, next
+}
+
+func at(notBefore, notAfter time.Time, fraction float64) time.Time {
+	life := notAfter.Sub(notBefore)
+	return notBefore.Add(time.Duration(float64(life) * fraction))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
