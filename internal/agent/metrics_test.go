@@ -1,11 +1,16 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/mayfly-pki/mayfly/internal/csi"
+	"github.com/mayfly-pki/mayfly/internal/workloadattest"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 // TestManagerSVIDMetricsByPathAndIdentity: one series per delivery path
@@ -94,4 +99,40 @@ func TestManagerSVIDMetricsByPathAndIdentity(t *testing.T) {
 	h.settle(3)
 	want[series{PathCSI, shared, idWeb}] = [2]time.Time{again.Leaf().NotBefore, again.Leaf().NotAfter}
 	check(fmt.Sprintf("after %s came back on CSI", shared))
+}
+
+// TestDeliveryPathsOfTheWiring: the Workload API's pod identities count as
+// socket, CSI volumes as csi, registrations with a writeDir as writedir.
+func TestDeliveryPathsOfTheWiring(t *testing.T) {
+	h := newManager(t, true)
+	h.ca.pod("uid-web", idWeb)
+	h.ca.pod("uid-db", idDB)
+	h.ca.grant(idCache)
+	pods := &PodIndex{}
+
+	socket, release := (&PodIdentities{Pods: pods}).Hold(workloadattest.Selectors{Namespace: "default", ServiceAccount: "web", PodUID: "uid-web"})
+	defer release()
+	h.get(socket[0])
+	v := &VolumeIdentities{Manager: h.m, Pods: pods}
+	untrack, err := v.Track(csi.VolumeIdentity{Namespace: "default", ServiceAccount: "db", PodName: "db-0", PodUID: "uid-db"},
+		rotate.SinkFunc(func(context.Context, *rotate.Credential) error { return nil }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer untrack()
+	regs := &Registrations{Manager: h.m, WriteDir: t.TempDir()}
+	if err := regs.Apply([]workloadattest.Registration{{SPIFFEID: spiffeid.RequireFromString(idCache)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.settle(3)
+
+	for _, want := range []struct{ path, identity, id string }{
+		{PathSocket, "default/web", idWeb},
+		{PathCSI, "default/db", idDB},
+		{PathWriteDir, idCache, idCache},
+	} {
+		if _, ok := sample(t, h.reg, "mayfly_agent_svid_expiry_timestamp_seconds", "path="+want.path, "identity="+want.identity, "spiffe_id="+want.id); !ok {
+			t.Errorf("no expiry series %+v", want)
+		}
+	}
 }
