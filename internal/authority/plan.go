@@ -35,7 +35,7 @@ type Policy struct {
 	MaxPrepareAhead time.Duration
 }
 
-// DefaultPolicy returns the lifetimes and rotation points of DESIGN.md.
+// DefaultPolicy returns the lifetimes and rotation points of docs/architecture.md (Identities).
 func DefaultPolicy() Policy {
 	return Policy{
 		RootTTL:         365 * 24 * time.Hour,

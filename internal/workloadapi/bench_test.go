@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,10 +67,10 @@ func BenchmarkFetchX509SVID(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ours := grpc.NewServer(grpc.Creds(workloadattest.NewCredentials()), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))
+	ours := grpc.NewServer(append(s.ServerOptions(), grpc.Creds(workloadattest.NewCredentials()), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
 	s.Register(ours)
 	oursPath := filepath.Join(dir, "mayfly.sock")
-	startBench(b, ours, oursPath)
+	startBench(b, ours, oursPath, s.LimitListener)
 
 	// Bare: the same response, precomputed and pre-encoded as ours is.
 	r, err := buildX509Response([]Identity{id}, bundles)
@@ -79,7 +80,7 @@ func BenchmarkFetchX509SVID(b *testing.B) {
 	bare := grpc.NewServer()
 	workload.RegisterSpiffeWorkloadAPIServer(bare, &bareServer{resp: r.encoded})
 	barePath := filepath.Join(dir, "bare.sock")
-	startBench(b, bare, barePath)
+	startBench(b, bare, barePath, nil)
 
 	for _, conc := range []int{1, 16} {
 		for _, srv := range []struct{ name, path string }{{"mayfly", oursPath}, {"bare", barePath}} {
@@ -98,11 +99,15 @@ func BenchmarkFetchX509SVID(b *testing.B) {
 	}
 }
 
-func startBench(b *testing.B, g *grpc.Server, path string) {
+// startBench serves g on path, the listener wrapped by limit if not nil.
+func startBench(b *testing.B, g *grpc.Server, path string, limit func(net.Listener) net.Listener) {
 	b.Helper()
 	l, err := Listen(path, 0, 0)
 	if err != nil {
 		b.Fatal(err)
+	}
+	if limit != nil {
+		l = limit(l)
 	}
 	go func() { _ = g.Serve(l) }()
 	b.Cleanup(g.Stop)

@@ -161,16 +161,18 @@ func startServer(t testing.TB, cfg Config) *testEnv {
 	return env
 }
 
-// serve serves s on a new socket at path until the test ends.
+// serve serves s, with its limits, on a new socket at each path until the
+// test ends.
 func serve(t testing.TB, s *Server, paths ...string) {
 	t.Helper()
-	g := grpc.NewServer(grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))
+	g := grpc.NewServer(append(s.ServerOptions(), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
 	s.Register(g)
 	for _, p := range paths {
 		l, err := Listen(p, 0, 0)
 		if err != nil {
 			t.Fatalf("Listen: %v", err)
 		}
+		l = s.LimitListener(l)
 		go func(l net.Listener) {
 			if err := g.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				t.Errorf("Serve: %v", err)

@@ -8,6 +8,11 @@ import (
 type metrics struct {
 	requests    *prometheus.CounterVec
 	attestation prometheus.Histogram
+	connections prometheus.Gauge
+	rejected    *prometheus.CounterVec
+	// rejectedBy holds the series of rejected by reason, looked up once:
+	// a flood increments them for every connection.
+	rejectedBy map[string]prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -21,11 +26,23 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time taken to attest a Workload API caller.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8), // 100µs .. 1.6s
 		}),
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mayfly_agent_workload_api_connections",
+			Help: "Workload API connections open, accepted within the connection limits.",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mayfly_agent_workload_api_rejected_connections_total",
+			Help: "Workload API connections closed at accept, by reason: max_connections, max_connections_per_uid, peer_credentials.",
+		}, []string{"reason"}),
+	}
+	m.rejectedBy = map[string]prometheus.Counter{}
+	for _, r := range []string{RejectTotal, RejectPerUID, RejectPeerCredentials} {
+		m.rejectedBy[r] = m.rejected.WithLabelValues(r)
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.attestation} {
+	for _, c := range []prometheus.Collector{m.requests, m.attestation, m.connections, m.rejected} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

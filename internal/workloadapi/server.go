@@ -7,6 +7,12 @@
 // written against: a request without the security header is InvalidArgument
 // (go-spiffe stops watching), a caller without identity is PermissionDenied
 // "no identity issued" (go-spiffe retries with backoff).
+//
+// The socket is open to every local user, so the server bounds what callers
+// can hold (Limits): LimitListener closes connections over the total or
+// per-uid limit at accept, before any HTTP/2 work, and ServerOptions bound
+// streams per connection, header and message sizes, and how long a
+// connection may stay without a handshake or a call.
 package workloadapi
 
 import (
@@ -83,8 +89,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics (optional).
 	Registerer prometheus.Registerer
-	// Now is the clock that expires cached responses (default time.Now).
+	// Now is the clock that expires cached responses and spaces the log
+	// lines about refused connections (default time.Now).
 	Now func() time.Time
+	// Limits bound connections, streams and sizes (zero fields: DefaultLimits).
+	// They apply to a gRPC server created with ServerOptions that serves a
+	// listener wrapped by LimitListener.
+	Limits Limits
 }
 
 // Server is the SPIFFE Workload API server.
@@ -94,6 +105,8 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *metrics
 	svids    *responseCache
+	limits   Limits
+	now      func() time.Time
 }
 
 // New validates cfg and returns a Server, its metrics registered.
@@ -110,6 +123,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	limits := cfg.Limits.withDefaults()
+	if err := limits.check(); err != nil {
+		return nil, fmt.Errorf("workloadapi: %w", err)
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("workloadapi: registering metrics: %w", err)
@@ -120,12 +137,15 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger,
 		metrics:  m,
 		svids:    newResponseCache(cfg.Now),
+		limits:   limits,
+		now:      cfg.Now,
 	}, nil
 }
 
 // Register registers the SPIFFE Workload API service on g. The security
 // header and the request metrics are enforced by UnaryInterceptor and
-// StreamInterceptor, which g must have been created with.
+// StreamInterceptor, and the limits by ServerOptions, which g must have
+// been created with; g must serve listeners wrapped by LimitListener.
 func (s *Server) Register(g *grpc.Server) {
 	workload.RegisterSpiffeWorkloadAPIServer(g, &handler{s: s})
 }

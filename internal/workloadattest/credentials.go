@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"syscall"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -40,11 +41,13 @@ func (unixCredentials) ClientHandshake(_ context.Context, _ string, _ net.Conn) 
 }
 
 func (unixCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	uc, ok := conn.(*net.UnixConn)
-	if !ok {
+	// A listener wrapper (the Workload API's connection limits) may hand
+	// over its own type; what counts is a unix socket underneath.
+	sc, ok := conn.(syscall.Conn)
+	if !ok || conn.LocalAddr().Network() != "unix" {
 		return nil, nil, fmt.Errorf("attest: connection is a %T, not a unix socket", conn)
 	}
-	p, err := PeerFromConn(uc)
+	p, err := PeerFromConn(sc)
 	if err != nil {
 		return nil, nil, err
 	}

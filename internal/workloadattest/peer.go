@@ -3,8 +3,8 @@ package workloadattest
 import (
 	"errors"
 	"fmt"
-	"net"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,7 +38,10 @@ type Peer struct {
 // a window between connect and pidfd_open in which the PID could be reused;
 // checks on the cgroup and exe of the process then still hold for the process
 // that the pidfd pins, but not necessarily for the one that connected.
-func PeerFromConn(conn *net.UnixConn) (*Peer, error) {
+//
+// conn is the accepted unix socket, a *net.UnixConn or a wrapper of one that
+// gives access to it with SyscallConn.
+func PeerFromConn(conn syscall.Conn) (*Peer, error) {
 	if conn == nil {
 		return nil, errors.New("peer credentials: nil connection")
 	}

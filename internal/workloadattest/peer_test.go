@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -165,5 +166,43 @@ func TestServerHandshakeRejectsNonUnixConn(t *testing.T) {
 	defer b.Close()
 	if _, _, err := NewCredentials().ServerHandshake(a); err == nil {
 		t.Fatal("ServerHandshake on a pipe succeeded")
+	}
+}
+
+func TestServerHandshakeRejectsTCPConn(t *testing.T) {
+	// A TCP connection has a descriptor too, but no peer credentials.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, _, err := NewCredentials().ServerHandshake(c); err == nil || !strings.Contains(err.Error(), "not a unix socket") {
+		t.Fatalf("ServerHandshake on TCP = %v, want an error naming a unix socket", err)
+	}
+}
+
+// wrappedConn is a listener wrapper's connection type, as the Workload
+// API's connection limits hand over.
+type wrappedConn struct {
+	net.Conn
+	raw *net.UnixConn
+}
+
+func (c wrappedConn) SyscallConn() (syscall.RawConn, error) { return c.raw.SyscallConn() }
+
+func TestServerHandshakeReadsThePeerThroughAWrapper(t *testing.T) {
+	server, _ := unixPair(t)
+	conn, info, err := NewCredentials().ServerHandshake(wrappedConn{Conn: server, raw: server})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if p := info.(AuthInfo).Peer; p.PID != os.Getpid() {
+		t.Fatalf("peer %s, want our pid %d", p, os.Getpid())
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// Lifetime bounds of the default policies (DESIGN.md, Identity).
+// Lifetime bounds of the default policies (docs/architecture.md, Identities).
 const (
 	MinWorkloadTTL     = 5 * time.Minute
 	MaxWorkloadTTL     = 24 * time.Hour

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/config"
 	"github.com/mayfly-pki/mayfly/internal/csi"
+	"github.com/mayfly-pki/mayfly/internal/workloadapi"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -38,6 +39,28 @@ type FileConfig struct {
 	Standalone *StandaloneConfig `json:"standalone,omitempty"`
 	Kubernetes *KubernetesConfig `json:"kubernetes,omitempty"`
 	Workloads  WorkloadsConfig   `json:"workloads,omitempty"`
+	// WorkloadAPI bounds what callers of the Workload API socket can hold.
+	WorkloadAPI WorkloadAPIConfig `json:"workloadAPI,omitempty"`
+}
+
+// WorkloadAPIConfig bounds what the callers of the Workload API socket,
+// which every local user may reach, can hold of the agent. Zero fields take
+// the defaults of workloadapi.DefaultLimits.
+type WorkloadAPIConfig struct {
+	// MaxConnections open at once, all callers together (default 4096;
+	// lowered at start to what RLIMIT_NOFILE allows).
+	MaxConnections int `json:"maxConnections,omitempty"`
+	// MaxConnectionsPerUID open at once from one uid, root included
+	// (default 256).
+	MaxConnectionsPerUID int `json:"maxConnectionsPerUID,omitempty"`
+	// MaxStreamsPerConnection, concurrent calls on one connection (default 16).
+	MaxStreamsPerConnection int `json:"maxStreamsPerConnection,omitempty"`
+	// HandshakeTimeout closes a connection that has not completed the
+	// HTTP/2 handshake in time (default 10s).
+	HandshakeTimeout config.Duration `json:"handshakeTimeout,omitempty"`
+	// IdleTimeout closes a connection without a call open for that long
+	// (default 5m).
+	IdleTimeout config.Duration `json:"idleTimeout,omitempty"`
 }
 
 // ServerConfig says how to reach and trust the CA.
@@ -105,6 +128,8 @@ type Config struct {
 	Kubernetes        *KubernetesConfig
 	WorkloadTTL       time.Duration
 	KeyType           pki.KeyType
+	// WorkloadAPI are the limits of the socket, defaults filled in.
+	WorkloadAPI workloadapi.Limits
 }
 
 // LoadFile reads and validates a configuration file.
@@ -165,6 +190,9 @@ func (fc *FileConfig) Validate() (*Config, error) {
 	if c.WorkloadTTL < 0 {
 		return nil, fmt.Errorf("workloads.ttl: must not be negative, got %s", c.WorkloadTTL)
 	}
+	if c.WorkloadAPI, err = fc.WorkloadAPI.limits(); err != nil {
+		return nil, err
+	}
 	switch {
 	case fc.Standalone == nil && fc.Kubernetes == nil:
 		return nil, errors.New("standalone or kubernetes: one is required")
@@ -207,4 +235,53 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		return nil, fmt.Errorf("nodeName: %w", err)
 	}
 	return c, nil
+}
+
+// Bounds of the workloadAPI fields: beyond them a value is a mistake.
+const (
+	maxStreamsPerConnection = 1024
+	minSocketTimeout        = time.Second
+)
+
+// limits validates w and fills in the defaults.
+func (w WorkloadAPIConfig) limits() (workloadapi.Limits, error) {
+	l := workloadapi.DefaultLimits()
+	if w.MaxConnections < 0 {
+		return l, fmt.Errorf("workloadAPI.maxConnections: must not be negative, got %d", w.MaxConnections)
+	}
+	if w.MaxConnections > 0 {
+		l.MaxConnections = w.MaxConnections
+	}
+	if w.MaxConnectionsPerUID < 0 {
+		return l, fmt.Errorf("workloadAPI.maxConnectionsPerUID: must not be negative, got %d", w.MaxConnectionsPerUID)
+	}
+	if w.MaxConnectionsPerUID > 0 {
+		l.MaxConnectionsPerUID = w.MaxConnectionsPerUID
+	}
+	if l.MaxConnectionsPerUID > l.MaxConnections {
+		return l, fmt.Errorf("workloadAPI.maxConnectionsPerUID: must not exceed workloadAPI.maxConnections (%d), got %d", l.MaxConnections, l.MaxConnectionsPerUID)
+	}
+	if w.MaxStreamsPerConnection < 0 || w.MaxStreamsPerConnection > maxStreamsPerConnection {
+		return l, fmt.Errorf("workloadAPI.maxStreamsPerConnection: must be between 1 and %d, got %d", maxStreamsPerConnection, w.MaxStreamsPerConnection)
+	}
+	if w.MaxStreamsPerConnection > 0 {
+		l.MaxStreamsPerConnection = uint32(w.MaxStreamsPerConnection)
+	}
+	for _, d := range []struct {
+		field string
+		in    time.Duration
+		out   *time.Duration
+	}{
+		{"workloadAPI.handshakeTimeout", w.HandshakeTimeout.Duration, &l.HandshakeTimeout},
+		{"workloadAPI.idleTimeout", w.IdleTimeout.Duration, &l.IdleTimeout},
+	} {
+		if d.in == 0 {
+			continue
+		}
+		if d.in < minSocketTimeout {
+			return l, fmt.Errorf("%s: must be at least %s, got %s", d.field, minSocketTimeout, d.in)
+		}
+		*d.out = d.in
+	}
+	return l, nil
 }

@@ -3,8 +3,10 @@ package agentapp_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
+	"github.com/mayfly-pki/mayfly/internal/workloadapi"
 )
 
 const minimalStandalone = `
@@ -24,6 +26,16 @@ func TestParseDefaults(t *testing.T) {
 	}
 	if c.KeyType != "ecdsa-p256" || c.WorkloadTTL != 0 {
 		t.Errorf("workload defaults: %q %s", c.KeyType, c.WorkloadTTL)
+	}
+	if c.WorkloadAPI != workloadapi.DefaultLimits() {
+		t.Errorf("workloadAPI defaults: %+v", c.WorkloadAPI)
+	}
+	w, err := agentapp.Parse([]byte(minimalStandalone + "workloadAPI: {maxConnections: 100, maxConnectionsPerUID: 10, maxStreamsPerConnection: 4, handshakeTimeout: 2s, idleTimeout: 1m}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := w.WorkloadAPI; l.MaxConnections != 100 || l.MaxConnectionsPerUID != 10 || l.MaxStreamsPerConnection != 4 || l.HandshakeTimeout != 2*time.Second || l.IdleTimeout != time.Minute {
+		t.Errorf("workloadAPI as set: %+v", l)
 	}
 	k, err := agentapp.Parse([]byte(`
 trustDomain: example.org
@@ -67,6 +79,16 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"relative_csi_socket", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {socketPath: csi.sock}}\n", "kubernetes.csi"},
 		{"relative_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: var/lib/kubelet}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory"},
 		{"root_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: /}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory other than /"},
+		{"negative_max_connections", minimalStandalone + "workloadAPI: {maxConnections: -1}\n", "workloadAPI.maxConnections: must not be negative"},
+		{"negative_max_connections_per_uid", minimalStandalone + "workloadAPI: {maxConnectionsPerUID: -1}\n", "workloadAPI.maxConnectionsPerUID: must not be negative"},
+		{"per_uid_over_total", minimalStandalone + "workloadAPI: {maxConnections: 10, maxConnectionsPerUID: 11}\n", "workloadAPI.maxConnectionsPerUID: must not exceed workloadAPI.maxConnections (10)"},
+		{"per_uid_over_default_total", minimalStandalone + "workloadAPI: {maxConnectionsPerUID: 5000}\n", "workloadAPI.maxConnectionsPerUID: must not exceed workloadAPI.maxConnections (4096)"},
+		{"negative_streams", minimalStandalone + "workloadAPI: {maxStreamsPerConnection: -1}\n", "workloadAPI.maxStreamsPerConnection: must be between 1 and 1024"},
+		{"too_many_streams", minimalStandalone + "workloadAPI: {maxStreamsPerConnection: 5000}\n", "workloadAPI.maxStreamsPerConnection"},
+		{"short_handshake_timeout", minimalStandalone + "workloadAPI: {handshakeTimeout: 10ms}\n", "workloadAPI.handshakeTimeout: must be at least 1s"},
+		{"negative_idle_timeout", minimalStandalone + "workloadAPI: {idleTimeout: -1m}\n", "workloadAPI.idleTimeout"},
+		{"bad_idle_timeout", minimalStandalone + "workloadAPI: {idleTimeout: soon}\n", "parsing agent config"},
+		{"max_connections_not_a_number", minimalStandalone + "workloadAPI: {maxConnections: many}\n", "parsing agent config"},
 		{"bad_node_name", strings.Replace(minimalStandalone, "nodeName: host-a", "nodeName: a/b", 1), "nodeName"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -47,6 +47,13 @@ type stack struct {
 
 func startStack(t *testing.T, ttl string) *stack {
 	t.Helper()
+	return startStackWith(t, ttl, `healthAddress: "off"`)
+}
+
+// startStackWith is startStack with agentYAML in the agent's configuration
+// in place of healthAddress: "off".
+func startStackWith(t *testing.T, ttl, agentYAML string) *stack {
+	t.Helper()
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "ca")
 	caCfg, err := caapp.Parse([]byte(fmt.Sprintf(`
@@ -135,10 +142,10 @@ server: {address: %s, trustBundleFile: %s}
 nodeName: host-a
 socketPath: %s
 dataDir: %s
-healthAddress: "off"
 writeDir: %s
 standalone: {registrationsFile: %s}
-`, caAddr, filepath.Join(stateDir, caapp.TrustBundleFile), s.socket, filepath.Join(dir, "agent"), s.writeDir, regs)))
+%s
+`, caAddr, filepath.Join(stateDir, caapp.TrustBundleFile), s.socket, filepath.Join(dir, "agent"), s.writeDir, regs, agentYAML)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -154,23 +154,29 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		entitlements = regs
 	}
 
+	limits, err := workloadAPILimits(cfg, log)
+	if err != nil {
+		return err
+	}
 	wapi, err := workloadapi.New(workloadapi.Config{
 		Attestor:   workloadAttestor{att: att},
 		Source:     &agent.WorkloadSource{Manager: mgr, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Entitlements: entitlements},
 		Logger:     log.With("component", "workload-api"),
 		Registerer: reg,
 		Now:        opts.Clock.Now,
+		Limits:     limits,
 	})
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer(grpc.Creds(workloadattest.NewCredentials()),
-		grpc.ChainUnaryInterceptor(wapi.UnaryInterceptor()), grpc.ChainStreamInterceptor(wapi.StreamInterceptor()))
+	gs := grpc.NewServer(append(wapi.ServerOptions(), grpc.Creds(workloadattest.NewCredentials()),
+		grpc.ChainUnaryInterceptor(wapi.UnaryInterceptor()), grpc.ChainStreamInterceptor(wapi.StreamInterceptor()))...)
 	wapi.Register(gs)
 	lis, err := workloadapi.Listen(cfg.SocketPath, 0o666, 0o755)
 	if err != nil {
 		return fmt.Errorf("socketPath: %w", err)
 	}
+	lis = wapi.LimitListener(lis)
 
 	g.Go(func() error { return ca.Start(ctx) })
 	g.Go(func() error { return batcher.Start(ctx) })

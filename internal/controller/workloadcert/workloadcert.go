@@ -7,7 +7,7 @@
 // Secret that it does not control.
 //
 // The control plane writes these Secrets, never the node agents
-// (DESIGN.md, Delivery paths).
+// (docs/delivery.md).
 package workloadcert
 
 import (
