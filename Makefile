@@ -11,9 +11,11 @@ BIN_DIR := bin
 GOLANGCI_LINT_VERSION := v2.15.0
 ZLINT_VERSION := v3.6.1
 KUSTOMIZE_VERSION := v5.8.2
+PROMTOOL_VERSION := v0.316.0
 GOLANGCI_LINT := $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 ZLINT := $(TOOLS_BIN)/zlint-$(ZLINT_VERSION)
 KUSTOMIZE := $(TOOLS_BIN)/kustomize-$(KUSTOMIZE_VERSION)
+PROMTOOL := $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION)
 
 FUZZTIME ?= 60s
 BENCHTIME ?= 1s
@@ -49,12 +51,15 @@ tidy: ## go mod tidy (-e: see docs/building.md on a refused module version).
 test-unit: ## Unit tests with -race; envtest tests are skipped.
 	go test -race $(GO_TEST_FLAGS) ./...
 
-test-all: envtest zlint kustomize ## Unit and envtest tests with -race, zlint over every certificate template, deploy/k8s dry-run.
-	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" \
+test-all: envtest zlint kustomize promtool ## Unit and envtest tests with -race, zlint over every certificate template, deploy/k8s dry-run, alert rule tests.
+	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" MAYFLY_PROMTOOL="$(PROMTOOL)" \
 		go test -race -count=1 $(GO_TEST_FLAGS) ./...
 
 lint-certs: zlint ## Run zlint (RFC 5280 lints) over every certificate template kind.
 	MAYFLY_ZLINT="$(ZLINT)" go test -count=1 -run '^TestZlint$$' -v ./pkg/pki/
+
+test-rules: promtool ## promtool check and unit tests of the alert and recording rules (deploy/k8s/monitoring).
+	MAYFLY_PROMTOOL="$(PROMTOOL)" go test -count=1 -run '^TestPromtool' -v ./internal/deploytest/
 
 fuzz: ## Run every fuzz target for FUZZTIME each (default 60s).
 	hack/fuzz.sh $(FUZZTIME)
@@ -96,7 +101,13 @@ $(KUSTOMIZE):
 	GOBIN=$(TOOLS_BIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 	mv $(TOOLS_BIN)/kustomize $@
 
+promtool: $(PROMTOOL) ## Install promtool (pinned; Prometheus v3 modules are tagged v0.3xx).
+$(PROMTOOL):
+	mkdir -p $(TOOLS_BIN)
+	GOBIN=$(TOOLS_BIN) go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	mv $(TOOLS_BIN)/promtool $@
+
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs fuzz bench lint vet envtest golangci-lint zlint clean
+.PHONY: help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench lint vet envtest golangci-lint zlint promtool clean

@@ -41,6 +41,10 @@ type Spec struct {
 	DNSNames []string
 	TTL      time.Duration
 	KeyType  pki.KeyType
+	// Path is the delivery path asking for the identity, a label of its
+	// metrics: PathSocket (""), PathCSI or PathWriteDir. An identity asked
+	// for on several paths is exported on each.
+	Path string
 	// Sinks receive every new certificate of this identity (files).
 	Sinks []rotate.Sink
 	// Pinned identities are kept while nobody asks for them (registrations
@@ -77,7 +81,7 @@ type Manager struct {
 	unstarted []*entry
 	launch    chan struct{}
 
-	expiry    *prometheus.GaugeVec
+	svids     *svidMetrics
 	rotations *prometheus.CounterVec
 }
 
@@ -113,17 +117,14 @@ func NewManager(cfg ManagerConfig) *Manager {
 		cfg:     cfg,
 		entries: map[string]*entry{},
 		launch:  make(chan struct{}, 1),
-		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "mayfly_agent_svid_expiry_timestamp_seconds",
-			Help: "notAfter of each SVID this agent holds, as a Unix timestamp.",
-		}, []string{"spiffe_id"}),
+		svids:   newSVIDMetrics(),
 		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mayfly_agent_rotations_total",
 			Help: "SVID rotations attempted by this agent, by result (success, failure).",
 		}, []string{"result"}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(m.expiry, m.rotations, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		cfg.Registerer.MustRegister(m.svids, m.rotations, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "mayfly_agent_min_remaining_seconds",
 			Help: "Seconds until the first SVID held on this node expires: the time to the first outage if nothing rotates.",
 		}, m.minRemaining))
@@ -195,6 +196,7 @@ func (m *Manager) Ensure(spec Spec) *rotate.Rotator {
 }
 
 func (m *Manager) ensureLocked(spec Spec) *entry {
+	m.svids.serve(spec.Key, spec.Path)
 	e, ok := m.entries[spec.Key]
 	if ok {
 		e.lastUsed = m.cfg.Clock.Now()
@@ -240,9 +242,7 @@ func (m *Manager) removeLocked(key string) {
 	if e.stop != nil {
 		e.stop()
 	}
-	if cur := e.rot.Current(); cur != nil {
-		m.expiry.DeleteLabelValues(idOf(cur.Leaf()))
-	}
+	m.svids.remove(key)
 	delete(m.entries, key)
 	e.attempted = true
 	close(e.removed)
@@ -259,7 +259,7 @@ func (m *Manager) onEvent(e *entry, ev rotate.Event) {
 		// longer holds.
 		m.mu.Lock()
 		if cur != nil && m.entries[e.spec.Key] == e {
-			m.expiry.WithLabelValues(idOf(cur.Leaf())).Set(float64(cur.Leaf().NotAfter.Unix()))
+			m.svids.rotated(e.spec.Key, cur.Leaf())
 		}
 		m.mu.Unlock()
 		if cur != nil {
@@ -495,13 +495,10 @@ func (m *Manager) Subscribe(key string) (<-chan struct{}, func()) {
 // agent's certificate counts for the node's time to outage too.
 func (m *Manager) SetAgentSVID(c *x509.Certificate) {
 	m.mu.Lock()
-	old := m.agent
 	m.agent = c
 	m.mu.Unlock()
-	if old != nil && idOf(old) != idOf(c) {
-		m.expiry.DeleteLabelValues(idOf(old))
-	}
-	m.expiry.WithLabelValues(idOf(c)).Set(float64(c.NotAfter.Unix()))
+	m.svids.serve(agentIdentity, PathAgent)
+	m.svids.rotated(agentIdentity, c)
 }
 
 // Status is one identity's state, for `agent status` and tests.

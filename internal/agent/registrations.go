@@ -47,6 +47,9 @@ func (r *Registrations) Apply(regs []workloadattest.Registration) error {
 			sinks = append(sinks, fs)
 		}
 		spec := r.spec(reg, sinks)
+		if len(sinks) > 0 {
+			spec.Path = PathWriteDir
+		}
 		next[spec.Key] = true
 		if !r.current[spec.Key] {
 			r.Manager.Ensure(spec)

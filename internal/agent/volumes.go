@@ -34,7 +34,7 @@ func (v *VolumeIdentities) Track(id csi.VolumeIdentity, sink rotate.Sink) (func(
 		key += "#" + hex.EncodeToString(h[:6])
 	}
 	releasePod := v.Pods.Add(key, id.PodUID, id.PodToken)
-	rot := v.Manager.Ensure(v.Pods.spec(Spec{Key: key, DNSNames: id.DNSNames, TTL: id.TTL, KeyType: id.KeyType}))
+	rot := v.Manager.Ensure(v.Pods.spec(Spec{Key: key, DNSNames: id.DNSNames, TTL: id.TTL, KeyType: id.KeyType, Path: PathCSI}))
 	_, unsubscribe := v.Manager.Subscribe(key)
 	removeSink := rot.AddSink(sink)
 	var once sync.Once

@@ -15,15 +15,19 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// Without promtool (not installable here) the rules are checked for what
-// breaks silently: unknown metric names, unbalanced expressions, missing
-// runbooks. The API server checks the objects' shape (TestServerSideDryRun).
+// These checks catch what breaks silently between the code, the rules and
+// the docs: unknown metric names, recording rules used but not recorded,
+// unbalanced expressions, missing runbooks, a job label the PodMonitors do
+// not produce. promtool checks and unit-tests the rules themselves
+// (TestPromtoolRules); the API server checks the objects' shape
+// (TestServerSideDryRun).
 
 type prometheusRule struct {
 	Spec struct {
 		Groups []struct {
 			Name  string `json:"name"`
 			Rules []struct {
+				Record      string            `json:"record"`
 				Alert       string            `json:"alert"`
 				Expr        string            `json:"expr"`
 				For         string            `json:"for"`
@@ -36,6 +40,7 @@ type prometheusRule struct {
 
 type podMonitor struct {
 	Spec struct {
+		JobLabel          string `json:"jobLabel"`
 		NamespaceSelector struct {
 			MatchNames []string `json:"matchNames"`
 		} `json:"namespaceSelector"`
@@ -49,14 +54,20 @@ type podMonitor struct {
 	} `json:"spec"`
 }
 
-var metricRE = regexp.MustCompile(`\bmayfly_[a-z0-9_]+`)
+var (
+	metricRE   = regexp.MustCompile(`\bmayfly_[a-z0-9_]+`)
+	recordedRE = regexp.MustCompile(`\bmayfly:[a-z0-9_:]+`)
+	// jobRE finds the job a rule selects: job="mayfly-agent".
+	jobRE = regexp.MustCompile(`\bjob="([^"]+)"`)
+)
 
-// registeredMetrics are the mayfly_* metric names in the non-test Go sources.
+// registeredMetrics are the mayfly_* metric names in the non-test Go sources
+// (Opts.Name and prometheus.NewDesc).
 func registeredMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	root := repoRoot(t)
 	names := map[string]bool{}
-	re := regexp.MustCompile(`Name:\s*"(mayfly_[a-z0-9_]+)"`)
+	re := regexp.MustCompile(`(?:Name:|NewDesc\()\s*"(mayfly_[a-z0-9_]+)"`)
 	for _, dir := range []string{"internal", "pkg", "cmd"} {
 		err := filepath.WalkDir(filepath.Join(root, dir), func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
@@ -93,6 +104,16 @@ func checkMetricNames(t *testing.T, where, expr string, known map[string]bool) {
 		}
 		if !known[base] {
 			t.Errorf("%s: %s is not a metric mayfly exports", where, m)
+		}
+	}
+}
+
+// checkRecorded reports mayfly:* series in expr that no rule records.
+func checkRecorded(t *testing.T, where, expr string, recorded map[string]bool) {
+	t.Helper()
+	for _, m := range recordedRE.FindAllString(expr, -1) {
+		if !recorded[m] {
+			t.Errorf("%s: %s is not recorded by a rule in prometheusrule.yaml", where, m)
 		}
 	}
 }
@@ -153,23 +174,61 @@ func TestMonitoringRules(t *testing.T) {
 	var pr prometheusRule
 	convertLoose(t, find(t, objs, "PrometheusRule", "mayfly"), &pr)
 	type alertWant struct {
-		expr string // substring of the expression
-		for_ string // minimum "for", "" for none
+		expr   string // substring of the expression
+		for_   string // minimum "for", "" for none
+		maxFor string // maximum "for", "" for any
 	}
 	want := map[string]alertWant{
-		"WorkloadCertificateExpiringSoon": {"mayfly_agent_min_remaining_seconds <", ""},
-		"MayflyCANotReady":                {"mayfly_ca_ready == 0", "5m"},
-		"MayflyIntermediateExpiring":      {`mayfly_ca_authority_expiry_timestamp_seconds{role="intermediate"`, ""},
-		"MayflyRootExpiring":              {`mayfly_ca_authority_expiry_timestamp_seconds{role="root"`, ""},
-		"MayflyAgentsOnOldBundle":         {"mayfly_ca_agents_with_current_bundle < mayfly_ca_agents_connected", "30m"},
-		"MayflyRotationFailures":          {`increase(mayfly_agent_rotations_total{result="failure"}[15m]) > 3`, ""},
-		"MayflyCAUnreachable":             {"mayfly_agent_ca_reachable == 0", "10m"},
+		"MayflyCertificateRenewalOverdue": {"mayfly:certificate_renewal_overdue == 1", "5m", ""},
+		// A third of a 30 min certificate is 10 min: "for" must not eat it.
+		"MayflyCertificateExpiringSoon": {"mayfly:certificate_remaining_ratio < 1/3", "", "1m"},
+		"MayflyCADown":                  {`absent(up{job="mayfly-ca"} == 1)`, "5m", ""},
+		"MayflyAgentDown":               {`up{job="mayfly-agent"} == 0`, "5m", ""},
+		"MayflyAgentMissing":            {`kube_daemonset_status_desired_number_scheduled{daemonset="mayfly-agent"}`, "10m", ""},
+		"MayflyCANotReady":              {"mayfly_ca_ready == 0", "5m", ""},
+		"MayflyIntermediateExpiring":    {`mayfly_ca_authority_expiry_timestamp_seconds{role="intermediate"`, "", ""},
+		"MayflyRootExpiring":            {`mayfly_ca_authority_expiry_timestamp_seconds{role="root"`, "", ""},
+		"MayflyAgentsOnOldBundle":       {"mayfly_ca_agents_with_current_bundle < mayfly_ca_agents_connected", "30m", ""},
+		"MayflyRotationFailures":        {`increase(mayfly_agent_rotations_total{result="failure"}[15m]) > 3`, "", ""},
+		"MayflyCAUnreachable":           {"mayfly_agent_ca_reachable == 0", "10m", ""},
 	}
+	// Recording rules first: alerts and panels may use what they record.
+	recorded := map[string]bool{}
+	for _, g := range pr.Spec.Groups {
+		for _, r := range g.Rules {
+			if r.Record == "" {
+				continue
+			}
+			where := g.Name + "/" + r.Record
+			recorded[r.Record] = true
+			if !strings.HasPrefix(r.Record, "mayfly:") || r.Alert != "" {
+				t.Errorf("%s: a recording rule's name starts with mayfly: and it has no alert", where)
+			}
+			if !balanced(r.Expr) {
+				t.Errorf("%s: unbalanced expression %q", where, r.Expr)
+			}
+			checkMetricNames(t, where, r.Expr, known)
+			if !strings.Contains(docs, "`"+r.Record+"`") {
+				t.Errorf("docs/metrics.md does not document %s", r.Record)
+			}
+		}
+	}
+	jobs := map[string]bool{}
 	seen := map[string]bool{}
 	for _, g := range pr.Spec.Groups {
 		for _, r := range g.Rules {
+			if r.Record != "" {
+				for _, m := range jobRE.FindAllStringSubmatch(r.Expr, -1) {
+					jobs[m[1]] = true
+				}
+				continue
+			}
 			where := g.Name + "/" + r.Alert
 			seen[r.Alert] = true
+			for _, m := range jobRE.FindAllStringSubmatch(r.Expr, -1) {
+				jobs[m[1]] = true
+			}
+			checkRecorded(t, where, r.Expr, recorded)
 			w, ok := want[r.Alert]
 			if !ok {
 				t.Errorf("%s: alert not in this test's list; add it here and to docs/metrics.md", where)
@@ -189,6 +248,11 @@ func TestMonitoringRules(t *testing.T) {
 				if w.for_ != "" {
 					if min, _ := time.ParseDuration(w.for_); d < min {
 						t.Errorf("%s: for %s, want at least %s", where, r.For, w.for_)
+					}
+				}
+				if w.maxFor != "" {
+					if max, _ := time.ParseDuration(w.maxFor); d > max {
+						t.Errorf("%s: for %s, want at most %s", where, r.For, w.maxFor)
 					}
 				}
 			} else if w.for_ != "" {
@@ -252,9 +316,10 @@ func TestMonitoringRules(t *testing.T) {
 					t.Errorf("panel %q: bad expression %q", p.Title, q.Expr)
 				}
 				checkMetricNames(t, "panel "+p.Title, q.Expr, known)
+				checkRecorded(t, "panel "+p.Title, q.Expr, recorded)
 			}
 		}
-		for _, w := range []string{"min remaining", "SVID expiry", "Issuance rate by result", "Sign latency p99", "Authority expiry", "current trust bundle"} {
+		for _, w := range []string{"min remaining", "SVID expiry", "Issuance rate by result", "Sign latency p99", "Authority expiry", "current trust bundle", "lifetime left", "overdue"} {
 			if !slices.ContainsFunc(titles, func(s string) bool { return strings.Contains(s, w) }) {
 				t.Errorf("no panel about %q in %q", w, titles)
 			}
@@ -284,6 +349,15 @@ func TestMonitoringRules(t *testing.T) {
 			if !found || ep.Path != "/metrics" {
 				t.Errorf("PodMonitor %s scrapes port %q path %s; the pods have no such port or serve /metrics", name, ep.Port, ep.Path)
 			}
+			// The down/absent alerts select job="<pods' jobLabel value>".
+			job := tmpl.Labels[pm.Spec.JobLabel]
+			if pm.Spec.JobLabel == "" || job != name {
+				t.Errorf("PodMonitor %s: jobLabel %q gives job %q, want %q (the alerts select on it)", name, pm.Spec.JobLabel, job, name)
+			}
+			delete(jobs, job)
+		}
+		for job := range jobs {
+			t.Errorf("a rule selects job=%q, which no PodMonitor produces", job)
 		}
 	})
 }

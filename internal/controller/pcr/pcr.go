@@ -107,11 +107,13 @@ type Reconciler struct {
 	Rand io.Reader
 	// Logger receives one "audit" line per decision (default discard).
 	Logger *slog.Logger
-	// Registerer receives mayfly_ca_podcertificaterequests_total; nil
+	// Registerer receives mayfly_ca_podcertificaterequests_total and the
+	// mayfly_ca_podcertificate_* series of what was issued per pod; nil
 	// registers nothing.
 	Registerer prometheus.Registerer
 
 	requests *prometheus.CounterVec
+	issued   *podCredentials
 }
 
 // Results of mayfly_ca_podcertificaterequests_total.
@@ -178,9 +180,12 @@ func (r *Reconciler) defaults(mgr ctrl.Manager) error {
 	for _, res := range []string{resultIssued, resultDenied, resultFailed} {
 		r.requests.WithLabelValues(res)
 	}
+	r.issued = newPodCredentials(r.Pods, r.Now)
 	if r.Registerer != nil {
-		if err := r.Registerer.Register(r.requests); err != nil {
-			return fmt.Errorf("pcr: register metrics: %w", err)
+		for _, c := range []prometheus.Collector{r.requests, r.issued} {
+			if err := r.Registerer.Register(c); err != nil {
+				return fmt.Errorf("pcr: register metrics: %w", err)
+			}
 		}
 	}
 	return nil
@@ -359,6 +364,7 @@ func (r *Reconciler) issue(ctx context.Context, req *certificatesv1.PodCertifica
 		return fmt.Errorf("write Issued status of %s/%s: %w", req.Namespace, req.Name, err)
 	}
 	r.requests.WithLabelValues(resultIssued).Inc()
+	r.issued.record(req.Namespace, req.Spec.PodName, req.Spec.PodUID, leaf.NotBefore, leaf.NotAfter, refresh.Time)
 	r.audit(ctx, req, slog.LevelInfo, "issue", "allow", ReasonIssued,
 		slog.String("spiffe_id", id.String()),
 		slog.String("serial", serialHex(leaf.SerialNumber)),

@@ -359,6 +359,34 @@ func TestSigner(t *testing.T) {
 			t.Errorf("request of signer %s was changed: %+v", foreign.signer, req.Status)
 		}
 	})
+	t.Run("metrics_describe_the_last_certificate_of_each_running_pod", func(t *testing.T) {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		expiry, ok := promtest.Find(mfs, "mayfly_ca_podcertificate_expiry_timestamp_seconds", "namespace="+ns, "pod=web")
+		if !ok {
+			t.Fatal("no mayfly_ca_podcertificate_expiry_timestamp_seconds for pod web")
+		}
+		notBefore, _ := promtest.Find(mfs, "mayfly_ca_podcertificate_issued_timestamp_seconds", "namespace="+ns, "pod=web")
+		refresh, _ := promtest.Find(mfs, "mayfly_ca_podcertificate_refresh_timestamp_seconds", "namespace="+ns, "pod=web")
+		var match bool
+		for _, tt := range tests {
+			if tt.wantType != issued {
+				continue
+			}
+			st := e.get(t, ns, tt.name).Status
+			match = match || (float64(st.NotBefore.Unix()) == notBefore && float64(st.NotAfter.Unix()) == expiry && float64(st.BeginRefreshAt.Unix()) == refresh)
+		}
+		if !match {
+			t.Errorf("pod web: notBefore %v expiry %v refresh %v match none of the certificates issued for it", notBefore, expiry, refresh)
+		}
+		for _, mf := range mfs {
+			if strings.HasPrefix(mf.GetName(), "mayfly_ca_podcertificate_") && strings.HasSuffix(mf.GetName(), "_timestamp_seconds") && len(mf.GetMetric()) != 1 {
+				t.Errorf("%s: %d series, want 1 (pod web; the others were denied)", mf.GetName(), len(mf.GetMetric()))
+			}
+		}
+	})
 	t.Run("metrics_count_decisions", func(t *testing.T) {
 		for result, want := range map[string]float64{"issued": 3, "denied": 7, "failed": 0} {
 			if got := counter(t, reg, result); got != want {

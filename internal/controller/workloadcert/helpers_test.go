@@ -92,6 +92,14 @@ func start(t testing.TB, clock *rotate.FakeClock, tweak func(*rest.Config), work
 	if e.cl, err = client.New(cfg, client.Options{Scheme: e.scheme}); err != nil {
 		t.Fatal(err)
 	}
+	e.runController(t, cfg, workers, e.reg)
+	return e
+}
+
+// runController runs one more controller (a manager of its own) against
+// the API server until the test ends, exporting its metrics to reg.
+func (e *env) runController(t testing.TB, cfg *rest.Config, workers int, reg prometheus.Registerer) {
+	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 e.scheme,
 		Logger:                 logr.Discard(),
@@ -107,18 +115,17 @@ func start(t testing.TB, clock *rotate.FakeClock, tweak func(*rest.Config), work
 		Authority:   e.auth,
 		TrustDomain: e.ca.TrustDomain,
 		Logger:      slog.New(slog.NewJSONHandler(e.logs, nil)),
-		Registerer:  e.reg,
+		Registerer:  reg,
 		// 0 is the default.
 		MaxConcurrentReconciles: workers,
 	}
-	if clock != nil {
-		r.Now = clock.Now
+	if e.clock != nil {
+		r.Now = e.clock.Now
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatalf("SetupWithManager: %v", err)
 	}
 	cluster.RunManager(t, mgr)
-	return e
 }
 
 // eventually polls cond until it holds or the timeout passes; cond says

@@ -238,14 +238,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	r.defaults()
 	var wc mayflyv1alpha1.WorkloadCertificate
 	if err := r.Client.Get(ctx, req.NamespacedName, &wc); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.metrics.forget(req.NamespacedName)
+		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if wc.DeletionTimestamp != nil {
+		r.metrics.forget(req.NamespacedName)
 		return reconcile.Result{}, nil // the garbage collector deletes the Secret
 	}
 	before := wc.Status.DeepCopy()
 	now := r.Now()
 	res, err := r.reconcile(ctx, &wc, now)
+	r.metrics.observe(&wc)
 	wc.Status.ObservedGeneration = wc.Generation
 	if !equality.Semantic.DeepEqual(before, &wc.Status) {
 		if uerr := r.Client.Status().Update(ctx, &wc); uerr != nil {
