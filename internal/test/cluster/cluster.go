@@ -6,6 +6,7 @@ package cluster
 import (
 	"context"
 	"os"
+	"time"
 	"testing"
 
 	"k8s.io/client-go/kubernetes"
@@ -51,7 +52,17 @@ func Available(t testing.TB) bool {
 func Start(t testing.TB, opts ...Option) *Cluster {
 	t.Helper()
 	Available(t)
+	// envtest's default of 20s per component is too short for a machine
+	// that runs the rest of the suite beside it (the default namespace once
+	// took longer to appear); KUBEBUILDER_CONTROLPLANE_START_TIMEOUT still
+	// wins when set.
 	env := &envtest.Environment{}
+	if os.Getenv("KUBEBUILDER_CONTROLPLANE_START_TIMEOUT") == "" {
+		env.ControlPlaneStartTimeout = 2 * time.Minute
+	}
+	if os.Getenv("KUBEBUILDER_CONTROLPLANE_STOP_TIMEOUT") == "" {
+		env.ControlPlaneStopTimeout = time.Minute
+	}
 	for _, o := range opts {
 		o(env)
 	}
