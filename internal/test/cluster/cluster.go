@@ -6,8 +6,8 @@ package cluster
 import (
 	"context"
 	"os"
-	"time"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
