@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -49,6 +50,8 @@ type CAConfig struct {
 	Logger  *slog.Logger
 	// OnReachable is told after each call whether the CA answered.
 	OnReachable func(bool)
+	// Registerer, if set, receives the bundle delivery metric.
+	Registerer prometheus.Registerer
 }
 
 // CAClient attests and renews the agent SVID, through its parts: Store
@@ -73,7 +76,7 @@ func NewCAClient(cfg CAConfig) (*CAClient, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	store := NewSVIDStore(cfg.DataDir, cfg.Logger)
-	bundles, err := NewBundleWatcher(BundleWatcherConfig{Initial: cfg.InitialBundle, Saver: store, Clock: cfg.Clock, Logger: cfg.Logger})
+	bundles, err := NewBundleWatcher(BundleWatcherConfig{Initial: cfg.InitialBundle, Saver: store, Clock: cfg.Clock, Logger: cfg.Logger, Registerer: cfg.Registerer})
 	if err != nil {
 		return nil, err
 	}
