@@ -10,7 +10,10 @@
 // each identity directly on its first request (through the Batcher) and
 // leaves the renewals to one rotator per identity; WorkloadSource serves it
 // to the Workload API and VolumeIdentities to CSI volumes, with the pods of
-// each identity in one PodIndex.
+// each identity in one PodIndex. A trust bundle change reaches the files of
+// every identity (Manager.DeliverBundle) and every Workload API stream
+// (WorkloadSource.DeliverBundle) before BundleWatcher acknowledges it to
+// the CA.
 package agent
 
 import (
