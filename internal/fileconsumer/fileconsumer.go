@@ -179,7 +179,7 @@ func (p *Pair) accept(conn net.Conn) error {
 }
 
 // Handshake opens one connection, with both sides reading their files
-// anew, and returns the first failure of either side.
+// anew, and returns the failures of either side.
 func (p *Pair) Handshake() error {
 	select {
 	case <-p.results: // a stale outcome
@@ -201,18 +201,16 @@ func (p *Pair) Handshake() error {
 		buf := make([]byte, 2)
 		_, clientErr = tc.Read(buf) // the server's verdict on our certificate (TLS 1.3)
 	}
+	var serverErr error
 	select {
-	case serverErr := <-p.results:
-		if serverErr != nil {
-			return serverErr
-		}
+	case serverErr = <-p.results:
 	case <-time.After(5 * time.Second):
-		if clientErr == nil {
-			return errors.New("server: no outcome in 5s")
-		}
+		serverErr = errors.New("server: no outcome in 5s")
 	}
 	if clientErr != nil {
-		return fmt.Errorf("client: %w", clientErr)
+		clientErr = fmt.Errorf("client: %w", clientErr)
 	}
-	return nil
+	// Both sides, as the one that refused says why and the other only
+	// that it was refused.
+	return errors.Join(clientErr, serverErr)
 }
