@@ -26,7 +26,7 @@ GO_TEST_FLAGS ?=
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  %-14s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-demo: build ## Run the demo: a CA, an agent and two mTLS workloads rotating short-lived certificates.
+demo: build ## Run the demo: a CA, an agent, mTLS workloads on the socket and on files rotating short-lived certificates (DEMO_ROTATE_ROOT=1: a root too).
 	@hack/demo.sh
 
 demo-k8s: build ## The demo with the Kubernetes backends against envtest (pods, SA tokens, ConfigMap bundle).

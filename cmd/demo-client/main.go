@@ -1,11 +1,16 @@
 // Command demo-client is the client half of `make demo`: every interval it
 // opens a new mTLS connection to the demo server with an SVID from the
 // Workload API and prints the handshake: the peer's SPIFFE ID, serial and
-// seconds left, and its own. It exits non-zero if any handshake failed.
+// seconds left, and its own. It also prints each time its trust bundle or
+// the root above its own or the server's leaf changes (with a t=<unix
+// seconds> stamp for the demo's timings). It exits non-zero if any
+// handshake failed.
 package main
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
@@ -49,6 +54,7 @@ func run(server string, ids demo.IDs, every time.Duration) (ok, failed int, err 
 	defer src.Close()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	seen := map[string]string{}
 	for {
 		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(ids.Peer)), DisableKeepAlives: true}
 		client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
@@ -68,6 +74,12 @@ func run(server string, ids demo.IDs, every time.Duration) (ok, failed int, err 
 			fmt.Printf("%s handshake ok  peer %s serial %s left %s | me serial %s left %s\n",
 				now.Format("15:04:05"), idOf(resp.TLS.PeerCertificates[0]), short(resp.TLS.PeerCertificates[0]), left(resp.TLS.PeerCertificates[0], now),
 				short(mine.Certificates[0]), left(mine.Certificates[0], now))
+			if b, err := src.GetX509BundleForTrustDomain(ids.Self.TrustDomain()); err == nil {
+				roots := b.X509Authorities()
+				change(seen, now, "socket/client", "trust bundle now holds", fmt.Sprintf("%d roots: %s", len(roots), fingerprints(roots)))
+				change(seen, now, "socket/client", "leaf now under root", rootOf(mine.Certificates, roots))
+				change(seen, now, "socket/server", "leaf now under root", rootOf(resp.TLS.PeerCertificates, roots))
+			}
 		}
 		tr.CloseIdleConnections()
 		select {
@@ -95,4 +107,41 @@ func short(c *x509.Certificate) string {
 
 func left(c *x509.Certificate, now time.Time) string {
 	return fmt.Sprintf("%3.0fs", c.NotAfter.Sub(now).Seconds())
+}
+
+// change prints what path now shows when it differs from what it showed.
+func change(seen map[string]string, now time.Time, path, what, value string) {
+	key := path + " " + what
+	if seen[key] == value {
+		return
+	}
+	seen[key] = value
+	fmt.Printf("%s [%s] %s %s  t=%.3f\n", now.Format("15:04:05.000"), path, what, value, float64(now.UnixMilli())/1000)
+}
+
+// rootOf names the root among roots that issued the top of chain.
+func rootOf(chain []*x509.Certificate, roots []*x509.Certificate) string {
+	top := chain[len(chain)-1]
+	for _, r := range roots {
+		if top.CheckSignatureFrom(r) == nil || top.Equal(r) {
+			return fingerprint(r)
+		}
+	}
+	return "unknown"
+}
+
+func fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:4])
+}
+
+func fingerprints(cs []*x509.Certificate) string {
+	out := ""
+	for i, c := range cs {
+		if i > 0 {
+			out += " "
+		}
+		out += fingerprint(c)
+	}
+	return out
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -36,17 +38,31 @@ type BundleWatcherConfig struct {
 	Saver  BundleSaver
 	Clock  rotate.Clock
 	Logger *slog.Logger
+	// Registerer, if set, receives mayfly_agent_bundle_sinks_pending.
+	Registerer prometheus.Registerer
 }
+
+// deliverTimeout bounds one attempt to deliver a bundle: how long the
+// Workload API streams are waited for before the attempt counts as failed.
+const deliverTimeout = 5 * time.Second
 
 // BundleWatcher holds the trust bundle in force: the initial one, then
 // every one the CA sends, on its WatchBundle stream (Watch) or with an
-// agent SVID (Install). It acknowledges each bundle it installed, so that
-// the CA knows when every agent trusts a next root, and signals every
-// change to its subscribers.
+// agent SVID (Install), and signals every change to its subscribers.
+//
+// It acknowledges a bundle to the CA only once every target (DeliverTo)
+// delivered it: every file sink holds it in its bundle file and every open
+// Workload API stream was sent it. The CA activates a next root only when
+// every agent acknowledged the bundle holding it, so no workload, SPIFFE
+// or file consumer, meets a certificate under a root it does not trust
+// yet. A delivery that fails is retried with a backoff of 1s doubling to
+// 10s, and the bundle is not acknowledged meanwhile.
 type BundleWatcher struct {
 	cfg     BundleWatcherConfig
 	cur     atomic.Pointer[bundleState]
 	changes notify.Notifier
+	targets []BundleTarget
+	pending prometheus.Gauge
 }
 
 type bundleState struct {
@@ -65,9 +81,23 @@ func NewBundleWatcher(cfg BundleWatcherConfig) (*BundleWatcher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	w := &BundleWatcher{cfg: cfg}
+	w := &BundleWatcher{cfg: cfg, pending: prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "mayfly_agent_bundle_sinks_pending",
+		Help: "Places on this node (certificate directories, Workload API streams) that did not get the trust bundle in force at the last attempt; the agent acknowledges the bundle to the CA only at 0.",
+	})}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(w.pending); err != nil {
+			return nil, fmt.Errorf("agent: registering the bundle metrics: %w", err)
+		}
+	}
 	w.cur.Store(&bundleState{certs: cfg.Initial})
 	return w, nil
+}
+
+// DeliverTo adds the targets that must hold a bundle before it is
+// acknowledged; call it before Watch.
+func (w *BundleWatcher) DeliverTo(targets ...BundleTarget) {
+	w.targets = append(w.targets, targets...)
 }
 
 // Bundle returns the roots in force and the CA's version of them ("" for
@@ -159,20 +189,111 @@ func (w *BundleWatcher) Watch(ctx context.Context, conn IssuerSource) error {
 	return nil
 }
 
+// stream installs every bundle the CA sends and acknowledges the bundle in
+// force once delivered. Bundles are received on their own goroutine, so
+// that a newer one supersedes one whose delivery keeps failing.
 func (w *BundleWatcher) stream(ctx context.Context, client issuerv1.IssuerClient) error {
 	stream, err := client.WatchBundle(ctx)
 	if err != nil {
 		return err
 	}
-	for {
-		b, err := stream.Recv()
-		if err != nil {
-			return err
+	latest := make(chan *issuerv1.Bundle, 1)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			b, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case <-latest: // superseded before it was taken
+			default:
+			}
+			latest <- b
 		}
-		if w.Install(b) {
-			if err := stream.Send(&issuerv1.BundleAck{Version: b.GetVersion()}); err != nil {
-				return err
+	}()
+	ackDue := false
+	backoff := time.Second
+	for {
+		var retry rotate.Timer
+		if ackDue {
+			version, err := w.deliver(ctx)
+			switch {
+			case err == nil:
+				if version != "" {
+					if err := stream.Send(&issuerv1.BundleAck{Version: version}); err != nil {
+						return err
+					}
+				}
+				ackDue, backoff = false, time.Second
+			case ctx.Err() != nil:
+				return status.FromContextError(ctx.Err()).Err()
+			default:
+				w.cfg.Logger.Warn("trust bundle not delivered everywhere; not acknowledging it yet", "version", version, "error", err, "retry_in", backoff)
+				retry = w.cfg.Clock.NewTimer(backoff)
+				backoff = min(backoff*2, 10*time.Second)
 			}
 		}
+		var retryC <-chan time.Time
+		if retry != nil {
+			retryC = retry.C()
+		}
+		select {
+		case <-ctx.Done():
+			stopTimer(retry)
+			return status.FromContextError(ctx.Err()).Err()
+		case err := <-recvErr:
+			stopTimer(retry)
+			return err
+		case b := <-latest:
+			stopTimer(retry)
+			if w.Install(b) {
+				ackDue, backoff = true, time.Second
+			}
+		case <-retryC:
+		}
 	}
+}
+
+func stopTimer(t rotate.Timer) {
+	if t != nil {
+		t.Stop()
+	}
+}
+
+// deliver hands the bundle in force to every target, giving them up to
+// deliverTimeout, and returns its version once all hold it.
+func (w *BundleWatcher) deliver(ctx context.Context) (string, error) {
+	roots, version := w.Bundle()
+	if len(w.targets) == 0 {
+		return version, nil
+	}
+	start := w.cfg.Clock.Now()
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	t := w.cfg.Clock.NewTimer(deliverTimeout)
+	defer t.Stop()
+	go func() {
+		select {
+		case <-t.C():
+			cancel()
+		case <-actx.Done():
+		}
+	}()
+	pending := 0
+	var errs []error
+	for _, target := range w.targets {
+		n, err := target.DeliverBundle(actx, roots)
+		pending += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	w.pending.Set(float64(pending))
+	if err := errors.Join(errs...); err != nil {
+		return version, err
+	}
+	w.cfg.Logger.Info("trust bundle delivered to every sink; acknowledging it", "version", version, "roots", len(roots), "took", w.cfg.Clock.Now().Sub(start))
+	return version, nil
 }

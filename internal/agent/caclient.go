@@ -10,7 +10,10 @@
 // each identity directly on its first request (through the Batcher) and
 // leaves the renewals to one rotator per identity; WorkloadSource serves it
 // to the Workload API and VolumeIdentities to CSI volumes, with the pods of
-// each identity in one PodIndex.
+// each identity in one PodIndex. A trust bundle change reaches the files of
+// every identity (Manager.DeliverBundle) and every Workload API stream
+// (WorkloadSource.DeliverBundle) before BundleWatcher acknowledges it to
+// the CA.
 package agent
 
 import (
@@ -20,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -49,6 +53,8 @@ type CAConfig struct {
 	Logger  *slog.Logger
 	// OnReachable is told after each call whether the CA answered.
 	OnReachable func(bool)
+	// Registerer, if set, receives the bundle delivery metric.
+	Registerer prometheus.Registerer
 }
 
 // CAClient attests and renews the agent SVID, through its parts: Store
@@ -73,7 +79,7 @@ func NewCAClient(cfg CAConfig) (*CAClient, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	store := NewSVIDStore(cfg.DataDir, cfg.Logger)
-	bundles, err := NewBundleWatcher(BundleWatcherConfig{Initial: cfg.InitialBundle, Saver: store, Clock: cfg.Clock, Logger: cfg.Logger})
+	bundles, err := NewBundleWatcher(BundleWatcherConfig{Initial: cfg.InitialBundle, Saver: store, Clock: cfg.Clock, Logger: cfg.Logger, Registerer: cfg.Registerer})
 	if err != nil {
 		return nil, err
 	}

@@ -45,7 +45,8 @@ type Spec struct {
 	// metrics: PathSocket (""), PathCSI or PathWriteDir. An identity asked
 	// for on several paths is exported on each.
 	Path string
-	// Sinks receive every new certificate of this identity (files).
+	// Sinks receive every new certificate of this identity (files), and
+	// every new trust bundle (DeliverBundle).
 	Sinks []rotate.Sink
 	// Pinned identities are kept while nobody asks for them (registrations
 	// with a file sink, pods known to run here).
@@ -82,6 +83,9 @@ type Manager struct {
 	launch    chan struct{}
 
 	svids     *svidMetrics
+	// sinks are the sinks of every identity, wrapped so that they follow
+	// the bundle in force (DeliverBundle).
+	sinks sinkSet
 	rotations *prometheus.CounterVec
 }
 
@@ -90,6 +94,8 @@ type entry struct {
 	rot     *rotate.Rotator
 	changes notify.Notifier
 	removed chan struct{} // closed by removal
+	// unsink forgets the spec's sinks (Manager.sinks) on removal.
+	unsink []func()
 
 	// Under Manager.mu:
 	lastUsed time.Time
@@ -212,10 +218,18 @@ func (m *Manager) ensureLocked(spec Spec) *entry {
 		return e
 	}
 	e = &entry{spec: spec, lastUsed: m.cfg.Clock.Now(), removed: make(chan struct{})}
+	sinks := make([]rotate.Sink, 0, len(spec.Sinks))
+	for _, s := range spec.Sinks {
+		if s != nil {
+			w, forget := m.sinks.wrap(s, m.cfg.Bundle)
+			sinks = append(sinks, w)
+			e.unsink = append(e.unsink, forget)
+		}
+	}
 	// The rotator renews what the first request obtained, with the same
 	// obtain; its events keep the metrics and wake the subscribers.
 	e.rot = rotate.New(func(ctx context.Context) (*rotate.Credential, error) { return m.obtain(ctx, e) }, rotate.Options{
-		Policy: m.cfg.Policy, Clock: m.cfg.Clock, Sinks: spec.Sinks, Name: spec.Key,
+		Policy: m.cfg.Policy, Clock: m.cfg.Clock, Sinks: sinks, Name: spec.Key,
 		OnEvent: func(ev rotate.Event) { m.onEvent(e, ev) },
 	})
 	m.entries[spec.Key] = e
@@ -225,6 +239,28 @@ func (m *Manager) ensureLocked(spec Spec) *entry {
 	default:
 	}
 	return e
+}
+
+// AddSink adds sink to rot, an identity Ensure returned: the sink gets its
+// current credential at once and every new one, and every new trust bundle
+// (DeliverBundle), until remove.
+func (m *Manager) AddSink(rot *rotate.Rotator, sink rotate.Sink) (remove func()) {
+	w, forget := m.sinks.wrap(sink, m.cfg.Bundle)
+	removeSink := rot.AddSink(w)
+	return func() {
+		removeSink()
+		forget()
+	}
+}
+
+var _ BundleTarget = (*Manager)(nil)
+
+// DeliverBundle puts roots to the sinks of every identity that hold a
+// different bundle (only the bundle file changes); a credential written
+// later carries the bundle in force anyway. It returns how many sinks
+// failed, and why.
+func (m *Manager) DeliverBundle(ctx context.Context, roots []*x509.Certificate) (int, error) {
+	return m.sinks.deliver(ctx, roots)
 }
 
 // Remove stops and forgets an identity.
@@ -244,6 +280,9 @@ func (m *Manager) removeLocked(key string) {
 	}
 	m.svids.remove(key)
 	delete(m.entries, key)
+	for _, forget := range e.unsink {
+		forget()
+	}
 	e.attempted = true
 	close(e.removed)
 	e.changes.Notify()

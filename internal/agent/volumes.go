@@ -36,7 +36,7 @@ func (v *VolumeIdentities) Track(id csi.VolumeIdentity, sink rotate.Sink) (func(
 	releasePod := v.Pods.Add(key, id.PodUID, id.PodToken)
 	rot := v.Manager.Ensure(v.Pods.spec(Spec{Key: key, DNSNames: id.DNSNames, TTL: id.TTL, KeyType: id.KeyType, Path: PathCSI}))
 	_, unsubscribe := v.Manager.Subscribe(key)
-	removeSink := rot.AddSink(sink)
+	removeSink := v.Manager.AddSink(rot, sink)
 	var once sync.Once
 	return func() {
 		once.Do(func() {

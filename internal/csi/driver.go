@@ -16,6 +16,7 @@ package csi
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -765,6 +766,16 @@ func (s *publishSink) Put(ctx context.Context, c *rotate.Credential) error {
 		close(s.written)
 	}
 	return err
+}
+
+// PutBundle replaces the bundle file unless the sink is closed.
+func (s *publishSink) PutBundle(ctx context.Context, roots []*x509.Certificate) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	return s.fs.PutBundle(ctx, roots)
 }
 
 func (s *publishSink) close() {

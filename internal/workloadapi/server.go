@@ -79,6 +79,16 @@ type Source interface {
 	Subscribe(c Caller) (<-chan struct{}, func())
 }
 
+// SendObserver is implemented by a Source that must know what the open
+// streams were sent (the agent acknowledges a trust bundle to the CA only
+// once every stream was sent it).
+type SendObserver interface {
+	// Sent is called each time a stream's Send of a response returned nil,
+	// with the stream's context (the one its Identities calls get) and the
+	// bundles the response carried.
+	Sent(ctx context.Context, bundles map[spiffeid.TrustDomain][]*x509.Certificate)
+}
+
 // Config configures a Server.
 type Config struct {
 	// Attestor identifies callers (required).
@@ -265,6 +275,7 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerS
 			if err := stream.Send(r.encoded); err != nil {
 				return err
 			}
+			s.sent(ctx, bundles)
 			last = r
 		}
 		if more, err := waitForChange(ctx, changed); !more {
@@ -300,11 +311,20 @@ func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.S
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
+			s.sent(ctx, bundles)
 			last = wire
 		}
 		if more, err := waitForChange(ctx, changed); !more {
 			return err
 		}
+	}
+}
+
+// sent tells the source, if it observes sends, that the stream of ctx was
+// sent bundles.
+func (s *Server) sent(ctx context.Context, bundles map[spiffeid.TrustDomain][]*x509.Certificate) {
+	if o, ok := s.source.(SendObserver); ok {
+		o.Sent(ctx, bundles)
 	}
 }
 

@@ -69,7 +69,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	ca, err := agent.NewCAClient(agent.CAConfig{
 		Address: cfg.ServerAddress, TrustDomain: cfg.TrustDomain, InitialBundle: bundle,
-		Credential: credential, DataDir: cfg.DataDir, Clock: opts.Clock, Logger: log.With("component", "ca-client"),
+		Credential: credential, DataDir: cfg.DataDir, Clock: opts.Clock, Logger: log.With("component", "ca-client"), Registerer: reg,
 		OnReachable: func(ok bool) {
 			if ok {
 				reachable.Set(1)
@@ -158,9 +158,12 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	wsrc := &agent.WorkloadSource{Manager: mgr, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Entitlements: entitlements}
+	// A bundle is acknowledged to the CA once every file and stream has it.
+	ca.Bundles.DeliverTo(mgr, wsrc)
 	wapi, err := workloadapi.New(workloadapi.Config{
 		Attestor:   workloadAttestor{att: att},
-		Source:     &agent.WorkloadSource{Manager: mgr, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Entitlements: entitlements},
+		Source:     wsrc,
 		Logger:     log.With("component", "workload-api"),
 		Registerer: reg,
 		Now:        opts.Clock.Now,

@@ -1,0 +1,159 @@
+// Command demo-files is the file half of `make demo`: a server and a client
+// that know nothing of SPIFFE, as nginx or a JVM, doing mutual TLS every
+// interval from the agent's writeDir files (tls.crt, tls.key and ca.crt,
+// read anew for each handshake, the peer verified against ca.crt alone).
+// It prints each handshake that fails, and each time a directory's ca.crt
+// or the root above its leaf changes (with a t=<unix seconds> stamp for
+// the demo's timings). It exits non-zero if any handshake failed.
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/mayfly-pki/mayfly/internal/fileconsumer"
+)
+
+func main() {
+	writeDir := flag.String("write-dir", "", "the agent's writeDir")
+	serverID := flag.String("server-id", "spiffe://example.org/demo/files-server", "SPIFFE ID whose directory the server uses")
+	clientID := flag.String("client-id", "spiffe://example.org/demo/files-client", "SPIFFE ID whose directory the client uses")
+	every := flag.Duration("interval", 500*time.Millisecond, "time between handshakes")
+	flag.Parse()
+	if *writeDir == "" {
+		log.Fatal("demo-files: --write-dir is required")
+	}
+	ok, failed, err := run(*writeDir, *serverID, *clientID, *every)
+	if err != nil {
+		log.Fatalf("demo-files: %v", err)
+	}
+	fmt.Printf("demo-files: %d handshakes, %d failed\n", ok+failed, failed)
+	if failed > 0 {
+		os.Exit(1)
+	}
+}
+
+func run(writeDir, serverID, clientID string, every time.Duration) (ok, failed int, err error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dirs, err := findDirs(ctx, writeDir, serverID, clientID)
+	if err != nil {
+		return 0, 0, err
+	}
+	pair, err := fileconsumer.Listen(dirs[serverID], dirs[clientID])
+	if err != nil {
+		return 0, 0, err
+	}
+	defer pair.Close()
+	fmt.Printf("demo-files: server reads %s, client reads %s\n", dirs[serverID], dirs[clientID])
+	views := map[string]*view{"files/server": {dir: dirs[serverID]}, "files/client": {dir: dirs[clientID]}}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		now := time.Now()
+		if err := pair.Handshake(); err != nil {
+			failed++
+			fmt.Printf("%s [files] handshake FAILED: %v\n", now.Format("15:04:05.000"), err)
+		} else {
+			ok++
+		}
+		for _, name := range []string{"files/server", "files/client"} {
+			views[name].report(name, now)
+		}
+		select {
+		case <-ctx.Done():
+			return ok, failed, nil
+		case <-tick.C:
+		}
+	}
+}
+
+// view is what a directory held at the last look.
+type view struct {
+	dir      string
+	roots    int
+	leafRoot string
+}
+
+// report prints what changed in the directory since the last look.
+func (v *view) report(name string, now time.Time) {
+	f, err := fileconsumer.Read(v.dir)
+	if err != nil {
+		return // mid-swap or gone: the next look tells
+	}
+	stamp := fmt.Sprintf("t=%.3f", float64(now.UnixMilli())/1000)
+	if len(f.Roots) != v.roots {
+		v.roots = len(f.Roots)
+		fmt.Printf("%s [%s] ca.crt now holds %d roots: %s  %s\n", now.Format("15:04:05.000"), name, len(f.Roots), fingerprints(f.Roots), stamp)
+	}
+	top := f.Chain[len(f.Chain)-1]
+	root := "unknown"
+	for _, r := range f.Roots {
+		if top.CheckSignatureFrom(r) == nil || top.Equal(r) {
+			root = fingerprint(r)
+		}
+	}
+	if root != v.leafRoot {
+		v.leafRoot = root
+		fmt.Printf("%s [%s] leaf now under root %s  %s\n", now.Format("15:04:05.000"), name, root, stamp)
+	}
+}
+
+func fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:4])
+}
+
+func fingerprints(cs []*x509.Certificate) string {
+	out := ""
+	for i, c := range cs {
+		if i > 0 {
+			out += " "
+		}
+		out += fingerprint(c)
+	}
+	return out
+}
+
+// findDirs waits for a certificate directory under writeDir for each ID,
+// recognised by the SPIFFE ID of the leaf it holds.
+func findDirs(ctx context.Context, writeDir string, ids ...string) (map[string]string, error) {
+	out := map[string]string{}
+	for {
+		_ = filepath.WalkDir(writeDir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.Name() != fileconsumer.CertFile || filepath.Base(filepath.Dir(path))[0] == '.' {
+				return nil
+			}
+			if f, err := fileconsumer.Read(filepath.Dir(path)); err == nil && len(f.Chain[0].URIs) == 1 {
+				out[f.Chain[0].URIs[0].String()] = filepath.Dir(path)
+			}
+			return nil
+		})
+		missing := ""
+		for _, id := range ids {
+			if out[id] == "" {
+				missing = id
+			}
+		}
+		if missing == "" {
+			return out, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, errors.New("no directory for " + missing + " under " + writeDir)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
