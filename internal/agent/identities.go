@@ -82,10 +82,10 @@ type Manager struct {
 	unstarted []*entry
 	launch    chan struct{}
 
-	svids     *svidMetrics
+	svids *svidMetrics
 	// sinks are the sinks of every identity, wrapped so that they follow
 	// the bundle in force (DeliverBundle).
-	sinks sinkSet
+	sinks     sinkSet
 	rotations *prometheus.CounterVec
 }
 

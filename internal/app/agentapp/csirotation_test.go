@@ -115,8 +115,8 @@ nodeName: node-a
 socketPath: %s
 dataDir: %s
 healthAddress: "off"
-kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s}}
-`, lis.Addr(), bundleFile, filepath.Join(dir, "run", "agent.sock"), filepath.Join(dir, "agent"), tokenFile, csiSocket, filepath.Join(dir, "csi", "volumes")))))
+kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s, kubeletDir: %s}}
+`, lis.Addr(), bundleFile, filepath.Join(dir, "run", "agent.sock"), filepath.Join(dir, "agent"), tokenFile, csiSocket, filepath.Join(dir, "csi", "volumes"), dir))))
 	ready := make(chan struct{})
 	wg.Add(1)
 	go func() {
