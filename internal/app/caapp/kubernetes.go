@@ -33,6 +33,7 @@ import (
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
@@ -113,6 +114,9 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	store := authority.NewSecretStore(kube, k.Namespace, k.SecretName)
 	var srv *issuer.Server
+	// The Kubernetes delivery paths gate a new root as the agents do.
+	gate := &bundlegate.Gate{NamespaceSelector: selector, ClusterTrustBundle: true, PropagationDelay: cfg.KubernetesPropagationDelay,
+		Clock: opts.Clock, Logger: log.With("component", "bundle-gate"), Registerer: reg}
 	am := authority.NewManager(authority.ManagerOptions{
 		Store:            store,
 		Minter:           &authority.Minter{TrustDomain: cfg.TrustDomain, Policy: cfg.Policy, Upstream: upstream, KeyType: cfg.KeyType, Rand: rand.Reader},
@@ -121,8 +125,9 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		Logger:           log.With("component", "authority"),
 		Registerer:       reg,
 		AllowRebootstrap: cfg.AllowRebootstrap,
-		Acks:             func() bool { return srv != nil && srv.AllAgentsCurrent() },
+		Acks:             authority.AllOf(func() bool { return srv != nil && srv.AllAgentsCurrent() }, gate.Ready),
 	})
+	gate.Source = am
 	if err := am.Load(ctx); err != nil {
 		log.Error("CA state could not be loaded; the CA does not issue until this is fixed", "error", err)
 	}
@@ -167,6 +172,9 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	if err := (&bundle.Reconciler{Client: mgr.GetClient(), Source: am, NamespaceSelector: selector, ClusterTrustBundle: true}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("trust bundle controller: %w", err)
 	}
+	if err := gate.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("trust bundle gate: %w", err)
+	}
 	if err := (&pcr.Reconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Authority: am, Pods: pods,
 		TrustDomain: cfg.TrustDomain, Now: opts.Clock.Now, Rand: rand.Reader,
@@ -206,7 +214,7 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 					return errors.New("pod cache not synced yet")
 				}
 				return nil
-			}, func() Status { return statusOf(cfg, am, srv) }, log)
+			}, func() Status { return withDelivery(statusOf(cfg, am, srv), gate.Status()) }, log)
 			return g.Wait()
 		}},
 	} {
