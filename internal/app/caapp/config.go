@@ -127,8 +127,6 @@ type Config struct {
 	Kubernetes         *KubernetesConfig
 	Upstream           *UpstreamConfig
 	Policy             authority.Policy
-	// KubernetesPropagationDelay: see RotationConfig (Kubernetes mode).
-	KubernetesPropagationDelay time.Duration
 	AgentTTL           time.Duration
 	MinWorkloadTTL     time.Duration
 	DefaultWorkloadTTL time.Duration
@@ -138,6 +136,9 @@ type Config struct {
 	Nodes              []hostnodes.NodePolicy
 	// AllowRebootstrap is set by flag only, never by file.
 	AllowRebootstrap bool
+
+	// KubernetesPropagationDelay: see RotationConfig (Kubernetes mode).
+	KubernetesPropagationDelay time.Duration
 }
 
 // LoadFile reads and validates a configuration file.
