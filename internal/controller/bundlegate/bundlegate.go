@@ -126,7 +126,7 @@ func (g *Gate) SetupWithManager(mgr ctrl.Manager) error {
 	g.defaults()
 	g.informers = mgr.GetCache()
 	if g.Registerer != nil {
-		if err := g.Registerer.Register(pendingCollector{g}); err != nil {
+		if err := g.Registerer.Register(newPendingCollector(g)); err != nil {
 			return fmt.Errorf("bundlegate: metrics: %w", err)
 		}
 	}
@@ -461,28 +461,35 @@ func (g *Gate) pending(version string) (map[Kind]int, bool) {
 	return out, true
 }
 
-var pendingDesc = prometheus.NewDesc("mayfly_ca_bundle_pending_objects",
-	"Kubernetes objects that deliver the trust bundle (WorkloadCertificate Secrets, mayfly-trust-bundle ConfigMaps, the ClusterTrustBundle) and do not hold the current bundle yet, by kind; reported by the leader only.",
-	[]string{"kind"}, nil)
+// pendingCollector reports mayfly_ca_bundle_pending_objects, computed at
+// scrape time from the tracked objects and the current bundle.
+type pendingCollector struct {
+	g   *Gate
+	mu  sync.Mutex // one scrape at a time refills gauge
+	vec *prometheus.GaugeVec
+}
 
-// pendingCollector reports mayfly_ca_bundle_pending_objects at scrape time.
-type pendingCollector struct{ g *Gate }
+func newPendingCollector(g *Gate) *pendingCollector {
+	return &pendingCollector{g: g, vec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "mayfly_ca_bundle_pending_objects",
+		Help: "Kubernetes objects that deliver the trust bundle (WorkloadCertificate Secrets, mayfly-trust-bundle ConfigMaps, the ClusterTrustBundle) and do not hold the current bundle yet, by kind; reported by the leader only.",
+	}, []string{"kind"})}
+}
 
-func (c pendingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- pendingDesc }
+func (c *pendingCollector) Describe(ch chan<- *prometheus.Desc) { c.vec.Describe(ch) }
 
-func (c pendingCollector) Collect(ch chan<- prometheus.Metric) {
-	l, err := c.g.Source.Current()
-	if err != nil {
-		return
-	}
-	counts, ok := c.g.pending(l.BundleVersion)
-	if !ok {
-		return
-	}
-	for _, k := range Kinds {
-		if k == KindClusterTrustBundle && !c.g.ClusterTrustBundle {
-			continue
+func (c *pendingCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.vec.Reset()
+	if l, err := c.g.Source.Current(); err == nil {
+		if counts, ok := c.g.pending(l.BundleVersion); ok {
+			for _, k := range Kinds {
+				if k != KindClusterTrustBundle || c.g.ClusterTrustBundle {
+					c.vec.WithLabelValues(string(k)).Set(float64(counts[k]))
+				}
+			}
 		}
-		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(counts[k]), string(k))
 	}
+	c.vec.Collect(ch)
 }
