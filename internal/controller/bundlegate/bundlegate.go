@@ -18,6 +18,7 @@ package bundlegate
 import (
 	"context"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -121,7 +122,7 @@ func (k key) String() string {
 // the manager's cache, and its metric.
 func (g *Gate) SetupWithManager(mgr ctrl.Manager) error {
 	if g.Source == nil {
-		return fmt.Errorf("bundlegate: Source is nil")
+		return errors.New("bundlegate: Source is nil")
 	}
 	g.defaults()
 	g.informers = mgr.GetCache()
@@ -161,19 +162,17 @@ func (g *Gate) Start(ctx context.Context) error {
 	}
 	g.mu.Unlock()
 
-	watches := []struct {
+	type watch struct {
 		obj    client.Object
 		update func(obj any, deleted bool)
-	}{
+	}
+	watches := []watch{
 		{&corev1.Namespace{}, g.onNamespace},
 		{&corev1.ConfigMap{}, g.onConfigMap},
 		{&corev1.Secret{}, g.onSecret},
 	}
 	if g.ClusterTrustBundle {
-		watches = append(watches, struct {
-			obj    client.Object
-			update func(obj any, deleted bool)
-		}{&certificatesv1.ClusterTrustBundle{}, g.onClusterTrustBundle})
+		watches = append(watches, watch{&certificatesv1.ClusterTrustBundle{}, g.onClusterTrustBundle})
 	}
 	var synced []toolscache.InformerSynced
 	for _, w := range watches {
