@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -249,7 +250,7 @@ func (m *Manager) install(ctx context.Context, s *State, version string) {
 		return
 	}
 	bundle := s.Bundle(now)
-	l := &Loaded{State: s, Version: version, Bundle: bundle, BundleVersion: bundleVersion(bundle), Authority: auth}
+	l := &Loaded{State: s, Version: version, Bundle: bundle, BundleVersion: BundleVersion(bundle), Authority: auth}
 	prev := m.current.Swap(l)
 	m.setErr(nil)
 	m.updateMetrics(s)
@@ -373,10 +374,26 @@ func clampWait(d time.Duration) time.Duration {
 	return d
 }
 
-func bundleVersion(certs []*x509.Certificate) string {
+// BundleVersion is the version of a trust bundle as Loaded.BundleVersion
+// names it: a hash of the certificates' DER, in order. Whoever reads a
+// bundle back from where it was published (a ConfigMap, a Secret's ca.crt)
+// compares it with this.
+func BundleVersion(certs []*x509.Certificate) string {
+	return BundleVersionDER(func(yield func([]byte) bool) {
+		for _, c := range certs {
+			if !yield(c.Raw) {
+				return
+			}
+		}
+	})
+}
+
+// BundleVersionDER is BundleVersion of certificates given as DER, without
+// parsing them.
+func BundleVersionDER(ders iter.Seq[[]byte]) string {
 	h := sha256.New()
-	for _, c := range certs {
-		h.Write(c.Raw)
+	for d := range ders {
+		h.Write(d)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:12])
 }

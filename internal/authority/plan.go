@@ -124,6 +124,22 @@ type Decision struct {
 // next root. Plan only asks while a next root waits for activation.
 type BundleAcks func() bool
 
+// AllOf is the BundleAcks that holds only when every gate holds (and holds
+// with no gates): the agents' acknowledgements and the Kubernetes delivery
+// paths, say. A nil gate is skipped. The gates are asked in order, and no
+// further once one does not hold. Policy.RootAckWait bounds the wait for
+// all of them together.
+func AllOf(gates ...func() bool) BundleAcks {
+	return func() bool {
+		for _, g := range gates {
+			if g != nil && !g() {
+				return false
+			}
+		}
+		return true
+	}
+}
+
 // kind is one rotating key of the state and the steps that rotate it.
 type kind struct {
 	name     string

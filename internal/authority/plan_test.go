@@ -176,6 +176,27 @@ func TestPlan(t *testing.T) {
 			wantSteps: []authority.Step{authority.StepActivateRoot},
 		},
 		{
+			name:     "root at two thirds, agents acked but the Kubernetes objects not: waits",
+			state:    withNextRoot(rootActivate),
+			now:      rootActivate,
+			acks:     authority.AllOf(always, never),
+			wantNext: rootActivate.Add(10 * time.Second),
+		},
+		{
+			name:      "root ack wait over, Kubernetes objects still lag: activates (the wait bounds every gate)",
+			state:     withNextRoot(ackDeadline),
+			now:       ackDeadline,
+			acks:      authority.AllOf(always, never),
+			wantSteps: []authority.Step{authority.StepActivateRoot},
+		},
+		{
+			name:      "root at two thirds, agents and Kubernetes objects hold the next root: activates",
+			state:     withNextRoot(rootActivate.Add(-12 * time.Hour)),
+			now:       rootActivate,
+			acks:      authority.AllOf(always, always),
+			wantSteps: []authority.Step{authority.StepActivateRoot},
+		},
+		{
 			name:      "root at two thirds, every agent acked: activates the root and no intermediate step",
 			state:     withNextRoot(rootActivate.Add(-12 * time.Hour)), // intermediate past half life
 			now:       rootActivate,
@@ -366,4 +387,33 @@ func TestPolicyValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestAllOf(t *testing.T) {
+	yes := func() bool { return true }
+	no := func() bool { return false }
+	tests := []struct {
+		name  string
+		gates []func() bool
+		want  bool
+	}{
+		{"no gates hold", nil, true},
+		{"every gate holds", []func() bool{yes, yes}, true},
+		{"one gate does not hold", []func() bool{yes, no}, false},
+		{"nil gates are skipped", []func() bool{nil, yes}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := authority.AllOf(tt.gates...)(); got != tt.want {
+				t.Errorf("AllOf() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	t.Run("stops_at_the_first_gate_that_does_not_hold", func(t *testing.T) {
+		asked := false
+		authority.AllOf(no, func() bool { asked = true; return true })()
+		if asked {
+			t.Error("a gate after one that did not hold was asked")
+		}
+	})
 }

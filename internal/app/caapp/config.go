@@ -17,6 +17,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/config"
+	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -97,6 +98,11 @@ type RotationConfig struct {
 	// MaxPrepareAhead caps how long before its activation a successor is
 	// prepared (default 720h; at least rootAckWait).
 	MaxPrepareAhead config.Duration `json:"maxPrepareAhead,omitempty"`
+	// KubernetesPropagationDelay is how long a new root still waits after
+	// every WorkloadCertificate Secret, bundle ConfigMap and the
+	// ClusterTrustBundle hold it, for kubelet to refresh the pods' volumes
+	// (Kubernetes mode; default 3m, "0s" for none).
+	KubernetesPropagationDelay *config.Duration `json:"kubernetesPropagationDelay,omitempty"`
 }
 
 // WorkloadsConfig bounds workload SVID lifetimes.
@@ -132,6 +138,9 @@ type Config struct {
 	Nodes              []hostnodes.NodePolicy
 	// AllowRebootstrap is set by flag only, never by file.
 	AllowRebootstrap bool
+
+	// KubernetesPropagationDelay: see RotationConfig (Kubernetes mode).
+	KubernetesPropagationDelay time.Duration
 }
 
 // LoadFile reads and validates a configuration file.
@@ -211,6 +220,9 @@ func (fc *FileConfig) Validate() (*Config, error) {
 	if err := c.Policy.Validate(); err != nil {
 		return nil, err
 	}
+	if c.KubernetesPropagationDelay, err = propagationDelay(fc.Rotation.KubernetesPropagationDelay, c); err != nil {
+		return nil, err
+	}
 	c.AgentTTL = fc.AgentTTL.Or(time.Hour)
 	c.DefaultWorkloadTTL = fc.Workloads.DefaultTTL.Or(time.Hour)
 	c.MaxWorkloadTTL = fc.Workloads.MaxTTL.Or(pki.MaxWorkloadTTL)
@@ -251,4 +263,21 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		seen[n.Name] = true
 	}
 	return c, nil
+}
+
+// propagationDelay validates rotation.kubernetesPropagationDelay.
+func propagationDelay(d *config.Duration, c *Config) (time.Duration, error) {
+	switch {
+	case d == nil && c.Kubernetes == nil:
+		return 0, nil
+	case d == nil:
+		return bundlegate.DefaultPropagationDelay, nil
+	case c.Kubernetes == nil:
+		return 0, errors.New("rotation.kubernetesPropagationDelay: only for Kubernetes mode (kubelet refreshes the pods' volumes)")
+	case d.Duration < 0:
+		return 0, fmt.Errorf("rotation.kubernetesPropagationDelay: must not be negative, got %s", d.Duration)
+	case c.Policy.RootAckWait > 0 && d.Duration > c.Policy.RootAckWait:
+		return 0, fmt.Errorf("rotation.kubernetesPropagationDelay: must be at most rootAckWait (%s), got %s: a new root activates after rootAckWait whatever the delay", c.Policy.RootAckWait, d.Duration)
+	}
+	return d.Duration, nil
 }

@@ -173,8 +173,31 @@ upstream:
 				if *c.Kubernetes != want {
 					t.Errorf("Kubernetes = %+v, want %+v", *c.Kubernetes, want)
 				}
+				if c.KubernetesPropagationDelay != 3*time.Minute {
+					t.Errorf("KubernetesPropagationDelay = %s, want the default 3m", c.KubernetesPropagationDelay)
+				}
 				if c.Directory != "" || c.ListenAddress != "127.0.0.1:8443" || c.Policy != def {
 					t.Errorf("Directory, ListenAddress, Policy = %q, %q, %+v", c.Directory, c.ListenAddress, c.Policy)
+				}
+			},
+		},
+		{
+			name: "kubernetes_propagation_delay_is_set_or_none",
+			in:   "trustDomain: cluster.example\nkubernetes: {}\nrotation:\n  kubernetesPropagationDelay: 0s\n",
+			check: func(t *testing.T, c *caapp.Config) {
+				t.Helper()
+				if c.KubernetesPropagationDelay != 0 {
+					t.Errorf("KubernetesPropagationDelay = %s, want 0 (none, as set)", c.KubernetesPropagationDelay)
+				}
+			},
+		},
+		{
+			name: "kubernetes_propagation_delay_may_equal_the_ack_wait",
+			in:   "trustDomain: cluster.example\nkubernetes: {}\nrotation:\n  rootAckWait: 10m\n  kubernetesPropagationDelay: 10m\n",
+			check: func(t *testing.T, c *caapp.Config) {
+				t.Helper()
+				if c.KubernetesPropagationDelay != 10*time.Minute {
+					t.Errorf("KubernetesPropagationDelay = %s, want 10m", c.KubernetesPropagationDelay)
 				}
 			},
 		},
@@ -330,6 +353,10 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"negative_root_ack_wait", minimalStandalone + "rotation:\n  rootAckWait: -1h\n", "rotation.rootAckWait: "},
 		{"max_prepare_ahead_below_root_ack_wait", minimalStandalone + "rotation:\n  maxPrepareAhead: 1h\n", "rotation.maxPrepareAhead: must be at least rootAckWait (24h0m0s), got 1h0m0s"},
 		{"negative_max_prepare_ahead", minimalStandalone + "rotation:\n  maxPrepareAhead: -1h\n", "rotation.maxPrepareAhead: must not be negative"},
+		{"propagation_delay_in_standalone_mode", minimalStandalone + "rotation:\n  kubernetesPropagationDelay: 1m\n", "rotation.kubernetesPropagationDelay: only for Kubernetes mode"},
+		{"negative_propagation_delay", "trustDomain: example.org\nkubernetes: {}\nrotation:\n  kubernetesPropagationDelay: -1m\n", "rotation.kubernetesPropagationDelay: must not be negative, got -1m0s"},
+		{"propagation_delay_above_ack_wait", "trustDomain: example.org\nkubernetes: {}\nrotation:\n  rootAckWait: 1h\n  kubernetesPropagationDelay: 2h\n", "rotation.kubernetesPropagationDelay: must be at most rootAckWait (1h0m0s), got 2h0m0s"},
+		{"bad_propagation_delay", "trustDomain: example.org\nkubernetes: {}\nrotation:\n  kubernetesPropagationDelay: soon\n", "parsing CA config"},
 		{"upstream_without_file", minimalStandalone + "upstream: {}\n", "upstream: set file"},
 		{"upstream_file_missing_key_file", minimalStandalone + "upstream:\n  file:\n    certFile: /ca.crt\n", "upstream.file: certFile and keyFile are required"},
 		{"upstream_file_missing_cert_file", minimalStandalone + "upstream:\n  file:\n    keyFile: /ca.key\n", "upstream.file: certFile and keyFile are required"},

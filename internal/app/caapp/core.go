@@ -38,11 +38,17 @@ type modeParts struct {
 	authorizer issuer.WorkloadAuthorizer
 	// kubernetesIDs: workload IDs are ns/<namespace>/sa/<serviceaccount>.
 	kubernetesIDs bool
+	// gates hold a new root back besides the agents' acknowledgements
+	// (Kubernetes: the delivery objects and the kubelet's propagation).
+	gates []func() bool
+	// decorate adds the mode's own parts to the status, when set.
+	decorate func(Status) Status
 }
 
 // core is what both modes run: the metrics registry, the authority manager
 // and the issuer API, and the listeners that serve them.
 type core struct {
+	parts     modeParts
 	cfg       *Config
 	opts      Options
 	registry  *prometheus.Registry
@@ -54,7 +60,7 @@ type core struct {
 // state that does not load is logged, not returned: the CA keeps serving
 // health so the operator sees why it does not issue.
 func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*core, error) {
-	c := &core{cfg: cfg, opts: opts, registry: newRegistry()}
+	c := &core{cfg: cfg, opts: opts, parts: parts, registry: newRegistry()}
 	upstream, err := newUpstream(cfg, opts.Clock.Now)
 	if err != nil {
 		return nil, err
@@ -67,7 +73,7 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 		Logger:           opts.Logger.With("component", "authority"),
 		Registerer:       c.registry,
 		AllowRebootstrap: cfg.AllowRebootstrap,
-		Acks:             func() bool { return c.issuer != nil && c.issuer.AllAgentsCurrent() },
+		Acks:             authority.AllOf(append([]func() bool{func() bool { return c.issuer != nil && c.issuer.AllAgentsCurrent() }}, parts.gates...)...),
 	})
 	if err := c.authority.Load(ctx); err != nil {
 		opts.Logger.Error("CA state could not be loaded; the CA does not issue until this is fixed", "error", err)
@@ -117,7 +123,13 @@ func newRegistry() *prometheus.Registry {
 }
 
 // status is what /status and `ca status` show.
-func (c *core) status() Status { return statusOf(c.cfg, c.authority, c.issuer) }
+func (c *core) status() Status {
+	st := statusOf(c.cfg, c.authority, c.issuer)
+	if c.parts.decorate != nil {
+		st = c.parts.decorate(st)
+	}
+	return st
+}
 
 // serve runs the issuer API and the health server until ctx is done; ready
 // answers /readyz.

@@ -29,6 +29,7 @@ import (
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
 	"github.com/mayfly-pki/mayfly/internal/kubenodes"
@@ -73,12 +74,21 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	// The Kubernetes delivery paths gate a new root as the agents do.
+	gate := &bundlegate.Gate{NamespaceSelector: selector, ClusterTrustBundle: true, PropagationDelay: cfg.KubernetesPropagationDelay,
+		Clock: opts.Clock, Logger: log.With("component", "bundle-gate")}
+	parts.gates = append(parts.gates, gate.Ready)
+	parts.decorate = func(st Status) Status { return withDelivery(st, gate.Status()) }
 	c, err := newCore(ctx, cfg, opts, parts)
 	if err != nil {
 		return err
 	}
+	gate.Source, gate.Registerer = c.authority, c.registry
 	if err := setupControllers(mgr, c, pods, selector); err != nil {
 		return err
+	}
+	if err := gate.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("trust bundle gate: %w", err)
 	}
 	ready := func() error {
 		if err := c.authority.Ready(); err != nil {

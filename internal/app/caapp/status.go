@@ -4,11 +4,13 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/cli"
+	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 )
 
@@ -21,6 +23,17 @@ type Status struct {
 	BundleVersion string      `json:"bundleVersion,omitempty"`
 	Agents        AgentCounts `json:"agents"`
 	Authorities   []SlotInfo  `json:"authorities"`
+	// Kubernetes are the objects that deliver the bundle to pods
+	// (Kubernetes mode).
+	Kubernetes *bundlegate.Status `json:"kubernetesDelivery,omitempty"`
+}
+
+// withDelivery adds the Kubernetes delivery objects to st.
+func withDelivery(st Status, d bundlegate.Status) Status {
+	if st.Ready {
+		st.Kubernetes = &d
+	}
+	return st
 }
 
 // AgentCounts says how many agents hold the current bundle.
@@ -69,6 +82,9 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 	}
 	fmt.Fprintf(w, "CA %s: ready, generation %d, bundle %s, agents %d connected / %d on the current bundle\n\n",
 		st.TrustDomain, st.Generation, st.BundleVersion, st.Agents.Connected, st.Agents.CurrentBundle)
+	if k := st.Kubernetes; k != nil {
+		printDelivery(w, k)
+	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tSLOT\tSERIAL\tNOT AFTER\tLEFT\t")
 	for _, a := range st.Authorities {
@@ -81,4 +97,21 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 			rem.Truncate(time.Second), cli.LifeBar(rem, a.NotAfter.Sub(a.NotBefore)))
 	}
 	return tw.Flush()
+}
+
+// printDelivery says which Kubernetes objects still lack the current bundle
+// and how long kubelet is still given to project it.
+func printDelivery(w io.Writer, k *bundlegate.Status) {
+	switch {
+	case !k.Tracking:
+		fmt.Fprintf(w, "kubernetes delivery: not tracked on this replica (the leader tracks it)\n\n")
+	case k.Pending > 0:
+		more := ""
+		if n := k.Pending - len(k.PendingObjects); n > 0 {
+			more = fmt.Sprintf(" and %d more", n)
+		}
+		fmt.Fprintf(w, "kubernetes delivery: %d of %d objects lack bundle %s: %s%s\n\n", k.Pending, k.Objects, k.BundleVersion, strings.Join(k.PendingObjects, ", "), more)
+	default:
+		fmt.Fprintf(w, "kubernetes delivery: all %d objects hold bundle %s; propagation delay %s, %s left\n\n", k.Objects, k.BundleVersion, k.PropagationDelay, k.PropagationLeft)
+	}
 }

@@ -3,14 +3,19 @@
 // of the object's ServiceAccount, and keeps both, with the trust bundle, in
 // a kubernetes.io/tls Secret of the same namespace. It renews the
 // certificate at half of its life (±10%), and repairs the Secret when it is
-// deleted or edited or when the trust bundle changes. It never overwrites a
-// Secret that it does not control.
+// deleted or edited or when the trust bundle changes. ca.crt follows a new
+// trust bundle at once, without a new certificate, also while the
+// certificate cannot be renewed (invalid spec, ServiceAccount gone): a new
+// root activates only once every such Secret holds it
+// (internal/controller/bundlegate). It never overwrites a Secret that it
+// does not control.
 //
 // The control plane writes these Secrets, never the node agents
 // (docs/delivery.md).
 package workloadcert
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -273,12 +278,12 @@ func (r *Reconciler) reconcile(ctx context.Context, wc *mayflyv1alpha1.WorkloadC
 	}
 	if len(ferrs) > 0 {
 		r.fail(wc, now, mayflyv1alpha1.ReasonInvalidSpec, "the spec is invalid; fix it: "+ferrs.Error())
-		return reconcile.Result{}, nil // a change of the object or of a Service retriggers
+		return reconcile.Result{}, r.refreshBundle(ctx, wc) // a change of the object or of a Service retriggers
 	}
 	id, err := pki.WorkloadID(r.TrustDomain, wc.Namespace, wc.Spec.ServiceAccountName)
 	if err != nil {
 		r.fail(wc, now, mayflyv1alpha1.ReasonInvalidSpec, "spec.serviceAccountName: "+err.Error())
-		return reconcile.Result{}, nil
+		return reconcile.Result{}, r.refreshBundle(ctx, wc)
 	}
 	saExists, err := r.exists(ctx, "ServiceAccount", wc.Namespace, wc.Spec.ServiceAccountName)
 	if err != nil {
@@ -287,7 +292,7 @@ func (r *Reconciler) reconcile(ctx context.Context, wc *mayflyv1alpha1.WorkloadC
 	if !saExists {
 		r.fail(wc, now, mayflyv1alpha1.ReasonServiceAccountNotFound, fmt.Sprintf(
 			"spec.serviceAccountName: ServiceAccount %q does not exist in namespace %s; create it or name an existing one", wc.Spec.ServiceAccountName, wc.Namespace))
-		return reconcile.Result{}, nil // its creation retriggers
+		return reconcile.Result{}, r.refreshBundle(ctx, wc) // its creation retriggers
 	}
 	if err := r.deleteStaleSecrets(ctx, wc); err != nil {
 		return reconcile.Result{}, err
@@ -375,6 +380,38 @@ func (r *Reconciler) issue(ctx context.Context, wc *mayflyv1alpha1.WorkloadCerti
 		"secret_namespace", want.Namespace, "secret_name", want.Name, "workload_certificate", wc.Name,
 		"reason", string(why), "detail", detail)
 	return r.ready(wc, now, leaf, renewAt), nil
+}
+
+// refreshBundle brings ca.crt of every Secret wc controls up to the current
+// trust bundle while its certificate cannot be renewed (the spec is invalid,
+// the ServiceAccount is gone): a new root must reach every Secret before it
+// signs, whatever becomes of the certificate in it. The certificate and
+// key stay as they are.
+func (r *Reconciler) refreshBundle(ctx context.Context, wc *mayflyv1alpha1.WorkloadCertificate) error {
+	l, err := r.Authority.Current()
+	if err != nil {
+		return nil // nothing to publish; the CA's readiness retriggers
+	}
+	bundlePEM := pki.EncodeCertificates(l.Bundle...)
+	var list corev1.SecretList
+	if err := r.Client.List(ctx, &list, client.InNamespace(wc.Namespace), client.MatchingLabels{mayflyv1alpha1.LabelWorkloadCertificate: wc.Name}); err != nil {
+		return err
+	}
+	for i := range list.Items {
+		s := &list.Items[i]
+		if !metav1.IsControlledBy(s, wc) || s.DeletionTimestamp != nil || bytes.Equal(s.Data[keyBundle], bundlePEM) {
+			continue
+		}
+		s = s.DeepCopy()
+		if s.Data == nil {
+			s.Data = map[string][]byte{}
+		}
+		s.Data[keyBundle] = bundlePEM
+		if err := r.Client.Update(ctx, s); err != nil {
+			return fmt.Errorf("updating ca.crt of Secret %s/%s: %w", s.Namespace, s.Name, err)
+		}
+	}
+	return nil
 }
 
 // getSecret reads the Secret from the cache and, when the cache does not

@@ -332,6 +332,29 @@ func TestWorkloadCertificate(t *testing.T) {
 		e.waitSecret(t, "app", "early", "early-tls", "")
 	})
 
+	t.Run("updates_ca.crt_of_a_WorkloadCertificate_that_cannot_renew", func(t *testing.T) {
+		e.create(t, serviceAccount("app", "leaving"), workloadCert("app", "leaving", "leaving", "leaving-tls"))
+		before := e.waitSecret(t, "app", "leaving", "leaving-tls", "")
+		if err := e.cl.Delete(ctx, serviceAccount("app", "leaving")); err != nil {
+			t.Fatal(err)
+		}
+		e.waitCondition(t, "app", "leaving", mayflyv1alpha1.ConditionFailed, "True", mayflyv1alpha1.ReasonServiceAccountNotFound)
+		// A new root is published: the certificate cannot be renewed (no
+		// ServiceAccount), yet ca.crt must hold the new root before it signs.
+		l, _ := e.auth.Current()
+		third := testca.New(t, testca.WithTrustDomain("example.org"))
+		e.auth.Set(fakeauthority.Loaded(e.ca, "v4", e.ca.Root, third.Root), nil)
+		eventually(t, "ca.crt of the failed WorkloadCertificate's Secret holds both roots", func(ctx context.Context) (bool, string) {
+			got, err := e.secret(ctx, "app", "leaving-tls")
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(got.roots) == 2 && got.roots[1].Equal(third.Root) && got.serial() == before.serial(),
+				fmt.Sprintf("%d roots, serial %s (was %s)", len(got.roots), got.serial(), before.serial())
+		})
+		e.auth.Set(l, nil)
+	})
+
 	t.Run("a_spec_change_reissues_and_a_renamed_Secret_replaces_the_old_one", func(t *testing.T) {
 		wc, err := e.get(ctx, "app", "web")
 		if err != nil {
