@@ -1,0 +1,84 @@
+package eviction
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/mayfly-pki/mayfly/pkg/notify"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
+)
+
+// DefaultPollInterval is how often a Source reads its store: an eviction
+// takes effect on every replica within it.
+const DefaultPollInterval = 10 * time.Second
+
+// Source holds the eviction list of a store as last read, and tells
+// subscribers when it changes.
+type Source struct {
+	store  Store
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	list   List
+	err    error
+	notify notify.Notifier
+}
+
+// NewSource returns a source of store; it holds an empty list until the
+// first Refresh.
+func NewSource(store Store, logger *slog.Logger) *Source {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Source{store: store, logger: logger, list: List{}}
+}
+
+// List returns the list as last read. When the store could not be read, it
+// keeps the last list read (an eviction once seen is never forgotten
+// because of a read error).
+func (s *Source) List() List {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.list
+}
+
+// Subscribe returns a channel signalled after every change of the list.
+func (s *Source) Subscribe() (<-chan struct{}, func()) { return s.notify.Subscribe() }
+
+// Refresh reads the store and notifies subscribers if the list changed.
+func (s *Source) Refresh(ctx context.Context) error {
+	l, err := s.store.Load(ctx)
+	s.mu.Lock()
+	prevErr := s.err
+	s.err = err
+	changed := err == nil && !maps.Equal(l, s.list)
+	if changed {
+		s.list = l
+	}
+	s.mu.Unlock()
+	switch {
+	case err != nil && (prevErr == nil || prevErr.Error() != err.Error()):
+		s.logger.Error("cannot read the agent evictions; keeping the last list read", "store", s.store.Describe(), "error", err)
+	case changed:
+		s.logger.Info("agent evictions changed", "store", s.store.Describe(), "evicted_nodes", len(l))
+		s.notify.Notify()
+	}
+	return err
+}
+
+// Run refreshes the list every interval until ctx is done.
+func (s *Source) Run(ctx context.Context, clock rotate.Clock, interval time.Duration) error {
+	for {
+		_ = s.Refresh(ctx)
+		t := clock.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C():
+		}
+	}
+}
