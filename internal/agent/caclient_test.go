@@ -135,7 +135,7 @@ type agentSetup struct {
 	dataDir string
 	// renewalToken, when set, is sent with every renewal (Kubernetes).
 	renewalToken RenewalToken
-	address string // "" : the harness
+	address      string // "" : the harness
 }
 
 // testAgent is a CAClient under test with what it reported.
@@ -169,8 +169,8 @@ func (h *caHarness) newAgent(s agentSetup) *testAgent {
 		RenewalToken: s.renewalToken,
 		DataDir:      s.dataDir,
 		Clock:        h.clk,
-		Policy:  testPolicy(),
-		Logger:  slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Policy:       testPolicy(),
+		Logger:       slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		OnReachable: func(ok bool) {
 			select {
 			case a.reachable <- ok:
