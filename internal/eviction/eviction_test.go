@@ -165,9 +165,15 @@ func TestSourceNotifiesChangesAndKeepsTheListOnErrors(t *testing.T) {
 	dir := t.TempDir()
 	store := eviction.FileStore{Dir: dir}
 	src := eviction.NewSource(store, nil)
+	if _, err := src.List(); !errors.Is(err, eviction.ErrNotLoaded) {
+		t.Fatalf("List before the first read = %v, want ErrNotLoaded", err)
+	}
+	ctx := context.Background()
+	if err := src.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
 	changes, unsubscribe := src.Subscribe()
 	defer unsubscribe()
-	ctx := context.Background()
 	if err := src.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -187,8 +193,8 @@ func TestSourceNotifiesChangesAndKeepsTheListOnErrors(t *testing.T) {
 	default:
 		t.Fatal("no notification after an eviction")
 	}
-	if src.List().CheckAgent("node-a", t0.Add(-time.Hour)) == nil {
-		t.Fatal("the source does not hold the eviction")
+	if l, err := src.List(); err != nil || l.CheckAgent("node-a", t0.Add(-time.Hour)) == nil {
+		t.Fatalf("the source does not hold the eviction (%v)", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, eviction.File), []byte("{garbage"), 0o600); err != nil {
 		t.Fatal(err)
@@ -196,7 +202,18 @@ func TestSourceNotifiesChangesAndKeepsTheListOnErrors(t *testing.T) {
 	if err := src.Refresh(ctx); err == nil {
 		t.Fatal("Refresh of a corrupt store succeeded")
 	}
-	if src.List().CheckAgent("node-a", t0.Add(-time.Hour)) == nil {
-		t.Fatal("a read error made the source forget an eviction")
+	if l, err := src.List(); err != nil || l.CheckAgent("node-a", t0.Add(-time.Hour)) == nil {
+		t.Fatalf("a read error made the source forget an eviction (%v)", err)
 	}
+	t.Run("a_store_never_read_is_reported", func(t *testing.T) {
+		d := t.TempDir()
+		if err := os.WriteFile(filepath.Join(d, eviction.File), []byte("{garbage"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		src := eviction.NewSource(eviction.FileStore{Dir: d}, nil)
+		_ = src.Refresh(ctx)
+		if _, err := src.List(); !errors.Is(err, eviction.ErrNotLoaded) || !strings.Contains(err.Error(), "corrupt") {
+			t.Fatalf("List = %v, want ErrNotLoaded with the cause", err)
+		}
+	})
 }

@@ -2,6 +2,8 @@ package eviction
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"sync"
@@ -23,12 +25,13 @@ type Source struct {
 
 	mu     sync.Mutex
 	list   List
+	loaded bool
 	err    error
 	notify notify.Notifier
 }
 
-// NewSource returns a source of store; it holds an empty list until the
-// first Refresh.
+// NewSource returns a source of store; List fails until the first
+// successful Refresh.
 func NewSource(store Store, logger *slog.Logger) *Source {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -38,12 +41,22 @@ func NewSource(store Store, logger *slog.Logger) *Source {
 
 // List returns the list as last read. When the store could not be read, it
 // keeps the last list read (an eviction once seen is never forgotten
-// because of a read error).
-func (s *Source) List() List {
+// because of a read error); before the first successful read it fails, so
+// that agents are refused rather than an eviction missed.
+func (s *Source) List() (List, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.list
+	if !s.loaded {
+		if s.err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNotLoaded, s.err)
+		}
+		return nil, ErrNotLoaded
+	}
+	return s.list, nil
 }
+
+// ErrNotLoaded is returned by List before the store was read once.
+var ErrNotLoaded = errors.New("the agent evictions have not been read yet; agents are refused until they are")
 
 // Subscribe returns a channel signalled after every change of the list.
 func (s *Source) Subscribe() (<-chan struct{}, func()) { return s.notify.Subscribe() }
@@ -54,9 +67,9 @@ func (s *Source) Refresh(ctx context.Context) error {
 	s.mu.Lock()
 	prevErr := s.err
 	s.err = err
-	changed := err == nil && !maps.Equal(l, s.list)
+	changed := err == nil && (!s.loaded || !maps.Equal(l, s.list))
 	if changed {
-		s.list = l
+		s.list, s.loaded = l, true
 	}
 	s.mu.Unlock()
 	switch {

@@ -35,7 +35,7 @@ type RenewalChecker interface {
 // EvictionSource is the list of evicted nodes (eviction.Source), and
 // signals its changes so that open streams of evicted agents are closed.
 type EvictionSource interface {
-	List() eviction.List
+	List() (eviction.List, error)
 	Subscribe() (<-chan struct{}, func())
 }
 
@@ -75,7 +75,11 @@ func (s *Server) checkAgent(p agentPeer) error {
 		}
 	}
 	if s.cfg.Evictions != nil {
-		if err := s.cfg.Evictions.List().CheckAgent(p.node, p.attestedAt); err != nil {
+		l, err := s.cfg.Evictions.List()
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "%v; retry with backoff", err)
+		}
+		if err := l.CheckAgent(p.node, p.attestedAt); err != nil {
 			return status.Error(codes.Unauthenticated, err.Error())
 		}
 	}
@@ -91,7 +95,11 @@ func (s *Server) checkAttest(node string) error {
 		}
 	}
 	if s.cfg.Evictions != nil {
-		if err := s.cfg.Evictions.List().CheckAttest(node, s.cfg.Now()); err != nil {
+		l, err := s.cfg.Evictions.List()
+		if err != nil {
+			return Deny(issuerv1.Denial_UNAVAILABLE, "%v; retry with backoff", err)
+		}
+		if err := l.CheckAttest(node, s.cfg.Now()); err != nil {
 			return Deny(issuerv1.Denial_PERMISSION_DENIED, "%v", err)
 		}
 	}
@@ -138,7 +146,9 @@ func (s *Server) watchRevoked(ctx context.Context, p agentPeer) <-chan error {
 				return
 			case <-changes:
 			}
-			if err := s.cfg.Evictions.List().CheckAgent(p.node, p.attestedAt); err != nil {
+			if l, lerr := s.cfg.Evictions.List(); lerr != nil {
+				continue // keep the stream; new calls are refused until the list is read
+			} else if err := l.CheckAgent(p.node, p.attestedAt); err != nil {
 				out <- fmt.Errorf("closing the bundle stream: %w", err)
 				return
 			}

@@ -44,14 +44,15 @@ func (f *fakeNodes) CheckNode(node string) error {
 // fakeEvictions is an EvictionSource the test edits.
 type fakeEvictions struct {
 	mu   sync.Mutex
+	err  error
 	list eviction.List
 	n    notify.Notifier
 }
 
-func (f *fakeEvictions) List() eviction.List {
+func (f *fakeEvictions) List() (eviction.List, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.list
+	return f.list, f.err
 }
 
 func (f *fakeEvictions) Subscribe() (<-chan struct{}, func()) { return f.n.Subscribe() }
@@ -311,4 +312,18 @@ func TestAgentThatNeverAcksIsReported(t *testing.T) {
 	if h.srv.AllAgentsCurrent() {
 		t.Fatal("AllAgentsCurrent with an agent that never acked (the authority's Plan bounds this wait by rotation.rootAckWait)")
 	}
+}
+
+func TestEvictionsNotLoadedRefuseAgents(t *testing.T) {
+	ev := &fakeEvictions{}
+	h := newHarness(t, func(c *issuer.Config) { c.Evictions = ev })
+	agent := h.agent("node-a")
+	ev.mu.Lock()
+	ev.err = eviction.ErrNotLoaded
+	ev.mu.Unlock()
+	wantCode(t, renew(t, agent), codes.Unavailable)
+	_, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
+		Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-b"},
+	})
+	wantCode(t, err, codes.Unavailable)
 }
