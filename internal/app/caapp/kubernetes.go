@@ -35,6 +35,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
+	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/kubenodes"
 )
@@ -141,11 +142,15 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	evictions := newEvictions(ctx, eviction.SecretStore{Client: kube, Namespace: k.Namespace}, log)
 	srv, err = issuer.New(issuer.Config{
 		TrustDomain:        cfg.TrustDomain,
 		Authority:          am,
 		Attestor:           attestor,
 		Authorizer:         authorizer,
+		Renewal:            attestor,
+		Evictions:          evictions,
+		AgentMaxAge:        cfg.AgentMaxAge,
 		AgentTTL:           cfg.AgentTTL,
 		MinWorkloadTTL:     cfg.MinWorkloadTTL,
 		DefaultWorkloadTTL: cfg.DefaultWorkloadTTL,
@@ -195,6 +200,7 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		{false, pods.Start},
 		{false, func(ctx context.Context) error { return watchSecret(ctx, kube, k.Namespace, k.SecretName, am) }},
 		{false, func(ctx context.Context) error { return reloadLoop(ctx, am, opts.Clock, time.Minute) }},
+		{false, func(ctx context.Context) error { return evictions.Run(ctx, opts.Clock, eviction.DefaultPollInterval) }},
 		{false, func(ctx context.Context) error {
 			g, gctx := errgroup.WithContext(ctx)
 			serveIssuer(gctx, g, cfg, opts, srv)

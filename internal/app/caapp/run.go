@@ -25,6 +25,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -92,11 +93,16 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 		// Not ready: keep serving health so the operator sees why.
 		log.Error("CA state could not be loaded; the CA does not issue until this is fixed", "error", err)
 	}
+	nodes := hostnodes.NewAuthorizer(cfg.TrustDomain, cfg.Nodes)
+	evictions := newEvictions(ctx, eviction.FileStore{Dir: cfg.Directory}, log)
 	srv, err = issuer.New(issuer.Config{
 		TrustDomain:        cfg.TrustDomain,
 		Authority:          mgr,
 		Attestor:           hostnodes.Attestor{Tokens: hostnodes.NewJoinTokens(cfg.Directory, opts.Clock.Now)},
-		Authorizer:         hostnodes.NewAuthorizer(cfg.TrustDomain, cfg.Nodes),
+		Authorizer:         nodes,
+		Nodes:              nodes,
+		Evictions:          evictions,
+		AgentMaxAge:        cfg.AgentMaxAge,
 		AgentTTL:           cfg.AgentTTL,
 		MinWorkloadTTL:     cfg.MinWorkloadTTL,
 		DefaultWorkloadTTL: cfg.DefaultWorkloadTTL,
@@ -118,6 +124,7 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 	serveHealth(ctx, g, cfg, reg, mgr.Ready, func() Status { return statusOf(cfg, mgr, srv) }, log)
 	g.Go(func() error { return mgr.Rotate(ctx) })
 	g.Go(func() error { return reloadLoop(ctx, mgr, opts.Clock, 10*time.Second) })
+	g.Go(func() error { return evictions.Run(ctx, opts.Clock, eviction.DefaultPollInterval) })
 	return g.Wait()
 }
 
@@ -216,6 +223,14 @@ func serveHealth(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prome
 		defer cancel()
 		return hs.Shutdown(sctx) //nolint:contextcheck // the run context is already done
 	})
+}
+
+// newEvictions returns the source of agent evictions in store, read once
+// now: until a read succeeds, agents are refused (eviction.ErrNotLoaded).
+func newEvictions(ctx context.Context, store eviction.Store, log *slog.Logger) *eviction.Source {
+	src := eviction.NewSource(store, log.With("component", "evictions"))
+	_ = src.Refresh(ctx)
+	return src
 }
 
 // fileMarker is the standalone authority.Marker: the trust bundle file.

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -28,6 +29,9 @@ type Status struct {
 type AgentCounts struct {
 	Connected     int `json:"connected"`
 	CurrentBundle int `json:"withCurrentBundle"`
+	// NotAcked names the connected agents' nodes that have not
+	// acknowledged the current bundle a minute after it was sent.
+	NotAcked []string `json:"notAcked,omitempty"`
 }
 
 // SlotInfo is one CA certificate.
@@ -52,6 +56,7 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server) Status {
 	st.BundleVersion = l.BundleVersion
 	if srv != nil {
 		st.Agents.Connected, st.Agents.CurrentBundle = srv.AgentCounts()
+		st.Agents.NotAcked = srv.NotAckedAgents()
 	}
 	l.State.EachSlot(func(role, slot string, c *x509.Certificate) {
 		st.Authorities = append(st.Authorities, SlotInfo{Role: role, Slot: slot, Serial: c.SerialNumber.Text(16), Subject: c.Subject.String(), NotBefore: c.NotBefore, NotAfter: c.NotAfter})
@@ -74,6 +79,9 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	return cli.Render(stdout, *output, st, func() error { return printStatus(stdout, st, time.Now()) })
 }
 
+// maxNotAckedShown bounds the nodes the table names.
+const maxNotAckedShown = 20
+
 func printStatus(w io.Writer, st Status, now time.Time) error {
 	if !st.Ready {
 		fmt.Fprintf(w, "CA %s: NOT READY: %s\n", st.TrustDomain, st.NotReady)
@@ -81,6 +89,13 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 	}
 	fmt.Fprintf(w, "CA %s: ready, generation %d, bundle %s, agents %d connected / %d on the current bundle\n\n",
 		st.TrustDomain, st.Generation, st.BundleVersion, st.Agents.Connected, st.Agents.CurrentBundle)
+	if n := st.Agents.NotAcked; len(n) > 0 {
+		more := ""
+		if len(n) > maxNotAckedShown {
+			n, more = n[:maxNotAckedShown], fmt.Sprintf(" and %d more (--output json lists all)", len(n)-maxNotAckedShown)
+		}
+		fmt.Fprintf(w, "agents not acknowledging the current bundle (they hold a root activation back until rotation.rootAckWait): %s%s\n\n", strings.Join(n, ", "), more)
+	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tSLOT\tSERIAL\tNOT AFTER\tLEFT\t")
 	for _, a := range st.Authorities {
