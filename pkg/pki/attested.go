@@ -46,8 +46,11 @@ func AttestedAt(cert *x509.Certificate) (t time.Time, ok bool, err error) {
 			return time.Time{}, false, errors.New("attested-at extension must not be critical")
 		}
 		rest, err := asn1.UnmarshalWithParams(ext.Value, &t, "generalized")
-		if err != nil || len(rest) != 0 {
-			return time.Time{}, false, fmt.Errorf("attested-at extension is malformed: %v", err)
+		switch {
+		case err != nil:
+			return time.Time{}, false, fmt.Errorf("attested-at extension is malformed: %w", err)
+		case len(rest) != 0:
+			return time.Time{}, false, errors.New("attested-at extension is malformed: trailing data")
 		}
 		return t.UTC(), true, nil
 	}
