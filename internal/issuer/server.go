@@ -4,6 +4,17 @@
 // authorized on its own; a bundle stream pushes trust bundle changes and
 // collects the agents' acknowledgements.
 //
+// Every call made with an agent SVID is checked against the CA's current
+// view of the agent's node, not only against the bundle: the node must still
+// be allowed (NodeChecker; standalone: listed in the nodes configuration)
+// and must not have been evicted after the agent attested (EvictionSource;
+// an evicted agent's bundle stream is closed). RenewAgent also refuses an
+// agent past AgentMaxAge since its original attestation, which every agent
+// SVID carries (pki.OIDAttestedAt, copied on renewal), and asks the
+// RenewalChecker (Kubernetes: the fresh ServiceAccount token of a running
+// agent pod on that node). A revoked SVID is Unauthenticated, so the agent
+// attests anew; a node that may not run an agent is PermissionDenied.
+//
 // What may be issued is internal/policy's decision; a refusal reaches the
 // client with the code of its class: forbidden is PermissionDenied, a
 // malformed request (CSR, TTL, key, names) InvalidArgument, a signing
