@@ -65,9 +65,9 @@ func (s *Source) Subscribe() (<-chan struct{}, func()) { return s.notify.Subscri
 func (s *Source) Refresh(ctx context.Context) error {
 	l, err := s.store.Load(ctx)
 	s.mu.Lock()
-	prevErr := s.err
+	prevErr, first := s.err, !s.loaded
 	s.err = err
-	changed := err == nil && (!s.loaded || !maps.Equal(l, s.list))
+	changed := err == nil && (first || !maps.Equal(l, s.list))
 	if changed {
 		s.list, s.loaded = l, true
 	}
@@ -76,7 +76,9 @@ func (s *Source) Refresh(ctx context.Context) error {
 	case err != nil && (prevErr == nil || prevErr.Error() != err.Error()):
 		s.logger.Error("cannot read the agent evictions; keeping the last list read", "store", s.store.Describe(), "error", err)
 	case changed:
-		s.logger.Info("agent evictions changed", "store", s.store.Describe(), "evicted_nodes", len(l))
+		if !first || len(l) > 0 {
+			s.logger.Info("agent evictions changed", "store", s.store.Describe(), "evicted_nodes", len(l))
+		}
 		s.notify.Notify()
 	}
 	return err
