@@ -45,6 +45,10 @@ type CAConfig struct {
 	// InitialBundle authenticates the CA until it sends a bundle.
 	InitialBundle []*x509.Certificate
 	Credential    Credential
+	// RenewalToken, in Kubernetes mode, returns the fresh projected
+	// ServiceAccount token sent with every RenewAgent (the CA re-checks the
+	// agent pod with it); nil in standalone mode.
+	RenewalToken RenewalToken
 	// DataDir keeps the agent SVID and key (0600 in 0700) across restarts,
 	// so a standalone agent whose join token was consumed can come back.
 	DataDir string
@@ -129,27 +133,36 @@ func (c *CAClient) obtain(ctx context.Context) (*rotate.Credential, error) {
 	}
 	var chainDER [][]byte
 	var bundle *issuerv1.Bundle
+	refused := "" // why the CA refused to renew, when it did
 	if cur := c.Store.AgentSVID(); cur != nil && c.cfg.Clock.Now().Before(cur.Leaf.NotAfter) {
 		if client, _, err := c.Conn.Client(); err == nil {
-			resp, err := client.RenewAgent(ctx, &issuerv1.RenewAgentRequest{Csr: csr})
-			if err == nil {
+			req := &issuerv1.RenewAgentRequest{Csr: csr}
+			if c.cfg.RenewalToken != nil {
+				if req.ServiceAccountToken, err = c.cfg.RenewalToken(ctx); err != nil {
+					return nil, fmt.Errorf("renewing the agent SVID: %w", err)
+				}
+			}
+			resp, err := client.RenewAgent(ctx, req)
+			switch {
+			case err == nil:
 				chainDER, bundle = resp.GetCertificateChain(), resp.GetBundle()
-			} else if status.Code(err) != codes.Unauthenticated {
+			case status.Code(err) != codes.Unauthenticated:
 				return nil, fmt.Errorf("renewing the agent SVID: %w", err)
+			default:
+				// Evicted, past agents.maxAge, or no longer trusted: the
+				// CA wants a new attestation.
+				refused = status.Convert(err).Message()
+				c.cfg.Logger.Warn("the CA refused to renew the agent SVID; attesting anew with the bootstrap credential", "reason", refused)
 			}
 		}
 	}
 	if chainDER == nil {
-		req, err := c.cfg.Credential(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("agent attestation credential: %w", err)
+		if chainDER, bundle, err = c.attest(ctx, csr); err != nil {
+			if refused != "" {
+				return nil, fmt.Errorf("%w (attesting anew because the CA refused to renew the agent SVID: %s)", err, refused)
+			}
+			return nil, err
 		}
-		req.Csr = csr
-		resp, err := c.Conn.AttestAgent(ctx, req)
-		if err != nil {
-			return nil, fmt.Errorf("attesting to the CA at %s: %w", c.cfg.Address, err)
-		}
-		chainDER, bundle = resp.GetCertificateChain(), resp.GetBundle()
 	}
 	chain, err := issuerclient.ParseChain(chainDER)
 	if err != nil {
@@ -167,4 +180,18 @@ func (c *CAClient) obtain(ctx context.Context) (*rotate.Credential, error) {
 	}
 	c.cfg.Logger.Info("agent SVID obtained", "spiffe_id", chain[0].URIs[0].String(), "serial", chain[0].SerialNumber.Text(16), "not_after", chain[0].NotAfter)
 	return &rotate.Credential{Certificates: chain, Key: key, Bundle: roots}, nil
+}
+
+// attest obtains an agent SVID with the bootstrap credential.
+func (c *CAClient) attest(ctx context.Context, csr []byte) ([][]byte, *issuerv1.Bundle, error) {
+	req, err := c.cfg.Credential(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent attestation credential: %w", err)
+	}
+	req.Csr = csr
+	resp, err := c.Conn.AttestAgent(ctx, req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("attesting to the CA at %s: %w", c.cfg.Address, err)
+	}
+	return resp.GetCertificateChain(), resp.GetBundle(), nil
 }

@@ -90,7 +90,7 @@ type caHarness struct {
 	acks   chan struct{}
 }
 
-func newCAHarness(t *testing.T) *caHarness {
+func newCAHarness(t *testing.T, mods ...func(*issuer.Config)) *caHarness {
 	t.Helper()
 	clk := rotate.NewFakeClock(epoch)
 	h := &caHarness{
@@ -100,7 +100,7 @@ func newCAHarness(t *testing.T) *caHarness {
 	}
 	h.tca = testca.New(t, testca.WithClock(clk.Now))
 	h.auth = fakeauthority.New(fakeauthority.Loaded(h.tca, "v1"), nil)
-	h.srv, h.addr = issuertest.Serve(t, issuer.Config{
+	cfg := issuer.Config{
 		TrustDomain: h.tca.TrustDomain,
 		Authority:   h.auth,
 		Attestor:    h.tokens,
@@ -114,7 +114,11 @@ func newCAHarness(t *testing.T) *caHarness {
 		Now:        clk.Now,
 		Rand:       rand.Reader,
 		Registerer: h.reg,
-	})
+	}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	h.srv, h.addr = issuertest.Serve(t, cfg)
 	return h
 }
 
@@ -129,7 +133,9 @@ func (h *caHarness) agentIssued() float64 {
 type agentSetup struct {
 	token   string // "" : the credential fails, the agent must not need it
 	dataDir string
-	address string // "" : the harness
+	// renewalToken, when set, is sent with every renewal (Kubernetes).
+	renewalToken RenewalToken
+	address      string // "" : the harness
 }
 
 // testAgent is a CAClient under test with what it reported.
@@ -160,10 +166,11 @@ func (h *caHarness) newAgent(s agentSetup) *testAgent {
 			}
 			return &issuerv1.AttestAgentRequest{Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: s.token}}, nil
 		},
-		DataDir: s.dataDir,
-		Clock:   h.clk,
-		Policy:  testPolicy(),
-		Logger:  slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		RenewalToken: s.renewalToken,
+		DataDir:      s.dataDir,
+		Clock:        h.clk,
+		Policy:       testPolicy(),
+		Logger:       slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		OnReachable: func(ok bool) {
 			select {
 			case a.reachable <- ok:

@@ -15,12 +15,28 @@ import (
 // projected ServiceAccount token in file path, read anew at every
 // attestation (the kubelet rotates it).
 func ServiceAccountToken(path string) Credential {
-	return func(context.Context) (*issuerv1.AttestAgentRequest, error) {
+	return func(ctx context.Context) (*issuerv1.AttestAgentRequest, error) {
+		tok, err := ServiceAccountRenewalToken(path)(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &issuerv1.AttestAgentRequest{Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tok}}, nil
+	}
+}
+
+// RenewalToken returns the token sent with RenewAgent (Kubernetes mode).
+type RenewalToken func(ctx context.Context) (string, error)
+
+// ServiceAccountRenewalToken reads the projected ServiceAccount token in
+// file path anew for each renewal: the CA reviews it to check that the agent
+// pod still runs on its node.
+func ServiceAccountRenewalToken(path string) RenewalToken {
+	return func(context.Context) (string, error) {
 		tok, err := os.ReadFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("kubernetes.tokenFile: %w", err)
+			return "", fmt.Errorf("kubernetes.tokenFile: %w", err)
 		}
-		return &issuerv1.AttestAgentRequest{Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: strings.TrimSpace(string(tok))}}, nil
+		return strings.TrimSpace(string(tok)), nil
 	}
 }
 

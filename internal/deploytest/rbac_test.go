@@ -111,6 +111,7 @@ func TestRBAC(t *testing.T) {
 		// Its own state.
 		{verb: "get", resource: "secrets", namespace: namespace, name: "mayfly-ca", allowed: true},
 		{verb: "update", resource: "secrets", namespace: namespace, name: "mayfly-ca", allowed: true},
+		{verb: "get", resource: "secrets", namespace: namespace, name: "mayfly-agent-evictions", allowed: true},
 		{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: namespace, name: "mayfly-ca", allowed: true},
 		{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: "kube-system", name: "kube-controller-manager"},
 		// Attestation and authorization inputs.

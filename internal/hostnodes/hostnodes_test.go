@@ -214,3 +214,37 @@ func TestAuthorizer(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckNode(t *testing.T) {
+	a := hostnodes.NewAuthorizer(td, []hostnodes.NodePolicy{{Name: "host-a", AllowedIDs: []string{"spiffe://example.org/web/*"}}})
+	if err := a.CheckNode("host-a"); err != nil {
+		t.Fatalf("CheckNode of a listed node: %v", err)
+	}
+	for _, node := range []string{"host-removed", "", "host-a/../x"} {
+		err := a.CheckNode(node)
+		if err == nil || issuer.DenialOf(err).GetCode() != issuerv1.Denial_PERMISSION_DENIED || !strings.Contains(err.Error(), "no entry in the CA's nodes") {
+			t.Errorf("CheckNode(%q) = %v, want a PERMISSION_DENIED naming the nodes configuration", node, err)
+		}
+	}
+}
+
+func TestRevokeJoinTokens(t *testing.T) {
+	j := hostnodes.NewJoinTokens(t.TempDir(), nil)
+	a1, _ := j.Create("host-a", time.Minute)
+	a2, _ := j.Create("host-a", time.Minute)
+	b, err := j.Create("host-b", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := j.Revoke("host-a"); err != nil || n != 2 {
+		t.Fatalf("Revoke = %d, %v; want 2", n, err)
+	}
+	for _, tok := range []string{a1, a2} {
+		if _, err := j.Consume(tok); !errors.Is(err, hostnodes.ErrBadToken) {
+			t.Fatalf("a revoked token was accepted: %v", err)
+		}
+	}
+	if node, err := j.Consume(b); err != nil || node != "host-b" {
+		t.Fatalf("another node's token: %q, %v", node, err)
+	}
+}

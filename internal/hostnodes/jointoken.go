@@ -190,3 +190,21 @@ func (a Attestor) AttestAgent(_ context.Context, req *issuerv1.AttestAgentReques
 	}
 	return node, nil
 }
+
+// Revoke drops the unused join tokens made for node (an eviction): it
+// returns how many it dropped.
+func (j *JoinTokens) Revoke(node string) (int, error) {
+	n := 0
+	err := j.update(func(recs []tokenRecord) ([]tokenRecord, error) {
+		kept := recs[:0]
+		for _, r := range recs {
+			if r.Node == node {
+				n++
+				continue
+			}
+			kept = append(kept, r)
+		}
+		return kept, nil
+	})
+	return n, err
+}

@@ -98,3 +98,13 @@ func (a *Authorizer) AuthorizeWorkload(_ context.Context, node string, req *issu
 	}
 	return issuer.Grant{ID: id, DNSNames: req.GetDnsNames(), Subject: "node " + node}, nil
 }
+
+// CheckNode refuses a node without an entry in the CA's nodes
+// (issuer.NodeChecker): removing a node from the configuration revokes its
+// agent at the next call, renewal included.
+func (a *Authorizer) CheckNode(node string) error {
+	if _, ok := a.Nodes[node]; !ok {
+		return policy.Deny(policy.RuleNodeIDs, policy.ClassForbidden, "node %s has no entry in the CA's nodes configuration (removed?); its agent is refused", node)
+	}
+	return nil
+}

@@ -37,6 +37,12 @@ func (s *Server) auditDeny(ctx context.Context, kind, op, caller, subject string
 		}
 	}
 	s.metrics.issued.WithLabelValues(kind, result).Inc()
+	s.auditRefusal(ctx, kind, op, caller, subject, err)
+}
+
+// auditRefusal writes the audit line of a refusal without counting it as a
+// certificate request (a refused bundle stream).
+func (s *Server) auditRefusal(ctx context.Context, kind, op, caller, subject string, err error) {
 	attrs := []slog.Attr{
 		slog.String("event", "deny"), slog.String("decision", "deny"), slog.String("kind", kind), slog.String("op", op),
 		slog.String("caller", caller), slog.String("subject", subject), slog.String("reason", err.Error()),

@@ -7,9 +7,10 @@ type metrics struct {
 	signDuration  prometheus.Histogram
 	connected     prometheus.Gauge
 	currentBundle prometheus.Gauge
+	notAcked      prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, notAcked func() float64) *metrics {
 	m := &metrics{
 		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mayfly_ca_certificates_issued_total",
@@ -28,9 +29,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "mayfly_ca_agents_with_current_bundle",
 			Help: "Connected agents that acknowledged the current trust bundle.",
 		}),
+		notAcked: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "mayfly_ca_agents_not_acked",
+			Help: "Connected agents that have not acknowledged the current trust bundle within the ack grace (1m) after it was sent; they hold a root activation back until rotation.rootAckWait (ca status names them).",
+		}, notAcked),
 	}
 	if reg != nil {
-		reg.MustRegister(m.issued, m.signDuration, m.connected, m.currentBundle)
+		reg.MustRegister(m.issued, m.signDuration, m.connected, m.currentBundle, m.notAcked)
 	}
 	for _, kind := range []string{"agent", "workload"} {
 		for _, result := range []string{"issued", "denied", "error"} {

@@ -4,6 +4,17 @@
 // authorized on its own; a bundle stream pushes trust bundle changes and
 // collects the agents' acknowledgements.
 //
+// Every call made with an agent SVID is checked against the CA's current
+// view of the agent's node, not only against the bundle: the node must still
+// be allowed (NodeChecker; standalone: listed in the nodes configuration)
+// and must not have been evicted after the agent attested (EvictionSource;
+// an evicted agent's bundle stream is closed). RenewAgent also refuses an
+// agent past AgentMaxAge since its original attestation, which every agent
+// SVID carries (pki.OIDAttestedAt, copied on renewal), and asks the
+// RenewalChecker (Kubernetes: the fresh ServiceAccount token of a running
+// agent pod on that node). A revoked SVID is Unauthenticated, so the agent
+// attests anew; a node that may not run an agent is PermissionDenied.
+//
 // What may be issued is internal/policy's decision; a refusal reaches the
 // client with the code of its class: forbidden is PermissionDenied, a
 // malformed request (CSR, TTL, key, names) InvalidArgument, a signing
@@ -21,6 +32,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,6 +104,22 @@ type Config struct {
 	ServerDNSNames []string
 	// OnAck is called when an agent acknowledges a bundle (Manager.Kick).
 	OnAck func()
+	// AckGrace is how long after a bundle was sent to a connected agent it
+	// counts as not acknowledging it (NotAckedAgents; default 1m).
+	AckGrace time.Duration
+
+	// Nodes re-checks on every call of an agent, attestation included,
+	// that its node may still run one (standalone: it is in the CA's
+	// nodes). Nil allows every node.
+	Nodes NodeChecker
+	// Renewal re-checks every RenewAgent (Kubernetes: the fresh
+	// ServiceAccount token). Nil checks nothing more than Nodes.
+	Renewal RenewalChecker
+	// Evictions refuses the agents of evicted nodes; nil: none.
+	Evictions EvictionSource
+	// AgentMaxAge refuses the renewal of an agent SVID whose original
+	// attestation is older, so the agent attests anew; 0: no limit.
+	AgentMaxAge time.Duration
 
 	Now        func() time.Time
 	Rand       io.Reader
@@ -125,6 +153,13 @@ type signers struct {
 type watcher struct {
 	node  string
 	acked atomic.Pointer[string]
+	sent  atomic.Pointer[sentBundle]
+}
+
+// sentBundle is the bundle version last sent on a stream, and when.
+type sentBundle struct {
+	version string
+	at      time.Time
 }
 
 // New validates cfg, applies defaults and returns a Server.
@@ -168,12 +203,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.AckGrace == 0 {
+		cfg.AckGrace = time.Minute
+	}
+	if cfg.AgentMaxAge < 0 {
+		return nil, fmt.Errorf("issuer: agentMaxAge %s is negative", cfg.AgentMaxAge)
+	}
 	s := &Server{
 		cfg:      cfg,
-		metrics:  newMetrics(cfg.Registerer),
 		limiters: map[string]*rate.Limiter{},
 		watchers: map[*watcher]struct{}{},
 	}
+	s.metrics = newMetrics(cfg.Registerer, func() float64 { return float64(len(s.NotAckedAgents())) })
 	s.serving.server = s
 	return s, nil
 }
@@ -216,11 +257,14 @@ func (s *Server) AttestAgent(ctx context.Context, req *issuerv1.AttestAgentReque
 	start := time.Now()
 	caller := peerAddr(ctx)
 	node, err := s.cfg.Attestor.AttestAgent(ctx, req)
+	if err == nil {
+		err = s.checkAttest(node)
+	}
 	if err != nil {
-		s.auditDeny(ctx, "agent", "attest", caller, "", err)
+		s.auditDeny(ctx, "agent", "attest", caller, node, err)
 		return nil, statusFor(err)
 	}
-	chain, leaf, bundle, err := s.signAgent(node, req.GetCsr())
+	chain, leaf, bundle, err := s.signAgent(node, req.GetCsr(), s.cfg.Now())
 	s.metrics.signDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.auditDeny(ctx, "agent", "attest", caller, "node "+node, err)
@@ -230,15 +274,25 @@ func (s *Server) AttestAgent(ctx context.Context, req *issuerv1.AttestAgentReque
 	return &issuerv1.AttestAgentResponse{CertificateChain: chain, Bundle: bundle}, nil
 }
 
-// RenewAgent issues a new agent SVID to an agent presenting its current one.
+// RenewAgent issues a new agent SVID to an agent presenting its current
+// one, after checking again that its node may keep an agent
+// (checkRenewal); the new SVID keeps the original attestation time.
 func (s *Server) RenewAgent(ctx context.Context, req *issuerv1.RenewAgentRequest) (*issuerv1.RenewAgentResponse, error) {
 	start := time.Now()
-	node, err := s.peerAgent(ctx)
+	p, err := s.peerAgent(ctx)
 	if err != nil {
-		s.auditDeny(ctx, "agent", "renew", peerAddr(ctx), "", err)
+		s.auditDeny(ctx, "agent", "renew", callerOf(ctx, p), p.node, err)
 		return nil, err
 	}
-	chain, leaf, bundle, err := s.signAgent(node, req.GetCsr())
+	node := p.node
+	if err := s.checkRenewal(ctx, p, req); err != nil {
+		s.auditDeny(ctx, "agent", "renew", "node "+node, "node "+node, err)
+		if isStatus(err) {
+			return nil, err
+		}
+		return nil, statusFor(err)
+	}
+	chain, leaf, bundle, err := s.signAgent(node, req.GetCsr(), p.attestedAt)
 	s.metrics.signDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.auditDeny(ctx, "agent", "renew", "node "+node, "node "+node, err)
@@ -248,7 +302,7 @@ func (s *Server) RenewAgent(ctx context.Context, req *issuerv1.RenewAgentRequest
 	return &issuerv1.RenewAgentResponse{CertificateChain: chain, Bundle: bundle}, nil
 }
 
-func (s *Server) signAgent(node string, csrDER []byte) ([][]byte, *x509.Certificate, *issuerv1.Bundle, error) {
+func (s *Server) signAgent(node string, csrDER []byte, attestedAt time.Time) ([][]byte, *x509.Certificate, *issuerv1.Bundle, error) {
 	csr, err := pki.ParseCSR(csrDER)
 	if err != nil {
 		return nil, nil, nil, Deny(issuerv1.Denial_INVALID_ARGUMENT, "csr: %v", err)
@@ -261,7 +315,7 @@ func (s *Server) signAgent(node string, csrDER []byte) ([][]byte, *x509.Certific
 	if err != nil {
 		return nil, nil, nil, Deny(issuerv1.Denial_UNAVAILABLE, "%v", err)
 	}
-	leaf, der, err := sg.agent.Sign(pki.SignRequest{Kind: pki.KindAgent, PublicKey: csr.PublicKey, ID: id, TTL: s.cfg.AgentTTL})
+	leaf, der, err := agentSigner(sg, attestedAt).Sign(pki.SignRequest{Kind: pki.KindAgent, PublicKey: csr.PublicKey, ID: id, TTL: s.cfg.AgentTTL})
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -271,11 +325,12 @@ func (s *Server) signAgent(node string, csrDER []byte) ([][]byte, *x509.Certific
 // SignWorkloads authorizes and signs a batch; every item gets its own
 // result, so one bad item does not fail the others.
 func (s *Server) SignWorkloads(ctx context.Context, req *issuerv1.SignWorkloadsRequest) (*issuerv1.SignWorkloadsResponse, error) {
-	node, err := s.peerAgent(ctx)
+	p, err := s.peerAgent(ctx)
 	if err != nil {
-		s.auditDeny(ctx, "workload", "sign", peerAddr(ctx), "", err)
+		s.auditDeny(ctx, "workload", "sign", callerOf(ctx, p), "", err)
 		return nil, err
 	}
+	node := p.node
 	items := req.GetRequests()
 	if len(items) > s.cfg.MaxBatch {
 		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", "workload", "op", "sign", "caller", "node "+node, "count", len(items), "reason", "batch too large")
@@ -377,11 +432,13 @@ func (s *Server) limiter(node string) *rate.Limiter {
 // records the versions the agent acknowledges.
 func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 	ctx := stream.Context()
-	node, err := s.peerAgent(ctx)
+	p, err := s.peerAgent(ctx)
 	if err != nil {
+		s.auditRefusal(ctx, "bundle", "watch", callerOf(ctx, p), "", err)
 		return err
 	}
-	w := &watcher{node: node}
+	revoked := s.watchRevoked(ctx, p)
+	w := &watcher{node: p.node}
 	empty := ""
 	w.acked.Store(&empty)
 	s.watchMu.Lock()
@@ -422,6 +479,7 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 				return err
 			}
 			sent = sg.loaded.BundleVersion
+			w.sent.Store(&sentBundle{version: sent, at: s.cfg.Now()})
 			s.updateWatchGauges()
 		}
 		select {
@@ -432,6 +490,9 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 				return nil
 			}
 			return status.Convert(err).Err()
+		case err := <-revoked:
+			s.auditRefusal(ctx, "bundle", "watch", "node "+p.node, "node "+p.node, err)
+			return status.Error(codes.Unauthenticated, err.Error())
 		case <-changes:
 		}
 	}
@@ -480,6 +541,41 @@ func (s *Server) updateWatchGauges() {
 	}
 	s.metrics.connected.Set(float64(len(s.watchers)))
 	s.metrics.currentBundle.Set(float64(current))
+}
+
+// NotAckedAgents returns the nodes of connected agents that have not
+// acknowledged the current bundle AckGrace after it was sent to them,
+// sorted. They hold a root activation back, at most until
+// rotation.rootAckWait has passed.
+func (s *Server) NotAckedAgents() []string {
+	sg, err := s.current()
+	if err != nil {
+		return nil
+	}
+	now := s.cfg.Now()
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	var out []string
+	for w := range s.watchers {
+		sent := w.sent.Load()
+		if *w.acked.Load() == sg.loaded.BundleVersion || sent == nil || sent.version != sg.loaded.BundleVersion {
+			continue
+		}
+		if now.Sub(sent.at) >= s.cfg.AckGrace {
+			out = append(out, w.node)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// callerOf names the caller of a refused call for the audit log: its node
+// when its SVID was read, else its address.
+func callerOf(ctx context.Context, p agentPeer) string {
+	if p.node != "" {
+		return "node " + p.node
+	}
+	return peerAddr(ctx)
 }
 
 func chainDER(leaf []byte, a pki.Authority) [][]byte {

@@ -48,57 +48,65 @@ func (s *Server) TLSConfig() *tls.Config {
 	}
 }
 
-// peerAgent returns the node of the agent SVID the caller presented, checked
-// again against the bundle in force now (the connection may be older than a
-// rotation, or than the SVID's expiry).
-func (s *Server) peerAgent(ctx context.Context) (string, error) {
+// peerAgent returns the agent behind the caller's SVID, checked again
+// against the bundle in force now (the connection may be older than a
+// rotation, or than the SVID's expiry), then against the CA's current view
+// of its node (checkAgent: still allowed, not evicted since it attested).
+func (s *Server) peerAgent(ctx context.Context) (agentPeer, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return "", status.Error(codes.Unauthenticated, "no peer information")
+		return agentPeer{}, status.Error(codes.Unauthenticated, "no peer information")
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok {
-		return "", status.Error(codes.Unauthenticated, "not a TLS connection")
+		return agentPeer{}, status.Error(codes.Unauthenticated, "not a TLS connection")
 	}
 	if len(info.State.PeerCertificates) == 0 {
-		return "", status.Error(codes.Unauthenticated, "this method needs an agent SVID as client certificate; attest first with AttestAgent")
+		return agentPeer{}, status.Error(codes.Unauthenticated, "this method needs an agent SVID as client certificate; attest first with AttestAgent")
 	}
 	raw := make([][]byte, len(info.State.PeerCertificates))
 	for i, c := range info.State.PeerCertificates {
 		raw[i] = c.Raw
 	}
-	node, err := s.verifyAgent(raw)
+	ap, err := s.verifyAgent(raw)
 	if err != nil {
-		return "", status.Error(codes.Unauthenticated, err.Error())
+		return agentPeer{}, status.Error(codes.Unauthenticated, err.Error())
 	}
-	return node, nil
+	if err := s.checkAgent(ap); err != nil {
+		return ap, err
+	}
+	return ap, nil
 }
 
-func (s *Server) verifyAgent(raw [][]byte) (string, error) {
+func (s *Server) verifyAgent(raw [][]byte) (agentPeer, error) {
 	certs := make([]*x509.Certificate, 0, len(raw))
 	for _, r := range raw {
 		c, err := x509.ParseCertificate(r)
 		if err != nil {
-			return "", fmt.Errorf("client certificate: %w", err)
+			return agentPeer{}, fmt.Errorf("client certificate: %w", err)
 		}
 		certs = append(certs, c)
 	}
 	sg, err := s.current()
 	if err != nil {
-		return "", err
+		return agentPeer{}, err
 	}
 	id, err := pki.VerifyX509SVID(certs[0], certs[1:], sg.loaded.Bundle, s.cfg.Now(), x509.ExtKeyUsageClientAuth)
 	if err != nil {
-		return "", fmt.Errorf("client certificate is not a valid SVID of %s: %w", s.cfg.TrustDomain, err)
+		return agentPeer{}, fmt.Errorf("client certificate is not a valid SVID of %s: %w", s.cfg.TrustDomain, err)
 	}
 	node, ok := pki.Agent(id)
 	if !ok || id.TrustDomain() != s.cfg.TrustDomain {
-		return "", fmt.Errorf("client certificate %s is not an agent SVID of %s", id, s.cfg.TrustDomain)
+		return agentPeer{}, fmt.Errorf("client certificate %s is not an agent SVID of %s", id, s.cfg.TrustDomain)
 	}
 	if !pki.HasComponentPolicy(certs[0]) {
-		return "", fmt.Errorf("client certificate %s lacks the mayfly component policy %s: it was not issued to an agent (or predates the policy); attest again", id, pki.OIDComponentPolicy)
+		return agentPeer{}, fmt.Errorf("client certificate %s lacks the mayfly component policy %s: it was not issued to an agent (or predates the policy); attest again", id, pki.OIDComponentPolicy)
 	}
-	return node, nil
+	at, err := attestedAtOf(certs[0])
+	if err != nil {
+		return agentPeer{}, fmt.Errorf("client certificate %s: %w; attest again", id, err)
+	}
+	return agentPeer{node: node, leaf: certs[0], attestedAt: at}, nil
 }
 
 func peerAddr(ctx context.Context) string {

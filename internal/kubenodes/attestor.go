@@ -48,6 +48,35 @@ func (a *TokenAttestor) AttestAgent(ctx context.Context, req *issuerv1.AttestAge
 		}
 		return "", issuer.Deny(issuerv1.Denial_INVALID_ARGUMENT, "service_account_token is empty")
 	}
+	return a.agentNode(ctx, token)
+}
+
+// CheckRenewal re-attests a renewing agent (issuer.RenewalChecker): the
+// fresh ServiceAccount token of the request must pass the same checks as
+// at attestation — a running pod of the agent ServiceAccount — and its pod
+// must run on node, the node of the agent SVID. A token stops passing once
+// its pod is deleted, so an agent SVID copied off a node cannot be renewed
+// after the agent pod is gone.
+func (a *TokenAttestor) CheckRenewal(ctx context.Context, node string, req *issuerv1.RenewAgentRequest) error {
+	token := req.GetServiceAccountToken()
+	if token == "" {
+		return issuer.Deny(issuerv1.Denial_INVALID_ARGUMENT,
+			"service_account_token is empty: in Kubernetes mode RenewAgent needs the agent pod's fresh projected ServiceAccount token (audience %q); this agent predates that, upgrade it to the CA's version", a.cfg.Audience)
+	}
+	got, err := a.agentNode(ctx, token)
+	if err != nil {
+		return err
+	}
+	if got != node {
+		return issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
+			"the token of the renewing agent belongs to an agent pod on node %q, but its agent SVID is for node %q", got, node)
+	}
+	return nil
+}
+
+// agentNode reviews token and returns the node of the running agent pod it
+// is bound to.
+func (a *TokenAttestor) agentNode(ctx context.Context, token string) (string, error) {
 	if !a.cfg.Cache.HasSynced() {
 		return "", issuer.Deny(issuerv1.Denial_UNAVAILABLE, "the CA's pod cache has not synced yet; retry with backoff")
 	}

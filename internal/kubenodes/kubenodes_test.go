@@ -207,6 +207,7 @@ func TestKubernetes(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	t.Run("TokenAttestor", func(t *testing.T) { testAttestor(t, e) })
+	t.Run("Renewal", func(t *testing.T) { testRenewal(t, e) })
 	t.Run("PodAuthorizer", func(t *testing.T) { testAuthorizer(t, e) })
 }
 
@@ -486,4 +487,51 @@ func checkErr(t *testing.T, what string, err error, want string) {
 
 func dummyClient() kubernetes.Interface {
 	return kubernetes.NewForConfigOrDie(&rest.Config{Host: "https://127.0.0.1:1"})
+}
+
+func renewReq(tok string) *issuerv1.RenewAgentRequest {
+	return &issuerv1.RenewAgentRequest{ServiceAccountToken: tok}
+}
+
+func testRenewal(t *testing.T, e *env) {
+	agent := e.pod(agentNS, "agent-renew", agentSA, nodeA)
+	impostor := e.pod(agentNS, "impostor-renew", "not-the-agent", nodeA)
+	tok := e.token(agent)
+
+	t.Run("fresh_token_of_the_agent_pod_on_the_node_renews", func(t *testing.T) {
+		if err := e.att.CheckRenewal(e.ctx(), nodeA, renewReq(tok)); err != nil {
+			t.Fatalf("CheckRenewal: %v", err)
+		}
+	})
+	t.Run("node_mismatch_is_denied", func(t *testing.T) {
+		err := e.att.CheckRenewal(e.ctx(), nodeB, renewReq(tok))
+		checkDenial(t, err, issuerv1.Denial_PERMISSION_DENIED, `agent SVID is for node "node-b"`, tok)
+	})
+	t.Run("missing_token_asks_to_upgrade", func(t *testing.T) {
+		err := e.att.CheckRenewal(e.ctx(), nodeA, renewReq(""))
+		checkDenial(t, err, issuerv1.Denial_INVALID_ARGUMENT, "upgrade")
+	})
+	t.Run("token_of_another_service_account_is_denied", func(t *testing.T) {
+		it := e.token(impostor)
+		checkDenial(t, e.att.CheckRenewal(e.ctx(), nodeA, renewReq(it)), issuerv1.Denial_PERMISSION_DENIED, "not to the agent ServiceAccount", it)
+	})
+	t.Run("garbage_token_is_denied", func(t *testing.T) {
+		checkDenial(t, e.att.CheckRenewal(e.ctx(), nodeA, renewReq("garbage.not-a.jwt-at-all-0123456789")), issuerv1.Denial_PERMISSION_DENIED, "token rejected")
+	})
+	t.Run("deleted_agent_pod_is_denied", func(t *testing.T) {
+		if err := e.client.CoreV1().Pods(agentNS).Delete(e.ctx(), agent.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+		e.eventually("deletion seen by the cache", func() bool {
+			_, ok := e.cache.ByUID(string(agent.UID))
+			return !ok
+		})
+		err := e.att.CheckRenewal(e.ctx(), nodeA, renewReq(tok))
+		if err == nil {
+			t.Fatal("renewal with the token of a deleted agent pod passed")
+		}
+		if d := issuer.DenialOf(err); d.Code != issuerv1.Denial_PERMISSION_DENIED {
+			t.Fatalf("denial %v, want PERMISSION_DENIED", d)
+		}
+	})
 }

@@ -279,9 +279,15 @@ type RenewAgentRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER-encoded PKCS#10 certificate signing request for the agent's (new or
 	// current) key. Its subject and extensions are ignored.
-	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// Kubernetes mode (required there): a fresh projected ServiceAccount token
+	// of the agent pod, audience "mayfly-ca", as in AttestAgentRequest. The CA
+	// reviews it and requires that it is bound to a running agent pod on the
+	// node of the caller's agent SVID, so that an agent SVID copied off a node
+	// cannot be renewed once that pod is gone. Standalone mode: empty.
+	ServiceAccountToken string `protobuf:"bytes,2,opt,name=service_account_token,json=serviceAccountToken,proto3" json:"service_account_token,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *RenewAgentRequest) Reset() {
@@ -319,6 +325,13 @@ func (x *RenewAgentRequest) GetCsr() []byte {
 		return x.Csr
 	}
 	return nil
+}
+
+func (x *RenewAgentRequest) GetServiceAccountToken() string {
+	if x != nil {
+		return x.ServiceAccountToken
+	}
+	return ""
 }
 
 // RenewAgentResponse carries the renewed agent X.509-SVID. It has the same
@@ -950,9 +963,10 @@ const file_issuer_v1_issuer_proto_rawDesc = "" +
 	"credential\"t\n" +
 	"\x13AttestAgentResponse\x12+\n" +
 	"\x11certificate_chain\x18\x01 \x03(\fR\x10certificateChain\x120\n" +
-	"\x06bundle\x18\x02 \x01(\v2\x18.mayfly.issuer.v1.BundleR\x06bundle\"%\n" +
+	"\x06bundle\x18\x02 \x01(\v2\x18.mayfly.issuer.v1.BundleR\x06bundle\"Y\n" +
 	"\x11RenewAgentRequest\x12\x10\n" +
-	"\x03csr\x18\x01 \x01(\fR\x03csr\"s\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x122\n" +
+	"\x15service_account_token\x18\x02 \x01(\tR\x13serviceAccountToken\"s\n" +
 	"\x12RenewAgentResponse\x12+\n" +
 	"\x11certificate_chain\x18\x01 \x03(\fR\x10certificateChain\x120\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x18.mayfly.issuer.v1.BundleR\x06bundle\"U\n" +

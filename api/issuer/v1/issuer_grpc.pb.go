@@ -60,6 +60,13 @@ type IssuerClient interface {
 	// The caller is authenticated by its current, unexpired agent SVID
 	// presented as the mTLS client certificate; the new SVID carries the same
 	// SPIFFE ID. The CSR may use a new key (recommended) or the current one.
+	//
+	// Renewal re-checks the node: the CA refuses an agent whose node was
+	// removed from its configuration (standalone) or whose pod no longer runs
+	// on the node (Kubernetes: service_account_token), an agent of an evicted
+	// node, and an agent whose original attestation is older than the CA's
+	// maximum agent age. The last two are UNAUTHENTICATED: the agent must
+	// attest anew with its bootstrap credential.
 	RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*RenewAgentResponse, error)
 	// SignWorkloads issues workload X.509-SVIDs for a batch of workloads running
 	// on the caller's node. The caller is authenticated by its agent SVID
@@ -156,6 +163,13 @@ type IssuerServer interface {
 	// The caller is authenticated by its current, unexpired agent SVID
 	// presented as the mTLS client certificate; the new SVID carries the same
 	// SPIFFE ID. The CSR may use a new key (recommended) or the current one.
+	//
+	// Renewal re-checks the node: the CA refuses an agent whose node was
+	// removed from its configuration (standalone) or whose pod no longer runs
+	// on the node (Kubernetes: service_account_token), an agent of an evicted
+	// node, and an agent whose original attestation is older than the CA's
+	// maximum agent age. The last two are UNAUTHENTICATED: the agent must
+	// attest anew with its bootstrap credential.
 	RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error)
 	// SignWorkloads issues workload X.509-SVIDs for a batch of workloads running
 	// on the caller's node. The caller is authenticated by its agent SVID

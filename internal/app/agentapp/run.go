@@ -69,7 +69,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	ca, err := agent.NewCAClient(agent.CAConfig{
 		Address: cfg.ServerAddress, TrustDomain: cfg.TrustDomain, InitialBundle: bundle,
-		Credential: credential, DataDir: cfg.DataDir, Clock: opts.Clock, Logger: log.With("component", "ca-client"), Registerer: reg,
+		Credential: credential, RenewalToken: renewalToken(cfg), DataDir: cfg.DataDir, Clock: opts.Clock, Logger: log.With("component", "ca-client"), Registerer: reg,
 		OnReachable: func(ok bool) {
 			if ok {
 				reachable.Set(1)
@@ -221,6 +221,15 @@ func bootstrapCredential(cfg *Config) (agent.Credential, error) {
 		token = strings.TrimSpace(string(raw))
 	}
 	return agent.JoinToken(token, cfg.NodeName), nil
+}
+
+// renewalToken is the agent pod's token sent with each renewal in
+// Kubernetes mode; standalone agents send none.
+func renewalToken(cfg *Config) agent.RenewalToken {
+	if cfg.Kubernetes == nil {
+		return nil
+	}
+	return agent.ServiceAccountRenewalToken(cfg.Kubernetes.TokenFile)
 }
 
 // workloadAttestor adapts workloadattest.Attestor to the Workload API.

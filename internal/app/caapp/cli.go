@@ -26,6 +26,11 @@ Usage:
       Only its hash is stored; the token is printed once.
   ca status [--address 127.0.0.1:9443] [--output table|json]
       Show readiness, agents on the current bundle, and every CA certificate.
+  ca agent evict NODE [--until 24h] (--config FILE | --dir DIR)
+      Revoke the agent of NODE on every CA replica: its agent SVIDs attested
+      before now are refused (renewal, workloads, bundle stream), and NODE
+      may not attest again until --until or ` + "`ca agent unevict NODE`" + `.
+  ca agent unevict NODE | ca agent list  (--config FILE | --dir DIR)
   ca rotate-root --config FILE
       Ask the running CA to rotate its self-signed root now: the next root is
       published at once and activated when every agent holds it.
@@ -40,6 +45,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		"token":       func(a []string) error { return cmdToken(a, stdout, stderr) },
 		"status":      func(a []string) error { return cmdStatus(a, stdout, stderr) },
 		"rotate-root": func(a []string) error { return cmdRotateRoot(a, stdout, stderr) },
+		"agent":       func(a []string) error { return cmdAgent(a, stdout, stderr, time.Now) },
 	})
 }
 

@@ -50,7 +50,24 @@ type FileConfig struct {
 	AgentTTL config.Duration `json:"agentTTL,omitempty"`
 	// Nodes (standalone mode) say which identities each node's agent may obtain.
 	Nodes []hostnodes.NodePolicy `json:"nodes,omitempty"`
+	// Agents bounds how long an agent may go on renewing.
+	Agents AgentsConfig `json:"agents,omitzero"`
 }
+
+// AgentsConfig bounds the life of an agent's identity.
+type AgentsConfig struct {
+	// MaxAge is the longest time since an agent's original attestation
+	// that it may still renew its SVID; then it must attest anew
+	// (Kubernetes: automatic; standalone: with a new join token). Default
+	// 720h (30 days) standalone, 168h (7 days) Kubernetes.
+	MaxAge config.Duration `json:"maxAge,omitzero"`
+}
+
+// Default maximum agent ages (agents.maxAge).
+const (
+	DefaultAgentMaxAgeStandalone = 30 * 24 * time.Hour
+	DefaultAgentMaxAgeKubernetes = 7 * 24 * time.Hour
+)
 
 // KubernetesConfig configures Kubernetes mode.
 type KubernetesConfig struct {
@@ -136,6 +153,7 @@ type Config struct {
 	NodeRateLimit      float64
 	NodeBurst          int
 	Nodes              []hostnodes.NodePolicy
+	AgentMaxAge        time.Duration
 	// AllowRebootstrap is set by flag only, never by file.
 	AllowRebootstrap bool
 
@@ -224,6 +242,13 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		return nil, err
 	}
 	c.AgentTTL = fc.AgentTTL.Or(time.Hour)
+	c.AgentMaxAge = fc.Agents.MaxAge.Or(DefaultAgentMaxAgeStandalone)
+	if c.Kubernetes != nil {
+		c.AgentMaxAge = fc.Agents.MaxAge.Or(DefaultAgentMaxAgeKubernetes)
+	}
+	if c.AgentMaxAge < 2*c.AgentTTL {
+		return nil, fmt.Errorf("agents.maxAge: must be at least twice agentTTL (%s), got %s", c.AgentTTL, c.AgentMaxAge)
+	}
 	c.DefaultWorkloadTTL = fc.Workloads.DefaultTTL.Or(time.Hour)
 	c.MaxWorkloadTTL = fc.Workloads.MaxTTL.Or(pki.MaxWorkloadTTL)
 	c.MinWorkloadTTL = fc.Workloads.MinTTL.Or(pki.MinWorkloadTTL)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -21,6 +22,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 )
 
@@ -36,6 +38,13 @@ type modeParts struct {
 	marker     authority.Marker
 	attestor   issuer.AgentAttestor
 	authorizer issuer.WorkloadAuthorizer
+	// nodes re-checks every call of an agent against the configured nodes
+	// (standalone); renewal re-checks every RenewAgent (Kubernetes: the
+	// agent's fresh ServiceAccount token); evictions refuses the agents of
+	// evicted nodes.
+	nodes     issuer.NodeChecker
+	renewal   issuer.RenewalChecker
+	evictions *eviction.Source
 	// kubernetesIDs: workload IDs are ns/<namespace>/sa/<serviceaccount>.
 	kubernetesIDs bool
 	// gates hold a new root back besides the agents' acknowledgements
@@ -83,6 +92,10 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 		Authority:          c.authority,
 		Attestor:           parts.attestor,
 		Authorizer:         parts.authorizer,
+		Nodes:              parts.nodes,
+		Renewal:            parts.renewal,
+		Evictions:          parts.evictions,
+		AgentMaxAge:        cfg.AgentMaxAge,
 		AgentTTL:           cfg.AgentTTL,
 		MinWorkloadTTL:     cfg.MinWorkloadTTL,
 		DefaultWorkloadTTL: cfg.DefaultWorkloadTTL,
@@ -114,6 +127,14 @@ func newUpstream(cfg *Config, now func() time.Time) (authority.Upstream, error) 
 		return nil, err
 	}
 	return u, nil
+}
+
+// newEvictions returns the source of agent evictions in store, read once
+// now: until a read succeeds, agents are refused (eviction.ErrNotLoaded).
+func newEvictions(ctx context.Context, store eviction.Store, log *slog.Logger) *eviction.Source {
+	src := eviction.NewSource(store, log.With("component", "evictions"))
+	_ = src.Refresh(ctx)
+	return src
 }
 
 func newRegistry() *prometheus.Registry {

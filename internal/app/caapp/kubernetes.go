@@ -32,6 +32,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
+	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/kubenodes"
 )
 
@@ -70,7 +71,7 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	store := authority.NewSecretStore(kube, k.Namespace, k.SecretName)
 	pods := kubenodes.NewPodCache(kube, 0)
-	parts, err := kubernetesParts(cfg, kube, store, pods)
+	parts, err := kubernetesParts(ctx, cfg, kube, store, pods, log)
 	if err != nil {
 		return err
 	}
@@ -104,6 +105,9 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		{run: pods.Start},
 		{run: func(ctx context.Context) error { return store.Watch(ctx, func() { _ = c.authority.Reload(ctx) }) }},
 		{run: func(ctx context.Context) error { return c.authority.ReloadEvery(ctx, time.Minute) }},
+		{run: func(ctx context.Context) error {
+			return parts.evictions.Run(ctx, opts.Clock, eviction.DefaultPollInterval)
+		}},
 		{run: func(ctx context.Context) error { return c.serve(ctx, ready) }},
 	} {
 		if err := mgr.Add(r); err != nil {
@@ -174,7 +178,7 @@ func newControllerManager(restCfg *rest.Config, k *KubernetesConfig, log *slog.L
 // kubernetesParts are the Kubernetes mode's parts of the core: the state in
 // a Secret, the bundle ConfigMap as marker, agents attested by their
 // ServiceAccount token, workloads authorized by their pod.
-func kubernetesParts(cfg *Config, kube kubernetes.Interface, store *authority.SecretStore, pods *kubenodes.PodCache) (modeParts, error) {
+func kubernetesParts(ctx context.Context, cfg *Config, kube kubernetes.Interface, store *authority.SecretStore, pods *kubenodes.PodCache, log *slog.Logger) (modeParts, error) {
 	k := cfg.Kubernetes
 	kcfg := kubenodes.Config{
 		TrustDomain: cfg.TrustDomain, Audience: k.Audience, AgentNamespace: k.Namespace,
@@ -194,6 +198,8 @@ func kubernetesParts(cfg *Config, kube kubernetes.Interface, store *authority.Se
 		marker:        bundle.Marker{Client: kube, Namespace: k.Namespace},
 		attestor:      attestor,
 		authorizer:    authorizer,
+		renewal:       attestor,
+		evictions:     newEvictions(ctx, eviction.SecretStore{Client: kube, Namespace: k.Namespace}, log),
 		kubernetesIDs: true,
 	}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
 )
 
@@ -19,11 +20,15 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	nodes := hostnodes.NewAuthorizer(cfg.TrustDomain, cfg.Nodes)
+	evictions := newEvictions(ctx, eviction.FileStore{Dir: cfg.Directory}, opts.Logger)
 	c, err := newCore(ctx, cfg, opts, modeParts{
 		store:      store,
 		marker:     authority.FileMarker{Path: filepath.Join(cfg.Directory, TrustBundleFile)},
 		attestor:   hostnodes.Attestor{Tokens: hostnodes.NewJoinTokens(cfg.Directory, opts.Clock.Now)},
-		authorizer: hostnodes.NewAuthorizer(cfg.TrustDomain, cfg.Nodes),
+		authorizer: nodes,
+		nodes:      nodes,
+		evictions:  evictions,
 	})
 	if err != nil {
 		return err
@@ -32,5 +37,6 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 	g.Go(func() error { return c.serve(ctx, c.authority.Ready) })
 	g.Go(func() error { return c.authority.Rotate(ctx) })
 	g.Go(func() error { return c.authority.ReloadEvery(ctx, 10*time.Second) })
+	g.Go(func() error { return evictions.Run(ctx, opts.Clock, eviction.DefaultPollInterval) })
 	return g.Wait()
 }

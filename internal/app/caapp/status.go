@@ -40,6 +40,9 @@ func withDelivery(st Status, d bundlegate.Status) Status {
 type AgentCounts struct {
 	Connected     int `json:"connected"`
 	CurrentBundle int `json:"withCurrentBundle"`
+	// NotAcked names the connected agents' nodes that have not
+	// acknowledged the current bundle a minute after it was sent.
+	NotAcked []string `json:"notAcked,omitempty"`
 }
 
 // SlotInfo is one CA certificate.
@@ -64,6 +67,7 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server) Status {
 	st.BundleVersion = l.BundleVersion
 	if srv != nil {
 		st.Agents.Connected, st.Agents.CurrentBundle = srv.AgentCounts()
+		st.Agents.NotAcked = srv.NotAckedAgents()
 	}
 	l.State.EachSlot(func(role, slot string, c *x509.Certificate) {
 		st.Authorities = append(st.Authorities, SlotInfo{Role: role, Slot: slot, Serial: c.SerialNumber.Text(16), Subject: c.Subject.String(), NotBefore: c.NotBefore, NotAfter: c.NotAfter})
@@ -75,6 +79,9 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	return cli.Status("ca status", "CA", "127.0.0.1:9443", args, stdout, stderr, printStatus)
 }
 
+// maxNotAckedShown bounds the nodes the table names.
+const maxNotAckedShown = 20
+
 func printStatus(w io.Writer, st Status, now time.Time) error {
 	if !st.Ready {
 		fmt.Fprintf(w, "CA %s: NOT READY: %s\n", st.TrustDomain, st.NotReady)
@@ -84,6 +91,13 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 		st.TrustDomain, st.Generation, st.BundleVersion, st.Agents.Connected, st.Agents.CurrentBundle)
 	if k := st.Kubernetes; k != nil {
 		printDelivery(w, k)
+	}
+	if n := st.Agents.NotAcked; len(n) > 0 {
+		more := ""
+		if len(n) > maxNotAckedShown {
+			n, more = n[:maxNotAckedShown], fmt.Sprintf(" and %d more (--output json lists all)", len(n)-maxNotAckedShown)
+		}
+		fmt.Fprintf(w, "agents not acknowledging the current bundle (they hold a root activation back until rotation.rootAckWait): %s%s\n\n", strings.Join(n, ", "), more)
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tSLOT\tSERIAL\tNOT AFTER\tLEFT\t")

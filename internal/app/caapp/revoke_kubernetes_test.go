@@ -1,0 +1,132 @@
+package caapp_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/eviction"
+	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
+)
+
+// TestKubernetesAgentRevocation runs a Kubernetes-mode CA against an API
+// server: renewal needs the agent pod's fresh token, a deleted agent pod's
+// agent cannot renew, and an eviction in the Secret refuses the node's agent.
+func TestKubernetesAgentRevocation(t *testing.T) {
+	c := cluster.Start(t, cluster.WithCRDDirectory("../../../deploy/k8s/base/crds"))
+	ctx := context.Background()
+	kube := c.Client
+	create(t, kube.CoreV1().Namespaces().Create, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-system"}})
+	create(t, kube.CoreV1().ServiceAccounts("mayfly-system").Create, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent"}})
+	pods := map[string]*corev1.Pod{}
+	tokens := map[string]string{}
+	for _, node := range []string{"node-a", "node-b"} {
+		pods[node] = create(t, kube.CoreV1().Pods("mayfly-system").Create, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "agent-" + node},
+			Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: node, Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
+		})
+		exp := int64(3600)
+		tr, err := kube.CoreV1().ServiceAccounts("mayfly-system").CreateToken(ctx, "mayfly-agent", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+			Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
+			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pods[node].Name, UID: pods[node].UID},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[node] = tr.Status.Token
+	}
+
+	clock := rotate.NewFakeClock(time.Now())
+	r := startReplica(t, c, clock)
+	var roots []*x509.Certificate
+	wait.For(t, "trust bundle ConfigMap", func() bool {
+		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		roots, err = pki.DecodeCertificates([]byte(cm.Data[bundle.ConfigMapKey]), pki.PEMLimits{})
+		return err == nil
+	})
+	dial := func(cert *tls.Certificate) issuerv1.IssuerClient {
+		conn, client, err := issuerclient.Dial(issuerclient.Config{
+			Address: r.addr, TrustDomain: td, Now: clock.Now,
+			Bundle:      func() []*x509.Certificate { return roots },
+			Certificate: func() *tls.Certificate { return cert },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return client
+	}
+	attest := func(node string) *tls.Certificate {
+		key := ecKey(t)
+		var cert *tls.Certificate
+		wait.For(t, "attestation of "+node+" (pod cache synced)", func() bool {
+			resp, err := dial(nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: newCSR(t, key), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tokens[node]}})
+			if err != nil {
+				t.Logf("attest: %v", err)
+				return false
+			}
+			cert = &tls.Certificate{Certificate: resp.GetCertificateChain(), PrivateKey: key}
+			return true
+		})
+		return cert
+	}
+	renew := func(cert *tls.Certificate, token string) error {
+		_, err := dial(cert).RenewAgent(ctx, &issuerv1.RenewAgentRequest{Csr: newCSR(t, ecKey(t)), ServiceAccountToken: token})
+		return err
+	}
+	wantCode := func(what string, err error, code codes.Code, msg string) {
+		t.Helper()
+		if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), msg) {
+			t.Fatalf("%s: err = %v, want %s containing %q", what, err, code, msg)
+		}
+	}
+	certA, certB := attest("node-a"), attest("node-b")
+
+	if err := renew(certA, tokens["node-a"]); err != nil {
+		t.Fatalf("renewal with the agent pod's token: %v", err)
+	}
+	wantCode("renewal without a token", renew(certA, ""), codes.InvalidArgument, "upgrade")
+	wantCode("renewal with another node's agent token", renew(certA, tokens["node-b"]), codes.PermissionDenied, `agent SVID is for node "node-a"`)
+
+	// node-b's agent pod goes away: its SVID cannot be renewed.
+	if err := kube.CoreV1().Pods("mayfly-system").Delete(ctx, pods["node-b"].Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "renewal of the deleted pod's agent to be refused", func() bool {
+		return status.Code(renew(certB, tokens["node-b"])) == codes.PermissionDenied
+	})
+
+	// An operator evicts node-a (what `ca agent evict` writes).
+	store := eviction.SecretStore{Client: kube, Namespace: "mayfly-system"}
+	if err := store.Update(ctx, func(l eviction.List) (eviction.List, error) { return l.Evict("node-a", time.Now(), time.Time{}) }); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "the replica to read the eviction", func() bool {
+		clock.Advance(eviction.DefaultPollInterval)
+		return status.Code(renew(certA, tokens["node-a"])) == codes.Unauthenticated
+	})
+	wantCode("renewal after the eviction", renew(certA, tokens["node-a"]), codes.Unauthenticated, "evicted")
+	_, err := dial(nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: newCSR(t, ecKey(t)), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tokens["node-a"]}})
+	wantCode("attestation of the evicted node", err, codes.PermissionDenied, "ca agent unevict node-a")
+	if !strings.Contains(r.logs.String(), "before the node was evicted") {
+		t.Fatal("no audit line of the refused renewal")
+	}
+}
