@@ -42,6 +42,11 @@ type Loaded struct {
 	BundleVersion string
 	Bundle        []*x509.Certificate
 	Authority     pki.Authority
+	// Taints are the tainted keys issuance moved off, announced with the
+	// bundle (State.ActiveTaints), and TaintReissueWindow the window the
+	// holders of credentials chaining to them have to re-issue.
+	Taints             []Taint
+	TaintReissueWindow time.Duration
 }
 
 // ManagerOptions configure a Manager.
@@ -249,7 +254,11 @@ func (m *Manager) install(ctx context.Context, s *State, version string) {
 		return
 	}
 	bundle := s.Bundle(now)
-	l := &Loaded{State: s, Version: version, Bundle: bundle, BundleVersion: bundleVersion(bundle), Authority: auth}
+	taints := s.ActiveTaints()
+	l := &Loaded{State: s, Version: version, Bundle: bundle, BundleVersion: bundleVersion(bundle, taints), Authority: auth, Taints: taints}
+	if m.opts.Minter != nil {
+		l.TaintReissueWindow = m.opts.Minter.Policy.TaintReissueWindow
+	}
 	prev := m.current.Swap(l)
 	m.setErr(nil)
 	m.updateMetrics(s)
@@ -373,10 +382,17 @@ func clampWait(d time.Duration) time.Duration {
 	return d
 }
 
-func bundleVersion(certs []*x509.Certificate) string {
+func bundleVersion(certs []*x509.Certificate, taints []Taint) string {
 	h := sha256.New()
 	for _, c := range certs {
 		h.Write(c.Raw)
+	}
+	if len(taints) > 0 {
+		// Without taints the version is what it was before taints existed.
+		h.Write([]byte("taints"))
+		for _, t := range taints {
+			h.Write(t.SubjectKeyID)
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil)[:12])
 }

@@ -95,6 +95,10 @@ type RotationConfig struct {
 	// MaxPrepareAhead caps how long before its activation a successor is
 	// prepared (default 720h; at least rootAckWait).
 	MaxPrepareAhead config.Duration `json:"maxPrepareAhead,omitempty"`
+	// TaintReissueWindow is how long agents and controllers have to
+	// re-issue every credential chaining to a tainted authority (ca taint),
+	// each at a random point of it (default 10m).
+	TaintReissueWindow config.Duration `json:"taintReissueWindow,omitempty"`
 }
 
 // WorkloadsConfig bounds workload SVID lifetimes.
@@ -218,6 +222,8 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		ActivateAt:      def.ActivateAt,
 		RootAckWait:     fc.Rotation.RootAckWait.Or(def.RootAckWait),
 		MaxPrepareAhead: fc.Rotation.MaxPrepareAhead.Or(def.MaxPrepareAhead),
+
+		TaintReissueWindow: fc.Rotation.TaintReissueWindow.Or(def.TaintReissueWindow),
 	}
 	if err := c.Policy.Validate(); err != nil {
 		return nil, err
