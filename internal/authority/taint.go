@@ -212,10 +212,25 @@ func TaintAuthority(ctx context.Context, store Store, req TaintRequest, now time
 	return out, err
 }
 
+// RevokeRequest names the authority ca revoke drops.
+type RevokeRequest struct {
+	Role string
+	// Serial (hex) picks a tainted key; empty means the one tainted key of
+	// Role that no longer signs and is not revoked yet.
+	Serial string
+	// Check, when set, may refuse the revocation of the taint found (live
+	// leaves still chain to it).
+	Check func(Taint) error
+}
+
 // RevokeAuthority drops a tainted authority from the trust bundle (a root;
 // an intermediate is never in the bundle, so revoking it only records it).
 // It refuses an authority that is not tainted or still signs.
-func RevokeAuthority(ctx context.Context, store Store, role, serial string) (Taint, error) {
+func RevokeAuthority(ctx context.Context, store Store, req RevokeRequest) (Taint, error) {
+	role, serial := req.Role, req.Serial
+	if role != RoleRoot && role != RoleIntermediate {
+		return Taint{}, fmt.Errorf("--authority: must be root or intermediate, got %q", role)
+	}
 	var out Taint
 	err := updateState(ctx, store, func(s *State) error {
 		var t *Taint
@@ -239,6 +254,11 @@ func RevokeAuthority(ctx context.Context, store Store, role, serial string) (Tai
 		}
 		if s.signsWith(t.SubjectKeyID) {
 			return fmt.Errorf("%w: the %s %s still signs (its successor waits for the agents to hold it; see ca status, or taint again with --force)", ErrStillSigning, role, t.Serial)
+		}
+		if req.Check != nil {
+			if err := req.Check(*t); err != nil {
+				return err
+			}
 		}
 		t.Revoked = true
 		out = *t

@@ -43,10 +43,10 @@ func TestTaintIntermediate(t *testing.T) {
 	before := mustLoad(t, m)
 	old := before.Authority.Cert
 
-	if _, err := authority.RevokeAuthority(ctx, store, authority.RoleIntermediate, ""); !errors.Is(err, authority.ErrNotTainted) {
+	if _, err := authority.RevokeAuthority(ctx, store, authority.RevokeRequest{Role: authority.RoleIntermediate}); !errors.Is(err, authority.ErrNotTainted) {
 		t.Fatalf("revoke of an untainted intermediate: err = %v, want ErrNotTainted", err)
 	}
-	if _, err := authority.RevokeAuthority(ctx, store, authority.RoleIntermediate, old.SerialNumber.Text(16)); !errors.Is(err, authority.ErrNotTainted) {
+	if _, err := authority.RevokeAuthority(ctx, store, authority.RevokeRequest{Role: authority.RoleIntermediate, Serial: old.SerialNumber.Text(16)}); !errors.Is(err, authority.ErrNotTainted) {
 		t.Fatalf("revoke of an untainted intermediate by serial: err = %v, want ErrNotTainted", err)
 	}
 	if _, err := authority.TaintAuthority(ctx, store, authority.TaintRequest{Role: authority.RoleIntermediate, Serial: "abc"}, t0); !errors.Is(err, authority.ErrNoSuchAuthority) {
@@ -87,7 +87,7 @@ func TestTaintIntermediate(t *testing.T) {
 	if d := authority.Plan(l.State, t0, testPolicy(), nil); len(d.Steps) != 0 {
 		t.Fatalf("plan after the replacement = %v, want nothing", d.Steps)
 	}
-	if _, err := authority.RevokeAuthority(ctx, store, authority.RoleIntermediate, ""); err != nil {
+	if _, err := authority.RevokeAuthority(ctx, store, authority.RevokeRequest{Role: authority.RoleIntermediate}); err != nil {
 		t.Fatalf("revoke of the tainted intermediate: %v", err)
 	}
 
@@ -149,10 +149,10 @@ func TestTaintRoot(t *testing.T) {
 				if len(l.Taints) != 0 {
 					t.Fatal("taint announced while the tainted root still signs")
 				}
-				if _, err := authority.RevokeAuthority(ctx, store, authority.RoleRoot, ""); !errors.Is(err, authority.ErrNotTainted) {
+				if _, err := authority.RevokeAuthority(ctx, store, authority.RevokeRequest{Role: authority.RoleRoot}); !errors.Is(err, authority.ErrNotTainted) {
 					t.Fatalf("revoke while the root signs: err = %v, want ErrNotTainted", err)
 				}
-				if _, err := authority.RevokeAuthority(ctx, store, authority.RoleRoot, oldRoot.SerialNumber.Text(16)); !errors.Is(err, authority.ErrStillSigning) {
+				if _, err := authority.RevokeAuthority(ctx, store, authority.RevokeRequest{Role: authority.RoleRoot, Serial: oldRoot.SerialNumber.Text(16)}); !errors.Is(err, authority.ErrStillSigning) {
 					t.Fatalf("revoke by serial while the root signs: err = %v, want ErrStillSigning", err)
 				}
 				acked = true
@@ -168,7 +168,11 @@ func TestTaintRoot(t *testing.T) {
 			if !hasKeyID(taintedKeyIDs(l), oldRoot.SubjectKeyId) || !containsCert(l.Bundle, oldRoot) {
 				t.Fatal("want the old root in the bundle and announced as tainted")
 			}
-			if _, err := authority.RevokeAuthority(ctx, store, authority.RoleRoot, ""); err != nil {
+			refuse := errors.New("live leaves")
+			if _, err := authority.RevokeAuthority(ctx, store, authority.RevokeRequest{Role: authority.RoleRoot, Check: func(authority.Taint) error { return refuse }}); !errors.Is(err, refuse) {
+				t.Fatalf("revoke refused by its check: err = %v", err)
+			}
+			if _, err := authority.RevokeAuthority(ctx, store, authority.RevokeRequest{Role: authority.RoleRoot}); err != nil {
 				t.Fatalf("revoke: %v", err)
 			}
 			if err := m.Reload(ctx); err != nil {
