@@ -285,3 +285,33 @@ func TestTaintReissuesEveryIdentityWithinTheWindow(t *testing.T) {
 		return true
 	})
 }
+
+// TestTaintsOfBoundsTheAnnouncement: what a bundle announces is bounded:
+// empty and oversized key IDs are ignored, at most 64 are kept, the window
+// is clamped to [0, 24h] and is zero without a taint.
+func TestTaintsOfBoundsTheAnnouncement(t *testing.T) {
+	many := make([][]byte, 100)
+	for i := range many {
+		many[i] = []byte{byte(i + 1)}
+	}
+	for _, tc := range []struct {
+		name       string
+		b          *issuerv1.Bundle
+		wantIDs    int
+		wantWindow time.Duration
+	}{
+		{"none", &issuerv1.Bundle{ReissueWindowSeconds: 600}, 0, 0},
+		{"one", &issuerv1.Bundle{TaintedKeyIds: [][]byte{{1}}, ReissueWindowSeconds: 600}, 1, 10 * time.Minute},
+		{"empty_and_oversized_ids_ignored", &issuerv1.Bundle{TaintedKeyIds: [][]byte{{}, make([]byte, 65), {1}}, ReissueWindowSeconds: 60}, 1, time.Minute},
+		{"negative_window", &issuerv1.Bundle{TaintedKeyIds: [][]byte{{1}}, ReissueWindowSeconds: -5}, 1, 0},
+		{"huge_window", &issuerv1.Bundle{TaintedKeyIds: [][]byte{{1}}, ReissueWindowSeconds: 1 << 62}, 1, 24 * time.Hour},
+		{"too_many_ids", &issuerv1.Bundle{TaintedKeyIds: many, ReissueWindowSeconds: 1}, 64, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := taintsOf(tc.b)
+			if len(got.KeyIDs) != tc.wantIDs || got.Window != tc.wantWindow {
+				t.Fatalf("taintsOf = %d IDs, window %s; want %d, %s", len(got.KeyIDs), got.Window, tc.wantIDs, tc.wantWindow)
+			}
+		})
+	}
+}

@@ -28,16 +28,26 @@ type AuthorityLeaves struct {
 type liveLeaves struct {
 	mu   sync.Mutex
 	now  func() time.Time
-	keys map[authKey]*expiryHeap
+	keys map[authKey]*keyLeaves
 	desc *prometheus.Desc
 }
+
+// keyLeaves are the live leaves of one key and the last notAfter seen: a
+// key shows 0 for a day after its last leaf expired, then is forgotten.
+type keyLeaves struct {
+	expiries expiryHeap
+	last     time.Time
+}
+
+// zeroKept is how long a key with no live leaf is still reported (as 0).
+const zeroKept = 24 * time.Hour
 
 type authKey struct{ role, serial string }
 
 func newLiveLeaves(now func() time.Time) *liveLeaves {
 	return &liveLeaves{
 		now:  now,
-		keys: map[authKey]*expiryHeap{},
+		keys: map[authKey]*keyLeaves{},
 		desc: prometheus.NewDesc("mayfly_ca_authority_live_leaves",
 			"Leaves issued by this replica since it started that are still valid, by the authority key they chain to (role/serial of an intermediate or root). Per replica: sum over the replicas.",
 			[]string{"authority"}, nil),
@@ -61,30 +71,35 @@ func (l *liveLeaves) record(a *authority.Loaded, notAfter time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, k := range keys {
-		h := l.keys[k]
-		if h == nil {
-			h = &expiryHeap{}
-			l.keys[k] = h
+		kl := l.keys[k]
+		if kl == nil {
+			kl = &keyLeaves{}
+			l.keys[k] = kl
 		}
-		heap.Push(h, notAfter)
+		heap.Push(&kl.expiries, notAfter)
+		if notAfter.After(kl.last) {
+			kl.last = notAfter
+		}
 	}
 }
 
-// Counts returns the live leaves per authority key, pruning expired ones
-// and forgetting keys with none.
+// Counts returns the live leaves per authority key, pruning expired ones;
+// a key with none is reported as 0 for zeroKept, then forgotten.
 func (l *liveLeaves) Counts() []AuthorityLeaves {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := make([]AuthorityLeaves, 0, len(l.keys))
-	for k, h := range l.keys {
+	for k, kl := range l.keys {
+		h := &kl.expiries
 		for h.Len() > 0 && !now.Before((*h)[0]) {
 			heap.Pop(h)
 		}
-		out = append(out, AuthorityLeaves{Role: k.role, Serial: k.serial, Live: h.Len()})
-		if h.Len() == 0 {
+		if h.Len() == 0 && now.After(kl.last.Add(zeroKept)) {
 			delete(l.keys, k)
+			continue
 		}
+		out = append(out, AuthorityLeaves{Role: k.role, Serial: k.serial, Live: h.Len()})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Role != out[j].Role {
