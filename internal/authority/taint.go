@@ -103,6 +103,18 @@ func (s *State) ActiveTaints() []Taint {
 	return out
 }
 
+// SigningTainted reports whether a tainted key still signs (a tainted root
+// whose successor waits for the agents): what is issued meanwhile chains to
+// it and must be re-issued once the CA moved off it.
+func (s *State) SigningTainted() bool {
+	for _, t := range s.Taints {
+		if s.signsWith(t.SubjectKeyID) {
+			return true
+		}
+	}
+	return false
+}
+
 // signsWith reports whether the key with ski signs now: the current
 // intermediate or the root above it.
 func (s *State) signsWith(ski []byte) bool {
