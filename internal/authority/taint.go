@@ -158,7 +158,7 @@ func (s *State) findAuthority(role, serial string) (*x509.Certificate, error) {
 	var cands []string
 	match := func(c *x509.Certificate) {
 		cands = append(cands, c.SerialNumber.Text(16))
-		if found == nil && strings.EqualFold(c.SerialNumber.Text(16), strings.TrimPrefix(strings.ToLower(serial), "0x")) {
+		if found == nil && c.SerialNumber.Text(16) == normSerial(serial) {
 			found = c
 		}
 	}
@@ -183,6 +183,16 @@ func (s *State) findAuthority(role, serial string) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("%w: no %s with serial %q (have %s)", ErrNoSuchAuthority, role, serial, strings.Join(cands, ", "))
 	}
 	return found, nil
+}
+
+// normSerial is a serial in the form big.Int.Text(16) prints: lower case,
+// no 0x, no leading zeros.
+func normSerial(s string) string {
+	s = strings.TrimLeft(strings.TrimPrefix(strings.ToLower(strings.TrimSpace(s)), "0x"), "0")
+	if s == "" {
+		return "0"
+	}
+	return s
 }
 
 // TaintRequest names the authority ca taint marks.
@@ -219,6 +229,13 @@ func TaintAuthority(ctx context.Context, store Store, req TaintRequest, now time
 		if req.Role == RoleRoot && s.Root.Current != nil && s.Root.Current.Cert().Equal(c) {
 			s.Root.Requested = true
 		}
+		// A tainted successor never signed: drop it, the plan prepares
+		// another (and a dropped next root leaves the bundle).
+		for _, r := range []*Rotation{&s.Root, &s.Intermediate} {
+			if r.Next != nil && r.Next.Cert().Equal(c) {
+				r.Next, r.NextPublishedAt = nil, time.Time{}
+			}
+		}
 		return nil
 	})
 	return out, err
@@ -251,7 +268,7 @@ func RevokeAuthority(ctx context.Context, store Store, req RevokeRequest) (Taint
 			if c.Role != role || s.signsWith(c.SubjectKeyID) && serial == "" {
 				continue
 			}
-			if serial == "" && !c.Revoked || serial != "" && strings.EqualFold(c.Serial, strings.TrimPrefix(strings.ToLower(serial), "0x")) {
+			if serial == "" && !c.Revoked || serial != "" && normSerial(c.Serial) == normSerial(serial) {
 				t = c
 			}
 		}

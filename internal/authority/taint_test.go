@@ -210,3 +210,46 @@ func TestTaintRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestTaintNextKeys: a tainted successor (found by its serial, in any case
+// and with leading zeros or 0x) never signed: it is dropped, and the plan
+// prepares another rather than activate it.
+func TestTaintNextKeys(t *testing.T) {
+	for _, role := range []string{authority.RoleRoot, authority.RoleIntermediate} {
+		t.Run(role, func(t *testing.T) {
+			ctx := context.Background()
+			store, err := authority.NewDirStore(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := newMinter(testPolicy())
+			s := bootstrap(t, m, t0)
+			s = apply(t, m, s, authority.StepPrepareRoot, t0)
+			s = apply(t, m, s, authority.StepPrepareIntermediate, t0)
+			if _, err := store.Save(ctx, encode(t, s), ""); err != nil {
+				t.Fatal(err)
+			}
+			next := s.Intermediate.Next.Cert()
+			if role == authority.RoleRoot {
+				next = s.Root.Next.Cert()
+			}
+			if _, err := authority.TaintAuthority(ctx, store, authority.TaintRequest{Role: role, Serial: "0x00" + strings.ToUpper(next.SerialNumber.Text(16))}, t0); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := storedState(t, store)
+			r := got.Intermediate
+			if role == authority.RoleRoot {
+				r = got.Root
+				if containsCert(got.Bundle(t0), next) {
+					t.Fatal("the tainted next root is still in the bundle")
+				}
+			}
+			if r.Next != nil {
+				t.Fatal("the tainted next key was kept")
+			}
+			if !got.Tainted(next) {
+				t.Fatal("the taint was not recorded")
+			}
+		})
+	}
+}
