@@ -44,7 +44,7 @@ func TestTaintedAuthorityReissuesSecretsOverTheWindow(t *testing.T) {
 				return false, err.Error()
 			}
 			rt := wc.Status.RenewalTime
-			if rt == nil || rt.Time.Before(taintedAt.Add(-time.Second)) || rt.Time.After(taintedAt.Add(window)) {
+			if rt == nil || rt.Time.Before(taintedAt.Add(-time.Second)) || rt.After(taintedAt.Add(window)) {
 				return false, fmt.Sprintf("%s renews at %v", name, rt)
 			}
 			distinct[rt.Time] = true
