@@ -68,6 +68,7 @@ type BundleWatcher struct {
 type bundleState struct {
 	certs   []*x509.Certificate
 	version string
+	taints  Taints
 }
 
 // NewBundleWatcher returns a watcher holding cfg.Initial.
@@ -107,6 +108,9 @@ func (w *BundleWatcher) Bundle() ([]*x509.Certificate, string) {
 	return b.certs, b.version
 }
 
+// Taints returns the tainted authorities the bundle in force announces.
+func (w *BundleWatcher) Taints() Taints { return w.cur.Load().taints }
+
 // SubscribeBundle signals after every bundle change.
 func (w *BundleWatcher) SubscribeBundle() (<-chan struct{}, func()) {
 	return w.changes.Subscribe()
@@ -130,8 +134,9 @@ func (w *BundleWatcher) Install(b *issuerv1.Bundle) bool {
 	if cur := w.cur.Load(); cur.version == b.GetVersion() && cur.version != "" {
 		return true
 	}
-	w.cur.Store(&bundleState{certs: roots, version: b.GetVersion()})
-	w.cfg.Logger.Info("trust bundle installed", "version", b.GetVersion(), "roots", len(roots))
+	taints := taintsOf(b)
+	w.cur.Store(&bundleState{certs: roots, version: b.GetVersion(), taints: taints})
+	w.cfg.Logger.Info("trust bundle installed", "version", b.GetVersion(), "roots", len(roots), "tainted_authorities", len(taints.KeyIDs))
 	w.changes.Notify()
 	if w.cfg.Saver != nil {
 		if err := w.cfg.Saver.SaveBundle(roots); err != nil {

@@ -263,6 +263,17 @@ func (m *Manager) DeliverBundle(ctx context.Context, roots []*x509.Certificate) 
 	return m.sinks.deliver(ctx, roots)
 }
 
+// Rotators returns the rotators of every identity held now.
+func (m *Manager) Rotators() []*rotate.Rotator {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*rotate.Rotator, 0, len(m.entries))
+	for _, e := range m.entries {
+		out = append(out, e.rot)
+	}
+	return out
+}
+
 // Remove stops and forgets an identity.
 func (m *Manager) Remove(key string) {
 	m.mu.Lock()

@@ -43,6 +43,11 @@ type Loaded struct {
 	BundleVersion string
 	Bundle        []*x509.Certificate
 	Authority     pki.Authority
+	// Taints are the tainted keys issuance moved off, announced with the
+	// bundle (State.ActiveTaints), and TaintReissueWindow the window the
+	// holders of credentials chaining to them have to re-issue.
+	Taints             []Taint
+	TaintReissueWindow time.Duration
 }
 
 // ManagerOptions configure a Manager.
@@ -250,7 +255,11 @@ func (m *Manager) install(ctx context.Context, s *State, version string) {
 		return
 	}
 	bundle := s.Bundle(now)
-	l := &Loaded{State: s, Version: version, Bundle: bundle, BundleVersion: BundleVersion(bundle), Authority: auth}
+	taints := s.ActiveTaints()
+	l := &Loaded{State: s, Version: version, Bundle: bundle, BundleVersion: bundleVersion(bundle, taints), Authority: auth, Taints: taints}
+	if m.opts.Minter != nil {
+		l.TaintReissueWindow = m.opts.Minter.Policy.TaintReissueWindow
+	}
 	prev := m.current.Swap(l)
 	m.setErr(nil)
 	m.updateMetrics(s)
@@ -391,9 +400,34 @@ func BundleVersion(certs []*x509.Certificate) string {
 // BundleVersionDER is BundleVersion of certificates given as DER, without
 // parsing them.
 func BundleVersionDER(ders iter.Seq[[]byte]) string {
+	return bundleVersionOf(ders, nil)
+}
+
+// bundleVersion is the version agents see: the certificates' hash, and the
+// tainted keys when there are any, so that a taint reaches every agent as a
+// new bundle. Without taints it equals BundleVersion, which is what the
+// Kubernetes delivery objects (holding certificates only) are compared with.
+func bundleVersion(certs []*x509.Certificate, taints []Taint) string {
+	return bundleVersionOf(func(yield func([]byte) bool) {
+		for _, c := range certs {
+			if !yield(c.Raw) {
+				return
+			}
+		}
+	}, taints)
+}
+
+func bundleVersionOf(ders iter.Seq[[]byte], taints []Taint) string {
 	h := sha256.New()
 	for d := range ders {
 		h.Write(d)
+	}
+	if len(taints) > 0 {
+		// Without taints the version is what it was before taints existed.
+		h.Write([]byte("taints"))
+		for _, t := range taints {
+			h.Write(t.SubjectKeyID)
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil)[:12])
 }

@@ -73,6 +73,7 @@ func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) 
 	switch step {
 	case StepDropRetired:
 		*root = root.withoutExpired(now)
+		n.Taints = s.withoutExpiredTaints(now)
 	case StepPrepareRoot:
 		if root.Current == nil {
 			return nil, errors.New("prepare root: an upstream owns the roots")

@@ -1,6 +1,7 @@
 package authority
 
 import (
+	"crypto/x509"
 	"fmt"
 	"slices"
 	"time"
@@ -24,6 +25,10 @@ type Policy struct {
 	// to report that it holds the new bundle before it activates anyway
 	// (default 24h).
 	RootAckWait time.Duration
+	// TaintReissueWindow is how long after seeing a taint in the trust
+	// bundle every holder of a credential chaining to the tainted key has
+	// to re-issue it (each at a random point of the window; default 10m).
+	TaintReissueWindow time.Duration
 	// MaxPrepareAhead caps how early a successor is prepared for a long
 	// lifetime: at the latest of the PrepareAt point and (its activation
 	// point - MaxPrepareAhead). Half of a 1-year root would otherwise be 6
@@ -44,6 +49,8 @@ func DefaultPolicy() Policy {
 		ActivateAt:      2.0 / 3.0,
 		RootAckWait:     24 * time.Hour,
 		MaxPrepareAhead: 30 * 24 * time.Hour,
+
+		TaintReissueWindow: 10 * time.Minute,
 	}
 }
 
@@ -68,6 +75,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("rotation.maxPrepareAhead: must not be negative, got %s", p.MaxPrepareAhead)
 	case p.MaxPrepareAhead != 0 && p.MaxPrepareAhead < p.RootAckWait:
 		return fmt.Errorf("rotation.maxPrepareAhead: must be at least rootAckWait (%s), got %s", p.RootAckWait, p.MaxPrepareAhead)
+	case p.TaintReissueWindow < 0 || p.TaintReissueWindow > p.IntermediateTTL/2:
+		return fmt.Errorf("rotation.taintReissueWindow: must be between 0 and half of intermediateTTL (%s), got %s", p.IntermediateTTL/2, p.TaintReissueWindow)
 	}
 	return nil
 }
@@ -107,7 +116,8 @@ const (
 	// StepActivateIntermediate makes the next intermediate the signing one.
 	StepActivateIntermediate Step = "ActivateIntermediate"
 	// StepReplaceIntermediate mints a new signing intermediate at once: the
-	// current one expired (the CA was down) and no usable successor exists.
+	// current one expired (the CA was down) and no usable successor exists,
+	// or it was tainted (ca taint).
 	StepReplaceIntermediate Step = "ReplaceIntermediate"
 )
 
@@ -181,10 +191,17 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 		}
 	}
 
-	if due, until := s.Root.retiredDue(now); due {
+	rootsDue, until := s.Root.retiredDue(now)
+	taintsDue, taintUntil := s.taintsDue(now)
+	if rootsDue || taintsDue {
 		d.Steps = append(d.Steps, StepDropRetired)
 	} else {
 		consider(until)
+		consider(taintUntil)
+	}
+	if t := s.taintOf(currentCert(s.Root.Current)); t != nil && t.Force {
+		// A tainted root's successor does not wait for the agents.
+		acked = func() bool { return true }
 	}
 
 	for _, k := range kinds {
@@ -192,6 +209,11 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 			continue
 		}
 		r := k.rotation(s)
+		if k.replace != "" && s.Tainted(currentCert(r.Current)) {
+			d.Steps = append(d.Steps, k.replace)
+			d.Reason = fmt.Sprintf("current %s is tainted", k.name)
+			continue
+		}
 		action, at := r.Decide(now, k.schedule(p), acked)
 		switch action {
 		case ActionNone:
@@ -216,6 +238,13 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 	}
 	d.Next = next
 	return d
+}
+
+func currentCert(s *Slot) *x509.Certificate {
+	if s == nil {
+		return nil
+	}
+	return s.Cert()
 }
 
 var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -46,6 +46,8 @@ type State struct {
 	Intermediate Rotation
 	// Generation counts the rotations, for logs and status.
 	Generation int64
+	// Taints are the keys marked compromised (ca taint), until they expire.
+	Taints []Taint
 }
 
 // slotKeys are the data keys of a rotation's current and next slot.
@@ -64,6 +66,8 @@ type meta struct {
 	RootRotation        bool          `json:"rootRotationRequested,omitempty"`
 	NextRootPublishedAt *time.Time    `json:"nextRootPublishedAt,omitempty"`
 	Retired             []retiredJSON `json:"retiredRoots,omitempty"`
+	// Taints was added with ca taint; states without it have none.
+	Taints []taintJSON `json:"taints,omitempty"`
 }
 
 type retiredJSON struct {
@@ -158,6 +162,9 @@ func (s *State) Encode() (map[string][]byte, error) {
 	for _, r := range s.Root.Retired {
 		m.Retired = append(m.Retired, retiredJSON{Cert: string(pki.EncodeCertificates(r.Cert)), Until: r.Until.UTC()})
 	}
+	for _, t := range s.Taints {
+		m.Taints = append(m.Taints, t.toJSON())
+	}
 	mj, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encoding %s: %w", KeyMeta, err)
@@ -204,6 +211,13 @@ func Decode(data map[string][]byte) (*State, error) {
 				return nil, fmt.Errorf("%w: %s: retiredRoots[%d].cert: %w", ErrCorrupt, KeyMeta, i, err)
 			}
 			s.Root.Retired = append(s.Root.Retired, Retired{Cert: certs[0], Until: r.Until})
+		}
+		for i, tj := range m.Taints {
+			t, err := tj.decode(i)
+			if err != nil {
+				return nil, err
+			}
+			s.Taints = append(s.Taints, t)
 		}
 	}
 	return s, nil

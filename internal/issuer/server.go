@@ -133,6 +133,7 @@ type Server struct {
 	cfg     Config
 	metrics *metrics
 	signers atomic.Pointer[signers]
+	live    *liveLeaves
 
 	limMu    sync.Mutex
 	limiters map[string]*rate.Limiter
@@ -215,6 +216,10 @@ func New(cfg Config) (*Server, error) {
 		watchers: map[*watcher]struct{}{},
 	}
 	s.metrics = newMetrics(cfg.Registerer, func() float64 { return float64(len(s.NotAckedAgents())) })
+	s.live = newLiveLeaves(cfg.Now)
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.live)
+	}
 	s.serving.server = s
 	return s, nil
 }
@@ -319,6 +324,7 @@ func (s *Server) signAgent(node string, csrDER []byte, attestedAt time.Time) ([]
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	s.live.record(sg.loaded, leaf.NotAfter)
 	return chainDER(der, sg.loaded.Authority), leaf, bundleMessage(sg.loaded), nil
 }
 
@@ -379,6 +385,7 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 	if err != nil {
 		return deny(grant.ID.String(), err)
 	}
+	s.live.record(sg.loaded, leaf.NotAfter)
 	s.auditIssue(ctx, "workload", "sign", "node "+node, leaf, "subject", grant.Subject)
 	res.Result = &issuerv1.WorkloadResult_Issued{Issued: &issuerv1.Issued{
 		SpiffeId:         grant.ID.String(),
@@ -592,8 +599,18 @@ func bundleMessage(l *authority.Loaded) *issuerv1.Bundle {
 	for _, c := range l.Bundle {
 		b.X509Authorities = append(b.X509Authorities, c.Raw)
 	}
+	for _, t := range l.Taints {
+		b.TaintedKeyIds = append(b.TaintedKeyIds, t.SubjectKeyID)
+	}
+	if len(b.TaintedKeyIds) > 0 {
+		b.ReissueWindowSeconds = int64(l.TaintReissueWindow / time.Second)
+	}
 	return b
 }
+
+// LiveLeaves returns how many leaves this replica issued since it started
+// that are still valid, per authority key (mayfly_ca_authority_live_leaves).
+func (s *Server) LiveLeaves() []AuthorityLeaves { return s.live.Counts() }
 
 func statusFor(err error) error {
 	d := DenialOf(err)

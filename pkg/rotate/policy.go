@@ -136,6 +136,9 @@ const (
 	// triggered one) failed; retry after backoff, but no later than the
 	// renewal point.
 	ReasonRetry Reason = "Retry"
+	// ReasonRenewBy: a renewal was asked for by a time ([Rotator.RenewBy]),
+	// before the policy's own point (the issuing authority was tainted).
+	ReasonRenewBy Reason = "RenewBy"
 )
 
 // Decision is the result of [Policy.Next]: act at At, because of Reason.

@@ -138,6 +138,8 @@ type Rotator struct {
 	failures    uint64
 	sinkFails   uint64
 	lastSinkErr string
+	renewBy     time.Time // zero, or RenewBy's deadline until a credential obtained after it
+	renewBySeq  uint64    // counts RenewBy calls, to tell a renewal that began before one
 }
 
 type sinkEntry struct {
@@ -267,6 +269,26 @@ func (r *Rotator) Trigger() {
 	}
 }
 
+// RenewBy asks for a renewal at t at the latest (now when t has passed),
+// ahead of the policy's renewal point: the credential chains to an
+// authority that must no longer be used. An earlier pending deadline wins.
+// The deadline holds until a credential obtained after the call became
+// current; while obtaining fails, the policy's backoff applies. It never
+// blocks.
+func (r *Rotator) RenewBy(t time.Time) {
+	r.mu.Lock()
+	r.renewBySeq++
+	if r.renewBy.IsZero() || t.Before(r.renewBy) {
+		r.renewBy = t
+	}
+	r.decideLocked(r.clock.Now())
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
 // Current returns the last good credential, or nil before the first success.
 // The credential stays current while obtaining fails, even after it expired.
 // It is shared: do not modify it.
@@ -385,11 +407,17 @@ func (r *Rotator) decideLocked(now time.Time) Decision {
 		v = &val
 	}
 	r.next = r.policy.Next(v, now, max(r.attempts, r.hot), r.jitter)
+	if !r.renewBy.IsZero() && r.attempts == 0 && r.renewBy.Before(r.next.At) {
+		r.next = Decision{At: r.renewBy, Reason: ReasonRenewBy}
+	}
 	return r.next
 }
 
 // renew obtains a credential once and records the outcome.
 func (r *Rotator) renew(ctx context.Context) {
+	r.mu.Lock()
+	seq := r.renewBySeq
+	r.mu.Unlock()
 	cred, err := r.obtain(ctx)
 	if err == nil {
 		err = r.check(cred, r.clock.Now())
@@ -397,7 +425,7 @@ func (r *Rotator) renew(ctx context.Context) {
 	if err != nil && ctx.Err() != nil {
 		return // shutting down: not a failure
 	}
-	if r.record(cred, err) == nil {
+	if r.record(cred, err, seq) == nil {
 		r.deliver(ctx, true)
 	}
 }
@@ -414,7 +442,10 @@ func (r *Rotator) Record(cred *Credential, err error) error {
 	if err == nil {
 		err = r.check(cred, r.clock.Now())
 	}
-	err = r.record(cred, err)
+	r.mu.Lock()
+	seq := r.renewBySeq
+	r.mu.Unlock()
+	err = r.record(cred, err, seq)
 	select {
 	case r.wake <- struct{}{}:
 	default:
@@ -434,8 +465,10 @@ func (r *Rotator) check(cred *Credential, now time.Time) error {
 }
 
 // record makes the outcome of one attempt (already checked) the state and
-// emits its event; a new credential is due to every sink at once.
-func (r *Rotator) record(cred *Credential, err error) error {
+// emits its event; a new credential is due to every sink at once. seq is
+// renewBySeq when obtaining began: a credential obtained after the last
+// RenewBy clears its deadline.
+func (r *Rotator) record(cred *Credential, err error, seq uint64) error {
 	now := r.clock.Now()
 	if err != nil {
 		r.mu.Lock()
@@ -455,6 +488,9 @@ func (r *Rotator) record(cred *Credential, err error) error {
 	r.lastSuccess = now
 	r.rotations++
 	r.jitter = r.drawJitter()
+	if seq == r.renewBySeq {
+		r.renewBy = time.Time{}
+	}
 	for _, e := range r.sinks {
 		e.retryAt = time.Time{}
 	}

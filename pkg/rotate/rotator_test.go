@@ -712,3 +712,51 @@ func TestRotatorRecord(t *testing.T) {
 		}
 	})
 }
+
+// TestRotatorRenewBy: a deadline before the renewal point moves the next
+// renewal to it, once; a later one changes nothing; a past one renews now.
+func TestRotatorRenewBy(t *testing.T) {
+	h := newHarness(t, Options{Policy: noJitterPolicy})
+	h.start()
+	if wake := h.idle(); !wake.Equal(t0.Add(30 * time.Minute)) {
+		t.Fatalf("first wake = %v, want half-life", wake)
+	}
+
+	h.r.RenewBy(t0.Add(time.Hour)) // after the renewal point: no effect
+	h.r.RenewBy(t0.Add(5 * time.Minute))
+	h.r.RenewBy(t0.Add(7 * time.Minute)) // a later deadline does not win
+	if err := waitFor(t, func() bool { at, _ := h.clock.NextDeadline(); return at.Equal(t0.Add(5 * time.Minute)) }); err != nil {
+		t.Fatalf("loop did not move its wake-up to the deadline: state %+v", h.r.State())
+	}
+	if st := h.r.State(); st.NextReason != ReasonRenewBy {
+		t.Fatalf("next reason = %s, want RenewBy", st.NextReason)
+	}
+	renewed := t0.Add(5 * time.Minute)
+	if at := h.advanceToWake(); !at.Equal(renewed) {
+		t.Fatalf("renewed at %v, want %v", at, renewed)
+	}
+	if h.calls.Load() != 2 {
+		t.Fatalf("obtain calls = %d, want 2", h.calls.Load())
+	}
+	if wake := h.idle(); !wake.Equal(renewed.Add(30 * time.Minute)) {
+		t.Fatalf("after the forced renewal the loop wakes at %v, want the new credential's half-life %v", wake, renewed.Add(30*time.Minute))
+	}
+
+	h.r.RenewBy(t0) // already passed: renew now
+	if err := waitFor(t, func() bool { return h.calls.Load() == 3 }); err != nil {
+		t.Fatal("a passed deadline did not renew at once")
+	}
+}
+
+// waitFor polls cond until it holds or the test context ends.
+func waitFor(t *testing.T, cond func() bool) error {
+	ctx := testContext(t)
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}

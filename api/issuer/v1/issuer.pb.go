@@ -847,8 +847,17 @@ type Bundle struct {
 	// for changes should fetch the bundle again (the SPIFFE bundle
 	// refresh_hint). 0 means no hint.
 	RefreshHintSeconds int64 `protobuf:"varint,3,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// SubjectKeyIds of the authorities (roots, intermediates) the CA tainted
+	// (ca taint) and no longer signs with. A consumer re-issues every
+	// credential whose chain holds a certificate with one of these as its
+	// SubjectKeyId or AuthorityKeyId, within reissue_window_seconds of
+	// receiving this bundle, each at a random point of the window.
+	TaintedKeyIds [][]byte `protobuf:"bytes,4,rep,name=tainted_key_ids,json=taintedKeyIds,proto3" json:"tainted_key_ids,omitempty"`
+	// The window for re-issuing after a taint, in seconds; set when
+	// tainted_key_ids is not empty.
+	ReissueWindowSeconds int64 `protobuf:"varint,5,opt,name=reissue_window_seconds,json=reissueWindowSeconds,proto3" json:"reissue_window_seconds,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
@@ -898,6 +907,20 @@ func (x *Bundle) GetX509Authorities() [][]byte {
 func (x *Bundle) GetRefreshHintSeconds() int64 {
 	if x != nil {
 		return x.RefreshHintSeconds
+	}
+	return 0
+}
+
+func (x *Bundle) GetTaintedKeyIds() [][]byte {
+	if x != nil {
+		return x.TaintedKeyIds
+	}
+	return nil
+}
+
+func (x *Bundle) GetReissueWindowSeconds() int64 {
+	if x != nil {
+		return x.ReissueWindowSeconds
 	}
 	return 0
 }
@@ -1005,11 +1028,13 @@ const file_issuer_v1_issuer_proto_rawDesc = "" +
 	"\tNOT_FOUND\x10\x03\x12\x16\n" +
 	"\x12RESOURCE_EXHAUSTED\x10\x04\x12\x0f\n" +
 	"\vUNAVAILABLE\x10\x05\x12\f\n" +
-	"\bINTERNAL\x10\x06\"\x7f\n" +
+	"\bINTERNAL\x10\x06\"\xdd\x01\n" +
 	"\x06Bundle\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x120\n" +
-	"\x14refresh_hint_seconds\x18\x03 \x01(\x03R\x12refreshHintSeconds\"%\n" +
+	"\x14refresh_hint_seconds\x18\x03 \x01(\x03R\x12refreshHintSeconds\x12&\n" +
+	"\x0ftainted_key_ids\x18\x04 \x03(\fR\rtaintedKeyIds\x124\n" +
+	"\x16reissue_window_seconds\x18\x05 \x01(\x03R\x14reissueWindowSeconds\"%\n" +
 	"\tBundleAck\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion2\xe9\x02\n" +
 	"\x06Issuer\x12Z\n" +

@@ -184,6 +184,11 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	g.Go(func() error { return ca.Start(ctx) })
 	g.Go(func() error { return batcher.Start(ctx) })
 	g.Go(func() error { return mgr.Start(ctx) })
+	// After a taint (ca taint), what chains to the tainted authority is
+	// re-issued within the CA's window.
+	reissuer := &agent.Reissuer{Bundle: ca.Bundles, Clock: opts.Clock, Logger: log.With("component", "reissuer"),
+		Rotators: func() []*rotate.Rotator { return append(mgr.Rotators(), ca.Rotator()) }}
+	g.Go(func() error { return reissuer.Start(ctx) })
 	g.Go(func() error {
 		log.Info("Workload API listening", "socket", cfg.SocketPath, "node", cfg.NodeName)
 		if opts.Ready != nil {

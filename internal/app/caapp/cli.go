@@ -34,6 +34,11 @@ Usage:
   ca rotate-root --config FILE
       Ask the running CA to rotate its self-signed root now: the next root is
       published at once and activated when every agent holds it.
+  ca taint --config FILE --authority intermediate|root [--serial S] [--force]
+      Mark a compromised key: issuance moves off it at once (a root waits for
+      the agents unless --force) and agents re-issue what chains to it.
+  ca revoke --config FILE --authority intermediate|root [--serial S] [--address A,B] [--force]
+      Drop a tainted key from the bundle; refused while live leaves chain to it.
 
 See docs/ca.md.
 `
@@ -46,6 +51,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		"status":      func(a []string) error { return cmdStatus(a, stdout, stderr) },
 		"rotate-root": func(a []string) error { return cmdRotateRoot(a, stdout, stderr) },
 		"agent":       func(a []string) error { return cmdAgent(a, stdout, stderr, time.Now) },
+		"taint":       func(a []string) error { return cmdTaint(a, stdout, stderr) },
+		"revoke":      func(a []string) error { return cmdRevoke(a, stdout, stderr) },
 	})
 }
 

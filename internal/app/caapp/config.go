@@ -120,6 +120,10 @@ type RotationConfig struct {
 	// ClusterTrustBundle hold it, for kubelet to refresh the pods' volumes
 	// (Kubernetes mode; default 3m, "0s" for none).
 	KubernetesPropagationDelay *config.Duration `json:"kubernetesPropagationDelay,omitempty"`
+	// TaintReissueWindow is how long agents and controllers have to
+	// re-issue every credential chaining to a tainted authority (ca taint),
+	// each at a random point of it (default 10m).
+	TaintReissueWindow config.Duration `json:"taintReissueWindow,omitempty"`
 }
 
 // WorkloadsConfig bounds workload SVID lifetimes.
@@ -234,6 +238,8 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		ActivateAt:      def.ActivateAt,
 		RootAckWait:     fc.Rotation.RootAckWait.Or(def.RootAckWait),
 		MaxPrepareAhead: fc.Rotation.MaxPrepareAhead.Or(def.MaxPrepareAhead),
+
+		TaintReissueWindow: fc.Rotation.TaintReissueWindow.Or(def.TaintReissueWindow),
 	}
 	if err := c.Policy.Validate(); err != nil {
 		return nil, err

@@ -68,6 +68,7 @@ rotation:
   intermediateTTL: 12h
   rootAckWait: 1h
   maxPrepareAhead: 240h
+  taintReissueWindow: 5m
 agentTTL: 30m
 workloads:
   minTTL: 1m
@@ -100,7 +101,7 @@ upstream:
 					KeyType:            pki.KeyTypeECDSAP384,
 					Directory:          "/srv/ca",
 					Upstream:           &caapp.UpstreamConfig{File: &caapp.UpstreamFile{CertFile: "/etc/mayfly/upstream.crt", KeyFile: "/etc/mayfly/upstream.key", BundleFile: "/etc/mayfly/roots.crt"}},
-					Policy:             authority.Policy{RootTTL: 8760 * time.Hour, IntermediateTTL: 12 * time.Hour, PrepareAt: def.PrepareAt, ActivateAt: def.ActivateAt, RootAckWait: time.Hour, MaxPrepareAhead: 240 * time.Hour},
+					Policy:             authority.Policy{RootTTL: 8760 * time.Hour, IntermediateTTL: 12 * time.Hour, PrepareAt: def.PrepareAt, ActivateAt: def.ActivateAt, RootAckWait: time.Hour, MaxPrepareAhead: 240 * time.Hour, TaintReissueWindow: 5 * time.Minute},
 					AgentTTL:           30 * time.Minute,
 					MinWorkloadTTL:     time.Minute,
 					DefaultWorkloadTTL: 10 * time.Minute,
@@ -311,6 +312,8 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"listen_address_without_port", "listenAddress: localhost\n" + minimalStandalone, "listenAddress: "},
 		{"health_address_malformed", "healthAddress: ':::'\n" + minimalStandalone, "healthAddress: "},
 		{"server_dns_name_bad", "serverDNSNames: [ok.example, 'bad name']\n" + minimalStandalone, "serverDNSNames[1]: "},
+		{"taint_reissue_window_negative", minimalStandalone + "rotation:\n  taintReissueWindow: -1m\n", "rotation.taintReissueWindow: "},
+		{"taint_reissue_window_too_long", minimalStandalone + "rotation:\n  taintReissueWindow: 30h\n", "rotation.taintReissueWindow: "},
 		{"key_type_unknown", "keyType: dsa-1024\n" + minimalStandalone, "keyType: "},
 		{"neither_directory_nor_kubernetes", "trustDomain: example.org\n", "directory or kubernetes: one is required"},
 		{"both_directory_and_kubernetes", minimalStandalone + "kubernetes: {}\n", "directory and kubernetes: set only one"},

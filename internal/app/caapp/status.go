@@ -23,6 +23,10 @@ type Status struct {
 	BundleVersion string      `json:"bundleVersion,omitempty"`
 	Agents        AgentCounts `json:"agents"`
 	Authorities   []SlotInfo  `json:"authorities"`
+	Taints        []TaintInfo `json:"taints,omitempty"`
+	// LiveLeaves counts the leaves this replica issued since it started
+	// that are still valid, per authority key.
+	LiveLeaves []issuer.AuthorityLeaves `json:"liveLeaves,omitempty"`
 	// Kubernetes are the objects that deliver the bundle to pods
 	// (Kubernetes mode).
 	Kubernetes *bundlegate.Status `json:"kubernetesDelivery,omitempty"`
@@ -68,7 +72,9 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server) Status {
 	if srv != nil {
 		st.Agents.Connected, st.Agents.CurrentBundle = srv.AgentCounts()
 		st.Agents.NotAcked = srv.NotAckedAgents()
+		st.LiveLeaves = srv.LiveLeaves()
 	}
+	st.Taints = taintInfos(l.State)
 	l.State.EachSlot(func(role, slot string, c *x509.Certificate) {
 		st.Authorities = append(st.Authorities, SlotInfo{Role: role, Slot: slot, Serial: c.SerialNumber.Text(16), Subject: c.Subject.String(), NotBefore: c.NotBefore, NotAfter: c.NotAfter})
 	})
@@ -110,7 +116,11 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Role, a.Slot, serial, a.NotAfter.UTC().Format(time.RFC3339),
 			rem.Truncate(time.Second), cli.LifeBar(rem, a.NotAfter.Sub(a.NotBefore)))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	printTaints(w, st)
+	return nil
 }
 
 // printDelivery says which Kubernetes objects still lack the current bundle

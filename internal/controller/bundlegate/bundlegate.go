@@ -390,7 +390,7 @@ func (g *Gate) Ready() bool {
 	if err != nil {
 		return false
 	}
-	ok, _, since := g.Adopted(l.BundleVersion)
+	ok, _, since := g.Adopted(authority.BundleVersion(l.Bundle))
 	return ok && !g.Clock.Now().Before(since.Add(g.delay()))
 }
 
@@ -424,14 +424,14 @@ func (g *Gate) Status() Status {
 	if err != nil {
 		return st
 	}
-	ok, pending, since := g.Adopted(l.BundleVersion)
+	ok, pending, since := g.Adopted(authority.BundleVersion(l.Bundle))
 	g.mu.Lock()
 	st.Tracking, st.Objects = g.synced, len(g.objects)
 	g.mu.Unlock()
 	if !st.Tracking {
 		return st
 	}
-	st.BundleVersion = l.BundleVersion
+	st.BundleVersion = authority.BundleVersion(l.Bundle)
 	st.Pending = len(pending)
 	st.PendingObjects = pending[:min(len(pending), maxListed)]
 	if ok {
@@ -482,7 +482,7 @@ func (c *pendingCollector) Collect(ch chan<- prometheus.Metric) {
 	defer c.mu.Unlock()
 	c.vec.Reset()
 	if l, err := c.g.Source.Current(); err == nil {
-		if counts, ok := c.g.pending(l.BundleVersion); ok {
+		if counts, ok := c.g.pending(authority.BundleVersion(l.Bundle)); ok {
 			for _, k := range Kinds {
 				if k != KindClusterTrustBundle || c.g.ClusterTrustBundle {
 					c.vec.WithLabelValues(string(k)).Set(float64(counts[k]))

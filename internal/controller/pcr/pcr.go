@@ -355,7 +355,13 @@ func (r *Reconciler) issue(ctx context.Context, req *certificatesv1.PodCertifica
 	}
 
 	nb, na := metav1.NewTime(leaf.NotBefore), metav1.NewTime(leaf.NotAfter)
-	refresh := metav1.NewTime(beginRefreshAt(leaf.NotBefore, leaf.NotAfter))
+	refreshAt := beginRefreshAt(leaf.NotBefore, leaf.NotAfter)
+	if loaded.State != nil && loaded.State.SigningTainted() {
+		// A tainted key still signs (ca taint; a new root waits for the
+		// agents): the kubelet should come back as early as the API allows.
+		refreshAt = leaf.NotBefore.Add(refreshMargin)
+	}
+	refresh := metav1.NewTime(refreshAt)
 	req.Status.CertificateChain = string(pki.EncodeCertificates(ca.ChainFor(leaf)...))
 	req.Status.NotBefore, req.Status.NotAfter, req.Status.BeginRefreshAt = &nb, &na, &refresh
 	req.Status.Conditions = append(req.Status.Conditions, r.condition(req, certificatesv1.PodCertificateRequestConditionTypeIssued,

@@ -115,6 +115,7 @@ type Reconciler struct {
 	MaxConcurrentReconciles int
 
 	metrics *metrics
+	taints  taintSeen
 }
 
 // SecretCache limits the manager's cache of Secrets to those this
@@ -317,6 +318,15 @@ func (r *Reconciler) reconcile(ctx context.Context, wc *mayflyv1alpha1.WorkloadC
 	cur, why, detail := inspect(secret, id.String(), hash, l.Bundle, now, func(leaf *x509.Certificate) time.Time {
 		return r.renewalTime(wc, leaf, now)
 	})
+	renewAt := time.Time{}
+	if why == renewNone {
+		renewAt = r.renewalTime(wc, cur.leaf, now)
+		if at, ok := r.taintDeadline(l, wc, cur.leaf, cur.chain, now); ok && !now.Before(at) {
+			why, detail = renewTainted, "the chain holds a tainted authority; its re-issue time "+at.UTC().Format(time.RFC3339)+" passed"
+		} else if ok && at.Before(renewAt) {
+			renewAt = at
+		}
+	}
 	if why == renewNone {
 		// The certificate stays; bring ca.crt and metadata up to date.
 		data := map[string][]byte{keyCert: secret.Data[keyCert], keyKey: secret.Data[keyKey], keyBundle: bundlePEM}
@@ -325,7 +335,7 @@ func (r *Reconciler) reconcile(ctx context.Context, wc *mayflyv1alpha1.WorkloadC
 				return r.writeFailed(wc, now, err)
 			}
 		}
-		return r.ready(wc, now, cur.leaf, r.renewalTime(wc, cur.leaf, now)), nil
+		return r.ready(wc, now, cur.leaf, renewAt), nil
 	}
 	return r.issue(ctx, wc, now, l, secret, id, spec, hash, bundlePEM, why, detail)
 }
