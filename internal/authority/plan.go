@@ -120,8 +120,9 @@ type Decision struct {
 	Reason string
 }
 
-// BundleAcks reports whether every connected agent holds the bundle with the
-// next root. Plan only asks while a next root waits for activation.
+// BundleAcks reports whether every node that should hold the bundle with the
+// next root acknowledged it (internal/adoption counts them across replicas).
+// Plan only asks while a next root waits for activation.
 type BundleAcks func() bool
 
 // kind is one rotating key of the state and the steps that rotate it.
@@ -185,7 +186,10 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 			d.Reason = fmt.Sprintf("current %s expired with no successor", k.name)
 		case ActionActivate:
 			d.Steps = append(d.Steps, k.activate)
-			if k.schedule(p).Published {
+			switch {
+			case r.ActivateNow:
+				d.Reason = fmt.Sprintf("operator override: next %s activated without waiting for the agents", k.name)
+			case k.schedule(p).Published:
 				d.Reason = fmt.Sprintf("next %s published to every agent, or the wait is over", k.name)
 			}
 		case ActionPrepare:

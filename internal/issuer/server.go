@@ -65,6 +65,11 @@ type WorkloadAuthorizer interface {
 	AuthorizeWorkload(ctx context.Context, node string, req *issuerv1.WorkloadRequest) (Grant, error)
 }
 
+// AckRecorder records that node's agent holds a bundle version.
+type AckRecorder interface {
+	Ack(node, version string)
+}
+
 // Config configures a Server.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
@@ -92,6 +97,9 @@ type Config struct {
 	ServerDNSNames []string
 	// OnAck is called when an agent acknowledges a bundle (Manager.Kick).
 	OnAck func()
+	// Acks records each node's acknowledgement for the cluster-wide count
+	// of the bundle's adoption (adoption.Tracker); nil records nothing.
+	Acks AckRecorder
 
 	Now        func() time.Time
 	Rand       io.Reader
@@ -109,8 +117,12 @@ type Server struct {
 	limMu    sync.Mutex
 	limiters map[string]*rate.Limiter
 
+	// watchers maps each open bundle stream to the version its agent
+	// acknowledged last, and ackCount counts the streams per version: an
+	// acknowledgement updates two counters, never walks the streams.
 	watchMu  sync.Mutex
-	watchers map[*watcher]struct{}
+	watchers map[*watcher]string
+	ackCount map[string]int
 
 	serving servingCert
 }
@@ -123,8 +135,7 @@ type signers struct {
 }
 
 type watcher struct {
-	node  string
-	acked atomic.Pointer[string]
+	node string
 }
 
 // New validates cfg, applies defaults and returns a Server.
@@ -170,10 +181,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:      cfg,
-		metrics:  newMetrics(cfg.Registerer),
 		limiters: map[string]*rate.Limiter{},
-		watchers: map[*watcher]struct{}{},
+		watchers: map[*watcher]string{},
+		ackCount: map[string]int{},
 	}
+	s.metrics = newMetrics(cfg.Registerer, s.AgentCounts)
 	s.serving.server = s
 	return s, nil
 }
@@ -382,20 +394,17 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 		return err
 	}
 	w := &watcher{node: node}
-	empty := ""
-	w.acked.Store(&empty)
 	s.watchMu.Lock()
-	s.watchers[w] = struct{}{}
+	s.watchers[w] = ""
 	s.watchMu.Unlock()
 	changes, unsubscribe := s.cfg.Authority.Subscribe()
 	defer func() {
 		unsubscribe()
 		s.watchMu.Lock()
+		s.setAckLocked(w, "")
 		delete(s.watchers, w)
 		s.watchMu.Unlock()
-		s.updateWatchGauges()
 	}()
-	s.updateWatchGauges()
 
 	acks := make(chan error, 1)
 	go func() {
@@ -406,8 +415,12 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 				return
 			}
 			v := ack.GetVersion()
-			w.acked.Store(&v)
-			s.updateWatchGauges()
+			s.watchMu.Lock()
+			s.setAckLocked(w, v)
+			s.watchMu.Unlock()
+			if s.cfg.Acks != nil {
+				s.cfg.Acks.Ack(node, v)
+			}
 			if s.cfg.OnAck != nil {
 				s.cfg.OnAck()
 			}
@@ -422,7 +435,6 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 				return err
 			}
 			sent = sg.loaded.BundleVersion
-			s.updateWatchGauges()
 		}
 		select {
 		case <-ctx.Done():
@@ -437,49 +449,42 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 	}
 }
 
-// AllAgentsCurrent reports whether every connected agent acknowledged the
-// current bundle; the authority waits for it before it activates a root.
-func (s *Server) AllAgentsCurrent() bool {
-	sg, err := s.current()
-	if err != nil {
-		return false
-	}
-	s.watchMu.Lock()
-	defer s.watchMu.Unlock()
-	for w := range s.watchers {
-		if *w.acked.Load() != sg.loaded.BundleVersion {
-			return false
+// setAckLocked moves w's acknowledgement to version ("" for none) and
+// keeps the counts per version. watchMu must be held.
+func (s *Server) setAckLocked(w *watcher, version string) {
+	if old := s.watchers[w]; old != "" {
+		if s.ackCount[old]--; s.ackCount[old] <= 0 {
+			delete(s.ackCount, old)
 		}
 	}
-	return true
+	s.watchers[w] = version
+	if version != "" {
+		s.ackCount[version]++
+	}
 }
 
-// AgentCounts returns the connected agents and how many of them hold the
-// current bundle.
+// AllAgentsCurrent reports whether every agent connected to this replica
+// acknowledged the current bundle. It sees this replica's streams only:
+// the authority counts the adoption of a root across replicas and against
+// the expected nodes (internal/adoption).
+func (s *Server) AllAgentsCurrent() bool {
+	if _, err := s.current(); err != nil {
+		return false
+	}
+	connected, current := s.AgentCounts()
+	return connected == current
+}
+
+// AgentCounts returns the agents connected to this replica and how many of
+// them hold the current bundle, in O(1).
 func (s *Server) AgentCounts() (connected, current int) {
 	sg, err := s.current()
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
-	for w := range s.watchers {
-		if err == nil && *w.acked.Load() == sg.loaded.BundleVersion {
-			current++
-		}
+	if err == nil {
+		current = s.ackCount[sg.loaded.BundleVersion]
 	}
 	return len(s.watchers), current
-}
-
-func (s *Server) updateWatchGauges() {
-	sg, err := s.current()
-	s.watchMu.Lock()
-	defer s.watchMu.Unlock()
-	current := 0
-	for w := range s.watchers {
-		if err == nil && *w.acked.Load() == sg.loaded.BundleVersion {
-			current++
-		}
-	}
-	s.metrics.connected.Set(float64(len(s.watchers)))
-	s.metrics.currentBundle.Set(float64(current))
 }
 
 func chainDER(leaf []byte, a pki.Authority) [][]byte {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/config"
@@ -95,6 +96,16 @@ type RotationConfig struct {
 	// MaxPrepareAhead caps how long before its activation a successor is
 	// prepared (default 720h; at least rootAckWait).
 	MaxPrepareAhead config.Duration `json:"maxPrepareAhead,omitempty"`
+	// Adoption says which nodes must hold a new root before it activates.
+	Adoption AdoptionConfig `json:"adoption,omitempty"`
+}
+
+// AdoptionConfig selects the nodes whose agents must acknowledge a new
+// root (Kubernetes mode; standalone expects the configured nodes).
+type AdoptionConfig struct {
+	// NodeSelector is a label selector of the Nodes that run an agent (the
+	// agent DaemonSet's nodeSelector); default: every Node.
+	NodeSelector string `json:"nodeSelector,omitempty"`
 }
 
 // WorkloadsConfig bounds workload SVID lifetimes.
@@ -128,6 +139,8 @@ type Config struct {
 	NodeRateLimit      float64
 	NodeBurst          int
 	Nodes              []hostnodes.NodePolicy
+	// AdoptionNodeSelector selects the Nodes that must hold a new root.
+	AdoptionNodeSelector string
 	// AllowRebootstrap is set by flag only, never by file.
 	AllowRebootstrap bool
 }
@@ -221,6 +234,14 @@ func (fc *FileConfig) Validate() (*Config, error) {
 	}
 	if err := c.Policy.Validate(); err != nil {
 		return nil, err
+	}
+	if c.AdoptionNodeSelector = fc.Rotation.Adoption.NodeSelector; c.AdoptionNodeSelector != "" {
+		if c.Kubernetes == nil {
+			return nil, errors.New("rotation.adoption.nodeSelector: only for Kubernetes mode; standalone expects the configured nodes")
+		}
+		if _, err := labels.Parse(c.AdoptionNodeSelector); err != nil {
+			return nil, fmt.Errorf("rotation.adoption.nodeSelector: %w", err)
+		}
 	}
 	c.AgentTTL = fc.AgentTTL.Or(time.Hour)
 	c.DefaultWorkloadTTL = fc.Workloads.DefaultTTL.Or(time.Hour)

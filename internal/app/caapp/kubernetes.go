@@ -113,7 +113,12 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	store := authority.NewSecretStore(kube, k.Namespace, k.SecretName)
 	var srv *issuer.Server
-	am := authority.NewManager(authority.ManagerOptions{
+	var am *authority.Manager
+	ad, err := newKubeAdoption(cfg, restCfg, kube, opts.Replica, opts.Clock, func() { am.Kick() })
+	if err != nil {
+		return err
+	}
+	am = authority.NewManager(authority.ManagerOptions{
 		Store:            store,
 		Minter:           &authority.Minter{TrustDomain: cfg.TrustDomain, Policy: cfg.Policy, Upstream: upstream, KeyType: cfg.KeyType, Rand: rand.Reader},
 		Marker:           configMapMarker{client: kube, namespace: k.Namespace},
@@ -121,8 +126,9 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		Logger:           log.With("component", "authority"),
 		Registerer:       reg,
 		AllowRebootstrap: cfg.AllowRebootstrap,
-		Acks:             func() bool { return srv != nil && srv.AllAgentsCurrent() },
+		Acks:             ad.acks(&am),
 	})
+	ad.bind(am, cfg.Policy, opts.Clock, reg)
 	if err := am.Load(ctx); err != nil {
 		log.Error("CA state could not be loaded; the CA does not issue until this is fixed", "error", err)
 	}
@@ -155,6 +161,7 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		NodeRate:           rate.Limit(cfg.NodeRateLimit),
 		NodeBurst:          cfg.NodeBurst,
 		OnAck:              am.Kick,
+		Acks:               ad.tracker,
 		Now:                opts.Clock.Now,
 		Rand:               rand.Reader,
 		Logger:             log.With("component", "issuer"),
@@ -206,11 +213,16 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 					return errors.New("pod cache not synced yet")
 				}
 				return nil
-			}, func() Status { return statusOf(cfg, am, srv) }, log)
+			}, func() Status { return statusOf(cfg, am, srv, ad) }, log)
 			return g.Wait()
 		}},
 	} {
 		if err := add(r.leader, r.f); err != nil {
+			return err
+		}
+	}
+	for _, f := range ad.runnables {
+		if err := add(false, f); err != nil {
 			return err
 		}
 	}

@@ -46,6 +46,9 @@ type Options struct {
 	// RestConfig reaches the API server in Kubernetes mode (default:
 	// in-cluster or KUBECONFIG).
 	RestConfig *rest.Config
+	// Replica names this replica's adoption ConfigMap in Kubernetes mode
+	// (default: POD_NAME, else the hostname).
+	Replica string
 }
 
 // Run runs the CA until ctx is done.
@@ -78,7 +81,9 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 		return err
 	}
 	var srv *issuer.Server
-	mgr := authority.NewManager(authority.ManagerOptions{
+	var mgr *authority.Manager
+	ad := newStandaloneAdoption(cfg)
+	mgr = authority.NewManager(authority.ManagerOptions{
 		Store:            store,
 		Minter:           &authority.Minter{TrustDomain: cfg.TrustDomain, Policy: cfg.Policy, Upstream: upstream, KeyType: cfg.KeyType, Rand: rand.Reader},
 		Marker:           fileMarker{path: filepath.Join(cfg.Directory, TrustBundleFile)},
@@ -86,8 +91,9 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 		Logger:           log.With("component", "authority"),
 		Registerer:       reg,
 		AllowRebootstrap: cfg.AllowRebootstrap,
-		Acks:             func() bool { return srv != nil && srv.AllAgentsCurrent() },
+		Acks:             ad.acks(&mgr),
 	})
+	ad.bind(mgr, cfg.Policy, opts.Clock, reg)
 	if err := mgr.Load(ctx); err != nil {
 		// Not ready: keep serving health so the operator sees why.
 		log.Error("CA state could not be loaded; the CA does not issue until this is fixed", "error", err)
@@ -105,6 +111,7 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 		NodeRate:           rate.Limit(cfg.NodeRateLimit),
 		NodeBurst:          cfg.NodeBurst,
 		OnAck:              mgr.Kick,
+		Acks:               ad.tracker,
 		Now:                opts.Clock.Now,
 		Rand:               rand.Reader,
 		Logger:             log.With("component", "issuer"),
@@ -115,7 +122,7 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	serveIssuer(ctx, g, cfg, opts, srv)
-	serveHealth(ctx, g, cfg, reg, mgr.Ready, func() Status { return statusOf(cfg, mgr, srv) }, log)
+	serveHealth(ctx, g, cfg, reg, mgr.Ready, func() Status { return statusOf(cfg, mgr, srv, ad) }, log)
 	g.Go(func() error { return mgr.Rotate(ctx) })
 	g.Go(func() error { return reloadLoop(ctx, mgr, opts.Clock, 10*time.Second) })
 	return g.Wait()

@@ -5,9 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/mayfly-pki/mayfly/internal/adoption"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
@@ -22,6 +24,9 @@ type Status struct {
 	BundleVersion string      `json:"bundleVersion,omitempty"`
 	Agents        AgentCounts `json:"agents"`
 	Authorities   []SlotInfo  `json:"authorities"`
+	// RootAdoption counts the nodes a waiting next root waits for, across
+	// every replica; absent when no root waits.
+	RootAdoption *adoption.Status `json:"rootAdoption,omitempty"`
 }
 
 // AgentCounts says how many agents hold the current bundle.
@@ -40,7 +45,7 @@ type SlotInfo struct {
 	NotAfter  time.Time `json:"notAfter"`
 }
 
-func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server) Status {
+func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server, ad *adoptionWiring) Status {
 	st := Status{TrustDomain: cfg.TrustDomain.String()}
 	l, err := mgr.Current()
 	if err != nil {
@@ -52,6 +57,9 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server) Status {
 	st.BundleVersion = l.BundleVersion
 	if srv != nil {
 		st.Agents.Connected, st.Agents.CurrentBundle = srv.AgentCounts()
+	}
+	if ad != nil && ad.collector != nil {
+		st.RootAdoption = ad.collector.StatusOf()
 	}
 	l.State.EachSlot(func(role, slot string, c *x509.Certificate) {
 		st.Authorities = append(st.Authorities, SlotInfo{Role: role, Slot: slot, Serial: c.SerialNumber.Text(16), Subject: c.Subject.String(), NotBefore: c.NotBefore, NotAfter: c.NotAfter})
@@ -81,6 +89,9 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 	}
 	fmt.Fprintf(w, "CA %s: ready, generation %d, bundle %s, agents %d connected / %d on the current bundle\n\n",
 		st.TrustDomain, st.Generation, st.BundleVersion, st.Agents.Connected, st.Agents.CurrentBundle)
+	if a := st.RootAdoption; a != nil {
+		printAdoption(w, a)
+	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tSLOT\tSERIAL\tNOT AFTER\tLEFT\t")
 	for _, a := range st.Authorities {
@@ -93,4 +104,20 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 			rem.Truncate(time.Second), cli.LifeBar(rem, a.NotAfter.Sub(a.NotBefore)))
 	}
 	return tw.Flush()
+}
+
+func printAdoption(w io.Writer, a *adoption.Status) {
+	if !a.Known {
+		fmt.Fprintf(w, "next root waits for the nodes (not listed yet); activates anyway in %s\n\n", a.WaitRemaining.Truncate(time.Second))
+		return
+	}
+	fmt.Fprintf(w, "next root: %d of %d nodes hold bundle %s; activates anyway in %s\n", a.Expected-a.Pending, a.Expected, a.BundleVersion, a.WaitRemaining.Truncate(time.Second))
+	if a.Pending > 0 {
+		more := ""
+		if a.Pending > len(a.PendingNodes) {
+			more = fmt.Sprintf(" (and %d more)", a.Pending-len(a.PendingNodes))
+		}
+		fmt.Fprintf(w, "pending nodes: %s%s\n", strings.Join(a.PendingNodes, ", "), more)
+	}
+	fmt.Fprintln(w)
 }
