@@ -14,7 +14,7 @@ import (
 // Limits of a decoded acknowledgement record: a ConfigMap holds at most
 // 1 MiB, and a record must not expand into more than maxDecoded bytes.
 const (
-	maxDecoded = 32 << 20
+	maxDecoded = 16 << 20
 	maxNodes   = 200_000
 )
 

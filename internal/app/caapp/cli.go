@@ -26,9 +26,10 @@ Usage:
       Only its hash is stored; the token is printed once.
   ca status [--address 127.0.0.1:9443] [--output table|json]
       Show readiness, agents on the current bundle, and every CA certificate.
-  ca rotate-root --config FILE
+  ca rotate-root --config FILE [--activate-now]
       Ask the running CA to rotate its self-signed root now: the next root is
-      published at once and activated when every agent holds it.
+      published at once and activated when every node's agent holds it.
+      --activate-now activates it at once, without waiting for the nodes.
 
 See docs/ca.md.
 `
@@ -110,6 +111,7 @@ func cmdRotateRoot(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ca rotate-root", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "CA configuration file (YAML)")
+	activateNow := fs.Bool("activate-now", false, "activate the next root at once, without waiting for every node to hold it (nodes that do not hold it cannot verify certificates under it until they fetch the bundle)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -135,6 +137,15 @@ func cmdRotateRoot(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		store = authority.NewSecretStore(kube, cfg.Kubernetes.Namespace, cfg.Kubernetes.SecretName)
+	}
+	if *activateNow {
+		if err := authority.RequestRootActivation(context.Background(), store); err != nil {
+			return fmt.Errorf("requesting a root activation in %s: %w", store.Describe(), err)
+		}
+		// The CA logs the activation (warning) when it applies it.
+		fmt.Fprintf(stderr, "audit: operator override: next root activates without waiting for the nodes, in %s\n", store.Describe())
+		fmt.Fprintf(stdout, "root activation requested in %s: the next root activates at once; watch mayfly_ca_root_adoption_pending_nodes\n", store.Describe())
+		return nil
 	}
 	if err := authority.RequestRootRotation(context.Background(), store); err != nil {
 		return fmt.Errorf("requesting a root rotation in %s: %w", store.Describe(), err)
