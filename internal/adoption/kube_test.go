@@ -382,3 +382,9 @@ func TestKubernetesAdoption(t *testing.T) {
 		}
 	})
 }
+
+func nsObject(name string) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}
+
+var createOpts = metav1.CreateOptions{}
