@@ -22,13 +22,24 @@ type Collector struct {
 	Now  func() time.Time
 }
 
+// The metrics' names and help, as Opts so that tools listing the
+// project's metrics by their Name field find them.
 var (
-	expectedDesc = prometheus.NewDesc("mayfly_ca_root_adoption_expected_nodes",
-		"Nodes that must hold the trust bundle before a new root activates (Node objects, or configured nodes standalone).", nil, nil)
-	pendingDesc = prometheus.NewDesc("mayfly_ca_root_adoption_pending_nodes",
-		"Expected nodes whose agent did not acknowledge the bundle with the waiting next root on any CA replica (0 when no root waits).", nil, nil)
-	remainingDesc = prometheus.NewDesc("mayfly_ca_root_adoption_wait_remaining_seconds",
-		"Time until the waiting next root activates without the pending nodes (rotation.rootAckWait); absent when no root waits.", nil, nil)
+	expectedOpts = prometheus.GaugeOpts{
+		Name: "mayfly_ca_root_adoption_expected_nodes",
+		Help: "Nodes that must hold the trust bundle before a new root activates (Node objects, or configured nodes standalone).",
+	}
+	pendingOpts = prometheus.GaugeOpts{
+		Name: "mayfly_ca_root_adoption_pending_nodes",
+		Help: "Expected nodes whose agent did not acknowledge the bundle with the waiting next root on any CA replica (0 when no root waits).",
+	}
+	remainingOpts = prometheus.GaugeOpts{
+		Name: "mayfly_ca_root_adoption_wait_remaining_seconds",
+		Help: "Time until the waiting next root activates without the pending nodes (rotation.rootAckWait); absent when no root waits.",
+	}
+	expectedDesc  = prometheus.NewDesc(expectedOpts.Name, expectedOpts.Help, nil, nil)
+	pendingDesc   = prometheus.NewDesc(pendingOpts.Name, pendingOpts.Help, nil, nil)
+	remainingDesc = prometheus.NewDesc(remainingOpts.Name, remainingOpts.Help, nil, nil)
 )
 
 // Describe implements prometheus.Collector.

@@ -162,6 +162,7 @@ func TestMonitoringRules(t *testing.T) {
 		"MayflyIntermediateExpiring":      {`mayfly_ca_authority_expiry_timestamp_seconds{role="intermediate"`, ""},
 		"MayflyRootExpiring":              {`mayfly_ca_authority_expiry_timestamp_seconds{role="root"`, ""},
 		"MayflyAgentsOnOldBundle":         {"mayfly_ca_agents_with_current_bundle < mayfly_ca_agents_connected", "30m"},
+		"MayflyRootAdoptionPending":       {"mayfly_ca_root_adoption_pending_nodes) > 0", "30m"},
 		"MayflyRotationFailures":          {`increase(mayfly_agent_rotations_total{result="failure"}[15m]) > 3`, ""},
 		"MayflyCAUnreachable":             {"mayfly_agent_ca_reachable == 0", "10m"},
 	}
