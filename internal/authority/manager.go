@@ -58,7 +58,8 @@ type ManagerOptions struct {
 	// published before (the state was deleted or is corrupt). Every agent
 	// and workload must then be given the new bundle.
 	AllowRebootstrap bool
-	// Acks reports whether every connected agent holds the current bundle.
+	// Acks reports whether every node that should hold the current bundle
+	// acknowledged it (internal/adoption, across replicas).
 	Acks BundleAcks
 }
 

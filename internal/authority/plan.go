@@ -20,7 +20,7 @@ type Policy struct {
 	// ActivateAt is the fraction of a key's life at which its successor takes
 	// over signing (default 2/3).
 	ActivateAt float64
-	// RootAckWait is how long a prepared root waits for every connected agent
+	// RootAckWait is how long a prepared root waits for every expected node
 	// to report that it holds the new bundle before it activates anyway
 	// (default 24h).
 	RootAckWait time.Duration
@@ -73,7 +73,7 @@ func (p Policy) Validate() error {
 }
 
 // RootSchedule is when the self-signed root rotates: its successor is
-// published in the trust bundle and activates once every connected agent
+// published in the trust bundle and activates once every expected node
 // holds it, RootAckWait after it was published, or when an intermediate
 // would no longer fit in the current root's life, whichever comes first.
 func (p Policy) RootSchedule() Schedule {
