@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -69,7 +70,11 @@ func gz(s string) []byte {
 }
 
 func TestDecodeRejectsBadRecords(t *testing.T) {
-	huge := gz(`{"acks":{"v":["` + strings.Repeat("a", 17<<20) + `"]}}`)
+	// A record that expands to 17 MiB, beyond the 16 MiB limit.
+	huge, err := os.ReadFile("testdata/expands-17MiB.json.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		data []byte
