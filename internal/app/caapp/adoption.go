@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,7 +61,7 @@ func newKubeAdoption(cfg *Config, restCfg *rest.Config, kube kubernetes.Interfac
 		if err != nil {
 			return nil, fmt.Errorf("adoption: replica name (POD_NAME or hostname): %w", err)
 		}
-		replica = h
+		replica = strings.ToLower(h) // a pod's hostname is its name; a host's may have capitals
 	}
 	if _, err := adoption.ConfigMapName(replica); err != nil {
 		return nil, err
