@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,7 +64,8 @@ type ManagerOptions struct {
 	// published before (the state was deleted or is corrupt). Every agent
 	// and workload must then be given the new bundle.
 	AllowRebootstrap bool
-	// Acks reports whether every connected agent holds the current bundle.
+	// Acks reports whether every node that should hold the current bundle
+	// acknowledged it (internal/adoption, across replicas).
 	Acks BundleAcks
 }
 
@@ -336,6 +338,9 @@ func (m *Manager) RotateOnce(ctx context.Context) time.Duration {
 		return clampWait(d.Next.Sub(now))
 	}
 	s := cur.State
+	if s.Root.ActivateNow && slices.Contains(d.Steps, StepActivateRoot) {
+		m.opts.Logger.Warn("activating the next root by operator override, without waiting for every node to hold it", "root_serial", s.Root.Next.Cert().SerialNumber.Text(16))
+	}
 	for _, step := range d.Steps {
 		n, err := m.opts.Minter.Apply(ctx, s, step, now)
 		if err != nil {
@@ -441,9 +446,22 @@ func serialOf(certs []*x509.Certificate) string {
 
 // RequestRootRotation marks the stored state so that the rotation loop (of
 // whichever replica leads) prepares a new root at once and activates it as
-// soon as every connected agent holds it. It works on the store directly, so
+// soon as every node holds it. It works on the store directly, so
 // an operator can run it beside a running CA.
 func RequestRootRotation(ctx context.Context, store Store) error {
+	return requestRoot(ctx, store, false)
+}
+
+// RequestRootActivation is the operator's override of the wait for the
+// agents: it marks the stored state so that the next root (prepared now if
+// there is none) activates at once, whether or not every node holds it.
+// Nodes that do not hold the new root cannot verify certificates under it
+// until they fetch the bundle.
+func RequestRootActivation(ctx context.Context, store Store) error {
+	return requestRoot(ctx, store, true)
+}
+
+func requestRoot(ctx context.Context, store Store, activateNow bool) error {
 	for range 5 {
 		snap, err := store.Load(ctx)
 		if err != nil {
@@ -456,10 +474,11 @@ func RequestRootRotation(ctx context.Context, store Store) error {
 		if s.Root.Current == nil {
 			return errors.New("the roots belong to the upstream CA: rotate them there")
 		}
-		if s.Root.Requested {
+		if s.Root.Requested && (s.Root.ActivateNow || !activateNow) {
 			return nil
 		}
 		s.Root.Requested = true
+		s.Root.ActivateNow = s.Root.ActivateNow || activateNow
 		data, err := s.Encode()
 		if err != nil {
 			return err

@@ -21,7 +21,7 @@ type Policy struct {
 	// ActivateAt is the fraction of a key's life at which its successor takes
 	// over signing (default 2/3).
 	ActivateAt float64
-	// RootAckWait is how long a prepared root waits for every connected agent
+	// RootAckWait is how long a prepared root waits for every expected node
 	// to report that it holds the new bundle before it activates anyway
 	// (default 24h).
 	RootAckWait time.Duration
@@ -82,7 +82,7 @@ func (p Policy) Validate() error {
 }
 
 // RootSchedule is when the self-signed root rotates: its successor is
-// published in the trust bundle and activates once every connected agent
+// published in the trust bundle and activates once every expected node
 // holds it, RootAckWait after it was published, or when an intermediate
 // would no longer fit in the current root's life, whichever comes first.
 func (p Policy) RootSchedule() Schedule {
@@ -130,8 +130,9 @@ type Decision struct {
 	Reason string
 }
 
-// BundleAcks reports whether every connected agent holds the bundle with the
-// next root. Plan only asks while a next root waits for activation.
+// BundleAcks reports whether every node that should hold the bundle with the
+// next root acknowledged it (internal/adoption counts them across replicas).
+// Plan only asks while a next root waits for activation.
 type BundleAcks func() bool
 
 // AllOf is the BundleAcks that holds only when every gate holds (and holds
@@ -223,7 +224,10 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 			d.Reason = fmt.Sprintf("current %s expired with no successor", k.name)
 		case ActionActivate:
 			d.Steps = append(d.Steps, k.activate)
-			if k.schedule(p).Published {
+			switch {
+			case r.ActivateNow:
+				d.Reason = fmt.Sprintf("operator override: next %s activated without waiting for the agents", k.name)
+			case k.schedule(p).Published:
 				d.Reason = fmt.Sprintf("next %s published to every agent, or the wait is over", k.name)
 			}
 		case ActionPrepare:

@@ -417,3 +417,20 @@ func TestAllOf(t *testing.T) {
 		}
 	})
 }
+
+func TestPlanOverrideActivatesWithoutAcks(t *testing.T) {
+	p := testPolicy()
+	m := newMinter(p)
+	s := bootstrap(t, m, t0)
+	s.Root.Requested = true
+	s = apply(t, m, s, authority.StepPrepareRoot, t0)
+	never := func() bool { return false }
+	if d := authority.Plan(s, t0, p, never); len(d.Steps) != 0 {
+		t.Fatalf("without acks or override: steps %v", d.Steps)
+	}
+	s.Root.ActivateNow = true
+	d := authority.Plan(s, t0, p, never)
+	if len(d.Steps) != 1 || d.Steps[0] != authority.StepActivateRoot || !strings.Contains(d.Reason, "operator override") {
+		t.Fatalf("with the override: steps %v, reason %q", d.Steps, d.Reason)
+	}
+}

@@ -72,3 +72,62 @@ func TestRequestRootRotationRefusedForUpstream(t *testing.T) {
 		t.Fatalf("err = %v, want a refusal naming the upstream", err)
 	}
 }
+
+// TestRequestRootActivation: the operator's override (ca rotate-root
+// --activate-now) activates the next root although the agents never
+// acknowledged it, and is cleared by the activation. It survives the
+// state's round trip through the store.
+func TestRequestRootActivation(t *testing.T) {
+	ctx := context.Background()
+	for _, prepared := range []bool{true, false} {
+		name := "with no next root yet: prepared and activated at once"
+		if prepared {
+			name = "with a next root waiting for the agents"
+		}
+		t.Run(name, func(t *testing.T) {
+			store, err := authority.NewDirStore(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			clock := rotate.NewFakeClock(t0)
+			m := newManager(store, clock, &memMarker{}, func(o *authority.ManagerOptions) {
+				o.Acks = func() bool { return false } // never
+			})
+			oldRoot := mustLoad(t, m).State.Root.Current.Cert()
+			if prepared {
+				if err := authority.RequestRootRotation(ctx, store); err != nil {
+					t.Fatal(err)
+				}
+				_ = m.Reload(ctx)
+				m.RotateOnce(ctx)
+				m.RotateOnce(ctx)
+				if l := mustCurrent(t, m); l.State.Root.Next == nil || !l.State.Root.Current.Cert().Equal(oldRoot) {
+					t.Fatal("want a next root waiting for the agents")
+				}
+			}
+			if err := authority.RequestRootActivation(ctx, store); err != nil {
+				t.Fatal(err)
+			}
+			if st, _ := storedState(t, store); !st.Root.ActivateNow || !st.Root.Requested {
+				t.Fatal("the override is not stored")
+			}
+			if err := authority.RequestRootActivation(ctx, store); err != nil {
+				t.Fatalf("a repeated override: %v", err)
+			}
+			_ = m.Reload(ctx)
+			for range 3 {
+				m.RotateOnce(ctx)
+			}
+			l := mustCurrent(t, m)
+			if l.State.Root.Current.Cert().Equal(oldRoot) {
+				t.Fatal("the override did not activate a new root")
+			}
+			if l.State.Root.ActivateNow || l.State.Root.Requested || l.State.Root.Next != nil {
+				t.Fatal("the override stayed set after the activation")
+			}
+			if len(l.State.Root.Retired) != 1 || !l.State.Root.Retired[0].Cert.Equal(oldRoot) {
+				t.Fatal("the old root is not retired")
+			}
+		})
+	}
+}

@@ -49,6 +49,10 @@ type Rotation struct {
 	// Requested asks for a rotation now, without waiting for the
 	// rotation points (ca rotate-root).
 	Requested bool
+	// ActivateNow is the operator's override (ca rotate-root
+	// --activate-now): the successor activates at once, without waiting
+	// for the consumers' adoption. It implies Requested.
+	ActivateNow bool
 }
 
 // Schedule says when one kind of key rotates. Policy.RootSchedule and
@@ -95,7 +99,7 @@ func (r *Rotation) ActivatePoint(s Schedule) time.Time {
 // latest when a rotation was requested.
 func (r *Rotation) points(now time.Time, s Schedule) (prepare, activate time.Time) {
 	prepare, activate = r.PreparePoint(s), r.ActivatePoint(s)
-	if r.Requested {
+	if r.Requested || r.ActivateNow {
 		prepare, activate = minTime(prepare, now), minTime(activate, now)
 	}
 	return prepare, activate
@@ -127,7 +131,7 @@ func (r *Rotation) ShouldActivate(now time.Time, s Schedule, adopted func() bool
 	if _, activate := r.points(now, s); now.Before(activate) {
 		return false
 	}
-	return !s.Published || adopted == nil || adopted() || r.adoptionWaitOver(now, s)
+	return !s.Published || r.ActivateNow || adopted == nil || adopted() || r.adoptionWaitOver(now, s)
 }
 
 // adoptionWaitOver reports whether a published successor activates without
@@ -212,7 +216,7 @@ func (r Rotation) activated(retireUntil time.Time) Rotation {
 	if !retireUntil.IsZero() {
 		r.Retired = append(append([]Retired(nil), r.Retired...), Retired{Cert: r.Current.Cert(), Until: retireUntil})
 	}
-	r.Current, r.Next, r.NextPublishedAt, r.Requested = r.Next, nil, time.Time{}, false
+	r.Current, r.Next, r.NextPublishedAt, r.Requested, r.ActivateNow = r.Next, nil, time.Time{}, false, false
 	return r
 }
 

@@ -64,6 +64,7 @@ var (
 type meta struct {
 	Generation          int64         `json:"generation"`
 	RootRotation        bool          `json:"rootRotationRequested,omitempty"`
+	RootActivateNow     bool          `json:"rootActivateNow,omitempty"`
 	NextRootPublishedAt *time.Time    `json:"nextRootPublishedAt,omitempty"`
 	Retired             []retiredJSON `json:"retiredRoots,omitempty"`
 	// Taints was added with ca taint; states without it have none.
@@ -136,7 +137,7 @@ func (s *State) Encode() (map[string][]byte, error) {
 		data[keyKey] = keyPEM
 		return nil
 	}
-	if in := s.Intermediate; len(in.Retired) > 0 || !in.NextPublishedAt.IsZero() || in.Requested {
+	if in := s.Intermediate; len(in.Retired) > 0 || !in.NextPublishedAt.IsZero() || in.Requested || in.ActivateNow {
 		// The format has no place for these: fail rather than drop them.
 		return nil, errors.New("encoding state: intermediates are never published, retired or rotated on request")
 	}
@@ -154,7 +155,7 @@ func (s *State) Encode() (map[string][]byte, error) {
 	if len(s.UpstreamRoots) > 0 {
 		data[KeyUpstreamRoots] = pki.EncodeCertificates(s.UpstreamRoots...)
 	}
-	m := meta{Generation: s.Generation, RootRotation: s.Root.Requested}
+	m := meta{Generation: s.Generation, RootRotation: s.Root.Requested, RootActivateNow: s.Root.ActivateNow}
 	if !s.Root.NextPublishedAt.IsZero() {
 		t := s.Root.NextPublishedAt.UTC()
 		m.NextRootPublishedAt = &t
@@ -202,6 +203,7 @@ func Decode(data map[string][]byte) (*State, error) {
 		}
 		s.Generation = m.Generation
 		s.Root.Requested = m.RootRotation
+		s.Root.ActivateNow = m.RootActivateNow
 		if m.NextRootPublishedAt != nil {
 			s.Root.NextPublishedAt = *m.NextRootPublishedAt
 		}

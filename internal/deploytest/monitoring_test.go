@@ -191,6 +191,7 @@ func TestMonitoringRules(t *testing.T) {
 		"MayflyAgentsOnOldBundle":       {"mayfly_ca_agents_with_current_bundle < mayfly_ca_agents_connected", "30m", ""},
 		"MayflyRotationFailures":        {`increase(mayfly_agent_rotations_total{result="failure"}[15m]) > 3`, "", ""},
 		"MayflyCAUnreachable":           {"mayfly_agent_ca_reachable == 0", "10m", ""},
+		"MayflyRootAdoptionPending":     {"mayfly_ca_root_adoption_pending_nodes) > 0", "30m", ""},
 	}
 	// Recording rules first: alerts and panels may use what they record.
 	recorded := map[string]bool{}

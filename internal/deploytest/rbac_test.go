@@ -126,6 +126,14 @@ func TestRBAC(t *testing.T) {
 		{verb: "get", resource: "configmaps", namespace: other, name: "app-config"},
 		{verb: "list", resource: "configmaps"},
 		{verb: "delete", resource: "configmaps", namespace: other, name: "mayfly-trust-bundle"},
+		// Root adoption: its replicas' ConfigMaps in its own namespace, and
+		// the Nodes read-only.
+		{verb: "update", resource: "configmaps", namespace: namespace, name: "mayfly-adoption-mayfly-ca-0", allowed: true},
+		{verb: "watch", resource: "configmaps", namespace: namespace, allowed: true},
+		{verb: "update", resource: "configmaps", namespace: other, name: "mayfly-adoption-mayfly-ca-0"},
+		{verb: "watch", resource: "nodes", allowed: true},
+		{verb: "update", resource: "nodes", name: "node-a"},
+		{verb: "delete", resource: "nodes", name: "node-a"},
 		// WorkloadCertificate -> Secret.
 		{verb: "watch", group: "mayfly.dev", resource: "workloadcertificates", allowed: true},
 		{verb: "update", group: "mayfly.dev", resource: "workloadcertificates", subresource: "status", namespace: other, allowed: true},

@@ -5,12 +5,14 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	issued        *prometheus.CounterVec
 	signDuration  prometheus.Histogram
-	connected     prometheus.Gauge
-	currentBundle prometheus.Gauge
+	connected     prometheus.GaugeFunc
+	currentBundle prometheus.GaugeFunc
 	notAcked      prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer, notAcked func() float64) *metrics {
+// newMetrics registers the issuer's metrics; the agent gauges are computed
+// on scrape from counts (AgentCounts) and notAcked (NotAckedAgents).
+func newMetrics(reg prometheus.Registerer, counts func() (connected, current int), notAcked func() float64) *metrics {
 	m := &metrics{
 		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mayfly_ca_certificates_issued_total",
@@ -21,14 +23,14 @@ func newMetrics(reg prometheus.Registerer, notAcked func() float64) *metrics {
 			Help:    "Time to check and sign one certificate request, authorization included.",
 			Buckets: []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1},
 		}),
-		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+		connected: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "mayfly_ca_agents_connected",
 			Help: "Agents holding a WatchBundle stream to this replica.",
-		}),
-		currentBundle: prometheus.NewGauge(prometheus.GaugeOpts{
+		}, func() float64 { c, _ := counts(); return float64(c) }),
+		currentBundle: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "mayfly_ca_agents_with_current_bundle",
 			Help: "Connected agents that acknowledged the current trust bundle.",
-		}),
+		}, func() float64 { _, c := counts(); return float64(c) }),
 		notAcked: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "mayfly_ca_agents_not_acked",
 			Help: "Connected agents that have not acknowledged the current trust bundle within the ack grace (1m) after it was sent; they hold a root activation back until rotation.rootAckWait (ca status names them).",

@@ -77,6 +77,11 @@ type WorkloadAuthorizer interface {
 	AuthorizeWorkload(ctx context.Context, node string, req *issuerv1.WorkloadRequest) (Grant, error)
 }
 
+// AckRecorder records that node's agent holds a bundle version.
+type AckRecorder interface {
+	Ack(node, version string)
+}
+
 // Config configures a Server.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
@@ -121,6 +126,10 @@ type Config struct {
 	// attestation is older, so the agent attests anew; 0: no limit.
 	AgentMaxAge time.Duration
 
+	// Acks records each node's acknowledgement for the cluster-wide count
+	// of the bundle's adoption (adoption.Tracker); nil records nothing.
+	Acks AckRecorder
+
 	Now        func() time.Time
 	Rand       io.Reader
 	Logger     *slog.Logger
@@ -138,8 +147,12 @@ type Server struct {
 	limMu    sync.Mutex
 	limiters map[string]*rate.Limiter
 
+	// watchers maps each open bundle stream to the version its agent
+	// acknowledged last, and ackCount counts the streams per version: an
+	// acknowledgement updates two counters, never walks the streams.
 	watchMu  sync.Mutex
-	watchers map[*watcher]struct{}
+	watchers map[*watcher]string
+	ackCount map[string]int
 
 	serving servingCert
 }
@@ -152,9 +165,8 @@ type signers struct {
 }
 
 type watcher struct {
-	node  string
-	acked atomic.Pointer[string]
-	sent  atomic.Pointer[sentBundle]
+	node string
+	sent atomic.Pointer[sentBundle]
 }
 
 // sentBundle is the bundle version last sent on a stream, and when.
@@ -213,9 +225,10 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:      cfg,
 		limiters: map[string]*rate.Limiter{},
-		watchers: map[*watcher]struct{}{},
+		watchers: map[*watcher]string{},
+		ackCount: map[string]int{},
 	}
-	s.metrics = newMetrics(cfg.Registerer, func() float64 { return float64(len(s.NotAckedAgents())) })
+	s.metrics = newMetrics(cfg.Registerer, s.AgentCounts, func() float64 { return float64(len(s.NotAckedAgents())) })
 	s.live = newLiveLeaves(cfg.Now)
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.live)
@@ -445,21 +458,19 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 		return err
 	}
 	revoked := s.watchRevoked(ctx, p)
-	w := &watcher{node: p.node}
-	empty := ""
-	w.acked.Store(&empty)
+	node := p.node
+	w := &watcher{node: node}
 	s.watchMu.Lock()
-	s.watchers[w] = struct{}{}
+	s.watchers[w] = ""
 	s.watchMu.Unlock()
 	changes, unsubscribe := s.cfg.Authority.Subscribe()
 	defer func() {
 		unsubscribe()
 		s.watchMu.Lock()
+		s.setAckLocked(w, "")
 		delete(s.watchers, w)
 		s.watchMu.Unlock()
-		s.updateWatchGauges()
 	}()
-	s.updateWatchGauges()
 
 	acks := make(chan error, 1)
 	go func() {
@@ -470,8 +481,12 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 				return
 			}
 			v := ack.GetVersion()
-			w.acked.Store(&v)
-			s.updateWatchGauges()
+			s.watchMu.Lock()
+			s.setAckLocked(w, v)
+			s.watchMu.Unlock()
+			if s.cfg.Acks != nil {
+				s.cfg.Acks.Ack(node, v)
+			}
 			if s.cfg.OnAck != nil {
 				s.cfg.OnAck()
 			}
@@ -487,7 +502,6 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 			}
 			sent = sg.loaded.BundleVersion
 			w.sent.Store(&sentBundle{version: sent, at: s.cfg.Now()})
-			s.updateWatchGauges()
 		}
 		select {
 		case <-ctx.Done():
@@ -505,49 +519,42 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 	}
 }
 
-// AllAgentsCurrent reports whether every connected agent acknowledged the
-// current bundle; the authority waits for it before it activates a root.
-func (s *Server) AllAgentsCurrent() bool {
-	sg, err := s.current()
-	if err != nil {
-		return false
-	}
-	s.watchMu.Lock()
-	defer s.watchMu.Unlock()
-	for w := range s.watchers {
-		if *w.acked.Load() != sg.loaded.BundleVersion {
-			return false
+// setAckLocked moves w's acknowledgement to version ("" for none) and
+// keeps the counts per version. watchMu must be held.
+func (s *Server) setAckLocked(w *watcher, version string) {
+	if old := s.watchers[w]; old != "" {
+		if s.ackCount[old]--; s.ackCount[old] <= 0 {
+			delete(s.ackCount, old)
 		}
 	}
-	return true
+	s.watchers[w] = version
+	if version != "" {
+		s.ackCount[version]++
+	}
 }
 
-// AgentCounts returns the connected agents and how many of them hold the
-// current bundle.
+// AllAgentsCurrent reports whether every agent connected to this replica
+// acknowledged the current bundle. It sees this replica's streams only:
+// the authority counts the adoption of a root across replicas and against
+// the expected nodes (internal/adoption).
+func (s *Server) AllAgentsCurrent() bool {
+	if _, err := s.current(); err != nil {
+		return false
+	}
+	connected, current := s.AgentCounts()
+	return connected == current
+}
+
+// AgentCounts returns the agents connected to this replica and how many of
+// them hold the current bundle, in O(1).
 func (s *Server) AgentCounts() (connected, current int) {
 	sg, err := s.current()
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
-	for w := range s.watchers {
-		if err == nil && *w.acked.Load() == sg.loaded.BundleVersion {
-			current++
-		}
+	if err == nil {
+		current = s.ackCount[sg.loaded.BundleVersion]
 	}
 	return len(s.watchers), current
-}
-
-func (s *Server) updateWatchGauges() {
-	sg, err := s.current()
-	s.watchMu.Lock()
-	defer s.watchMu.Unlock()
-	current := 0
-	for w := range s.watchers {
-		if err == nil && *w.acked.Load() == sg.loaded.BundleVersion {
-			current++
-		}
-	}
-	s.metrics.connected.Set(float64(len(s.watchers)))
-	s.metrics.currentBundle.Set(float64(current))
 }
 
 // NotAckedAgents returns the nodes of connected agents that have not
@@ -565,7 +572,7 @@ func (s *Server) NotAckedAgents() []string {
 	var out []string
 	for w := range s.watchers {
 		sent := w.sent.Load()
-		if *w.acked.Load() == sg.loaded.BundleVersion || sent == nil || sent.version != sg.loaded.BundleVersion {
+		if s.watchers[w] == sg.loaded.BundleVersion || sent == nil || sent.version != sg.loaded.BundleVersion {
 			continue
 		}
 		if now.Sub(sent.at) >= s.cfg.AckGrace {

@@ -3,8 +3,10 @@ package issuer_test
 import (
 	"context"
 	"crypto/x509"
+	"sync"
 	"testing"
 
+	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
@@ -136,5 +138,47 @@ func TestAllAgentsCurrentWaitsForEveryAgent(t *testing.T) {
 				t.Fatalf("AllAgentsCurrent = %v, want %v", got, st.want)
 			}
 		})
+	}
+}
+
+// ackLog is an issuer.AckRecorder that remembers the last version per node.
+type ackLog struct {
+	mu   sync.Mutex
+	last map[string]string
+}
+
+func (a *ackLog) Ack(node, version string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.last[node] = version
+}
+
+func (a *ackLog) get(node string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.last[node]
+}
+
+func TestWatchBundleRecordsAcksByNode(t *testing.T) {
+	rec := &ackLog{last: map[string]string{}}
+	h := newHarness(t, func(c *issuer.Config) { c.Acks = rec })
+	streamCtx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	stream, err := h.agent("node-a").WatchBundle(streamCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recvBundle(t, stream)
+	if err := stream.Send(&issuerv1.BundleAck{Version: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the recorder sees node-a on v1", func() bool { return rec.get("node-a") == "v1" })
+	// The stream's count moves with its acknowledgement; closing the stream
+	// takes it out of this replica's counts.
+	h.waitGauges(t, 1, 1)
+	cancel()
+	h.waitGauges(t, 0, 0)
+	if rec.get("node-a") != "v1" {
+		t.Fatal("the recorder lost node-a's acknowledgement when its stream closed")
 	}
 }

@@ -31,9 +31,10 @@ Usage:
       before now are refused (renewal, workloads, bundle stream), and NODE
       may not attest again until --until or ` + "`ca agent unevict NODE`" + `.
   ca agent unevict NODE | ca agent list  (--config FILE | --dir DIR)
-  ca rotate-root --config FILE
+  ca rotate-root --config FILE [--activate-now]
       Ask the running CA to rotate its self-signed root now: the next root is
-      published at once and activated when every agent holds it.
+      published at once and activated when every node's agent holds it.
+      --activate-now activates it at once, without waiting for the nodes.
   ca taint --config FILE --authority intermediate|root [--serial S] [--force]
       Mark a compromised key: issuance moves off it at once (a root waits for
       the agents unless --force) and agents re-issue what chains to it.
@@ -104,7 +105,9 @@ func cmdToken(args []string, stdout, stderr io.Writer) error {
 }
 
 func cmdRotateRoot(args []string, stdout, stderr io.Writer) error {
-	cfg, err := cli.LoadConfig(cli.NewConfigFlags("ca rotate-root", "CA", stderr), args, LoadFile)
+	fs := cli.NewConfigFlags("ca rotate-root", "CA", stderr)
+	activateNow := fs.Bool("activate-now", false, "activate the next root at once, without waiting for every node to hold it (nodes that do not hold it cannot verify certificates under it until they fetch the bundle)")
+	cfg, err := cli.LoadConfig(fs, args, LoadFile)
 	if err != nil {
 		return err
 	}
@@ -123,6 +126,15 @@ func cmdRotateRoot(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		store = authority.NewSecretStore(kube, cfg.Kubernetes.Namespace, cfg.Kubernetes.SecretName)
+	}
+	if *activateNow {
+		if err := authority.RequestRootActivation(context.Background(), store); err != nil {
+			return fmt.Errorf("requesting a root activation in %s: %w", store.Describe(), err)
+		}
+		// The CA logs the activation (warning) when it applies it.
+		fmt.Fprintf(stderr, "audit: operator override: next root activates without waiting for the nodes, in %s\n", store.Describe())
+		fmt.Fprintf(stdout, "root activation requested in %s: the next root activates at once; watch mayfly_ca_root_adoption_pending_nodes\n", store.Describe())
+		return nil
 	}
 	if err := authority.RequestRootRotation(context.Background(), store); err != nil {
 		return fmt.Errorf("requesting a root rotation in %s: %w", store.Describe(), err)

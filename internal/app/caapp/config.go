@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/config"
@@ -124,6 +125,16 @@ type RotationConfig struct {
 	// re-issue every credential chaining to a tainted authority (ca taint),
 	// each at a random point of it (default 10m).
 	TaintReissueWindow config.Duration `json:"taintReissueWindow,omitempty"`
+	// Adoption says which nodes must hold a new root before it activates.
+	Adoption AdoptionConfig `json:"adoption,omitempty"`
+}
+
+// AdoptionConfig selects the nodes whose agents must acknowledge a new
+// root (Kubernetes mode; standalone expects the configured nodes).
+type AdoptionConfig struct {
+	// NodeSelector is a label selector of the Nodes that run an agent (the
+	// agent DaemonSet's nodeSelector); default: every Node.
+	NodeSelector string `json:"nodeSelector,omitempty"`
 }
 
 // WorkloadsConfig bounds workload SVID lifetimes.
@@ -158,6 +169,8 @@ type Config struct {
 	NodeBurst          int
 	Nodes              []hostnodes.NodePolicy
 	AgentMaxAge        time.Duration
+	// AdoptionNodeSelector selects the Nodes that must hold a new root.
+	AdoptionNodeSelector string
 	// AllowRebootstrap is set by flag only, never by file.
 	AllowRebootstrap bool
 
@@ -246,6 +259,14 @@ func (fc *FileConfig) Validate() (*Config, error) {
 	}
 	if c.KubernetesPropagationDelay, err = propagationDelay(fc.Rotation.KubernetesPropagationDelay, c); err != nil {
 		return nil, err
+	}
+	if c.AdoptionNodeSelector = fc.Rotation.Adoption.NodeSelector; c.AdoptionNodeSelector != "" {
+		if c.Kubernetes == nil {
+			return nil, errors.New("rotation.adoption.nodeSelector: only for Kubernetes mode; standalone expects the configured nodes")
+		}
+		if _, err := labels.Parse(c.AdoptionNodeSelector); err != nil {
+			return nil, fmt.Errorf("rotation.adoption.nodeSelector: %w", err)
+		}
 	}
 	c.AgentTTL = fc.AgentTTL.Or(time.Hour)
 	c.AgentMaxAge = fc.Agents.MaxAge.Or(DefaultAgentMaxAgeStandalone)

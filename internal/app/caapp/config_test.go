@@ -354,6 +354,8 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"intermediate_ttl_too_short", minimalStandalone + "rotation:\n  intermediateTTL: 30m\n", "rotation.intermediateTTL: "},
 		{"intermediate_ttl_above_half_root", minimalStandalone + "rotation:\n  rootTTL: 72h\n  intermediateTTL: 48h\n", "rotation.intermediateTTL: must be at most half of rootTTL"},
 		{"negative_root_ack_wait", minimalStandalone + "rotation:\n  rootAckWait: -1h\n", "rotation.rootAckWait: "},
+		{"adoption_node_selector_standalone", minimalStandalone + "rotation:\n  adoption:\n    nodeSelector: a=b\n", "rotation.adoption.nodeSelector: only for Kubernetes mode"},
+		{"adoption_node_selector_unparsable", "trustDomain: example.org\nkubernetes: {}\nrotation:\n  adoption:\n    nodeSelector: \"a in (b\"\n", "rotation.adoption.nodeSelector: "},
 		{"max_prepare_ahead_below_root_ack_wait", minimalStandalone + "rotation:\n  maxPrepareAhead: 1h\n", "rotation.maxPrepareAhead: must be at least rootAckWait (24h0m0s), got 1h0m0s"},
 		{"negative_max_prepare_ahead", minimalStandalone + "rotation:\n  maxPrepareAhead: -1h\n", "rotation.maxPrepareAhead: must not be negative"},
 		{"propagation_delay_in_standalone_mode", minimalStandalone + "rotation:\n  kubernetesPropagationDelay: 1m\n", "rotation.kubernetesPropagationDelay: only for Kubernetes mode"},

@@ -45,6 +45,9 @@ type modeParts struct {
 	nodes     issuer.NodeChecker
 	renewal   issuer.RenewalChecker
 	evictions *eviction.Source
+	// adoption counts which nodes hold a waiting root (every node's agent,
+	// whichever replica it talks to).
+	adoption *adoptionWiring
 	// kubernetesIDs: workload IDs are ns/<namespace>/sa/<serviceaccount>.
 	kubernetesIDs bool
 	// gates hold a new root back besides the agents' acknowledgements
@@ -82,8 +85,9 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 		Logger:           opts.Logger.With("component", "authority"),
 		Registerer:       c.registry,
 		AllowRebootstrap: cfg.AllowRebootstrap,
-		Acks:             authority.AllOf(append([]func() bool{func() bool { return c.issuer != nil && c.issuer.AllAgentsCurrent() }}, parts.gates...)...),
+		Acks:             authority.AllOf(append([]func() bool{parts.adoption.acks(&c.authority)}, parts.gates...)...),
 	})
+	parts.adoption.bind(c.authority, cfg.Policy, opts.Clock, c.registry)
 	if err := c.authority.Load(ctx); err != nil {
 		opts.Logger.Error("CA state could not be loaded; the CA does not issue until this is fixed", "error", err)
 	}
@@ -105,6 +109,7 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 		NodeRate:           rate.Limit(cfg.NodeRateLimit),
 		NodeBurst:          cfg.NodeBurst,
 		OnAck:              c.authority.Kick,
+		Acks:               parts.adoption.tracker,
 		Now:                opts.Clock.Now,
 		Rand:               rand.Reader,
 		Logger:             opts.Logger.With("component", "issuer"),
@@ -145,7 +150,7 @@ func newRegistry() *prometheus.Registry {
 
 // status is what /status and `ca status` show.
 func (c *core) status() Status {
-	st := statusOf(c.cfg, c.authority, c.issuer)
+	st := statusOf(c.cfg, c.authority, c.issuer, c.parts.adoption)
 	if c.parts.decorate != nil {
 		st = c.parts.decorate(st)
 	}

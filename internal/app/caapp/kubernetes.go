@@ -75,12 +75,22 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	var c *core
+	// A replica's agents' acknowledgements that another replica publishes
+	// may let the waiting root activate: look again at once.
+	if parts.adoption, err = newKubeAdoption(cfg, restCfg, kube, opts.Replica, opts.Clock, func() {
+		if c != nil {
+			c.authority.Kick()
+		}
+	}); err != nil {
+		return err
+	}
 	// The Kubernetes delivery paths gate a new root as the agents do.
 	gate := &bundlegate.Gate{NamespaceSelector: selector, ClusterTrustBundle: true, PropagationDelay: cfg.KubernetesPropagationDelay,
 		Clock: opts.Clock, Logger: log.With("component", "bundle-gate")}
 	parts.gates = append(parts.gates, gate.Ready)
 	parts.decorate = func(st Status) Status { return withDelivery(st, gate.Status()) }
-	c, err := newCore(ctx, cfg, opts, parts)
+	c, err = newCore(ctx, cfg, opts, parts)
 	if err != nil {
 		return err
 	}
@@ -111,6 +121,11 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		{run: func(ctx context.Context) error { return c.serve(ctx, ready) }},
 	} {
 		if err := mgr.Add(r); err != nil {
+			return err
+		}
+	}
+	for _, f := range parts.adoption.runnables {
+		if err := mgr.Add(runnable{run: f}); err != nil {
 			return err
 		}
 	}

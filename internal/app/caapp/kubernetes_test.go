@@ -44,7 +44,8 @@ type replica struct {
 
 func startReplica(t *testing.T, c *cluster.Cluster, clock rotate.Clock) *replica {
 	t.Helper()
-	p := runCA(t, kubeConfig, caapp.Options{RestConfig: c.Config, Clock: clock})
+	// Replicas in one process share a hostname: name each (its adoption ConfigMap).
+	p := runCA(t, kubeConfig, caapp.Options{RestConfig: c.Config, Clock: clock, Replica: "ca-" + strings.ToLower(rand.Text()[:8])})
 	return &replica{addr: p.addr, logs: p.logs}
 }
 

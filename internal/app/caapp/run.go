@@ -27,6 +27,9 @@ type Options struct {
 	// RestConfig reaches the API server in Kubernetes mode (default:
 	// in-cluster or KUBECONFIG).
 	RestConfig *rest.Config
+	// Replica names this replica's adoption ConfigMap in Kubernetes mode
+	// (default: POD_NAME, else the hostname).
+	Replica string
 }
 
 // Run runs the CA until ctx is done: the shared core (authority, issuer

@@ -29,6 +29,7 @@ func runStandalone(ctx context.Context, cfg *Config, opts Options) error {
 		authorizer: nodes,
 		nodes:      nodes,
 		evictions:  evictions,
+		adoption:   newStandaloneAdoption(cfg),
 	})
 	if err != nil {
 		return err

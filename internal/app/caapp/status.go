@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/mayfly-pki/mayfly/internal/adoption"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
@@ -27,6 +28,9 @@ type Status struct {
 	// LiveLeaves counts the leaves this replica issued since it started
 	// that are still valid, per authority key.
 	LiveLeaves []issuer.AuthorityLeaves `json:"liveLeaves,omitempty"`
+	// RootAdoption counts the nodes a waiting next root waits for, across
+	// every replica; absent when no root waits.
+	RootAdoption *adoption.Status `json:"rootAdoption,omitempty"`
 	// Kubernetes are the objects that deliver the bundle to pods
 	// (Kubernetes mode).
 	Kubernetes *bundlegate.Status `json:"kubernetesDelivery,omitempty"`
@@ -59,7 +63,7 @@ type SlotInfo struct {
 	NotAfter  time.Time `json:"notAfter"`
 }
 
-func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server) Status {
+func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server, ad *adoptionWiring) Status {
 	st := Status{TrustDomain: cfg.TrustDomain.String()}
 	l, err := mgr.Current()
 	if err != nil {
@@ -75,6 +79,9 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server) Status {
 		st.LiveLeaves = srv.LiveLeaves()
 	}
 	st.Taints = taintInfos(l.State)
+	if ad != nil && ad.collector != nil {
+		st.RootAdoption = ad.collector.StatusOf()
+	}
 	l.State.EachSlot(func(role, slot string, c *x509.Certificate) {
 		st.Authorities = append(st.Authorities, SlotInfo{Role: role, Slot: slot, Serial: c.SerialNumber.Text(16), Subject: c.Subject.String(), NotBefore: c.NotBefore, NotAfter: c.NotAfter})
 	})
@@ -95,6 +102,9 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 	}
 	fmt.Fprintf(w, "CA %s: ready, generation %d, bundle %s, agents %d connected / %d on the current bundle\n\n",
 		st.TrustDomain, st.Generation, st.BundleVersion, st.Agents.Connected, st.Agents.CurrentBundle)
+	if a := st.RootAdoption; a != nil {
+		printAdoption(w, a)
+	}
 	if k := st.Kubernetes; k != nil {
 		printDelivery(w, k)
 	}
@@ -138,4 +148,20 @@ func printDelivery(w io.Writer, k *bundlegate.Status) {
 	default:
 		fmt.Fprintf(w, "kubernetes delivery: all %d objects hold bundle %s; propagation delay %s, %s left\n\n", k.Objects, k.BundleVersion, k.PropagationDelay, k.PropagationLeft)
 	}
+}
+
+func printAdoption(w io.Writer, a *adoption.Status) {
+	if !a.Known {
+		fmt.Fprintf(w, "next root waits for the nodes (not listed yet); activates anyway in %s\n\n", a.WaitRemaining.Truncate(time.Second))
+		return
+	}
+	fmt.Fprintf(w, "next root: %d of %d nodes hold bundle %s; activates anyway in %s\n", a.Expected-a.Pending, a.Expected, a.BundleVersion, a.WaitRemaining.Truncate(time.Second))
+	if a.Pending > 0 {
+		more := ""
+		if a.Pending > len(a.PendingNodes) {
+			more = fmt.Sprintf(" (and %d more)", a.Pending-len(a.PendingNodes))
+		}
+		fmt.Fprintf(w, "pending nodes: %s%s\n", strings.Join(a.PendingNodes, ", "), more)
+	}
+	fmt.Fprintln(w)
 }
