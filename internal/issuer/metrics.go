@@ -7,6 +7,9 @@ type metrics struct {
 	signDuration  prometheus.Histogram
 	connected     prometheus.Gauge
 	currentBundle prometheus.Gauge
+	// attestThrottled counts AttestAgent calls refused by the rate limits,
+	// by scope (peer, global).
+	attestThrottled *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -28,10 +31,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "mayfly_ca_agents_with_current_bundle",
 			Help: "Connected agents that acknowledged the current trust bundle.",
 		}),
+		attestThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mayfly_ca_attest_throttled_total",
+			Help: "AttestAgent calls refused with ResourceExhausted by the attestation rate limits, by scope (peer: one client IP, global: the whole server).",
+		}, []string{"scope"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.issued, m.signDuration, m.connected, m.currentBundle)
+		reg.MustRegister(m.issued, m.signDuration, m.connected, m.currentBundle, m.attestThrottled)
 	}
+	m.attestThrottled.WithLabelValues("peer")
+	m.attestThrottled.WithLabelValues("global")
 	for _, kind := range []string{"agent", "workload"} {
 		for _, result := range []string{"issued", "denied", "error"} {
 			m.issued.WithLabelValues(kind, result)
