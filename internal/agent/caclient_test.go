@@ -130,6 +130,9 @@ type agentSetup struct {
 	token   string // "" : the credential fails, the agent must not need it
 	dataDir string
 	address string // "" : the harness
+	// joinToken, when set, is the credential instead of token.
+	joinToken *JoinToken
+	nodeName  string
 }
 
 // testAgent is a CAClient under test with what it reported.
@@ -140,6 +143,7 @@ type testAgent struct {
 	svids     chan *x509.Certificate
 	reachable chan bool
 	logs      *logbuf.Buffer
+	rejected  atomic.Int32
 }
 
 func (h *caHarness) newAgent(s agentSetup) *testAgent {
@@ -149,7 +153,7 @@ func (h *caHarness) newAgent(s agentSetup) *testAgent {
 	if addr == "" {
 		addr = h.addr
 	}
-	c, err := NewCAClient(CAConfig{
+	cfg := CAConfig{
 		Address:       addr,
 		TrustDomain:   h.tca.TrustDomain,
 		InitialBundle: h.tca.Bundle(),
@@ -160,17 +164,23 @@ func (h *caHarness) newAgent(s agentSetup) *testAgent {
 			}
 			return &issuerv1.AttestAgentRequest{Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: s.token}}, nil
 		},
-		DataDir: s.dataDir,
-		Clock:   h.clk,
-		Policy:  testPolicy(),
-		Logger:  slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		DataDir:    s.dataDir,
+		NodeName:   s.nodeName,
+		OnRejected: func(error) { a.rejected.Add(1) },
+		Clock:      h.clk,
+		Policy:     testPolicy(),
+		Logger:     slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		OnReachable: func(ok bool) {
 			select {
 			case a.reachable <- ok:
 			default:
 			}
 		},
-	})
+	}
+	if s.joinToken != nil {
+		cfg.Credential, cfg.OnAttested = s.joinToken.Credential, s.joinToken.Settle
+	}
+	c, err := NewCAClient(cfg)
 	if err != nil {
 		h.t.Fatalf("NewCAClient: %v", err)
 	}

@@ -63,13 +63,22 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	reachable := prometheus.NewGauge(prometheus.GaugeOpts{Name: "mayfly_agent_ca_reachable", Help: "1 when the last call to the CA got an answer, 0 when the CA was unreachable."})
 	reg.MustRegister(reachable)
 
-	credential, err := bootstrapCredential(cfg)
+	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mayfly_agent_svids_rejected_total",
+		Help: "Certificates returned by the CA that the agent refused (wrong ID, wrong key, or not chaining to the trust bundle), by kind (agent, workload).",
+	}, []string{"kind"})
+	reg.MustRegister(rejected)
+	rejected.WithLabelValues("agent")
+	rejected.WithLabelValues("workload")
+
+	credential, settle, err := bootstrapCredential(cfg)
 	if err != nil {
 		return err
 	}
 	ca, err := agent.NewCAClient(agent.CAConfig{
-		Address: cfg.ServerAddress, TrustDomain: cfg.TrustDomain, InitialBundle: bundle,
-		Credential: credential, DataDir: cfg.DataDir, Clock: opts.Clock, Logger: log.With("component", "ca-client"),
+		Address: cfg.ServerAddress, TrustDomain: cfg.TrustDomain, InitialBundle: bundle, NodeName: cfg.NodeName,
+		Credential: credential, OnAttested: settle, DataDir: cfg.DataDir,
+		OnRejected: func(error) { rejected.WithLabelValues("agent").Inc() }, Clock: opts.Clock, Logger: log.With("component", "ca-client"),
 		OnReachable: func(ok bool) {
 			if ok {
 				reachable.Set(1)
@@ -85,6 +94,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	mgr := agent.NewManager(agent.ManagerConfig{
 		Batcher: batcher, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Clock: opts.Clock,
 		Logger: log.With("component", "identities"), Registerer: reg,
+		OnRejected: func(error) { rejected.WithLabelValues("workload").Inc() },
 	})
 	ca.Store.OnChange(mgr.SetAgentSVID)
 
@@ -196,22 +206,24 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	return g.Wait()
 }
 
-// bootstrapCredential returns how the agent attests: a join token
-// (single-use, standalone) or the projected ServiceAccount token (re-read at
-// every attestation, Kubernetes).
-func bootstrapCredential(cfg *Config) (agent.Credential, error) {
+// bootstrapCredential returns how the agent attests, and what to tell of
+// each attestation's outcome: a join token (single-use, standalone, kept
+// while the CA is unreachable) or the projected ServiceAccount token
+// (re-read at every attestation, Kubernetes).
+func bootstrapCredential(cfg *Config) (agent.Credential, func(error), error) {
 	if cfg.Kubernetes != nil {
-		return agent.ServiceAccountToken(cfg.Kubernetes.TokenFile), nil
+		return agent.ServiceAccountToken(cfg.Kubernetes.TokenFile), nil, nil
 	}
 	token := cfg.JoinToken
 	if token == "" && cfg.JoinTokenFile != "" {
 		raw, err := os.ReadFile(cfg.JoinTokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("standalone.joinTokenFile: %w", err)
+			return nil, nil, fmt.Errorf("standalone.joinTokenFile: %w", err)
 		}
 		token = strings.TrimSpace(string(raw))
 	}
-	return agent.JoinToken(token, cfg.NodeName), nil
+	jt := agent.NewJoinToken(token, cfg.NodeName)
+	return jt.Credential, jt.Settle, nil
 }
 
 // workloadAttestor adapts workloadattest.Attestor to the Workload API.
