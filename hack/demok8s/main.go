@@ -226,10 +226,11 @@ func (d *demo) demo(ctx context.Context) int {
 kind: CAConfig
 trustDomain: %s
 healthAddress: %s
+statusSocket: %s
 kubernetes: {namespace: %s}
 rotation: {rootTTL: 720h, intermediateTTL: 2h}
 workloads: {minTTL: 10s, defaultTTL: %s, maxTTL: 1h}
-`, trustDomain, o.caHealth, caNamespace, o.ttl))
+`, trustDomain, o.caHealth, filepath.Join(d.work, "ca", "status.sock"), caNamespace, o.ttl))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo-k8s: CA config: %v\n", err)
 		return 1
@@ -419,9 +420,9 @@ workloads: {ttl: %s}
 	_ = pw.Close()
 	last := <-summary
 	fmt.Println()
-	d.status("ca", o.caHealth)
+	d.status("ca", filepath.Join(d.work, "ca", "status.sock"))
 	fmt.Println()
-	d.status("agent", o.agentHealth)
+	d.status("agent", filepath.Join(d.work, "agent", "status.sock"))
 	fmt.Println()
 	rotations := countLines(filepath.Join(d.work, "agent.log"), `"msg":"SVID rotated"`)
 	say("%d SVID rotations seen by the agent", rotations)
@@ -569,11 +570,11 @@ func (w *workload) terminate(grace time.Duration) {
 
 func (w *workload) stop() { w.terminate(5 * time.Second) }
 
-// status prints `bin/<name> status --address addr`.
-func (d *demo) status(name, addr string) {
+// status prints `bin/<name> status --socket socket`.
+func (d *demo) status(name, socket string) {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(sctx, filepath.Join(d.opts.bin, name), "status", "--address", addr) //nolint:gosec // our own binary from bin/
+	cmd := exec.CommandContext(sctx, filepath.Join(d.opts.bin, name), "status", "--socket", socket) //nolint:gosec // our own binary from bin/
 	cmd.Stdout = os.Stdout
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {

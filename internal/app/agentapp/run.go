@@ -2,7 +2,6 @@ package agentapp
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/mayfly-pki/mayfly/internal/agent"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/csi"
 	"github.com/mayfly-pki/mayfly/internal/workloadapi"
 	"github.com/mayfly-pki/mayfly/internal/workloadattest"
@@ -201,8 +201,16 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		return nil
 	})
 	if cfg.HealthAddress != "" {
-		serveHealth(ctx, g, cfg.HealthAddress, reg, ca, mgr, log)
+		serveHealth(ctx, g, cfg.HealthAddress, reg, ca, log)
 	}
+	// The status names every identity and serial: on a 0600 unix socket
+	// for root and the agent's user, not on the TCP health port.
+	st := &cli.StatusServer{
+		Path:   StatusSocket(cfg.DataDir),
+		Status: func() any { return statusDoc{Agent: ca.Rotator().State(), Identities: mgr.Status()} },
+		Logger: log,
+	}
+	g.Go(func() error { return st.Start(ctx) })
 	return g.Wait()
 }
 
@@ -237,7 +245,10 @@ func (w workloadAttestor) Attest(ctx context.Context) (workloadapi.Caller, error
 	return w.att.Attest(ctx, p)
 }
 
-func serveHealth(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, ca *agent.CAClient, mgr *agent.Manager, log *slog.Logger) {
+// StatusSocket is the agent's status socket in its data directory.
+func StatusSocket(dataDir string) string { return filepath.Join(dataDir, cli.StatusSocketName) }
+
+func serveHealth(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, ca *agent.CAClient, log *slog.Logger) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -249,20 +260,13 @@ func serveHealth(ctx context.Context, g *errgroup.Group, addr string, reg *prome
 			http.Error(w, "no agent SVID yet", http.StatusServiceUnavailable)
 		}
 	})
-	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(struct {
-			Agent      rotate.State   `json:"agent"`
-			Identities []agent.Status `json:"identities"`
-		}{ca.Rotator().State(), mgr.Status()})
-	})
 	hs := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	g.Go(func() error {
 		lis, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("healthAddress: %w", err)
 		}
-		log.Info("health, metrics and status listening", "address", addr)
+		log.Info("health and metrics listening", "address", addr)
 		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}

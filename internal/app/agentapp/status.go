@@ -20,13 +20,13 @@ type statusDoc struct {
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("address", "127.0.0.1:9444", "the agent's healthAddress")
+	socket := fs.String("socket", StatusSocket("/var/lib/mayfly/agent"), "the agent's status socket (<dataDir>/"+cli.StatusSocketName+"); readable by root and the agent's user")
 	output := fs.String("output", "table", "table or json")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	var doc statusDoc
-	if err := cli.FetchStatus(*addr, "agent", &doc); err != nil {
+	if err := cli.FetchStatus(*socket, "agent", &doc); err != nil {
 		return err
 	}
 	return cli.Render(stdout, *output, doc, func() error { return printTable(stdout, doc, time.Now()) })

@@ -24,8 +24,9 @@ Usage:
   ca token create --node NAME [--ttl 10m] (--config FILE | --dir DIR)
       Create a single-use join token for the agent of NAME (standalone mode).
       Only its hash is stored; the token is printed once.
-  ca status [--address 127.0.0.1:9443] [--output table|json]
-      Show readiness, agents on the current bundle, and every CA certificate.
+  ca status [--config FILE | --socket /tmp/mayfly-ca/status.sock] [--output table|json]
+      Show readiness, agents on the current bundle, and every CA certificate,
+      read from the CA's status socket (as root or as the CA's user).
   ca rotate-root --config FILE
       Ask the running CA to rotate its self-signed root now: the next root is
       published at once and activated when every agent holds it.

@@ -9,11 +9,13 @@ import (
 	"math"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/config"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -28,6 +30,10 @@ type FileConfig struct {
 	ListenAddress string `json:"listenAddress,omitempty"`
 	// HealthAddress serves /healthz, /readyz and /metrics (default 127.0.0.1:9443; "" or "off" disables).
 	HealthAddress string `json:"healthAddress,omitempty"`
+	// StatusSocket serves `ca status` on a 0600 unix socket, for root and
+	// the CA's user only (default <directory>/status.sock standalone,
+	// /tmp/mayfly-ca/status.sock in Kubernetes mode; "off" disables).
+	StatusSocket string `json:"statusSocket,omitempty"`
 	// ServerDNSNames go into the CA's serving certificate.
 	ServerDNSNames []string `json:"serverDNSNames,omitempty"`
 	// KeyType of the CA's own keys (default ecdsa-p256).
@@ -110,11 +116,16 @@ type WorkloadsConfig struct {
 	NodeBurst     int     `json:"nodeBurst,omitempty"`
 }
 
+// DefaultKubernetesStatusSocket is the CA's status socket in Kubernetes
+// mode: /tmp is the pod's own emptyDir.
+const DefaultKubernetesStatusSocket = "/tmp/mayfly-ca/status.sock"
+
 // Config is the validated runtime form.
 type Config struct {
 	TrustDomain        spiffeid.TrustDomain
 	ListenAddress      string
 	HealthAddress      string
+	StatusSocket       string
 	ServerDNSNames     []string
 	KeyType            pki.KeyType
 	Directory          string
@@ -191,6 +202,17 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		return nil, errors.New("directory or kubernetes: one is required (directory: standalone mode; kubernetes: state in a Secret)")
 	case c.Directory != "" && c.Kubernetes != nil:
 		return nil, errors.New("directory and kubernetes: set only one")
+	}
+	c.StatusSocket = fc.StatusSocket
+	switch {
+	case c.StatusSocket == "off":
+		c.StatusSocket = ""
+	case c.StatusSocket != "" && !filepath.IsAbs(c.StatusSocket):
+		return nil, fmt.Errorf("statusSocket: %q must be an absolute path", c.StatusSocket)
+	case c.StatusSocket == "" && c.Directory != "":
+		c.StatusSocket = filepath.Join(c.Directory, cli.StatusSocketName)
+	case c.StatusSocket == "":
+		c.StatusSocket = DefaultKubernetesStatusSocket
 	}
 	if k := c.Kubernetes; k != nil {
 		k.Namespace = config.OrDefault(k.Namespace, config.OrDefault(os.Getenv("POD_NAMESPACE"), "mayfly-system"))

@@ -3,7 +3,6 @@ package caapp
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +24,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -185,14 +185,16 @@ func serveIssuer(ctx context.Context, g *errgroup.Group, cfg *Config, opts Optio
 }
 
 func serveHealth(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prometheus.Registry, ready func() error, status func() Status, log *slog.Logger) {
+	if cfg.StatusSocket != "" {
+		// The status names every CA certificate: on a 0600 unix socket
+		// for root and the CA's user, not on the TCP health port.
+		st := &cli.StatusServer{Path: cfg.StatusSocket, Status: func() any { return status() }, Logger: log}
+		g.Go(func() error { return st.Start(ctx) })
+	}
 	if cfg.HealthAddress == "" {
 		return
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(status())
-	})
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
