@@ -51,6 +51,8 @@ type FileConfig struct {
 	Workloads WorkloadsConfig `json:"workloads,omitempty"`
 	// AgentTTL is the lifetime of agent SVIDs (default 1h).
 	AgentTTL config.Duration `json:"agentTTL,omitempty"`
+	// Attestation bounds the unauthenticated AttestAgent calls.
+	Attestation AttestationConfig `json:"attestation,omitempty"`
 	// Nodes (standalone mode) say which identities each node's agent may obtain.
 	Nodes []hostnodes.NodePolicy `json:"nodes,omitempty"`
 }
@@ -116,6 +118,18 @@ type WorkloadsConfig struct {
 	NodeBurst     int     `json:"nodeBurst,omitempty"`
 }
 
+// AttestationConfig bounds AttestAgent calls, which are unauthenticated:
+// per second for the whole CA (rateLimit, default 50, burst default 200)
+// and per client IP address (peerRateLimit, default 1, peerBurst default
+// 10). A call above either is refused with ResourceExhausted before its
+// credential is checked; agents retry with backoff.
+type AttestationConfig struct {
+	RateLimit     float64 `json:"rateLimit,omitempty"`
+	Burst         int     `json:"burst,omitempty"`
+	PeerRateLimit float64 `json:"peerRateLimit,omitempty"`
+	PeerBurst     int     `json:"peerBurst,omitempty"`
+}
+
 // DefaultKubernetesStatusSocket is the CA's status socket in Kubernetes
 // mode: /tmp is the pod's own emptyDir.
 const DefaultKubernetesStatusSocket = "/tmp/mayfly-ca/status.sock"
@@ -137,6 +151,7 @@ type Config struct {
 	DefaultWorkloadTTL time.Duration
 	MaxWorkloadTTL     time.Duration
 	NodeRateLimit      float64
+	Attestation        AttestationConfig
 	NodeBurst          int
 	Nodes              []hostnodes.NodePolicy
 	// AllowRebootstrap is set by flag only, never by file.
@@ -272,6 +287,17 @@ func (fc *FileConfig) Validate() (*Config, error) {
 	if c.NodeRateLimit < 0 || c.NodeBurst < 1 {
 		return nil, fmt.Errorf("workloads.nodeRateLimit, nodeBurst: must be positive, got %v and %d", c.NodeRateLimit, c.NodeBurst)
 	}
+	a := fc.Attestation
+	if a.RateLimit == 0 && a.Burst == 0 {
+		a.RateLimit, a.Burst = 50, 200
+	}
+	if a.PeerRateLimit == 0 && a.PeerBurst == 0 {
+		a.PeerRateLimit, a.PeerBurst = 1, 10
+	}
+	if a.RateLimit <= 0 || a.Burst < 1 || a.PeerRateLimit <= 0 || a.PeerBurst < 1 {
+		return nil, fmt.Errorf("attestation: rateLimit, burst, peerRateLimit and peerBurst must be positive (or all unset), got %v, %d, %v, %d", a.RateLimit, a.Burst, a.PeerRateLimit, a.PeerBurst)
+	}
+	c.Attestation = a
 	seen := map[string]bool{}
 	for i, n := range c.Nodes {
 		path := fmt.Sprintf("nodes[%d]", i)
