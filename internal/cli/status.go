@@ -108,13 +108,23 @@ func listenStatus(path string) (*net.UnixListener, error) {
 			return nil, fmt.Errorf("status socket: %w", err)
 		}
 	}
-	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	// Bound under a temporary name and renamed once it is 0600, so the
+	// socket never appears at path with another mode.
+	tmp := filepath.Join(dir, fmt.Sprintf(".%s.%d.tmp", filepath.Base(path), os.Getpid()))
+	_ = os.Remove(tmp)
+	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	lis.SetUnlinkOnClose(true)
-	if err := os.Chmod(path, 0o600); err != nil {
+	lis.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		_ = lis.Close()
+		_ = os.Remove(tmp)
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = lis.Close()
+		_ = os.Remove(tmp)
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
 	return lis, nil

@@ -210,7 +210,13 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		Status: func() any { return statusDoc{Agent: ca.Rotator().State(), Identities: mgr.Status()} },
 		Logger: log,
 	}
-	g.Go(func() error { return st.Start(ctx) })
+	g.Go(func() error {
+		// A status socket that cannot be made does not stop the agent.
+		if err := st.Start(ctx); err != nil {
+			log.Error("`agent status` will not work", "error", err)
+		}
+		return nil
+	})
 	return g.Wait()
 }
 

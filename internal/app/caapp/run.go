@@ -192,8 +192,14 @@ func serveHealth(ctx context.Context, g *errgroup.Group, cfg *Config, reg *prome
 	if cfg.StatusSocket != "" {
 		// The status names every CA certificate: on a 0600 unix socket
 		// for root and the CA's user, not on the TCP health port.
+		// A status socket that cannot be made does not stop the CA.
 		st := &cli.StatusServer{Path: cfg.StatusSocket, Status: func() any { return status() }, Logger: log}
-		g.Go(func() error { return st.Start(ctx) })
+		g.Go(func() error {
+			if err := st.Start(ctx); err != nil {
+				log.Error("`ca status` will not work", "error", err)
+			}
+			return nil
+		})
 	}
 	if cfg.HealthAddress == "" {
 		return
