@@ -70,9 +70,10 @@ func (s *StatusServer) Start(ctx context.Context) error {
 		case <-ctx.Done():
 		case <-done:
 		}
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// The run context is done by now: shut down on a detached one.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		_ = hs.Shutdown(sctx) //nolint:contextcheck // the run context is already done
+		_ = hs.Shutdown(sctx)
 	}()
 	defer close(done)
 	log.Info("status listening", "socket", s.Path)

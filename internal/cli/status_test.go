@@ -84,7 +84,7 @@ func TestStatusSocketBadInput(t *testing.T) {
 	})
 	t.Run("a directory others may write to is refused", func(t *testing.T) {
 		dir := t.TempDir()
-		if err := os.Chmod(dir, 0o777); err != nil { //nolint:gosec // the point of the test
+		if err := os.Chmod(dir, 0o777); err != nil {
 			t.Fatal(err)
 		}
 		err := (&StatusServer{Path: filepath.Join(dir, StatusSocketName), Status: func() any { return nil }}).Start(t.Context())
@@ -132,7 +132,7 @@ func TestStatusSocketOtherUID(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o755); err != nil { //nolint:gosec // uid 65534 must reach the socket's directory
+	if err := os.Chmod(base, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	self, err := os.Executable()
@@ -142,13 +142,13 @@ func TestStatusSocketOtherUID(t *testing.T) {
 	bin := filepath.Join(base, "cli.test")
 	copyFile(t, self, bin)
 	sockDir := filepath.Join(base, "state")
-	if err := os.Mkdir(sockDir, 0o755); err != nil { //nolint:gosec // reachable, so that the socket itself is tested
+	if err := os.Mkdir(sockDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	path := startStatus(t, sockDir, nil)
 
 	run := func(cred *syscall.Credential) (string, error) {
-		cmd := exec.CommandContext(t.Context(), bin, "-test.run=^TestStatusHelperClient$", "-test.v") //nolint:gosec // this test binary
+		cmd := exec.CommandContext(t.Context(), bin, "-test.run=^TestStatusHelperClient$", "-test.v")
 		cmd.Env = append(os.Environ(), helperEnv+"="+path)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 		out, err := cmd.CombinedOutput()
@@ -171,7 +171,7 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 	defer in.Close()
-	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755) //nolint:gosec // an executable
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
 	if err != nil {
 		t.Fatal(err)
 	}
