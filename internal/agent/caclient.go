@@ -11,6 +11,10 @@
 // leaves the renewals to one rotator per identity; WorkloadSource serves it
 // to the Workload API and VolumeIdentities to CSI volumes, with the pods of
 // each identity in one PodIndex.
+//
+// Every certificate the CA returns, the agent SVID and each workload SVID,
+// is checked before it is used or served: it chains to the bundle in force,
+// names the ID asked for and certifies the CSR's key (ErrBadSVID otherwise).
 package agent
 
 import (

@@ -11,6 +11,13 @@
 // Internal without detail (the audit log has it). Authorizers and attestors
 // may return a *Denial to choose the code themselves (NotFound,
 // Unavailable).
+//
+// AttestAgent is the one unauthenticated call: it is rate limited per peer
+// IP and for the whole server (ResourceExhausted) before anything else, and
+// checks the CSR before the credential, so that a request that cannot
+// succeed never consumes a single-use join token. Client-controlled strings
+// are bounded: over-long IDs are refused early, and audit lines and denial
+// messages carry at most a clipped prefix of them.
 package issuer
 
 import (
