@@ -43,7 +43,7 @@ start_agent() {
   AGENT=$!
   PIDS+=("${AGENT}")
 }
-held() { curl -fsS "http://127.0.0.1:29444/status" 2>/dev/null | grep -o '"Rotations":[1-9]' | wc -l; }
+held() { curl -fsS --unix-socket "${WORK}/agent/status.sock" "http://agent/status" 2>/dev/null | grep -o '"Rotations":[1-9]' | wc -l; }
 
 TOKEN="$("${BIN}/ca" token create --config "${WORK}/ca.yaml" --node bench)"
 t0=$(date +%s.%N)

@@ -318,10 +318,11 @@ func (d *demo) startCA(ctx context.Context) error {
 kind: CAConfig
 trustDomain: %s
 healthAddress: %s
+statusSocket: %s
 kubernetes: {namespace: %s}
 rotation: {rootTTL: 720h, intermediateTTL: 2h}
 workloads: {minTTL: 10s, defaultTTL: %s, maxTTL: 1h}
-`, trustDomain, d.opts.caHealth, caNamespace, d.opts.ttl))
+`, trustDomain, d.opts.caHealth, filepath.Join(d.work, "ca", "status.sock"), caNamespace, d.opts.ttl))
 	if err != nil {
 		return fmt.Errorf("CA config: %w", err)
 	}
@@ -430,11 +431,11 @@ func (d *demo) printBanner() {
   Workloads are pods: demo/server-1 (sa server) and demo/client-1 (sa client)
   on node %s, played by bin/demo-server and bin/demo-client through a fake
   procfs (%s). Certificates live %s and rotate at about half-life.
-  Status: %s/agent status --address %s   %s/ca status --address %s
+  Status: %s/agent status --socket %s   %s/ca status --socket %s
   Metrics: http://%s/metrics  http://%s/metrics
   API server: %s (kubectl: --server %s, admin credentials are envtest's)
 
-`, d.endpoint(), nodeName, d.procRoot, o.ttl, o.bin, o.agentHealth, o.bin, o.caHealth, o.agentHealth, o.caHealth, d.rest.Host, d.rest.Host)
+`, d.endpoint(), nodeName, d.procRoot, o.ttl, o.bin, filepath.Join(d.work, "agent", "status.sock"), o.bin, filepath.Join(d.work, "ca", "status.sock"), o.agentHealth, o.caHealth, d.rest.Host, d.rest.Host)
 }
 
 // startServer starts bin/demo-server as pod demo/server-1 and waits until
@@ -507,9 +508,9 @@ func (d *demo) report(context.Context) error {
 	d.client.terminate(10 * time.Second)
 	last := d.clientLog.summary()
 	fmt.Println()
-	d.status("ca", d.opts.caHealth)
+	d.status("ca", filepath.Join(d.work, "ca", "status.sock"))
 	fmt.Println()
-	d.status("agent", d.opts.agentHealth)
+	d.status("agent", filepath.Join(d.work, "agent", "status.sock"))
 	fmt.Println()
 	say("%d SVID rotations seen by the agent", countLines(filepath.Join(d.work, "agent.log"), `"msg":"SVID rotated"`))
 	for _, f := range d.failed() {

@@ -96,10 +96,11 @@ func parseSummary(line string) (total, failed int, ok bool) {
 }
 
 // status prints `bin/<name> status --address addr`.
-func (d *demo) status(name, addr string) {
+// status prints `bin/<name> status --socket socket`.
+func (d *demo) status(name, socket string) {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(sctx, filepath.Join(d.opts.bin, name), "status", "--address", addr) //nolint:gosec // our own binary from bin/
+	cmd := exec.CommandContext(sctx, filepath.Join(d.opts.bin, name), "status", "--socket", socket) //nolint:gosec // our own binary from bin/
 	cmd.Stdout = os.Stdout
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {

@@ -14,6 +14,10 @@
 // every identity (Manager.DeliverBundle) and every Workload API stream
 // (WorkloadSource.DeliverBundle) before BundleWatcher acknowledges it to
 // the CA.
+//
+// Every certificate the CA returns, the agent SVID and each workload SVID,
+// is checked before it is used or served: it chains to the bundle in force,
+// names the ID asked for and certifies the CSR's key (ErrBadSVID otherwise).
 package agent
 
 import (
@@ -22,6 +26,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -59,6 +64,16 @@ type CAConfig struct {
 	OnReachable func(bool)
 	// Registerer, if set, receives the bundle delivery metric.
 	Registerer prometheus.Registerer
+	// NodeName is the node the agent runs on: its SVID must name
+	// /mayfly/agent/<NodeName>. Empty accepts any agent ID of the trust
+	// domain (tests).
+	NodeName string
+	// OnAttested is told the outcome of every attestation: nil when it
+	// succeeded, else the CA's error (a JoinToken's Settle).
+	OnAttested func(error)
+	// OnRejected is told of every agent SVID of the CA the agent refuses
+	// (ErrBadSVID), for a metric.
+	OnRejected func(error)
 }
 
 // CAClient attests and renews the agent SVID, through its parts: Store
@@ -71,6 +86,9 @@ type CAClient struct {
 
 	cfg     CAConfig
 	rotator *rotate.Rotator
+	// wantID is the agent's own ID; with no NodeName, any agent ID of the
+	// trust domain (checked on the certificate's own ID).
+	wantID spiffeid.ID
 }
 
 // NewCAClient returns a client holding the agent SVID an earlier run
@@ -89,6 +107,11 @@ func NewCAClient(cfg CAConfig) (*CAClient, error) {
 	}
 	conn := NewCAConn(CAConnConfig{Address: cfg.Address, TrustDomain: cfg.TrustDomain, Bundle: bundles, Clock: cfg.Clock, OnReachable: cfg.OnReachable})
 	c := &CAClient{Store: store, Bundles: bundles, Conn: conn, cfg: cfg}
+	if cfg.NodeName != "" {
+		if c.wantID, err = pki.AgentID(cfg.TrustDomain, cfg.NodeName); err != nil {
+			return nil, fmt.Errorf("node name: %w", err)
+		}
+	}
 	// A persisted SVID is renewed by the first rotation instead of
 	// attesting anew.
 	if cert, roots := store.Load(cfg.Clock.Now()); cert != nil {
@@ -99,7 +122,7 @@ func NewCAClient(cfg CAConfig) (*CAClient, error) {
 			cfg.Logger.Warn("cannot use the persisted agent SVID", "error", err)
 		}
 	}
-	c.rotator = rotate.New(c.obtain, rotate.Options{Policy: cfg.Policy, Clock: cfg.Clock, Name: "agent-svid"})
+	c.rotator = rotate.New(c.obtain, rotate.Options{Policy: cfg.Policy, Clock: cfg.Clock, Name: "agent-svid", OnEvent: c.onEvent})
 	return c, nil
 }
 
@@ -166,14 +189,18 @@ func (c *CAClient) obtain(ctx context.Context) (*rotate.Credential, error) {
 	}
 	chain, err := issuerclient.ParseChain(chainDER)
 	if err != nil {
-		return nil, err
+		return nil, c.rejected(fmt.Errorf("%w: %w", ErrBadSVID, err))
 	}
 	if bundle != nil {
 		c.Bundles.Install(bundle)
 	}
 	roots, _ := c.Bundles.Bundle()
-	if _, err := pki.VerifyX509SVID(chain[0], chain[1:], roots, c.cfg.Clock.Now(), x509.ExtKeyUsageClientAuth); err != nil {
-		return nil, fmt.Errorf("the CA returned an agent SVID that does not verify: %w", err)
+	want := c.wantID
+	if want.IsZero() {
+		want = anyAgentID(chain[0], c.cfg.TrustDomain)
+	}
+	if err := checkIssued(chain, key, want, roots, c.cfg.Clock.Now(), x509.ExtKeyUsageClientAuth); err != nil {
+		return nil, c.rejected(fmt.Errorf("agent SVID: %w", err))
 	}
 	if err := c.Conn.Use(c.Store.Put(chain, key)); err != nil {
 		return nil, err
@@ -190,8 +217,48 @@ func (c *CAClient) attest(ctx context.Context, csr []byte) ([][]byte, *issuerv1.
 	}
 	req.Csr = csr
 	resp, err := c.Conn.AttestAgent(ctx, req)
+	if c.cfg.OnAttested != nil && ctx.Err() == nil {
+		c.cfg.OnAttested(err)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("attesting to the CA at %s: %w", c.cfg.Address, err)
 	}
 	return resp.GetCertificateChain(), resp.GetBundle(), nil
+}
+
+// onEvent logs the failures of the agent SVID's rotation, each with its
+// reason and when the next attempt is due.
+func (c *CAClient) onEvent(ev rotate.Event) {
+	if ev.Kind != rotate.EventObtainFailed {
+		return
+	}
+	c.cfg.Logger.Warn("obtaining the agent SVID failed; retrying", "error", ev.Err, "attempt", ev.Attempt,
+		"next_retry", ev.Next.At, "retry_in", ev.Next.At.Sub(ev.Time).Round(time.Millisecond).String())
+}
+
+// rejected logs and counts an agent SVID of the CA that the agent refuses
+// (ErrBadSVID) and returns err.
+func (c *CAClient) rejected(err error) error {
+	c.cfg.Logger.Error("refusing an agent SVID from the CA", "error", err)
+	if c.cfg.OnRejected != nil {
+		c.cfg.OnRejected(err)
+	}
+	return err
+}
+
+// anyAgentID returns the ID of leaf when it is an agent ID of td, else the
+// zero ID (which no certificate matches): without a configured node name,
+// the agent accepts an SVID of any node, never a workload's.
+func anyAgentID(leaf *x509.Certificate, td spiffeid.TrustDomain) spiffeid.ID {
+	if len(leaf.URIs) != 1 {
+		return spiffeid.ID{}
+	}
+	id, err := spiffeid.FromURI(leaf.URIs[0])
+	if err != nil || !id.MemberOf(td) {
+		return spiffeid.ID{}
+	}
+	if _, ok := pki.Agent(id); !ok {
+		return spiffeid.ID{}
+	}
+	return id
 }

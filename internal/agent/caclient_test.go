@@ -136,6 +136,9 @@ type agentSetup struct {
 	// renewalToken, when set, is sent with every renewal (Kubernetes).
 	renewalToken RenewalToken
 	address      string // "" : the harness
+	// joinToken, when set, is the credential instead of token.
+	joinToken *JoinToken
+	nodeName  string
 }
 
 // testAgent is a CAClient under test with what it reported.
@@ -146,6 +149,7 @@ type testAgent struct {
 	svids     chan *x509.Certificate
 	reachable chan bool
 	logs      *logbuf.Buffer
+	rejected  atomic.Int32
 }
 
 func (h *caHarness) newAgent(s agentSetup) *testAgent {
@@ -155,7 +159,7 @@ func (h *caHarness) newAgent(s agentSetup) *testAgent {
 	if addr == "" {
 		addr = h.addr
 	}
-	c, err := NewCAClient(CAConfig{
+	cfg := CAConfig{
 		Address:       addr,
 		TrustDomain:   h.tca.TrustDomain,
 		InitialBundle: h.tca.Bundle(),
@@ -168,6 +172,8 @@ func (h *caHarness) newAgent(s agentSetup) *testAgent {
 		},
 		RenewalToken: s.renewalToken,
 		DataDir:      s.dataDir,
+		NodeName:     s.nodeName,
+		OnRejected:   func(error) { a.rejected.Add(1) },
 		Clock:        h.clk,
 		Policy:       testPolicy(),
 		Logger:       slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -177,7 +183,11 @@ func (h *caHarness) newAgent(s agentSetup) *testAgent {
 			default:
 			}
 		},
-	})
+	}
+	if s.joinToken != nil {
+		cfg.Credential, cfg.OnAttested = s.joinToken.Credential, s.joinToken.Settle
+	}
+	c, err := NewCAClient(cfg)
 	if err != nil {
 		h.t.Fatalf("NewCAClient: %v", err)
 	}

@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 )
@@ -40,19 +42,49 @@ func ServiceAccountRenewalToken(path string) RenewalToken {
 	}
 }
 
-// JoinToken is the standalone bootstrap credential: token, given once (a
-// join token is single-use); after that, or without one, it fails saying
-// how node gets a new one.
-func JoinToken(token, node string) Credential {
-	var mu sync.Mutex
-	return func(context.Context) (*issuerv1.AttestAgentRequest, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if token == "" {
-			return nil, errors.New("no join token, or it was used already: create one with `ca token create --node " + node + "` and pass it with --join-token")
-		}
-		t := token
-		token = "" // single use
-		return &issuerv1.AttestAgentRequest{Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: t}}, nil
+// JoinToken is the standalone bootstrap credential: a single-use token
+// the CA consumes when it attests the agent. The agent keeps it while the
+// CA cannot be reached (an agent may start before its CA), and forgets it
+// once the CA attested the agent or refused the token for good; after
+// that, or without a token, Credential fails saying how the node gets a
+// new one.
+type JoinToken struct {
+	node string
+
+	mu     sync.Mutex
+	token  string
+	reason string // why the token was forgotten
+}
+
+// NewJoinToken returns the join token credential of node ("" for none).
+func NewJoinToken(token, node string) *JoinToken {
+	return &JoinToken{token: token, node: node, reason: "no join token was given"}
+}
+
+// Credential returns the attestation request with the token (a
+// Credential).
+func (j *JoinToken) Credential(context.Context) (*issuerv1.AttestAgentRequest, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.token == "" {
+		return nil, fmt.Errorf("%s: create a new one with `ca token create --node %s` and pass it with --join-token or standalone.joinTokenFile", j.reason, j.node)
+	}
+	return &issuerv1.AttestAgentRequest{Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: j.token}}, nil
+}
+
+// Settle takes the outcome of an attestation with the token
+// (CAConfig.OnAttested): success or a definitive refusal (PermissionDenied,
+// InvalidArgument, Unauthenticated: the token is unknown, used or expired,
+// or the request is wrong) forgets it; any other failure (the CA is
+// unreachable, overloaded or cannot sign yet) keeps it for the next
+// attempt.
+func (j *JoinToken) Settle(err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	switch code := status.Code(err); {
+	case err == nil:
+		j.token, j.reason = "", "the join token was used already (join tokens are single-use)"
+	case code == codes.PermissionDenied, code == codes.InvalidArgument, code == codes.Unauthenticated:
+		j.token, j.reason = "", "the CA refused the join token ("+status.Convert(err).Message()+")"
 	}
 }

@@ -38,6 +38,8 @@ func testPolicy() rotate.Policy { return rotate.Policy{RenewFraction: 0.5} }
 // signs it with a test CA, and answers per item; IDs and pods it was not
 // told about are denied.
 type fakeCA struct {
+	t      *testing.T
+	now    func() time.Time
 	tca    *testca.CA
 	signer *pki.Signer
 
@@ -48,6 +50,7 @@ type fakeCA struct {
 	granted map[string]bool
 	pods    map[string]string               // pod UID -> SPIFFE ID
 	denials map[string]issuerv1.Denial_Code // SPIFFE ID or pod UID -> denial
+	forge   map[string]string               // SPIFFE ID -> "other-id", "other-key" or "other-ca"
 	err     error                           // fails the whole batch when set
 	gate    chan struct{}                   // when set, calls wait for it to close
 }
@@ -56,13 +59,25 @@ func newFakeCA(t *testing.T, clk *rotate.FakeClock) *fakeCA {
 	t.Helper()
 	tca := testca.New(t, testca.WithClock(clk.Now))
 	return &fakeCA{
+		t:       t,
+		now:     clk.Now,
 		tca:     tca,
 		signer:  tca.Signer(clk.Now),
 		changed: make(chan struct{}),
 		granted: map[string]bool{},
 		pods:    map[string]string{},
 		denials: map[string]issuerv1.Denial_Code{},
+		forge:   map[string]string{},
 	}
+}
+
+// forgeFor makes the CA answer requests for id with a certificate the agent
+// must refuse: for another ID ("other-id"), another key ("other-key") or
+// from another CA ("other-ca").
+func (f *fakeCA) forgeFor(id, how string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.forge[id] = how
 }
 
 func (f *fakeCA) grant(ids ...string) {
@@ -149,6 +164,7 @@ func (f *fakeCA) sign(r *issuerv1.WorkloadRequest) *issuerv1.WorkloadResult {
 	} else if !denied && !f.granted[id] {
 		code, denied = issuerv1.Denial_PERMISSION_DENIED, true
 	}
+	forge := f.forge[id]
 	f.mu.Unlock()
 	if denied {
 		return deny(code, "fake CA refuses %s%s", id, r.GetPodUid())
@@ -165,13 +181,27 @@ func (f *fakeCA) sign(r *issuerv1.WorkloadRequest) *issuerv1.WorkloadResult {
 	if ttl == 0 {
 		ttl = time.Hour
 	}
-	leaf, der, err := f.signer.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: csr.PublicKey, ID: sid, DNSNames: r.GetDnsNames(), TTL: ttl})
+	pub, signer, inter := csr.PublicKey, f.signer, f.tca.Intermediate
+	switch forge {
+	case "other-id":
+		sid = spiffeid.RequireFromPath(sid.TrustDomain(), "/ns/kube-system/sa/admin")
+	case "other-key":
+		k, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
+		if err != nil {
+			return deny(issuerv1.Denial_INTERNAL, "%v", err)
+		}
+		pub = k.Public()
+	case "other-ca":
+		other := testca.New(f.t, testca.WithClock(f.now))
+		signer, inter = other.Signer(f.now), other.Intermediate
+	}
+	leaf, der, err := signer.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: pub, ID: sid, DNSNames: r.GetDnsNames(), TTL: ttl})
 	if err != nil {
 		return deny(issuerv1.Denial_INVALID_ARGUMENT, "%v", err)
 	}
 	res.Result = &issuerv1.WorkloadResult_Issued{Issued: &issuerv1.Issued{
 		SpiffeId:         id,
-		CertificateChain: [][]byte{der, f.tca.Intermediate.Raw},
+		CertificateChain: [][]byte{der, inter.Raw},
 		NotAfterUnix:     leaf.NotAfter.Unix(),
 		SerialNumber:     leaf.SerialNumber.Text(16),
 	}}

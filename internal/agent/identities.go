@@ -65,6 +65,9 @@ type ManagerConfig struct {
 	// IdleTimeout removes unpinned identities nobody asked for this long
 	// (default 10m).
 	IdleTimeout time.Duration
+	// OnRejected is told of every certificate of the CA the agent refuses
+	// (ErrBadSVID), for a metric.
+	OnRejected func(error)
 }
 
 // Manager obtains and rotates the node's workload identities. The first
@@ -370,13 +373,27 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 	}
 	chain, err := issuerclient.ParseChain(res.GetIssued().GetCertificateChain())
 	if err != nil {
-		return nil, err
+		return nil, m.rejected(spec, fmt.Errorf("%w: %w", ErrBadSVID, err))
 	}
 	roots, _ := m.cfg.Bundle.Bundle()
-	if _, err := pki.VerifyX509SVID(chain[0], chain[1:], roots, m.cfg.Clock.Now(), x509.ExtKeyUsageServerAuth); err != nil {
-		return nil, fmt.Errorf("the CA returned an SVID for %s that does not verify: %w", spec.Key, err)
+	want, err := requestedID(m.cfg.TrustDomain, spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkIssued(chain, key, want, roots, m.cfg.Clock.Now(), x509.ExtKeyUsageServerAuth); err != nil {
+		return nil, m.rejected(spec, fmt.Errorf("identity %s: %w", spec.Key, err))
 	}
 	return &rotate.Credential{Certificates: chain, Key: key, Bundle: roots}, nil
+}
+
+// rejected logs and counts a certificate of the CA that the agent refuses
+// (ErrBadSVID) and returns err.
+func (m *Manager) rejected(spec Spec, err error) error {
+	m.cfg.Logger.Error("refusing a certificate from the CA", "identity", spec.Key, "error", err)
+	if m.cfg.OnRejected != nil {
+		m.cfg.OnRejected(err)
+	}
+	return err
 }
 
 // ErrNotIssued is returned by Obtain for an identity whose first attempt

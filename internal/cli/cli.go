@@ -1,6 +1,7 @@
 // Package cli holds what the ca and agent commands share: subcommand
-// dispatch, the JSON logger, signal handling, and reading a running
-// process's /status for the status subcommands.
+// dispatch, the JSON logger, signal handling, and the status socket of a
+// running process (StatusServer) that the status subcommands read
+// (FetchStatus).
 package cli
 
 import (
@@ -11,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -59,28 +59,6 @@ func Logger(level string, w io.Writer) (*slog.Logger, error) {
 // SignalContext is cancelled on SIGINT or SIGTERM.
 func SignalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-}
-
-// FetchStatus reads http://addr/status of a running ca or agent into v.
-func FetchStatus(addr, who string, v any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("reaching the %s at %s (is it running, with healthAddress there?): %w", who, addr, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("the %s answered %s", who, resp.Status)
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(v); err != nil {
-		return fmt.Errorf("decoding the %s's status: %w", who, err)
-	}
-	return nil
 }
 
 // Render writes v as indented JSON (output "json") or calls table.

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -240,13 +241,24 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 		t.Fatalf("the agent serves %v, want only %s", ids, wantID)
 	}
 
-	for _, c := range []struct{ bin, addr, want string }{
-		{agentBin, agentHealth, wantID.String()},
-		{caBin, caHealth, "example.org"},
+	// The status is on a unix socket in each state directory, not on the
+	// TCP health port.
+	for _, c := range []struct{ bin, socket, health, want string }{
+		{agentBin, filepath.Join(work, "agent", "status.sock"), agentHealth, wantID.String()},
+		{caBin, filepath.Join(work, "ca", "status.sock"), caHealth, "example.org"},
 	} {
-		out, stderr, err := run(c.bin, nil, "status", "--address", c.addr)
+		out, stderr, err := run(c.bin, nil, "status", "--socket", c.socket)
 		if err != nil || !strings.Contains(out, c.want) {
 			t.Errorf("%s status: err %v, output %q %q; want it to mention %s", filepath.Base(c.bin), err, out, stderr, c.want)
+		}
+		wantMode(t, c.socket, os.ModeSocket|0o600)
+		resp, err := http.Get("http://" + c.health + "/status") //nolint:noctx // a local test server
+		if err != nil {
+			t.Fatalf("GET %s/status: %v", c.health, err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s serves /status on its TCP health port (%s)", filepath.Base(c.bin), resp.Status)
 		}
 	}
 

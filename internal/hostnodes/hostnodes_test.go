@@ -248,3 +248,55 @@ func TestRevokeJoinTokens(t *testing.T) {
 		t.Fatalf("another node's token: %q, %v", node, err)
 	}
 }
+
+// TestJoinTokenRefusalDoesNotRewriteFile: a refused token (unknown, used,
+// expired or malformed) leaves the token file as it is; only a successful
+// consume writes it. Bogus attestations must not make the CA write to disk.
+func TestJoinTokenRefusalDoesNotRewriteFile(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	dir := t.TempDir()
+	j := hostnodes.NewJoinTokens(dir, func() time.Time { return now })
+	good, err := j.Create("host-a", 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, err := j.Create("host-b", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, hostnodes.JoinTokenFile)
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Minute) // short has expired
+	for name, tok := range map[string]string{
+		"unknown":   "mfjt_" + strings.Repeat("A", 43),
+		"malformed": "not-a-token",
+		"too_long":  "mfjt_" + strings.Repeat("x", 1000),
+		"expired":   short,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := j.Consume(tok); !errors.Is(err, hostnodes.ErrBadToken) {
+				t.Fatalf("Consume = %v, want ErrBadToken", err)
+			}
+			after, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
+				t.Fatal("a refused token rewrote the token file")
+			}
+		})
+	}
+	if node, err := j.Consume(good); err != nil || node != "host-a" {
+		t.Fatalf("Consume(good) = %q, %v", node, err)
+	}
+	after, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.SameFile(before, after) {
+		t.Fatal("a successful consume did not rewrite the token file")
+	}
+}

@@ -79,8 +79,15 @@ func (j *JoinTokens) Create(node string, ttl time.Duration) (string, error) {
 		return "", err
 	}
 	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
-	err := j.update(func(recs []tokenRecord) ([]tokenRecord, error) {
-		return append(recs, tokenRecord{Hash: hashToken(token), Node: node, ExpiresAt: j.now().Add(ttl).UTC()}), nil
+	err := j.update(func(recs []tokenRecord) ([]tokenRecord, bool) {
+		now := j.now()
+		kept := recs[:0]
+		for _, r := range recs {
+			if now.Before(r.ExpiresAt) {
+				kept = append(kept, r)
+			}
+		}
+		return append(kept, tokenRecord{Hash: hashToken(token), Node: node, ExpiresAt: now.Add(ttl).UTC()}), true
 	})
 	if err != nil {
 		return "", err
@@ -89,7 +96,9 @@ func (j *JoinTokens) Create(node string, ttl time.Duration) (string, error) {
 }
 
 // Consume checks token and removes it; it returns the node it was made for.
-// Expired tokens are pruned whenever the file is written.
+// Only a successful consume rewrites the file (pruning expired tokens as it
+// does): an unknown, used, expired or malformed token leaves it untouched,
+// so that bogus attestations cannot make the CA write to disk.
 func (j *JoinTokens) Consume(token string) (string, error) {
 	if !strings.HasPrefix(token, tokenPrefix) || len(token) > maxTokenLength {
 		return "", fmt.Errorf("%w: not a mayfly join token (they start with %q)", ErrBadToken, tokenPrefix)
@@ -97,7 +106,7 @@ func (j *JoinTokens) Consume(token string) (string, error) {
 	h := hashToken(token)
 	var node string
 	var found, expired bool
-	err := j.update(func(recs []tokenRecord) ([]tokenRecord, error) {
+	err := j.update(func(recs []tokenRecord) ([]tokenRecord, bool) {
 		now := j.now()
 		kept := recs[:0]
 		for _, r := range recs {
@@ -111,7 +120,7 @@ func (j *JoinTokens) Consume(token string) (string, error) {
 				kept = append(kept, r)
 			}
 		}
-		return kept, nil
+		return kept, found
 	})
 	switch {
 	case err != nil:
@@ -124,7 +133,9 @@ func (j *JoinTokens) Consume(token string) (string, error) {
 	return node, nil
 }
 
-func (j *JoinTokens) update(f func([]tokenRecord) ([]tokenRecord, error)) error {
+// update runs f on the stored records under an exclusive lock and writes
+// what it returns when it reports a change.
+func (j *JoinTokens) update(f func([]tokenRecord) ([]tokenRecord, bool)) error {
 	if err := os.MkdirAll(j.dir, 0o700); err != nil {
 		return fmt.Errorf("join tokens: %w", err)
 	}
@@ -150,9 +161,9 @@ func (j *JoinTokens) update(f func([]tokenRecord) ([]tokenRecord, error)) error 
 			return fmt.Errorf("join tokens: %s is corrupt (%w); delete it and create new tokens", path, err)
 		}
 	}
-	recs, err = f(recs)
-	if err != nil {
-		return err
+	recs, changed := f(recs)
+	if !changed {
+		return nil
 	}
 	out, err := json.MarshalIndent(recs, "", "  ")
 	if err != nil {
@@ -195,7 +206,7 @@ func (a Attestor) AttestAgent(_ context.Context, req *issuerv1.AttestAgentReques
 // returns how many it dropped.
 func (j *JoinTokens) Revoke(node string) (int, error) {
 	n := 0
-	err := j.update(func(recs []tokenRecord) ([]tokenRecord, error) {
+	err := j.update(func(recs []tokenRecord) ([]tokenRecord, bool) {
 		kept := recs[:0]
 		for _, r := range recs {
 			if r.Node == node {
@@ -204,7 +215,7 @@ func (j *JoinTokens) Revoke(node string) (int, error) {
 			}
 			kept = append(kept, r)
 		}
-		return kept, nil
+		return kept, n > 0
 	})
 	return n, err
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mayfly-pki/mayfly/internal/policy"
 )
@@ -19,7 +21,7 @@ func (s *Server) auditIssue(ctx context.Context, kind, op, caller string, leaf *
 		id = leaf.URIs[0].String()
 	}
 	args := append([]any{
-		"event", "issue", "decision", "allow", "kind", kind, "op", op, "caller", caller,
+		"event", "issue", "decision", "allow", "kind", kind, "op", op, "caller", clip(caller, maxAuditField),
 		"spiffe_id", id, "serial", serialHex(leaf), "not_after", leaf.NotAfter.UTC().Format(time.RFC3339),
 	}, extra...)
 	s.cfg.Logger.InfoContext(ctx, "audit", args...)
@@ -45,10 +47,32 @@ func (s *Server) auditDeny(ctx context.Context, kind, op, caller, subject string
 func (s *Server) auditRefusal(ctx context.Context, kind, op, caller, subject string, err error) {
 	attrs := []slog.Attr{
 		slog.String("event", "deny"), slog.String("decision", "deny"), slog.String("kind", kind), slog.String("op", op),
-		slog.String("caller", caller), slog.String("subject", subject), slog.String("reason", err.Error()),
+		slog.String("caller", clip(caller, maxAuditField)), slog.String("subject", clip(subject, maxAuditField)),
+		slog.String("reason", clip(err.Error(), maxMessage)),
 	}
 	if rule := policy.RuleOf(err); rule != "" {
 		attrs = append(attrs, slog.String("rule", rule))
 	}
 	s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "audit", attrs...)
+}
+
+// Bounds of client-controlled text in audit lines and in the messages sent
+// back: a request may carry megabytes in a SPIFFE ID or pod UID, and the
+// log and the client get at most these many bytes of it.
+const (
+	maxAuditField = 256
+	maxMessage    = 1024
+)
+
+// clip returns s when it has at most n bytes, else its first n bytes (cut
+// at a character boundary) with an ellipsis and the full length.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s...(%d bytes)", s[:cut], len(s))
 }

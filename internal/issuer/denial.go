@@ -29,20 +29,20 @@ func Deny(code issuerv1.Denial_Code, format string, args ...any) error {
 // and message; other errors get the code of their policy class
 // (policy.ClassOf): forbidden is PERMISSION_DENIED, a bad request
 // INVALID_ARGUMENT, an authority that cannot sign now UNAVAILABLE, each with
-// the error's text; anything else is INTERNAL with a generic message (the
+// the error's text (at most maxMessage bytes of it); anything else is INTERNAL with a generic message (the
 // detail goes to the audit log only).
 func DenialOf(err error) *issuerv1.Denial {
 	var d *Denial
 	if errors.As(err, &d) {
-		return &issuerv1.Denial{Code: d.Code, Message: d.Message}
+		return &issuerv1.Denial{Code: d.Code, Message: clip(d.Message, maxMessage)}
 	}
 	switch policy.ClassOf(err) {
 	case policy.ClassForbidden:
-		return &issuerv1.Denial{Code: issuerv1.Denial_PERMISSION_DENIED, Message: err.Error()}
+		return &issuerv1.Denial{Code: issuerv1.Denial_PERMISSION_DENIED, Message: clip(err.Error(), maxMessage)}
 	case policy.ClassBadRequest:
-		return &issuerv1.Denial{Code: issuerv1.Denial_INVALID_ARGUMENT, Message: err.Error()}
+		return &issuerv1.Denial{Code: issuerv1.Denial_INVALID_ARGUMENT, Message: clip(err.Error(), maxMessage)}
 	case policy.ClassUnavailable:
-		return &issuerv1.Denial{Code: issuerv1.Denial_UNAVAILABLE, Message: "the CA cannot sign right now; retry with backoff: " + err.Error()}
+		return &issuerv1.Denial{Code: issuerv1.Denial_UNAVAILABLE, Message: clip("the CA cannot sign right now; retry with backoff: "+err.Error(), maxMessage)}
 	}
 	return &issuerv1.Denial{Code: issuerv1.Denial_INTERNAL, Message: "internal error; see the CA's log"}
 }

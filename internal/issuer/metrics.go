@@ -8,6 +8,9 @@ type metrics struct {
 	connected     prometheus.GaugeFunc
 	currentBundle prometheus.GaugeFunc
 	notAcked      prometheus.GaugeFunc
+	// attestThrottled counts AttestAgent calls refused by the rate limits,
+	// by scope (peer, global).
+	attestThrottled *prometheus.CounterVec
 }
 
 // newMetrics registers the issuer's metrics; the agent gauges are computed
@@ -35,10 +38,16 @@ func newMetrics(reg prometheus.Registerer, counts func() (connected, current int
 			Name: "mayfly_ca_agents_not_acked",
 			Help: "Connected agents that have not acknowledged the current trust bundle within the ack grace (1m) after it was sent; they hold a root activation back until rotation.rootAckWait (ca status names them).",
 		}, notAcked),
+		attestThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mayfly_ca_attest_throttled_total",
+			Help: "AttestAgent calls refused with ResourceExhausted by the attestation rate limits, by scope (peer: one client IP, global: the whole server).",
+		}, []string{"scope"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.issued, m.signDuration, m.connected, m.currentBundle, m.notAcked)
+		reg.MustRegister(m.issued, m.signDuration, m.connected, m.currentBundle, m.notAcked, m.attestThrottled)
 	}
+	m.attestThrottled.WithLabelValues("peer")
+	m.attestThrottled.WithLabelValues("global")
 	for _, kind := range []string{"agent", "workload"} {
 		for _, result := range []string{"issued", "denied", "error"} {
 			m.issued.WithLabelValues(kind, result)

@@ -22,6 +22,13 @@
 // Internal without detail (the audit log has it). Authorizers and attestors
 // may return a *Denial to choose the code themselves (NotFound,
 // Unavailable).
+//
+// AttestAgent is the one unauthenticated call: it is rate limited per peer
+// IP and for the whole server (ResourceExhausted) before anything else, and
+// checks the CSR before the credential, so that a request that cannot
+// succeed never consumes a single-use join token. Client-controlled strings
+// are bounded: over-long IDs are refused early, and audit lines and denial
+// messages carry at most a clipped prefix of them.
 package issuer
 
 import (
@@ -105,6 +112,15 @@ type Config struct {
 	// second (default 500/s, burst 2000).
 	NodeRate  rate.Limit
 	NodeBurst int
+	// AttestRate and AttestBurst bound the AttestAgent calls the whole
+	// server takes per second (default 50/s, burst 200); AttestPeerRate and
+	// AttestPeerBurst those of one peer IP address (default 1/s, burst 10).
+	// A call above either is refused with ResourceExhausted before its
+	// credential is looked at: the call is unauthenticated.
+	AttestRate      rate.Limit
+	AttestBurst     int
+	AttestPeerRate  rate.Limit
+	AttestPeerBurst int
 	// ServerDNSNames go into the CA's serving certificate.
 	ServerDNSNames []string
 	// OnAck is called when an agent acknowledges a bundle (Manager.Kick).
@@ -146,6 +162,7 @@ type Server struct {
 
 	limMu    sync.Mutex
 	limiters map[string]*rate.Limiter
+	attest   *attestThrottle
 
 	// watchers maps each open bundle stream to the version its agent
 	// acknowledged last, and ackCount counts the streams per version: an
@@ -210,6 +227,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.NodeRate == 0 {
 		cfg.NodeRate, cfg.NodeBurst = 500, 2000
 	}
+	if cfg.AttestRate == 0 {
+		cfg.AttestRate, cfg.AttestBurst = 50, 200
+	}
+	if cfg.AttestPeerRate == 0 {
+		cfg.AttestPeerRate, cfg.AttestPeerBurst = 1, 10
+	}
+	if cfg.AttestRate < 0 || cfg.AttestBurst < 1 || cfg.AttestPeerRate < 0 || cfg.AttestPeerBurst < 1 {
+		return nil, fmt.Errorf("issuer: attest rate limits must be positive, got %v burst %d, per peer %v burst %d", cfg.AttestRate, cfg.AttestBurst, cfg.AttestPeerRate, cfg.AttestPeerBurst)
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -225,6 +251,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:      cfg,
 		limiters: map[string]*rate.Limiter{},
+		attest:   newAttestThrottle(cfg.AttestRate, cfg.AttestBurst, cfg.AttestPeerRate, cfg.AttestPeerBurst),
 		watchers: map[*watcher]string{},
 		ackCount: map[string]int{},
 	}
@@ -270,10 +297,27 @@ func (s *Server) current() (*signers, error) {
 	return n, nil
 }
 
-// AttestAgent issues an agent SVID for a valid bootstrap credential.
+// AttestAgent issues an agent SVID for a valid bootstrap credential. The
+// call is unauthenticated, so it is throttled first (per peer IP and for
+// the whole server), and the CSR is checked before the credential: a join
+// token is single-use, and a request that cannot succeed must not consume
+// it.
 func (s *Server) AttestAgent(ctx context.Context, req *issuerv1.AttestAgentRequest) (*issuerv1.AttestAgentResponse, error) {
 	start := time.Now()
 	caller := peerAddr(ctx)
+	if scope := s.attest.allow(peerIP(ctx), s.cfg.Now()); scope != "" {
+		s.metrics.attestThrottled.WithLabelValues(scope).Inc()
+		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", "agent", "op", "attest", "caller", caller, "reason", "rate limited ("+scope+")")
+		if scope == "peer" {
+			return nil, status.Errorf(codes.ResourceExhausted, "too many attestations from %s (limit %v/s, burst %d); retry with backoff", peerIP(ctx), s.cfg.AttestPeerRate, s.cfg.AttestPeerBurst)
+		}
+		return nil, status.Errorf(codes.ResourceExhausted, "too many attestations at this CA (limit %v/s, burst %d); retry with backoff", s.cfg.AttestRate, s.cfg.AttestBurst)
+	}
+	csr, err := policy.CheckAgentCSR(req.GetCsr())
+	if err != nil {
+		s.auditDeny(ctx, "agent", "attest", caller, "", err)
+		return nil, statusFor(err)
+	}
 	node, err := s.cfg.Attestor.AttestAgent(ctx, req)
 	if err == nil {
 		err = s.checkAttest(node)
@@ -282,7 +326,7 @@ func (s *Server) AttestAgent(ctx context.Context, req *issuerv1.AttestAgentReque
 		s.auditDeny(ctx, "agent", "attest", caller, node, err)
 		return nil, statusFor(err)
 	}
-	chain, leaf, bundle, err := s.signAgent(node, req.GetCsr(), s.cfg.Now())
+	chain, leaf, bundle, err := s.signAgent(node, csr, s.cfg.Now())
 	s.metrics.signDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.auditDeny(ctx, "agent", "attest", caller, "node "+node, err)
@@ -310,7 +354,12 @@ func (s *Server) RenewAgent(ctx context.Context, req *issuerv1.RenewAgentRequest
 		}
 		return nil, statusFor(err)
 	}
-	chain, leaf, bundle, err := s.signAgent(node, req.GetCsr(), p.attestedAt)
+	csr, err := policy.CheckAgentCSR(req.GetCsr())
+	if err != nil {
+		s.auditDeny(ctx, "agent", "renew", "node "+node, "node "+node, err)
+		return nil, statusFor(err)
+	}
+	chain, leaf, bundle, err := s.signAgent(node, csr, p.attestedAt)
 	s.metrics.signDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.auditDeny(ctx, "agent", "renew", "node "+node, "node "+node, err)
@@ -320,11 +369,7 @@ func (s *Server) RenewAgent(ctx context.Context, req *issuerv1.RenewAgentRequest
 	return &issuerv1.RenewAgentResponse{CertificateChain: chain, Bundle: bundle}, nil
 }
 
-func (s *Server) signAgent(node string, csrDER []byte, attestedAt time.Time) ([][]byte, *x509.Certificate, *issuerv1.Bundle, error) {
-	csr, err := pki.ParseCSR(csrDER)
-	if err != nil {
-		return nil, nil, nil, Deny(issuerv1.Denial_INVALID_ARGUMENT, "csr: %v", err)
-	}
+func (s *Server) signAgent(node string, csr *x509.CertificateRequest, attestedAt time.Time) ([][]byte, *x509.Certificate, *issuerv1.Bundle, error) {
 	id, err := pki.AgentID(s.cfg.TrustDomain, node)
 	if err != nil {
 		return nil, nil, nil, Deny(issuerv1.Denial_INVALID_ARGUMENT, "node name: %v", err)
@@ -380,6 +425,9 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 		return res
 	}
 	subject := requestSubject(item)
+	if err := checkRequestStrings(item); err != nil {
+		return deny(subject, err)
+	}
 	csr, err := pki.ParseCSR(item.GetCsr())
 	if err != nil {
 		return deny(subject, Deny(issuerv1.Denial_INVALID_ARGUMENT, "csr: %v", err))
@@ -423,6 +471,26 @@ func requestTTL(secs int64, def time.Duration) (time.Duration, error) {
 		return math.MaxInt64, nil
 	}
 	return time.Duration(secs) * time.Second, nil
+}
+
+// maxPodUIDLength bounds a request's pod_uid (a Kubernetes UID has 36
+// bytes).
+const maxPodUIDLength = 128
+
+// checkRequestStrings refuses, before anything looks at them, request
+// strings longer than any valid value: a SPIFFE ID above the SPIFFE limit
+// of 2048 bytes, a pod UID above maxPodUIDLength, a request ID above
+// maxAuditField.
+func checkRequestStrings(item *issuerv1.WorkloadRequest) error {
+	switch {
+	case len(item.GetSpiffeId()) > pki.MaxIDLength:
+		return Deny(issuerv1.Denial_INVALID_ARGUMENT, "spiffe_id: %d bytes exceed the SPIFFE limit of %d", len(item.GetSpiffeId()), pki.MaxIDLength)
+	case len(item.GetPodUid()) > maxPodUIDLength:
+		return Deny(issuerv1.Denial_INVALID_ARGUMENT, "pod_uid: %d bytes exceed the limit of %d", len(item.GetPodUid()), maxPodUIDLength)
+	case len(item.GetRequestId()) > maxAuditField:
+		return Deny(issuerv1.Denial_INVALID_ARGUMENT, "request_id: %d bytes exceed the limit of %d", len(item.GetRequestId()), maxAuditField)
+	}
+	return nil
 }
 
 // requestSubject names what an item asked for, for the audit log.

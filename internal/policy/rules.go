@@ -27,6 +27,7 @@ const (
 	RuleServiceDNSName = "service-dns-name"
 	RuleNodeIDs        = "node-allowed-ids"
 	RuleNodeDNSNames   = "node-allowed-dns-names"
+	RuleAgentCSR       = "agent-csr"
 )
 
 // ReservedPath is the path below which every SPIFFE ID belongs to mayfly's
@@ -71,6 +72,27 @@ func WorkloadRules(l WorkloadLimits) []pki.SignOption {
 // agent's request, and their key comes from a CSR the issuer checked.
 func AgentRules() []pki.SignOption {
 	return []pki.SignOption{Kinds{pki.KindAgent}, IDShape{}}
+}
+
+// CheckAgentCSR parses and checks the CSR of an agent SVID request: well
+// formed, signed by the key it carries (proof of possession), and a key of
+// a supported type. The issuer checks it before it looks at the agent's
+// bootstrap credential, so that a request that cannot succeed never
+// consumes a single-use join token. A refusal is of rule agent-csr, class
+// bad request.
+func CheckAgentCSR(der []byte) (*x509.CertificateRequest, error) {
+	csr, err := pki.ParseCSR(der)
+	if err != nil {
+		return nil, Deny(RuleAgentCSR, ClassBadRequest, "csr: %v", err)
+	}
+	kt, err := pki.KeyTypeOf(csr.PublicKey)
+	if err != nil {
+		return nil, Deny(RuleAgentCSR, ClassBadRequest, "csr: %v", err)
+	}
+	if !slices.Contains(pki.KeyTypes(), kt) {
+		return nil, Deny(RuleAgentCSR, ClassBadRequest, "csr: key type %s is not one of %v", kt, pki.KeyTypes())
+	}
+	return csr, nil
 }
 
 // ServerRules is the policy of the CA's own serving certificate: a

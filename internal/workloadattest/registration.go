@@ -37,7 +37,10 @@ type Registration struct {
 }
 
 // RegistrationSelectors are the selectors of a [Registration]; at least one
-// is set, and a workload matches when all that are set match.
+// is set, and a workload matches when all that are set match. A path
+// selector never stands alone: any local user can connect, fork and exec a
+// registered binary whose child then holds the connection, so a path
+// selector must come with a uid or gid selector.
 type RegistrationSelectors struct {
 	UID  *int   `json:"uid,omitempty"`
 	GID  *int   `json:"gid,omitempty"`
@@ -95,6 +98,9 @@ func validateRegistration(r *Registration, td spiffeid.TrustDomain) error {
 	if s.UID == nil && s.GID == nil && s.Path == "" {
 		return errors.New("selectors: at least one of uid, gid, path")
 	}
+	if s.Path != "" && s.UID == nil && s.GID == nil {
+		return fmt.Errorf("selectors: %s: a path selector needs a uid or gid selector too (any local user can exec %s)", id, s.Path)
+	}
 	if s.UID != nil && (*s.UID < 0 || *s.UID >= math.MaxUint32) {
 		return fmt.Errorf("selectors.uid: %d is not a valid uid", *s.UID)
 	}
@@ -123,7 +129,8 @@ func validateRegistration(r *Registration, td spiffeid.TrustDomain) error {
 }
 
 // Match returns the registrations whose selectors all match s, in file
-// order. A registration without selectors matches nothing.
+// order. A registration without selectors, or with a path selector alone,
+// matches nothing.
 func Match(regs []Registration, s Selectors) []Registration {
 	var out []Registration
 	for _, r := range regs {
@@ -135,8 +142,8 @@ func Match(regs []Registration, s Selectors) []Registration {
 }
 
 func matches(want RegistrationSelectors, got Selectors) bool {
-	if want.UID == nil && want.GID == nil && want.Path == "" {
-		return false
+	if want.UID == nil && want.GID == nil {
+		return false // no selector, or a path alone
 	}
 	if want.UID != nil && (got.UID == nil || *got.UID != *want.UID) {
 		return false

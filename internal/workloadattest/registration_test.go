@@ -51,8 +51,9 @@ func TestParseRegistrationsErrorsNameTheField(t *testing.T) {
 		{"trust domain ID", "registrations:\n  - spiffeID: spiffe://example.org\n    selectors: {uid: 1}\n", "registrations[0].spiffeID: spiffe://example.org has no path"},
 		{"negative uid", "registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {uid: -1}\n", "registrations[0].selectors.uid: -1"},
 		{"huge gid", "registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {gid: 4294967295}\n", "registrations[0].selectors.gid"},
-		{"relative path", "registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {path: bin/server}\n", "registrations[0].selectors.path: \"bin/server\" must be an absolute, clean path"},
-		{"unclean path", "registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {path: /usr/../bin/sh}\n", "registrations[0].selectors.path"},
+		{"path without uid or gid", "registrations:\n" + ok + "  - spiffeID: spiffe://example.org/srv\n    selectors: {path: /usr/local/bin/server}\n", "registrations[1].selectors: spiffe://example.org/srv: a path selector needs a uid or gid selector too"},
+		{"relative path", "registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {uid: 1, path: bin/server}\n", "registrations[0].selectors.path: \"bin/server\" must be an absolute, clean path"},
+		{"unclean path", "registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {uid: 1, path: /usr/../bin/sh}\n", "registrations[0].selectors.path"},
 		{"bad DNS name", "registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {uid: 1}\n    dnsNames: [ok.example.org, \"bad name\"]\n", "registrations[0].dnsNames[1]:"},
 		{"bad ttl", "registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {uid: 1}\n    ttl: soon\n", "registrations[0].ttl:"},
 		{"zero ttl", "registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {uid: 1}\n    ttl: 0s\n", "registrations[0].ttl: 0s must be positive"},
@@ -101,7 +102,7 @@ registrations:
   - spiffeID: spiffe://example.org/root-group
     selectors: {gid: 0}
   - spiffeID: spiffe://example.org/path
-    selectors: {path: /usr/local/bin/server}
+    selectors: {gid: 5, path: /usr/local/bin/server}
 `), testTD)
 	if err != nil {
 		t.Fatal(err)
@@ -112,8 +113,9 @@ registrations:
 		want []string
 	}{
 		{"uid only matches the uid registration", Selectors{UID: ptr(1000), GID: ptr(1000), Path: "/bin/sh"}, []string{"/uid"}},
-		{"all selectors of a registration must match", Selectors{UID: ptr(1000), GID: ptr(1000), Path: "/usr/local/bin/server"}, []string{"/uid", "/uid-and-path", "/path"}},
-		{"other uid matches by path only", Selectors{UID: ptr(1001), GID: ptr(5), Path: "/usr/local/bin/server"}, []string{"/path"}},
+		{"all selectors of a registration must match", Selectors{UID: ptr(1000), GID: ptr(1000), Path: "/usr/local/bin/server"}, []string{"/uid", "/uid-and-path"}},
+		{"other uid matches by gid and path", Selectors{UID: ptr(1001), GID: ptr(5), Path: "/usr/local/bin/server"}, []string{"/path"}},
+		{"path without the gid matches nothing", Selectors{UID: ptr(1001), GID: ptr(6), Path: "/usr/local/bin/server"}, nil},
 		{"gid 0 is a value, not absent", Selectors{UID: ptr(0), GID: ptr(0), Path: "/bin/sh"}, []string{"/root-group"}},
 		{"unset selectors never match a uid", Selectors{Path: "/bin/sh"}, nil},
 		{"kubernetes selectors match nothing", Selectors{PodUID: testPodUID, Namespace: "default"}, nil},
@@ -134,6 +136,16 @@ registrations:
 func TestMatchIgnoresRegistrationsWithoutSelectors(t *testing.T) {
 	regs := []Registration{{ID: "spiffe://example.org/x"}}
 	if got := Match(regs, Selectors{UID: ptr(0), GID: ptr(0), Path: "/"}); len(got) != 0 {
+		t.Errorf("Match = %v, want none", got)
+	}
+}
+
+// TestMatchIgnoresPathOnlyRegistrations: a registration built in code
+// with a path selector alone (ParseRegistrations refuses it) matches
+// nothing: any local user could obtain it by exec'ing the binary.
+func TestMatchIgnoresPathOnlyRegistrations(t *testing.T) {
+	regs := []Registration{{ID: "spiffe://example.org/x", Selectors: RegistrationSelectors{Path: "/usr/bin/server"}}}
+	if got := Match(regs, Selectors{UID: ptr(1000), GID: ptr(1000), Path: "/usr/bin/server"}); len(got) != 0 {
 		t.Errorf("Match = %v, want none", got)
 	}
 }

@@ -15,8 +15,9 @@ Usage:
   agent run --config FILE [--join-token TOKEN] [--log-level info]
       Run the agent: attest to the CA, serve the SPIFFE Workload API on the
       socket, keep every identity rotated.
-  agent status [--address 127.0.0.1:9444] [--output table|json]
-      Show the identities of a running agent (see issue #7 for the full table).
+  agent status [--socket /var/lib/mayfly/agent/status.sock] [--output table|json]
+      Show the identities of a running agent, read from the status socket in
+      its dataDir (as root or as the agent's user).
 
 See docs/agent.md and docs/workload-api.md.
 `

@@ -31,7 +31,8 @@ type FileConfig struct {
 	SocketPath string `json:"socketPath,omitempty"`
 	// DataDir keeps the agent SVID across restarts (default /var/lib/mayfly/agent).
 	DataDir string `json:"dataDir,omitempty"`
-	// HealthAddress serves /healthz, /readyz, /metrics, /status (default 127.0.0.1:9444; "off" disables).
+	// HealthAddress serves /healthz, /readyz and /metrics (default 127.0.0.1:9444; "off" disables).
+	// The status is on <DataDir>/status.sock, for root and the agent's user only.
 	HealthAddress string `json:"healthAddress,omitempty"`
 	// WriteDir, standalone: each registration's certificate, key and bundle
 	// are written to WriteDir/<id path>/ for host-level consumers.

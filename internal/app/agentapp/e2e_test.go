@@ -221,6 +221,12 @@ func TestEndToEndCAOutage(t *testing.T) {
 	s := startStack(t, "30s")
 	m := startMTLS(t, s)
 	handshake, serverSrc := m.handshake, m.serverSrc
+	// The first Workload API answer may hold the client's SVID alone (the
+	// two are obtained in separate batches), which pick falls back to.
+	wait.Within(t, "the server's own SVID", 10*time.Second, 10*time.Millisecond, func() bool {
+		cur, err := serverSrc.GetX509SVID()
+		return err == nil && cur.ID == serverID
+	})
 	first, err := serverSrc.GetX509SVID()
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package agentapp
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/mayfly-pki/mayfly/internal/agent"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/csi"
 	"github.com/mayfly-pki/mayfly/internal/workloadapi"
 	"github.com/mayfly-pki/mayfly/internal/workloadattest"
@@ -63,13 +63,22 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	reachable := prometheus.NewGauge(prometheus.GaugeOpts{Name: "mayfly_agent_ca_reachable", Help: "1 when the last call to the CA got an answer, 0 when the CA was unreachable."})
 	reg.MustRegister(reachable)
 
-	credential, err := bootstrapCredential(cfg)
+	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mayfly_agent_svids_rejected_total",
+		Help: "Certificates returned by the CA that the agent refused (wrong ID, wrong key, or not chaining to the trust bundle), by kind (agent, workload).",
+	}, []string{"kind"})
+	reg.MustRegister(rejected)
+	rejected.WithLabelValues("agent")
+	rejected.WithLabelValues("workload")
+
+	credential, settle, err := bootstrapCredential(cfg)
 	if err != nil {
 		return err
 	}
 	ca, err := agent.NewCAClient(agent.CAConfig{
-		Address: cfg.ServerAddress, TrustDomain: cfg.TrustDomain, InitialBundle: bundle,
-		Credential: credential, RenewalToken: renewalToken(cfg), DataDir: cfg.DataDir, Clock: opts.Clock, Logger: log.With("component", "ca-client"), Registerer: reg,
+		Address: cfg.ServerAddress, TrustDomain: cfg.TrustDomain, InitialBundle: bundle, NodeName: cfg.NodeName,
+		Credential: credential, RenewalToken: renewalToken(cfg), OnAttested: settle, DataDir: cfg.DataDir,
+		OnRejected: func(error) { rejected.WithLabelValues("agent").Inc() }, Clock: opts.Clock, Logger: log.With("component", "ca-client"), Registerer: reg,
 		OnReachable: func(ok bool) {
 			if ok {
 				reachable.Set(1)
@@ -85,6 +94,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	mgr := agent.NewManager(agent.ManagerConfig{
 		Batcher: batcher, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Clock: opts.Clock,
 		Logger: log.With("component", "identities"), Registerer: reg,
+		OnRejected: func(error) { rejected.WithLabelValues("workload").Inc() },
 	})
 	ca.Store.OnChange(mgr.SetAgentSVID)
 
@@ -205,27 +215,43 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		return nil
 	})
 	if cfg.HealthAddress != "" {
-		serveHealth(ctx, g, cfg.HealthAddress, reg, ca, mgr, log)
+		serveHealth(ctx, g, cfg.HealthAddress, reg, ca, log)
 	}
+	// The status names every identity and serial: on a 0600 unix socket
+	// for root and the agent's user, not on the TCP health port.
+	st := &cli.StatusServer{
+		Path:   StatusSocket(cfg.DataDir),
+		Status: func() any { return statusDoc{Agent: ca.Rotator().State(), Identities: mgr.Status()} },
+		Logger: log,
+	}
+	g.Go(func() error {
+		// A status socket that cannot be made does not stop the agent.
+		if err := st.Start(ctx); err != nil {
+			log.Error("`agent status` will not work", "error", err)
+		}
+		return nil
+	})
 	return g.Wait()
 }
 
-// bootstrapCredential returns how the agent attests: a join token
-// (single-use, standalone) or the projected ServiceAccount token (re-read at
-// every attestation, Kubernetes).
-func bootstrapCredential(cfg *Config) (agent.Credential, error) {
+// bootstrapCredential returns how the agent attests, and what to tell of
+// each attestation's outcome: a join token (single-use, standalone, kept
+// while the CA is unreachable) or the projected ServiceAccount token
+// (re-read at every attestation, Kubernetes).
+func bootstrapCredential(cfg *Config) (agent.Credential, func(error), error) {
 	if cfg.Kubernetes != nil {
-		return agent.ServiceAccountToken(cfg.Kubernetes.TokenFile), nil
+		return agent.ServiceAccountToken(cfg.Kubernetes.TokenFile), nil, nil
 	}
 	token := cfg.JoinToken
 	if token == "" && cfg.JoinTokenFile != "" {
 		raw, err := os.ReadFile(cfg.JoinTokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("standalone.joinTokenFile: %w", err)
+			return nil, nil, fmt.Errorf("standalone.joinTokenFile: %w", err)
 		}
 		token = strings.TrimSpace(string(raw))
 	}
-	return agent.JoinToken(token, cfg.NodeName), nil
+	jt := agent.NewJoinToken(token, cfg.NodeName)
+	return jt.Credential, jt.Settle, nil
 }
 
 // renewalToken is the agent pod's token sent with each renewal in
@@ -248,7 +274,10 @@ func (w workloadAttestor) Attest(ctx context.Context) (workloadapi.Caller, error
 	return w.att.Attest(ctx, p)
 }
 
-func serveHealth(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, ca *agent.CAClient, mgr *agent.Manager, log *slog.Logger) {
+// StatusSocket is the agent's status socket in its data directory.
+func StatusSocket(dataDir string) string { return filepath.Join(dataDir, cli.StatusSocketName) }
+
+func serveHealth(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, ca *agent.CAClient, log *slog.Logger) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -260,20 +289,13 @@ func serveHealth(ctx context.Context, g *errgroup.Group, addr string, reg *prome
 			http.Error(w, "no agent SVID yet", http.StatusServiceUnavailable)
 		}
 	})
-	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(struct {
-			Agent      rotate.State   `json:"agent"`
-			Identities []agent.Status `json:"identities"`
-		}{ca.Rotator().State(), mgr.Status()})
-	})
 	hs := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	g.Go(func() error {
 		lis, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("healthAddress: %w", err)
 		}
-		log.Info("health, metrics and status listening", "address", addr)
+		log.Info("health and metrics listening", "address", addr)
 		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}

@@ -1,6 +1,7 @@
 package agentapp
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -17,7 +18,18 @@ type statusDoc struct {
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
-	return cli.Status("agent status", "agent", "127.0.0.1:9444", args, stdout, stderr, printTable)
+	fs := flag.NewFlagSet("agent status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", StatusSocket("/var/lib/mayfly/agent"), "the agent's status socket (<dataDir>/"+cli.StatusSocketName+"); readable by root and the agent's user")
+	output := fs.String("output", "table", "table or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var doc statusDoc
+	if err := cli.FetchStatus(*socket, "agent", &doc); err != nil {
+		return err
+	}
+	return cli.Render(stdout, *output, doc, func() error { return printTable(stdout, doc, time.Now()) })
 }
 
 func printTable(w io.Writer, doc statusDoc, now time.Time) error {

@@ -24,8 +24,9 @@ Usage:
   ca token create --node NAME [--ttl 10m] (--config FILE | --dir DIR)
       Create a single-use join token for the agent of NAME (standalone mode).
       Only its hash is stored; the token is printed once.
-  ca status [--address 127.0.0.1:9443] [--output table|json]
-      Show readiness, agents on the current bundle, and every CA certificate.
+  ca status [--config FILE | --socket /tmp/mayfly-ca/status.sock] [--output table|json]
+      Show readiness, agents on the current bundle, and every CA certificate,
+      read from the CA's status socket (as root or as the CA's user).
   ca agent evict NODE [--until 24h] (--config FILE | --dir DIR)
       Revoke the agent of NODE on every CA replica: its agent SVIDs attested
       before now are refused (renewal, workloads, bundle stream), and NODE
@@ -38,7 +39,7 @@ Usage:
   ca taint --config FILE --authority intermediate|root [--serial S] [--force]
       Mark a compromised key: issuance moves off it at once (a root waits for
       the agents unless --force) and agents re-issue what chains to it.
-  ca revoke --config FILE --authority intermediate|root [--serial S] [--address A,B] [--force]
+  ca revoke --config FILE --authority intermediate|root [--serial S] [--socket S1,S2] [--force]
       Drop a tainted key from the bundle; refused while live leaves chain to it.
 
 See docs/ca.md.

@@ -11,12 +11,14 @@ import (
 	"math"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/config"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
@@ -32,6 +34,10 @@ type FileConfig struct {
 	ListenAddress string `json:"listenAddress,omitempty"`
 	// HealthAddress serves /healthz, /readyz and /metrics (default 127.0.0.1:9443; "" or "off" disables).
 	HealthAddress string `json:"healthAddress,omitempty"`
+	// StatusSocket serves `ca status` on a 0600 unix socket, for root and
+	// the CA's user only (default <directory>/status.sock standalone,
+	// /tmp/mayfly-ca/status.sock in Kubernetes mode; "off" disables).
+	StatusSocket string `json:"statusSocket,omitempty"`
 	// ServerDNSNames go into the CA's serving certificate.
 	ServerDNSNames []string `json:"serverDNSNames,omitempty"`
 	// KeyType of the CA's own keys (default ecdsa-p256).
@@ -49,6 +55,8 @@ type FileConfig struct {
 	Workloads WorkloadsConfig `json:"workloads,omitempty"`
 	// AgentTTL is the lifetime of agent SVIDs (default 1h).
 	AgentTTL config.Duration `json:"agentTTL,omitempty"`
+	// Attestation bounds the unauthenticated AttestAgent calls.
+	Attestation AttestationConfig `json:"attestation,omitempty"`
 	// Nodes (standalone mode) say which identities each node's agent may obtain.
 	Nodes []hostnodes.NodePolicy `json:"nodes,omitempty"`
 	// Agents bounds how long an agent may go on renewing.
@@ -150,11 +158,28 @@ type WorkloadsConfig struct {
 	NodeBurst     int     `json:"nodeBurst,omitempty"`
 }
 
+// AttestationConfig bounds AttestAgent calls, which are unauthenticated:
+// per second for the whole CA (rateLimit, default 50, burst default 200)
+// and per client IP address (peerRateLimit, default 1, peerBurst default
+// 10). A call above either is refused with ResourceExhausted before its
+// credential is checked; agents retry with backoff.
+type AttestationConfig struct {
+	RateLimit     float64 `json:"rateLimit,omitempty"`
+	Burst         int     `json:"burst,omitempty"`
+	PeerRateLimit float64 `json:"peerRateLimit,omitempty"`
+	PeerBurst     int     `json:"peerBurst,omitempty"`
+}
+
+// DefaultKubernetesStatusSocket is the CA's status socket in Kubernetes
+// mode: /tmp is the pod's own emptyDir.
+const DefaultKubernetesStatusSocket = "/tmp/mayfly-ca/status.sock"
+
 // Config is the validated runtime form.
 type Config struct {
 	TrustDomain        spiffeid.TrustDomain
 	ListenAddress      string
 	HealthAddress      string
+	StatusSocket       string
 	ServerDNSNames     []string
 	KeyType            pki.KeyType
 	Directory          string
@@ -166,6 +191,7 @@ type Config struct {
 	DefaultWorkloadTTL time.Duration
 	MaxWorkloadTTL     time.Duration
 	NodeRateLimit      float64
+	Attestation        AttestationConfig
 	NodeBurst          int
 	Nodes              []hostnodes.NodePolicy
 	AgentMaxAge        time.Duration
@@ -224,6 +250,17 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		return nil, errors.New("directory or kubernetes: one is required (directory: standalone mode; kubernetes: state in a Secret)")
 	case c.Directory != "" && c.Kubernetes != nil:
 		return nil, errors.New("directory and kubernetes: set only one")
+	}
+	c.StatusSocket = fc.StatusSocket
+	switch {
+	case c.StatusSocket == "off":
+		c.StatusSocket = ""
+	case c.StatusSocket != "" && !filepath.IsAbs(c.StatusSocket):
+		return nil, fmt.Errorf("statusSocket: %q must be an absolute path", c.StatusSocket)
+	case c.StatusSocket == "" && c.Directory != "":
+		c.StatusSocket = filepath.Join(c.Directory, cli.StatusSocketName)
+	case c.StatusSocket == "":
+		c.StatusSocket = DefaultKubernetesStatusSocket
 	}
 	if k := c.Kubernetes; k != nil {
 		k.Namespace = config.OrDefault(k.Namespace, config.OrDefault(os.Getenv("POD_NAMESPACE"), "mayfly-system"))
@@ -303,6 +340,17 @@ func (fc *FileConfig) Validate() (*Config, error) {
 	if c.NodeRateLimit < 0 || c.NodeBurst < 1 {
 		return nil, fmt.Errorf("workloads.nodeRateLimit, nodeBurst: must be positive, got %v and %d", c.NodeRateLimit, c.NodeBurst)
 	}
+	a := fc.Attestation
+	if a.RateLimit == 0 && a.Burst == 0 {
+		a.RateLimit, a.Burst = 50, 200
+	}
+	if a.PeerRateLimit == 0 && a.PeerBurst == 0 {
+		a.PeerRateLimit, a.PeerBurst = 1, 10
+	}
+	if a.RateLimit <= 0 || a.Burst < 1 || a.PeerRateLimit <= 0 || a.PeerBurst < 1 {
+		return nil, fmt.Errorf("attestation: rateLimit, burst, peerRateLimit and peerBurst must be positive (or all unset), got %v, %d, %v, %d", a.RateLimit, a.Burst, a.PeerRateLimit, a.PeerBurst)
+	}
+	c.Attestation = a
 	seen := map[string]bool{}
 	for i, n := range c.Nodes {
 		path := fmt.Sprintf("nodes[%d]", i)

@@ -147,6 +147,27 @@ upstream:
 			},
 		},
 		{
+			name: "attestation_and_status_socket_get_defaults",
+			in:   minimalStandalone,
+			check: func(t *testing.T, c *caapp.Config) {
+				t.Helper()
+				want := caapp.AttestationConfig{RateLimit: 50, Burst: 200, PeerRateLimit: 1, PeerBurst: 10}
+				if c.Attestation != want || c.StatusSocket != filepath.Join(c.Directory, "status.sock") {
+					t.Errorf("Attestation, StatusSocket = %+v, %q", c.Attestation, c.StatusSocket)
+				}
+			},
+		},
+		{
+			name: "kubernetes_status_socket_in_tmp_and_off",
+			in:   "trustDomain: cluster.example\nkubernetes: {}\nattestation: {peerRateLimit: 5, peerBurst: 20}\n",
+			check: func(t *testing.T, c *caapp.Config) {
+				t.Helper()
+				if c.StatusSocket != caapp.DefaultKubernetesStatusSocket || c.Attestation.PeerRateLimit != 5 || c.Attestation.RateLimit != 50 {
+					t.Errorf("StatusSocket, Attestation = %q, %+v", c.StatusSocket, c.Attestation)
+				}
+			},
+		},
+		{
 			name: "huge_rate_does_not_overflow_the_burst",
 			in:   minimalStandalone + "workloads:\n  nodeRateLimit: 1e300\n",
 			check: func(t *testing.T, c *caapp.Config) {
@@ -348,6 +369,9 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"default_ttl_below_min", minimalStandalone + "workloads:\n  defaultTTL: 2m\n", "workloads.defaultTTL: "},
 		{"agent_ttl_too_short", minimalStandalone + "agentTTL: 30s\n", "agentTTL: must be in [1m, 24h]"},
 		{"agent_ttl_too_long", minimalStandalone + "agentTTL: 48h\n", "agentTTL: must be in [1m, 24h]"},
+		{"negative_attest_rate", minimalStandalone + "attestation: {rateLimit: -1, burst: 3}\n", "attestation: rateLimit, burst, peerRateLimit and peerBurst must be positive"},
+		{"attest_rate_without_burst", minimalStandalone + "attestation: {peerRateLimit: 2}\n", "attestation: rateLimit, burst, peerRateLimit and peerBurst must be positive"},
+		{"relative_status_socket", minimalStandalone + "statusSocket: run/status.sock\n", "statusSocket: \"run/status.sock\" must be an absolute path"},
 		{"negative_rate_limit", minimalStandalone + "workloads:\n  nodeRateLimit: -1\n", "workloads.nodeRateLimit, nodeBurst: must be positive"},
 		{"negative_burst", minimalStandalone + "workloads:\n  nodeBurst: -3\n", "workloads.nodeRateLimit, nodeBurst: must be positive"},
 		{"root_ttl_too_short", minimalStandalone + "rotation:\n  rootTTL: 30m\n", "rotation.rootTTL: "},

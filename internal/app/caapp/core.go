@@ -3,7 +3,6 @@ package caapp
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +21,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 )
@@ -108,6 +108,10 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 		ServerDNSNames:     cfg.ServerDNSNames,
 		NodeRate:           rate.Limit(cfg.NodeRateLimit),
 		NodeBurst:          cfg.NodeBurst,
+		AttestRate:         rate.Limit(cfg.Attestation.RateLimit),
+		AttestBurst:        cfg.Attestation.Burst,
+		AttestPeerRate:     rate.Limit(cfg.Attestation.PeerRateLimit),
+		AttestPeerBurst:    cfg.Attestation.PeerBurst,
 		OnAck:              c.authority.Kick,
 		Acks:               parts.adoption.tracker,
 		Now:                opts.Clock.Now,
@@ -163,6 +167,18 @@ func (c *core) serve(ctx context.Context, ready func() error) error {
 	g, ctx := errgroup.WithContext(ctx)
 	c.serveIssuer(ctx, g)
 	c.serveHealth(ctx, g, ready)
+	if c.cfg.StatusSocket != "" {
+		// The status names every CA certificate: on a 0600 unix socket for
+		// root and the CA's user, not on the TCP health port. A status
+		// socket that cannot be made does not stop the CA.
+		st := &cli.StatusServer{Path: c.cfg.StatusSocket, Status: func() any { return c.status() }, Logger: c.opts.Logger}
+		g.Go(func() error {
+			if err := st.Start(ctx); err != nil {
+				c.opts.Logger.Error("`ca status` will not work", "error", err)
+			}
+			return nil
+		})
+	}
 	return g.Wait()
 }
 
@@ -211,10 +227,6 @@ func (c *core) serveHealth(ctx context.Context, g *errgroup.Group, ready func() 
 		return
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(c.status())
-	})
 	mux.Handle("/metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{Registry: c.registry}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -2,6 +2,8 @@ package caapp
 
 import (
 	"crypto/x509"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -89,7 +91,29 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server, ad *adopt
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
-	return cli.Status("ca status", "CA", "127.0.0.1:9443", args, stdout, stderr, printStatus)
+	fs := flag.NewFlagSet("ca status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", DefaultKubernetesStatusSocket, "the CA's status socket (statusSocket; standalone: <directory>/"+cli.StatusSocketName+")")
+	configPath := fs.String("config", "", "the CA's configuration file, to find its status socket (instead of --socket)")
+	output := fs.String("output", "table", "table or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *configPath != "" {
+		cfg, err := LoadFile(*configPath)
+		if err != nil {
+			return err
+		}
+		if cfg.StatusSocket == "" {
+			return errors.New("the CA's statusSocket is off in " + *configPath)
+		}
+		*socket = cfg.StatusSocket
+	}
+	var st Status
+	if err := cli.FetchStatus(*socket, "CA", &st); err != nil {
+		return err
+	}
+	return cli.Render(stdout, *output, st, func() error { return printStatus(stdout, st, time.Now()) })
 }
 
 // maxNotAckedShown bounds the nodes the table names.

@@ -64,7 +64,7 @@ func cmdRevoke(args []string, stdout, stderr io.Writer) error {
 	configPath := fs.String("config", "", "CA configuration file (YAML)")
 	role := fs.String("authority", "", "the tainted authority to revoke: intermediate or root (required)")
 	serial := fs.String("serial", "", "serial (hex) of the tainted key; default the one tainted key of --authority")
-	addrs := fs.String("address", "127.0.0.1:9443", "comma-separated healthAddress of every CA replica, to check that no live leaf chains to the authority")
+	addrs := fs.String("socket", "", "comma-separated status sockets of the CA replicas to ask whether a live leaf still chains to the authority (default: the statusSocket of --config; in Kubernetes run it in each replica's pod, or use --force once every replica's `ca status` shows 0)")
 	force := fs.Bool("force", false, "revoke although live leaves still chain to it, or the replicas cannot be asked (those leaves stop verifying)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -75,6 +75,13 @@ func cmdRevoke(args []string, stdout, stderr io.Writer) error {
 	store, err := openStoreFromConfig(*configPath)
 	if err != nil {
 		return err
+	}
+	if *addrs == "" {
+		cfg, err := LoadFile(*configPath)
+		if err != nil {
+			return err
+		}
+		*addrs = cfg.StatusSocket
 	}
 	check := func(t authority.Taint) error {
 		live, err := liveLeavesOf(strings.Split(*addrs, ","), t)
@@ -103,7 +110,7 @@ func cmdRevoke(args []string, stdout, stderr io.Writer) error {
 }
 
 // liveLeavesOf sums the live leaves chaining to t over the replicas'
-// status endpoints.
+// status sockets.
 func liveLeavesOf(addrs []string, t authority.Taint) (int, error) {
 	total := 0
 	for _, a := range addrs {

@@ -51,7 +51,7 @@ func TestTaintAndRevokeCommands(t *testing.T) {
 	}
 	// The intermediate still signs until the CA replaced it, so it cannot
 	// be revoked yet.
-	if code, out := run("revoke", "--config", cfgPath, "--authority", "intermediate", "--address", "127.0.0.1:1"); code == 0 {
+	if code, out := run("revoke", "--config", cfgPath, "--authority", "intermediate", "--socket", "/nonexistent/status.sock"); code == 0 {
 		t.Fatalf("revoke before the CA moved off the intermediate or without a live-leaf count succeeded: %q", out)
 	}
 }

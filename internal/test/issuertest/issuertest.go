@@ -4,6 +4,7 @@
 package issuertest
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"testing"
@@ -29,7 +30,16 @@ func Serve(t testing.TB, cfg issuer.Config, opts ...grpc.ServerOption) (*issuer.
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(srv.TLSConfig()))}, opts...)...)
+	ServeOn(t, lis, srv, srv.TLSConfig(), opts...)
+	return srv, lis.Addr().String()
+}
+
+// ServeOn serves srv (an issuer.Server, or a test's wrapper of one) with
+// tlsConfig on lis until the test ends: for a CA that starts after its
+// agents, on an address chosen before, or one that answers wrongly.
+func ServeOn(t testing.TB, lis net.Listener, srv issuerv1.IssuerServer, tlsConfig *tls.Config, opts ...grpc.ServerOption) {
+	t.Helper()
+	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(tlsConfig))}, opts...)...)
 	issuerv1.RegisterIssuerServer(gs, srv)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
@@ -39,5 +49,4 @@ func Serve(t testing.TB, cfg issuer.Config, opts ...grpc.ServerOption) (*issuer.
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return srv, lis.Addr().String()
 }
