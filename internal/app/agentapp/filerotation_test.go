@@ -144,3 +144,53 @@ func readDir(t *testing.T, dir string) *fileconsumer.Files {
 	}
 	return f
 }
+
+// TestEndToEndTaintFileConsumers: `ca taint --authority intermediate`
+// (on the store of the running CA, as the command does) while two plain
+// file consumers and the go-spiffe pair do mTLS every 500 ms: issuance
+// moves off the tainted intermediate, both directories get leaves under a
+// new one, and no handshake fails on the way.
+func TestEndToEndTaintFileConsumers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test with a real taint (about 30s); skipped with -short")
+	}
+	s := startStack(t, "20s")
+	m := startMTLS(t, s)
+	dirs := certDirs(t, s.writeDir, serverID, clientID)
+	files, err := fileconsumer.Listen(dirs[serverID], dirs[clientID])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { files.Close() })
+	tainted := readDir(t, dirs[serverID]).Chain[1]
+
+	store, err := authority.NewDirStore(s.stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	if _, err := authority.TaintAuthority(context.Background(), store, authority.TaintRequest{Role: authority.RoleIntermediate}, time.Now()); err != nil {
+		t.Fatalf("TaintAuthority: %v", err)
+	}
+	handshakes, failed := 0, 0
+	wait.Until(t, "both directories hold leaves under a new intermediate", 90*time.Second, 500*time.Millisecond, func(context.Context) (bool, string) {
+		handshakes++
+		if err := files.Handshake(); err != nil {
+			failed++
+			t.Errorf("file consumers: handshake %d failed during the taint: %v", handshakes, err)
+		}
+		if err := m.handshake(); err != nil {
+			failed++
+			t.Errorf("go-spiffe pair: handshake %d failed during the taint: %v", handshakes, err)
+		}
+		moved := 0
+		for _, dir := range dirs {
+			if f := readDir(t, dir); len(f.Chain) > 1 && !f.Chain[1].Equal(tainted) {
+				moved++
+			}
+		}
+		return moved == len(dirs), fmt.Sprintf("%d of %d directories under a new intermediate", moved, len(dirs))
+	})
+	t.Logf("intermediate taint, file consumers: both directories under a new intermediate %v after the taint; %d handshakes of each pair, %d failed",
+		time.Since(began).Round(100*time.Millisecond), handshakes, failed)
+}
