@@ -8,9 +8,11 @@ import (
 	"errors"
 	"net"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
@@ -39,7 +41,13 @@ func Serve(t testing.TB, cfg issuer.Config, opts ...grpc.ServerOption) (*issuer.
 // agents, on an address chosen before, or one that answers wrongly.
 func ServeOn(t testing.TB, lis net.Listener, srv issuerv1.IssuerServer, tlsConfig *tls.Config, opts ...grpc.ServerOption) {
 	t.Helper()
-	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(tlsConfig))}, opts...)...)
+	// The keepalive policy of the CA's own server (internal/app/caapp):
+	// agents ping every 30s, with or without a stream, and gRPC's default
+	// policy answers that with GOAWAY too_many_pings, dropping calls.
+	gs := grpc.NewServer(append([]grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}, opts...)...)
 	issuerv1.RegisterIssuerServer(gs, srv)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
