@@ -194,13 +194,20 @@ func ecKey(t testing.TB) crypto.Signer {
 	return k
 }
 
-// attest joins node with a fresh token and returns an agent holding its SVID.
-func (r *runningCA) attest(t testing.TB, node string) *agent {
+// joinToken creates a join token for node, valid for a minute.
+func (r *runningCA) joinToken(t testing.TB, node string) string {
 	t.Helper()
 	tok, err := hostnodes.NewJoinTokens(r.dir, nil).Create(node, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tok
+}
+
+// attest joins node with a fresh token and returns an agent holding its SVID.
+func (r *runningCA) attest(t testing.TB, node string) *agent {
+	t.Helper()
+	tok := r.joinToken(t, node)
 	a := &agent{}
 	client := r.dial(t, a)
 	key := ecKey(t)
@@ -339,16 +346,13 @@ func TestStandaloneRefusesBadAgents(t *testing.T) {
 	})
 
 	t.Run("join_token_is_single_use", func(t *testing.T) {
-		tok, err := hostnodes.NewJoinTokens(r.dir, nil).Create("host-a", time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tok := r.joinToken(t, "host-a")
 		client := r.dial(t, &agent{})
 		req := &issuerv1.AttestAgentRequest{Csr: newCSR(t, ecKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok}}
 		if _, err := client.AttestAgent(ctx, req); err != nil {
 			t.Fatalf("first use: %v", err)
 		}
-		_, err = client.AttestAgent(ctx, req)
+		_, err := client.AttestAgent(ctx, req)
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "single-use") {
 			t.Fatalf("second use: err = %v, want PermissionDenied saying single-use", err)
 		}
@@ -395,11 +399,8 @@ func TestStandaloneRefusesBadAgents(t *testing.T) {
 			{"oversized", make([]byte, 1<<20), "exceed"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				tok, err := hostnodes.NewJoinTokens(r.dir, nil).Create("host-a", time.Minute)
-				if err != nil {
-					t.Fatal(err)
-				}
-				_, err = client.AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: tc.csr, Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok}})
+				tok := r.joinToken(t, "host-a")
+				_, err := client.AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: tc.csr, Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok}})
 				if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.msg) {
 					t.Fatalf("err = %v, want InvalidArgument containing %q", err, tc.msg)
 				}
