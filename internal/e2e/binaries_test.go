@@ -26,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
@@ -126,17 +127,6 @@ func writeFile(t *testing.T, path, text string) string {
 	return path
 }
 
-func wantMode(t *testing.T, path string, want os.FileMode) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := fi.Mode() & (os.ModePerm | os.ModeSocket); got != want {
-		t.Errorf("%s has mode %v, want %v", path, got, want)
-	}
-}
-
 // fetch gets the caller's SVID from the agent's socket with go-spiffe.
 func fetch(socket string) (*x509svid.SVID, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -201,8 +191,8 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 		fi, err := os.Stat(filepath.Join(work, "ca", "trust-bundle.pem"))
 		return err == nil && fi.Size() > 0
 	})
-	wantMode(t, filepath.Join(work, "ca"), 0o700)
-	wantMode(t, filepath.Join(work, "ca", "authority.json"), 0o600)
+	filemode.Want(t, filepath.Join(work, "ca"), os.ModeDir|0o700)
+	filemode.Want(t, filepath.Join(work, "ca", "authority.json"), 0o600)
 
 	token, stderr, err := run(caBin, nil, "token", "create", "--config", caConfig, "--node", "host-a", "--ttl", "5m")
 	if err != nil {
@@ -220,16 +210,16 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 		t.Fatalf("SVID ID = %s, want %s", svid.ID, wantID)
 	}
 	verifySVID(t, svid, filepath.Join(work, "ca", "trust-bundle.pem"))
-	wantMode(t, socket, os.ModeSocket|0o666)
-	wantMode(t, filepath.Dir(socket), 0o755)
-	wantMode(t, filepath.Join(work, "agent"), 0o700)
-	wantMode(t, filepath.Join(work, "agent", "agent-key.pem"), 0o600)
+	filemode.Want(t, socket, os.ModeSocket|0o666)
+	filemode.Want(t, filepath.Dir(socket), os.ModeDir|0o755)
+	filemode.Want(t, filepath.Join(work, "agent"), os.ModeDir|0o700)
+	filemode.Want(t, filepath.Join(work, "agent", "agent-key.pem"), 0o600)
 	keyFile := filepath.Join(work, "certs", "test", fmt.Sprintf("user-%d", uid), "tls.key") // writeDir/<ID path>
 	wait.Within(t, "the writeDir key file", 10*time.Second, 20*time.Millisecond, func() bool {
 		_, err := os.Stat(keyFile)
 		return err == nil
 	})
-	wantMode(t, keyFile, 0o600)
+	filemode.Want(t, keyFile, 0o600)
 
 	// The registration outside the node's grant is reported, not served.
 	wait.Within(t, "the refused registration in the agent log", 10*time.Second, 50*time.Millisecond, func() bool {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 )
 
 func TestListen(t *testing.T) {
@@ -16,15 +18,15 @@ func TestListen(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "run", "mayfly")
 		path := filepath.Join(dir, "api.sock")
 		mustListen(t, path, 0, 0)
-		wantMode(t, dir, os.ModeDir|0o755)
-		wantMode(t, path, os.ModeSocket|0o666)
+		filemode.Want(t, dir, os.ModeDir|0o755)
+		filemode.Want(t, path, os.ModeSocket|0o666)
 	})
 	t.Run("explicit_modes", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "d")
 		path := filepath.Join(dir, "api.sock")
 		mustListen(t, path, 0o660, 0o750)
-		wantMode(t, dir, os.ModeDir|0o750)
-		wantMode(t, path, os.ModeSocket|0o660)
+		filemode.Want(t, dir, os.ModeDir|0o750)
+		filemode.Want(t, path, os.ModeSocket|0o660)
 	})
 	t.Run("existing_directory_is_left_alone", func(t *testing.T) {
 		dir := t.TempDir()
@@ -32,7 +34,7 @@ func TestListen(t *testing.T) {
 			t.Fatal(err)
 		}
 		mustListen(t, filepath.Join(dir, "api.sock"), 0, 0)
-		wantMode(t, dir, os.ModeDir|0o711)
+		filemode.Want(t, dir, os.ModeDir|0o711)
 	})
 	t.Run("stale_socket_is_replaced", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "api.sock")
@@ -83,17 +85,6 @@ func TestListen(t *testing.T) {
 			t.Fatalf("socket left after Close: %v", err)
 		}
 	})
-}
-
-func wantMode(t *testing.T, path string, want os.FileMode) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := fi.Mode() & (os.ModeType | os.ModePerm); got != want {
-		t.Errorf("%s: mode %v, want %v", path, got, want)
-	}
 }
 
 // mustListen is Listen for a test: it fails the test on an error and closes
