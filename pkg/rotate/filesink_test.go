@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -64,6 +63,15 @@ func issueN(t *testing.T, ca *testCA, n int) []*Credential {
 	return creds
 }
 
+func mode(t *testing.T, path string) fs.FileMode {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Mode().Perm()
+}
+
 // version returns the version directory ..data points at, and its inode.
 func version(t *testing.T, dir string) (string, os.FileInfo) {
 	t.Helper()
@@ -82,7 +90,7 @@ func TestFileSinkWritesLayout(t *testing.T) {
 	ca := newTestCA(t)
 	dir := filepath.Join(t.TempDir(), "a", "b", "certs")
 	s := newSink(t, dir, FileSinkOptions{})
-	if got := filemode.Perm(t, dir); got != 0o700 {
+	if got := mode(t, dir); got != 0o700 {
 		t.Errorf("created target dir mode = %v, want 0700", got)
 	}
 	cred := ca.issue(t, time.Now(), time.Now().Add(time.Hour))
@@ -352,7 +360,7 @@ func TestFileSinkModesWhateverTheUmask(t *testing.T) {
 				filepath.Join(dir, "tls.key"): tt.keyMode,
 				filepath.Join(dir, "ca.crt"):  0o644,
 			} {
-				if got := filemode.Perm(t, path); got != want {
+				if got := mode(t, path); got != want {
 					t.Errorf("%s: mode %v, want %v", path, got, want)
 				}
 			}
@@ -434,7 +442,7 @@ func TestFileSinkPutBundle(t *testing.T) {
 		if v, _ := version(t, dir); v == v1 {
 			t.Fatal("no new version")
 		}
-		if filemode.Perm(t, filepath.Join(dir, "svid_key.pem")) != 0o600 {
+		if mode(t, filepath.Join(dir, "svid_key.pem")) != 0o600 {
 			t.Fatal("key lost its mode")
 		}
 	})
