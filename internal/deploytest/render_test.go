@@ -129,24 +129,23 @@ func findPrefix(t testing.TB, objs []*unstructured.Unstructured, kind, prefix st
 // the type does not have.
 func convert(t testing.TB, o *unstructured.Unstructured, into any) {
 	t.Helper()
-	raw, err := yaml.Marshal(o.Object)
-	if err != nil {
-		t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
-	}
-	if err := yaml.UnmarshalStrict(raw, into); err != nil {
-		t.Fatalf("%s %s does not decode strictly: %v", o.GetKind(), o.GetName(), err)
-	}
+	decode(t, o, into, yaml.UnmarshalStrict)
 }
 
 // convertLoose is convert for kinds this test models partially (the
 // Prometheus Operator's): unknown fields are ignored.
 func convertLoose(t testing.TB, o *unstructured.Unstructured, into any) {
 	t.Helper()
+	decode(t, o, into, yaml.Unmarshal)
+}
+
+func decode(t testing.TB, o *unstructured.Unstructured, into any, unmarshal func([]byte, any, ...yaml.JSONOpt) error) {
+	t.Helper()
 	raw, err := yaml.Marshal(o.Object)
 	if err != nil {
 		t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
 	}
-	if err := yaml.Unmarshal(raw, into); err != nil {
-		t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
+	if err := unmarshal(raw, into); err != nil {
+		t.Fatalf("%s %s does not decode: %v", o.GetKind(), o.GetName(), err)
 	}
 }
