@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"strconv"
 	"sync"
@@ -43,12 +44,8 @@ type batchResult struct {
 
 func (b *Batcher) init() {
 	b.once.Do(func() {
-		if b.Window == 0 {
-			b.Window = 2 * time.Millisecond
-		}
-		if b.MaxBatch == 0 {
-			b.MaxBatch = 256
-		}
+		b.Window = cmp.Or(b.Window, 2*time.Millisecond)
+		b.MaxBatch = cmp.Or(b.MaxBatch, 256)
 		if b.Clock == nil {
 			b.Clock = rotate.RealClock{}
 		}

@@ -24,6 +24,7 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
+	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
@@ -330,9 +331,9 @@ func TestCAClientPersistsItsSVID(t *testing.T) {
 			persisted := a1.waitReady()
 			stop()
 
-			checkMode(t, dir, fs.ModeDir|0o700)
+			filemode.Want(t, dir, fs.ModeDir|0o700)
 			for _, name := range []string{svidFile, keyFile} {
-				checkMode(t, filepath.Join(dir, name), 0o600)
+				filemode.Want(t, filepath.Join(dir, name), 0o600)
 			}
 			entries, err := os.ReadDir(dir)
 			if err != nil {
@@ -381,17 +382,6 @@ func TestCAClientPersistsItsSVID(t *testing.T) {
 				t.Errorf("persisted serial %x, want the renewed %x", chain[0].SerialNumber, renewed.SerialNumber)
 			}
 		})
-	}
-}
-
-func checkMode(t *testing.T, path string, want fs.FileMode) {
-	t.Helper()
-	info, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := info.Mode() & (fs.ModeDir | fs.ModePerm); got != want {
-		t.Errorf("%s has mode %s, want %s", filepath.Base(path), got, want)
 	}
 }
 

@@ -320,15 +320,8 @@ func run(t *testing.T, name string, f func(context.Context) error) (stop func())
 
 func newCSR(t *testing.T) (crypto.Signer, []byte) {
 	t.Helper()
-	key, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := pki.CreateCSR(key, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, csr
+	key := testca.Key(t)
+	return key, testca.CSR(t, key)
 }
 
 // gather returns the families of reg, after checking them with promlint.

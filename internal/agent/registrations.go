@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -82,10 +83,7 @@ func (r *Registrations) Hold(sel workloadattest.Selectors) ([]Spec, func()) {
 }
 
 func (r *Registrations) spec(reg workloadattest.Registration, sinks []rotate.Sink) Spec {
-	ttl := reg.TTLDuration
-	if ttl == 0 {
-		ttl = r.DefaultTTL
-	}
+	ttl := cmp.Or(reg.TTLDuration, r.DefaultTTL)
 	id := reg.SPIFFEID.String()
 	return Spec{Key: id, SpiffeID: id, DNSNames: reg.DNSNames, TTL: ttl, KeyType: r.KeyType, Sinks: sinks, Pinned: true}
 }

@@ -54,13 +54,7 @@ func (s *SVIDStore) AgentSVID() *tls.Certificate {
 // OnChange registers f to be called with every new agent SVID, at once
 // with the one held if any.
 func (s *SVIDStore) OnChange(f func(*x509.Certificate)) {
-	s.mu.Lock()
-	s.onChange = f
-	cur := s.cur
-	s.mu.Unlock()
-	if cur != nil {
-		f(cur.Leaf)
-	}
+	s.update(func() { s.onChange = f })
 }
 
 // Put makes chain (leaf first) and key the agent's SVID, writes them to the
@@ -77,12 +71,18 @@ func (s *SVIDStore) Put(chain []*x509.Certificate, key crypto.Signer) *tls.Certi
 }
 
 func (s *SVIDStore) hold(cert *tls.Certificate) {
+	s.update(func() { s.cur = cert })
+}
+
+// update applies change under the lock, then calls the OnChange callback,
+// outside the lock, with the SVID in force when there are both.
+func (s *SVIDStore) update(change func()) {
 	s.mu.Lock()
-	s.cur = cert
-	f := s.onChange
+	change()
+	f, cur := s.onChange, s.cur
 	s.mu.Unlock()
-	if f != nil {
-		f(cert.Leaf)
+	if f != nil && cur != nil {
+		f(cur.Leaf)
 	}
 }
 

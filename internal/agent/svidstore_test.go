@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -44,10 +45,10 @@ func TestSVIDStorePutAndLoad(t *testing.T) {
 	if err := s.SaveBundle(tca.Bundle()); err != nil {
 		t.Fatal(err)
 	}
-	checkMode(t, dir, fs.ModeDir|0o700)
-	checkMode(t, filepath.Join(dir, svidFile), 0o600)
-	checkMode(t, filepath.Join(dir, keyFile), 0o600)
-	checkMode(t, filepath.Join(dir, bundleFile), 0o644)
+	filemode.Want(t, dir, fs.ModeDir|0o700)
+	filemode.Want(t, filepath.Join(dir, svidFile), 0o600)
+	filemode.Want(t, filepath.Join(dir, keyFile), 0o600)
+	filemode.Want(t, filepath.Join(dir, bundleFile), 0o644)
 
 	again, _ := newStore(t, dir)
 	got, roots := again.Load(clk.Now())

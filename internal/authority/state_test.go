@@ -197,13 +197,13 @@ func TestDecodeRejectsCorruptState(t *testing.T) {
 		{
 			name:    "next intermediate certificate without its key",
 			base:    full,
-			modify:  func(d map[string][]byte) { delete(d, authority.KeyNextIntermediateKey) },
+			modify:  deleteKeys(authority.KeyNextIntermediateKey),
 			wantKey: authority.KeyNextIntermediateKey,
 		},
 		{
 			name:    "next root key without its certificate",
 			base:    full,
-			modify:  func(d map[string][]byte) { delete(d, authority.KeyNextRoot) },
+			modify:  deleteKeys(authority.KeyNextRoot),
 			wantKey: authority.KeyNextRoot,
 		},
 		{
@@ -250,21 +250,15 @@ func TestDecodeRejectsCorruptState(t *testing.T) {
 			wantKey: authority.KeyUpstreamRoots,
 		},
 		{
-			name: "missing intermediate",
-			base: fresh,
-			modify: func(d map[string][]byte) {
-				delete(d, authority.KeyIntermediate)
-				delete(d, authority.KeyIntermediateKey)
-			},
+			name:    "missing intermediate",
+			base:    fresh,
+			modify:  deleteKeys(authority.KeyIntermediate, authority.KeyIntermediateKey),
 			wantKey: authority.KeyIntermediate,
 		},
 		{
-			name: "neither root nor upstream roots",
-			base: fresh,
-			modify: func(d map[string][]byte) {
-				delete(d, authority.KeyRoot)
-				delete(d, authority.KeyRootKey)
-			},
+			name:    "neither root nor upstream roots",
+			base:    fresh,
+			modify:  deleteKeys(authority.KeyRoot, authority.KeyRootKey),
 			wantKey: authority.KeyUpstreamRoots,
 		},
 		{
@@ -448,5 +442,14 @@ func TestEncodeRefusesWhatTheFormatCannotHold(t *testing.T) {
 				t.Fatalf("Encode() error = %v, want one naming the intermediate", err)
 			}
 		})
+	}
+}
+
+// deleteKeys returns a modification that removes keys from the stored data.
+func deleteKeys(keys ...string) func(map[string][]byte) {
+	return func(d map[string][]byte) {
+		for _, k := range keys {
+			delete(d, k)
+		}
 	}
 }

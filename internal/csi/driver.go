@@ -15,6 +15,7 @@
 package csi
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -150,9 +151,7 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.SocketDir != "" && !filepath.IsAbs(cfg.SocketDir) {
 		return nil, fmt.Errorf("csi: SocketDir: must be absolute, got %q", cfg.SocketDir)
 	}
-	if cfg.KubeletDir == "" {
-		cfg.KubeletDir = DefaultKubeletDir
-	}
+	cfg.KubeletDir = cmp.Or(cfg.KubeletDir, DefaultKubeletDir)
 	if !filepath.IsAbs(cfg.KubeletDir) || filepath.Clean(cfg.KubeletDir) == "/" {
 		return nil, fmt.Errorf("csi: KubeletDir: must be an absolute directory other than /, got %q", cfg.KubeletDir)
 	}
@@ -163,24 +162,14 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Mounter == nil {
 		cfg.Mounter = LinuxMounter{}
 	}
-	if cfg.Version == "" {
-		cfg.Version = "dev"
-	}
-	if cfg.MinTTL == 0 {
-		cfg.MinTTL = pki.MinWorkloadTTL
-	}
-	if cfg.MaxTTL == 0 {
-		cfg.MaxTTL = pki.MaxWorkloadTTL
-	}
+	cfg.Version = cmp.Or(cfg.Version, "dev")
+	cfg.MinTTL = cmp.Or(cfg.MinTTL, pki.MinWorkloadTTL)
+	cfg.MaxTTL = cmp.Or(cfg.MaxTTL, pki.MaxWorkloadTTL)
 	if cfg.MinTTL > cfg.MaxTTL {
 		return nil, fmt.Errorf("csi: MinTTL (%s) must not exceed MaxTTL (%s)", cfg.MinTTL, cfg.MaxTTL)
 	}
-	if cfg.TokenAudience == "" {
-		cfg.TokenAudience = DefaultTokenAudience
-	}
-	if cfg.PublishTimeout == 0 {
-		cfg.PublishTimeout = DefaultPublishTimeout
-	}
+	cfg.TokenAudience = cmp.Or(cfg.TokenAudience, DefaultTokenAudience)
+	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, DefaultPublishTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}

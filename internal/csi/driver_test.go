@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
 )
 
@@ -37,15 +38,6 @@ func mustPublish(t *testing.T, d *Driver, req *csipb.NodePublishVolumeRequest) {
 	if _, err := d.NodePublishVolume(context.Background(), req); err != nil {
 		t.Fatalf("NodePublishVolume: %v", err)
 	}
-}
-
-func mode(t *testing.T, path string) fs.FileMode {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Mode().Perm()
 }
 
 func TestPublishRotatesWithoutMismatch(t *testing.T) {
@@ -122,12 +114,8 @@ func TestPublishFileModes(t *testing.T) {
 		e.ids.push(t, e.creds.issue())
 		target := e.target("pod-a")
 		mustPublish(t, e.d, publishRequest(volID, target, podContext(nil)))
-		if m := mode(t, filepath.Join(target, "tls.key")); m != 0o600 {
-			t.Fatalf("tls.key mode %o, want 600", m)
-		}
-		if m := mode(t, filepath.Join(target, "tls.crt")); m != 0o644 {
-			t.Fatalf("tls.crt mode %o, want 644", m)
-		}
+		filemode.Want(t, filepath.Join(target, "tls.key"), 0o600)
+		filemode.Want(t, filepath.Join(target, "tls.crt"), 0o644)
 	})
 	t.Run("key is 0640 of the pod's fsGroup and files have custom names", func(t *testing.T) {
 		e := newEnv(t)
@@ -138,9 +126,7 @@ func TestPublishFileModes(t *testing.T) {
 		req.VolumeCapability.GetMount().VolumeMountGroup = strconv64(gid)
 		mustPublish(t, e.d, req)
 		key := filepath.Join(target, "svid-key.pem")
-		if m := mode(t, key); m != 0o640 {
-			t.Fatalf("key mode %o, want 640", m)
-		}
+		filemode.Want(t, key, 0o640)
 		fi, err := os.Stat(key)
 		if err != nil {
 			t.Fatal(err)
@@ -317,12 +303,8 @@ func TestStateFileModes(t *testing.T) {
 	e := newEnv(t)
 	e.ids.push(t, e.creds.issue())
 	mustPublish(t, e.d, publishRequest(volID, e.target("pod-a"), podContext(nil)))
-	if m := mode(t, e.stateDir); m != 0o700 {
-		t.Fatalf("state dir mode %o, want 700", m)
-	}
-	if m := mode(t, filepath.Join(e.stateDir, volID+".json")); m != 0o600 {
-		t.Fatalf("state file mode %o, want 600", m)
-	}
+	filemode.Want(t, e.stateDir, fs.ModeDir|0o700)
+	filemode.Want(t, filepath.Join(e.stateDir, volID+".json"), 0o600)
 }
 
 func TestUnpublish(t *testing.T) {

@@ -2,6 +2,7 @@ package csi
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -56,10 +57,7 @@ func (m LinuxMounter) Unmount(target string) error {
 // IsMountPoint looks target up in the mountinfo file. Comparing device
 // numbers with the parent would miss bind mounts within one filesystem.
 func (m LinuxMounter) IsMountPoint(target string) (bool, error) {
-	path := m.MountInfo
-	if path == "" {
-		path = "/proc/self/mountinfo"
-	}
+	path := cmp.Or(m.MountInfo, "/proc/self/mountinfo")
 	f, err := os.Open(path)
 	if err != nil {
 		return false, fmt.Errorf("read mount table: %w", err)

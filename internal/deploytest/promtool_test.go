@@ -22,17 +22,8 @@ const rulesFile = "mayfly.rules.yaml"
 // with the way to get it, except in CI (CI=true), where that is a failure.
 func promtoolBinary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("MAYFLY_PROMTOOL"); p != "" {
-		return p
-	}
-	const how = "MAYFLY_PROMTOOL not set: run `make test-rules` (or `make test`), or " +
-		"`GOBIN=$HOME/.cache/mayfly/bin go install github.com/prometheus/prometheus/cmd/promtool@" + promtoolVersion +
-		"` and export MAYFLY_PROMTOOL=$HOME/.cache/mayfly/bin/promtool"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(how)
-	}
-	t.Skip(how)
-	return ""
+	return pinnedTool(t, "MAYFLY_PROMTOOL", "`make test-rules` (or `make test`)",
+		"github.com/prometheus/prometheus/cmd/promtool@"+promtoolVersion, "promtool")
 }
 
 // ruleGroups extracts spec.groups of a PrometheusRule manifest as a

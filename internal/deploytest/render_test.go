@@ -39,13 +39,21 @@ func deployDir(t testing.TB, sub string) string {
 // with the way to get it, except in CI (CI=true), where that is a failure.
 func kustomizeBinary(t testing.TB) string {
 	t.Helper()
-	p := os.Getenv("MAYFLY_KUSTOMIZE")
-	if p != "" {
+	return pinnedTool(t, "MAYFLY_KUSTOMIZE", "`make test`",
+		"sigs.k8s.io/kustomize/kustomize/v5@"+kustomizeVersion, "kustomize")
+}
+
+// pinnedTool returns the path in $env. Without it the test is skipped with
+// the way to get the tool (run, or go install of pkg into ~/.cache/mayfly/bin
+// as bin), except in CI (CI=true), where that is a failure.
+func pinnedTool(t testing.TB, env, run, pkg, bin string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
 		return p
 	}
-	const how = "MAYFLY_KUSTOMIZE not set: run `make test`, or " +
-		"`GOBIN=$HOME/.cache/mayfly/bin go install sigs.k8s.io/kustomize/kustomize/v5@" + kustomizeVersion +
-		"` and export MAYFLY_KUSTOMIZE=$HOME/.cache/mayfly/bin/kustomize"
+	how := env + " not set: run " + run + ", or " +
+		"`GOBIN=$HOME/.cache/mayfly/bin go install " + pkg +
+		"` and export " + env + "=$HOME/.cache/mayfly/bin/" + bin
 	if os.Getenv("CI") == "true" {
 		t.Fatal(how)
 	}
@@ -121,24 +129,23 @@ func findPrefix(t testing.TB, objs []*unstructured.Unstructured, kind, prefix st
 // the type does not have.
 func convert(t testing.TB, o *unstructured.Unstructured, into any) {
 	t.Helper()
-	raw, err := yaml.Marshal(o.Object)
-	if err != nil {
-		t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
-	}
-	if err := yaml.UnmarshalStrict(raw, into); err != nil {
-		t.Fatalf("%s %s does not decode strictly: %v", o.GetKind(), o.GetName(), err)
-	}
+	decode(t, o, into, yaml.UnmarshalStrict)
 }
 
 // convertLoose is convert for kinds this test models partially (the
 // Prometheus Operator's): unknown fields are ignored.
 func convertLoose(t testing.TB, o *unstructured.Unstructured, into any) {
 	t.Helper()
+	decode(t, o, into, yaml.Unmarshal)
+}
+
+func decode(t testing.TB, o *unstructured.Unstructured, into any, unmarshal func([]byte, any, ...yaml.JSONOpt) error) {
+	t.Helper()
 	raw, err := yaml.Marshal(o.Object)
 	if err != nil {
 		t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
 	}
-	if err := yaml.Unmarshal(raw, into); err != nil {
-		t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
+	if err := unmarshal(raw, into); err != nil {
+		t.Fatalf("%s %s does not decode: %v", o.GetKind(), o.GetName(), err)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
@@ -127,17 +128,6 @@ func writeFile(t *testing.T, path, text string) string {
 	return path
 }
 
-func wantMode(t *testing.T, path string, want os.FileMode) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := fi.Mode() & (os.ModePerm | os.ModeSocket); got != want {
-		t.Errorf("%s has mode %v, want %v", path, got, want)
-	}
-}
-
 // fetch gets the caller's SVID from the agent's socket with go-spiffe.
 func fetch(socket string) (*x509svid.SVID, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -202,8 +192,8 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 		fi, err := os.Stat(filepath.Join(work, "ca", "trust-bundle.pem"))
 		return err == nil && fi.Size() > 0
 	})
-	wantMode(t, filepath.Join(work, "ca"), 0o700)
-	wantMode(t, filepath.Join(work, "ca", "authority.json"), 0o600)
+	filemode.Want(t, filepath.Join(work, "ca"), os.ModeDir|0o700)
+	filemode.Want(t, filepath.Join(work, "ca", "authority.json"), 0o600)
 
 	token, stderr, err := run(caBin, nil, "token", "create", "--config", caConfig, "--node", "host-a", "--ttl", "5m")
 	if err != nil {
@@ -221,16 +211,16 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 		t.Fatalf("SVID ID = %s, want %s", svid.ID, wantID)
 	}
 	verifySVID(t, svid, filepath.Join(work, "ca", "trust-bundle.pem"))
-	wantMode(t, socket, os.ModeSocket|0o666)
-	wantMode(t, filepath.Dir(socket), 0o755)
-	wantMode(t, filepath.Join(work, "agent"), 0o700)
-	wantMode(t, filepath.Join(work, "agent", "agent-key.pem"), 0o600)
+	filemode.Want(t, socket, os.ModeSocket|0o666)
+	filemode.Want(t, filepath.Dir(socket), os.ModeDir|0o755)
+	filemode.Want(t, filepath.Join(work, "agent"), os.ModeDir|0o700)
+	filemode.Want(t, filepath.Join(work, "agent", "agent-key.pem"), 0o600)
 	keyFile := filepath.Join(work, "certs", "test", fmt.Sprintf("user-%d", uid), "tls.key") // writeDir/<ID path>
 	wait.Within(t, "the writeDir key file", 10*time.Second, 20*time.Millisecond, func() bool {
 		_, err := os.Stat(keyFile)
 		return err == nil
 	})
-	wantMode(t, keyFile, 0o600)
+	filemode.Want(t, keyFile, 0o600)
 
 	// The registration outside the node's grant is reported, not served.
 	wait.Within(t, "the refused registration in the agent log", 10*time.Second, 50*time.Millisecond, func() bool {
@@ -251,7 +241,7 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 		if err != nil || !strings.Contains(out, c.want) {
 			t.Errorf("%s status: err %v, output %q %q; want it to mention %s", filepath.Base(c.bin), err, out, stderr, c.want)
 		}
-		wantMode(t, c.socket, os.ModeSocket|0o600)
+		filemode.Want(t, c.socket, os.ModeSocket|0o600)
 		resp, err := http.Get("http://" + c.health + "/status") //nolint:noctx // a local test server
 		if err != nil {
 			t.Fatalf("GET %s/status: %v", c.health, err)

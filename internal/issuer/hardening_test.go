@@ -2,6 +2,7 @@ package issuer_test
 
 import (
 	"context"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -30,7 +31,7 @@ func TestAttestAgentThrottled(t *testing.T) {
 	client := h.dial(nil)
 	call := func() error {
 		_, err := client.AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
-			Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "bogus"},
+			Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "bogus"},
 		})
 		return err
 	}
@@ -62,9 +63,9 @@ func TestAttestAgentThrottled(t *testing.T) {
 		})
 		client := h.dial(nil)
 		for range 2 {
-			_, _ = client.AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{Csr: newCSR(t, newKey(t))})
+			_, _ = client.AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, testca.Key(t))})
 		}
-		_, err := client.AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{Csr: newCSR(t, newKey(t))})
+		_, err := client.AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, testca.Key(t))})
 		wantCode(t, err, codes.ResourceExhausted)
 		if v, _ := promtest.Value(t, h.reg, "mayfly_ca_attest_throttled_total", "scope=global"); v != 1 {
 			t.Fatalf("mayfly_ca_attest_throttled_total{scope=global} = %v, want 1", v)
@@ -112,7 +113,7 @@ func TestBadCSRDoesNotConsumeJoinToken(t *testing.T) {
 			}
 		})
 	}
-	if _, err := client.AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok}}); err != nil {
+	if _, err := client.AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok}}); err != nil {
 		t.Fatalf("the token no longer works after bad CSRs: %v", err)
 	}
 }

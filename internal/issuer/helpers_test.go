@@ -36,7 +36,6 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
-	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -183,9 +182,9 @@ func (h *harness) dial(cert *tls.Certificate) issuerv1.IssuerClient {
 // certificate and returns it as a TLS certificate (chain and key).
 func (h *harness) attest(node string) *tls.Certificate {
 	h.t.Helper()
-	key := newKey(h.t)
+	key := testca.Key(h.t)
 	resp, err := h.dial(nil).AttestAgent(ctx(h.t), &issuerv1.AttestAgentRequest{
-		Csr:        newCSR(h.t, key),
+		Csr:        testca.CSR(h.t, key),
 		Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-" + node},
 	})
 	if err != nil {
@@ -243,24 +242,6 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-func newKey(t *testing.T) crypto.Signer {
-	t.Helper()
-	k, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func newCSR(t *testing.T, key crypto.Signer) []byte {
-	t.Helper()
-	csr, err := pki.CreateCSR(key, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return csr
-}
-
 // csrWithNames is a CSR that asks for names the CA must ignore.
 func csrWithNames(t *testing.T, key crypto.Signer) []byte {
 	t.Helper()
@@ -285,10 +266,10 @@ type csrASN1 struct {
 func csrSignedByOtherKey(t *testing.T) []byte {
 	t.Helper()
 	var claimed, signer csrASN1
-	if _, err := asn1.Unmarshal(newCSR(t, newKey(t)), &claimed); err != nil {
+	if _, err := asn1.Unmarshal(testca.CSR(t, testca.Key(t)), &claimed); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := asn1.Unmarshal(newCSR(t, newKey(t)), &signer); err != nil {
+	if _, err := asn1.Unmarshal(testca.CSR(t, testca.Key(t)), &signer); err != nil {
 		t.Fatal(err)
 	}
 	claimed.Sig = signer.Sig
@@ -303,7 +284,7 @@ func csrSignedByOtherKey(t *testing.T) []byte {
 func csrSignatureFlipped(t *testing.T) []byte {
 	t.Helper()
 	var c csrASN1
-	if _, err := asn1.Unmarshal(newCSR(t, newKey(t)), &c); err != nil {
+	if _, err := asn1.Unmarshal(testca.CSR(t, testca.Key(t)), &c); err != nil {
 		t.Fatal(err)
 	}
 	sig := bytes.Clone(c.Sig.Bytes)
@@ -368,7 +349,7 @@ func (h *harness) issued(kind, result string) float64 {
 
 func workloadItem(t *testing.T, reqID, id string, ttlSeconds int64) *issuerv1.WorkloadRequest {
 	t.Helper()
-	return &issuerv1.WorkloadRequest{RequestId: reqID, Csr: newCSR(t, newKey(t)), SpiffeId: id, PodUid: "uid-" + reqID, TtlSeconds: ttlSeconds}
+	return &issuerv1.WorkloadRequest{RequestId: reqID, Csr: testca.CSR(t, testca.Key(t)), SpiffeId: id, PodUid: "uid-" + reqID, TtlSeconds: ttlSeconds}
 }
 
 func batch(t *testing.T, n int, id string) *issuerv1.SignWorkloadsRequest {

@@ -12,6 +12,7 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
 )
 
 // mixedBatch is two issued items, three denied (bad CSR, TTL, not
@@ -35,7 +36,7 @@ func TestMetrics(t *testing.T) {
 	if _, err := agent.SignWorkloads(ctx(t), mixedBatch(t)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{Csr: newCSR(t, newKey(t))}); err == nil {
+	if _, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, testca.Key(t))}); err == nil {
 		t.Fatal("attestation without credential succeeded")
 	}
 
@@ -102,7 +103,7 @@ func TestAuditLog(t *testing.T) {
 	h.authz.grant("node-a", webID)
 	agent := h.agent("node-a")
 	if _, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
-		Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "refused-token-x9"},
+		Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "refused-token-x9"},
 	}); err == nil {
 		t.Fatal("refused token attested")
 	}

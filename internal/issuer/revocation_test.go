@@ -2,6 +2,7 @@ package issuer_test
 
 import (
 	"context"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"strings"
 	"sync"
 	"testing"
@@ -102,7 +103,7 @@ func (h *harness) hasAudit(t *testing.T, op, decision, reasonPart string) bool {
 
 func renew(t *testing.T, c issuerv1.IssuerClient) error {
 	t.Helper()
-	_, err := c.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: newCSR(t, newKey(t))})
+	_, err := c.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, testca.Key(t))})
 	return err
 }
 
@@ -139,7 +140,7 @@ func TestNodeRemovedFromConfigIsRefused(t *testing.T) {
 	})
 	t.Run("attestation", func(t *testing.T) {
 		_, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
-			Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
+			Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
 		})
 		wantCode(t, err, codes.PermissionDenied)
 	})
@@ -180,7 +181,7 @@ func TestEvictedNodeIsRefused(t *testing.T) {
 	})
 	t.Run("attestation_while_evicted", func(t *testing.T) {
 		_, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
-			Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
+			Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
 		})
 		wantCode(t, err, codes.PermissionDenied)
 		if !strings.Contains(err.Error(), "ca agent unevict node-a") {
@@ -212,7 +213,7 @@ func TestEvictionUntilLiftsTheAttestationBlock(t *testing.T) {
 	})
 	attest := func() error {
 		_, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
-			Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
+			Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
 		})
 		return err
 	}
@@ -230,8 +231,8 @@ func TestRenewalPastMaxAgeMustReattest(t *testing.T) {
 	// Renew at 50% of each SVID's life: the attestation time is carried on.
 	for range 2 {
 		h.clock.Advance(50 * time.Minute)
-		key := newKey(t)
-		resp, err := h.dial(cert).RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: newCSR(t, key)})
+		key := testca.Key(t)
+		resp, err := h.dial(cert).RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, key)})
 		if err != nil {
 			t.Fatalf("RenewAgent within maxAge: %v", err)
 		}
@@ -251,7 +252,7 @@ func TestRenewalPastMaxAgeMustReattest(t *testing.T) {
 		t.Fatal("no audit line for the refused renewal")
 	}
 	if _, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
-		Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
+		Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
 	}); err != nil {
 		t.Fatalf("re-attestation: %v", err)
 	}
@@ -274,7 +275,7 @@ func TestRenewalCheckerSeesNodeAndToken(t *testing.T) {
 	if !strings.Contains(err.Error(), "upgrade") {
 		t.Fatalf("refusal %v does not say to upgrade", err)
 	}
-	if _, err := agent.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: newCSR(t, newKey(t)), ServiceAccountToken: "tok"}); err != nil {
+	if _, err := agent.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, testca.Key(t)), ServiceAccountToken: "tok"}); err != nil {
 		t.Fatalf("RenewAgent with a token: %v", err)
 	}
 	rc.mu.Lock()
@@ -323,7 +324,7 @@ func TestEvictionsNotLoadedRefuseAgents(t *testing.T) {
 	ev.mu.Unlock()
 	wantCode(t, renew(t, agent), codes.Unavailable)
 	_, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
-		Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-b"},
+		Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-b"},
 	})
 	wantCode(t, err, codes.Unavailable)
 }

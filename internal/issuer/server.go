@@ -32,6 +32,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -206,24 +207,14 @@ func New(cfg Config) (*Server, error) {
 	case cfg.Rand == nil:
 		return nil, fmt.Errorf("issuer: no randomness source")
 	}
-	if cfg.AgentTTL == 0 {
-		cfg.AgentTTL = time.Hour
-	}
-	if cfg.DefaultWorkloadTTL == 0 {
-		cfg.DefaultWorkloadTTL = time.Hour
-	}
-	if cfg.MaxWorkloadTTL == 0 {
-		cfg.MaxWorkloadTTL = pki.MaxWorkloadTTL
-	}
-	if cfg.MinWorkloadTTL == 0 {
-		cfg.MinWorkloadTTL = pki.MinWorkloadTTL
-	}
+	cfg.AgentTTL = cmp.Or(cfg.AgentTTL, time.Hour)
+	cfg.DefaultWorkloadTTL = cmp.Or(cfg.DefaultWorkloadTTL, time.Hour)
+	cfg.MaxWorkloadTTL = cmp.Or(cfg.MaxWorkloadTTL, pki.MaxWorkloadTTL)
+	cfg.MinWorkloadTTL = cmp.Or(cfg.MinWorkloadTTL, pki.MinWorkloadTTL)
 	if cfg.DefaultWorkloadTTL > cfg.MaxWorkloadTTL || cfg.DefaultWorkloadTTL < cfg.MinWorkloadTTL {
 		return nil, fmt.Errorf("issuer: defaultWorkloadTTL %s is outside [%s, %s]", cfg.DefaultWorkloadTTL, cfg.MinWorkloadTTL, cfg.MaxWorkloadTTL)
 	}
-	if cfg.MaxBatch == 0 {
-		cfg.MaxBatch = 512
-	}
+	cfg.MaxBatch = cmp.Or(cfg.MaxBatch, 512)
 	if cfg.NodeRate == 0 {
 		cfg.NodeRate, cfg.NodeBurst = 500, 2000
 	}

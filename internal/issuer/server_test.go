@@ -69,13 +69,13 @@ func TestAttestAgent(t *testing.T) {
 		wantCode codes.Code
 		wantNode string
 	}{
-		{name: "valid join token yields the node's agent SVID", csr: newCSR(t, newKey(t)), token: "good-node-a", wantNode: "node-a"},
-		{name: "refused join token is permission denied", csr: newCSR(t, newKey(t)), token: "bad-node-a", wantCode: codes.PermissionDenied},
-		{name: "missing credential is permission denied", csr: newCSR(t, newKey(t)), wantCode: codes.PermissionDenied},
+		{name: "valid join token yields the node's agent SVID", csr: testca.CSR(t, testca.Key(t)), token: "good-node-a", wantNode: "node-a"},
+		{name: "refused join token is permission denied", csr: testca.CSR(t, testca.Key(t)), token: "bad-node-a", wantCode: codes.PermissionDenied},
+		{name: "missing credential is permission denied", csr: testca.CSR(t, testca.Key(t)), wantCode: codes.PermissionDenied},
 		{name: "garbage csr is invalid argument", csr: []byte("not a csr"), token: "good-node-a", wantCode: codes.InvalidArgument},
 		{name: "csr signed by another key is invalid argument", csr: csrSignedByOtherKey(t), token: "good-node-a", wantCode: codes.InvalidArgument},
-		{name: "node name that is no ID segment is invalid argument", csr: newCSR(t, newKey(t)), token: "good-a/b", wantCode: codes.InvalidArgument},
-		{name: "attestor failure is internal without its detail", csr: newCSR(t, newKey(t)), token: "boom", wantCode: codes.Internal},
+		{name: "node name that is no ID segment is invalid argument", csr: testca.CSR(t, testca.Key(t)), token: "good-a/b", wantCode: codes.InvalidArgument},
+		{name: "attestor failure is internal without its detail", csr: testca.CSR(t, testca.Key(t)), token: "boom", wantCode: codes.Internal},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -134,8 +134,8 @@ func TestAgentSVIDAuthenticatesLaterCalls(t *testing.T) {
 		t.Fatalf("issued %q, want %s (%v)", got, webID, resp.GetResults()[0].GetDenial())
 	}
 
-	key := newKey(t)
-	renewed, err := agent.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: newCSR(t, key)})
+	key := testca.Key(t)
+	renewed, err := agent.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, key)})
 	if err != nil {
 		t.Fatalf("RenewAgent: %v", err)
 	}
@@ -149,7 +149,7 @@ func TestAgentSVIDAuthenticatesLaterCalls(t *testing.T) {
 	if newCert.Leaf.SerialNumber.Cmp(cert.Leaf.SerialNumber) == 0 {
 		t.Fatal("renewal returned the old certificate")
 	}
-	if _, err := h.dial(newCert).RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: newCSR(t, newKey(t))}); err != nil {
+	if _, err := h.dial(newCert).RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, testca.Key(t))}); err != nil {
 		t.Fatalf("RenewAgent with the renewed SVID: %v", err)
 	}
 }
@@ -196,7 +196,7 @@ func TestSignWorkloadsPerItemResults(t *testing.T) {
 		{name: "dns names come from the grant", item: workloadItem(t, "ok-dns", dbID, 0), wantTTL: time.Hour, wantDNS: []string{"db.default.svc"}},
 		{
 			name:    "names in the csr are ignored",
-			item:    &issuerv1.WorkloadRequest{RequestId: "ok-csr-names", Csr: csrWithNames(t, newKey(t)), SpiffeId: webID},
+			item:    &issuerv1.WorkloadRequest{RequestId: "ok-csr-names", Csr: csrWithNames(t, testca.Key(t)), SpiffeId: webID},
 			wantTTL: time.Hour,
 		},
 		{name: "garbage csr is invalid argument", item: &issuerv1.WorkloadRequest{RequestId: "garbage", Csr: []byte("garbage"), SpiffeId: webID}, wantCode: issuerv1.Denial_INVALID_ARGUMENT},
@@ -368,7 +368,7 @@ func TestAuthentication(t *testing.T) {
 	// be, had a policy ever issued one (or an agent SVID from before the
 	// policy existed).
 	noPolicy := &pki.Signer{Authority: h.tca.Authority(), Now: h.clock.Now, Rand: rand.Reader}
-	impostorKey := newKey(t)
+	impostorKey := testca.Key(t)
 	impostor, _, err := noPolicy.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: impostorKey.Public(), ID: spiffeid.RequireFromString("spiffe://example.org/mayfly/agent/node-a"), TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -376,7 +376,7 @@ func TestAuthentication(t *testing.T) {
 	impostorAgent := tlsCertOf([]*x509.Certificate{impostor, h.tca.Intermediate}, impostorKey)
 
 	stolen := h.attest("node-a")
-	stolen.PrivateKey = newKey(t)
+	stolen.PrivateKey = testca.Key(t)
 	unauthenticated := []codes.Code{codes.Unauthenticated}
 	creds := []struct {
 		name   string
@@ -401,7 +401,7 @@ func TestAuthentication(t *testing.T) {
 			return err
 		}},
 		{"RenewAgent", func(c issuerv1.IssuerClient) error {
-			_, err := c.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: newCSR(t, newKey(t))})
+			_, err := c.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, testca.Key(t))})
 			return err
 		}},
 		{"WatchBundle", func(c issuerv1.IssuerClient) error {
@@ -448,7 +448,7 @@ func TestExpiredAgentSVIDOnOpenConnection(t *testing.T) {
 			return err
 		}},
 		{"RenewAgent is unauthenticated", func() error {
-			_, err := agent.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: newCSR(t, newKey(t))})
+			_, err := agent.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, testca.Key(t))})
 			return err
 		}},
 		{"WatchBundle is unauthenticated", func() error {

@@ -2,6 +2,7 @@ package issuer_test
 
 import (
 	"bytes"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"testing"
 	"time"
 
@@ -54,7 +55,7 @@ func TestBundleAnnouncesTaints(t *testing.T) {
 	h := newHarness(t)
 	attest := func() *issuerv1.Bundle {
 		resp, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
-			Csr:        newCSR(t, newKey(t)),
+			Csr:        testca.CSR(t, testca.Key(t)),
 			Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
 		})
 		if err != nil {

@@ -25,7 +25,7 @@ func (h *harness) servingCert(t *testing.T, bundle []*x509.Certificate) ([]*x509
 	client := issuerv1.NewIssuerClient(h.dialConn(nil, bundle))
 	var p peer.Peer
 	_, err := client.AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
-		Csr: newCSR(t, newKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
+		Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "good-node-a"},
 	}, grpc.Peer(&p))
 	if err != nil {
 		return nil, err
@@ -101,14 +101,14 @@ func TestServingCertificate(t *testing.T) {
 		wantCode(t, err, codes.Unavailable)
 	})
 	t.Run("an agent SVID of the retired root is unauthenticated on its open connection", func(t *testing.T) {
-		_, err := oldAgent.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: newCSR(t, newKey(t))})
+		_, err := oldAgent.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, testca.Key(t))})
 		wantCode(t, err, codes.Unauthenticated)
 	})
 	// internal/agent re-attests on Unauthenticated only; a handshake
 	// failure (Unavailable) would leave it retrying the renewal.
 	t.Run("an agent SVID of the retired root is unauthenticated on a new connection", func(t *testing.T) {
 		client := issuerv1.NewIssuerClient(h.dialConn(oldCert, next.Bundle()))
-		_, err := client.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: newCSR(t, newKey(t))})
+		_, err := client.RenewAgent(ctx(t), &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, testca.Key(t))})
 		wantCode(t, err, codes.Unauthenticated)
 	})
 }

@@ -49,6 +49,13 @@ func TestWatchBundle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// ack acknowledges version on the stream.
+	ack := func(t *testing.T, version string) {
+		t.Helper()
+		if err := stream.Send(&issuerv1.BundleAck{Version: version}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// Steps run in order on one stream.
 	t.Run("the bundle is sent on connect", func(t *testing.T) {
@@ -62,9 +69,7 @@ func TestWatchBundle(t *testing.T) {
 		}
 	})
 	t.Run("an acknowledgement makes the agent current", func(t *testing.T) {
-		if err := stream.Send(&issuerv1.BundleAck{Version: "v1"}); err != nil {
-			t.Fatal(err)
-		}
+		ack(t, "v1")
 		eventually(t, "AllAgentsCurrent", h.srv.AllAgentsCurrent)
 		h.waitGauges(t, 1, 1)
 		eventually(t, "OnAck", func() bool { return h.acks.Load() == 1 })
@@ -81,18 +86,14 @@ func TestWatchBundle(t *testing.T) {
 		h.waitGauges(t, 1, 0)
 	})
 	t.Run("an acknowledgement of an old version does not count", func(t *testing.T) {
-		if err := stream.Send(&issuerv1.BundleAck{Version: "v1"}); err != nil {
-			t.Fatal(err)
-		}
+		ack(t, "v1")
 		eventually(t, "OnAck", func() bool { return h.acks.Load() == 2 })
 		if h.srv.AllAgentsCurrent() || h.gauge(gaugeCurrent) != 0 {
 			t.Fatal("a v1 acknowledgement counted for v2")
 		}
 	})
 	t.Run("acknowledging the new version makes the agent current again", func(t *testing.T) {
-		if err := stream.Send(&issuerv1.BundleAck{Version: "v2"}); err != nil {
-			t.Fatal(err)
-		}
+		ack(t, "v2")
 		eventually(t, "AllAgentsCurrent", h.srv.AllAgentsCurrent)
 		h.waitGauges(t, 1, 1)
 		eventually(t, "OnAck", func() bool { return h.acks.Load() == 3 })

@@ -1,6 +1,7 @@
 package workloadapi
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,30 +81,14 @@ func DefaultLimits() Limits {
 // withDefaults fills the zero fields of l from DefaultLimits.
 func (l Limits) withDefaults() Limits {
 	d := DefaultLimits()
-	if l.MaxConnections == 0 {
-		l.MaxConnections = d.MaxConnections
-	}
-	if l.MaxConnectionsPerUID == 0 {
-		l.MaxConnectionsPerUID = d.MaxConnectionsPerUID
-	}
-	if l.MaxStreamsPerConnection == 0 {
-		l.MaxStreamsPerConnection = d.MaxStreamsPerConnection
-	}
-	if l.MaxHeaderListSize == 0 {
-		l.MaxHeaderListSize = d.MaxHeaderListSize
-	}
-	if l.MaxRecvMsgSize == 0 {
-		l.MaxRecvMsgSize = d.MaxRecvMsgSize
-	}
-	if l.HandshakeTimeout == 0 {
-		l.HandshakeTimeout = d.HandshakeTimeout
-	}
-	if l.IdleTimeout == 0 {
-		l.IdleTimeout = d.IdleTimeout
-	}
-	if l.LogInterval == 0 {
-		l.LogInterval = d.LogInterval
-	}
+	l.MaxConnections = cmp.Or(l.MaxConnections, d.MaxConnections)
+	l.MaxConnectionsPerUID = cmp.Or(l.MaxConnectionsPerUID, d.MaxConnectionsPerUID)
+	l.MaxStreamsPerConnection = cmp.Or(l.MaxStreamsPerConnection, d.MaxStreamsPerConnection)
+	l.MaxHeaderListSize = cmp.Or(l.MaxHeaderListSize, d.MaxHeaderListSize)
+	l.MaxRecvMsgSize = cmp.Or(l.MaxRecvMsgSize, d.MaxRecvMsgSize)
+	l.HandshakeTimeout = cmp.Or(l.HandshakeTimeout, d.HandshakeTimeout)
+	l.IdleTimeout = cmp.Or(l.IdleTimeout, d.IdleTimeout)
+	l.LogInterval = cmp.Or(l.LogInterval, d.LogInterval)
 	return l
 }
 

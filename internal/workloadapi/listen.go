@@ -1,6 +1,7 @@
 package workloadapi
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -28,12 +29,8 @@ var ErrSocketInUse = errors.New("socket is in use by another process")
 // DefaultSocketMode) whatever the umask. The socket is removed when the
 // listener is closed.
 func Listen(path string, socketMode, dirMode os.FileMode) (net.Listener, error) {
-	if socketMode == 0 {
-		socketMode = DefaultSocketMode
-	}
-	if dirMode == 0 {
-		dirMode = DefaultDirMode
-	}
+	socketMode = cmp.Or(socketMode, DefaultSocketMode)
+	dirMode = cmp.Or(dirMode, DefaultDirMode)
 	if err := ensureDir(filepath.Dir(path), dirMode); err != nil {
 		return nil, err
 	}

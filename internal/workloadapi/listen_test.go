@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 )
 
 func TestListen(t *testing.T) {
@@ -15,36 +17,24 @@ func TestListen(t *testing.T) {
 		defer syscall.Umask(old)
 		dir := filepath.Join(t.TempDir(), "run", "mayfly")
 		path := filepath.Join(dir, "api.sock")
-		l, err := Listen(path, 0, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		wantMode(t, dir, os.ModeDir|0o755)
-		wantMode(t, path, os.ModeSocket|0o666)
+		mustListen(t, path, 0, 0)
+		filemode.Want(t, dir, os.ModeDir|0o755)
+		filemode.Want(t, path, os.ModeSocket|0o666)
 	})
 	t.Run("explicit_modes", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "d")
 		path := filepath.Join(dir, "api.sock")
-		l, err := Listen(path, 0o660, 0o750)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		wantMode(t, dir, os.ModeDir|0o750)
-		wantMode(t, path, os.ModeSocket|0o660)
+		mustListen(t, path, 0o660, 0o750)
+		filemode.Want(t, dir, os.ModeDir|0o750)
+		filemode.Want(t, path, os.ModeSocket|0o660)
 	})
 	t.Run("existing_directory_is_left_alone", func(t *testing.T) {
 		dir := t.TempDir()
 		if err := os.Chmod(dir, 0o711); err != nil {
 			t.Fatal(err)
 		}
-		l, err := Listen(filepath.Join(dir, "api.sock"), 0, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		wantMode(t, dir, os.ModeDir|0o711)
+		mustListen(t, filepath.Join(dir, "api.sock"), 0, 0)
+		filemode.Want(t, dir, os.ModeDir|0o711)
 	})
 	t.Run("stale_socket_is_replaced", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "api.sock")
@@ -57,11 +47,7 @@ func TestListen(t *testing.T) {
 		if _, err := os.Lstat(path); err != nil {
 			t.Fatalf("stale socket not left behind: %v", err)
 		}
-		l, err := Listen(path, 0, 0)
-		if err != nil {
-			t.Fatalf("Listen over a stale socket: %v", err)
-		}
-		defer l.Close()
+		mustListen(t, path, 0, 0)
 		c, err := net.Dial("unix", path)
 		if err != nil {
 			t.Fatalf("dial the new socket: %v", err)
@@ -70,11 +56,7 @@ func TestListen(t *testing.T) {
 	})
 	t.Run("live_socket_is_not_taken_over", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "api.sock")
-		live, err := Listen(path, 0, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer live.Close()
+		mustListen(t, path, 0, 0)
 		if _, err := Listen(path, 0, 0); !errors.Is(err, ErrSocketInUse) {
 			t.Fatalf("got %v, want ErrSocketInUse", err)
 		}
@@ -105,13 +87,14 @@ func TestListen(t *testing.T) {
 	})
 }
 
-func wantMode(t *testing.T, path string, want os.FileMode) {
+// mustListen is Listen for a test: it fails the test on an error and closes
+// the listener when the test ends.
+func mustListen(t *testing.T, path string, socketMode, dirMode os.FileMode) net.Listener {
 	t.Helper()
-	fi, err := os.Stat(path)
+	l, err := Listen(path, socketMode, dirMode)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("Listen(%s): %v", path, err)
 	}
-	if got := fi.Mode() & (os.ModeType | os.ModePerm); got != want {
-		t.Errorf("%s: mode %v, want %v", path, got, want)
-	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
 }

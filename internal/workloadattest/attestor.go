@@ -1,6 +1,7 @@
 package workloadattest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -70,10 +71,7 @@ func (a KubernetesAttestor) Attest(ctx context.Context, p *Peer) (Selectors, err
 	if err != nil {
 		return Selectors{}, notAttested(p, err)
 	}
-	wait := a.NotYetKnownWait
-	if wait == 0 {
-		wait = DefaultNotYetKnownWait
-	}
+	wait := cmp.Or(a.NotYetKnownWait, DefaultNotYetKnownWait)
 	wctx, cancel := context.WithTimeout(ctx, max(wait, 0))
 	defer cancel()
 	pod, containerName, err := a.Resolver.ResolveWait(wctx, podUID, containerID)

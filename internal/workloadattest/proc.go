@@ -2,6 +2,7 @@ package workloadattest
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -29,10 +30,7 @@ func (p Proc) path(pid int, name string) (string, error) {
 	if pid <= 0 {
 		return "", fmt.Errorf("invalid pid %d", pid)
 	}
-	root := p.Root
-	if root == "" {
-		root = DefaultProcRoot
-	}
+	root := cmp.Or(p.Root, DefaultProcRoot)
 	return filepath.Join(root, strconv.Itoa(pid), name), nil
 }
 

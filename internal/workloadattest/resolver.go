@@ -1,6 +1,7 @@
 package workloadattest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -59,9 +60,7 @@ func NodePods(cfg *rest.Config, nodeName string) (cache.ListerWatcher, error) {
 	c.APIPath = "/api"
 	c.GroupVersion = &corev1.SchemeGroupVersion
 	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
-	if c.UserAgent == "" {
-		c.UserAgent = "mayfly-agent"
-	}
+	c.UserAgent = cmp.Or(c.UserAgent, "mayfly-agent")
 	rc, err := rest.RESTClientFor(c)
 	if err != nil {
 		return nil, fmt.Errorf("pod resolver: API client: %w", err)

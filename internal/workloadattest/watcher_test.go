@@ -78,16 +78,21 @@ func (e *watcherEnv) ids() string {
 	return strings.Join(ids, ",")
 }
 
+// wantIDs fails the test unless the registrations held are want
+// (their paths, comma-separated); when says at which step.
+func (e *watcherEnv) wantIDs(when, want string) {
+	e.t.Helper()
+	if got := e.ids(); got != want {
+		e.t.Fatalf("%s: registrations %q, want %q", when, got, want)
+	}
+}
+
 func TestWatcherReloadsAChangedFile(t *testing.T) {
 	e := startWatcher(t, regsA)
-	if got := e.ids(); got != "/a" {
-		t.Fatalf("initial registrations %q", got)
-	}
+	e.wantIDs("initial", "/a")
 	e.write(regsB)
 	e.poll()
-	if got := e.ids(); got != "/b" {
-		t.Fatalf("after the change: %q, want /b", got)
-	}
+	e.wantIDs("after the change", "/b")
 	if got := <-e.changes; len(got) != 1 || got[0].ID != "spiffe://example.org/b" {
 		t.Errorf("OnChange got %+v", got)
 	}
@@ -109,9 +114,7 @@ func TestWatcherKeepsTheLastGoodSetOnAnInvalidFile(t *testing.T) {
 	e := startWatcher(t, regsA)
 	e.write("registrations:\n  - spiffeID: spiffe://example.org/a\n    selectors: {}\n")
 	e.poll()
-	if got := e.ids(); got != "/a" {
-		t.Fatalf("after an invalid file: %q, want the last good /a", got)
-	}
+	e.wantIDs("after an invalid file", "/a")
 	err := e.w.LastError()
 	if err == nil || !strings.Contains(err.Error(), "registrations[0].selectors") || !strings.Contains(err.Error(), "keeping the last good") {
 		t.Fatalf("LastError = %v", err)
@@ -126,9 +129,7 @@ func TestWatcherKeepsTheLastGoodSetOnAnInvalidFile(t *testing.T) {
 
 	e.write(regsB)
 	e.poll()
-	if got := e.ids(); got != "/b" {
-		t.Fatalf("after a fixed file: %q, want /b", got)
-	}
+	e.wantIDs("after a fixed file", "/b")
 	if err := e.w.LastError(); err != nil {
 		t.Errorf("LastError after a good reload = %v", err)
 	}
@@ -140,9 +141,7 @@ func TestWatcherKeepsTheLastGoodSetWhileTheFileIsMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.poll()
-	if got := e.ids(); got != "/a" {
-		t.Fatalf("while missing: %q, want /a", got)
-	}
+	e.wantIDs("while missing", "/a")
 	if err := e.w.LastError(); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Fatalf("LastError = %v", err)
 	}
@@ -157,9 +156,7 @@ func TestWatcherKeepsTheLastGoodSetOnATruncatedFile(t *testing.T) {
 	e := startWatcher(t, regsA)
 	e.write("")
 	e.poll()
-	if got := e.ids(); got != "/a" {
-		t.Fatalf("after truncation: %q, want /a", got)
-	}
+	e.wantIDs("after truncation", "/a")
 	if e.w.LastError() == nil {
 		t.Error("no error for an empty file")
 	}

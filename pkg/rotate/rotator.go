@@ -1,6 +1,7 @@
 package rotate
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -166,15 +167,9 @@ func New(obtain ObtainFunc, opts Options) *Rotator {
 	if r.policy == (Policy{}) {
 		r.policy = DefaultPolicy()
 	}
-	if r.policy.RenewFraction == 0 {
-		r.policy.RenewFraction = DefaultRenewFraction
-	}
-	if r.policy.BackoffFloor == 0 {
-		r.policy.BackoffFloor = DefaultBackoffFloor
-	}
-	if r.policy.BackoffCap == 0 {
-		r.policy.BackoffCap = max(DefaultBackoffCap, r.policy.BackoffFloor)
-	}
+	r.policy.RenewFraction = cmp.Or(r.policy.RenewFraction, DefaultRenewFraction)
+	r.policy.BackoffFloor = cmp.Or(r.policy.BackoffFloor, DefaultBackoffFloor)
+	r.policy.BackoffCap = cmp.Or(r.policy.BackoffCap, max(DefaultBackoffCap, r.policy.BackoffFloor))
 	if r.clock == nil {
 		r.clock = RealClock{}
 	}

@@ -1,6 +1,7 @@
 package agentapp
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"log/slog"
@@ -37,9 +38,6 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg.JoinToken = *joinToken
-	if cfg.JoinToken == "" {
-		cfg.JoinToken = os.Getenv("MAYFLY_JOIN_TOKEN")
-	}
+	cfg.JoinToken = cmp.Or(*joinToken, os.Getenv("MAYFLY_JOIN_TOKEN"))
 	return fs.Serve(func(ctx context.Context, log *slog.Logger) error { return Run(ctx, cfg, Options{Logger: log}) })
 }

@@ -26,10 +26,10 @@ import (
 // certs/s metrics side by side; the ratio is the figure that counts.
 func BenchmarkSignWorkloads(b *testing.B) {
 	const batch = 64
-	key := ecKey(b)
+	key := testca.Key(b)
 	csrs := make([][]byte, 256)
 	for i := range csrs {
-		csrs[i] = newCSR(b, key)
+		csrs[i] = testca.CSR(b, key)
 	}
 
 	b.Run("raw", func(b *testing.B) {

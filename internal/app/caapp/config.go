@@ -6,6 +6,7 @@
 package caapp
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -329,9 +330,7 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		return nil, fmt.Errorf("workloads.maxTTL: %s must be at most half of rotation.intermediateTTL (%s), or leaves get cut short", c.MaxWorkloadTTL, c.Policy.IntermediateTTL)
 	}
 	c.NodeRateLimit, c.NodeBurst = fc.Workloads.NodeRateLimit, fc.Workloads.NodeBurst
-	if c.NodeRateLimit == 0 {
-		c.NodeRateLimit = 500
-	}
+	c.NodeRateLimit = cmp.Or(c.NodeRateLimit, 500)
 	if c.NodeBurst == 0 && c.NodeRateLimit > 0 {
 		// Rounded up and capped: a rate below 0.25/s still gets a burst
 		// of 1, and a huge rate does not overflow int.

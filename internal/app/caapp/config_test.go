@@ -127,24 +127,14 @@ upstream:
 			},
 		},
 		{
-			name: "burst_defaults_to_four_times_the_rate",
-			in:   minimalStandalone + "workloads:\n  nodeRateLimit: 10\n",
-			check: func(t *testing.T, c *caapp.Config) {
-				t.Helper()
-				if c.NodeRateLimit != 10 || c.NodeBurst != 40 {
-					t.Errorf("NodeRateLimit, NodeBurst = %v, %d; want 10, 40", c.NodeRateLimit, c.NodeBurst)
-				}
-			},
+			name:  "burst_defaults_to_four_times_the_rate",
+			in:    minimalStandalone + "workloads:\n  nodeRateLimit: 10\n",
+			check: wantNodeRate(10, 40),
 		},
 		{
-			name: "slow_rate_gets_a_burst_of_one",
-			in:   minimalStandalone + "workloads:\n  nodeRateLimit: 0.1\n",
-			check: func(t *testing.T, c *caapp.Config) {
-				t.Helper()
-				if c.NodeRateLimit != 0.1 || c.NodeBurst != 1 {
-					t.Errorf("NodeRateLimit, NodeBurst = %v, %d; want 0.1, 1", c.NodeRateLimit, c.NodeBurst)
-				}
-			},
+			name:  "slow_rate_gets_a_burst_of_one",
+			in:    minimalStandalone + "workloads:\n  nodeRateLimit: 0.1\n",
+			check: wantNodeRate(0.1, 1),
 		},
 		{
 			name: "attestation_and_status_socket_get_defaults",
@@ -168,14 +158,9 @@ upstream:
 			},
 		},
 		{
-			name: "huge_rate_does_not_overflow_the_burst",
-			in:   minimalStandalone + "workloads:\n  nodeRateLimit: 1e300\n",
-			check: func(t *testing.T, c *caapp.Config) {
-				t.Helper()
-				if c.NodeBurst != math.MaxInt32 {
-					t.Errorf("NodeBurst = %d, want %d", c.NodeBurst, math.MaxInt32)
-				}
-			},
+			name:  "huge_rate_does_not_overflow_the_burst",
+			in:    minimalStandalone + "workloads:\n  nodeRateLimit: 1e300\n",
+			check: wantNodeRate(1e300, math.MaxInt32),
 		},
 		{
 			name: "kubernetes_gets_defaults",
@@ -466,4 +451,14 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted policy %+v: %v", c.Policy, c.Policy.Validate())
 		}
 	})
+}
+
+// wantNodeRate checks the parsed node rate limit and its burst.
+func wantNodeRate(rate float64, burst int) func(*testing.T, *caapp.Config) {
+	return func(t *testing.T, c *caapp.Config) {
+		t.Helper()
+		if c.NodeRateLimit != rate || c.NodeBurst != burst {
+			t.Errorf("NodeRateLimit, NodeBurst = %v, %d; want %v, %d", c.NodeRateLimit, c.NodeBurst, rate, burst)
+		}
+	}
 }

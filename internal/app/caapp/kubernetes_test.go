@@ -25,6 +25,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -120,13 +121,13 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 		t.Cleanup(func() { conn.Close() })
 		return client
 	}
-	agentKey := ecKey(t)
+	agentKey := testca.Key(t)
 	var agentCert *tls.Certificate
 	// The agent SVID lives 1h: after the fake clock jumps, the agent
 	// attests again with its (real-time valid) token.
 	attest := func() {
 		wait.For(t, "agent attestation (pod caches synced)", func() bool {
-			resp, err := dial(r1, nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: newCSR(t, agentKey), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tr.Status.Token}})
+			resp, err := dial(r1, nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, agentKey), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tr.Status.Token}})
 			if err != nil {
 				t.Logf("attest: %v", err)
 				return false
@@ -140,7 +141,7 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 	sign := func(r *replica) *x509.Certificate {
 		t.Helper()
 		resp, err := dial(r, agentCert).SignWorkloads(ctx, &issuerv1.SignWorkloadsRequest{Requests: []*issuerv1.WorkloadRequest{
-			{RequestId: "web", Csr: newCSR(t, ecKey(t)), PodUid: string(webPod.UID)},
+			{RequestId: "web", Csr: testca.CSR(t, testca.Key(t)), PodUid: string(webPod.UID)},
 		}})
 		if err != nil {
 			t.Fatalf("SignWorkloads via %s: %v\nlogs 1: %s\nlogs 2: %s", r.addr, err, r1.logs, r2.logs)
@@ -163,7 +164,7 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 		return chain[1]
 	}
 	// The KEP-4317 signer answers a PodCertificateRequest for the pod.
-	stub, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, ecKey(t))
+	stub, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, testca.Key(t))
 	if err != nil {
 		t.Fatal(err)
 	}

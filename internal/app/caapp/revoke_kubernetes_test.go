@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"strings"
 	"testing"
 	"time"
@@ -75,10 +76,10 @@ func TestKubernetesAgentRevocation(t *testing.T) {
 		return client
 	}
 	attest := func(node string) *tls.Certificate {
-		key := ecKey(t)
+		key := testca.Key(t)
 		var cert *tls.Certificate
 		wait.For(t, "attestation of "+node+" (pod cache synced)", func() bool {
-			resp, err := dial(nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: newCSR(t, key), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tokens[node]}})
+			resp, err := dial(nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, key), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tokens[node]}})
 			if err != nil {
 				t.Logf("attest: %v", err)
 				return false
@@ -89,7 +90,7 @@ func TestKubernetesAgentRevocation(t *testing.T) {
 		return cert
 	}
 	renew := func(cert *tls.Certificate, token string) error {
-		_, err := dial(cert).RenewAgent(ctx, &issuerv1.RenewAgentRequest{Csr: newCSR(t, ecKey(t)), ServiceAccountToken: token})
+		_, err := dial(cert).RenewAgent(ctx, &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, testca.Key(t)), ServiceAccountToken: token})
 		return err
 	}
 	wantCode := func(what string, err error, code codes.Code, msg string) {
@@ -124,7 +125,7 @@ func TestKubernetesAgentRevocation(t *testing.T) {
 		return status.Code(renew(certA, tokens["node-a"])) == codes.Unauthenticated
 	})
 	wantCode("renewal after the eviction", renew(certA, tokens["node-a"]), codes.Unauthenticated, "evicted")
-	_, err := dial(nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: newCSR(t, ecKey(t)), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tokens["node-a"]}})
+	_, err := dial(nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tokens["node-a"]}})
 	wantCode("attestation of the evicted node", err, codes.PermissionDenied, "ca agent unevict node-a")
 	if !strings.Contains(r.logs.String(), "before the node was evicted") {
 		t.Fatal("no audit line of the refused renewal")

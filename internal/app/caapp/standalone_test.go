@@ -2,9 +2,7 @@ package caapp_test
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
@@ -176,36 +174,25 @@ func (r *runningCA) dial(t testing.TB, a *agent) issuerv1.IssuerClient {
 	return client
 }
 
-func newCSR(t testing.TB, key crypto.Signer) []byte {
-	t.Helper()
-	csr, err := pki.CreateCSR(key, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return csr
-}
-
-func ecKey(t testing.TB) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-// attest joins node with a fresh token and returns an agent holding its SVID.
-func (r *runningCA) attest(t testing.TB, node string) *agent {
+// joinToken creates a join token for node, valid for a minute.
+func (r *runningCA) joinToken(t testing.TB, node string) string {
 	t.Helper()
 	tok, err := hostnodes.NewJoinTokens(r.dir, nil).Create(node, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tok
+}
+
+// attest joins node with a fresh token and returns an agent holding its SVID.
+func (r *runningCA) attest(t testing.TB, node string) *agent {
+	t.Helper()
+	tok := r.joinToken(t, node)
 	a := &agent{}
 	client := r.dial(t, a)
-	key := ecKey(t)
+	key := testca.Key(t)
 	resp, err := client.AttestAgent(context.Background(), &issuerv1.AttestAgentRequest{
-		Csr: newCSR(t, key), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok},
+		Csr: testca.CSR(t, key), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok},
 	})
 	if err != nil {
 		t.Fatalf("AttestAgent: %v", err)
@@ -235,17 +222,17 @@ func TestStandaloneIssuesAgentAndWorkloadSVIDs(t *testing.T) {
 	a := r.attest(t, "host-a")
 	ctx := context.Background()
 
-	key := ecKey(t)
+	key := testca.Key(t)
 	resp, err := a.client.SignWorkloads(ctx, &issuerv1.SignWorkloadsRequest{Requests: []*issuerv1.WorkloadRequest{
-		{RequestId: "ok", Csr: newCSR(t, key), SpiffeId: "spiffe://example.org/demo/server", TtlSeconds: 120, DnsNames: []string{"demo.local"}},
-		{RequestId: "exact", Csr: newCSR(t, key), SpiffeId: "spiffe://example.org/exact"},
-		{RequestId: "not-allowed", Csr: newCSR(t, key), SpiffeId: "spiffe://example.org/b/other"},
-		{RequestId: "other-td", Csr: newCSR(t, key), SpiffeId: "spiffe://evil.org/demo/server"},
-		{RequestId: "bad-dns", Csr: newCSR(t, key), SpiffeId: "spiffe://example.org/demo/x", DnsNames: []string{"bank.example.com"}},
+		{RequestId: "ok", Csr: testca.CSR(t, key), SpiffeId: "spiffe://example.org/demo/server", TtlSeconds: 120, DnsNames: []string{"demo.local"}},
+		{RequestId: "exact", Csr: testca.CSR(t, key), SpiffeId: "spiffe://example.org/exact"},
+		{RequestId: "not-allowed", Csr: testca.CSR(t, key), SpiffeId: "spiffe://example.org/b/other"},
+		{RequestId: "other-td", Csr: testca.CSR(t, key), SpiffeId: "spiffe://evil.org/demo/server"},
+		{RequestId: "bad-dns", Csr: testca.CSR(t, key), SpiffeId: "spiffe://example.org/demo/x", DnsNames: []string{"bank.example.com"}},
 		{RequestId: "garbage-csr", Csr: []byte("not a csr"), SpiffeId: "spiffe://example.org/demo/x"},
-		{RequestId: "ttl-too-long", Csr: newCSR(t, key), SpiffeId: "spiffe://example.org/demo/x", TtlSeconds: 7200},
-		{RequestId: "ttl-negative", Csr: newCSR(t, key), SpiffeId: "spiffe://example.org/demo/x", TtlSeconds: -1},
-		{RequestId: "pod-uid", Csr: newCSR(t, key), PodUid: "1234"},
+		{RequestId: "ttl-too-long", Csr: testca.CSR(t, key), SpiffeId: "spiffe://example.org/demo/x", TtlSeconds: 7200},
+		{RequestId: "ttl-negative", Csr: testca.CSR(t, key), SpiffeId: "spiffe://example.org/demo/x", TtlSeconds: -1},
+		{RequestId: "pod-uid", Csr: testca.CSR(t, key), PodUid: "1234"},
 	}})
 	if err != nil {
 		t.Fatalf("SignWorkloads: %v", err)
@@ -316,7 +303,7 @@ func TestStandaloneRefusesBadAgents(t *testing.T) {
 		if status.Code(err) != codes.Unauthenticated {
 			t.Fatalf("err = %v, want Unauthenticated", err)
 		}
-		_, err = client.RenewAgent(ctx, &issuerv1.RenewAgentRequest{Csr: newCSR(t, ecKey(t))})
+		_, err = client.RenewAgent(ctx, &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, testca.Key(t))})
 		if status.Code(err) != codes.Unauthenticated {
 			t.Fatalf("RenewAgent err = %v, want Unauthenticated", err)
 		}
@@ -339,16 +326,13 @@ func TestStandaloneRefusesBadAgents(t *testing.T) {
 	})
 
 	t.Run("join_token_is_single_use", func(t *testing.T) {
-		tok, err := hostnodes.NewJoinTokens(r.dir, nil).Create("host-a", time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tok := r.joinToken(t, "host-a")
 		client := r.dial(t, &agent{})
-		req := &issuerv1.AttestAgentRequest{Csr: newCSR(t, ecKey(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok}}
+		req := &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok}}
 		if _, err := client.AttestAgent(ctx, req); err != nil {
 			t.Fatalf("first use: %v", err)
 		}
-		_, err = client.AttestAgent(ctx, req)
+		_, err := client.AttestAgent(ctx, req)
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "single-use") {
 			t.Fatalf("second use: err = %v, want PermissionDenied saying single-use", err)
 		}
@@ -364,7 +348,7 @@ func TestStandaloneRefusesBadAgents(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		good := newCSR(t, ecKey(t))
+		good := testca.CSR(t, testca.Key(t))
 		flipped := append([]byte(nil), good...)
 		flipped[len(flipped)-3] ^= 0xff
 		for _, tc := range []struct {
@@ -395,11 +379,8 @@ func TestStandaloneRefusesBadAgents(t *testing.T) {
 			{"oversized", make([]byte, 1<<20), "exceed"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				tok, err := hostnodes.NewJoinTokens(r.dir, nil).Create("host-a", time.Minute)
-				if err != nil {
-					t.Fatal(err)
-				}
-				_, err = client.AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: tc.csr, Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok}})
+				tok := r.joinToken(t, "host-a")
+				_, err := client.AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: tc.csr, Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: tok}})
 				if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.msg) {
 					t.Fatalf("err = %v, want InvalidArgument containing %q", err, tc.msg)
 				}
@@ -414,8 +395,8 @@ func TestStandaloneRenewAndWatchBundle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	key := ecKey(t)
-	resp, err := a.client.RenewAgent(ctx, &issuerv1.RenewAgentRequest{Csr: newCSR(t, key)})
+	key := testca.Key(t)
+	resp, err := a.client.RenewAgent(ctx, &issuerv1.RenewAgentRequest{Csr: testca.CSR(t, key)})
 	if err != nil {
 		t.Fatalf("RenewAgent: %v", err)
 	}

@@ -71,12 +71,12 @@ func New(t testing.TB, opts ...Option) *CA {
 		t.Fatalf("testca: %v", err)
 	}
 	now := cfg.now()
-	rootKey := mustKey(t)
+	rootKey := Key(t)
 	root, err := pki.SelfSignedRoot(rootKey, td, cfg.rootTTL, now, rand.Reader)
 	if err != nil {
 		t.Fatalf("testca: root: %v", err)
 	}
-	interKey := mustKey(t)
+	interKey := Key(t)
 	rootSigner := &pki.Signer{
 		Authority: pki.Authority{Cert: root, Key: rootKey},
 		Now:       func() time.Time { return now },
@@ -95,13 +95,24 @@ func New(t testing.TB, opts ...Option) *CA {
 	return &CA{TrustDomain: td, Root: root, RootKey: rootKey, Intermediate: inter, IntermediateKey: interKey, now: cfg.now}
 }
 
-func mustKey(t testing.TB) crypto.Signer {
+// Key returns a fresh ECDSA P-256 key.
+func Key(t testing.TB) crypto.Signer {
 	t.Helper()
 	k, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
 	if err != nil {
 		t.Fatalf("testca: key: %v", err)
 	}
 	return k
+}
+
+// CSR returns a DER certificate request signed by key, as an agent sends.
+func CSR(t testing.TB, key crypto.Signer) []byte {
+	t.Helper()
+	csr, err := pki.CreateCSR(key, rand.Reader)
+	if err != nil {
+		t.Fatalf("testca: CSR: %v", err)
+	}
+	return csr
 }
 
 // Authority returns the intermediate as the issuing authority.
@@ -128,7 +139,7 @@ func (ca *CA) Signer(now func() time.Time) *pki.Signer {
 // chain leaf first, then the intermediate (not the root), and the leaf key.
 func (ca *CA) IssueWorkload(t testing.TB, id spiffeid.ID, ttl time.Duration) (certChain []*x509.Certificate, key crypto.Signer) {
 	t.Helper()
-	key = mustKey(t)
+	key = Key(t)
 	kind := pki.KindWorkload
 	if _, ok := pki.Agent(id); ok {
 		kind = pki.KindAgent
