@@ -221,12 +221,6 @@ func TestEndToEndCAOutage(t *testing.T) {
 	s := startStack(t, "30s")
 	m := startMTLS(t, s)
 	handshake, serverSrc := m.handshake, m.serverSrc
-	// The first Workload API answer may hold the client's SVID alone (the
-	// two are obtained in separate batches), which pick falls back to.
-	wait.Within(t, "the server's own SVID", 10*time.Second, 10*time.Millisecond, func() bool {
-		cur, err := serverSrc.GetX509SVID()
-		return err == nil && cur.ID == serverID
-	})
 	first, err := serverSrc.GetX509SVID()
 	if err != nil {
 		t.Fatal(err)
@@ -297,6 +291,17 @@ func startMTLS(t *testing.T, s *stack) *mtls {
 		t.Fatalf("client X509Source: %v", err)
 	}
 	t.Cleanup(func() { clientSrc.Close() })
+	// The first Workload API answer may hold one of the two SVIDs alone
+	// (an identity whose first attempt failed, e.g. before the agent had
+	// its own SVID, is retried after backoff while the other is served),
+	// and pick falls back to the first SVID: wait until each source holds
+	// its own.
+	for id, src := range map[spiffeid.ID]*workloadapi.X509Source{serverID: serverSrc, clientID: clientSrc} {
+		wait.Within(t, "the source's own SVID "+id.String(), 30*time.Second, 10*time.Millisecond, func() bool {
+			cur, err := src.GetX509SVID()
+			return err == nil && cur.ID == id
+		})
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
