@@ -6,7 +6,6 @@ import (
 	"flag"
 	"io"
 	"log/slog"
-	"time"
 )
 
 // NewFlags returns the flag set of the subcommand name ("ca run"); its
@@ -68,22 +67,4 @@ func (f *RunFlags) Serve(run func(ctx context.Context, log *slog.Logger) error) 
 	ctx, stop := SignalContext()
 	defer stop()
 	return run(ctx, log)
-}
-
-// Status is a status subcommand: it reads /status of the running process
-// at --address (default defaultAddr) into a T, and writes it as --output
-// asks: JSON, or the table that table prints. who names the process in
-// help and errors ("CA", "agent").
-func Status[T any](name, who, defaultAddr string, args []string, stdout, stderr io.Writer, table func(w io.Writer, v T, now time.Time) error) error {
-	fs := NewFlags(name, stderr)
-	addr := fs.String("address", defaultAddr, "the "+who+"'s healthAddress")
-	output := fs.String("output", "table", "table or json")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	var v T
-	if err := FetchStatus(*addr, who, &v); err != nil {
-		return err
-	}
-	return Render(stdout, *output, v, func() error { return table(stdout, v, time.Now()) })
 }

@@ -7,11 +7,8 @@ import (
 	"flag"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/cli"
 )
@@ -110,52 +107,4 @@ func TestRunFlagsServe(t *testing.T) {
 
 type doc struct {
 	Name string `json:"name"`
-}
-
-func TestStatus(t *testing.T) {
-	t.Parallel()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/status":
-			_, _ = io.WriteString(w, `{"name":"ca-1"}`)
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	addr := strings.TrimPrefix(srv.URL, "http://")
-	table := func(w io.Writer, d doc, now time.Time) error {
-		if now.IsZero() {
-			t.Error("table called without the time")
-		}
-		_, err := io.WriteString(w, "NAME "+d.Name+"\n")
-		return err
-	}
-	for _, tc := range []struct {
-		name    string
-		args    []string
-		want    string
-		wantErr string
-	}{
-		{name: "table_by_default", args: []string{"--address", addr}, want: "NAME ca-1\n"},
-		{name: "json_on_request", args: []string{"--address", addr, "--output", "json"}, want: "{\n  \"name\": \"ca-1\"\n}\n"},
-		{name: "unknown_output_refused", args: []string{"--address", addr, "--output", "yaml"}, wantErr: "--output: table or json"},
-		{name: "unreachable_address_says_what_to_check", args: []string{"--address", "127.0.0.1:1"}, wantErr: "reaching the X at 127.0.0.1:1 (is it running, with healthAddress there?)"},
-		{name: "unknown_flag_refused", args: []string{"--nope"}, wantErr: "flag provided but not defined: -nope"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			var stdout bytes.Buffer
-			err := cli.Status("x status", "X", "127.0.0.1:1", tc.args, &stdout, io.Discard, table)
-			if tc.wantErr != "" {
-				if err == nil || !strings.HasPrefix(err.Error(), tc.wantErr) {
-					t.Fatalf("Status = %v, want an error starting %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || stdout.String() != tc.want {
-				t.Fatalf("Status = %v, output %q; want %q", err, stdout.String(), tc.want)
-			}
-		})
-	}
 }

@@ -85,6 +85,21 @@ func (c *FakeClock) NextDeadline() (time.Time, bool) {
 	return first, true
 }
 
+// TimersAt returns how many pending timers fire at t: a test that waits
+// for its loops to re-arm their timers asks for that deadline, whatever
+// other loops on the same clock wait for.
+func (c *FakeClock) TimersAt(t time.Time) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, ft := range c.timers {
+		if ft.at.Equal(t) {
+			n++
+		}
+	}
+	return n
+}
+
 // BlockUntil blocks until at least n timers are pending.
 func (c *FakeClock) BlockUntil(n int) {
 	_ = c.BlockUntilContext(context.Background(), n)

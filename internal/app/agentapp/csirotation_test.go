@@ -75,7 +75,7 @@ func TestKubernetesRootRotationCSIFileConsumers(t *testing.T) {
 		}
 	})
 
-	caCfg := must[*caapp.Config](t)(caapp.Parse([]byte("trustDomain: example.org\nhealthAddress: \"off\"\nkubernetes: {namespace: mayfly-system, leaderElection: false}\nworkloads: {minTTL: 10s, defaultTTL: 20s, maxTTL: 1h}\n")))
+	caCfg := must[*caapp.Config](t)(caapp.Parse([]byte("trustDomain: example.org\nhealthAddress: \"off\"\nkubernetes: {namespace: mayfly-system, leaderElection: false}\nworkloads: {minTTL: 10s, defaultTTL: 20s, maxTTL: 1h}\nrotation: {kubernetesPropagationDelay: 0s}\n")))
 	lis := must[net.Listener](t)(net.Listen("tcp", "127.0.0.1:0"))
 	wg.Add(1)
 	go func() {
