@@ -118,7 +118,7 @@ cat <<MSG
 
   Any process of uid ${UID_NOW} gets spiffe://example.org/demo/user-${UID_NOW} there.
   Certificates live ${DEMO_TTL} and rotate at about half-life; files in ${WORK}/certs.
-  Status: ${BIN}/agent status --address ${AGENT_HEALTH}   ${BIN}/ca status --address ${CA_HEALTH}
+  Status: ${BIN}/agent status --socket ${WORK}/agent/status.sock   ${BIN}/ca status --socket ${WORK}/ca/status.sock
   Metrics: http://${AGENT_HEALTH}/metrics  http://${CA_HEALTH}/metrics
 
 MSG
@@ -196,9 +196,9 @@ if [[ -n "${DEMO_DURATION}" ]]; then
   wait "${CLIENT_PID}" 2>/dev/null || true
   wait "${FILES_PID}" 2>/dev/null || true
   echo
-  "${BIN}/ca" status --address "${CA_HEALTH}" || true
+  "${BIN}/ca" status --socket "${WORK}/ca/status.sock" || true
   echo
-  "${BIN}/agent" status --address "${AGENT_HEALTH}" || true
+  "${BIN}/agent" status --socket "${WORK}/agent/status.sock" || true
   rotations="$(grep -c '"msg":"SVID rotated"' "${WORK}/agent.log" || true)"
   echo "demo: ${rotations} SVID rotations seen by the agent"
   code=0
