@@ -104,7 +104,3 @@ func TestRunFlagsServe(t *testing.T) {
 		}
 	})
 }
-
-type doc struct {
-	Name string `json:"name"`
-}
