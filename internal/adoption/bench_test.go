@@ -10,6 +10,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/adoption"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -98,12 +99,9 @@ func BenchmarkKubernetesAdoption10k(b *testing.B) {
 				tb.Ack(n, v)
 			}
 		}
-		for !view.Adopted(v) {
-			if time.Since(t0) > time.Minute {
-				b.Fatalf("not adopted after a minute: %d pending", len(view.Pending(v).Nodes))
-			}
-			time.Sleep(5 * time.Millisecond) //nolint:forbidigo // benchmark on real time
-		}
+		wait.Until(b, "every node acked "+v, time.Minute, 5*time.Millisecond, func(context.Context) (bool, string) {
+			return view.Adopted(v), fmt.Sprintf("%d pending", len(view.Pending(v).Nodes))
+		})
 		b.ReportMetric(float64(time.Since(t0).Milliseconds()), "ms-to-all-acked")
 	}
 	b.StopTimer()

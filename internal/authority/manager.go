@@ -462,33 +462,15 @@ func RequestRootActivation(ctx context.Context, store Store) error {
 }
 
 func requestRoot(ctx context.Context, store Store, activateNow bool) error {
-	for range 5 {
-		snap, err := store.Load(ctx)
-		if err != nil {
-			return err
-		}
-		s, err := Decode(snap.Data)
-		if err != nil {
-			return err
-		}
+	return updateState(ctx, store, func(s *State) error {
 		if s.Root.Current == nil {
 			return errors.New("the roots belong to the upstream CA: rotate them there")
 		}
 		if s.Root.Requested && (s.Root.ActivateNow || !activateNow) {
-			return nil
+			return errUnchanged
 		}
 		s.Root.Requested = true
 		s.Root.ActivateNow = s.Root.ActivateNow || activateNow
-		data, err := s.Encode()
-		if err != nil {
-			return err
-		}
-		if _, err := store.Save(ctx, data, snap.Version); errors.Is(err, ErrConflict) {
-			continue
-		} else if err != nil {
-			return err
-		}
 		return nil
-	}
-	return fmt.Errorf("%w: gave up after 5 attempts", ErrConflict)
+	})
 }

@@ -308,7 +308,12 @@ func RevokeAuthority(ctx context.Context, store Store, req RevokeRequest) (Taint
 	return out, err
 }
 
-// updateState applies f to the stored state with compare-and-swap.
+// errUnchanged tells updateState that f found nothing to change: nothing is
+// saved.
+var errUnchanged = errors.New("state unchanged")
+
+// updateState applies f to the stored state with compare-and-swap, retrying
+// on a conflicting save. When f returns errUnchanged nothing is saved.
 func updateState(ctx context.Context, store Store, f func(*State) error) error {
 	for range 5 {
 		snap, err := store.Load(ctx)
@@ -319,7 +324,9 @@ func updateState(ctx context.Context, store Store, f func(*State) error) error {
 		if err != nil {
 			return err
 		}
-		if err := f(s); err != nil {
+		if err := f(s); errors.Is(err, errUnchanged) {
+			return nil
+		} else if err != nil {
 			return err
 		}
 		data, err := s.Encode()
