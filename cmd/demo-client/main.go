@@ -8,9 +8,7 @@
 package main
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
@@ -76,9 +74,9 @@ func run(server string, ids demo.IDs, every time.Duration) (ok, failed int, err 
 				short(mine.Certificates[0]), left(mine.Certificates[0], now))
 			if b, err := src.GetX509BundleForTrustDomain(ids.Self.TrustDomain()); err == nil {
 				roots := b.X509Authorities()
-				change(seen, now, "socket/client", "trust bundle now holds", fmt.Sprintf("%d roots: %s", len(roots), fingerprints(roots)))
-				change(seen, now, "socket/client", "leaf now under root", rootOf(mine.Certificates, roots))
-				change(seen, now, "socket/server", "leaf now under root", rootOf(resp.TLS.PeerCertificates, roots))
+				change(seen, now, "socket/client", "trust bundle now holds", fmt.Sprintf("%d roots: %s", len(roots), demo.Fingerprints(roots)))
+				change(seen, now, "socket/client", "leaf now under root", demo.RootOf(mine.Certificates, roots))
+				change(seen, now, "socket/server", "leaf now under root", demo.RootOf(resp.TLS.PeerCertificates, roots))
 			}
 		}
 		tr.CloseIdleConnections()
@@ -117,31 +115,4 @@ func change(seen map[string]string, now time.Time, path, what, value string) {
 	}
 	seen[key] = value
 	fmt.Printf("%s [%s] %s %s  t=%.3f\n", now.Format("15:04:05.000"), path, what, value, float64(now.UnixMilli())/1000)
-}
-
-// rootOf names the root among roots that issued the top of chain.
-func rootOf(chain []*x509.Certificate, roots []*x509.Certificate) string {
-	top := chain[len(chain)-1]
-	for _, r := range roots {
-		if top.CheckSignatureFrom(r) == nil || top.Equal(r) {
-			return fingerprint(r)
-		}
-	}
-	return "unknown"
-}
-
-func fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:4])
-}
-
-func fingerprints(cs []*x509.Certificate) string {
-	out := ""
-	for i, c := range cs {
-		if i > 0 {
-			out += " "
-		}
-		out += fingerprint(c)
-	}
-	return out
 }

@@ -9,9 +9,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mayfly-pki/mayfly/internal/demo"
 	"github.com/mayfly-pki/mayfly/internal/fileconsumer"
 )
 
@@ -96,35 +94,13 @@ func (v *view) report(name string, now time.Time) {
 	stamp := fmt.Sprintf("t=%.3f", float64(now.UnixMilli())/1000)
 	if len(f.Roots) != v.roots {
 		v.roots = len(f.Roots)
-		fmt.Printf("%s [%s] ca.crt now holds %d roots: %s  %s\n", now.Format("15:04:05.000"), name, len(f.Roots), fingerprints(f.Roots), stamp)
+		fmt.Printf("%s [%s] ca.crt now holds %d roots: %s  %s\n", now.Format("15:04:05.000"), name, len(f.Roots), demo.Fingerprints(f.Roots), stamp)
 	}
-	top := f.Chain[len(f.Chain)-1]
-	root := "unknown"
-	for _, r := range f.Roots {
-		if top.CheckSignatureFrom(r) == nil || top.Equal(r) {
-			root = fingerprint(r)
-		}
-	}
+	root := demo.RootOf(f.Chain, f.Roots)
 	if root != v.leafRoot {
 		v.leafRoot = root
 		fmt.Printf("%s [%s] leaf now under root %s  %s\n", now.Format("15:04:05.000"), name, root, stamp)
 	}
-}
-
-func fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:4])
-}
-
-func fingerprints(cs []*x509.Certificate) string {
-	out := ""
-	for i, c := range cs {
-		if i > 0 {
-			out += " "
-		}
-		out += fingerprint(c)
-	}
-	return out
 }
 
 // findDirs waits for a certificate directory under writeDir for each ID,

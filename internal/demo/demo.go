@@ -1,6 +1,7 @@
-// Package demo holds what the demo workloads (cmd/demo-server and
-// cmd/demo-client) share: their two SPIFFE IDs, and an X.509 source from
-// the Workload API that serves the workload's own SVID.
+// Package demo holds what the demo workloads (cmd/demo-server, demo-client and
+// demo-files) share: their two SPIFFE IDs, an X.509 source from
+// the Workload API that serves the workload's own SVID, and the names of
+// roots in their output.
 package demo
 
 import (

@@ -8,9 +8,6 @@ import (
 	"log/slog"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-	ctrl "sigs.k8s.io/controller-runtime"
-
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
@@ -112,21 +109,9 @@ func cmdRotateRoot(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var store authority.Store
-	if cfg.Directory != "" {
-		if store, err = authority.NewDirStore(cfg.Directory); err != nil {
-			return err
-		}
-	} else {
-		rc, err := ctrl.GetConfig()
-		if err != nil {
-			return fmt.Errorf("kubernetes: %w", err)
-		}
-		kube, err := kubernetes.NewForConfig(rc)
-		if err != nil {
-			return err
-		}
-		store = authority.NewSecretStore(kube, cfg.Kubernetes.Namespace, cfg.Kubernetes.SecretName)
+	store, err := openStore(cfg)
+	if err != nil {
+		return err
 	}
 	if *activateNow {
 		if err := authority.RequestRootActivation(context.Background(), store); err != nil {

@@ -3,7 +3,6 @@ package caapp
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -24,19 +23,11 @@ var ErrLiveLeaves = errors.New("live leaves still chain to the authority")
 // with --serial) as compromised. The leading replica moves issuance off it
 // on its next plan, and the bundle then tells every agent to re-issue.
 func cmdTaint(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca taint", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "CA configuration file (YAML)")
+	fs := cli.NewConfigFlags("ca taint", "CA", stderr)
 	role := fs.String("authority", "", "the authority to taint: intermediate or root (required)")
 	serial := fs.String("serial", "", "serial (hex) of the key to taint; default the current one")
 	force := fs.Bool("force", false, "root: activate the new root at once, without waiting for every agent to hold it in its bundle")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *role == "" {
-		return errors.New("--authority is required (intermediate or root)")
-	}
-	store, err := openStoreFromConfig(*configPath)
+	_, store, err := authorityTarget(fs, args, role)
 	if err != nil {
 		return err
 	}
@@ -59,28 +50,16 @@ func cmdTaint(args []string, stdout, stderr io.Writer) error {
 
 // cmdRevoke is ca revoke: drop a tainted authority from the bundle.
 func cmdRevoke(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca revoke", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "CA configuration file (YAML)")
+	fs := cli.NewConfigFlags("ca revoke", "CA", stderr)
 	role := fs.String("authority", "", "the tainted authority to revoke: intermediate or root (required)")
 	serial := fs.String("serial", "", "serial (hex) of the tainted key; default the one tainted key of --authority")
 	addrs := fs.String("socket", "", "comma-separated status sockets of the CA replicas to ask whether a live leaf still chains to the authority (default: the statusSocket of --config; in Kubernetes run it in each replica's pod, or use --force once every replica's `ca status` shows 0)")
 	force := fs.Bool("force", false, "revoke although live leaves still chain to it, or the replicas cannot be asked (those leaves stop verifying)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *role == "" {
-		return errors.New("--authority is required (intermediate or root)")
-	}
-	store, err := openStoreFromConfig(*configPath)
+	cfg, store, err := authorityTarget(fs, args, role)
 	if err != nil {
 		return err
 	}
 	if *addrs == "" {
-		cfg, err := LoadFile(*configPath)
-		if err != nil {
-			return err
-		}
 		*addrs = cfg.StatusSocket
 	}
 	check := func(t authority.Taint) error {
@@ -127,16 +106,28 @@ func liveLeavesOf(addrs []string, t authority.Taint) (int, error) {
 	return total, nil
 }
 
-// openStoreFromConfig opens the CA state store a configuration file names:
-// its directory (standalone) or its Secret (Kubernetes).
-func openStoreFromConfig(configPath string) (authority.Store, error) {
-	if configPath == "" {
-		return nil, errors.New("--config is required")
-	}
-	cfg, err := LoadFile(configPath)
+// authorityTarget parses the flags of ca taint and ca revoke, checks that
+// --authority was given, and loads the --config file and opens its state
+// store.
+func authorityTarget(fs *cli.ConfigFlags, args []string, role *string) (*Config, authority.Store, error) {
+	cfg, err := cli.LoadConfig(fs, args, LoadFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	if *role == "" {
+		return nil, nil, errors.New("--authority is required (intermediate or root)")
+	}
+	store, err := openStore(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, store, nil
+}
+
+// openStore opens the CA state store cfg names: its directory (standalone)
+// or its Secret (Kubernetes), for the commands that work on the stored
+// state beside a running CA.
+func openStore(cfg *Config) (authority.Store, error) {
 	if cfg.Directory != "" {
 		return authority.NewDirStore(cfg.Directory)
 	}
