@@ -19,6 +19,19 @@ type Timer interface {
 	Stop() bool
 }
 
+// NewTimerAt returns a timer of c that fires when c's time reaches at. A
+// clock that can arm a timer at a deadline (as [FakeClock] does) is asked
+// for one directly; otherwise the duration is taken from c.Now() at the
+// call. Loops that decide on a deadline and then sleep use it: with a
+// duration computed from an earlier Now, a test that moves a fake clock
+// between the two would see the timer armed late.
+func NewTimerAt(c Clock, at time.Time) Timer {
+	if dc, ok := c.(interface{ NewTimerAt(time.Time) Timer }); ok {
+		return dc.NewTimerAt(at)
+	}
+	return c.NewTimer(at.Sub(c.Now()))
+}
+
 // RealClock is the [Clock] of package time.
 type RealClock struct{}
 

@@ -34,8 +34,20 @@ func (c *FakeClock) Now() time.Time {
 func (c *FakeClock) NewTimer(d time.Duration) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &fakeTimer{clock: c, at: c.now.Add(d), ch: make(chan time.Time, 1)}
-	if d <= 0 {
+	return c.newTimerLocked(c.now.Add(d))
+}
+
+// NewTimerAt returns a timer that fires when the fake time reaches at
+// (at once when it already has); see [NewTimerAt].
+func (c *FakeClock) NewTimerAt(at time.Time) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.newTimerLocked(at)
+}
+
+func (c *FakeClock) newTimerLocked(at time.Time) Timer {
+	t := &fakeTimer{clock: c, at: at, ch: make(chan time.Time, 1)}
+	if !at.After(c.now) {
 		t.ch <- c.now
 		return t
 	}

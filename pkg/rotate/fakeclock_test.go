@@ -91,3 +91,40 @@ func TestRealClock(t *testing.T) {
 		t.Fatal("Now() is zero")
 	}
 }
+
+// TestNewTimerAt: a deadline is kept even when the clock moved between the
+// caller's decision and arming the timer (the race that left a rotator
+// asleep past its deadline while a test waited for it).
+func TestNewTimerAt(t *testing.T) {
+	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := NewFakeClock(start)
+	deadline := start.Add(5 * time.Second)
+	clk.Set(deadline) // the test moves the clock after the decision
+	select {
+	case <-NewTimerAt(clk, deadline).C():
+	default:
+		t.Fatal("a timer armed at a deadline that has passed did not fire at once")
+	}
+
+	later := NewTimerAt(clk, deadline.Add(time.Second))
+	clk.Advance(999 * time.Millisecond)
+	select {
+	case <-later.C():
+		t.Fatal("fired before its deadline")
+	default:
+	}
+	clk.Advance(time.Millisecond)
+	select {
+	case <-later.C():
+	default:
+		t.Fatal("did not fire at its deadline")
+	}
+
+	// A clock without NewTimerAt gets a duration from its own Now.
+	wall := NewTimerAt(RealClock{}, time.Now().Add(-time.Second))
+	select {
+	case <-wall.C():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a real timer at a past deadline did not fire")
+	}
+}

@@ -239,7 +239,7 @@ func (r *Rotator) Start(ctx context.Context) error {
 				wakeAt = at
 			}
 		}
-		timer := r.clock.NewTimer(wakeAt.Sub(now))
+		timer := NewTimerAt(r.clock, wakeAt)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
