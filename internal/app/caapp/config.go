@@ -101,7 +101,22 @@ type KubernetesConfig struct {
 	RequirePodToken bool `json:"requirePodToken,omitempty"`
 	// LeaderElection (default true) lets one replica rotate.
 	LeaderElection *bool `json:"leaderElection,omitempty"`
+	// LeaseDuration, RenewDeadline and RetryPeriod time the leader
+	// election (defaults 15s, 10s, 2s): a leader that stops renewing (its
+	// process died, its node is cut off) holds the lease until
+	// LeaseDuration after its last renewal; one that cannot renew within
+	// RenewDeadline stops leading.
+	LeaseDuration config.Duration `json:"leaseDuration,omitempty"`
+	RenewDeadline config.Duration `json:"renewDeadline,omitempty"`
+	RetryPeriod   config.Duration `json:"retryPeriod,omitempty"`
 }
+
+// Leader election timings by default (controller-runtime's).
+const (
+	DefaultLeaseDuration = 15 * time.Second
+	DefaultRenewDeadline = 10 * time.Second
+	DefaultRetryPeriod   = 2 * time.Second
+)
 
 // UpstreamConfig selects an upstream authority.
 type UpstreamConfig struct {
@@ -272,6 +287,9 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		if len(c.Nodes) > 0 {
 			return nil, errors.New("nodes: only for standalone mode; in Kubernetes mode pods are authorized by the pod's node and ServiceAccount")
 		}
+		if err := k.defaultLeaseTimings(); err != nil {
+			return nil, err
+		}
 	}
 	if u := c.Upstream; u != nil {
 		if u.File == nil {
@@ -379,4 +397,21 @@ func propagationDelay(d *config.Duration, c *Config) (time.Duration, error) {
 		return 0, fmt.Errorf("rotation.kubernetesPropagationDelay: must be at most rootAckWait (%s), got %s: a new root activates after rootAckWait whatever the delay", c.Policy.RootAckWait, d.Duration)
 	}
 	return d.Duration, nil
+}
+
+// defaultLeaseTimings fills in the leader election timings and checks them
+// as client-go's leader election does (it would refuse them at start).
+func (k *KubernetesConfig) defaultLeaseTimings() error {
+	k.LeaseDuration.Duration = k.LeaseDuration.Or(DefaultLeaseDuration)
+	k.RenewDeadline.Duration = k.RenewDeadline.Or(DefaultRenewDeadline)
+	k.RetryPeriod.Duration = k.RetryPeriod.Or(DefaultRetryPeriod)
+	switch {
+	case k.RetryPeriod.Duration <= 0:
+		return fmt.Errorf("kubernetes.retryPeriod: %s must be positive", k.RetryPeriod)
+	case k.RenewDeadline.Duration <= k.RetryPeriod.Duration*6/5:
+		return fmt.Errorf("kubernetes.renewDeadline: %s must be longer than 1.2 × retryPeriod (%s)", k.RenewDeadline, k.RetryPeriod)
+	case k.LeaseDuration.Duration <= k.RenewDeadline.Duration:
+		return fmt.Errorf("kubernetes.leaseDuration: %s must be longer than renewDeadline (%s)", k.LeaseDuration, k.RenewDeadline)
+	}
+	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/config"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -173,6 +174,9 @@ upstream:
 					AgentServiceAccount: "mayfly-agent",
 					Audience:            "mayfly-ca",
 					ClusterDomain:       "cluster.local",
+					LeaseDuration:       config.Duration{Duration: caapp.DefaultLeaseDuration},
+					RenewDeadline:       config.Duration{Duration: caapp.DefaultRenewDeadline},
+					RetryPeriod:         config.Duration{Duration: caapp.DefaultRetryPeriod},
 				}
 				if c.Kubernetes == nil {
 					t.Fatal("Kubernetes is nil")
@@ -220,6 +224,9 @@ kubernetes:
   clusterDomain: k8s.internal
   bundleNamespaceSelector: mayfly.dev/trust=yes
   leaderElection: false
+  leaseDuration: 4s
+  renewDeadline: 3s
+  retryPeriod: 500ms
 `,
 			check: func(t *testing.T, c *caapp.Config) {
 				t.Helper()
@@ -229,7 +236,8 @@ kubernetes:
 				}
 				if k.Namespace != "pki" || k.SecretName != "ca-state" || k.AgentServiceAccount != "node-agent" ||
 					k.Audience != "ca.pki" || k.ClusterDomain != "k8s.internal" || k.BundleNamespaceSelector != "mayfly.dev/trust=yes" ||
-					k.LeaderElection == nil || *k.LeaderElection {
+					k.LeaderElection == nil || *k.LeaderElection ||
+					k.LeaseDuration.Duration != 4*time.Second || k.RenewDeadline.Duration != 3*time.Second || k.RetryPeriod.Duration != 500*time.Millisecond {
 					t.Errorf("Kubernetes = %+v", *k)
 				}
 			},
@@ -323,6 +331,9 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"key_type_unknown", "keyType: dsa-1024\n" + minimalStandalone, "keyType: "},
 		{"neither_directory_nor_kubernetes", "trustDomain: example.org\n", "directory or kubernetes: one is required"},
 		{"both_directory_and_kubernetes", minimalStandalone + "kubernetes: {}\n", "directory and kubernetes: set only one"},
+		{"lease_not_longer_than_renew_deadline", "trustDomain: example.org\nkubernetes: {leaseDuration: 10s}\n", "kubernetes.leaseDuration: 10s must be longer than renewDeadline (10s)"},
+		{"renew_deadline_too_short_for_retry", "trustDomain: example.org\nkubernetes: {renewDeadline: 2s}\n", "kubernetes.renewDeadline: 2s must be longer than 1.2 × retryPeriod (2s)"},
+		{"retry_period_negative", "trustDomain: example.org\nkubernetes: {retryPeriod: -1s}\n", "kubernetes.retryPeriod: -1s must be positive"},
 		{"nodes_in_kubernetes_mode", "trustDomain: example.org\nkubernetes: {}\nnodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/x]\n", "nodes: only for standalone mode"},
 		{"node_id_other_trust_domain", minimalStandalone + `nodes:
   - name: a

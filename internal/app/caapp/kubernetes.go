@@ -171,6 +171,9 @@ func newControllerManager(restCfg *rest.Config, k *KubernetesConfig, log *slog.L
 		LeaderElectionID:              "mayfly-ca",
 		LeaderElectionNamespace:       k.Namespace,
 		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &k.LeaseDuration.Duration,
+		RenewDeadline:                 &k.RenewDeadline.Duration,
+		RetryPeriod:                   &k.RetryPeriod.Duration,
 		Metrics:                       metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress:        "0",
 		// Tests run several replicas in one process; names are unique per manager.
