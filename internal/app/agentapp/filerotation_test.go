@@ -14,6 +14,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/fileconsumer"
+	"github.com/mayfly-pki/mayfly/internal/test/handshake"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
@@ -29,50 +30,90 @@ func TestEndToEndRootRotationFileConsumers(t *testing.T) {
 		t.Skip("end-to-end test with a real root rotation (about 30s); skipped with -short")
 	}
 	s := startStack(t, "20s")
+	dirs, pairs := writeDirConsumers(t, s)
+	store, err := authority.NewDirStore(s.stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	throughRootRotation(t, "root rotation, writeDir file consumers", dirs, pairs, func() error {
+		return authority.RequestRootRotation(context.Background(), store)
+	})
+}
+
+// TestEndToEndTaintFileConsumers: `ca taint --authority intermediate`
+// (on the store of the running CA, as the command does) while two plain
+// file consumers and the go-spiffe pair do mTLS every 500 ms: issuance
+// moves off the tainted intermediate, both directories get leaves under a
+// new one, and no handshake fails on the way.
+func TestEndToEndTaintFileConsumers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test with a real taint (about 30s); skipped with -short")
+	}
+	s := startStack(t, "20s")
+	dirs, pairs := writeDirConsumers(t, s)
+	store, err := authority.NewDirStore(s.stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	throughTaint(t, "intermediate taint, writeDir file consumers", dirs, pairs, func() error {
+		_, err := authority.TaintAuthority(context.Background(), store, authority.TaintRequest{Role: authority.RoleIntermediate}, time.Now())
+		return err
+	})
+}
+
+// writeDirConsumers starts the go-spiffe pair on the stack's socket and a
+// file consumer pair on the writeDir directories of serverID and clientID,
+// and returns those directories (by "server" and "client") and both pairs.
+func writeDirConsumers(t *testing.T, s *stack) (map[string]string, []handshake.Pair) {
+	t.Helper()
 	m := startMTLS(t, s)
-	dirs := certDirs(t, s.writeDir, serverID, clientID)
-	files, err := fileconsumer.Listen(dirs[serverID], dirs[clientID])
+	ids := certDirs(t, s.writeDir, serverID, clientID)
+	dirs := map[string]string{"server": ids[serverID], "client": ids[clientID]}
+	files := listenFiles(t, dirs)
+	return dirs, []handshake.Pair{{Name: "file consumers", Handshake: files.Handshake}, {Name: "go-spiffe pair", Handshake: m.handshake}}
+}
+
+// listenFiles starts a file consumer server on dirs["server"] and its
+// client on dirs["client"], and checks one handshake.
+func listenFiles(t *testing.T, dirs map[string]string) *fileconsumer.Pair {
+	t.Helper()
+	files, err := fileconsumer.Listen(dirs["server"], dirs["client"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { files.Close() })
 	if err := files.Handshake(); err != nil {
-		t.Fatalf("file consumers before the rotation: %v", err)
+		t.Fatalf("file consumers at the start: %v", err)
 	}
-	before := readDir(t, dirs[serverID])
+	return files
+}
+
+// throughRootRotation requests a root rotation and, every 500ms until
+// every directory of dirs holds a leaf under the new root, makes a
+// handshake on each pair (none may fail) and checks the files: no ca.crt
+// drops the old root, and no directory holds a leaf under a root that
+// some ca.crt does not hold yet.
+func throughRootRotation(t *testing.T, event string, dirs map[string]string, pairs []handshake.Pair, request func() error) {
+	t.Helper()
+	before := readDir(t, dirs["server"])
 	if len(before.Roots) != 1 {
 		t.Fatalf("ca.crt holds %d roots before the rotation, want 1", len(before.Roots))
 	}
 	oldRoot := before.Roots[0]
-
-	store, err := authority.NewDirStore(s.stateDir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	began := time.Now()
-	if err := authority.RequestRootRotation(context.Background(), store); err != nil {
-		t.Fatalf("RequestRootRotation: %v", err)
+	if err := request(); err != nil {
+		t.Fatalf("requesting the root rotation: %v", err)
 	}
 	var (
-		handshakes, failed int
-		trusted            time.Duration // every ca.crt holds two roots
-		onNew              = map[spiffeid.ID]time.Duration{}
+		trusted time.Duration // every ca.crt holds two roots
+		onNew   = map[string]time.Duration{}
 	)
-	wait.Until(t, "both directories hold leaves under the new root", 90*time.Second, 500*time.Millisecond, func(context.Context) (bool, string) {
-		handshakes++
-		if err := files.Handshake(); err != nil {
-			failed++
-			t.Errorf("file consumers: handshake %d failed during the root rotation: %v", handshakes, err)
+	c := handshake.Until(t, event, 2*time.Minute, 500*time.Millisecond, pairs, func(int) (bool, string) {
+		now := map[string]*fileconsumer.Files{}
+		for name, dir := range dirs {
+			now[name] = readDir(t, dir)
 		}
-		if err := m.handshake(); err != nil {
-			failed++
-			t.Errorf("go-spiffe pair: handshake %d failed during the root rotation: %v", handshakes, err)
-		}
-		now := map[spiffeid.ID]*fileconsumer.Files{}
-		for id, dir := range dirs {
-			now[id] = readDir(t, dir)
-		}
-		for id, f := range now {
+		for name, f := range now {
 			top := f.Chain[len(f.Chain)-1]
 			if top.CheckSignatureFrom(oldRoot) == nil {
 				continue
@@ -84,26 +125,53 @@ func TestEndToEndRootRotationFileConsumers(t *testing.T) {
 					t.Fatalf("%s's ca.crt dropped the old root while leaves under it are valid", other)
 				}
 				if !slices.ContainsFunc(o.Roots, func(r *x509.Certificate) bool { return top.CheckSignatureFrom(r) == nil }) {
-					t.Fatalf("%s holds a leaf under a root that %s's ca.crt does not hold", id, other)
+					t.Fatalf("%s holds a leaf under a root that %s's ca.crt does not hold", name, other)
 				}
 			}
-			if _, ok := onNew[id]; !ok {
-				onNew[id] = time.Since(began)
+			if _, ok := onNew[name]; !ok {
+				onNew[name] = time.Since(began)
 			}
 		}
-		if trusted == 0 && len(now[serverID].Roots) == 2 && len(now[clientID].Roots) == 2 {
+		both := true
+		for _, f := range now {
+			both = both && len(f.Roots) == 2
+		}
+		if trusted == 0 && both {
 			trusted = time.Since(began)
 			if len(onNew) != 0 {
 				t.Fatal("a leaf under the next root was written before every ca.crt held it")
 			}
 		}
-		return len(onNew) == 2, fmt.Sprintf("every ca.crt holds the next root: %v; directories on it: %d", trusted != 0, len(onNew))
+		return len(onNew) == len(dirs), fmt.Sprintf("every ca.crt holds the next root: %v; directories on it: %d", trusted != 0, len(onNew))
 	})
 	if trusted == 0 {
 		t.Fatal("the leaves moved to a new root without every ca.crt holding both first")
 	}
-	t.Logf("root rotation, file consumers: every ca.crt held the next root %v after the request; leaves under it after %v (server) and %v (client); %d handshakes of each pair, %d failed",
-		trusted.Round(100*time.Millisecond), onNew[serverID].Round(100*time.Millisecond), onNew[clientID].Round(100*time.Millisecond), handshakes, failed)
+	t.Logf("%s: every ca.crt held the next root %v after the request; leaves under it after %v (server) and %v (client); %d handshakes of each pair, %d failed",
+		event, trusted.Round(100*time.Millisecond), onNew["server"].Round(100*time.Millisecond), onNew["client"].Round(100*time.Millisecond), c.Rounds, c.Failed)
+}
+
+// throughTaint taints the intermediate that signed dirs["server"]'s leaf
+// and, every 500ms until every directory holds a leaf under another
+// intermediate, makes a handshake on each pair (none may fail).
+func throughTaint(t *testing.T, event string, dirs map[string]string, pairs []handshake.Pair, taint func() error) {
+	t.Helper()
+	tainted := readDir(t, dirs["server"]).Chain[1]
+	began := time.Now()
+	if err := taint(); err != nil {
+		t.Fatalf("tainting the intermediate: %v", err)
+	}
+	c := handshake.Until(t, event, 2*time.Minute, 500*time.Millisecond, pairs, func(int) (bool, string) {
+		moved := 0
+		for _, dir := range dirs {
+			if f := readDir(t, dir); len(f.Chain) > 1 && !f.Chain[1].Equal(tainted) {
+				moved++
+			}
+		}
+		return moved == len(dirs), fmt.Sprintf("%d of %d directories under a new intermediate", moved, len(dirs))
+	})
+	t.Logf("%s: every directory under a new intermediate %v after the taint; %d handshakes of each pair, %d failed",
+		event, time.Since(began).Round(100*time.Millisecond), c.Rounds, c.Failed)
 }
 
 // certDirs waits until writeDir holds a directory for each of ids and
@@ -143,54 +211,4 @@ func readDir(t *testing.T, dir string) *fileconsumer.Files {
 		t.Fatalf("reading %s: %v", dir, err)
 	}
 	return f
-}
-
-// TestEndToEndTaintFileConsumers: `ca taint --authority intermediate`
-// (on the store of the running CA, as the command does) while two plain
-// file consumers and the go-spiffe pair do mTLS every 500 ms: issuance
-// moves off the tainted intermediate, both directories get leaves under a
-// new one, and no handshake fails on the way.
-func TestEndToEndTaintFileConsumers(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test with a real taint (about 30s); skipped with -short")
-	}
-	s := startStack(t, "20s")
-	m := startMTLS(t, s)
-	dirs := certDirs(t, s.writeDir, serverID, clientID)
-	files, err := fileconsumer.Listen(dirs[serverID], dirs[clientID])
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { files.Close() })
-	tainted := readDir(t, dirs[serverID]).Chain[1]
-
-	store, err := authority.NewDirStore(s.stateDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	began := time.Now()
-	if _, err := authority.TaintAuthority(context.Background(), store, authority.TaintRequest{Role: authority.RoleIntermediate}, time.Now()); err != nil {
-		t.Fatalf("TaintAuthority: %v", err)
-	}
-	handshakes, failed := 0, 0
-	wait.Until(t, "both directories hold leaves under a new intermediate", 90*time.Second, 500*time.Millisecond, func(context.Context) (bool, string) {
-		handshakes++
-		if err := files.Handshake(); err != nil {
-			failed++
-			t.Errorf("file consumers: handshake %d failed during the taint: %v", handshakes, err)
-		}
-		if err := m.handshake(); err != nil {
-			failed++
-			t.Errorf("go-spiffe pair: handshake %d failed during the taint: %v", handshakes, err)
-		}
-		moved := 0
-		for _, dir := range dirs {
-			if f := readDir(t, dir); len(f.Chain) > 1 && !f.Chain[1].Equal(tainted) {
-				moved++
-			}
-		}
-		return moved == len(dirs), fmt.Sprintf("%d of %d directories under a new intermediate", moved, len(dirs))
-	})
-	t.Logf("intermediate taint, file consumers: both directories under a new intermediate %v after the taint; %d handshakes of each pair, %d failed",
-		time.Since(began).Round(100*time.Millisecond), handshakes, failed)
 }
