@@ -228,27 +228,40 @@ func (r Rotation) replaced(cur *Slot) Rotation {
 
 // withoutExpired returns r without the retired keys whose Until passed.
 func (r Rotation) withoutExpired(now time.Time) Rotation {
-	var kept []Retired
-	for _, k := range r.Retired {
-		if now.Before(k.Until) {
-			kept = append(kept, k)
-		}
-	}
-	r.Retired = kept
+	r.Retired = unexpired(r.Retired, retiredUntil, now)
 	return r
 }
 
 // retiredDue reports whether a retired key's Until has passed, and else
 // the earliest Until.
 func (r *Rotation) retiredDue(now time.Time) (due bool, next time.Time) {
+	return expiryDue(r.Retired, retiredUntil, now)
+}
+
+func retiredUntil(k Retired) time.Time { return k.Until }
+
+// expiryDue reports whether the end of one of items (retired keys,
+// taints) has passed, and else the earliest end.
+func expiryDue[T any](items []T, end func(T) time.Time, now time.Time) (due bool, next time.Time) {
 	next = farFuture
-	for _, k := range r.Retired {
-		if !now.Before(k.Until) {
+	for _, it := range items {
+		if !now.Before(end(it)) {
 			return true, now
 		}
-		next = minTime(next, k.Until)
+		next = minTime(next, end(it))
 	}
 	return false, next
+}
+
+// unexpired returns the items whose end has not passed.
+func unexpired[T any](items []T, end func(T) time.Time, now time.Time) []T {
+	var kept []T
+	for _, it := range items {
+		if now.Before(end(it)) {
+			kept = append(kept, it)
+		}
+	}
+	return kept
 }
 
 func at(notBefore, notAfter time.Time, fraction float64) time.Time {

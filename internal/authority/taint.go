@@ -131,25 +131,14 @@ func (s *State) signsWith(ski []byte) bool {
 // taintsDue reports whether a taint outlived its key, and else the
 // earliest NotAfter of a taint.
 func (s *State) taintsDue(now time.Time) (due bool, next time.Time) {
-	next = farFuture
-	for _, t := range s.Taints {
-		if !now.Before(t.NotAfter) {
-			return true, now
-		}
-		next = minTime(next, t.NotAfter)
-	}
-	return false, next
+	return expiryDue(s.Taints, taintEnd, now)
 }
 
 func (s *State) withoutExpiredTaints(now time.Time) []Taint {
-	var kept []Taint
-	for _, t := range s.Taints {
-		if now.Before(t.NotAfter) {
-			kept = append(kept, t)
-		}
-	}
-	return kept
+	return unexpired(s.Taints, taintEnd, now)
 }
+
+func taintEnd(t Taint) time.Time { return t.NotAfter }
 
 // findAuthority returns the certificate of role with serial (hex, any
 // case), or the current one when serial is empty.
