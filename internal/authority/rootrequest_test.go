@@ -14,15 +14,7 @@ import (
 // agent acknowledged it, long before the root's own rotation point.
 func TestRequestRootRotation(t *testing.T) {
 	ctx := context.Background()
-	store, err := authority.NewDirStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := rotate.NewFakeClock(t0)
-	acked := false
-	m := newManager(store, clock, &memMarker{}, func(o *authority.ManagerOptions) {
-		o.Acks = func() bool { return acked }
-	})
+	store, m, acked := gatedManager(t)
 	before := mustLoad(t, m)
 	oldRoot := before.State.Root.Current.Cert()
 
@@ -41,7 +33,7 @@ func TestRequestRootRotation(t *testing.T) {
 		t.Fatal("root activated before the agents acknowledged it")
 	}
 
-	acked = true
+	*acked = true
 	m.RotateOnce(ctx)
 	l = mustCurrent(t, m)
 	if l.State.Root.Current.Cert().Equal(oldRoot) {
@@ -130,4 +122,19 @@ func TestRequestRootActivation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// gatedManager is a manager, with a fake clock at t0, on a new directory
+// store, whose agents acknowledge a bundle once *acked is set.
+func gatedManager(t *testing.T) (*authority.DirStore, *authority.Manager, *bool) {
+	t.Helper()
+	store, err := authority.NewDirStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked := new(bool)
+	m := newManager(store, rotate.NewFakeClock(t0), &memMarker{}, func(o *authority.ManagerOptions) {
+		o.Acks = func() bool { return *acked }
+	})
+	return store, m, acked
 }

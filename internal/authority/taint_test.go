@@ -121,15 +121,7 @@ func TestTaintRoot(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			store, err := authority.NewDirStore(t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			clock := rotate.NewFakeClock(t0)
-			acked := false
-			m := newManager(store, clock, &memMarker{}, func(o *authority.ManagerOptions) {
-				o.Acks = func() bool { return acked }
-			})
+			store, m, acked := gatedManager(t)
 			oldRoot := mustLoad(t, m).State.Root.Current.Cert()
 			if _, err := authority.TaintAuthority(ctx, store, authority.TaintRequest{Role: authority.RoleRoot, Force: force}, t0); err != nil {
 				t.Fatal(err)
@@ -155,7 +147,7 @@ func TestTaintRoot(t *testing.T) {
 				if _, err := authority.RevokeAuthority(ctx, store, authority.RevokeRequest{Role: authority.RoleRoot, Serial: oldRoot.SerialNumber.Text(16)}); !errors.Is(err, authority.ErrStillSigning) {
 					t.Fatalf("revoke by serial while the root signs: err = %v, want ErrStillSigning", err)
 				}
-				acked = true
+				*acked = true
 				m.RotateOnce(ctx)
 				l = mustCurrent(t, m)
 			}
