@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -28,12 +27,10 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/authority"
-	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
-	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -85,15 +82,7 @@ func TestKubernetesLeaderFailoverMidRotation(t *testing.T) {
 	wait.For(t, "the first replica takes the lease", func() bool { return holder() != "" })
 	other := start()
 
-	var roots []*x509.Certificate
-	wait.For(t, "trust bundle ConfigMap", func() bool {
-		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
-		if err != nil {
-			return false
-		}
-		roots, err = pki.DecodeCertificates([]byte(cm.Data[bundle.ConfigMapKey]), pki.PEMLimits{})
-		return err == nil
-	})
+	roots := trustRoots(t, kube)
 	var agents []*simAgent
 	for _, node := range []string{"node-a", "node-b"} {
 		create(t, kube.CoreV1().Nodes().Create, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}})
@@ -373,24 +362,15 @@ type simAgent struct {
 
 func newSimAgent(t *testing.T, kube kubernetes.Interface, clock rotate.Clock, node string, roots []*x509.Certificate) *simAgent {
 	t.Helper()
-	ctx := context.Background()
 	pod := create(t, kube.CoreV1().Pods("mayfly-system").Create, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "agent-" + node},
 		Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: node, Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
 	})
-	exp := int64(3600)
-	tr, err := kube.CoreV1().ServiceAccounts("mayfly-system").CreateToken(ctx, "mayfly-agent", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
-		Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
-		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	web := create(t, kube.CoreV1().Pods("app").Create, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "web-" + node},
 		Spec:       corev1.PodSpec{ServiceAccountName: "web", NodeName: node, Containers: []corev1.Container{{Name: "web", Image: "web"}}},
 	})
-	ag := &simAgent{t: t, node: node, token: tr.Status.Token, pod: web, clock: clock, trusted: roots, ack: roots}
+	ag := &simAgent{t: t, node: node, token: agentToken(t, kube, pod), pod: web, clock: clock, trusted: roots, ack: roots}
 	t.Cleanup(ag.hangUp)
 	return ag
 }

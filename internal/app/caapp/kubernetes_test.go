@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -85,28 +86,13 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 	r2 := startReplica(t, c, clock)
 
 	// The bundle ConfigMap is the agents' starting trust.
-	var roots []*x509.Certificate
-	wait.For(t, "trust bundle ConfigMap", func() bool {
-		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
-		if err != nil {
-			return false
-		}
-		roots, err = pki.DecodeCertificates([]byte(cm.Data[bundle.ConfigMapKey]), pki.PEMLimits{})
-		return err == nil
-	})
+	roots := trustRoots(t, kube)
 	wait.For(t, "trust bundle ConfigMap in namespace app", func() bool {
 		_, err := kube.CoreV1().ConfigMaps("app").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
 		return err == nil
 	})
 
-	exp := int64(3600)
-	tr, err := kube.CoreV1().ServiceAccounts("mayfly-system").CreateToken(ctx, "mayfly-agent", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
-		Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
-		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: agentPod.Name, UID: agentPod.UID},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := agentToken(t, kube, agentPod)
 
 	// dial returns a client of replica r presenting cert (may be nil).
 	dial := func(r *replica, cert *tls.Certificate) issuerv1.IssuerClient {
@@ -127,7 +113,7 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 	// attests again with its (real-time valid) token.
 	attest := func() {
 		wait.For(t, "agent attestation (pod caches synced)", func() bool {
-			resp, err := dial(r1, nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, agentKey), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: tr.Status.Token}})
+			resp, err := dial(r1, nil).AttestAgent(ctx, &issuerv1.AttestAgentRequest{Csr: testca.CSR(t, agentKey), Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: token}})
 			if err != nil {
 				t.Logf("attest: %v", err)
 				return false
@@ -222,6 +208,37 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 	if (l1 == 0) == (l2 == 0) {
 		t.Fatalf("rotations logged by replica 1: %d, replica 2: %d; want exactly one replica rotating", l1, l2)
 	}
+}
+
+// trustRoots waits for the trust bundle ConfigMap of mayfly-system, the
+// agents' starting trust, and returns its roots.
+func trustRoots(t *testing.T, kube kubernetes.Interface) []*x509.Certificate {
+	t.Helper()
+	var roots []*x509.Certificate
+	wait.For(t, "trust bundle ConfigMap", func() bool {
+		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(context.Background(), bundle.ConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		roots, err = pki.DecodeCertificates([]byte(cm.Data[bundle.ConfigMapKey]), pki.PEMLimits{})
+		return err == nil
+	})
+	return roots
+}
+
+// agentToken returns a ServiceAccount token of the agent pod, for the CA's
+// audience, as the kubelet projects it.
+func agentToken(t *testing.T, kube kubernetes.Interface, pod *corev1.Pod) string {
+	t.Helper()
+	exp := int64(3600)
+	tr, err := kube.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
+		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr.Status.Token
 }
 
 func wcScheme(t *testing.T) *runtime.Scheme {

@@ -4,24 +4,21 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
-	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
-	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -41,28 +38,12 @@ func TestKubernetesAgentRevocation(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Name: "agent-" + node},
 			Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: node, Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
 		})
-		exp := int64(3600)
-		tr, err := kube.CoreV1().ServiceAccounts("mayfly-system").CreateToken(ctx, "mayfly-agent", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
-			Audiences: []string{"mayfly-ca"}, ExpirationSeconds: &exp,
-			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pods[node].Name, UID: pods[node].UID},
-		}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens[node] = tr.Status.Token
+		tokens[node] = agentToken(t, kube, pods[node])
 	}
 
 	clock := rotate.NewFakeClock(time.Now())
 	r := startReplica(t, c, clock)
-	var roots []*x509.Certificate
-	wait.For(t, "trust bundle ConfigMap", func() bool {
-		cm, err := kube.CoreV1().ConfigMaps("mayfly-system").Get(ctx, bundle.ConfigMapName, metav1.GetOptions{})
-		if err != nil {
-			return false
-		}
-		roots, err = pki.DecodeCertificates([]byte(cm.Data[bundle.ConfigMapKey]), pki.PEMLimits{})
-		return err == nil
-	})
+	roots := trustRoots(t, kube)
 	dial := func(cert *tls.Certificate) issuerv1.IssuerClient {
 		conn, client, err := issuerclient.Dial(issuerclient.Config{
 			Address: r.addr, TrustDomain: td, Now: clock.Now,

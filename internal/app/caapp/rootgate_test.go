@@ -66,18 +66,7 @@ func TestKubernetesRootWaitsForDeliveryObjects(t *testing.T) {
 	orphan = create(t, kube.CoreV1().Secrets("app").Create, orphan)
 
 	store := authority.NewSecretStore(kube, "mayfly-system", "mayfly-ca")
-	state := func() *authority.State {
-		t.Helper()
-		snap, err := store.Load(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := authority.Decode(snap.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	state := func() *authority.State { return loadState(t, store) }
 	root0 := state().Root.Current.Cert()
 	if err := authority.RequestRootRotation(ctx, store); err != nil {
 		t.Fatal(err)

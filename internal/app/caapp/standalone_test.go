@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -116,8 +115,6 @@ func runCA(t testing.TB, text string, opts caapp.Options) *caProcess {
 			}
 		case <-time.After(30 * time.Second):
 			t.Error("the CA did not stop within 30s")
-			buf := make([]byte, 1<<24)
-			_ = os.WriteFile("/tmp/dedup_stacks.txt", buf[:runtime.Stack(buf, true)], 0o600)
 		}
 	})
 	return p
