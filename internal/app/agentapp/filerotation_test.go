@@ -29,12 +29,7 @@ func TestEndToEndRootRotationFileConsumers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test with a real root rotation (about 30s); skipped with -short")
 	}
-	s := startStack(t, "20s")
-	dirs, pairs := writeDirConsumers(t, s)
-	store, err := authority.NewDirStore(s.stateDir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dirs, pairs, store := writeDirConsumers(t)
 	throughRootRotation(t, "root rotation, writeDir file consumers", dirs, pairs, func() error {
 		return authority.RequestRootRotation(context.Background(), store)
 	})
@@ -49,28 +44,29 @@ func TestEndToEndTaintFileConsumers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test with a real taint (about 30s); skipped with -short")
 	}
-	s := startStack(t, "20s")
-	dirs, pairs := writeDirConsumers(t, s)
-	store, err := authority.NewDirStore(s.stateDir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dirs, pairs, store := writeDirConsumers(t)
 	throughTaint(t, "intermediate taint, writeDir file consumers", dirs, pairs, func() error {
 		_, err := authority.TaintAuthority(context.Background(), store, authority.TaintRequest{Role: authority.RoleIntermediate}, time.Now())
 		return err
 	})
 }
 
-// writeDirConsumers starts the go-spiffe pair on the stack's socket and a
-// file consumer pair on the writeDir directories of serverID and clientID,
-// and returns those directories (by "server" and "client") and both pairs.
-func writeDirConsumers(t *testing.T, s *stack) (map[string]string, []handshake.Pair) {
+// writeDirConsumers starts a stack with 20s certificates, the go-spiffe
+// pair on its socket and a file consumer pair on the writeDir directories
+// of serverID and clientID, and returns those directories (by "server"
+// and "client"), both pairs and the CA's store.
+func writeDirConsumers(t *testing.T) (map[string]string, []handshake.Pair, authority.Store) {
 	t.Helper()
+	s := startStack(t, "20s")
 	m := startMTLS(t, s)
 	ids := certDirs(t, s.writeDir, serverID, clientID)
 	dirs := map[string]string{"server": ids[serverID], "client": ids[clientID]}
 	files := listenFiles(t, dirs)
-	return dirs, []handshake.Pair{{Name: "file consumers", Handshake: files.Handshake}, {Name: "go-spiffe pair", Handshake: m.handshake}}
+	store, err := authority.NewDirStore(s.stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dirs, []handshake.Pair{{Name: "file consumers", Handshake: files.Handshake}, {Name: "go-spiffe pair", Handshake: m.handshake}}, store
 }
 
 // listenFiles starts a file consumer server on dirs["server"] and its

@@ -96,16 +96,7 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 
 	// dial returns a client of replica r presenting cert (may be nil).
 	dial := func(r *replica, cert *tls.Certificate) issuerv1.IssuerClient {
-		conn, client, err := issuerclient.Dial(issuerclient.Config{
-			Address: r.addr, TrustDomain: td, Now: clock.Now,
-			Bundle:      func() []*x509.Certificate { return roots },
-			Certificate: func() *tls.Certificate { return cert },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return client
+		return dialCA(t, r.addr, clock.Now, func() []*x509.Certificate { return roots }, cert)
 	}
 	agentKey := testca.Key(t)
 	var agentCert *tls.Certificate
@@ -208,6 +199,21 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 	if (l1 == 0) == (l2 == 0) {
 		t.Fatalf("rotations logged by replica 1: %d, replica 2: %d; want exactly one replica rotating", l1, l2)
 	}
+}
+
+// dialCA returns a client of the issuer API at addr, verifying it with
+// bundle and presenting cert (may be nil), closed when the test ends.
+func dialCA(t *testing.T, addr string, now func() time.Time, bundle func() []*x509.Certificate, cert *tls.Certificate) issuerv1.IssuerClient {
+	t.Helper()
+	conn, client, err := issuerclient.Dial(issuerclient.Config{
+		Address: addr, TrustDomain: td, Now: now, Bundle: bundle,
+		Certificate: func() *tls.Certificate { return cert },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return client
 }
 
 // trustRoots waits for the trust bundle ConfigMap of mayfly-system, the

@@ -15,7 +15,6 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/eviction"
-	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
@@ -45,16 +44,7 @@ func TestKubernetesAgentRevocation(t *testing.T) {
 	r := startReplica(t, c, clock)
 	roots := trustRoots(t, kube)
 	dial := func(cert *tls.Certificate) issuerv1.IssuerClient {
-		conn, client, err := issuerclient.Dial(issuerclient.Config{
-			Address: r.addr, TrustDomain: td, Now: clock.Now,
-			Bundle:      func() []*x509.Certificate { return roots },
-			Certificate: func() *tls.Certificate { return cert },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return client
+		return dialCA(t, r.addr, clock.Now, func() []*x509.Certificate { return roots }, cert)
 	}
 	attest := func(node string) *tls.Certificate {
 		key := testca.Key(t)

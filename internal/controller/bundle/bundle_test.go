@@ -10,20 +10,14 @@ import (
 	"maps"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
@@ -32,11 +26,6 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
-)
-
-const (
-	pollEvery   = 50 * time.Millisecond
-	pollTimeout = 20 * time.Second
 )
 
 func loaded(version string, roots ...*x509.Certificate) *authority.Loaded {
@@ -77,19 +66,10 @@ type env struct {
 // start runs a manager with the bundle controller until the test ends.
 func start(t *testing.T, c *cluster.Cluster, src *fakeauthority.Authority, selector labels.Selector) *env {
 	t.Helper()
-	mgr, err := ctrl.NewManager(c.Config, ctrl.Options{
-		Logger:                 logr.Discard(),
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-		// As the CA runs it (bundle.Reconciler.SetupWithManager).
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.ConfigMap{}: {Field: fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName)},
-		}},
+	// As the CA runs it (bundle.Reconciler.SetupWithManager).
+	mgr := cluster.NewManager(t, c.Config, nil, map[client.Object]cache.ByObject{
+		&corev1.ConfigMap{}: {Field: fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName)},
 	})
-	if err != nil {
-		t.Fatalf("manager: %v", err)
-	}
 	rc := &recordingClient{Client: mgr.GetClient(), got: map[string]int{}}
 	r := &bundle.Reconciler{Client: rc, Source: src, NamespaceSelector: selector, ClusterTrustBundle: true}
 	if err := r.SetupWithManager(mgr); err != nil {
@@ -107,7 +87,7 @@ func start(t *testing.T, c *cluster.Cluster, src *fakeauthority.Authority, selec
 // holds and, if not, what it saw.
 func (e *env) eventually(t *testing.T, what string, cond func(ctx context.Context) (bool, string)) {
 	t.Helper()
-	wait.Until(t, what, pollTimeout, pollEvery, cond)
+	wait.Until(t, what, cluster.PollTimeout, cluster.PollEvery, cond)
 }
 
 func (e *env) createNamespace(t *testing.T, name string, lbls map[string]string) {

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -19,12 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
@@ -41,10 +36,8 @@ import (
 )
 
 const (
-	pollEvery   = 50 * time.Millisecond
-	pollTimeout = 30 * time.Second
-	delay       = 2 * time.Minute
-	selectedNS  = "sel-a"
+	delay      = 2 * time.Minute
+	selectedNS = "sel-a"
 )
 
 var selector = labels.SelectorFromSet(labels.Set{"mayfly.dev/bundle": "yes"})
@@ -83,21 +76,11 @@ func start(t *testing.T, controllers bool) *env {
 	if e.cl, err = client.New(c.Config, client.Options{Scheme: scheme}); err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := ctrl.NewManager(c.Config, ctrl.Options{
-		Scheme:                 scheme,
-		Logger:                 logr.Discard(),
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-		// As the CA runs it (caapp).
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.ConfigMap{}: {Field: fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName)},
-			&corev1.Secret{}:    workloadcert.SecretCache(),
-		}},
+	// As the CA runs it (caapp).
+	mgr := cluster.NewManager(t, c.Config, scheme, map[client.Object]cache.ByObject{
+		&corev1.ConfigMap{}: {Field: fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName)},
+		&corev1.Secret{}:    workloadcert.SecretCache(),
 	})
-	if err != nil {
-		t.Fatalf("manager: %v", err)
-	}
 	e.gate = &bundlegate.Gate{Source: e.auth, NamespaceSelector: selector, ClusterTrustBundle: true, PropagationDelay: delay, Clock: e.clock, Registerer: e.reg}
 	if err := e.gate.SetupWithManager(mgr); err != nil {
 		t.Fatalf("gate: %v", err)
@@ -139,7 +122,7 @@ func (e *env) update(t *testing.T, o client.Object, change func()) {
 // want (sorted, "kind ns/name").
 func (e *env) waitPending(t *testing.T, want ...string) {
 	t.Helper()
-	wait.Until(t, fmt.Sprintf("pending objects %v", want), pollTimeout, pollEvery, func(context.Context) (bool, string) {
+	wait.Until(t, fmt.Sprintf("pending objects %v", want), cluster.PollTimeout, cluster.PollEvery, func(context.Context) (bool, string) {
 		l, _ := e.auth.Current()
 		ok, pending, _ := e.gate.Adopted(l.BundleVersion)
 		if len(want) == 0 {
@@ -295,7 +278,7 @@ func TestGateWithControllers(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Namespace: selectedNS, Name: "web"},
 			Spec:       mayflyv1alpha1.WorkloadCertificateSpec{ServiceAccountName: "web", SecretName: "web-tls"},
 		})
-	wait.Until(t, "the Secret, the ConfigMap and the ClusterTrustBundle hold the first bundle", pollTimeout, pollEvery, func(context.Context) (bool, string) {
+	wait.Until(t, "the Secret, the ConfigMap and the ClusterTrustBundle hold the first bundle", cluster.PollTimeout, cluster.PollEvery, func(context.Context) (bool, string) {
 		l, _ := e.auth.Current()
 		ok, pending, _ := e.gate.Adopted(l.BundleVersion)
 		st := e.gate.Status()

@@ -26,11 +26,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
@@ -42,11 +39,6 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
-)
-
-const (
-	pollEvery   = 50 * time.Millisecond
-	pollTimeout = 20 * time.Second
 )
 
 // logBuffer collects JSON log lines from several goroutines.
@@ -89,16 +81,9 @@ func newEnv(t *testing.T) *env {
 // requests, until the test ends.
 func (e *env) startSigner(t *testing.T, r *pcr.Reconciler) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(e.c.Config, ctrl.Options{
-		Metrics:    metricsserver.Options{BindAddress: "0"},
-		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&certificatesv1.PodCertificateRequest{}: pcr.CacheByObject(r.SignerName),
-		}},
+	mgr := cluster.NewManager(t, e.c.Config, nil, map[client.Object]cache.ByObject{
+		&certificatesv1.PodCertificateRequest{}: pcr.CacheByObject(r.SignerName),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +169,7 @@ func (e *env) get(t *testing.T, ns, name string) *certificatesv1.PodCertificateR
 func (e *env) waitDecided(t *testing.T, ns, name string) *certificatesv1.PodCertificateRequest {
 	t.Helper()
 	var req *certificatesv1.PodCertificateRequest
-	wait.Within(t, "a decision on PodCertificateRequest "+ns+"/"+name, pollTimeout, pollEvery, func() bool {
+	wait.Within(t, "a decision on PodCertificateRequest "+ns+"/"+name, cluster.PollTimeout, cluster.PollEvery, func() bool {
 		req = e.get(t, ns, name)
 		return len(req.Status.Conditions) > 0
 	})
@@ -194,7 +179,7 @@ func (e *env) waitDecided(t *testing.T, ns, name string) *certificatesv1.PodCert
 // waitLog polls until a log line has msg and its error contains substr.
 func waitLog(t *testing.T, logs *logBuffer, pcrName, substr string) {
 	t.Helper()
-	wait.Within(t, "a log line for "+pcrName+" with "+strconv.Quote(substr), pollTimeout, pollEvery, func() bool {
+	wait.Within(t, "a log line for "+pcrName+" with "+strconv.Quote(substr), cluster.PollTimeout, cluster.PollEvery, func() bool {
 		for _, l := range logs.lines(t, "pcr", pcrName) {
 			if e, _ := l["error"].(string); strings.Contains(e, substr) {
 				return true
@@ -457,14 +442,7 @@ func TestSetupRejectsBadConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			mgr, err := ctrl.NewManager(e.c.Config, ctrl.Options{
-				Metrics:    metricsserver.Options{BindAddress: "0"},
-				Controller: config.Controller{SkipNameValidation: ptr.To(true)},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := tt.r.SetupWithManager(mgr); err == nil {
+			if err := tt.r.SetupWithManager(cluster.NewManager(t, e.c.Config, nil, nil)); err == nil {
 				t.Error("SetupWithManager accepted the configuration")
 			}
 		})

@@ -9,9 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -19,12 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
@@ -36,11 +30,6 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
-)
-
-const (
-	pollEvery   = 50 * time.Millisecond
-	pollTimeout = 30 * time.Second
 )
 
 // env is a cluster with the CRD installed and the controller running.
@@ -100,17 +89,7 @@ func start(t testing.TB, clock *rotate.FakeClock, tweak func(*rest.Config), work
 // the API server until the test ends, exporting its metrics to reg.
 func (e *env) runController(t testing.TB, cfg *rest.Config, workers int, reg prometheus.Registerer) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 e.scheme,
-		Logger:                 logr.Discard(),
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-		Cache:                  cache.Options{ByObject: map[client.Object]cache.ByObject{&corev1.Secret{}: workloadcert.SecretCache()}},
-	})
-	if err != nil {
-		t.Fatalf("manager: %v", err)
-	}
+	mgr := cluster.NewManager(t, cfg, e.scheme, map[client.Object]cache.ByObject{&corev1.Secret{}: workloadcert.SecretCache()})
 	r := &workloadcert.Reconciler{
 		Authority:   e.auth,
 		TrustDomain: e.ca.TrustDomain,
@@ -132,7 +111,7 @@ func (e *env) runController(t testing.TB, cfg *rest.Config, workers int, reg pro
 // what it saw when it does not hold.
 func eventually(t testing.TB, what string, cond func(ctx context.Context) (bool, string)) {
 	t.Helper()
-	wait.Until(t, what, pollTimeout, pollEvery, cond)
+	wait.Until(t, what, cluster.PollTimeout, cluster.PollEvery, cond)
 }
 
 func (e *env) create(t testing.TB, objs ...client.Object) {

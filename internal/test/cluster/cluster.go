@@ -9,10 +9,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+)
+
+// How long and how often a test polls for what a controller does against
+// the API server (generous: tests share a loaded machine).
+const (
+	PollTimeout = 30 * time.Second
+	PollEvery   = 50 * time.Millisecond
 )
 
 // Cluster is a running API server with an admin client.
@@ -80,6 +94,27 @@ func Start(t testing.TB, opts ...Option) *Cluster {
 		t.Fatalf("client for envtest: %v", err)
 	}
 	return &Cluster{Env: env, Config: cfg, Client: client}
+}
+
+// NewManager returns a controller-runtime manager on cfg for a
+// controller under test: scheme (nil: client-go's), its cache narrowed by
+// byObject as the CA narrows it, no metrics or health listeners, no log,
+// and controller names that may repeat (several managers per process).
+// Start it with RunManager.
+func NewManager(t testing.TB, cfg *rest.Config, scheme *runtime.Scheme, byObject map[client.Object]cache.ByObject) manager.Manager {
+	t.Helper()
+	mgr, err := manager.New(cfg, manager.Options{
+		Scheme:                 scheme,
+		Logger:                 logr.Discard(),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		Cache:                  cache.Options{ByObject: byObject},
+	})
+	if err != nil {
+		t.Fatalf("manager: %v", err)
+	}
+	return mgr
 }
 
 // RunManager starts mgr and runs it until the test ends; at cleanup it
