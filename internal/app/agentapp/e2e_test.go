@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
+	"github.com/mayfly-pki/mayfly/internal/test/handshake"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
@@ -184,24 +184,17 @@ func TestEndToEndMTLSThroughRotations(t *testing.T) {
 	m := startMTLS(t, s)
 
 	// A request every 200ms until the server has had 4 certificates.
-	var failures atomic.Int64
 	serials := map[string]bool{}
-	requests := 0
-	wait.Until(t, "the server certificate rotated 3 times", 90*time.Second, 200*time.Millisecond, func(context.Context) (bool, string) {
-		requests++
-		if err := m.handshake(); err != nil {
-			failures.Add(1)
-			t.Errorf("request %d failed: %v", requests, err)
-		}
+	c := handshake.Until(t, "3 rotations of the server certificate", 90*time.Second, 200*time.Millisecond, []handshake.Pair{{Name: "go-spiffe pair", Handshake: m.handshake}}, func(int) (bool, string) {
 		if svid, err := m.serverSrc.GetX509SVID(); err == nil {
 			serials[svid.Certificates[0].SerialNumber.String()] = true
 		}
 		return len(serials) >= 4, fmt.Sprintf("%d server certificates seen", len(serials))
 	})
-	if failures.Load() != 0 {
-		t.Fatalf("%d of %d handshakes failed", failures.Load(), requests)
+	if c.Failed != 0 {
+		t.Fatalf("%d of %d handshakes failed", c.Failed, c.Rounds)
 	}
-	t.Logf("%d requests, 0 failures, %d server certificates", requests, len(serials))
+	t.Logf("%d requests, 0 failures, %d server certificates", c.Rounds, len(serials))
 
 	// The write-dir sink holds a matching pair for each registration.
 	for _, sub := range []string{"e2e/server", "e2e/client"} {

@@ -12,7 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
-	"github.com/mayfly-pki/mayfly/internal/test/wait"
+	"github.com/mayfly-pki/mayfly/internal/test/handshake"
 )
 
 // TestEndToEndRootRotation: a root rotation requested as `ca rotate-root`
@@ -41,7 +41,6 @@ func TestEndToEndRootRotation(t *testing.T) {
 	}
 
 	var (
-		requests  int
 		published time.Time // both workloads trust two roots
 		newRoot   *x509.Certificate
 		onNew     = map[string]bool{}
@@ -49,11 +48,7 @@ func TestEndToEndRootRotation(t *testing.T) {
 	// A request every 200ms until both workloads hold certificates under
 	// the new root, checking the order of events at each step.
 	began := time.Now()
-	wait.Until(t, "both workloads are on certificates under the new root", 90*time.Second, 200*time.Millisecond, func(context.Context) (bool, string) {
-		requests++
-		if err := m.handshake(); err != nil {
-			t.Fatalf("handshake %d failed during the root rotation: %v", requests, err)
-		}
+	c := handshake.Until(t, "the root rotation", 90*time.Second, 200*time.Millisecond, []handshake.Pair{{Name: "go-spiffe pair", Handshake: m.handshake}}, func(int) (bool, string) {
 		for name, src := range map[string]*workloadapi.X509Source{"server": m.serverSrc, "client": m.clientSrc} {
 			svid, err := src.GetX509SVID()
 			if err != nil {
@@ -96,8 +91,8 @@ func TestEndToEndRootRotation(t *testing.T) {
 	if !strings.Contains(s.caLogs.String(), "rotated CA keys") {
 		t.Errorf("the CA did not log the rotation:\n%s", s.caLogs)
 	}
-	t.Logf("root rotation: next root trusted by both workloads %v after the request, both on it %v after; %d handshakes, 0 failed",
-		published.Sub(began).Round(100*time.Millisecond), time.Since(began).Round(100*time.Millisecond), requests)
+	t.Logf("root rotation: next root trusted by both workloads %v after the request, both on it %v after; %d handshakes, %d failed",
+		published.Sub(began).Round(100*time.Millisecond), time.Since(began).Round(100*time.Millisecond), c.Rounds, c.Failed)
 }
 
 func roots(t *testing.T, src *workloadapi.X509Source) []*x509.Certificate {
