@@ -142,6 +142,9 @@ type Config struct {
 	// AgentMaxAge refuses the renewal of an agent SVID whose original
 	// attestation is older, so the agent attests anew; 0: no limit.
 	AgentMaxAge time.Duration
+	// StandardSigning signs with x509.CreateCertificate instead of the
+	// direct encoder (pki.Signer.StandardPath), for comparison.
+	StandardSigning bool
 
 	// Acks records each node's acknowledgement for the cluster-wide count
 	// of the bundle's adoption (adoption.Tracker); nil records nothing.
@@ -278,10 +281,12 @@ func (s *Server) current() (*signers, error) {
 				MinTTL: s.cfg.MinWorkloadTTL, MaxTTL: s.cfg.MaxWorkloadTTL,
 				MaxDNSNames: pki.MaxDNSNames, KubernetesIDs: s.cfg.KubernetesIDs,
 			}),
+			StandardPath: s.cfg.StandardSigning,
 		},
 		agent: &pki.Signer{
 			Authority: l.Authority, Now: s.cfg.Now, Rand: s.cfg.Rand,
-			Options: policy.AgentRules(),
+			Options:      policy.AgentRules(),
+			StandardPath: s.cfg.StandardSigning,
 		},
 	}
 	s.signers.Store(n)
