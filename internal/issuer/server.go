@@ -443,7 +443,7 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 		return deny(grant.ID.String(), err)
 	}
 	s.live.record(sg.loaded, leaf.NotAfter)
-	s.auditIssue(ctx, "workload", "sign", "node "+node, leaf, "subject", grant.Subject)
+	s.auditIssue(ctx, "workload", "sign", "node "+node, leaf, slog.String("subject", grant.Subject))
 	res.Result = &issuerv1.WorkloadResult_Issued{Issued: &issuerv1.Issued{
 		SpiffeId:         grant.ID.String(),
 		CertificateChain: chainDER(der, sg.loaded.Authority),

@@ -14,18 +14,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"reflect"
 	"slices"
 	"time"
-
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // The direct encoder builds the DER of the leaves mayfly issues (workload
 // and agent X.509-SVIDs) without x509.CreateCertificate: the template of a
 // leaf has a fixed shape, so its TBSCertificate is written field by field
-// with cryptobyte, byte for byte what CreateCertificate writes for the same
+// by a small DER appender (der.go) that allocates nothing per element, byte
+// for byte what CreateCertificate writes for the same
 // template (the differential tests and FuzzDirectLeaf compare the two), and
 // signed once. What it leaves out is what CreateCertificate repeats on every
 // call: reflection-driven encoding/asn1, the checks of a free-form template,
@@ -87,8 +86,8 @@ func mustMarshal(v any) []byte {
 // hash, and whether the key is one of the standard library's.
 type issuerSigAlg struct {
 	alg      x509.SignatureAlgorithm
-	oid      asn1.ObjectIdentifier
-	nullArgs bool // RSA: AlgorithmIdentifier parameters NULL
+	oid      []byte // encoded OBJECT IDENTIFIER
+	nullArgs bool   // RSA: AlgorithmIdentifier parameters NULL
 	hash     crypto.Hash
 	stdlib   bool
 }
@@ -102,16 +101,16 @@ func sigAlgFor(key crypto.Signer) (issuerSigAlg, bool) {
 	case *ecdsa.PublicKey:
 		switch pub.Curve {
 		case elliptic.P256():
-			a = issuerSigAlg{alg: x509.ECDSAWithSHA256, oid: oidECDSAWithSHA256, hash: crypto.SHA256}
+			a = issuerSigAlg{alg: x509.ECDSAWithSHA256, oid: derOIDECDSAWithSHA256, hash: crypto.SHA256}
 		case elliptic.P384():
-			a = issuerSigAlg{alg: x509.ECDSAWithSHA384, oid: oidECDSAWithSHA384, hash: crypto.SHA384}
+			a = issuerSigAlg{alg: x509.ECDSAWithSHA384, oid: derOIDECDSAWithSHA384, hash: crypto.SHA384}
 		default:
 			return a, false
 		}
 	case ed25519.PublicKey:
-		a = issuerSigAlg{alg: x509.PureEd25519, oid: oidPublicKeyEd25519}
+		a = issuerSigAlg{alg: x509.PureEd25519, oid: derOIDEd25519}
 	case *rsa.PublicKey:
-		a = issuerSigAlg{alg: x509.SHA256WithRSA, oid: oidSHA256WithRSA, nullArgs: true, hash: crypto.SHA256}
+		a = issuerSigAlg{alg: x509.SHA256WithRSA, oid: derOIDSHA256WithRSA, nullArgs: true, hash: crypto.SHA256}
 	default:
 		return a, false
 	}
@@ -122,13 +121,13 @@ func sigAlgFor(key crypto.Signer) (issuerSigAlg, bool) {
 	return a, true
 }
 
-func (a issuerSigAlg) addIdentifier(b *cryptobyte.Builder) {
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1ObjectIdentifier(a.oid)
-		if a.nullArgs {
-			b.AddASN1NULL()
-		}
-	})
+func (a issuerSigAlg) addIdentifier(d *derBuf) {
+	seq := d.open(tagSequence)
+	d.add(a.oid)
+	if a.nullArgs {
+		d.add(derNull)
+	}
+	d.close(seq)
 }
 
 // directLeaf encodes and signs the leaf described by tmpl (built by
@@ -164,13 +163,13 @@ func directLeaf(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, rand 
 			return nil, fmt.Errorf("signature returned by signer is invalid: %w", err)
 		}
 	}
-	b := cryptobyte.NewBuilder(make([]byte, 0, len(tbs)+len(sig)+32))
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddBytes(tbs)
-		alg.addIdentifier(b)
-		b.AddASN1BitString(sig)
-	})
-	return b.Bytes()
+	d := derBuf{b: make([]byte, 0, len(tbs)+len(sig)+40)}
+	cert := d.open(tagSequence)
+	d.b = append(d.b, tbs...)
+	alg.addIdentifier(&d)
+	d.addBitString(sig)
+	d.close(cert)
+	return d.b, nil
 }
 
 // directShape reports whether the direct encoder writes tmpl exactly as
@@ -253,35 +252,35 @@ func leafTBS(tmpl *x509.Certificate, pub crypto.PublicKey, issuer *x509.Certific
 	// CreateCertificate takes the issuer's key ID unless issuer and
 	// subject names are equal (a self-issued certificate).
 	akid := tmpl.AuthorityKeyId
-	if !slicesEqual(issuerDER, subject) && len(issuer.SubjectKeyId) > 0 {
+	if string(issuerDER) != string(subject) && len(issuer.SubjectKeyId) > 0 {
 		akid = issuer.SubjectKeyId
 	}
-	b := cryptobyte.NewBuilder(make([]byte, 0, 1024))
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1Int64(2) // v3
-		})
-		b.AddASN1BigInt(tmpl.SerialNumber)
-		alg.addIdentifier(b)
-		b.AddBytes(issuerDER)
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			addTime(b, tmpl.NotBefore)
-			addTime(b, tmpl.NotAfter)
-		})
-		b.AddBytes(subject)
-		addPublicKeyInfo(b, pub)
-		b.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				addLeafExtensions(b, tmpl, akid, len(tmpl.Subject.Organization) == 0)
-			})
-		})
-	})
-	return b.Bytes()
+	d := derBuf{b: make([]byte, 0, 1024)}
+	tbs := d.open(tagSequence)
+	d.add(derVersion3)
+	d.addUnsigned(tagInteger, tmpl.SerialNumber.Bytes())
+	alg.addIdentifier(&d)
+	d.add(issuerDER)
+	validity := d.open(tagSequence)
+	d.addTime(tmpl.NotBefore)
+	d.addTime(tmpl.NotAfter)
+	d.close(validity)
+	d.add(subject)
+	if err := d.addPublicKeyInfo(pub); err != nil {
+		return nil, err
+	}
+	exts := d.open(tagExtensions)
+	list := d.open(tagSequence)
+	if err := d.addLeafExtensions(tmpl, akid, len(tmpl.Subject.Organization) == 0); err != nil {
+		return nil, err
+	}
+	d.close(list)
+	d.close(exts)
+	d.close(tbs)
+	return d.b, nil
 }
 
-func slicesEqual(a, b []byte) bool { return string(a) == string(b) }
-
-func addLeafExtensions(b *cryptobyte.Builder, tmpl *x509.Certificate, akid []byte, subjectEmpty bool) {
+func (d *derBuf) addLeafExtensions(tmpl *x509.Certificate, akid []byte, subjectEmpty bool) error {
 	if tmpl.KeyUsage != 0 {
 		// The bits as encoding/asn1 writes x509's KeyUsage: bit 0 first,
 		// one or two bytes, the unused trailing bits counted.
@@ -290,136 +289,134 @@ func addLeafExtensions(b *cryptobyte.Builder, tmpl *x509.Certificate, akid []byt
 		if a1 == 0 {
 			bits, last = bits[:1], a0
 		}
-		addExtension(b, oidKeyUsage, true, func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
-				b.AddUint8(unusedBits(last))
-				b.AddBytes(bits)
-			})
-		})
+		ext := d.openExtension(derOIDKeyUsage, true)
+		bs := d.open(tagBitString)
+		d.b = append(d.b, unusedBits(last))
+		d.b = append(d.b, bits...)
+		d.close(bs)
+		d.closeExtension(ext)
 	}
 	if len(tmpl.ExtKeyUsage) > 0 {
-		addExtension(b, oidExtendedKeyUsage, false, func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				for _, u := range tmpl.ExtKeyUsage {
-					if u == x509.ExtKeyUsageServerAuth {
-						b.AddASN1ObjectIdentifier(oidEKUServerAuth)
-					} else {
-						b.AddASN1ObjectIdentifier(oidEKUClientAuth)
-					}
-				}
-			})
-		})
+		ext := d.openExtension(derOIDExtendedKeyUsage, false)
+		seq := d.open(tagSequence)
+		for _, u := range tmpl.ExtKeyUsage {
+			if u == x509.ExtKeyUsageServerAuth {
+				d.add(derOIDEKUServerAuth)
+			} else {
+				d.add(derOIDEKUClientAuth)
+			}
+		}
+		d.close(seq)
+		d.closeExtension(ext)
 	}
 	// cA=false and no path length: the empty SEQUENCE.
-	addExtension(b, oidBasicConstraints, true, func(b *cryptobyte.Builder) {
-		b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
-	})
-	addExtension(b, oidSubjectKeyID, false, func(b *cryptobyte.Builder) {
-		b.AddASN1OctetString(tmpl.SubjectKeyId)
-	})
+	ext := d.openExtension(derOIDBasicConstraints, true)
+	d.add(derEmptySequence)
+	d.closeExtension(ext)
+
+	ext = d.openExtension(derOIDSubjectKeyID, false)
+	d.addTLV(tagOctetString, tmpl.SubjectKeyId)
+	d.closeExtension(ext)
+
 	if len(akid) > 0 {
-		addExtension(b, oidAuthorityKeyID, false, func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(akid) })
-			})
-		})
+		ext := d.openExtension(derOIDAuthorityKeyID, false)
+		seq := d.open(tagSequence)
+		d.addTLV(0x80, akid) // [0] IMPLICIT keyIdentifier
+		d.close(seq)
+		d.closeExtension(ext)
 	}
 	if len(tmpl.DNSNames) > 0 || len(tmpl.URIs) > 0 {
 		// RFC 5280 4.2.1.6: critical when the subject is empty.
-		addExtension(b, oidSubjectAltName, subjectEmpty, func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				for _, name := range tmpl.DNSNames {
-					addIA5(b, 2, name)
-				}
-				for _, u := range tmpl.URIs {
-					addIA5(b, 6, u.String())
-				}
-			})
-		})
+		ext := d.openExtension(derOIDSubjectAltName, subjectEmpty)
+		seq := d.open(tagSequence)
+		for _, name := range tmpl.DNSNames {
+			if err := d.addIA5(0x82, name); err != nil { // [2] dNSName
+				return err
+			}
+		}
+		for _, u := range tmpl.URIs {
+			if err := d.addIA5(0x86, u.String()); err != nil { // [6] uniformResourceIdentifier
+				return err
+			}
+		}
+		d.close(seq)
+		d.closeExtension(ext)
 	}
 	if len(tmpl.Policies) > 0 {
-		addExtension(b, oidCertificatePolicies, false, func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				for _, p := range tmpl.Policies {
-					der, _ := p.MarshalBinary() // checked by directShape
-					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-						b.AddASN1(cbasn1.OBJECT_IDENTIFIER, func(b *cryptobyte.Builder) { b.AddBytes(der) })
-					})
-				}
-			})
-		})
+		ext := d.openExtension(derOIDCertificatePolicies, false)
+		seq := d.open(tagSequence)
+		for _, p := range tmpl.Policies {
+			info := d.open(tagSequence)
+			oid := d.open(tagOID)
+			var err error
+			if d.b, err = p.AppendBinary(d.b); err != nil {
+				return fmt.Errorf("certificate policy: %w", err)
+			}
+			d.close(oid)
+			d.close(info)
+		}
+		d.close(seq)
+		d.closeExtension(ext)
 	}
 	for _, e := range tmpl.ExtraExtensions {
-		addExtension(b, e.Id, e.Critical, func(b *cryptobyte.Builder) { b.AddBytes(e.Value) })
-	}
-}
-
-// addExtension writes Extension ::= SEQUENCE { extnID, critical BOOLEAN
-// DEFAULT FALSE, extnValue OCTET STRING }; value writes the contents of
-// the OCTET STRING.
-func addExtension(b *cryptobyte.Builder, id asn1.ObjectIdentifier, critical bool, value cryptobyte.BuilderContinuation) {
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1ObjectIdentifier(id)
-		if critical {
-			b.AddASN1Boolean(true)
+		oid, err := asn1.Marshal(e.Id)
+		if err != nil {
+			return fmt.Errorf("extension %v: %w", e.Id, err)
 		}
-		b.AddASN1(cbasn1.OCTET_STRING, value)
-	})
-}
-
-// addIA5 writes a GeneralName of an IA5String kind ([tag] IMPLICIT); a
-// character outside IA5 fails the builder, as CreateCertificate fails.
-func addIA5(b *cryptobyte.Builder, tag uint8, s string) {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			b.SetError(fmt.Errorf("%w: %q cannot be encoded as an IA5String", ErrInvalidRequest, truncateForError(s)))
-			return
-		}
+		ext := d.openExtension(oid, e.Critical)
+		d.b = append(d.b, e.Value...)
+		d.closeExtension(ext)
 	}
-	b.AddASN1(cbasn1.Tag(tag).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(s)) })
+	return nil
 }
 
 // addPublicKeyInfo writes the SubjectPublicKeyInfo of pub as
 // x509.MarshalPKIXPublicKey does. pub passed CheckPublicKey.
-func addPublicKeyInfo(b *cryptobyte.Builder, pub crypto.PublicKey) {
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		switch k := pub.(type) {
-		case *ecdsa.PublicKey:
-			curve := oidCurveP256
-			if k.Curve == elliptic.P384() {
-				curve = oidCurveP384
-			}
-			point, err := k.Bytes()
-			if err != nil {
-				b.SetError(fmt.Errorf("%w: encode public key: %w", ErrUnsupportedKey, err))
-				return
-			}
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1ObjectIdentifier(oidPublicKeyECDSA)
-				b.AddASN1ObjectIdentifier(curve)
-			})
-			b.AddASN1BitString(point)
-		case ed25519.PublicKey:
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1ObjectIdentifier(oidPublicKeyEd25519)
-			})
-			b.AddASN1BitString(k)
-		case *rsa.PublicKey:
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1ObjectIdentifier(oidPublicKeyRSA)
-				b.AddASN1NULL()
-			})
-			b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
-				b.AddUint8(0)
-				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-					b.AddASN1BigInt(k.N)
-					b.AddASN1Int64(int64(k.E))
-				})
-			})
-		default:
-			b.SetError(fmt.Errorf("%w: key type %T", ErrUnsupportedKey, pub))
+func (d *derBuf) addPublicKeyInfo(pub crypto.PublicKey) error {
+	spki := d.open(tagSequence)
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		point, err := k.Bytes()
+		if err != nil {
+			return fmt.Errorf("%w: encode public key: %w", ErrUnsupportedKey, err)
 		}
-	})
+		if k.Curve == elliptic.P384() {
+			d.add(derAlgECDSAP384)
+		} else {
+			d.add(derAlgECDSAP256)
+		}
+		d.addBitString(point)
+	case ed25519.PublicKey:
+		d.add(derAlgEd25519)
+		d.addBitString(k)
+	case *rsa.PublicKey:
+		d.add(derAlgRSA)
+		bs := d.open(tagBitString)
+		d.b = append(d.b, 0)
+		seq := d.open(tagSequence)
+		d.addUnsigned(tagInteger, k.N.Bytes())
+		d.addUnsigned(tagInteger, big.NewInt(int64(k.E)).Bytes())
+		d.close(seq)
+		d.close(bs)
+	default:
+		return fmt.Errorf("%w: key type %T", ErrUnsupportedKey, pub)
+	}
+	d.close(spki)
+	return nil
+}
+
+// addIA5 writes a GeneralName of an IA5String kind with the context tag
+// given; a character outside IA5 fails, as CreateCertificate fails.
+func (d *derBuf) addIA5(tag byte, s string) error {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return fmt.Errorf("%w: %q cannot be encoded as an IA5String", ErrInvalidRequest, truncateForError(s))
+		}
+	}
+	start := d.open(tag)
+	d.b = append(d.b, s...)
+	d.close(start)
+	return nil
 }
 
 // directTime reports whether t is in the range the encoder writes as
@@ -429,15 +426,6 @@ func addPublicKeyInfo(b *cryptobyte.Builder, pub crypto.PublicKey) {
 func directTime(t time.Time) bool {
 	y := t.UTC().Year()
 	return y >= 1950 && y <= 9999
-}
-
-func addTime(b *cryptobyte.Builder, t time.Time) {
-	t = t.UTC()
-	if t.Year() < 2050 {
-		b.AddASN1UTCTime(t)
-	} else {
-		b.AddASN1GeneralizedTime(t)
-	}
 }
 
 func reverseBits(in byte) byte {

@@ -20,8 +20,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // The differential tests of the direct encoder: for the same template,
@@ -177,12 +175,15 @@ func compareCerts(t *testing.T, name string, got, want []byte, is diffIssuer) {
 // parsing the rest.
 func rawTBS(t *testing.T, der []byte) []byte {
 	t.Helper()
-	in := cryptobyte.String(der)
-	var cert, tbs cryptobyte.String
-	if !in.ReadASN1(&cert, cbasn1.SEQUENCE) || !in.Empty() || !cert.ReadASN1Element(&tbs, cbasn1.SEQUENCE) {
-		t.Fatalf("certificate DER is not a SEQUENCE holding a TBSCertificate: %x", der)
+	var c struct {
+		TBS asn1.RawValue
+		Alg asn1.RawValue
+		Sig asn1.BitString
 	}
-	return tbs
+	if rest, err := asn1.Unmarshal(der, &c); err != nil || len(rest) != 0 {
+		t.Fatalf("certificate DER is not a SEQUENCE holding a TBSCertificate (%v): %x", err, der)
+	}
+	return c.TBS.FullBytes
 }
 
 // genCase draws a case from r.
@@ -380,4 +381,22 @@ func FuzzDirectLeaf(f *testing.F) {
 		}
 		checkSame(t, c, tmpl)
 	})
+}
+
+func TestDerBuf_lengthsMatchEncodingASN1(t *testing.T) {
+	for _, n := range []int{0, 1, 127, 128, 255, 256, 65535, 65536, 1 << 20} {
+		content := bytes.Repeat([]byte{0xab}, n)
+		var d derBuf
+		outer := d.open(tagSequence)
+		d.addTLV(tagOctetString, content)
+		d.addUnsigned(tagInteger, []byte{0, 0, 0x80})
+		d.close(outer)
+		want := mustMarshal(struct {
+			B []byte
+			I int
+		}{content, 0x80})
+		if !bytes.Equal(d.b, want) {
+			t.Fatalf("%d bytes: derBuf %x..., encoding/asn1 %x...", n, d.b[:min(16, len(d.b))], want[:min(16, len(want))])
+		}
+	}
 }
