@@ -67,6 +67,10 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 60s).
 bench: ## Run the benchmarks (ratios against raw crypto in the same run).
 	go test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
+bench-ratios: ## Issuance (raw x509, floor, gRPC direct and standard signing) and Workload API (mayfly vs bare) in alternating rounds; see docs/performance.md.
+	go test -run '^$$' -bench 'BenchmarkIssuance$$' -benchtime 8192x -count 2 ./internal/app/caapp/
+	go test -run '^$$' -bench 'BenchmarkFetchX509SVIDRatio$$' -benchtime 40000x -count 3 ./internal/workloadapi/
+
 bench-agent: build ## Agent RSS holding N=200 identities, and time to serve again after a restart.
 	hack/bench/agent-rss.sh
 
@@ -110,4 +114,4 @@ $(PROMTOOL):
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench lint vet envtest golangci-lint zlint promtool clean
+.PHONY: help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean

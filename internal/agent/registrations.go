@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,9 +25,19 @@ type Registrations struct {
 	WriteDir string
 	Logger   *slog.Logger
 
-	mu      sync.Mutex
-	regs    []workloadattest.Registration
-	current map[string]bool
+	mu       sync.Mutex
+	regs     []workloadattest.Registration
+	current  map[string]bool
+	usesPath bool
+}
+
+// UsesPath reports whether a registration in force selects by executable
+// path (workloadattest.UnixAttestor.PathSelectors): without one, a
+// caller's path decides nothing and is not read.
+func (r *Registrations) UsesPath() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.usesPath
 }
 
 // Apply makes regs the registrations in force: it creates the identities
@@ -66,6 +77,7 @@ func (r *Registrations) Apply(regs []workloadattest.Registration) error {
 	}
 	r.regs = regs
 	r.current = next
+	r.usesPath = slices.ContainsFunc(regs, func(reg workloadattest.Registration) bool { return reg.Selectors.Path != "" })
 	return nil
 }
 

@@ -173,3 +173,27 @@ func TestWorkloadSourceSubscribe(t *testing.T) {
 		t.Errorf("Identities of an unknown caller = %v, %v; want none", got, err)
 	}
 }
+
+// TestRegistrationsUsesPath: the attestor reads a caller's executable only
+// while some registration selects by it.
+func TestRegistrationsUsesPath(t *testing.T) {
+	h := newManager(t, false)
+	regs := &Registrations{Manager: h.m}
+	if regs.UsesPath() {
+		t.Fatal("UsesPath before any registration")
+	}
+	if err := regs.Apply([]workloadattest.Registration{registration(idWeb, 1000)}); err != nil {
+		t.Fatal(err)
+	}
+	if regs.UsesPath() {
+		t.Fatal("UsesPath with uid selectors only")
+	}
+	withPath := registration(idDB, 1000)
+	withPath.Selectors.Path = "/usr/local/bin/db"
+	if err := regs.Apply([]workloadattest.Registration{registration(idWeb, 1000), withPath}); err != nil {
+		t.Fatal(err)
+	}
+	if !regs.UsesPath() {
+		t.Fatal("UsesPath = false with a path selector")
+	}
+}

@@ -14,17 +14,24 @@ import (
 
 // auditIssue writes the one audit line of an issuance: who asked, for whom,
 // serial and notAfter. Never keys, tokens or whole certificates.
-func (s *Server) auditIssue(ctx context.Context, kind, op, caller string, leaf *x509.Certificate, extra ...any) {
-	s.metrics.issued.WithLabelValues(kind, "issued").Inc()
+// The attributes go to LogAttrs as typed slog.Attrs (no boxing of each
+// key and value, no record built when the level is off): the line is
+// written for every certificate.
+func (s *Server) auditIssue(ctx context.Context, kind, op, caller string, leaf *x509.Certificate, extra ...slog.Attr) {
+	s.metrics.issuedOf(kind).Inc()
+	if !s.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
 	id := ""
 	if len(leaf.URIs) == 1 {
 		id = leaf.URIs[0].String()
 	}
-	args := append([]any{
-		"event", "issue", "decision", "allow", "kind", kind, "op", op, "caller", clip(caller, maxAuditField),
-		"spiffe_id", id, "serial", serialHex(leaf), "not_after", leaf.NotAfter.UTC().Format(time.RFC3339),
-	}, extra...)
-	s.cfg.Logger.InfoContext(ctx, "audit", args...)
+	attrs := make([]slog.Attr, 0, 10+len(extra))
+	attrs = append(attrs,
+		slog.String("event", "issue"), slog.String("decision", "allow"), slog.String("kind", kind), slog.String("op", op),
+		slog.String("caller", clip(caller, maxAuditField)), slog.String("spiffe_id", id), slog.String("serial", serialHex(leaf)),
+		slog.String("not_after", leaf.NotAfter.UTC().Format(time.RFC3339)))
+	s.cfg.Logger.LogAttrs(ctx, slog.LevelInfo, "audit", append(attrs, extra...)...)
 }
 
 // auditDeny writes the audit line of a refusal with its reason and, for a

@@ -30,6 +30,10 @@ type liveLeaves struct {
 	now  func() time.Time
 	keys map[authKey]*keyLeaves
 	desc *prometheus.Desc
+	// keysOf and keyList cache the authority keys of the last authority
+	// recorded: they change only with it.
+	keysOf  *authority.Loaded
+	keyList []authKey
 }
 
 // keyLeaves are the live leaves of one key and the last notAfter seen: a
@@ -57,6 +61,27 @@ func newLiveLeaves(now func() time.Time) *liveLeaves {
 // record counts one leaf signed under a: its intermediate and the root
 // above (found in bundle by its key ID).
 func (l *liveLeaves) record(a *authority.Loaded, notAfter time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.keysOf != a {
+		l.keysOf, l.keyList = a, authorityKeys(a)
+	}
+	for _, k := range l.keyList {
+		kl := l.keys[k]
+		if kl == nil {
+			kl = &keyLeaves{}
+			l.keys[k] = kl
+		}
+		heap.Push(&kl.expiries, notAfter)
+		if notAfter.After(kl.last) {
+			kl.last = notAfter
+		}
+	}
+}
+
+// authorityKeys names the keys a leaf signed under a chains to: its
+// intermediate and the root above (found in the bundle by its key ID).
+func authorityKeys(a *authority.Loaded) []authKey {
 	keys := []authKey{{authority.RoleIntermediate, a.Authority.Cert.SerialNumber.Text(16)}}
 	top := a.Authority.Cert
 	if n := len(a.Authority.Chain); n > 0 {
@@ -68,19 +93,7 @@ func (l *liveLeaves) record(a *authority.Loaded, notAfter time.Time) {
 			break
 		}
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, k := range keys {
-		kl := l.keys[k]
-		if kl == nil {
-			kl = &keyLeaves{}
-			l.keys[k] = kl
-		}
-		heap.Push(&kl.expiries, notAfter)
-		if notAfter.After(kl.last) {
-			kl.last = notAfter
-		}
-	}
+	return keys
 }
 
 // Counts returns the live leaves per authority key, pruning expired ones;

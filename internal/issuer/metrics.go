@@ -3,7 +3,9 @@ package issuer
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	issued        *prometheus.CounterVec
+	issued *prometheus.CounterVec
+	// issuedOK holds issued's "issued" counter per kind, looked up once.
+	issuedOK      map[string]prometheus.Counter
 	signDuration  prometheus.Histogram
 	connected     prometheus.GaugeFunc
 	currentBundle prometheus.GaugeFunc
@@ -48,10 +50,20 @@ func newMetrics(reg prometheus.Registerer, counts func() (connected, current int
 	}
 	m.attestThrottled.WithLabelValues("peer")
 	m.attestThrottled.WithLabelValues("global")
+	m.issuedOK = map[string]prometheus.Counter{}
 	for _, kind := range []string{"agent", "workload"} {
 		for _, result := range []string{"issued", "denied", "error"} {
 			m.issued.WithLabelValues(kind, result)
 		}
+		m.issuedOK[kind] = m.issued.WithLabelValues(kind, "issued")
 	}
 	return m
+}
+
+// issuedOf returns the counter of certificates of kind issued.
+func (m *metrics) issuedOf(kind string) prometheus.Counter {
+	if c, ok := m.issuedOK[kind]; ok {
+		return c
+	}
+	return m.issued.WithLabelValues(kind, "issued")
 }

@@ -142,6 +142,9 @@ type Config struct {
 	// AgentMaxAge refuses the renewal of an agent SVID whose original
 	// attestation is older, so the agent attests anew; 0: no limit.
 	AgentMaxAge time.Duration
+	// StandardSigning signs with x509.CreateCertificate instead of the
+	// direct encoder (pki.Signer.StandardPath), for comparison.
+	StandardSigning bool
 
 	// Acks records each node's acknowledgement for the cluster-wide count
 	// of the bundle's adoption (adoption.Tracker); nil records nothing.
@@ -278,10 +281,12 @@ func (s *Server) current() (*signers, error) {
 				MinTTL: s.cfg.MinWorkloadTTL, MaxTTL: s.cfg.MaxWorkloadTTL,
 				MaxDNSNames: pki.MaxDNSNames, KubernetesIDs: s.cfg.KubernetesIDs,
 			}),
+			StandardPath: s.cfg.StandardSigning,
 		},
 		agent: &pki.Signer{
 			Authority: l.Authority, Now: s.cfg.Now, Rand: s.cfg.Rand,
-			Options: policy.AgentRules(),
+			Options:      policy.AgentRules(),
+			StandardPath: s.cfg.StandardSigning,
 		},
 	}
 	s.signers.Store(n)
@@ -438,7 +443,7 @@ func (s *Server) signWorkload(ctx context.Context, sg *signers, node string, ite
 		return deny(grant.ID.String(), err)
 	}
 	s.live.record(sg.loaded, leaf.NotAfter)
-	s.auditIssue(ctx, "workload", "sign", "node "+node, leaf, "subject", grant.Subject)
+	s.auditIssue(ctx, "workload", "sign", "node "+node, leaf, slog.String("subject", grant.Subject))
 	res.Result = &issuerv1.WorkloadResult_Issued{Issued: &issuerv1.Issued{
 		SpiffeId:         grant.ID.String(),
 		CertificateChain: chainDER(der, sg.loaded.Authority),

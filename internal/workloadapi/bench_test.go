@@ -179,14 +179,20 @@ func benchFetches(b *testing.B, path string, conc int) {
 
 // unixAttestor is the agent's standalone attestation (internal/workloadattest) with
 // a one-entry registration: the caller's uid.
-type unixAttestor struct{ uid int }
+type unixAttestor struct {
+	uid int
+	// readPath reads the executable as with a path registration.
+	readPath bool
+}
 
 func (a unixAttestor) Attest(ctx context.Context) (Caller, error) {
 	p, ok := workloadattest.PeerFromContext(ctx)
 	if !ok {
 		return nil, errors.New("no peer credentials")
 	}
-	sel, err := workloadattest.UnixAttestor{}.Attest(ctx, p)
+	// The registration selects by uid alone, so the agent does not read
+	// the executable (agent.Registrations.UsesPath).
+	sel, err := workloadattest.UnixAttestor{PathSelectors: func() bool { return a.readPath }}.Attest(ctx, p)
 	if err != nil {
 		return nil, err
 	}

@@ -101,13 +101,23 @@ func (a KubernetesAttestor) Attest(ctx context.Context, p *Peer) (Selectors, err
 // uid selectors for anything that matters.
 type UnixAttestor struct {
 	Proc Proc
+	// PathSelectors reports whether any registration in force selects by
+	// executable path. When it returns false the executable is not read
+	// and Path stays empty: a path decides nothing then, and an empty Path
+	// matches only registrations without a path selector, so a
+	// registration added between this check and the match is refused,
+	// never granted. Nil reads the path on every attestation.
+	PathSelectors func() bool
 }
 
 // Attest returns the unix selectors of p.
 func (a UnixAttestor) Attest(_ context.Context, p *Peer) (Selectors, error) {
-	exe, err := a.Proc.Exe(p.PID)
-	if err != nil {
-		return Selectors{}, notAttested(p, err)
+	var exe string
+	if a.PathSelectors == nil || a.PathSelectors() {
+		var err error
+		if exe, err = a.Proc.Exe(p.PID); err != nil {
+			return Selectors{}, notAttested(p, err)
+		}
 	}
 	if err := p.Alive(); err != nil {
 		return Selectors{}, notAttested(p, err)

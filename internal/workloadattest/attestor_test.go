@@ -62,6 +62,37 @@ func TestUnixAttestor(t *testing.T) {
 	}
 }
 
+func TestUnixAttestorSkipsThePathNoRegistrationSelects(t *testing.T) {
+	p := selfPeer(t)
+	// No exe link: reading the path would fail.
+	root := fakeProc(t, strconv.Itoa(p.PID), nil)
+	a := UnixAttestor{Proc: Proc{Root: root}, PathSelectors: func() bool { return false }}
+	got, err := a.Attest(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.UID == nil || *got.UID != os.Geteuid() || got.Path != "" {
+		t.Errorf("Attest = %+v, want the uid and no path", got)
+	}
+	// A path registration added later is not matched by what was attested.
+	uid := os.Geteuid()
+	regs := []Registration{{Selectors: RegistrationSelectors{UID: &uid, Path: "/usr/local/bin/server"}}}
+	if m := Match(regs, got); len(m) != 0 {
+		t.Errorf("a path registration matched a caller attested without path: %+v", m)
+	}
+	// Once a registration selects by path, the path is read again.
+	a.PathSelectors = func() bool { return true }
+	if _, err := a.Attest(context.Background(), p); !errors.Is(err, ErrNotAttested) {
+		t.Fatalf("Attest with path selectors and no exe = %v, want ErrNotAttested", err)
+	}
+	// The pinned process is still checked without the path.
+	gone := reapedPeer(t)
+	a.PathSelectors = func() bool { return false }
+	if _, err := a.Attest(context.Background(), gone); !errors.Is(err, ErrPeerGone) {
+		t.Fatalf("Attest of a reaped peer without path = %v, want ErrPeerGone", err)
+	}
+}
+
 func TestUnixAttestorRefusesAReusedPID(t *testing.T) {
 	// /proc shows a live-looking process under the PID, but the pinned
 	// process is gone: what /proc shows may be another process.

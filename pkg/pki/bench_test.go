@@ -13,8 +13,10 @@ import (
 
 // BenchmarkIssue compares, in one process, the raw crypto/x509 cost of
 // issuing a leaf from a CSR (raw) with mayfly's full path (full): ParseCSR
-// with its key and signature checks, the default workload policy, Sign and
-// its self-check. Both use the same ECDSA P-256 intermediate and CSR.
+// with its key and signature checks, the default workload policy, Sign with
+// the direct encoder and its self-check; full-standard is the same with
+// Signer.StandardPath (x509.CreateCertificate). All use the same ECDSA P-256
+// intermediate and CSR.
 func BenchmarkIssue(b *testing.B) {
 	ca := newTestCA(b)
 	csrDER := rawCSR(b, mustKey(b, pki.KeyTypeECDSAP256), nil)
@@ -47,8 +49,9 @@ func BenchmarkIssue(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "certs/s")
 	})
 
-	b.Run("full", func(b *testing.B) {
+	full := func(b *testing.B, standard bool) {
 		signer := ca.Signer(fixedClock(testNow))
+		signer.StandardPath = standard
 		b.ReportAllocs()
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
@@ -61,5 +64,7 @@ func BenchmarkIssue(b *testing.B) {
 			}
 		}
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "certs/s")
-	})
+	}
+	b.Run("full", func(b *testing.B) { full(b, false) })
+	b.Run("full-standard", func(b *testing.B) { full(b, true) })
 }

@@ -32,11 +32,16 @@ type testCA struct {
 type caConfig struct {
 	td              string
 	intermediateTTL time.Duration
+	intermediateKey pki.KeyType
 }
 
 type caOption func(*caConfig)
 
 func withTrustDomain(td string) caOption { return func(c *caConfig) { c.td = td } }
+
+func withIntermediateKey(kt pki.KeyType) caOption {
+	return func(c *caConfig) { c.intermediateKey = kt }
+}
 
 func withIntermediateTTL(d time.Duration) caOption {
 	return func(c *caConfig) { c.intermediateTTL = d }
@@ -44,12 +49,12 @@ func withIntermediateTTL(d time.Duration) caOption {
 
 func newTestCA(t testing.TB, opts ...caOption) *testCA {
 	t.Helper()
-	cfg := caConfig{td: "example.org", intermediateTTL: 48 * time.Hour}
+	cfg := caConfig{td: "example.org", intermediateTTL: 48 * time.Hour, intermediateKey: pki.KeyTypeECDSAP256}
 	for _, o := range opts {
 		o(&cfg)
 	}
 	td := spiffeid.RequireTrustDomainFromString(cfg.td)
-	ca := &testCA{RootKey: mustKey(t, pki.KeyTypeECDSAP256), IntermediateKey: mustKey(t, pki.KeyTypeECDSAP256)}
+	ca := &testCA{RootKey: mustKey(t, pki.KeyTypeECDSAP256), IntermediateKey: mustKey(t, cfg.intermediateKey)}
 	var err error
 	if ca.Root, err = pki.SelfSignedRoot(ca.RootKey, td, 365*24*time.Hour, testNow, rand.Reader); err != nil {
 		t.Fatal(err)

@@ -23,7 +23,9 @@ var zlintWarnAllowList = map[string]string{
 }
 
 // TestZlint lints every certificate profile mayfly issues with zlint's
-// RFC 5280 lints. It needs the zlint binary in MAYFLY_ZLINT.
+// RFC 5280 lints, through the direct encoder (the default) and the standard
+// path, signed by intermediates of every key type. It needs the zlint binary
+// in MAYFLY_ZLINT.
 func TestZlint(t *testing.T) {
 	zlint := os.Getenv("MAYFLY_ZLINT")
 	if zlint == "" {
@@ -33,6 +35,12 @@ func TestZlint(t *testing.T) {
 		t.Skip("MAYFLY_ZLINT not set; make test sets it")
 	}
 	ca := newTestCA(t)
+	// standard issues with x509.CreateCertificate instead of the direct
+	// encoder (Signer.StandardPath); issuer, when set, signs instead of ca.
+	var (
+		standard bool
+		issuer   *testCA
+	)
 	issueID := func(kind pki.Kind, kt pki.KeyType, id spiffeid.ID, dns []string) *x509.Certificate {
 		t.Helper()
 		req := workloadRequest(mustKey(t, kt).Public())
@@ -43,6 +51,10 @@ func TestZlint(t *testing.T) {
 			req.ID = testAgentID
 		}
 		s := ca.Signer(nil)
+		if issuer != nil {
+			s = issuer.Signer(nil)
+		}
+		s.StandardPath = standard
 		if !id.IsZero() {
 			s.Options = nil // the CA's serving ID fits no kind's ID shape
 		}
@@ -69,6 +81,23 @@ func TestZlint(t *testing.T) {
 		"ca_server":          issueID(pki.KindAgent, pki.KeyTypeECDSAP256, spiffeid.RequireFromString("spiffe://example.org/mayfly/ca"), []string{"mayfly-ca.mayfly-system.svc"}),
 		"workload_dns_names": issue(pki.KindWorkload, pki.KeyTypeECDSAP256, []string{"web.default.svc", "web.default.svc.cluster.local"}),
 	}
+	// The same profiles through the standard path, and leaves signed by
+	// intermediates of every key type (the direct encoder writes the
+	// signature algorithm).
+	standard = true
+	certs["standard_workload_ecdsa"] = issue(pki.KindWorkload, pki.KeyTypeECDSAP256, nil)
+	certs["standard_workload_rsa"] = issue(pki.KindWorkload, pki.KeyTypeRSA2048, nil)
+	certs["standard_agent"] = issue(pki.KindAgent, pki.KeyTypeECDSAP256, nil)
+	certs["standard_workload_dns_names"] = issue(pki.KindWorkload, pki.KeyTypeECDSAP256, []string{"web.default.svc"})
+	standard = false
+	for _, kt := range []pki.KeyType{pki.KeyTypeECDSAP384, pki.KeyTypeEd25519, pki.KeyTypeRSA2048} {
+		issuer = newTestCA(t, withIntermediateKey(kt))
+		certs["intermediate_"+string(kt)] = issuer.Intermediate
+		certs["workload_by_"+string(kt)] = issue(pki.KindWorkload, pki.KeyTypeECDSAP256, []string{"web.default.svc"})
+		certs["agent_by_"+string(kt)] = issue(pki.KindAgent, pki.KeyTypeEd25519, nil)
+	}
+	issuer = nil
+
 	dir := t.TempDir()
 	names := make([]string, 0, len(certs))
 	for name := range certs {

@@ -160,7 +160,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 			log.Error("registrations file is invalid; keeping the last good set", "file", cfg.RegistrationsFile, "error", err)
 		}
 		g.Go(func() error { return watcher.Start(ctx) })
-		att = workloadattest.UnixAttestor{Proc: workloadattest.Proc{Root: procRoot}}
+		att = workloadattest.UnixAttestor{Proc: workloadattest.Proc{Root: procRoot}, PathSelectors: regs.UsesPath}
 		entitlements = regs
 	}
 

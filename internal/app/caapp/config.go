@@ -62,6 +62,9 @@ type FileConfig struct {
 	Nodes []hostnodes.NodePolicy `json:"nodes,omitempty"`
 	// Agents bounds how long an agent may go on renewing.
 	Agents AgentsConfig `json:"agents,omitzero"`
+	// StandardSigning issues leaves with x509.CreateCertificate instead of
+	// the direct encoder (same certificates, slower); for comparison.
+	StandardSigning bool `json:"standardSigning,omitempty"`
 }
 
 // AgentsConfig bounds the life of an agent's identity.
@@ -213,6 +216,7 @@ type Config struct {
 	AgentMaxAge        time.Duration
 	// AdoptionNodeSelector selects the Nodes that must hold a new root.
 	AdoptionNodeSelector string
+	StandardSigning      bool
 	// AllowRebootstrap is set by flag only, never by file.
 	AllowRebootstrap bool
 
@@ -246,6 +250,8 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		Kubernetes:     fc.Kubernetes,
 		Upstream:       fc.Upstream,
 		Nodes:          fc.Nodes,
+
+		StandardSigning: fc.StandardSigning,
 	}
 	if _, _, err := net.SplitHostPort(c.ListenAddress); err != nil {
 		return nil, fmt.Errorf("listenAddress: %w", err)

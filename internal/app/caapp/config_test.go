@@ -128,6 +128,16 @@ upstream:
 			},
 		},
 		{
+			name: "standard_signing_switches_the_encoder",
+			in:   minimalStandalone + "standardSigning: true\n",
+			check: func(t *testing.T, c *caapp.Config) {
+				t.Helper()
+				if !c.StandardSigning {
+					t.Error("StandardSigning = false, want true")
+				}
+			},
+		},
+		{
 			name:  "burst_defaults_to_four_times_the_rate",
 			in:    minimalStandalone + "workloads:\n  nodeRateLimit: 10\n",
 			check: wantNodeRate(10, 40),

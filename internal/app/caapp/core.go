@@ -100,6 +100,7 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 		Renewal:            parts.renewal,
 		Evictions:          parts.evictions,
 		AgentMaxAge:        cfg.AgentMaxAge,
+		StandardSigning:    cfg.StandardSigning,
 		AgentTTL:           cfg.AgentTTL,
 		MinWorkloadTTL:     cfg.MinWorkloadTTL,
 		DefaultWorkloadTTL: cfg.DefaultWorkloadTTL,

@@ -1,0 +1,384 @@
+//go:build linux
+
+package caapp_test
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+)
+
+const (
+	issuanceClients = 4
+	issuanceBatch   = 64
+	issuanceRound   = issuanceClients * issuanceBatch
+)
+
+// BenchmarkIssuance measures issuance three ways in rounds that alternate
+// (a busy machine weighs on each alike), b.N certificates each:
+//
+//   - raw: a loop of CSR parse + signature check + x509.CreateCertificate
+//     on GOMAXPROCS goroutines of this process;
+//   - grpc: SignWorkloads over mTLS from 4 agents, batches of 64, against a
+//     CA in this process that signs with the direct encoder;
+//   - grpc-standard: the same against a second CA with standardSigning.
+//
+// floor is what no issuance can skip (CSR parse and check, one signature):
+// grpc-cpu/floor says how much the CA spends around the cryptography.
+// The agents run in a child process (this test binary, as
+// TestIssuanceLoadProcess), so the CPU time this process spends during a
+// gRPC round (getrusage) is the CA's alone: cpu-µs/cert. Throughput is
+// certificates per wall second; the ratios to raw are reported too.
+func BenchmarkIssuance(b *testing.B) {
+	key := testca.Key(b)
+	csrs := make([][]byte, 256)
+	for i := range csrs {
+		csrs[i] = testca.CSR(b, key)
+	}
+	tca := testca.New(b)
+
+	dir := b.TempDir()
+	cas := []*runningCA{
+		startCA(b, "  nodeRateLimit: 1000000"),
+		serveCA(b, strings.Replace(standaloneConfig, "workloads:\n", "standardSigning: true\nworkloads:\n  nodeRateLimit: 1000000\n", 1)),
+	}
+	for i, r := range cas {
+		writeAgents(b, filepath.Join(dir, strconv.Itoa(i)), r)
+	}
+	child := startLoadProcess(b, dir, len(cas))
+
+	type method struct {
+		name      string
+		run       func(n int) // issues n certificates
+		wall, cpu time.Duration
+		n         int
+	}
+	methods := []*method{
+		{name: "raw", run: func(n int) { rawIssue(b, tca, csrs, n) }},
+		{name: "floor", run: func(n int) { floorIssue(b, tca, csrs, n) }},
+		{name: "grpc", run: func(n int) { child.run(b, 0, n) }},
+		{name: "grpc-standard", run: func(n int) { child.run(b, 1, n) }},
+	}
+	// MAYFLY_BENCH_ONLY=grpc runs one method alone, for a CPU profile of
+	// the CA without the others.
+	only := os.Getenv("MAYFLY_BENCH_ONLY")
+	b.ResetTimer()
+	for round, done := 0, 0; done < b.N; round++ {
+		n := min(issuanceRound, b.N-done)
+		done += n
+		for i := range methods {
+			m := methods[(round+i)%len(methods)]
+			if only != "" && m.name != only {
+				continue
+			}
+			cpu0, t0 := cpuTime(), time.Now()
+			m.run(n)
+			m.wall += time.Since(t0)
+			m.cpu += cpuTime() - cpu0
+			m.n += n
+		}
+	}
+	b.StopTimer()
+	raw, floor := methods[0], methods[1]
+	for _, m := range methods {
+		if only != "" {
+			if m.name == only {
+				b.ReportMetric(float64(m.n)/m.wall.Seconds(), m.name+"-certs/s")
+				b.ReportMetric(float64(m.cpu.Microseconds())/float64(m.n), m.name+"-cpu-µs/cert")
+			}
+			continue
+		}
+		certsPerSec := float64(m.n) / m.wall.Seconds()
+		b.ReportMetric(certsPerSec, m.name+"-certs/s")
+		b.ReportMetric(float64(m.cpu.Microseconds())/float64(m.n), m.name+"-cpu-µs/cert")
+		if m != raw {
+			b.ReportMetric(certsPerSec/(float64(raw.n)/raw.wall.Seconds()), m.name+"/raw")
+		}
+		if strings.HasPrefix(m.name, "grpc") {
+			b.ReportMetric(m.cpu.Seconds()/float64(m.n)/(floor.cpu.Seconds()/float64(floor.n)), m.name+"-cpu/floor")
+		}
+	}
+}
+
+// rawIssue issues n certificates with crypto/x509 alone, as
+// BenchmarkSignWorkloads/raw does, on GOMAXPROCS goroutines.
+func rawIssue(b *testing.B, tca *testca.CA, csrs [][]byte, n int) {
+	parallel(n, func(i int) {
+		csr, err := x509.ParseCertificateRequest(csrs[i%len(csrs)])
+		if err == nil {
+			err = csr.CheckSignature()
+		}
+		if err == nil {
+			now := time.Now()
+			tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 1)), NotBefore: now, NotAfter: now.Add(time.Hour)}
+			_, err = x509.CreateCertificate(rand.Reader, tmpl, tca.Intermediate, csr.PublicKey, tca.IntermediateKey)
+		}
+		if err != nil {
+			b.Error(err)
+		}
+	})
+}
+
+// floorIssue does, n times, what no issuance can skip: parse a CSR, check
+// its signature and sign a TBSCertificate-sized message with the
+// intermediate's key. Its CPU time per certificate is the floor of the
+// CA's.
+func floorIssue(b *testing.B, tca *testca.CA, csrs [][]byte, n int) {
+	tbs := make([]byte, 600)
+	parallel(n, func(i int) {
+		csr, err := x509.ParseCertificateRequest(csrs[i%len(csrs)])
+		if err == nil {
+			err = csr.CheckSignature()
+		}
+		if err == nil {
+			tbs[0] = byte(i)
+			sum := sha256.Sum256(tbs)
+			_, err = tca.IntermediateKey.Sign(rand.Reader, sum[:], crypto.SHA256)
+		}
+		if err != nil {
+			b.Error(err)
+		}
+	})
+}
+
+// parallel calls f(0..n-1) on GOMAXPROCS goroutines.
+func parallel(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	workers := min(n, runtime.GOMAXPROCS(0))
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				f(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// cpuTime is the user and system CPU time of this process.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// writeAgents attests issuanceClients agents at r and writes, under dir,
+// what the load process needs to be them: addr, bundle.pem and
+// agent<i>.pem (key and chain).
+func writeAgents(b *testing.B, dir string, r *runningCA) {
+	b.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	files := map[string][]byte{"addr": []byte(r.addr), "bundle.pem": pki.EncodeCertificates(r.bundle...)}
+	for i := range issuanceClients {
+		a := r.attest(b, "host-a")
+		keyPEM, err := pki.MarshalPrivateKeyPEM(a.cert.PrivateKey.(crypto.Signer))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var chain []*x509.Certificate
+		for _, der := range a.cert.Certificate {
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				b.Fatal(err)
+			}
+			chain = append(chain, c)
+		}
+		files[fmt.Sprintf("agent%d.pem", i)] = append(keyPEM, pki.EncodeCertificates(chain...)...)
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// loadProcess is the child process that plays the agents.
+type loadProcess struct {
+	in  *bufio.Writer
+	out *bufio.Scanner
+}
+
+func startLoadProcess(b *testing.B, dir string, cas int) *loadProcess {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestIssuanceLoadProcess$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "MAYFLY_ISSUANCE_LOAD_DIR="+dir, "MAYFLY_ISSUANCE_LOAD_CAS="+strconv.Itoa(cas))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = stdin.Close()
+		_ = cmd.Wait()
+	})
+	p := &loadProcess{in: bufio.NewWriter(stdin), out: bufio.NewScanner(stdout)}
+	p.wait(b, "ready")
+	return p
+}
+
+// run has the child issue n certificates from CA ca and waits for it.
+func (p *loadProcess) run(b *testing.B, ca, n int) {
+	fmt.Fprintf(p.in, "%d %d\n", ca, n)
+	if err := p.in.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	p.wait(b, "done")
+}
+
+func (p *loadProcess) wait(b *testing.B, word string) {
+	for p.out.Scan() {
+		line := p.out.Text()
+		if line == word {
+			return
+		}
+		if strings.HasPrefix(line, "FAIL") || strings.HasPrefix(line, "error") {
+			b.Fatalf("load process: %s", line)
+		}
+	}
+	b.Fatalf("load process ended before %q: %v", word, p.out.Err())
+}
+
+// TestIssuanceLoadProcess is the agents' half of BenchmarkIssuance; it
+// runs only as that child process. It reads "<ca> <n>" lines and answers
+// "done" once n certificates were issued by CA ca over SignWorkloads.
+func TestIssuanceLoadProcess(t *testing.T) {
+	dir := os.Getenv("MAYFLY_ISSUANCE_LOAD_DIR")
+	if dir == "" {
+		t.Skip("helper process of BenchmarkIssuance; runs only as its child")
+	}
+	cas, err := strconv.Atoi(os.Getenv("MAYFLY_ISSUANCE_LOAD_CAS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := testca.Key(t)
+	reqs := make([]*issuerv1.WorkloadRequest, issuanceBatch)
+	for i := range reqs {
+		reqs[i] = &issuerv1.WorkloadRequest{RequestId: strconv.Itoa(i), Csr: testca.CSR(t, key), SpiffeId: "spiffe://example.org/demo/bench"}
+	}
+	clients := make([][]issuerv1.IssuerClient, cas)
+	for ca := range cas {
+		caDir := filepath.Join(dir, strconv.Itoa(ca))
+		addr, err := os.ReadFile(filepath.Join(caDir, "addr"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle := readCerts(t, filepath.Join(caDir, "bundle.pem"))
+		for i := range issuanceClients {
+			raw, err := os.ReadFile(filepath.Join(caDir, fmt.Sprintf("agent%d.pem", i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cert, err := tls.X509KeyPair(raw, raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn, client, err := issuerclient.Dial(issuerclient.Config{
+				Address: string(addr), TrustDomain: td,
+				Bundle:      func() []*x509.Certificate { return bundle },
+				Certificate: func() *tls.Certificate { return &cert },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			clients[ca] = append(clients[ca], client)
+		}
+	}
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		var ca, n int
+		if _, err := fmt.Sscanf(in.Text(), "%d %d", &ca, &n); err != nil || ca < 0 || ca >= cas {
+			fmt.Printf("error: bad command %q\n", in.Text())
+			return
+		}
+		if err := signN(clients[ca], reqs, n); err != nil {
+			fmt.Printf("error: %v\n", err)
+			return
+		}
+		fmt.Println("done")
+	}
+}
+
+// signN issues n certificates in batches of at most len(reqs), spread
+// over clients.
+func signN(clients []issuerv1.IssuerClient, reqs []*issuerv1.WorkloadRequest, n int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(clients))
+	per := (n + len(clients) - 1) / len(clients)
+	for i, c := range clients {
+		mine := min(per, n-i*per)
+		if mine <= 0 {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for mine > 0 {
+				k := min(mine, len(reqs))
+				resp, err := c.SignWorkloads(context.Background(), &issuerv1.SignWorkloadsRequest{Requests: reqs[:k]})
+				if err != nil {
+					errs <- err
+					return
+				}
+				for _, res := range resp.GetResults() {
+					if res.GetIssued() == nil {
+						errs <- fmt.Errorf("denied: %s", res.GetDenial().GetMessage())
+						return
+					}
+				}
+				mine -= k
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func readCerts(t *testing.T, path string) []*x509.Certificate {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := pki.DecodeCertificates(raw, pki.PEMLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs
+}
