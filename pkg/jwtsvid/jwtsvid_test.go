@@ -143,7 +143,9 @@ func TestValidate(t *testing.T) {
 		{name: "no kid", token: raw(`{"alg":"ES256"}`, payload(""), f.es256), want: "header has no kid"},
 		{name: "signed by another key under a known kid", token: f.sign(t, f.ec2, f.kid, good()), want: "signature does not verify"},
 		{name: "another trust domain", token: with(func(c *jwtsvid.Claims) { c.Subject = spiffeid.RequireFromPath(other, "/web") }), want: `kid "` + f.kid + `" is not in the JWT bundle of "other.org"`},
-		{name: "a trust domain we hold no bundle for", token: with(func(c *jwtsvid.Claims) { c.Subject = spiffeid.RequireFromPath(spiffeid.RequireTrustDomainFromString("third.org"), "/web") }), want: `no JWT bundle for trust domain "third.org"`},
+		{name: "a trust domain we hold no bundle for", token: with(func(c *jwtsvid.Claims) {
+			c.Subject = spiffeid.RequireFromPath(spiffeid.RequireTrustDomainFromString("third.org"), "/web")
+		}), want: `no JWT bundle for trust domain "third.org"`},
 		{name: "sub not a SPIFFE ID", token: raw(hdr, `{"sub":"web","aud":["api"],"exp":1}`, f.es256), want: "sub is not a SPIFFE ID"},
 		{name: "oversized", token: raw(hdr, payload(`,"pad":"`+strings.Repeat("a", 9000)+`"`), f.es256), want: "more than the 8192 allowed"},
 		{name: "two segments", token: "abc.def", want: "2 segments, want 3"},
