@@ -159,6 +159,7 @@ type Server struct {
 	cfg     Config
 	metrics *metrics
 	signers atomic.Pointer[signers]
+	jwt     atomic.Pointer[jwtSigner]
 	live    *liveLeaves
 
 	limMu    sync.Mutex
@@ -671,6 +672,7 @@ func bundleMessage(l *authority.Loaded) *issuerv1.Bundle {
 	if len(b.TaintedKeyIds) > 0 {
 		b.ReissueWindowSeconds = int64(l.TaintReissueWindow / time.Second)
 	}
+	b.JwtAuthorities = jwtAuthorities(l)
 	return b
 }
 
