@@ -183,7 +183,7 @@ func BenchmarkJWTSigning(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
 	})
 	b.Run("issuance-SignJWTs-batch64", func(b *testing.B) {
-		h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1 << 30 })
+		h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1<<30 })
 		h.withJWTKey()
 		h.authz.grant("node-a", webID)
 		agent := h.agent("node-a")
