@@ -117,7 +117,10 @@ func TestJWTCache(t *testing.T) {
 		ca.fail = []error{status.Error(codes.Unavailable, "agent has no SVID yet")}
 		ca.mu.Unlock()
 		done := make(chan error, 1)
-		go func() { _, _, err := c.Fetch(t.Context(), Spec{Key: "new", SpiffeID: "spiffe://example.org/new"}, []string{"x"}); done <- err }()
+		go func() {
+			_, _, err := c.Fetch(t.Context(), Spec{Key: "new", SpiffeID: "spiffe://example.org/new"}, []string{"x"})
+			done <- err
+		}()
 		clock.BlockUntil(1) // the backoff timer
 		clock.Advance(time.Second)
 		if err := <-done; err != nil {
