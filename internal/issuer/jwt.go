@@ -107,7 +107,7 @@ func (s *Server) signJWT(ctx context.Context, sg *jwtSigner, node string, item *
 	if err := policy.CheckJWT(sg.rules, &policy.JWTRequest{ID: grant.ID, Audience: item.GetAudience(), TTL: ttl}); err != nil {
 		return deny(grant.ID.String(), err)
 	}
-	tok, exp, err := sg.sign(grant.ID, item.GetAudience(), ttl, s.cfg.Now())
+	tok, exp, err := sg.sign(grant.ID, item.GetAudience(), s.cfg.JWTIssuer, ttl, s.cfg.Now())
 	s.metrics.signDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return deny(grant.ID.String(), fmt.Errorf("signing JWT-SVID: %w", err))
@@ -125,10 +125,10 @@ func (s *Server) signJWT(ctx context.Context, sg *jwtSigner, node string, item *
 // sign signs a token for id valid for ttl from now (whole seconds, as the
 // claims carry them). The policy caps ttl at policy.MaxJWTTTL, which
 // authority.Policy.JWTMaxTokenTTL keeps a retired key published for.
-func (sg *jwtSigner) sign(id spiffeid.ID, aud []string, ttl time.Duration, now time.Time) (string, time.Time, error) {
+func (sg *jwtSigner) sign(id spiffeid.ID, aud []string, iss string, ttl time.Duration, now time.Time) (string, time.Time, error) {
 	now = now.Truncate(time.Second)
 	exp := now.Add(ttl)
-	tok, err := sg.signer.Sign(jwtsvid.Claims{Subject: id, Audience: aud, IssuedAt: now, Expiry: exp})
+	tok, err := sg.signer.Sign(jwtsvid.Claims{Subject: id, Audience: aud, IssuedAt: now, Expiry: exp, Issuer: iss})
 	return tok, exp, err
 }
 

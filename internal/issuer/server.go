@@ -107,6 +107,8 @@ type Config struct {
 	// KubernetesIDs requires workload IDs of the form /ns/<ns>/sa/<sa>
 	// (Kubernetes mode); standalone IDs are free-form, granted per node.
 	KubernetesIDs bool
+	// JWTIssuer is the iss of JWT-SVIDs (the OIDC issuer URL); empty: none.
+	JWTIssuer string
 	// MaxBatch bounds the items of one SignWorkloads call (default 512).
 	MaxBatch int
 	// NodeRate and NodeBurst bound the certificates one node may obtain per

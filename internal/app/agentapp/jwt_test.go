@@ -2,10 +2,24 @@ package agentapp_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	gooidc "github.com/coreos/go-oidc/v3/oidc"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
@@ -85,4 +99,84 @@ func TestEndToEndJWTSVID(t *testing.T) {
 	if err != nil || len(all) != 2 {
 		t.Fatalf("FetchJWTSVIDs: %d SVIDs, %v; want 2", len(all), err)
 	}
+}
+
+// TestEndToEndOIDC: the CA serves discovery and the JWKS over HTTPS at its
+// issuer URL; go-oidc verifies a JWT-SVID the agent handed a workload.
+func TestEndToEndOIDC(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, pool := serverCert(t, dir)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	_ = lis.Close() // the CA listens there
+	issuer := "https://" + addr + "/mayfly"
+	s := startStackCA(t, "1m", `healthAddress: "off"`, fmt.Sprintf(`
+jwt:
+  issuer: %s
+  oidc: {listenAddress: %q, certFile: %s, keyFile: %s}
+`, issuer, addr, certFile, keyFile))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+s.socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	var svid *jwtsvid.SVID
+	wait.Within(t, "a JWT-SVID", 90*time.Second, 100*time.Millisecond, func() bool {
+		svid, err = client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "sts.example.com", Subject: serverID})
+		return err == nil
+	})
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	octx := gooidc.ClientContext(ctx, hc)
+	var provider *gooidc.Provider
+	wait.Within(t, "the discovery document", 30*time.Second, 100*time.Millisecond, func() bool {
+		provider, err = gooidc.NewProvider(octx, issuer)
+		return err == nil
+	})
+	tok, err := provider.Verifier(&gooidc.Config{ClientID: "sts.example.com", SupportedSigningAlgs: []string{"ES256"}}).Verify(octx, svid.Marshal())
+	if err != nil {
+		t.Fatalf("go-oidc through the CA's discovery document: %v", err)
+	}
+	if tok.Subject != serverID.String() || tok.Issuer != issuer {
+		t.Fatalf("sub %s iss %s", tok.Subject, tok.Issuer)
+	}
+	if _, err := provider.Verifier(&gooidc.Config{ClientID: "other"}).Verify(octx, svid.Marshal()); err == nil {
+		t.Fatal("go-oidc accepted a token for another audience")
+	}
+}
+
+// serverCert writes a self-signed certificate for 127.0.0.1 and its key
+// (0600) and returns the pool that trusts it.
+func serverCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "oidc"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "oidc.crt"), filepath.Join(dir, "oidc.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile, pool
 }

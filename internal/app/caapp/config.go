@@ -62,6 +62,8 @@ type FileConfig struct {
 	Nodes []hostnodes.NodePolicy `json:"nodes,omitempty"`
 	// Agents bounds how long an agent may go on renewing.
 	Agents AgentsConfig `json:"agents,omitzero"`
+	// JWT configures JWT-SVIDs: their keys and OIDC discovery.
+	JWT JWTConfig `json:"jwt,omitzero"`
 }
 
 // AgentsConfig bounds the life of an agent's identity.
@@ -203,6 +205,8 @@ type Config struct {
 
 	// KubernetesPropagationDelay: see RotationConfig (Kubernetes mode).
 	KubernetesPropagationDelay time.Duration
+
+	JWT jwtRuntime
 }
 
 // LoadFile reads and validates a configuration file.
@@ -293,6 +297,9 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		TaintReissueWindow: fc.Rotation.TaintReissueWindow.Or(def.TaintReissueWindow),
 	}
 	if err := c.Policy.Validate(); err != nil {
+		return nil, err
+	}
+	if err := fc.JWT.validate(c); err != nil {
 		return nil, err
 	}
 	if c.KubernetesPropagationDelay, err = propagationDelay(fc.Rotation.KubernetesPropagationDelay, c); err != nil {
