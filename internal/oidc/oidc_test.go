@@ -256,3 +256,40 @@ func TestCheckIssuer(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// BenchmarkJWKS: requests/s of the keys endpoint over TLS (keep-alive
+// connections, GOMAXPROCS parallel clients), the keys read from the state
+// on every request as the CA does.
+func BenchmarkJWKS(b *testing.B) {
+	m := minter()
+	s, err := m.Bootstrap(context.Background(), t0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := oidc.New(oidc.Config{Issuer: "https://oidc.example.org", Keys: func() (map[string]crypto.PublicKey, error) { return s.JWTKeys(t0), nil }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(h)
+	defer srv.Close()
+	c := srv.Client()
+	c.Transport.(*http.Transport).MaxIdleConnsPerHost = 64
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := c.Get(srv.URL + oidc.KeysPath)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Errorf("status %d", resp.StatusCode)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
+}
