@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/config"
@@ -31,6 +32,9 @@ type JWTConfig struct {
 	Issuer string `json:"issuer,omitempty"`
 	// OIDC serves the discovery document and the JWKS at Issuer.
 	OIDC *OIDCConfig `json:"oidc,omitempty"`
+	// ConfigMap (Kubernetes mode) is the name of a ConfigMap in the CA's
+	// namespace that the leader keeps the JWKS in (key jwks.json).
+	ConfigMap string `json:"configMap,omitempty"`
 }
 
 // OIDCConfig serves /.well-known/openid-configuration and the JWKS over
@@ -49,7 +53,8 @@ type OIDCConfig struct {
 
 // jwtRuntime is the validated JWT configuration.
 type jwtRuntime struct {
-	Issuer string
+	Issuer    string
+	ConfigMap string
 	OIDC   *OIDCConfig
 	MaxAge time.Duration
 }
@@ -64,6 +69,14 @@ func (j JWTConfig) validate(c *Config) error {
 		return fmt.Errorf("jwt: %w", err)
 	}
 	c.JWT.Issuer = j.Issuer
+	if c.JWT.ConfigMap = j.ConfigMap; c.JWT.ConfigMap != "" {
+		if c.Kubernetes == nil {
+			return errors.New("jwt.configMap: only for Kubernetes mode")
+		}
+		if errs := validation.IsDNS1123Subdomain(c.JWT.ConfigMap); len(errs) > 0 {
+			return fmt.Errorf("jwt.configMap: %q is not a ConfigMap name: %s", c.JWT.ConfigMap, errs[0])
+		}
+	}
 	if j.Issuer != "" {
 		if err := oidc.CheckIssuer(j.Issuer); err != nil {
 			return fmt.Errorf("jwt.issuer: %q %w", j.Issuer, err)

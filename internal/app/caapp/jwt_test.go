@@ -22,6 +22,7 @@ func TestJWTConfig(t *testing.T) {
 		{name: "oidc without issuer", yaml: "jwt: {oidc: {certFile: /c, keyFile: /k}}", want: "needs jwt.issuer"},
 		{name: "oidc without TLS files", yaml: "jwt: {issuer: https://o.example, oidc: {}}", want: "certFile and keyFile"},
 		{name: "oidc max-age above an hour", yaml: "jwt: {issuer: https://o.example, oidc: {certFile: /c, keyFile: /k, maxAge: 2h}}", want: "jwt.oidc.maxAge"},
+		{name: "configMap standalone", yaml: "jwt: {configMap: jwks}", want: "only for Kubernetes mode"},
 		{name: "unknown field", yaml: "jwt: {issuerURL: https://o.example}", want: "issuerURL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
