@@ -55,8 +55,8 @@ type OIDCConfig struct {
 type jwtRuntime struct {
 	Issuer    string
 	ConfigMap string
-	OIDC   *OIDCConfig
-	MaxAge time.Duration
+	OIDC      *OIDCConfig
+	MaxAge    time.Duration
 }
 
 // validate checks fc's JWT section into c (c.Policy is set).
