@@ -145,3 +145,64 @@ func benchJWTFetches(b *testing.B, path string, conc int) {
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "fetches/s")
 }
+
+// BenchmarkFetchJWTSVIDRatio alternates rounds of 50 cached fetches from
+// the agent's Workload API and from the bare server (one client each), so
+// that a shared machine's load falls on both alike, and reports
+// mayfly/bare fetches/s.
+func BenchmarkFetchJWTSVIDRatio(b *testing.B) {
+	clock := rotate.NewFakeClock(time.Now())
+	ca := newFakeJWTCA(b, clock)
+	ca.ttl = time.Hour
+	cache, err := NewJWTCache(ca, clock, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	spec := Spec{Key: "bench", SpiffeID: "spiffe://example.org/bench"}
+	src := &WorkloadSource{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), Entitlements: oneSpec{spec}, JWT: cache, JWTKeys: staticJWTKeys{}}
+	s, err := workloadapi.New(workloadapi.Config{Attestor: unixCallers{}, Source: src, Registerer: prometheus.NewRegistry(), Now: clock.Now})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	ours := grpc.NewServer(append(s.ServerOptions(), grpc.Creds(workloadattest.NewCredentials()),
+		grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
+	s.Register(ours)
+	serveBench(b, ours, filepath.Join(dir, "mayfly.sock"), s.LimitListener)
+	_, tok, err := cache.Fetch(b.Context(), spec, []string{"api"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	bare := grpc.NewServer()
+	workload.RegisterSpiffeWorkloadAPIServer(bare, &bareJWT{resp: &workload.JWTSVIDResponse{Svids: []*workload.JWTSVID{{SpiffeId: spec.SpiffeID, Svid: tok}}}})
+	serveBench(b, bare, filepath.Join(dir, "bare.sock"), nil)
+	ctx := context.Background()
+	params := jwtsvid.Params{Audience: "api"}
+	var clients [2]*gsworkload.Client
+	for i, name := range []string{"mayfly.sock", "bare.sock"} {
+		c, err := gsworkload.New(ctx, gsworkload.WithAddr("unix://"+filepath.Join(dir, name)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.FetchJWTSVID(ctx, params); err != nil {
+			b.Fatal(err)
+		}
+		clients[i] = c
+	}
+	var spent [2]time.Duration
+	for b.Loop() {
+		for i, c := range clients {
+			t0 := time.Now()
+			for range 50 {
+				if _, err := c.FetchJWTSVID(ctx, params); err != nil {
+					b.Fatal(err)
+				}
+			}
+			spent[i] += time.Since(t0)
+		}
+	}
+	b.ReportMetric(float64(50*b.N)/spent[0].Seconds(), "mayfly-fetches/s")
+	b.ReportMetric(float64(50*b.N)/spent[1].Seconds(), "bare-fetches/s")
+	b.ReportMetric(spent[1].Seconds()/spent[0].Seconds(), "ratio")
+}
