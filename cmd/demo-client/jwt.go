@@ -51,10 +51,10 @@ func jwtDemo(ctx context.Context, ids demo.IDs) error {
 	fmt.Printf("%s jwt-svid ok  sub %s aud %v expires in %.0fs | validated by the agent (%s) and by go-spiffe against a JWT bundle of %d keys\n",
 		time.Now().Format("15:04:05"), local.ID, local.Audience, time.Until(local.Expiry).Seconds(), byAgent.ID, len(b.JWTAuthorities()))
 	// A token for another audience is refused, with the reason.
-	if _, err := c.ValidateJWTSVID(ctx, svid.Marshal(), "someone-else"); err == nil {
+	_, err = c.ValidateJWTSVID(ctx, svid.Marshal(), "someone-else")
+	if err == nil {
 		return fmt.Errorf("ValidateJWTSVID accepted a token for another audience")
-	} else {
-		fmt.Printf("%s jwt-svid for another audience refused: %v\n", time.Now().Format("15:04:05"), err)
 	}
+	fmt.Printf("%s jwt-svid for another audience refused: %v\n", time.Now().Format("15:04:05"), err)
 	return nil
 }

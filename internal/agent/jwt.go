@@ -269,7 +269,9 @@ func (s *WorkloadSource) JWTBundles() *jwtbundle.Set {
 		return jwtbundle.NewSet(b)
 	}
 	for kid, pub := range s.JWTKeys.JWTKeys() {
-		b.AddJWTAuthority(kid, pub)
+		if err := b.AddJWTAuthority(kid, pub); err != nil {
+			continue // an empty kid; jwtKeysOf refuses those
+		}
 	}
 	return jwtbundle.NewSet(b)
 }

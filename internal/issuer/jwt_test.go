@@ -213,7 +213,7 @@ func BenchmarkJWTSigning(b *testing.B) {
 func BenchmarkJWTSigningRatio(b *testing.B) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	digest := sha256.Sum256([]byte("header.payload of a JWT-SVID of about this size........................"))
-	h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1 << 30 })
+	h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1<<30 })
 	h.withJWTKey()
 	h.authz.grant("node-a", webID)
 	agent := h.agent("node-a")

@@ -35,9 +35,9 @@ const (
 	MaxTokenSize = 8 << 10
 	// Skew is the clock skew allowed on exp, nbf and iat.
 	Skew = 30 * time.Second
-	// MaxAudiences and MaxAudienceLength bound the aud claim of a token we
-	// sign and of one we validate.
-	MaxAudiences      = 16
+	// MaxAudiences bounds the aud values of a token we sign or validate.
+	MaxAudiences = 16
+	// MaxAudienceLength bounds each aud value of a token we sign.
 	MaxAudienceLength = 256
 )
 
