@@ -118,6 +118,7 @@ cat <<MSG
 
   Any process of uid ${UID_NOW} gets spiffe://example.org/demo/user-${UID_NOW} there.
   Certificates live ${DEMO_TTL} and rotate at about half-life; files in ${WORK}/certs.
+  The client first fetches a JWT-SVID (audience demo-server) and has it validated.
   Status: ${BIN}/agent status --socket ${WORK}/agent/status.sock   ${BIN}/ca status --socket ${WORK}/ca/status.sock
   Metrics: http://${AGENT_HEALTH}/metrics  http://${CA_HEALTH}/metrics
 
@@ -211,6 +212,12 @@ if [[ -n "${DEMO_DURATION}" ]]; then
       code=1
     fi
   done
+  if jwt="$(grep -m1 'jwt-svid ok' "${CLIENT_OUT}")"; then
+    echo "demo: ${jwt}"
+  else
+    echo "demo: FAILED (no JWT-SVID fetched and validated)" >&2
+    code=1
+  fi
   if [[ -n "${DEMO_ROTATE_ROOT}" ]] && ! rotation_summary; then
     echo "demo: FAILED (the root rotation did not reach every path within DEMO_DURATION)" >&2
     code=1

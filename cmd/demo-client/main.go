@@ -3,8 +3,8 @@
 // Workload API and prints the handshake: the peer's SPIFFE ID, serial and
 // seconds left, and its own. It also prints each time its trust bundle or
 // the root above its own or the server's leaf changes (with a t=<unix
-// seconds> stamp for the demo's timings). It exits non-zero if any
-// handshake failed.
+// seconds> stamp for the demo's timings). First it fetches a JWT-SVID and
+// has it validated (jwt.go). It exits non-zero if any handshake failed.
 package main
 
 import (
@@ -50,6 +50,9 @@ func run(server string, ids demo.IDs, every time.Duration) (ok, failed int, err 
 		return 0, 0, err
 	}
 	defer src.Close()
+	if err := jwtDemo(ctx, ids); err != nil {
+		return 0, 0, fmt.Errorf("JWT-SVID: %w", err)
+	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	seen := map[string]string{}

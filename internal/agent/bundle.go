@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -69,6 +70,7 @@ type bundleState struct {
 	certs   []*x509.Certificate
 	version string
 	taints  Taints
+	jwtKeys map[string]crypto.PublicKey
 }
 
 // NewBundleWatcher returns a watcher holding cfg.Initial.
@@ -108,6 +110,9 @@ func (w *BundleWatcher) Bundle() ([]*x509.Certificate, string) {
 	return b.certs, b.version
 }
 
+// JWTKeys returns the JWT keys of the bundle in force, by kid.
+func (w *BundleWatcher) JWTKeys() map[string]crypto.PublicKey { return w.cur.Load().jwtKeys }
+
 // Taints returns the tainted authorities the bundle in force announces.
 func (w *BundleWatcher) Taints() Taints { return w.cur.Load().taints }
 
@@ -131,11 +136,16 @@ func (w *BundleWatcher) Install(b *issuerv1.Bundle) bool {
 		w.cfg.Logger.Warn("ignoring an unusable bundle from the CA", "error", err)
 		return false
 	}
+	jwtKeys, err := jwtKeysOf(b)
+	if err != nil {
+		w.cfg.Logger.Warn("ignoring an unusable bundle from the CA", "error", err)
+		return false
+	}
 	if cur := w.cur.Load(); cur.version == b.GetVersion() && cur.version != "" {
 		return true
 	}
 	taints := taintsOf(b)
-	w.cur.Store(&bundleState{certs: roots, version: b.GetVersion(), taints: taints})
+	w.cur.Store(&bundleState{certs: roots, version: b.GetVersion(), taints: taints, jwtKeys: jwtKeys})
 	w.cfg.Logger.Info("trust bundle installed", "version", b.GetVersion(), "roots", len(roots), "tainted_authorities", len(taints.KeyIDs))
 	w.changes.Notify()
 	if w.cfg.Saver != nil {

@@ -45,6 +45,11 @@ type WorkloadSource struct {
 	Bundle       BundleFeed
 	TrustDomain  spiffeid.TrustDomain
 	Entitlements Entitlements
+	// JWT obtains and caches JWT-SVIDs, and JWTKeys gives the JWT bundle
+	// (BundleWatcher, whose changes Bundle signals); nil serves none
+	// (Unimplemented).
+	JWT     *JWTCache
+	JWTKeys JWTKeySource
 
 	mu sync.Mutex
 	// streams by their context's Done channel, which is one per stream.

@@ -32,6 +32,9 @@ func testPolicy() authority.Policy {
 		PrepareAt:       0.5,
 		ActivateAt:      2.0 / 3.0,
 		RootAckWait:     72 * time.Hour,
+		// The JWT key outlives every horizon of the X.509 tests (3 root
+		// lifetimes); jwtkey_test.go rotates it with its own policy.
+		JWTKeyTTL: 20 * 240 * time.Hour,
 	}
 }
 

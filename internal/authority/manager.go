@@ -2,6 +2,7 @@ package authority
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -49,6 +50,11 @@ type Loaded struct {
 	// holders of credentials chaining to them have to re-issue.
 	Taints             []Taint
 	TaintReissueWindow time.Duration
+	// JWTKeys are the published JWT keys by kid (State.JWTKeys), part of
+	// BundleVersion; JWTSigner signs JWT-SVIDs (nil until the state has a
+	// JWT key).
+	JWTKeys   map[string]crypto.PublicKey
+	JWTSigner *JWTSigner
 }
 
 // ManagerOptions configure a Manager.
@@ -258,7 +264,9 @@ func (m *Manager) install(ctx context.Context, s *State, version string) {
 	}
 	bundle := s.Bundle(now)
 	taints := s.ActiveTaints()
-	l := &Loaded{State: s, Version: version, Bundle: bundle, BundleVersion: bundleVersion(bundle, taints), Authority: auth, Taints: taints}
+	jwtKeys := s.JWTKeys(now)
+	l := &Loaded{State: s, Version: version, Bundle: bundle, BundleVersion: bundleVersion(bundle, taints, jwtKIDs(jwtKeys)), Authority: auth, Taints: taints, JWTKeys: jwtKeys}
+	l.JWTSigner, _ = s.jwtSigner()
 	if m.opts.Minter != nil {
 		l.TaintReissueWindow = m.opts.Minter.Policy.TaintReissueWindow
 	}
@@ -405,24 +413,26 @@ func BundleVersion(certs []*x509.Certificate) string {
 // BundleVersionDER is BundleVersion of certificates given as DER, without
 // parsing them.
 func BundleVersionDER(ders iter.Seq[[]byte]) string {
-	return bundleVersionOf(ders, nil)
+	return bundleVersionOf(ders, nil, nil)
 }
 
 // bundleVersion is the version agents see: the certificates' hash, and the
 // tainted keys when there are any, so that a taint reaches every agent as a
-// new bundle. Without taints it equals BundleVersion, which is what the
+// new bundle, and the published JWT keys' kids, so that the agents'
+// acknowledgements gate a JWT key's activation as they gate a root's.
+// Without taints and JWT keys it equals BundleVersion, which is what the
 // Kubernetes delivery objects (holding certificates only) are compared with.
-func bundleVersion(certs []*x509.Certificate, taints []Taint) string {
+func bundleVersion(certs []*x509.Certificate, taints []Taint, jwtKIDs []string) string {
 	return bundleVersionOf(func(yield func([]byte) bool) {
 		for _, c := range certs {
 			if !yield(c.Raw) {
 				return
 			}
 		}
-	}, taints)
+	}, taints, jwtKIDs)
 }
 
-func bundleVersionOf(ders iter.Seq[[]byte], taints []Taint) string {
+func bundleVersionOf(ders iter.Seq[[]byte], taints []Taint, jwtKIDs []string) string {
 	h := sha256.New()
 	for d := range ders {
 		h.Write(d)
@@ -432,6 +442,13 @@ func bundleVersionOf(ders iter.Seq[[]byte], taints []Taint) string {
 		h.Write([]byte("taints"))
 		for _, t := range taints {
 			h.Write(t.SubjectKeyID)
+		}
+	}
+	if len(jwtKIDs) > 0 {
+		h.Write([]byte("jwt"))
+		for _, kid := range jwtKIDs {
+			h.Write([]byte(kid))
+			h.Write([]byte{0})
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)[:12])

@@ -63,16 +63,20 @@ func (m *Minter) Bootstrap(ctx context.Context, now time.Time) (*State, error) {
 	if m.Upstream != nil {
 		s.UpstreamRoots = roots
 	}
+	if s.JWT.Current, err = m.newJWTKey(now); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
 // Apply returns a copy of s with step applied at now.
 func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) (*State, error) {
 	n := *s
-	root, inter := &n.Root, &n.Intermediate
+	root, inter, jwt := &n.Root, &n.Intermediate, &n.JWT
 	switch step {
 	case StepDropRetired:
 		*root = root.withoutExpired(now)
+		*jwt = jwt.withoutExpired(now)
 		n.Taints = s.withoutExpiredTaints(now)
 	case StepPrepareRoot:
 		if root.Current == nil {
@@ -118,6 +122,28 @@ func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) 
 		}
 		*inter = inter.replaced(cur)
 		m.mergeUpstreamRoots(&n, roots)
+	case StepMintJWTKey:
+		if jwt.Current != nil {
+			return nil, errors.New("mint JWT key: there is one")
+		}
+		cur, err := m.newJWTKey(now)
+		if err != nil {
+			return nil, err
+		}
+		*jwt = jwt.replaced(cur)
+	case StepPrepareJWTKey:
+		next, err := m.newJWTKey(now)
+		if err != nil {
+			return nil, err
+		}
+		*jwt = jwt.prepared(next, now, true)
+	case StepActivateJWTKey:
+		if jwt.Next == nil {
+			return nil, errors.New("activate JWT key: no next key")
+		}
+		// The old key stays published while a token it signed may be in
+		// use: the longest token lifetime, and the verifiers' skew.
+		*jwt = jwt.activated(now.Add(m.Policy.jwtMaxTokenTTL() + jwtRetireSkew))
 	default:
 		return nil, fmt.Errorf("unknown rotation step %q", step)
 	}

@@ -38,6 +38,18 @@ type Policy struct {
 	// least RootAckWait, so that the cap never makes a root wait for the
 	// agents past its activation point.
 	MaxPrepareAhead time.Duration
+	// JWTKeyTTL is how long a JWT signing key is in use before it rotates
+	// (default 24h): its successor is published in the JWT bundle and the
+	// JWKS at PrepareAt of its life and signs from ActivateAt on, once the
+	// agents hold it.
+	JWTKeyTTL time.Duration
+	// JWTMaxTokenTTL is the longest a JWT-SVID lives (default 1h): a
+	// retired JWT key stays published that long after its last token.
+	JWTMaxTokenTTL time.Duration
+	// JWTKeyType is the algorithm of new JWT keys: ES256 (default, P-256),
+	// ES384 (P-384) or RS256 (RSA-2048). A zero JWT field means its
+	// default.
+	JWTKeyType string
 }
 
 // DefaultPolicy returns the lifetimes and rotation points of docs/architecture.md (Identities).
@@ -49,6 +61,9 @@ func DefaultPolicy() Policy {
 		ActivateAt:      2.0 / 3.0,
 		RootAckWait:     24 * time.Hour,
 		MaxPrepareAhead: 30 * 24 * time.Hour,
+		JWTKeyTTL:       24 * time.Hour,
+		JWTMaxTokenTTL:  time.Hour,
+		JWTKeyType:      JWTES256,
 
 		TaintReissueWindow: 10 * time.Minute,
 	}
@@ -75,6 +90,12 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("rotation.maxPrepareAhead: must not be negative, got %s", p.MaxPrepareAhead)
 	case p.MaxPrepareAhead != 0 && p.MaxPrepareAhead < p.RootAckWait:
 		return fmt.Errorf("rotation.maxPrepareAhead: must be at least rootAckWait (%s), got %s", p.RootAckWait, p.MaxPrepareAhead)
+	case p.JWTMaxTokenTTL != 0 && p.JWTMaxTokenTTL < time.Minute:
+		return fmt.Errorf("rotation.jwtMaxTokenTTL: must be at least 1m, got %s", p.JWTMaxTokenTTL)
+	case p.JWTKeyTTL != 0 && p.JWTKeyTTL < 4*p.jwtMaxTokenTTL():
+		return fmt.Errorf("rotation.jwtKeyTTL: must be at least 4 times jwtMaxTokenTTL (%s), got %s", p.jwtMaxTokenTTL(), p.JWTKeyTTL)
+	case p.JWTKeyType != "" && !slices.Contains(JWTKeyTypes, p.JWTKeyType):
+		return fmt.Errorf("rotation.jwtKeyType: must be one of %v, got %q", JWTKeyTypes, p.JWTKeyType)
 	case p.TaintReissueWindow < 0 || p.TaintReissueWindow > p.IntermediateTTL/2:
 		return fmt.Errorf("rotation.taintReissueWindow: must be between 0 and half of intermediateTTL (%s), got %s", p.IntermediateTTL/2, p.TaintReissueWindow)
 	}
@@ -99,6 +120,20 @@ func (p Policy) IntermediateSchedule() Schedule {
 	return Schedule{PrepareAt: p.PrepareAt, ActivateAt: p.ActivateAt, MaxPrepareAhead: p.MaxPrepareAhead, Replaceable: true}
 }
 
+// JWTSchedule is when the JWT signing key rotates: like a root, its
+// successor is published (JWT bundle, JWKS) ahead of use and signs only
+// once every agent holds it, or after the wait (RootAckWait at most, and a
+// quarter of the key's remaining life before its end at the latest). It is
+// never replaced unpublished: a CA that was down past a key's end signs
+// with that key until the successor is published and adopted.
+func (p Policy) JWTSchedule() Schedule {
+	return Schedule{
+		PrepareAt: p.PrepareAt, ActivateAt: p.ActivateAt,
+		Published: true, AdoptionWait: p.RootAckWait,
+		ForceBefore: time.Duration(float64(p.jwtKeyTTL()) * (1 - p.ActivateAt) / 2),
+	}
+}
+
 // Step is one change to the authority state.
 type Step string
 
@@ -119,6 +154,14 @@ const (
 	// current one expired (the CA was down) and no usable successor exists,
 	// or it was tainted (ca taint).
 	StepReplaceIntermediate Step = "ReplaceIntermediate"
+	// StepMintJWTKey creates the first JWT signing key (a state from before
+	// JWT-SVIDs has none).
+	StepMintJWTKey Step = "MintJWTKey"
+	// StepPrepareJWTKey creates the next JWT key and publishes it.
+	StepPrepareJWTKey Step = "PrepareJWTKey"
+	// StepActivateJWTKey makes the next JWT key the signing one and keeps
+	// the old one published until its last token has expired.
+	StepActivateJWTKey Step = "ActivateJWTKey"
 )
 
 // Decision is the outcome of Plan: the steps due now, and when to look again.
@@ -162,6 +205,9 @@ type kind struct {
 	// replacedBy is a step of another kind that replaces this kind's keys
 	// (a new root comes with a new intermediate under it).
 	replacedBy Step
+	// mint is the step that creates the first key when there is none (a
+	// kind added after the state was created).
+	mint Step
 }
 
 // kinds are the rotating keys, in the order Plan considers them.
@@ -179,6 +225,12 @@ var kinds = []kind{
 		prepare:  StepPrepareIntermediate, activate: StepActivateIntermediate, replace: StepReplaceIntermediate,
 		replacedBy: StepActivateRoot,
 	},
+	{
+		name:     "JWT key",
+		rotation: func(s *State) *Rotation { return &s.JWT },
+		schedule: Policy.JWTSchedule,
+		prepare:  StepPrepareJWTKey, activate: StepActivateJWTKey, mint: StepMintJWTKey,
+	},
 }
 
 // Plan decides which rotation steps are due at now. It is a pure function of
@@ -193,11 +245,13 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 	}
 
 	rootsDue, until := s.Root.retiredDue(now)
+	jwtDue, jwtUntil := s.JWT.retiredDue(now)
 	taintsDue, taintUntil := s.taintsDue(now)
-	if rootsDue || taintsDue {
+	if rootsDue || jwtDue || taintsDue {
 		d.Steps = append(d.Steps, StepDropRetired)
 	} else {
 		consider(until)
+		consider(jwtUntil)
 		consider(taintUntil)
 	}
 	if t := s.taintOf(currentCert(s.Root.Current)); t != nil && t.Force {
@@ -210,6 +264,10 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 			continue
 		}
 		r := k.rotation(s)
+		if k.mint != "" && r.Current == nil {
+			d.Steps = append(d.Steps, k.mint)
+			continue
+		}
 		if k.replace != "" && s.Tainted(currentCert(r.Current)) {
 			d.Steps = append(d.Steps, k.replace)
 			d.Reason = fmt.Sprintf("current %s is tainted", k.name)

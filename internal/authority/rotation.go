@@ -7,26 +7,50 @@ import (
 )
 
 // Slot is one key pair of the authority: a certificate (with the chain above
-// it, not including a root) and its private key.
+// it, not including a root) and its private key, or, for a key published
+// without a certificate (a JWT signing key), the key with its ID and
+// validity.
 type Slot struct {
 	Chain []*x509.Certificate // Chain[0] is the slot's own certificate
 	Key   crypto.Signer
+	// KeyID, ValidFrom and ValidUntil describe a key without certificate
+	// (Chain empty); a certificate's key takes them from the certificate.
+	KeyID                 string
+	ValidFrom, ValidUntil time.Time
 }
 
-// Cert is the slot's own certificate.
-func (s *Slot) Cert() *x509.Certificate { return s.Chain[0] }
+// Cert is the slot's own certificate; nil for a key without one.
+func (s *Slot) Cert() *x509.Certificate {
+	if len(s.Chain) == 0 {
+		return nil
+	}
+	return s.Chain[0]
+}
 
 // NotBefore is when the slot's key starts to be valid.
-func (s *Slot) NotBefore() time.Time { return s.Cert().NotBefore }
+func (s *Slot) NotBefore() time.Time {
+	if c := s.Cert(); c != nil {
+		return c.NotBefore
+	}
+	return s.ValidFrom
+}
 
 // NotAfter is when the slot's key expires.
-func (s *Slot) NotAfter() time.Time { return s.Cert().NotAfter }
+func (s *Slot) NotAfter() time.Time {
+	if c := s.Cert(); c != nil {
+		return c.NotAfter
+	}
+	return s.ValidUntil
+}
 
 // Retired is a key that no longer signs but stays trusted until the last
-// credential it signed has expired.
+// credential it signed has expired: a certificate, or a key without one
+// (KeyID and Public).
 type Retired struct {
-	Cert  *x509.Certificate
-	Until time.Time
+	Cert   *x509.Certificate
+	KeyID  string
+	Public crypto.PublicKey
+	Until  time.Time
 }
 
 // Rotation is one rotating key of the authority (the root, the
@@ -189,14 +213,16 @@ func (r *Rotation) Decide(now time.Time, s Schedule, adopted func() bool) (Actio
 
 // each calls f for every key of r with its slot name, current first.
 func (r *Rotation) each(f func(slot string, c *x509.Certificate)) {
-	if r.Current != nil {
+	if r.Current != nil && r.Current.Cert() != nil {
 		f("current", r.Current.Cert())
 	}
-	if r.Next != nil {
+	if r.Next != nil && r.Next.Cert() != nil {
 		f("next", r.Next.Cert())
 	}
 	for _, k := range r.Retired {
-		f("retired", k.Cert)
+		if k.Cert != nil {
+			f("retired", k.Cert)
+		}
 	}
 }
 
@@ -214,7 +240,11 @@ func (r Rotation) prepared(next *Slot, now time.Time, published bool) Rotation {
 // until retireUntil (zero: not retired, it was never published).
 func (r Rotation) activated(retireUntil time.Time) Rotation {
 	if !retireUntil.IsZero() {
-		r.Retired = append(append([]Retired(nil), r.Retired...), Retired{Cert: r.Current.Cert(), Until: retireUntil})
+		old := Retired{Cert: r.Current.Cert(), KeyID: r.Current.KeyID, Until: retireUntil}
+		if old.Cert == nil {
+			old.Public = r.Current.Key.Public()
+		}
+		r.Retired = append(append([]Retired(nil), r.Retired...), old)
 	}
 	r.Current, r.Next, r.NextPublishedAt, r.Requested, r.ActivateNow = r.Next, nil, time.Time{}, false, false
 	return r

@@ -44,6 +44,11 @@ type State struct {
 	// Intermediate signs the leaves; it is never published (leaves carry
 	// it in their chain) and never retired.
 	Intermediate Rotation
+	// JWT is the key that signs JWT-SVIDs: published (JWT bundle, JWKS)
+	// ahead of use like a root, retired keys published until their last
+	// token expired. Current is nil in a state from before JWT-SVIDs until
+	// the rotation loop mints one.
+	JWT Rotation
 	// Generation counts the rotations, for logs and status.
 	Generation int64
 	// Taints are the keys marked compromised (ca taint), until they expire.
@@ -69,6 +74,8 @@ type meta struct {
 	Retired             []retiredJSON `json:"retiredRoots,omitempty"`
 	// Taints was added with ca taint; states without it have none.
 	Taints []taintJSON `json:"taints,omitempty"`
+	// JWT was added with JWT-SVIDs; states without it have no JWT key.
+	JWT *jwtMeta `json:"jwt,omitempty"`
 }
 
 type retiredJSON struct {
@@ -155,6 +162,7 @@ func (s *State) Encode() (map[string][]byte, error) {
 	if len(s.UpstreamRoots) > 0 {
 		data[KeyUpstreamRoots] = pki.EncodeCertificates(s.UpstreamRoots...)
 	}
+	var err error
 	m := meta{Generation: s.Generation, RootRotation: s.Root.Requested, RootActivateNow: s.Root.ActivateNow}
 	if !s.Root.NextPublishedAt.IsZero() {
 		t := s.Root.NextPublishedAt.UTC()
@@ -165,6 +173,9 @@ func (s *State) Encode() (map[string][]byte, error) {
 	}
 	for _, t := range s.Taints {
 		m.Taints = append(m.Taints, t.toJSON())
+	}
+	if m.JWT, err = encodeJWT(s.JWT, data); err != nil {
+		return nil, err
 	}
 	mj, err := json.Marshal(m)
 	if err != nil {
@@ -196,8 +207,8 @@ func Decode(data map[string][]byte) (*State, error) {
 	if s.Root.Current == nil && len(s.UpstreamRoots) == 0 {
 		return nil, fmt.Errorf("%w: neither %s nor %s is present", ErrCorrupt, KeyRoot, KeyUpstreamRoots)
 	}
+	var m meta
 	if raw, ok := data[KeyMeta]; ok {
-		var m meta
 		if err := json.Unmarshal(raw, &m); err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, KeyMeta, err)
 		}
@@ -221,6 +232,9 @@ func Decode(data map[string][]byte) (*State, error) {
 			}
 			s.Taints = append(s.Taints, t)
 		}
+	}
+	if s.JWT, err = decodeJWT(data, m.JWT); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

@@ -61,13 +61,13 @@ func TestStateRoundTrip(t *testing.T) {
 			wantKeys: []string{
 				authority.KeyRoot, authority.KeyRootKey, authority.KeyNextRoot, authority.KeyNextRootKey,
 				authority.KeyIntermediate, authority.KeyIntermediateKey, authority.KeyNextIntermediate, authority.KeyNextIntermediateKey,
-				authority.KeyMeta,
+				authority.KeyJWT, authority.KeyMeta,
 			},
 		},
 		{
 			name:     "self-signed fresh",
 			state:    func(t *testing.T) *authority.State { return bootstrap(t, newMinter(testPolicy()), t0) },
-			wantKeys: []string{authority.KeyRoot, authority.KeyRootKey, authority.KeyIntermediate, authority.KeyIntermediateKey, authority.KeyMeta},
+			wantKeys: []string{authority.KeyRoot, authority.KeyRootKey, authority.KeyIntermediate, authority.KeyIntermediateKey, authority.KeyJWT, authority.KeyMeta},
 		},
 		{
 			name: "upstream mode with a next intermediate",
@@ -75,7 +75,7 @@ func TestStateRoundTrip(t *testing.T) {
 				s := bootstrap(t, upMinter, t0)
 				return apply(t, upMinter, s, authority.StepPrepareIntermediate, t0.Add(12*time.Hour))
 			},
-			wantKeys: []string{authority.KeyUpstreamRoots, authority.KeyIntermediate, authority.KeyIntermediateKey, authority.KeyNextIntermediate, authority.KeyNextIntermediateKey, authority.KeyMeta},
+			wantKeys: []string{authority.KeyUpstreamRoots, authority.KeyIntermediate, authority.KeyIntermediateKey, authority.KeyNextIntermediate, authority.KeyNextIntermediateKey, authority.KeyJWT, authority.KeyMeta},
 		},
 	}
 	for _, tt := range tests {

@@ -120,7 +120,7 @@ func (a *fakeAuthorizer) AuthorizeWorkload(_ context.Context, node string, req *
 
 // harness is an issuer.Server behind real gRPC over TLS on 127.0.0.1.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	clock *rotate.FakeClock // the server, the test CA and the clients all read it
 	tca   *testca.CA
 	src   *fakeauthority.Authority
@@ -132,7 +132,7 @@ type harness struct {
 	acks  atomic.Int32
 }
 
-func newHarness(t *testing.T, mods ...func(*issuer.Config)) *harness {
+func newHarness(t testing.TB, mods ...func(*issuer.Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, clock: rotate.NewFakeClock(epoch), authz: newFakeAuthorizer(), reg: prometheus.NewRegistry(), logs: &logbuf.Buffer{}}
 	h.tca = testca.New(t, testca.WithClock(h.clock.Now))
@@ -218,7 +218,7 @@ func (h *harness) auditLines() []map[string]any {
 	return out
 }
 
-func tlsCert(t *testing.T, chain [][]byte, key crypto.Signer) *tls.Certificate {
+func tlsCert(t testing.TB, chain [][]byte, key crypto.Signer) *tls.Certificate {
 	t.Helper()
 	certs, err := issuerclient.ParseChain(chain)
 	if err != nil {
@@ -235,7 +235,7 @@ func tlsCertOf(chain []*x509.Certificate, key crypto.Signer) *tls.Certificate {
 	return c
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	t.Helper()
 	c, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	t.Cleanup(cancel)

@@ -21,7 +21,7 @@ func newMetrics(reg prometheus.Registerer, counts func() (connected, current int
 	m := &metrics{
 		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mayfly_ca_certificates_issued_total",
-			Help: "Certificate requests decided by the issuer API, by kind (agent, workload) and result (issued, denied, error).",
+			Help: "Certificate requests decided by the issuer API, by kind (agent, workload, jwt: JWT-SVIDs) and result (issued, denied, error).",
 		}, []string{"kind", "result"}),
 		signDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "mayfly_ca_sign_duration_seconds",
@@ -51,7 +51,7 @@ func newMetrics(reg prometheus.Registerer, counts func() (connected, current int
 	m.attestThrottled.WithLabelValues("peer")
 	m.attestThrottled.WithLabelValues("global")
 	m.issuedOK = map[string]prometheus.Counter{}
-	for _, kind := range []string{"agent", "workload"} {
+	for _, kind := range []string{"agent", "workload", "jwt"} {
 		for _, result := range []string{"issued", "denied", "error"} {
 			m.issued.WithLabelValues(kind, result)
 		}

@@ -107,6 +107,8 @@ type Config struct {
 	// KubernetesIDs requires workload IDs of the form /ns/<ns>/sa/<sa>
 	// (Kubernetes mode); standalone IDs are free-form, granted per node.
 	KubernetesIDs bool
+	// JWTIssuer is the iss of JWT-SVIDs (the OIDC issuer URL); empty: none.
+	JWTIssuer string
 	// MaxBatch bounds the items of one SignWorkloads call (default 512).
 	MaxBatch int
 	// NodeRate and NodeBurst bound the certificates one node may obtain per
@@ -162,6 +164,7 @@ type Server struct {
 	cfg     Config
 	metrics *metrics
 	signers atomic.Pointer[signers]
+	jwt     atomic.Pointer[jwtSigner]
 	live    *liveLeaves
 
 	limMu    sync.Mutex
@@ -676,6 +679,7 @@ func bundleMessage(l *authority.Loaded) *issuerv1.Bundle {
 	if len(b.TaintedKeyIds) > 0 {
 		b.ReissueWindowSeconds = int64(l.TaintReissueWindow / time.Second)
 	}
+	b.JwtAuthorities = jwtAuthorities(l)
 	return b
 }
 

@@ -246,8 +246,6 @@ type handler struct {
 	s *Server
 }
 
-var errJWTUnsupported = status.Error(codes.Unimplemented, "JWT-SVIDs are not supported yet")
-
 // FetchX509SVID streams the caller's X.509-SVIDs: the current ones at once,
 // then a response whenever they or the bundles change.
 func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
@@ -341,19 +339,4 @@ func waitForChange(ctx context.Context, changed <-chan struct{}) (bool, error) {
 		}
 		return true, nil
 	}
-}
-
-// FetchJWTSVID is not supported yet.
-func (h *handler) FetchJWTSVID(context.Context, *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
-	return nil, errJWTUnsupported
-}
-
-// FetchJWTBundles is not supported yet.
-func (h *handler) FetchJWTBundles(*workload.JWTBundlesRequest, grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
-	return errJWTUnsupported
-}
-
-// ValidateJWTSVID is not supported yet.
-func (h *handler) ValidateJWTSVID(context.Context, *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
-	return nil, errJWTUnsupported
 }

@@ -126,7 +126,7 @@ func TestUnimplementedMethods(t *testing.T) {
 	c := rawClient(t, env.path)
 	for _, name := range []string{"FetchJWTSVID", "ValidateJWTSVID", "FetchJWTBundles"} {
 		t.Run(name+"/JWT_is_Unimplemented", func(t *testing.T) {
-			wantStatus(t, calls[name](withHeader(testContext(t)), c), codes.Unimplemented, "JWT-SVIDs are not supported yet")
+			wantStatus(t, calls[name](withHeader(testContext(t)), c), codes.Unimplemented, "JWT-SVIDs are not served by this agent")
 		})
 	}
 	t.Run("FetchWITSVID/is_Unimplemented", func(t *testing.T) {

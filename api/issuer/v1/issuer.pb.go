@@ -109,7 +109,7 @@ func (x Denial_Code) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Denial_Code.Descriptor instead.
 func (Denial_Code) EnumDescriptor() ([]byte, []int) {
-	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{9, 0}
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{14, 0}
 }
 
 // AttestAgentRequest asks for an agent X.509-SVID in exchange for proof of the
@@ -778,6 +778,357 @@ func (x *Issued) GetSerialNumber() string {
 	return ""
 }
 
+// SignJWTsRequest is a batch of JWT-SVID requests from one agent.
+type SignJWTsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The workloads to sign for. Each request_id must be unique within the
+	// batch.
+	Requests      []*JWTRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTsRequest) Reset() {
+	*x = SignJWTsRequest{}
+	mi := &file_issuer_v1_issuer_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTsRequest) ProtoMessage() {}
+
+func (x *SignJWTsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_issuer_v1_issuer_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTsRequest.ProtoReflect.Descriptor instead.
+func (*SignJWTsRequest) Descriptor() ([]byte, []int) {
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SignJWTsRequest) GetRequests() []*JWTRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+// JWTRequest asks for one JWT-SVID. The identity is established as for a
+// WorkloadRequest: exactly one of pod_uid and spiffe_id.
+type JWTRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Opaque identifier matching this request with its JWTResult.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Kubernetes mode: UID of the pod the token is for.
+	PodUid string `protobuf:"bytes,2,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	// Standalone mode: the requested SPIFFE ID.
+	SpiffeId string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The token's aud claim: 1 to 16 values of 1 to 256 bytes each.
+	Audience []string `protobuf:"bytes,4,rep,name=audience,proto3" json:"audience,omitempty"`
+	// Requested lifetime in seconds; 0 means 5 minutes, at most 1 hour.
+	TtlSeconds int64 `protobuf:"varint,5,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// Optional ServiceAccount token of the pod, as for WorkloadRequest.
+	PodToken      string `protobuf:"bytes,6,opt,name=pod_token,json=podToken,proto3" json:"pod_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTRequest) Reset() {
+	*x = JWTRequest{}
+	mi := &file_issuer_v1_issuer_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTRequest) ProtoMessage() {}
+
+func (x *JWTRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_issuer_v1_issuer_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTRequest.ProtoReflect.Descriptor instead.
+func (*JWTRequest) Descriptor() ([]byte, []int) {
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *JWTRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *JWTRequest) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
+func (x *JWTRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *JWTRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *JWTRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *JWTRequest) GetPodToken() string {
+	if x != nil {
+		return x.PodToken
+	}
+	return ""
+}
+
+// SignJWTsResponse carries one result per request of the batch.
+type SignJWTsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*JWTResult           `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTsResponse) Reset() {
+	*x = SignJWTsResponse{}
+	mi := &file_issuer_v1_issuer_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTsResponse) ProtoMessage() {}
+
+func (x *SignJWTsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_issuer_v1_issuer_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTsResponse.ProtoReflect.Descriptor instead.
+func (*SignJWTsResponse) Descriptor() ([]byte, []int) {
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SignJWTsResponse) GetResults() []*JWTResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// JWTResult is the outcome of one JWTRequest.
+type JWTResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The request_id of the JWTRequest this result answers.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Exactly one of issued and denial is set.
+	//
+	// Types that are valid to be assigned to Result:
+	//
+	//	*JWTResult_Issued
+	//	*JWTResult_Denial
+	Result        isJWTResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTResult) Reset() {
+	*x = JWTResult{}
+	mi := &file_issuer_v1_issuer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTResult) ProtoMessage() {}
+
+func (x *JWTResult) ProtoReflect() protoreflect.Message {
+	mi := &file_issuer_v1_issuer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTResult.ProtoReflect.Descriptor instead.
+func (*JWTResult) Descriptor() ([]byte, []int) {
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *JWTResult) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *JWTResult) GetResult() isJWTResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *JWTResult) GetIssued() *IssuedJWT {
+	if x != nil {
+		if x, ok := x.Result.(*JWTResult_Issued); ok {
+			return x.Issued
+		}
+	}
+	return nil
+}
+
+func (x *JWTResult) GetDenial() *Denial {
+	if x != nil {
+		if x, ok := x.Result.(*JWTResult_Denial); ok {
+			return x.Denial
+		}
+	}
+	return nil
+}
+
+type isJWTResult_Result interface {
+	isJWTResult_Result()
+}
+
+type JWTResult_Issued struct {
+	Issued *IssuedJWT `protobuf:"bytes,2,opt,name=issued,proto3,oneof"`
+}
+
+type JWTResult_Denial struct {
+	Denial *Denial `protobuf:"bytes,3,opt,name=denial,proto3,oneof"`
+}
+
+func (*JWTResult_Issued) isJWTResult_Result() {}
+
+func (*JWTResult_Denial) isJWTResult_Result() {}
+
+// IssuedJWT is an issued JWT-SVID.
+type IssuedJWT struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's sub.
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The compact JWS.
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// The token's exp, in seconds since the Unix epoch.
+	ExpiresAtUnix int64 `protobuf:"varint,3,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	// The kid of the key that signed it.
+	KeyId         string `protobuf:"bytes,4,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssuedJWT) Reset() {
+	*x = IssuedJWT{}
+	mi := &file_issuer_v1_issuer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuedJWT) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuedJWT) ProtoMessage() {}
+
+func (x *IssuedJWT) ProtoReflect() protoreflect.Message {
+	mi := &file_issuer_v1_issuer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuedJWT.ProtoReflect.Descriptor instead.
+func (*IssuedJWT) Descriptor() ([]byte, []int) {
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *IssuedJWT) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *IssuedJWT) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *IssuedJWT) GetExpiresAtUnix() int64 {
+	if x != nil {
+		return x.ExpiresAtUnix
+	}
+	return 0
+}
+
+func (x *IssuedJWT) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
 // Denial explains why a WorkloadRequest was not fulfilled.
 type Denial struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -791,7 +1142,7 @@ type Denial struct {
 
 func (x *Denial) Reset() {
 	*x = Denial{}
-	mi := &file_issuer_v1_issuer_proto_msgTypes[9]
+	mi := &file_issuer_v1_issuer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +1154,7 @@ func (x *Denial) String() string {
 func (*Denial) ProtoMessage() {}
 
 func (x *Denial) ProtoReflect() protoreflect.Message {
-	mi := &file_issuer_v1_issuer_proto_msgTypes[9]
+	mi := &file_issuer_v1_issuer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +1167,7 @@ func (x *Denial) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Denial.ProtoReflect.Descriptor instead.
 func (*Denial) Descriptor() ([]byte, []int) {
-	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{9}
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Denial) GetCode() Denial_Code {
@@ -856,13 +1207,17 @@ type Bundle struct {
 	// The window for re-issuing after a taint, in seconds; set when
 	// tainted_key_ids is not empty.
 	ReissueWindowSeconds int64 `protobuf:"varint,5,opt,name=reissue_window_seconds,json=reissueWindowSeconds,proto3" json:"reissue_window_seconds,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The JWT keys relying parties accept: the signing key, its successor
+	// (published before it signs) and retired keys while their tokens live.
+	// Part of version.
+	JwtAuthorities []*JWTAuthority `protobuf:"bytes,6,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_issuer_v1_issuer_proto_msgTypes[10]
+	mi := &file_issuer_v1_issuer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1229,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_issuer_v1_issuer_proto_msgTypes[10]
+	mi := &file_issuer_v1_issuer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1242,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{10}
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Bundle) GetVersion() string {
@@ -925,6 +1280,68 @@ func (x *Bundle) GetReissueWindowSeconds() int64 {
 	return 0
 }
 
+func (x *Bundle) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+// JWTAuthority is one public key of the JWT bundle.
+type JWTAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's kid (its RFC 7638 thumbprint, base64url).
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The public key, DER-encoded SubjectPublicKeyInfo.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTAuthority) Reset() {
+	*x = JWTAuthority{}
+	mi := &file_issuer_v1_issuer_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTAuthority) ProtoMessage() {}
+
+func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_issuer_v1_issuer_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
+func (*JWTAuthority) Descriptor() ([]byte, []int) {
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *JWTAuthority) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *JWTAuthority) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 // BundleAck is sent by the agent on the WatchBundle stream each time it has
 // installed a bundle.
 type BundleAck struct {
@@ -937,7 +1354,7 @@ type BundleAck struct {
 
 func (x *BundleAck) Reset() {
 	*x = BundleAck{}
-	mi := &file_issuer_v1_issuer_proto_msgTypes[11]
+	mi := &file_issuer_v1_issuer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +1366,7 @@ func (x *BundleAck) String() string {
 func (*BundleAck) ProtoMessage() {}
 
 func (x *BundleAck) ProtoReflect() protoreflect.Message {
-	mi := &file_issuer_v1_issuer_proto_msgTypes[11]
+	mi := &file_issuer_v1_issuer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +1379,7 @@ func (x *BundleAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleAck.ProtoReflect.Descriptor instead.
 func (*BundleAck) Descriptor() ([]byte, []int) {
-	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{11}
+	return file_issuer_v1_issuer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BundleAck) GetVersion() string {
@@ -1017,7 +1434,32 @@ const file_issuer_v1_issuer_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12+\n" +
 	"\x11certificate_chain\x18\x02 \x03(\fR\x10certificateChain\x12$\n" +
 	"\x0enot_after_unix\x18\x03 \x01(\x03R\fnotAfterUnix\x12#\n" +
-	"\rserial_number\x18\x04 \x01(\tR\fserialNumber\"\xe7\x01\n" +
+	"\rserial_number\x18\x04 \x01(\tR\fserialNumber\"K\n" +
+	"\x0fSignJWTsRequest\x128\n" +
+	"\brequests\x18\x01 \x03(\v2\x1c.mayfly.issuer.v1.JWTRequestR\brequests\"\xbb\x01\n" +
+	"\n" +
+	"JWTRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x17\n" +
+	"\apod_uid\x18\x02 \x01(\tR\x06podUid\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\x12\x1a\n" +
+	"\baudience\x18\x04 \x03(\tR\baudience\x12\x1f\n" +
+	"\vttl_seconds\x18\x05 \x01(\x03R\n" +
+	"ttlSeconds\x12\x1b\n" +
+	"\tpod_token\x18\x06 \x01(\tR\bpodToken\"I\n" +
+	"\x10SignJWTsResponse\x125\n" +
+	"\aresults\x18\x01 \x03(\v2\x1b.mayfly.issuer.v1.JWTResultR\aresults\"\x9f\x01\n" +
+	"\tJWTResult\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x125\n" +
+	"\x06issued\x18\x02 \x01(\v2\x1b.mayfly.issuer.v1.IssuedJWTH\x00R\x06issued\x122\n" +
+	"\x06denial\x18\x03 \x01(\v2\x18.mayfly.issuer.v1.DenialH\x00R\x06denialB\b\n" +
+	"\x06result\"}\n" +
+	"\tIssuedJWT\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12&\n" +
+	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\x12\x15\n" +
+	"\x06key_id\x18\x04 \x01(\tR\x05keyId\"\xe7\x01\n" +
 	"\x06Denial\x121\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1d.mayfly.issuer.v1.Denial.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x8f\x01\n" +
@@ -1028,20 +1470,26 @@ const file_issuer_v1_issuer_proto_rawDesc = "" +
 	"\tNOT_FOUND\x10\x03\x12\x16\n" +
 	"\x12RESOURCE_EXHAUSTED\x10\x04\x12\x0f\n" +
 	"\vUNAVAILABLE\x10\x05\x12\f\n" +
-	"\bINTERNAL\x10\x06\"\xdd\x01\n" +
+	"\bINTERNAL\x10\x06\"\xa6\x02\n" +
 	"\x06Bundle\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x120\n" +
 	"\x14refresh_hint_seconds\x18\x03 \x01(\x03R\x12refreshHintSeconds\x12&\n" +
 	"\x0ftainted_key_ids\x18\x04 \x03(\fR\rtaintedKeyIds\x124\n" +
-	"\x16reissue_window_seconds\x18\x05 \x01(\x03R\x14reissueWindowSeconds\"%\n" +
+	"\x16reissue_window_seconds\x18\x05 \x01(\x03R\x14reissueWindowSeconds\x12G\n" +
+	"\x0fjwt_authorities\x18\x06 \x03(\v2\x1e.mayfly.issuer.v1.JWTAuthorityR\x0ejwtAuthorities\"D\n" +
+	"\fJWTAuthority\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"%\n" +
 	"\tBundleAck\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\tR\aversion2\xe9\x02\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion2\xbc\x03\n" +
 	"\x06Issuer\x12Z\n" +
 	"\vAttestAgent\x12$.mayfly.issuer.v1.AttestAgentRequest\x1a%.mayfly.issuer.v1.AttestAgentResponse\x12W\n" +
 	"\n" +
 	"RenewAgent\x12#.mayfly.issuer.v1.RenewAgentRequest\x1a$.mayfly.issuer.v1.RenewAgentResponse\x12`\n" +
-	"\rSignWorkloads\x12&.mayfly.issuer.v1.SignWorkloadsRequest\x1a'.mayfly.issuer.v1.SignWorkloadsResponse\x12H\n" +
+	"\rSignWorkloads\x12&.mayfly.issuer.v1.SignWorkloadsRequest\x1a'.mayfly.issuer.v1.SignWorkloadsResponse\x12Q\n" +
+	"\bSignJWTs\x12!.mayfly.issuer.v1.SignJWTsRequest\x1a\".mayfly.issuer.v1.SignJWTsResponse\x12H\n" +
 	"\vWatchBundle\x12\x1b.mayfly.issuer.v1.BundleAck\x1a\x18.mayfly.issuer.v1.Bundle(\x010\x01B5Z3github.com/mayfly-pki/mayfly/api/issuer/v1;issuerv1b\x06proto3"
 
 var (
@@ -1057,7 +1505,7 @@ func file_issuer_v1_issuer_proto_rawDescGZIP() []byte {
 }
 
 var file_issuer_v1_issuer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_issuer_v1_issuer_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_issuer_v1_issuer_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_issuer_v1_issuer_proto_goTypes = []any{
 	(Denial_Code)(0),              // 0: mayfly.issuer.v1.Denial.Code
 	(*AttestAgentRequest)(nil),    // 1: mayfly.issuer.v1.AttestAgentRequest
@@ -1069,31 +1517,44 @@ var file_issuer_v1_issuer_proto_goTypes = []any{
 	(*SignWorkloadsResponse)(nil), // 7: mayfly.issuer.v1.SignWorkloadsResponse
 	(*WorkloadResult)(nil),        // 8: mayfly.issuer.v1.WorkloadResult
 	(*Issued)(nil),                // 9: mayfly.issuer.v1.Issued
-	(*Denial)(nil),                // 10: mayfly.issuer.v1.Denial
-	(*Bundle)(nil),                // 11: mayfly.issuer.v1.Bundle
-	(*BundleAck)(nil),             // 12: mayfly.issuer.v1.BundleAck
+	(*SignJWTsRequest)(nil),       // 10: mayfly.issuer.v1.SignJWTsRequest
+	(*JWTRequest)(nil),            // 11: mayfly.issuer.v1.JWTRequest
+	(*SignJWTsResponse)(nil),      // 12: mayfly.issuer.v1.SignJWTsResponse
+	(*JWTResult)(nil),             // 13: mayfly.issuer.v1.JWTResult
+	(*IssuedJWT)(nil),             // 14: mayfly.issuer.v1.IssuedJWT
+	(*Denial)(nil),                // 15: mayfly.issuer.v1.Denial
+	(*Bundle)(nil),                // 16: mayfly.issuer.v1.Bundle
+	(*JWTAuthority)(nil),          // 17: mayfly.issuer.v1.JWTAuthority
+	(*BundleAck)(nil),             // 18: mayfly.issuer.v1.BundleAck
 }
 var file_issuer_v1_issuer_proto_depIdxs = []int32{
-	11, // 0: mayfly.issuer.v1.AttestAgentResponse.bundle:type_name -> mayfly.issuer.v1.Bundle
-	11, // 1: mayfly.issuer.v1.RenewAgentResponse.bundle:type_name -> mayfly.issuer.v1.Bundle
+	16, // 0: mayfly.issuer.v1.AttestAgentResponse.bundle:type_name -> mayfly.issuer.v1.Bundle
+	16, // 1: mayfly.issuer.v1.RenewAgentResponse.bundle:type_name -> mayfly.issuer.v1.Bundle
 	6,  // 2: mayfly.issuer.v1.SignWorkloadsRequest.requests:type_name -> mayfly.issuer.v1.WorkloadRequest
 	8,  // 3: mayfly.issuer.v1.SignWorkloadsResponse.results:type_name -> mayfly.issuer.v1.WorkloadResult
 	9,  // 4: mayfly.issuer.v1.WorkloadResult.issued:type_name -> mayfly.issuer.v1.Issued
-	10, // 5: mayfly.issuer.v1.WorkloadResult.denial:type_name -> mayfly.issuer.v1.Denial
-	0,  // 6: mayfly.issuer.v1.Denial.code:type_name -> mayfly.issuer.v1.Denial.Code
-	1,  // 7: mayfly.issuer.v1.Issuer.AttestAgent:input_type -> mayfly.issuer.v1.AttestAgentRequest
-	3,  // 8: mayfly.issuer.v1.Issuer.RenewAgent:input_type -> mayfly.issuer.v1.RenewAgentRequest
-	5,  // 9: mayfly.issuer.v1.Issuer.SignWorkloads:input_type -> mayfly.issuer.v1.SignWorkloadsRequest
-	12, // 10: mayfly.issuer.v1.Issuer.WatchBundle:input_type -> mayfly.issuer.v1.BundleAck
-	2,  // 11: mayfly.issuer.v1.Issuer.AttestAgent:output_type -> mayfly.issuer.v1.AttestAgentResponse
-	4,  // 12: mayfly.issuer.v1.Issuer.RenewAgent:output_type -> mayfly.issuer.v1.RenewAgentResponse
-	7,  // 13: mayfly.issuer.v1.Issuer.SignWorkloads:output_type -> mayfly.issuer.v1.SignWorkloadsResponse
-	11, // 14: mayfly.issuer.v1.Issuer.WatchBundle:output_type -> mayfly.issuer.v1.Bundle
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	15, // 5: mayfly.issuer.v1.WorkloadResult.denial:type_name -> mayfly.issuer.v1.Denial
+	11, // 6: mayfly.issuer.v1.SignJWTsRequest.requests:type_name -> mayfly.issuer.v1.JWTRequest
+	13, // 7: mayfly.issuer.v1.SignJWTsResponse.results:type_name -> mayfly.issuer.v1.JWTResult
+	14, // 8: mayfly.issuer.v1.JWTResult.issued:type_name -> mayfly.issuer.v1.IssuedJWT
+	15, // 9: mayfly.issuer.v1.JWTResult.denial:type_name -> mayfly.issuer.v1.Denial
+	0,  // 10: mayfly.issuer.v1.Denial.code:type_name -> mayfly.issuer.v1.Denial.Code
+	17, // 11: mayfly.issuer.v1.Bundle.jwt_authorities:type_name -> mayfly.issuer.v1.JWTAuthority
+	1,  // 12: mayfly.issuer.v1.Issuer.AttestAgent:input_type -> mayfly.issuer.v1.AttestAgentRequest
+	3,  // 13: mayfly.issuer.v1.Issuer.RenewAgent:input_type -> mayfly.issuer.v1.RenewAgentRequest
+	5,  // 14: mayfly.issuer.v1.Issuer.SignWorkloads:input_type -> mayfly.issuer.v1.SignWorkloadsRequest
+	10, // 15: mayfly.issuer.v1.Issuer.SignJWTs:input_type -> mayfly.issuer.v1.SignJWTsRequest
+	18, // 16: mayfly.issuer.v1.Issuer.WatchBundle:input_type -> mayfly.issuer.v1.BundleAck
+	2,  // 17: mayfly.issuer.v1.Issuer.AttestAgent:output_type -> mayfly.issuer.v1.AttestAgentResponse
+	4,  // 18: mayfly.issuer.v1.Issuer.RenewAgent:output_type -> mayfly.issuer.v1.RenewAgentResponse
+	7,  // 19: mayfly.issuer.v1.Issuer.SignWorkloads:output_type -> mayfly.issuer.v1.SignWorkloadsResponse
+	12, // 20: mayfly.issuer.v1.Issuer.SignJWTs:output_type -> mayfly.issuer.v1.SignJWTsResponse
+	16, // 21: mayfly.issuer.v1.Issuer.WatchBundle:output_type -> mayfly.issuer.v1.Bundle
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_issuer_v1_issuer_proto_init() }
@@ -1109,13 +1570,17 @@ func file_issuer_v1_issuer_proto_init() {
 		(*WorkloadResult_Issued)(nil),
 		(*WorkloadResult_Denial)(nil),
 	}
+	file_issuer_v1_issuer_proto_msgTypes[12].OneofWrappers = []any{
+		(*JWTResult_Issued)(nil),
+		(*JWTResult_Denial)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_issuer_v1_issuer_proto_rawDesc), len(file_issuer_v1_issuer_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,7 @@ const (
 	Issuer_AttestAgent_FullMethodName   = "/mayfly.issuer.v1.Issuer/AttestAgent"
 	Issuer_RenewAgent_FullMethodName    = "/mayfly.issuer.v1.Issuer/RenewAgent"
 	Issuer_SignWorkloads_FullMethodName = "/mayfly.issuer.v1.Issuer/SignWorkloads"
+	Issuer_SignJWTs_FullMethodName      = "/mayfly.issuer.v1.Issuer/SignJWTs"
 	Issuer_WatchBundle_FullMethodName   = "/mayfly.issuer.v1.Issuer/WatchBundle"
 )
 
@@ -76,6 +77,13 @@ type IssuerClient interface {
 	// be processed, e.g. UNAUTHENTICATED or a batch larger than the server limit
 	// (INVALID_ARGUMENT).
 	SignWorkloads(ctx context.Context, in *SignWorkloadsRequest, opts ...grpc.CallOption) (*SignWorkloadsResponse, error)
+	// SignJWTs issues JWT-SVIDs for a batch of workloads running on the
+	// caller's node, each authorized exactly as SignWorkloads authorizes a
+	// WorkloadRequest (pod on the caller's node, or the node's allow list).
+	// Each item succeeds or fails on its own, as in SignWorkloads. Tokens are
+	// signed with the CA's current JWT key, which every agent held (Bundle
+	// jwt_authorities) before it signed anything.
+	SignJWTs(ctx context.Context, in *SignJWTsRequest, opts ...grpc.CallOption) (*SignJWTsResponse, error)
 	// WatchBundle streams the trust bundle to an agent. The caller is
 	// authenticated by its agent SVID (mTLS).
 	//
@@ -124,6 +132,16 @@ func (c *issuerClient) SignWorkloads(ctx context.Context, in *SignWorkloadsReque
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SignWorkloadsResponse)
 	err := c.cc.Invoke(ctx, Issuer_SignWorkloads_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *issuerClient) SignJWTs(ctx context.Context, in *SignJWTsRequest, opts ...grpc.CallOption) (*SignJWTsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignJWTsResponse)
+	err := c.cc.Invoke(ctx, Issuer_SignJWTs_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -179,6 +197,13 @@ type IssuerServer interface {
 	// be processed, e.g. UNAUTHENTICATED or a batch larger than the server limit
 	// (INVALID_ARGUMENT).
 	SignWorkloads(context.Context, *SignWorkloadsRequest) (*SignWorkloadsResponse, error)
+	// SignJWTs issues JWT-SVIDs for a batch of workloads running on the
+	// caller's node, each authorized exactly as SignWorkloads authorizes a
+	// WorkloadRequest (pod on the caller's node, or the node's allow list).
+	// Each item succeeds or fails on its own, as in SignWorkloads. Tokens are
+	// signed with the CA's current JWT key, which every agent held (Bundle
+	// jwt_authorities) before it signed anything.
+	SignJWTs(context.Context, *SignJWTsRequest) (*SignJWTsResponse, error)
 	// WatchBundle streams the trust bundle to an agent. The caller is
 	// authenticated by its agent SVID (mTLS).
 	//
@@ -211,6 +236,9 @@ func (UnimplementedIssuerServer) RenewAgent(context.Context, *RenewAgentRequest)
 }
 func (UnimplementedIssuerServer) SignWorkloads(context.Context, *SignWorkloadsRequest) (*SignWorkloadsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignWorkloads not implemented")
+}
+func (UnimplementedIssuerServer) SignJWTs(context.Context, *SignJWTsRequest) (*SignJWTsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignJWTs not implemented")
 }
 func (UnimplementedIssuerServer) WatchBundle(grpc.BidiStreamingServer[BundleAck, Bundle]) error {
 	return status.Error(codes.Unimplemented, "method WatchBundle not implemented")
@@ -290,6 +318,24 @@ func _Issuer_SignWorkloads_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Issuer_SignJWTs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignJWTsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IssuerServer).SignJWTs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Issuer_SignJWTs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IssuerServer).SignJWTs(ctx, req.(*SignJWTsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Issuer_WatchBundle_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(IssuerServer).WatchBundle(&grpc.GenericServerStream[BundleAck, Bundle]{ServerStream: stream})
 }
@@ -315,6 +361,10 @@ var Issuer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignWorkloads",
 			Handler:    _Issuer_SignWorkloads_Handler,
+		},
+		{
+			MethodName: "SignJWTs",
+			Handler:    _Issuer_SignJWTs_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -54,6 +54,13 @@ func startStack(t *testing.T, ttl string) *stack {
 // in place of healthAddress: "off".
 func startStackWith(t *testing.T, ttl, agentYAML string) *stack {
 	t.Helper()
+	return startStackCA(t, ttl, agentYAML, "")
+}
+
+// startStackCA is startStackWith with caYAML added to the CA's
+// configuration.
+func startStackCA(t *testing.T, ttl, agentYAML, caYAML string) *stack {
+	t.Helper()
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "ca")
 	caCfg, err := caapp.Parse([]byte(fmt.Sprintf(`
@@ -64,7 +71,8 @@ workloads: {minTTL: 10s, defaultTTL: 1m, maxTTL: 1h}
 nodes:
   - name: host-a
     allowedIDs: ["spiffe://example.org/e2e/*"]
-`, stateDir)))
+%s
+`, stateDir, caYAML)))
 	if err != nil {
 		t.Fatal(err)
 	}

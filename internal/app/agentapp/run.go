@@ -168,7 +168,11 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
-	wsrc := &agent.WorkloadSource{Manager: mgr, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Entitlements: entitlements}
+	jwts, err := agent.NewJWTCache(ca.Conn, opts.Clock, reg)
+	if err != nil {
+		return err
+	}
+	wsrc := &agent.WorkloadSource{Manager: mgr, Bundle: ca.Bundles, TrustDomain: cfg.TrustDomain, Entitlements: entitlements, JWT: jwts, JWTKeys: ca.Bundles}
 	// A bundle is acknowledged to the CA once every file and stream has it.
 	ca.Bundles.DeliverTo(mgr, wsrc)
 	wapi, err := workloadapi.New(workloadapi.Config{

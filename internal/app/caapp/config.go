@@ -65,6 +65,8 @@ type FileConfig struct {
 	// StandardSigning issues leaves with x509.CreateCertificate instead of
 	// the direct encoder (same certificates, slower); for comparison.
 	StandardSigning bool `json:"standardSigning,omitempty"`
+	// JWT configures JWT-SVIDs: their keys and OIDC discovery.
+	JWT JWTConfig `json:"jwt,omitzero"`
 }
 
 // AgentsConfig bounds the life of an agent's identity.
@@ -222,6 +224,8 @@ type Config struct {
 
 	// KubernetesPropagationDelay: see RotationConfig (Kubernetes mode).
 	KubernetesPropagationDelay time.Duration
+
+	JWT jwtRuntime
 }
 
 // LoadFile reads and validates a configuration file.
@@ -317,6 +321,9 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		TaintReissueWindow: fc.Rotation.TaintReissueWindow.Or(def.TaintReissueWindow),
 	}
 	if err := c.Policy.Validate(); err != nil {
+		return nil, err
+	}
+	if err := fc.JWT.validate(c); err != nil {
 		return nil, err
 	}
 	if c.KubernetesPropagationDelay, err = propagationDelay(fc.Rotation.KubernetesPropagationDelay, c); err != nil {

@@ -102,7 +102,7 @@ upstream:
 					KeyType:            pki.KeyTypeECDSAP384,
 					Directory:          "/srv/ca",
 					Upstream:           &caapp.UpstreamConfig{File: &caapp.UpstreamFile{CertFile: "/etc/mayfly/upstream.crt", KeyFile: "/etc/mayfly/upstream.key", BundleFile: "/etc/mayfly/roots.crt"}},
-					Policy:             authority.Policy{RootTTL: 8760 * time.Hour, IntermediateTTL: 12 * time.Hour, PrepareAt: def.PrepareAt, ActivateAt: def.ActivateAt, RootAckWait: time.Hour, MaxPrepareAhead: 240 * time.Hour, TaintReissueWindow: 5 * time.Minute},
+					Policy:             authority.Policy{RootTTL: 8760 * time.Hour, IntermediateTTL: 12 * time.Hour, PrepareAt: def.PrepareAt, ActivateAt: def.ActivateAt, RootAckWait: time.Hour, MaxPrepareAhead: 240 * time.Hour, TaintReissueWindow: 5 * time.Minute, JWTKeyTTL: def.JWTKeyTTL, JWTMaxTokenTTL: def.JWTMaxTokenTTL, JWTKeyType: def.JWTKeyType},
 					AgentTTL:           30 * time.Minute,
 					MinWorkloadTTL:     time.Minute,
 					DefaultWorkloadTTL: 10 * time.Minute,

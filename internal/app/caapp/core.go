@@ -106,6 +106,7 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 		DefaultWorkloadTTL: cfg.DefaultWorkloadTTL,
 		MaxWorkloadTTL:     cfg.MaxWorkloadTTL,
 		KubernetesIDs:      parts.kubernetesIDs,
+		JWTIssuer:          cfg.JWT.Issuer,
 		ServerDNSNames:     cfg.ServerDNSNames,
 		NodeRate:           rate.Limit(cfg.NodeRateLimit),
 		NodeBurst:          cfg.NodeBurst,
@@ -168,6 +169,9 @@ func (c *core) serve(ctx context.Context, ready func() error) error {
 	g, ctx := errgroup.WithContext(ctx)
 	c.serveIssuer(ctx, g)
 	c.serveHealth(ctx, g, ready)
+	if err := c.serveOIDC(ctx, g); err != nil {
+		return err
+	}
 	if c.cfg.StatusSocket != "" {
 		// The status names every CA certificate: on a 0600 unix socket for
 		// root and the CA's user, not on the TCP health port. A status

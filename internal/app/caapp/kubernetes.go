@@ -34,6 +34,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/workloadcert"
 	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/kubenodes"
+	"github.com/mayfly-pki/mayfly/internal/oidc"
 )
 
 // runnable adapts a function to a controller-runtime runnable, saying
@@ -121,6 +122,13 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		{run: func(ctx context.Context) error { return c.serve(ctx, ready) }},
 	} {
 		if err := mgr.Add(r); err != nil {
+			return err
+		}
+	}
+	if cfg.JWT.ConfigMap != "" {
+		jwks := &oidc.ConfigMapPublisher{Client: kube, Namespace: k.Namespace, Name: cfg.JWT.ConfigMap,
+			Keys: c.jwtKeys, Changes: c.authority.Subscribe, Logger: log.With("component", "jwks-configmap")}
+		if err := mgr.Add(runnable{leader: true, run: jwks.Start}); err != nil {
 			return err
 		}
 	}

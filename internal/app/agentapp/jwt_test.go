@@ -1,0 +1,182 @@
+package agentapp_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	gooidc "github.com/coreos/go-oidc/v3/oidc"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
+)
+
+// TestEndToEndJWTSVID: go-spiffe's JWTSource and jwtsvid.ParseAndValidate,
+// unchanged, against the agent's socket with a real CA behind it.
+func TestEndToEndJWTSVID(t *testing.T) {
+	s := startStack(t, "1m")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	addr := workloadapi.WithClientOptions(workloadapi.WithAddr("unix://" + s.socket))
+	src, err := workloadapi.NewJWTSource(ctx, addr)
+	if err != nil {
+		t.Fatalf("NewJWTSource: %v", err)
+	}
+	defer src.Close()
+	// The agent holds the CA's JWT keys once its bundle stream delivered
+	// them; the source gets them pushed.
+	wait.Within(t, "the JWT bundle holds a key", 90*time.Second, 50*time.Millisecond, func() bool {
+		b, err := src.GetJWTBundleForTrustDomain(serverID.TrustDomain())
+		return err == nil && len(b.JWTAuthorities()) > 0
+	})
+
+	svid, err := src.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "api", ExtraAudiences: []string{"vault"}, Subject: serverID})
+	if err != nil {
+		t.Fatalf("FetchJWTSVID: %v", err)
+	}
+	if svid.ID != serverID {
+		t.Fatalf("JWT-SVID for %s, want %s", svid.ID, serverID)
+	}
+	got, err := jwtsvid.ParseAndValidate(svid.Marshal(), src, []string{"vault"})
+	if err != nil {
+		t.Fatalf("go-spiffe ParseAndValidate: %v", err)
+	}
+	if life := time.Until(got.Expiry); life > 5*time.Minute || life < 3*time.Minute {
+		t.Errorf("token lives %s more, want about the 5m default", life)
+	}
+
+	// The cache answers the same (identity, audience set) with the same
+	// token until its half-life, whatever the audience order.
+	again, err := src.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "vault", ExtraAudiences: []string{"api"}, Subject: serverID})
+	if err != nil || again.Marshal() != svid.Marshal() {
+		t.Errorf("second fetch: %v, same token %v", err, err == nil && again.Marshal() == svid.Marshal())
+	}
+
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+s.socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	v, err := client.ValidateJWTSVID(ctx, svid.Marshal(), "api")
+	if err != nil || v.ID != serverID {
+		t.Fatalf("ValidateJWTSVID: %v (%v)", err, v)
+	}
+	for _, tc := range []struct {
+		name, token, audience, want string
+	}{
+		{"wrong audience", svid.Marshal(), "other", `aud does not contain "other"`},
+		{"malformed", "a.b", "api", "segments"},
+		{"signature tampered", svid.Marshal()[:len(svid.Marshal())-4] + "AAAA", "api", "signature does not verify"},
+	} {
+		_, err := client.ValidateJWTSVID(ctx, tc.token, tc.audience)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want InvalidArgument naming %q", tc.name, err, tc.want)
+		}
+	}
+	// An audience is required.
+	if _, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Subject: serverID}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("FetchJWTSVID without audience: %v, want InvalidArgument", err)
+	}
+	// Both identities of the caller, one token each.
+	all, err := client.FetchJWTSVIDs(ctx, jwtsvid.Params{Audience: "api"})
+	if err != nil || len(all) != 2 {
+		t.Fatalf("FetchJWTSVIDs: %d SVIDs, %v; want 2", len(all), err)
+	}
+}
+
+// TestEndToEndOIDC: the CA serves discovery and the JWKS over HTTPS at its
+// issuer URL; go-oidc verifies a JWT-SVID the agent handed a workload.
+func TestEndToEndOIDC(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, pool := serverCert(t, dir)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	_ = lis.Close() // the CA listens there
+	issuer := "https://" + addr + "/mayfly"
+	s := startStackCA(t, "1m", `healthAddress: "off"`, fmt.Sprintf(`
+jwt:
+  issuer: %s
+  oidc: {listenAddress: %q, certFile: %s, keyFile: %s}
+`, issuer, addr, certFile, keyFile))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+s.socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	var svid *jwtsvid.SVID
+	wait.Within(t, "a JWT-SVID", 90*time.Second, 100*time.Millisecond, func() bool {
+		svid, err = client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "sts.example.com", Subject: serverID})
+		return err == nil
+	})
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	octx := gooidc.ClientContext(ctx, hc)
+	var provider *gooidc.Provider
+	wait.Within(t, "the discovery document", 30*time.Second, 100*time.Millisecond, func() bool {
+		provider, err = gooidc.NewProvider(octx, issuer)
+		return err == nil
+	})
+	tok, err := provider.Verifier(&gooidc.Config{ClientID: "sts.example.com", SupportedSigningAlgs: []string{"ES256"}}).Verify(octx, svid.Marshal())
+	if err != nil {
+		t.Fatalf("go-oidc through the CA's discovery document: %v", err)
+	}
+	if tok.Subject != serverID.String() || tok.Issuer != issuer {
+		t.Fatalf("sub %s iss %s", tok.Subject, tok.Issuer)
+	}
+	if _, err := provider.Verifier(&gooidc.Config{ClientID: "other"}).Verify(octx, svid.Marshal()); err == nil {
+		t.Fatal("go-oidc accepted a token for another audience")
+	}
+}
+
+// serverCert writes a self-signed certificate for 127.0.0.1 and its key
+// (0600) and returns the pool that trusts it.
+func serverCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "oidc"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "oidc.crt"), filepath.Join(dir, "oidc.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile, pool
+}
