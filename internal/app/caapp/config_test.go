@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -177,7 +178,7 @@ upstream:
 				if c.Kubernetes == nil {
 					t.Fatal("Kubernetes is nil")
 				}
-				if *c.Kubernetes != want {
+				if !reflect.DeepEqual(*c.Kubernetes, want) {
 					t.Errorf("Kubernetes = %+v, want %+v", *c.Kubernetes, want)
 				}
 				if c.KubernetesPropagationDelay != 3*time.Minute {
@@ -219,6 +220,9 @@ kubernetes:
   audience: ca.pki
   clusterDomain: k8s.internal
   bundleNamespaceSelector: mayfly.dev/trust=yes
+  bundleNamespaces: [pki, app]
+  workloadCertificates:
+    namespaces: [app]
   leaderElection: false
 `,
 			check: func(t *testing.T, c *caapp.Config) {
@@ -229,7 +233,9 @@ kubernetes:
 				}
 				if k.Namespace != "pki" || k.SecretName != "ca-state" || k.AgentServiceAccount != "node-agent" ||
 					k.Audience != "ca.pki" || k.ClusterDomain != "k8s.internal" || k.BundleNamespaceSelector != "mayfly.dev/trust=yes" ||
-					k.LeaderElection == nil || *k.LeaderElection {
+					k.LeaderElection == nil || *k.LeaderElection ||
+					!slices.Equal(k.BundleNamespaces, []string{"pki", "app"}) ||
+					!k.WorkloadCertificates.On() || !slices.Equal(k.WorkloadCertificates.Namespaces, []string{"app"}) {
 					t.Errorf("Kubernetes = %+v", *k)
 				}
 			},
@@ -323,6 +329,10 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"key_type_unknown", "keyType: dsa-1024\n" + minimalStandalone, "keyType: "},
 		{"neither_directory_nor_kubernetes", "trustDomain: example.org\n", "directory or kubernetes: one is required"},
 		{"both_directory_and_kubernetes", minimalStandalone + "kubernetes: {}\n", "directory and kubernetes: set only one"},
+		{"bundle_namespace_bad", "trustDomain: example.org\nkubernetes:\n  bundleNamespaces: [ok, Not_OK]\n", `kubernetes.bundleNamespaces[1]: "Not_OK" is not a namespace name`},
+		{"bundle_namespace_twice", "trustDomain: example.org\nkubernetes:\n  bundleNamespaces: [a, a]\n", `kubernetes.bundleNamespaces[1]: "a" is listed twice`},
+		{"secret_namespace_bad", "trustDomain: example.org\nkubernetes:\n  workloadCertificates:\n    namespaces: ['']\n", `kubernetes.workloadCertificates.namespaces[0]: "" is not a namespace name`},
+		{"secret_namespaces_while_disabled", "trustDomain: example.org\nkubernetes:\n  workloadCertificates:\n    enabled: false\n    namespaces: [a]\n", "kubernetes.workloadCertificates: namespaces are set but enabled is false"},
 		{"nodes_in_kubernetes_mode", "trustDomain: example.org\nkubernetes: {}\nnodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/x]\n", "nodes: only for standalone mode"},
 		{"node_id_other_trust_domain", minimalStandalone + `nodes:
   - name: a

@@ -53,6 +53,8 @@ type env struct {
 	logs   *logbuf.Buffer
 	reg    *prometheus.Registry
 	scheme *runtime.Scheme
+	// namespaces is the controller's Namespaces (empty: every namespace).
+	namespaces []string
 }
 
 func newScheme(t testing.TB) *runtime.Scheme {
@@ -106,7 +108,7 @@ func (e *env) runController(t testing.TB, cfg *rest.Config, workers int, reg pro
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-		Cache:                  cache.Options{ByObject: map[client.Object]cache.ByObject{&corev1.Secret{}: workloadcert.SecretCache()}},
+		Cache:                  cache.Options{ByObject: map[client.Object]cache.ByObject{&corev1.Secret{}: workloadcert.SecretCache(e.namespaces...)}},
 	})
 	if err != nil {
 		t.Fatalf("manager: %v", err)
@@ -118,6 +120,7 @@ func (e *env) runController(t testing.TB, cfg *rest.Config, workers int, reg pro
 		Registerer:  reg,
 		// 0 is the default.
 		MaxConcurrentReconciles: workers,
+		Namespaces:              e.namespaces,
 	}
 	if e.clock != nil {
 		r.Now = e.clock.Now
