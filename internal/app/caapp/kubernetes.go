@@ -88,7 +88,7 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	// The Kubernetes delivery paths gate a new root as the agents do.
 	gate := &bundlegate.Gate{NamespaceSelector: selector, ClusterTrustBundle: true, PropagationDelay: cfg.KubernetesPropagationDelay,
 		NoSecrets: !k.WorkloadCertificates.On(),
-		Clock: opts.Clock, Logger: log.With("component", "bundle-gate")}
+		Clock:     opts.Clock, Logger: log.With("component", "bundle-gate")}
 	parts.gates = append(parts.gates, gate.Ready)
 	parts.decorate = func(st Status) Status { return withDelivery(st, gate.Status()) }
 	c, err = newCore(ctx, cfg, opts, parts)
