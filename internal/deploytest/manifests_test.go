@@ -54,8 +54,8 @@ func TestInstallTree(t *testing.T) {
 
 	// The configurations parse with the binaries' own strict parsers.
 	var caCM, agentCM corev1.ConfigMap
-	convert(t, findPrefix(t, objs, "ConfigMap", "mayfly-ca-config-"), &caCM)
-	convert(t, findPrefix(t, objs, "ConfigMap", "mayfly-agent-config-"), &agentCM)
+	convert(t, find(t, objs, "ConfigMap", "mayfly-ca-config"), &caCM)
+	convert(t, find(t, objs, "ConfigMap", "mayfly-agent-config"), &agentCM)
 	caCfg, err := caapp.Parse([]byte(caCM.Data["ca.yaml"]))
 	if err != nil {
 		t.Fatalf("ca.yaml in ConfigMap %s: %v", caCM.Name, err)
