@@ -393,6 +393,12 @@ func checkRendering(t *testing.T, tc chartCase, objs []*unstructured.Unstructure
 		t.Errorf("agent CSI configured = %v, want %v", agentCfg.Kubernetes.CSI != nil, tc.csi)
 	}
 	// Only a container that mounts (the CSI node plugin) may be privileged.
+	keyHolders := 0
+	defer func() {
+		if keyHolders == 0 {
+			t.Error("no container mounts the agent's credential: the key-holder check checked nothing")
+		}
+	}()
 	for _, o := range objs {
 		if o.GetKind() != "DaemonSet" && o.GetKind() != "Deployment" {
 			continue
@@ -407,6 +413,22 @@ func checkRendering(t *testing.T, tc chartCase, objs []*unstructured.Unstructure
 			})
 			if privileged && !mounts {
 				t.Errorf("%s container %s is privileged and mounts nothing", o.GetName(), ctr.Name)
+			}
+			// The containers that hold keys (the agent's credential and
+			// SVIDs, the Workload API) run without privilege.
+			holdsKeys := slices.ContainsFunc(ctr.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "ca-token" || m.Name == "data" })
+			if holdsKeys {
+				sc := ctr.SecurityContext
+				if privileged || sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+					sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+					t.Errorf("%s container %s holds keys and is not confined (privileged, escalation or capabilities kept): %+v", o.GetName(), ctr.Name, sc)
+				}
+				for _, c := range sc.Capabilities.Add {
+					if !slices.Contains([]corev1.Capability{"KILL", "CHOWN"}, c) {
+						t.Errorf("%s container %s holds keys and adds capability %s", o.GetName(), ctr.Name, c)
+					}
+				}
+				keyHolders++
 			}
 		}
 	}

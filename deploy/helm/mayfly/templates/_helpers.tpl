@@ -85,7 +85,7 @@ imagePullSecrets:
 {{- $kd := trimSuffix "/" .Values.agent.kubeletDir -}}
 {{- $k := dict "tokenFile" "/var/run/secrets/mayfly/token" "procRoot" "/proc" -}}
 {{- if .Values.delivery.csi -}}
-{{- $_ := set $k "csi" (dict "socketPath" (printf "%s/plugins/csi.mayfly.dev/csi.sock" $kd) "stateDir" (printf "%s/plugins/csi.mayfly.dev/volumes" $kd) "kubeletDir" $kd) -}}
+{{- $_ := set $k "csi" (dict "socketPath" (printf "%s/plugins/csi.mayfly.dev/csi.sock" $kd) "stateDir" (printf "%s/plugins/csi.mayfly.dev/volumes" $kd) "kubeletDir" $kd "mounterSocket" "/run/mayfly-mounter/mounter.sock") -}}
 {{- end -}}
 {{- $c := dict "apiVersion" "mayfly.dev/v1alpha1" "kind" "AgentConfig"
   "trustDomain" (include "mayfly.trustDomain" .)
