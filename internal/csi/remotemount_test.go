@@ -28,7 +28,9 @@ func startMountServer(t *testing.T, e *testEnv) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- (&MountServer{Mounter: e.mounter, Source: e.sockDir, KubeletDir: e.kubelet}).Serve(ctx, lis) }()
+	go func() {
+		done <- (&MountServer{Mounter: e.mounter, Source: e.sockDir, KubeletDir: e.kubelet}).Serve(ctx, lis)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
