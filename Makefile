@@ -12,10 +12,14 @@ GOLANGCI_LINT_VERSION := v2.15.0
 ZLINT_VERSION := v3.6.1
 KUSTOMIZE_VERSION := v5.8.2
 PROMTOOL_VERSION := v0.316.0
+HELM_VERSION := v4.3.2
+ACTIONLINT_VERSION := v1.7.12
 GOLANGCI_LINT := $(TOOLS_BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 ZLINT := $(TOOLS_BIN)/zlint-$(ZLINT_VERSION)
 KUSTOMIZE := $(TOOLS_BIN)/kustomize-$(KUSTOMIZE_VERSION)
 PROMTOOL := $(TOOLS_BIN)/promtool-$(PROMTOOL_VERSION)
+HELM := $(TOOLS_BIN)/helm-$(HELM_VERSION)
+ACTIONLINT := $(TOOLS_BIN)/actionlint-$(ACTIONLINT_VERSION)
 
 FUZZTIME ?= 60s
 BENCHTIME ?= 1s
@@ -51,8 +55,9 @@ tidy: ## go mod tidy (-e: see docs/building.md on a refused module version).
 test-unit: ## Unit tests with -race; envtest tests are skipped.
 	go test -race $(GO_TEST_FLAGS) ./...
 
-test-all: envtest zlint kustomize promtool ## Unit and envtest tests with -race, zlint over every certificate template, deploy/k8s dry-run, alert rule tests.
+test-all: envtest zlint kustomize promtool helm actionlint ## Unit and envtest tests with -race, zlint over every certificate template, chart and deploy/k8s checks (lint, drift, dry-run, RBAC), alert rule tests, actionlint.
 	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" MAYFLY_PROMTOOL="$(PROMTOOL)" \
+		MAYFLY_HELM="$(HELM)" MAYFLY_ACTIONLINT="$(ACTIONLINT)" \
 		go test -race -count=1 $(GO_TEST_FLAGS) ./...
 
 lint-certs: zlint ## Run zlint (RFC 5280 lints) over every certificate template kind.
@@ -60,6 +65,16 @@ lint-certs: zlint ## Run zlint (RFC 5280 lints) over every certificate template 
 
 test-rules: promtool ## promtool check and unit tests of the alert and recording rules (deploy/k8s/monitoring).
 	MAYFLY_PROMTOOL="$(PROMTOOL)" go test -count=1 -run '^TestPromtool' -v ./internal/deploytest/
+
+test-chart: helm kustomize envtest ## The Helm chart: helm lint, helm template over a matrix of values, drift of deploy/k8s, dry-run and RBAC checks against envtest.
+	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_HELM="$(HELM)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" \
+		go test -count=1 -run '^Test(Chart|Manifests|ServerSideDryRun|RBAC|InstallTree)' -v ./internal/deploytest/
+
+manifests: helm ## Render deploy/k8s from the Helm chart (deploy/helm/mayfly) with its defaults; make test fails on drift.
+	MAYFLY_HELM="$(HELM)" MAYFLY_UPDATE_MANIFESTS=1 go test -count=1 -run '^TestManifestsUpToDate$$' ./internal/deploytest/
+
+lint-workflows: actionlint ## actionlint over .github/workflows.
+	$(ACTIONLINT) -shellcheck= -pyflakes= .github/workflows/*.yml
 
 fuzz: ## Run every fuzz target for FUZZTIME each (default 60s).
 	hack/fuzz.sh $(FUZZTIME)
@@ -111,7 +126,19 @@ $(PROMTOOL):
 	GOBIN=$(TOOLS_BIN) go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
 	mv $(TOOLS_BIN)/promtool $@
 
+helm: $(HELM) ## Install helm (pinned, Helm v4, built from helm.sh/helm/v4).
+$(HELM):
+	mkdir -p $(TOOLS_BIN)
+	GOBIN=$(TOOLS_BIN) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	mv $(TOOLS_BIN)/helm $@
+
+actionlint: $(ACTIONLINT) ## Install actionlint (pinned).
+$(ACTIONLINT):
+	mkdir -p $(TOOLS_BIN)
+	GOBIN=$(TOOLS_BIN) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+	mv $(TOOLS_BIN)/actionlint $@
+
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean
+.PHONY: help demo demo-k8s kustomize helm actionlint manifests test-chart lint-workflows test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean

@@ -15,6 +15,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/skew"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -93,8 +94,13 @@ func (c *CAConn) SignWorkloads(ctx context.Context, reqs []*issuerv1.WorkloadReq
 }
 
 // AttestAgent attests the agent with req over a connection of its own
-// that presents no certificate.
+// that presents no certificate. It reports the agent's release version
+// (the CA checks its version-skew policy, internal/skew) unless req
+// already names one.
 func (c *CAConn) AttestAgent(ctx context.Context, req *issuerv1.AttestAgentRequest) (*issuerv1.AttestAgentResponse, error) {
+	if req.GetAgentVersion() == "" {
+		req.AgentVersion = skew.Version()
+	}
 	conn, client, err := c.dial(nil)
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -31,6 +32,54 @@ const (
 
 // ErrCorrupt is wrapped by every error about state that cannot be decoded.
 var ErrCorrupt = errors.New("CA state is corrupt")
+
+// ErrFormatTooNew means the state was written by a newer CA, in a format
+// this one does not know: an older CA must not rewrite it (a rollback after
+// an upgrade that changed the format; docs/upgrade.md).
+var ErrFormatTooNew = errors.New("CA state is in a newer format than this CA knows")
+
+// StateFormat is the version of the state layout this CA writes (the
+// "format" field of meta.json). Format 0 is the unversioned layout of the
+// releases before it: the same keys, without the field.
+const StateFormat = 1
+
+// migrations[v] turns state data of format v into format v+1, in place.
+// Adding a format is adding one function here, a test with data of the
+// previous format (testdata/legacy), and a line in docs/upgrade.md.
+var migrations = [StateFormat]func(data map[string][]byte) error{
+	// 0 -> 1: the layout is unchanged; Encode stamps the format.
+	func(map[string][]byte) error { return nil },
+}
+
+// migrate brings data of an earlier format to StateFormat, and refuses data
+// of a later one.
+func migrate(data map[string][]byte) error {
+	format := 0
+	if raw, ok := data[KeyMeta]; ok {
+		var m struct {
+			Format *int `json:"format"`
+		}
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrCorrupt, KeyMeta, err)
+		}
+		if m.Format != nil {
+			format = *m.Format
+		}
+	}
+	switch {
+	case format < 0:
+		return fmt.Errorf("%w: %s: format %d", ErrCorrupt, KeyMeta, format)
+	case format > StateFormat:
+		return fmt.Errorf("%w: format %d, this CA writes %d: run the mayfly version that wrote it (or a newer one), or restore a backup taken before the upgrade (docs/upgrade.md)",
+			ErrFormatTooNew, format, StateFormat)
+	}
+	for v := format; v < StateFormat; v++ {
+		if err := migrations[v](data); err != nil {
+			return fmt.Errorf("migrating CA state from format %d to %d: %w", v, v+1, err)
+		}
+	}
+	return nil
+}
 
 // State is the whole CA state: one Rotation per kind of key.
 type State struct {
@@ -67,6 +116,8 @@ var (
 )
 
 type meta struct {
+	// Format is StateFormat when written; absent in format 0.
+	Format              int           `json:"format"`
 	Generation          int64         `json:"generation"`
 	RootRotation        bool          `json:"rootRotationRequested,omitempty"`
 	RootActivateNow     bool          `json:"rootActivateNow,omitempty"`
@@ -163,7 +214,7 @@ func (s *State) Encode() (map[string][]byte, error) {
 		data[KeyUpstreamRoots] = pki.EncodeCertificates(s.UpstreamRoots...)
 	}
 	var err error
-	m := meta{Generation: s.Generation, RootRotation: s.Root.Requested, RootActivateNow: s.Root.ActivateNow}
+	m := meta{Format: StateFormat, Generation: s.Generation, RootRotation: s.Root.Requested, RootActivateNow: s.Root.ActivateNow}
 	if !s.Root.NextPublishedAt.IsZero() {
 		t := s.Root.NextPublishedAt.UTC()
 		m.NextRootPublishedAt = &t
@@ -186,8 +237,15 @@ func (s *State) Encode() (map[string][]byte, error) {
 }
 
 // Decode parses state data. Every error wraps ErrCorrupt and names the key
-// that is wrong; none quotes key material.
+// that is wrong, or wraps ErrFormatTooNew; none quotes key material.
+//
+// State of an earlier format is migrated (a copy: data stays as it is);
+// state of a later format fails with ErrFormatTooNew.
 func Decode(data map[string][]byte) (*State, error) {
+	data = maps.Clone(data)
+	if err := migrate(data); err != nil {
+		return nil, err
+	}
 	s := &State{}
 	var err error
 	if s.Root, err = decodeRotation(data, rootKeys); err != nil {

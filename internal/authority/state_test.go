@@ -6,12 +6,15 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -342,9 +345,10 @@ func rawOf(certs []*x509.Certificate) [][]byte {
 }
 
 // TestDecodeStateOfEarlierVersion loads states that the CA wrote before
-// the keys were modelled as Rotations (testdata/legacy, written through a
-// DirStore by that version's Minter): they must load unchanged, and encode
-// back to the same bytes.
+// the keys were modelled as Rotations and before the state had a format
+// version (testdata/legacy, format 0, written through a DirStore by that
+// version's Minter): they must load unchanged, and encode back to the same
+// bytes but for the format now stamped in meta.json (the migration 0 -> 1).
 func TestDecodeStateOfEarlierVersion(t *testing.T) {
 	type slot struct{ role, slot string }
 	tests := []struct {
@@ -409,8 +413,37 @@ func TestDecodeStateOfEarlierVersion(t *testing.T) {
 					t.Errorf("%s intermediate is not signed by the current root: %v", name, err)
 				}
 			}
-			if again := encode(t, s); !reflect.DeepEqual(again, snap.Data) {
+			if _, ok := snap.Data[authority.KeyMeta]; !ok {
+				t.Fatal("the legacy state has no meta.json")
+			}
+			if bytes.Contains(snap.Data[authority.KeyMeta], []byte(`"format"`)) {
+				t.Fatal("the legacy state is not of format 0")
+			}
+			again := encode(t, s)
+			var m map[string]any
+			if err := json.Unmarshal(again[authority.KeyMeta], &m); err != nil || m["format"] != float64(authority.StateFormat) {
+				t.Errorf("re-encoded meta.json = %s, want format %d", again[authority.KeyMeta], authority.StateFormat)
+			}
+			var old map[string]any
+			if err := json.Unmarshal(snap.Data[authority.KeyMeta], &old); err != nil {
+				t.Fatal(err)
+			}
+			old["format"] = float64(authority.StateFormat)
+			if !reflect.DeepEqual(m, old) {
+				t.Errorf("meta.json after the migration = %v, want the earlier one plus the format: %v", m, old)
+			}
+			delete(again, authority.KeyMeta)
+			delete(snap.Data, authority.KeyMeta)
+			if !reflect.DeepEqual(again, snap.Data) {
 				t.Error("Encode(Decode(data)) differs from the data the earlier version wrote")
+			}
+			// Decoding the migrated state again changes nothing.
+			s2, err := authority.Decode(encode(t, s))
+			if err != nil {
+				t.Fatalf("Decode of the migrated state: %v", err)
+			}
+			if s2.Generation != s.Generation {
+				t.Errorf("generation %d after a second decode, want %d", s2.Generation, s.Generation)
 			}
 			if _, err := s.SigningAuthority(); err != nil {
 				t.Errorf("SigningAuthority: %v", err)
@@ -451,5 +484,66 @@ func deleteKeys(keys ...string) func(map[string][]byte) {
 		for _, k := range keys {
 			delete(d, k)
 		}
+	}
+}
+
+// TestStateFormat: the format is stamped on every write, and a state of a
+// format this CA does not know is refused with a message that says what to
+// do, never rewritten.
+func TestStateFormat(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("testdata", "legacy", "selfsigned", authority.StateFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data map[string][]byte
+	if err := json.Unmarshal(raw, &data); err != nil {
+		t.Fatal(err)
+	}
+	withFormat := func(format string) map[string][]byte {
+		var m map[string]any
+		if err := json.Unmarshal(data[authority.KeyMeta], &m); err != nil {
+			t.Fatal(err)
+		}
+		var f any
+		if err := json.Unmarshal([]byte(format), &f); err != nil {
+			t.Fatal(err)
+		}
+		m["format"] = f
+		mj, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := maps.Clone(data)
+		out[authority.KeyMeta] = mj
+		return out
+	}
+	t.Run("current_format_loads", func(t *testing.T) {
+		if _, err := authority.Decode(withFormat(strconv.Itoa(authority.StateFormat))); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("newer_format_is_refused", func(t *testing.T) {
+		in := withFormat(strconv.Itoa(authority.StateFormat + 1))
+		before := maps.Clone(in)
+		_, err := authority.Decode(in)
+		if !errors.Is(err, authority.ErrFormatTooNew) {
+			t.Fatalf("Decode = %v, want ErrFormatTooNew", err)
+		}
+		if errors.Is(err, authority.ErrCorrupt) {
+			t.Error("a newer format is reported as corrupt state")
+		}
+		if !strings.Contains(err.Error(), "docs/upgrade.md") || !strings.Contains(err.Error(), fmt.Sprintf("format %d", authority.StateFormat+1)) {
+			t.Errorf("the error does not say what to do: %v", err)
+		}
+		if !reflect.DeepEqual(in, before) {
+			t.Error("Decode changed its input")
+		}
+	})
+	for name, format := range map[string]string{"negative": "-1", "not_a_number": `"one"`, "fraction": "1.5"} {
+		t.Run("bad_format_"+name, func(t *testing.T) {
+			if _, err := authority.Decode(withFormat(format)); !errors.Is(err, authority.ErrCorrupt) {
+				t.Fatalf("Decode = %v, want ErrCorrupt", err)
+			}
+		})
 	}
 }

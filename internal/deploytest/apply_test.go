@@ -317,3 +317,20 @@ func TestDropped(t *testing.T) {
 		t.Errorf("dropped = %q, want the changed list item", d)
 	}
 }
+
+// delete deletes o (for real); a missing object is fine.
+func (a *applier) delete(ctx context.Context, o *unstructured.Unstructured) error {
+	gvk := o.GroupVersionKind()
+	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return err
+	}
+	var ri dynamic.ResourceInterface = a.dyn.Resource(m.Resource)
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		ri = a.dyn.Resource(m.Resource).Namespace(o.GetNamespace())
+	}
+	if err := ri.Delete(ctx, o.GetName(), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	return nil
+}

@@ -1,10 +1,14 @@
-// Package deploytest checks what mayfly ships for deployment: the kustomize
-// tree in deploy/k8s (rendered, validated by a real kube-apiserver with
-// server-side dry-run, RBAC boundaries proved with SubjectAccessReviews),
-// the alert rules and dashboard in deploy/k8s/monitoring, and the
-// Dockerfiles in deploy/docker. It holds tests only.
+// Package deploytest checks what mayfly ships for deployment: the Helm
+// chart deploy/helm/mayfly (helm lint, refused values, a matrix of values
+// rendered, dry-run against a real kube-apiserver, RBAC boundaries proved
+// with SubjectAccessReviews, the CA run under the chart's RBAC), the
+// kustomize tree deploy/k8s that is the chart rendered with its defaults
+// (no drift), the alert rules and dashboard, the Dockerfiles in
+// deploy/docker, the release workflow (actionlint) and the commands of
+// docs/install.md and docs/upgrade.md. It holds tests only.
 //
-// Rendering needs the kustomize binary: MAYFLY_KUSTOMIZE names it (the
-// Makefile installs a pinned version into the tool cache). Without it the
-// tests that render are skipped, and fail in CI (CI=true).
+// The tools are named by MAYFLY_HELM, MAYFLY_KUSTOMIZE, MAYFLY_PROMTOOL and
+// MAYFLY_ACTIONLINT (the Makefile installs pinned versions into the tool
+// cache). Without one the tests that need it are skipped, and fail in CI
+// (CI=true).
 package deploytest

@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"net"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,8 +55,8 @@ func TestInstallTree(t *testing.T) {
 
 	// The configurations parse with the binaries' own strict parsers.
 	var caCM, agentCM corev1.ConfigMap
-	convert(t, findPrefix(t, objs, "ConfigMap", "mayfly-ca-config-"), &caCM)
-	convert(t, findPrefix(t, objs, "ConfigMap", "mayfly-agent-config-"), &agentCM)
+	convert(t, find(t, objs, "ConfigMap", "mayfly-ca-config"), &caCM)
+	convert(t, find(t, objs, "ConfigMap", "mayfly-agent-config"), &agentCM)
 	caCfg, err := caapp.Parse([]byte(caCM.Data["ca.yaml"]))
 	if err != nil {
 		t.Fatalf("ca.yaml in ConfigMap %s: %v", caCM.Name, err)
@@ -199,19 +200,21 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.Daem
 	if spec.ServiceAccountName != agentSA {
 		t.Errorf("serviceAccountName = %q, want %s", spec.ServiceAccountName, agentSA)
 	}
-	var agentC, registrar *corev1.Container
+	var agentC, mounter, registrar *corev1.Container
 	for i := range spec.Containers {
 		switch spec.Containers[i].Name {
 		case "agent":
 			agentC = &spec.Containers[i]
+		case "mounter":
+			mounter = &spec.Containers[i]
 		case "node-driver-registrar":
 			registrar = &spec.Containers[i]
 		default:
 			t.Errorf("unexpected container %s", spec.Containers[i].Name)
 		}
 	}
-	if agentC == nil || registrar == nil {
-		t.Fatal("want containers agent and node-driver-registrar")
+	if agentC == nil || mounter == nil || registrar == nil {
+		t.Fatal("want containers agent, mounter and node-driver-registrar")
 	}
 	if want := []string{"run", "--config", "/etc/mayfly/config/agent.yaml"}; !slices.Equal(agentC.Args, want) {
 		t.Errorf("agent args = %q, want %q", agentC.Args, want)
@@ -264,26 +267,54 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.Daem
 	checkProbe(t, "readiness", agentC.ReadinessProbe, "/readyz", *agentC, hp)
 	checkProbe(t, "liveness", agentC.LivenessProbe, "/healthz", *agentC, hp)
 
-	// CSI: the plugin dir is shared with the registrar, the pods dir is
-	// mounted Bidirectional (so the agent is privileged), nothing else is.
+	// CSI: the plugin dir is shared with the registrar. The agent, which
+	// holds the keys, makes no mount: it is not privileged and asks the
+	// mounter container (privileged, pods dir Bidirectional, no keys)
+	// through the socket they share.
 	plugin := "/var/lib/kubelet/plugins/" + csiDriverName
 	if v := volumeAt(t, spec, *agentC, plugin+"/csi.sock"); v.HostPath == nil || v.HostPath.Path != plugin {
 		t.Errorf("%s is not the host's plugin directory: %+v", plugin, v.VolumeSource)
 	}
-	bidi := false
 	for _, m := range agentC.VolumeMounts {
 		if m.MountPropagation != nil && *m.MountPropagation == corev1.MountPropagationBidirectional {
+			t.Errorf("the agent container mounts %s with Bidirectional propagation: only the mounter may", m.MountPath)
+		}
+	}
+	if sc := agentC.SecurityContext; sc == nil || (sc.Privileged != nil && *sc.Privileged) ||
+		sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Error("the agent container (keys, Workload API) must not be privileged nor escalate privileges")
+	}
+	bidi := false
+	for _, m := range mounter.VolumeMounts {
+		switch {
+		case m.MountPropagation != nil && *m.MountPropagation == corev1.MountPropagationBidirectional:
 			if m.MountPath != "/var/lib/kubelet/pods" {
 				t.Errorf("Bidirectional propagation on %s: only the kubelet pods dir needs it", m.MountPath)
 			}
 			bidi = true
+		case m.Name == "ca-token" || m.Name == "data" || m.Name == "config":
+			t.Errorf("the mounter mounts %s: it must hold no credential or key", m.Name)
 		}
 	}
 	if !bidi {
-		t.Error("/var/lib/kubelet/pods is not mounted with Bidirectional propagation")
+		t.Error("the mounter does not mount /var/lib/kubelet/pods with Bidirectional propagation")
 	}
-	if agentC.SecurityContext == nil || agentC.SecurityContext.Privileged == nil || !*agentC.SecurityContext.Privileged {
-		t.Error("the agent container must be privileged for Bidirectional mount propagation")
+	if mounter.SecurityContext == nil || mounter.SecurityContext.Privileged == nil || !*mounter.SecurityContext.Privileged {
+		t.Error("the mounter container must be privileged for Bidirectional mount propagation")
+	}
+	csiCfg := cfg.Kubernetes.CSI
+	if csiCfg == nil || csiCfg.MounterSocket == "" {
+		t.Fatal("the agent's kubernetes.csi.mounterSocket is not set: it would mount itself")
+	}
+	wantArgs := []string{"mounter", "--socket=" + csiCfg.MounterSocket, "--source=" + path.Dir(cfg.SocketPath), "--kubelet-dir=" + csiCfg.KubeletDir}
+	if !slices.Equal(mounter.Args, wantArgs) {
+		t.Errorf("mounter args = %q, want %q", mounter.Args, wantArgs)
+	}
+	if a, m := volumeAt(t, spec, *agentC, csiCfg.MounterSocket), volumeAt(t, spec, *mounter, csiCfg.MounterSocket); a.Name != m.Name || a.EmptyDir == nil {
+		t.Errorf("the mounter socket %s is not in one emptyDir of both containers: agent %s, mounter %s", csiCfg.MounterSocket, a.Name, m.Name)
+	}
+	if v := volumeAt(t, spec, *mounter, cfg.SocketPath); v.Name != volumeAt(t, spec, *agentC, cfg.SocketPath).Name {
+		t.Errorf("the mounter does not see the agent's socket directory at %s", path.Dir(cfg.SocketPath))
 	}
 	if registrar.Image != registrarImage {
 		t.Errorf("registrar image = %s, want %s", registrar.Image, registrarImage)

@@ -119,9 +119,13 @@ func TestRBAC(t *testing.T) {
 		{verb: "watch", resource: "pods", allowed: true},
 		{verb: "list", resource: "services", allowed: true},
 		{verb: "watch", resource: "namespaces", allowed: true},
-		// Trust bundle ConfigMaps, and no other ConfigMap.
-		{verb: "update", resource: "configmaps", namespace: other, name: "mayfly-trust-bundle", allowed: true},
-		{verb: "list", resource: "configmaps", name: "mayfly-trust-bundle", allowed: true},
+		// Trust bundle ConfigMaps, and no other ConfigMap: by default only
+		// in its own namespace (trustBundle.namespaces opts others in; the
+		// chart matrix in chart_test.go checks those).
+		{verb: "update", resource: "configmaps", namespace: namespace, name: "mayfly-trust-bundle", allowed: true},
+		{verb: "update", resource: "configmaps", namespace: other, name: "mayfly-trust-bundle"},
+		{verb: "create", resource: "configmaps", namespace: other},
+		{verb: "list", resource: "configmaps", name: "mayfly-trust-bundle"},
 		{verb: "update", resource: "configmaps", namespace: "kube-system", name: "kube-root-ca.crt"},
 		{verb: "get", resource: "configmaps", namespace: other, name: "app-config"},
 		{verb: "list", resource: "configmaps"},
@@ -134,13 +138,17 @@ func TestRBAC(t *testing.T) {
 		{verb: "watch", resource: "nodes", allowed: true},
 		{verb: "update", resource: "nodes", name: "node-a"},
 		{verb: "delete", resource: "nodes", name: "node-a"},
-		// WorkloadCertificate -> Secret.
+		// WorkloadCertificate -> Secret is opt-in per namespace
+		// (workloadCertificates.namespaces): by default no Secret outside
+		// its own namespace. The statuses report NamespaceNotEnabled.
 		{verb: "watch", group: "mayfly.dev", resource: "workloadcertificates", allowed: true},
 		{verb: "update", group: "mayfly.dev", resource: "workloadcertificates", subresource: "status", namespace: other, allowed: true},
 		{verb: "update", group: "mayfly.dev", resource: "workloadcertificates", namespace: other},
-		{verb: "create", resource: "secrets", namespace: other, allowed: true},
-		{verb: "delete", resource: "secrets", namespace: other, allowed: true}, // a previous spec.secretName
-		{verb: "watch", resource: "serviceaccounts", allowed: true},
+		{verb: "create", resource: "secrets", namespace: other},
+		{verb: "get", resource: "secrets", namespace: other},
+		{verb: "list", resource: "secrets"},
+		{verb: "delete", resource: "secrets", namespace: other},
+		{verb: "watch", resource: "serviceaccounts"},
 		{verb: "update", resource: "serviceaccounts", namespace: other},
 		// Nothing that would let it act as someone else or run code.
 		{verb: "delete", resource: "namespaces", name: namespace},

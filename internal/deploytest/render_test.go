@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -110,18 +109,6 @@ func find(t testing.TB, objs []*unstructured.Unstructured, kind, name string) *u
 		}
 	}
 	t.Fatalf("no %s %q in the rendered manifests", kind, name)
-	return nil
-}
-
-// findPrefix is find for generated names (configMapGenerator adds a hash).
-func findPrefix(t testing.TB, objs []*unstructured.Unstructured, kind, prefix string) *unstructured.Unstructured {
-	t.Helper()
-	for _, o := range objs {
-		if o.GetKind() == kind && strings.HasPrefix(o.GetName(), prefix) {
-			return o
-		}
-	}
-	t.Fatalf("no %s named %s* in the rendered manifests", kind, prefix)
 	return nil
 }
 

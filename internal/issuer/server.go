@@ -55,6 +55,7 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/policy"
+	"github.com/mayfly-pki/mayfly/internal/skew"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -152,6 +153,10 @@ type Config struct {
 	// of the bundle's adoption (adoption.Tracker); nil records nothing.
 	Acks AckRecorder
 
+	// Version is the CA's release version for the version-skew check of
+	// attesting agents (internal/skew; default skew.Version()).
+	Version string
+
 	Now        func() time.Time
 	Rand       io.Reader
 	Logger     *slog.Logger
@@ -236,6 +241,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Version == "" {
+		cfg.Version = skew.Version()
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -311,6 +319,10 @@ func (s *Server) AttestAgent(ctx context.Context, req *issuerv1.AttestAgentReque
 			return nil, status.Errorf(codes.ResourceExhausted, "too many attestations from %s (limit %v/s, burst %d); retry with backoff", peerIP(ctx), s.cfg.AttestPeerRate, s.cfg.AttestPeerBurst)
 		}
 		return nil, status.Errorf(codes.ResourceExhausted, "too many attestations at this CA (limit %v/s, burst %d); retry with backoff", s.cfg.AttestRate, s.cfg.AttestBurst)
+	}
+	if err := skew.Check(s.cfg.Version, req.GetAgentVersion()); err != nil {
+		s.auditDeny(ctx, "agent", "attest", caller, "", err)
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	csr, err := policy.CheckAgentCSR(req.GetCsr())
 	if err != nil {

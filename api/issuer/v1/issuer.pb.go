@@ -127,7 +127,11 @@ type AttestAgentRequest struct {
 	//
 	//	*AttestAgentRequest_ServiceAccountToken
 	//	*AttestAgentRequest_JoinToken
-	Credential    isAttestAgentRequest_Credential `protobuf_oneof:"credential"`
+	Credential isAttestAgentRequest_Credential `protobuf_oneof:"credential"`
+	// The agent's release version (semver, "v0.2.1"; empty from agents
+	// before this field). The CA refuses versions outside its skew policy
+	// (docs/upgrade.md) with FAILED_PRECONDITION and a message naming both.
+	AgentVersion  string `protobuf:"bytes,4,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -190,6 +194,13 @@ func (x *AttestAgentRequest) GetJoinToken() string {
 		if x, ok := x.Credential.(*AttestAgentRequest_JoinToken); ok {
 			return x.JoinToken
 		}
+	}
+	return ""
+}
+
+func (x *AttestAgentRequest) GetAgentVersion() string {
+	if x != nil {
+		return x.AgentVersion
 	}
 	return ""
 }
@@ -1393,12 +1404,13 @@ var File_issuer_v1_issuer_proto protoreflect.FileDescriptor
 
 const file_issuer_v1_issuer_proto_rawDesc = "" +
 	"\n" +
-	"\x16issuer/v1/issuer.proto\x12\x10mayfly.issuer.v1\"\x8b\x01\n" +
+	"\x16issuer/v1/issuer.proto\x12\x10mayfly.issuer.v1\"\xb0\x01\n" +
 	"\x12AttestAgentRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x124\n" +
 	"\x15service_account_token\x18\x02 \x01(\tH\x00R\x13serviceAccountToken\x12\x1f\n" +
 	"\n" +
-	"join_token\x18\x03 \x01(\tH\x00R\tjoinTokenB\f\n" +
+	"join_token\x18\x03 \x01(\tH\x00R\tjoinToken\x12#\n" +
+	"\ragent_version\x18\x04 \x01(\tR\fagentVersionB\f\n" +
 	"\n" +
 	"credential\"t\n" +
 	"\x13AttestAgentResponse\x12+\n" +

@@ -2,7 +2,8 @@
 // WorkloadCertificate resource, from which the CA writes an X.509-SVID into a
 // kubernetes.io/tls Secret (docs/delivery.md).
 //
-// zz_generated.deepcopy.go and the CRD in deploy/k8s/base/crds are generated
+// zz_generated.deepcopy.go and the CRD in deploy/helm/mayfly/files/crds (rendered
+// into deploy/k8s/base/crds by make manifests) are generated
 // from the markers in this package; run `go generate ./api/mayfly/...` after
 // changing a type (needs only the Go module proxy).
 //
@@ -10,4 +11,4 @@
 // +groupName=mayfly.dev
 package v1alpha1
 
-//go:generate go run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.20.0 object paths=./ crd:crdVersions=v1 output:crd:dir=../../../deploy/k8s/base/crds
+//go:generate go run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.20.0 object paths=./ crd:crdVersions=v1 output:crd:dir=../../../deploy/helm/mayfly/files/crds

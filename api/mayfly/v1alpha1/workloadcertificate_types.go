@@ -65,6 +65,10 @@ const (
 	// ReasonRenewing: a certificate is being issued (first issuance, renewal
 	// or repair of the Secret).
 	ReasonRenewing = "Renewing"
+	// ReasonNamespaceNotEnabled: the CA does not write Secrets in this
+	// namespace (its kubernetes.workloadCertificates.namespaces leaves it
+	// out); an operator opts the namespace in.
+	ReasonNamespaceNotEnabled = "NamespaceNotEnabled"
 )
 
 // WorkloadCertificateSpec is what the user asks for.

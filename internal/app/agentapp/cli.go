@@ -20,14 +20,20 @@ Usage:
       Show the identities of a running agent, read from the status socket in
       its dataDir (as root or as the agent's user).
 
+  agent mounter --socket PATH --source DIR [--kubelet-dir /var/lib/kubelet]
+      The mount helper of an unprivileged agent (kubernetes.csi.mounterSocket):
+      bind-mounts DIR (the agent's socket directory) onto CSI target paths
+      on request. Runs privileged, holds no key (docs/security.md).
+
 See docs/agent.md and docs/workload-api.md.
 `
 
 // Main is the agent command; it returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
 	return cli.Main("agent", usage, args, stdout, stderr, map[string]cli.Command{
-		"run":    func(a []string) error { return cmdRun(a, stderr) },
-		"status": func(a []string) error { return cmdStatus(a, stdout, stderr) },
+		"run":     func(a []string) error { return cmdRun(a, stderr) },
+		"status":  func(a []string) error { return cmdStatus(a, stdout, stderr) },
+		"mounter": func(a []string) error { return cmdMounter(a, stderr) },
 	})
 }
 

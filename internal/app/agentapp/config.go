@@ -104,6 +104,10 @@ type CSIConfig struct {
 	// /var/lib/kubelet): the driver publishes only to
 	// <kubeletDir>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount.
 	KubeletDir string `json:"kubeletDir,omitempty"`
+	// MounterSocket, when set, is the socket of the mount helper (`agent
+	// mounter`, a privileged container of its own): the agent then makes no
+	// mount itself and needs no privilege (docs/security.md).
+	MounterSocket string `json:"mounterSocket,omitempty"`
 }
 
 // WorkloadsConfig sets what the agent asks the CA for.
@@ -205,6 +209,9 @@ func (fc *FileConfig) Validate() (*Config, error) {
 			}
 			if !filepath.IsAbs(k.CSI.KubeletDir) || filepath.Clean(k.CSI.KubeletDir) == "/" {
 				return nil, fmt.Errorf("kubernetes.csi.kubeletDir: must be an absolute directory other than /, got %q", k.CSI.KubeletDir)
+			}
+			if k.CSI.MounterSocket != "" && !filepath.IsAbs(k.CSI.MounterSocket) {
+				return nil, fmt.Errorf("kubernetes.csi.mounterSocket: must be an absolute path, got %q", k.CSI.MounterSocket)
 			}
 		}
 		if c.WriteDir != "" {

@@ -78,6 +78,7 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"write_dir_in_kubernetes", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {}\nwriteDir: /x\n", "writeDir: only for standalone"},
 		{"relative_csi_socket", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {socketPath: csi.sock}}\n", "kubernetes.csi"},
 		{"relative_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: var/lib/kubelet}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory"},
+		{"relative_mounter_socket", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {mounterSocket: run/m.sock}}\n", "kubernetes.csi.mounterSocket: must be an absolute path"},
 		{"root_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: /}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory other than /"},
 		{"negative_max_connections", minimalStandalone + "workloadAPI: {maxConnections: -1}\n", "workloadAPI.maxConnections: must not be negative"},
 		{"negative_max_connections_per_uid", minimalStandalone + "workloadAPI: {maxConnectionsPerUID: -1}\n", "workloadAPI.maxConnectionsPerUID: must not be negative"},

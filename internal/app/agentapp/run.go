@@ -125,9 +125,14 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		podIndex := &agent.PodIndex{}
 		entitlements = &agent.PodIdentities{Pods: podIndex, TTL: cfg.WorkloadTTL, KeyType: cfg.KeyType}
 		if c := cfg.Kubernetes.CSI; c != nil {
+			var mounter csi.Mounter // nil: mount(2) in this process
+			if c.MounterSocket != "" {
+				mounter = csi.RemoteMounter{Socket: c.MounterSocket}
+			}
 			drv, err := csi.New(csi.Config{
 				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath), KubeletDir: c.KubeletDir, Clock: opts.Clock,
 				Identities: &agent.VolumeIdentities{Manager: mgr, Pods: podIndex}, Logger: log.With("component", "csi"), Registerer: reg,
+				Mounter: mounter,
 			})
 			if err != nil {
 				return fmt.Errorf("kubernetes.csi: %w", err)

@@ -38,6 +38,12 @@ Usage:
       the agents unless --force) and agents re-issue what chains to it.
   ca revoke --config FILE --authority intermediate|root [--serial S] [--socket S1,S2] [--force]
       Drop a tainted key from the bundle; refused while live leaves chain to it.
+  ca backup --config FILE --out PATH
+      Copy the stored CA state (every key) into a new file of mode 0600.
+  ca restore --config FILE --in PATH [--force]
+      Write a backup into the store the configuration names (its directory,
+      or its Secret in kubernetes.namespace: a new namespace works); --force
+      replaces state that is there. docs/upgrade.md: disaster recovery.
 
 See docs/ca.md.
 `
@@ -52,6 +58,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		"agent":       func(a []string) error { return cmdAgent(a, stdout, stderr, time.Now) },
 		"taint":       func(a []string) error { return cmdTaint(a, stdout, stderr) },
 		"revoke":      func(a []string) error { return cmdRevoke(a, stdout, stderr) },
+		"backup":      func(a []string) error { return cmdBackup(a, stdout, stderr) },
+		"restore":     func(a []string) error { return cmdRestore(a, stdout, stderr) },
 	})
 }
 

@@ -13,10 +13,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/cli"
@@ -99,6 +101,14 @@ type KubernetesConfig struct {
 	// BundleNamespaceSelector selects the namespaces that get the
 	// mayfly-trust-bundle ConfigMap (label selector; default: all).
 	BundleNamespaceSelector string `json:"bundleNamespaceSelector,omitempty"`
+	// BundleNamespaces, when set, are the only namespaces that get the
+	// mayfly-trust-bundle ConfigMap, with Namespace itself (the agents mount
+	// it there), also limited by BundleNamespaceSelector. The CA then reads
+	// and writes ConfigMaps only there, so its RBAC can be Roles in those
+	// namespaces instead of a ClusterRole (the Helm chart does that).
+	BundleNamespaces []string `json:"bundleNamespaces,omitempty"`
+	// WorkloadCertificates configures the WorkloadCertificate -> Secret path.
+	WorkloadCertificates WorkloadCertificatesConfig `json:"workloadCertificates,omitzero"`
 	// RequirePodToken refuses workload requests without the pod's own
 	// ServiceAccount token (CSI tokenRequests): a compromised agent then
 	// cannot obtain identities of pods that did not mount a volume. Leave it
@@ -122,6 +132,37 @@ const (
 	DefaultRenewDeadline = 10 * time.Second
 	DefaultRetryPeriod   = 2 * time.Second
 )
+// WorkloadCertificatesConfig is the WorkloadCertificate controller's
+// reach: the only part of the CA that writes Secrets outside its namespace.
+type WorkloadCertificatesConfig struct {
+	// Enabled (default true) runs the controller when its CRD is installed.
+	// false: the CA never lists, reads or writes a Secret outside its own.
+	Enabled *bool `json:"enabled,omitempty"`
+	// Namespaces, when set, are the only namespaces where WorkloadCertificate
+	// Secrets are written; the CA watches Secrets only there, so RBAC can
+	// grant Secrets there alone (a WorkloadCertificate elsewhere reports
+	// NamespaceNotEnabled). Empty: every namespace, which needs Secrets
+	// cluster-wide.
+	Namespaces []string `json:"namespaces,omitempty"`
+}
+
+// On tells whether the WorkloadCertificate controller runs.
+func (w WorkloadCertificatesConfig) On() bool { return w.Enabled == nil || *w.Enabled }
+
+// validateNamespaces checks a list of namespace names at path.
+func validateNamespaces(path string, names []string) error {
+	seen := map[string]bool{}
+	for i, ns := range names {
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return fmt.Errorf("%s[%d]: %q is not a namespace name: %s", path, i, ns, strings.Join(errs, "; "))
+		}
+		if seen[ns] {
+			return fmt.Errorf("%s[%d]: %q is listed twice", path, i, ns)
+		}
+		seen[ns] = true
+	}
+	return nil
+}
 
 // UpstreamConfig selects an upstream authority.
 type UpstreamConfig struct {
@@ -299,6 +340,15 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		}
 		if err := k.defaultLeaseTimings(); err != nil {
 			return nil, err
+		}
+		if err := validateNamespaces("kubernetes.bundleNamespaces", k.BundleNamespaces); err != nil {
+			return nil, err
+		}
+		if err := validateNamespaces("kubernetes.workloadCertificates.namespaces", k.WorkloadCertificates.Namespaces); err != nil {
+			return nil, err
+		}
+		if !k.WorkloadCertificates.On() && len(k.WorkloadCertificates.Namespaces) > 0 {
+			return nil, errors.New("kubernetes.workloadCertificates: namespaces are set but enabled is false; remove one")
 		}
 	}
 	if u := c.Upstream; u != nil {

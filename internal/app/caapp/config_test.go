@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -191,7 +192,7 @@ upstream:
 				if c.Kubernetes == nil {
 					t.Fatal("Kubernetes is nil")
 				}
-				if *c.Kubernetes != want {
+				if !reflect.DeepEqual(*c.Kubernetes, want) {
 					t.Errorf("Kubernetes = %+v, want %+v", *c.Kubernetes, want)
 				}
 				if c.KubernetesPropagationDelay != 3*time.Minute {
@@ -233,6 +234,9 @@ kubernetes:
   audience: ca.pki
   clusterDomain: k8s.internal
   bundleNamespaceSelector: mayfly.dev/trust=yes
+  bundleNamespaces: [pki, app]
+  workloadCertificates:
+    namespaces: [app]
   leaderElection: false
   leaseDuration: 4s
   renewDeadline: 3s
@@ -247,7 +251,9 @@ kubernetes:
 				if k.Namespace != "pki" || k.SecretName != "ca-state" || k.AgentServiceAccount != "node-agent" ||
 					k.Audience != "ca.pki" || k.ClusterDomain != "k8s.internal" || k.BundleNamespaceSelector != "mayfly.dev/trust=yes" ||
 					k.LeaderElection == nil || *k.LeaderElection ||
-					k.LeaseDuration.Duration != 4*time.Second || k.RenewDeadline.Duration != 3*time.Second || k.RetryPeriod.Duration != 500*time.Millisecond {
+					k.LeaseDuration.Duration != 4*time.Second || k.RenewDeadline.Duration != 3*time.Second || k.RetryPeriod.Duration != 500*time.Millisecond ||
+					!slices.Equal(k.BundleNamespaces, []string{"pki", "app"}) ||
+					!k.WorkloadCertificates.On() || !slices.Equal(k.WorkloadCertificates.Namespaces, []string{"app"}) {
 					t.Errorf("Kubernetes = %+v", *k)
 				}
 			},
@@ -344,6 +350,10 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"lease_not_longer_than_renew_deadline", "trustDomain: example.org\nkubernetes: {leaseDuration: 10s}\n", "kubernetes.leaseDuration: 10s must be longer than renewDeadline (10s)"},
 		{"renew_deadline_too_short_for_retry", "trustDomain: example.org\nkubernetes: {renewDeadline: 2s}\n", "kubernetes.renewDeadline: 2s must be longer than 1.2 × retryPeriod (2s)"},
 		{"retry_period_negative", "trustDomain: example.org\nkubernetes: {retryPeriod: -1s}\n", "kubernetes.retryPeriod: -1s must be positive"},
+		{"bundle_namespace_bad", "trustDomain: example.org\nkubernetes:\n  bundleNamespaces: [ok, Not_OK]\n", `kubernetes.bundleNamespaces[1]: "Not_OK" is not a namespace name`},
+		{"bundle_namespace_twice", "trustDomain: example.org\nkubernetes:\n  bundleNamespaces: [a, a]\n", `kubernetes.bundleNamespaces[1]: "a" is listed twice`},
+		{"secret_namespace_bad", "trustDomain: example.org\nkubernetes:\n  workloadCertificates:\n    namespaces: ['']\n", `kubernetes.workloadCertificates.namespaces[0]: "" is not a namespace name`},
+		{"secret_namespaces_while_disabled", "trustDomain: example.org\nkubernetes:\n  workloadCertificates:\n    enabled: false\n    namespaces: [a]\n", "kubernetes.workloadCertificates: namespaces are set but enabled is false"},
 		{"nodes_in_kubernetes_mode", "trustDomain: example.org\nkubernetes: {}\nnodes:\n  - name: a\n    allowedIDs: [spiffe://example.org/x]\n", "nodes: only for standalone mode"},
 		{"node_id_other_trust_domain", minimalStandalone + `nodes:
   - name: a

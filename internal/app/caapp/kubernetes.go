@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -60,11 +62,9 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
-	selector := labels.Everything()
-	if k.BundleNamespaceSelector != "" {
-		if selector, err = labels.Parse(k.BundleNamespaceSelector); err != nil {
-			return fmt.Errorf("kubernetes.bundleNamespaceSelector: %w", err)
-		}
+	selector, err := bundleSelector(k)
+	if err != nil {
+		return err
 	}
 	mgr, err := newControllerManager(restCfg, k, log)
 	if err != nil {
@@ -88,7 +88,8 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	}
 	// The Kubernetes delivery paths gate a new root as the agents do.
 	gate := &bundlegate.Gate{NamespaceSelector: selector, ClusterTrustBundle: true, PropagationDelay: cfg.KubernetesPropagationDelay,
-		Clock: opts.Clock, Logger: log.With("component", "bundle-gate")}
+		NoSecrets: !k.WorkloadCertificates.On(),
+		Clock:     opts.Clock, Logger: log.With("component", "bundle-gate")}
 	parts.gates = append(parts.gates, gate.Ready)
 	parts.decorate = func(st Status) Status { return withDelivery(st, gate.Status()) }
 	c, err = newCore(ctx, cfg, opts, parts)
@@ -187,12 +188,17 @@ func newControllerManager(restCfg *rest.Config, k *KubernetesConfig, log *slog.L
 		// Tests run several replicas in one process; names are unique per manager.
 		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Only our bundle ConfigMaps, never every ConfigMap of the cluster.
-			&corev1.ConfigMap{}: {Field: fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName)},
+			// Only our bundle ConfigMaps, never every ConfigMap of the
+			// cluster; with bundleNamespaces, only in those namespaces.
+			&corev1.ConfigMap{}: {
+				Field:      fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName),
+				Namespaces: namespaceConfigs(bundleNamespaces(k)),
+			},
 			// Only the PodCertificateRequests of our signer.
 			&certificatesv1.PodCertificateRequest{}: pcr.CacheByObject(""),
-			// Only the Secrets of WorkloadCertificates, never every Secret.
-			&corev1.Secret{}: workloadcert.SecretCache(),
+			// Only the Secrets of WorkloadCertificates, never every Secret;
+			// with workloadCertificates.namespaces, only there.
+			&corev1.Secret{}: workloadcert.SecretCache(k.WorkloadCertificates.Namespaces...),
 		}},
 	})
 	if err != nil {
@@ -245,6 +251,10 @@ func setupControllers(mgr ctrl.Manager, c *core, pods *kubenodes.PodCache, selec
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("PodCertificateRequest signer: %w", err)
 	}
+	if !cfg.Kubernetes.WorkloadCertificates.On() {
+		log.Info("the WorkloadCertificate controller is off (kubernetes.workloadCertificates.enabled: false): no Secret is written")
+		return nil
+	}
 	wcGK := schema.GroupKind{Group: mayflyv1alpha1.GroupVersion.Group, Kind: "WorkloadCertificate"}
 	if _, err := mgr.GetRESTMapper().RESTMapping(wcGK, mayflyv1alpha1.GroupVersion.Version); err != nil {
 		log.Warn("the WorkloadCertificate CRD is not installed: Secrets are not issued (apply deploy/k8s/base/crds)", "error", err)
@@ -254,8 +264,55 @@ func setupControllers(mgr ctrl.Manager, c *core, pods *kubenodes.PodCache, selec
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Authority: c.authority,
 		TrustDomain: cfg.TrustDomain, ClusterDomain: cfg.Kubernetes.ClusterDomain, Now: c.opts.Clock.Now, Rand: rand.Reader,
 		Logger: log.With("component", "workloadcertificates"), Registerer: c.registry,
+		Namespaces: cfg.Kubernetes.WorkloadCertificates.Namespaces,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("WorkloadCertificate controller: %w", err)
 	}
 	return nil
+}
+
+// bundleNamespaces are the namespaces that may get the trust bundle
+// ConfigMap: kubernetes.bundleNamespaces and the CA's own (the agents mount
+// it there); nil when every namespace may.
+func bundleNamespaces(k *KubernetesConfig) []string {
+	if len(k.BundleNamespaces) == 0 {
+		return nil
+	}
+	if slices.Contains(k.BundleNamespaces, k.Namespace) {
+		return k.BundleNamespaces
+	}
+	return append(slices.Clone(k.BundleNamespaces), k.Namespace)
+}
+
+// bundleSelector selects the namespaces of the trust bundle ConfigMaps:
+// kubernetes.bundleNamespaceSelector, within kubernetes.bundleNamespaces.
+func bundleSelector(k *KubernetesConfig) (labels.Selector, error) {
+	selector := labels.Everything()
+	if k.BundleNamespaceSelector != "" {
+		var err error
+		if selector, err = labels.Parse(k.BundleNamespaceSelector); err != nil {
+			return nil, fmt.Errorf("kubernetes.bundleNamespaceSelector: %w", err)
+		}
+	}
+	if names := bundleNamespaces(k); names != nil {
+		req, err := labels.NewRequirement(corev1.LabelMetadataName, selection.In, names)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes.bundleNamespaces: %w", err)
+		}
+		selector = selector.Add(*req)
+	}
+	return selector, nil
+}
+
+// namespaceConfigs is a cache's per-namespace configuration for names; nil
+// (every namespace) for none.
+func namespaceConfigs(names []string) map[string]cache.Config {
+	if len(names) == 0 {
+		return nil
+	}
+	out := make(map[string]cache.Config, len(names))
+	for _, ns := range names {
+		out[ns] = cache.Config{}
+	}
+	return out
 }

@@ -79,6 +79,9 @@ type Gate struct {
 	// ClusterTrustBundle counts the ClusterTrustBundle (set it as the
 	// bundle controller's ClusterTrustBundle).
 	ClusterTrustBundle bool
+	// NoSecrets leaves WorkloadCertificate Secrets out (the CA runs no
+	// WorkloadCertificate controller and may not list Secrets).
+	NoSecrets bool
 	// PropagationDelay is how long Ready waits after every object holds
 	// the version (0: not at all; the CA configures
 	// DefaultPropagationDelay unless told otherwise).
@@ -169,7 +172,9 @@ func (g *Gate) Start(ctx context.Context) error {
 	watches := []watch{
 		{&corev1.Namespace{}, g.onNamespace},
 		{&corev1.ConfigMap{}, g.onConfigMap},
-		{&corev1.Secret{}, g.onSecret},
+	}
+	if !g.NoSecrets {
+		watches = append(watches, watch{&corev1.Secret{}, g.onSecret})
 	}
 	if g.ClusterTrustBundle {
 		watches = append(watches, watch{&certificatesv1.ClusterTrustBundle{}, g.onClusterTrustBundle})

@@ -42,6 +42,8 @@ type env struct {
 	logs   *logbuf.Buffer
 	reg    *prometheus.Registry
 	scheme *runtime.Scheme
+	// namespaces is the controller's Namespaces (empty: every namespace).
+	namespaces []string
 }
 
 func newScheme(t testing.TB) *runtime.Scheme {
@@ -89,7 +91,7 @@ func start(t testing.TB, clock *rotate.FakeClock, tweak func(*rest.Config), work
 // the API server until the test ends, exporting its metrics to reg.
 func (e *env) runController(t testing.TB, cfg *rest.Config, workers int, reg prometheus.Registerer) {
 	t.Helper()
-	mgr := cluster.NewManager(t, cfg, e.scheme, map[client.Object]cache.ByObject{&corev1.Secret{}: workloadcert.SecretCache()})
+	mgr := cluster.NewManager(t, cfg, e.scheme, map[client.Object]cache.ByObject{&corev1.Secret{}: workloadcert.SecretCache(e.namespaces...)})
 	r := &workloadcert.Reconciler{
 		Authority:   e.auth,
 		TrustDomain: e.ca.TrustDomain,
@@ -97,6 +99,7 @@ func (e *env) runController(t testing.TB, cfg *rest.Config, workers int, reg pro
 		Registerer:  reg,
 		// 0 is the default.
 		MaxConcurrentReconciles: workers,
+		Namespaces:              e.namespaces,
 	}
 	if e.clock != nil {
 		r.Now = e.clock.Now

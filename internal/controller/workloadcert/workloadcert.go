@@ -25,6 +25,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -113,21 +114,40 @@ type Reconciler struct {
 	Policy *rotate.Policy
 	// MaxConcurrentReconciles is the number of workers (default 4).
 	MaxConcurrentReconciles int
+	// Namespaces, when not empty, are the only namespaces where Secrets
+	// are written (the CA's RBAC grants Secrets there alone); a
+	// WorkloadCertificate elsewhere fails with NamespaceNotEnabled. Empty:
+	// every namespace. Give the manager's cache SecretCache(Namespaces...).
+	Namespaces []string
 
 	metrics *metrics
 	taints  taintSeen
 }
 
 // SecretCache limits the manager's cache of Secrets to those this
-// controller writes. Use it in cache.Options.ByObject for &corev1.Secret{}:
-// the CA then never holds every Secret of the cluster in memory. A foreign
+// controller writes, in namespaces (every namespace when none is given).
+// Use it in cache.Options.ByObject for &corev1.Secret{}: the CA then never
+// holds every Secret of the cluster in memory, and with namespaces it
+// lists and watches Secrets only where its RBAC grants them. A foreign
 // Secret of the same name is still detected (by the failed create).
-func SecretCache() cache.ByObject {
+func SecretCache(namespaces ...string) cache.ByObject {
 	req, err := labels.NewRequirement(mayflyv1alpha1.LabelWorkloadCertificate, selection.Exists, nil)
 	if err != nil {
 		panic(err) // a constant, valid label key
 	}
-	return cache.ByObject{Label: labels.NewSelector().Add(*req)}
+	by := cache.ByObject{Label: labels.NewSelector().Add(*req)}
+	if len(namespaces) > 0 {
+		by.Namespaces = map[string]cache.Config{}
+		for _, ns := range namespaces {
+			by.Namespaces[ns] = cache.Config{}
+		}
+	}
+	return by
+}
+
+// enabled tells whether Secrets may be written in ns.
+func (r *Reconciler) enabled(ns string) bool {
+	return len(r.Namespaces) == 0 || slices.Contains(r.Namespaces, ns)
 }
 
 // SetupWithManager registers the controller. The manager's scheme must
@@ -273,6 +293,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 
 // reconcile does the work and records its outcome in wc.Status.
 func (r *Reconciler) reconcile(ctx context.Context, wc *mayflyv1alpha1.WorkloadCertificate, now time.Time) (reconcile.Result, error) {
+	if !r.enabled(wc.Namespace) {
+		// No Secret access here: nothing to write, nothing to refresh. A
+		// change of the CA's configuration restarts it, which retriggers.
+		r.fail(wc, now, mayflyv1alpha1.ReasonNamespaceNotEnabled, fmt.Sprintf(
+			"the CA writes WorkloadCertificate Secrets only in the namespaces it is given (kubernetes.workloadCertificates.namespaces; Helm value workloadCertificates.namespaces), and %s is not one of them; ask the operator to add it", wc.Namespace))
+		return reconcile.Result{}, nil
+	}
 	spec, ferrs, err := validateSpec(ctx, wc, r.ClusterDomain, r)
 	if err != nil {
 		return reconcile.Result{}, err
