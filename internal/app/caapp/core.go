@@ -187,7 +187,7 @@ func (c *core) serveIssuer(ctx context.Context, g *errgroup.Group) {
 		grpc.Creds(credentials.NewTLS(c.issuer.TLSConfig())),
 		grpc.MaxRecvMsgSize(8<<20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveParams(issuer.KeepaliveParams()),
 	)
 	issuerv1.RegisterIssuerServer(gs, c.issuer)
 	g.Go(func() error {
