@@ -41,9 +41,9 @@ type Spec struct {
 	// PodGone is told a pod the CA does not know (NOT_FOUND), PodWorked
 	// the pod whose request was issued (PodIndex.Forget, PodIndex.Worked).
 	PodGone, PodWorked func(uid string)
-	DNSNames []string
-	TTL      time.Duration
-	KeyType  pki.KeyType
+	DNSNames           []string
+	TTL                time.Duration
+	KeyType            pki.KeyType
 	// Path is the delivery path asking for the identity, a label of its
 	// metrics: PathSocket (""), PathCSI or PathWriteDir. An identity asked
 	// for on several paths is exported on each.
