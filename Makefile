@@ -79,7 +79,7 @@ bench-fleet: ## CA against envtest with FLEET_PODS pods and a fleet of FLEET_AGE
 	ulimit -n 65536 2>/dev/null || true; \
 	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_CA_BIN="$(abspath $(FLEET_OUT))/ca" \
 	MAYFLY_FLEET_PODS=$(FLEET_PODS) MAYFLY_FLEET_NODES=$(FLEET_NODES) MAYFLY_FLEET_AGENTS=$(FLEET_AGENTS) MAYFLY_FLEET_OUT="$(abspath $(FLEET_OUT))" \
-	go test -count=1 -timeout 30m -run '^TestFleet$$' ./internal/test/fleet/
+	go test -count=1 -timeout 30m -v -run '^TestFleet$$' ./internal/test/fleet/
 
 ##@ Lint
 

@@ -247,7 +247,7 @@ func (f *fixture) startCA() {
 	bin := os.Getenv("MAYFLY_CA_BIN")
 	if bin == "" {
 		bin = filepath.Join(f.dir, "ca")
-		out, err := exec.CommandContext(f.ctx, "go", "build", "-o", bin, "github.com/mayfly-pki/mayfly/cmd/ca").CombinedOutput() //nolint:gosec // fixed arguments
+		out, err := exec.CommandContext(f.ctx, "go", "build", "-o", bin, "github.com/mayfly-pki/mayfly/cmd/ca").CombinedOutput()
 		if err != nil {
 			t.Fatalf("go build ./cmd/ca: %v\n%s", err, out)
 		}
@@ -293,7 +293,7 @@ attestation:
 
 func (f *fixture) runCA(bin string) (*exec.Cmd, chan error) {
 	t := f.t
-	cmd := exec.Command(bin, "run", "--config", f.cfgPath) //nolint:gosec // the CA binary under test
+	cmd := exec.Command(bin, "run", "--config", f.cfgPath)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+f.kubeconfig, "POD_NAME=ca-fleet", "GOMAXPROCS=2")
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &lockedWriter{w: &logs}, &lockedWriter{w: &logs}

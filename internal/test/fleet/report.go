@@ -146,7 +146,7 @@ func (r *Report) plot(path string) error {
 	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch / 4, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
 	left.Draw(tiles.At(dc, 0, 0))
 	right.Draw(tiles.At(dc, 1, 0))
-	f, err := os.Create(path) //nolint:gosec // the benchmark's output path
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
