@@ -535,6 +535,7 @@ func (f *fixture) issuance() {
 	f.rep.Issuance = &fleet.Issuance{
 		Certificates: 2 * total, Seconds: elapsed, PerSecond: float64(2*total) / elapsed,
 		CPUPercent:          100 * cpu / elapsed,
+		CPUPercentAt86:      100 * cpu / float64(2*total) * 86,
 		TokenReviewsPerCert: reviews / float64(2*withToken.Load()),
 		RPCsPerRenewal:      f.renewalsAfterRollouts(),
 	}
