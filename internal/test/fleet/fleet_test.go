@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -374,6 +375,9 @@ func (f *fixture) liveHeapMiB() float64 { return f.metric("go_memstats_next_gc_b
 // bundle, then publishes a new bundle and times until all acknowledged it.
 func (f *fixture) step(n int) {
 	t := f.t
+	if len(f.agents) > 0 {
+		f.refreshBundle()
+	}
 	start := time.Now()
 	from := len(f.agents)
 	f.agents = append(f.agents, make([]*fleetAgent, n-from)...)
@@ -407,6 +411,31 @@ func (f *fixture) step(n int) {
 	s := fleet.Step{Agents: n, ConnectSeconds: connect, PushSeconds: push, HeapMiB: f.heapMiB(), LiveHeapMiB: f.liveHeapMiB(), RSSMiB: rssMiB(t, f.ca.Process.Pid)}
 	f.rep.Steps = append(f.rep.Steps, s)
 	t.Logf("%d agents: connected in %.1fs, push until all acked %.2fs, CA heap %.0f MiB, RSS %.0f MiB", n, connect, push, s.HeapMiB, s.RSSMiB)
+}
+
+// refreshBundle reads the trust bundle new agents start with from the
+// ConfigMap, as an agent's deployment does, once it holds the bundle the
+// running agents hold (after a root activation, the CA's certificate no
+// longer chains to the first bundle).
+func (f *fixture) refreshBundle() {
+	want, _ := f.agents[0].ca.Bundles.Bundle()
+	wait.Within(f.t, "the trust bundle ConfigMap to hold the current bundle", 2*time.Minute, 50*time.Millisecond, func() bool {
+		cm, err := f.kube.CoreV1().ConfigMaps(caNamespace).Get(f.ctx, bundle.ConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		got := parsePEM(cm.Data[bundle.ConfigMapKey])
+		if len(got) != len(want) {
+			return false
+		}
+		for _, w := range want {
+			if !slices.ContainsFunc(got, w.Equal) {
+				return false
+			}
+		}
+		f.bundle = got
+		return true
+	})
 }
 
 func (f *fixture) agentVersion(i int) string {
