@@ -89,6 +89,17 @@ bench-ratios: ## Issuance (raw x509, floor, gRPC direct and standard signing) an
 bench-agent: build ## Agent RSS holding N=200 identities, and time to serve again after a restart.
 	hack/bench/agent-rss.sh
 
+FLEET_PODS ?= 150000
+FLEET_NODES ?= 10000
+FLEET_AGENTS ?= 1000,2500,5000,10000
+FLEET_OUT ?= bench-fleet
+bench-fleet: ## CA against envtest with FLEET_PODS pods and a fleet of FLEET_AGENTS real agents; table, JSON, PNG in FLEET_OUT.
+	mkdir -p $(FLEET_OUT) && go build -o $(FLEET_OUT)/ca ./cmd/ca
+	ulimit -n 65536 2>/dev/null || true; \
+	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_CA_BIN="$(abspath $(FLEET_OUT))/ca" \
+	MAYFLY_FLEET_PODS=$(FLEET_PODS) MAYFLY_FLEET_NODES=$(FLEET_NODES) MAYFLY_FLEET_AGENTS=$(FLEET_AGENTS) MAYFLY_FLEET_OUT="$(abspath $(FLEET_OUT))" \
+	go test -count=1 -timeout 30m -v -run '^TestFleet$$' ./internal/test/fleet/
+
 ##@ Lint
 
 lint: golangci-lint ## golangci-lint with the repo's config.
@@ -141,4 +152,4 @@ $(ACTIONLINT):
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: help demo demo-k8s kustomize helm actionlint manifests test-chart lint-workflows test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean
+.PHONY: help demo demo-k8s kustomize helm actionlint manifests test-chart lint-workflows test build bench-agent bench-fleet generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean

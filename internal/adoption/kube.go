@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -317,6 +318,12 @@ type KubeNodes struct {
 	mu     sync.RWMutex
 	lister toolscache.GenericLister
 	synced func() bool
+	// names caches the list Nodes returns, as of events namesGen, until
+	// a Node is added or deleted (events counts them): the authority asks
+	// after every acknowledgement.
+	names    []string
+	namesGen uint64
+	events   atomic.Uint64
 }
 
 var nodesGVR = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
@@ -331,6 +338,12 @@ func (k *KubeNodes) Start(ctx context.Context) error {
 		o.LabelSelector = sel.String()
 	})
 	gi := f.ForResource(nodesGVR)
+	if _, err := gi.Informer().AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { k.events.Add(1) },
+		DeleteFunc: func(any) { k.events.Add(1) },
+	}); err != nil {
+		return fmt.Errorf("adoption: watching Nodes: %w", err)
+	}
 	k.mu.Lock()
 	k.lister, k.synced = gi.Lister(), gi.Informer().HasSynced
 	k.mu.Unlock()
@@ -340,13 +353,21 @@ func (k *KubeNodes) Start(ctx context.Context) error {
 	return nil
 }
 
-// Nodes returns the names of the Nodes; ok is false until the first list.
+// Nodes returns the names of the Nodes, shared with later calls (the
+// caller must not change it); ok is false until the first list.
 func (k *KubeNodes) Nodes() ([]string, bool) {
 	k.mu.RLock()
 	lister, synced := k.lister, k.synced
 	k.mu.RUnlock()
 	if lister == nil || !synced() {
 		return nil, false
+	}
+	gen := k.events.Load()
+	k.mu.RLock()
+	names, cached := k.names, k.namesGen
+	k.mu.RUnlock()
+	if names != nil && cached == gen {
+		return names, true
 	}
 	objs, err := lister.List(labels.Everything())
 	if err != nil {
@@ -358,6 +379,11 @@ func (k *KubeNodes) Nodes() ([]string, bool) {
 			out = append(out, m)
 		}
 	}
+	k.mu.Lock()
+	if k.names == nil || gen >= k.namesGen {
+		k.names, k.namesGen = out, gen
+	}
+	k.mu.Unlock()
 	return out, true
 }
 

@@ -75,9 +75,21 @@ func (v *View) holds(node, version string) bool {
 // Adopted reports whether every expected node acknowledged version: the
 // authority's BundleAcks. False while the expected nodes are unknown; true
 // for an empty set (no node waits for the bundle).
+//
+// It stops at the first pending node: the authority asks after every
+// acknowledgement, and while many nodes are pending the answer is found
+// at once, without listing them.
 func (v *View) Adopted(version string) bool {
-	p := v.Pending(version)
-	return p.Known && len(p.Nodes) == 0
+	nodes, ok := v.Nodes.Nodes()
+	if !ok {
+		return false
+	}
+	for _, n := range nodes {
+		if !v.holds(n, version) {
+			return false
+		}
+	}
+	return true
 }
 
 // RootWait says what a prepared root waits for: the bundle version that

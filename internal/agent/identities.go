@@ -38,9 +38,12 @@ type Spec struct {
 	// PodToken returns the ServiceAccount token of pod uid, if the kubelet
 	// gave one (CSI tokenRequests); the CA then checks it too.
 	PodToken func(uid string) string
-	DNSNames []string
-	TTL      time.Duration
-	KeyType  pki.KeyType
+	// PodGone is told a pod the CA does not know (NOT_FOUND), PodWorked
+	// the pod whose request was issued (PodIndex.Forget, PodIndex.Worked).
+	PodGone, PodWorked func(uid string)
+	DNSNames           []string
+	TTL                time.Duration
+	KeyType            pki.KeyType
 	// Path is the delivery path asking for the identity, a label of its
 	// metrics: PathSocket (""), PathCSI or PathWriteDir. An identity asked
 	// for on several paths is exported on each.
@@ -218,6 +221,9 @@ func (m *Manager) ensureLocked(spec Spec) *entry {
 		if spec.PodToken != nil {
 			e.spec.PodToken = spec.PodToken
 		}
+		if spec.PodGone != nil {
+			e.spec.PodGone, e.spec.PodWorked = spec.PodGone, spec.PodWorked
+		}
 		return e
 	}
 	e = &entry{spec: spec, lastUsed: m.cfg.Clock.Now(), removed: make(chan struct{})}
@@ -363,7 +369,14 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 			if res, err = m.cfg.Batcher.Sign(ctx, req); err != nil {
 				return nil, err
 			}
-			if d := res.GetDenial(); d == nil || (d.GetCode() != issuerv1.Denial_NOT_FOUND && d.GetCode() != issuerv1.Denial_PERMISSION_DENIED) {
+			d := res.GetDenial()
+			if d == nil && spec.PodWorked != nil {
+				spec.PodWorked(uid)
+			}
+			if d.GetCode() == issuerv1.Denial_NOT_FOUND && spec.PodGone != nil {
+				spec.PodGone(uid)
+			}
+			if d == nil || (d.GetCode() != issuerv1.Denial_NOT_FOUND && d.GetCode() != issuerv1.Denial_PERMISSION_DENIED) {
 				break
 			}
 		}

@@ -4,7 +4,13 @@ import (
 	"cmp"
 	"slices"
 	"sync"
+	"time"
 )
+
+// PodForgetGrace is how long a pod stays in the index, whatever the CA
+// says, after it was added: a pod created a moment ago may not be in the
+// CA's pod cache yet.
+const PodForgetGrace = 2 * time.Minute
 
 // PodIndex records, per identity, the pods on this node that carry it and
 // the ServiceAccount token the kubelet gave for each (CSI volumes), so that
@@ -12,7 +18,16 @@ import (
 // user of a pod (a Workload API stream, a CSI volume) adds it and releases
 // it when done; a pod leaves the index with its last user, so the index
 // holds only pods in use on this node. The zero value is ready to use.
+//
+// A pod whose volume was never unpublished (the agent was down when it
+// went) would stay forever; the CA's answers remove it instead: Forget
+// drops a pod the CA does not know (PodForgetGrace after it was added), and
+// Worked moves the pod that obtained a certificate first, so a renewal
+// asks for the pod that worked last, once.
 type PodIndex struct {
+	// Now is the clock of PodForgetGrace (default time.Now).
+	Now func() time.Time
+
 	mu   sync.Mutex
 	keys map[string]map[string]*podEntry // identity key -> pod UID
 	seq  uint64
@@ -34,7 +49,15 @@ func (t StaticToken) PodToken() string { return string(t) }
 type podEntry struct {
 	token TokenSource
 	users int
-	seq   uint64 // when it was added, for the order of UIDs
+	seq   uint64 // when it was added or last worked, for the order of UIDs
+	added time.Time
+}
+
+func (x *PodIndex) now() time.Time {
+	if x.Now != nil {
+		return x.Now()
+	}
+	return time.Now()
 }
 
 // Add records that pod uid carries identity key, with the pod's token if
@@ -55,7 +78,7 @@ func (x *PodIndex) Add(key, uid string, token TokenSource) (release func()) {
 	p := pods[uid]
 	if p == nil {
 		x.seq++
-		p = &podEntry{seq: x.seq}
+		p = &podEntry{seq: x.seq, added: x.now()}
 		pods[uid] = p
 	}
 	if token != nil {
@@ -63,15 +86,16 @@ func (x *PodIndex) Add(key, uid string, token TokenSource) (release func()) {
 	}
 	p.users++
 	var once sync.Once
-	return func() { once.Do(func() { x.release(key, uid) }) }
+	return func() { once.Do(func() { x.release(key, uid, p) }) }
 }
 
-func (x *PodIndex) release(key, uid string) {
+// release ends one use of entry p of pod uid; a use of an entry that was
+// forgotten (and perhaps added anew since) ends with nothing to do.
+func (x *PodIndex) release(key, uid string, p *podEntry) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	pods := x.keys[key]
-	p := pods[uid]
-	if p == nil {
+	if pods[uid] != p {
 		return
 	}
 	if p.users--; p.users > 0 {
@@ -83,8 +107,8 @@ func (x *PodIndex) release(key, uid string) {
 	}
 }
 
-// UIDs returns the pods that carry identity key, the most recently added
-// first (the likeliest to still run).
+// UIDs returns the pods that carry identity key, the one that worked last
+// or was added last first (the likeliest to still run).
 func (x *PodIndex) UIDs(key string) []string {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -97,6 +121,35 @@ func (x *PodIndex) UIDs(key string) []string {
 		return cmp.Compare(pods[b].seq, pods[a].seq)
 	})
 	return out
+}
+
+// Forget drops pod uid from identity key, whoever still uses it, when the
+// CA said it does not know the pod and the pod was added PodForgetGrace ago
+// or earlier. It reports whether the pod was dropped.
+func (x *PodIndex) Forget(key, uid string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	pods := x.keys[key]
+	p := pods[uid]
+	if p == nil || x.now().Sub(p.added) < PodForgetGrace {
+		return false
+	}
+	delete(pods, uid)
+	if len(pods) == 0 {
+		delete(x.keys, key)
+	}
+	return true
+}
+
+// Worked records that pod uid obtained identity key's certificate: UIDs
+// lists it first from now on.
+func (x *PodIndex) Worked(key, uid string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if p := x.keys[key][uid]; p != nil && p.seq != x.seq {
+		x.seq++
+		p.seq = x.seq
+	}
 }
 
 // Token returns the current token of pod uid for identity key, or "".
@@ -126,5 +179,7 @@ func (x *PodIndex) spec(spec Spec) Spec {
 	key := spec.Key
 	spec.PodUIDs = func() []string { return x.UIDs(key) }
 	spec.PodToken = func(uid string) string { return x.Token(key, uid) }
+	spec.PodGone = func(uid string) { x.Forget(key, uid) }
+	spec.PodWorked = func(uid string) { x.Worked(key, uid) }
 	return spec
 }

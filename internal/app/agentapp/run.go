@@ -122,7 +122,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		}
 		g.Go(func() error { return pods.Start(ctx) })
 		att = workloadattest.KubernetesAttestor{Proc: workloadattest.Proc{Root: procRoot}, Resolver: pods}
-		podIndex := &agent.PodIndex{}
+		podIndex := &agent.PodIndex{Now: opts.Clock.Now}
 		entitlements = &agent.PodIdentities{Pods: podIndex, TTL: cfg.WorkloadTTL, KeyType: cfg.KeyType}
 		if c := cfg.Kubernetes.CSI; c != nil {
 			var mounter csi.Mounter // nil: mount(2) in this process

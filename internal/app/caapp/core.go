@@ -191,8 +191,12 @@ func (c *core) serveIssuer(ctx context.Context, g *errgroup.Group) {
 	gs := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(c.issuer.TLSConfig())),
 		grpc.MaxRecvMsgSize(8<<20),
+		// No read buffer of its own per connection (32 KiB by default):
+		// the TLS connection under it buffers a record already, and a
+		// CA holds one connection per node.
+		grpc.ReadBufferSize(0),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveParams(issuer.KeepaliveParams()),
 	)
 	issuerv1.RegisterIssuerServer(gs, c.issuer)
 	g.Go(func() error {

@@ -36,6 +36,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -97,6 +98,9 @@ type Reconciler struct {
 	MinTTL time.Duration
 	// MaxTTL caps the lifetime below spec.maxExpirationSeconds (default 24h).
 	MaxTTL time.Duration
+	// Workers is how many requests are decided at once (default
+	// DefaultWorkers); one request is never decided by two at once.
+	Workers int
 	// RetryInterval spaces retries of requests that cannot be issued yet
 	// (default DefaultRetryInterval).
 	RetryInterval time.Duration
@@ -146,6 +150,9 @@ func (r *Reconciler) defaults(mgr ctrl.Manager) error {
 	if r.RetryInterval <= 0 {
 		r.RetryInterval = DefaultRetryInterval
 	}
+	if r.Workers == 0 {
+		r.Workers = DefaultWorkers
+	}
 	if r.Now == nil {
 		r.Now = time.Now
 	}
@@ -162,6 +169,8 @@ func (r *Reconciler) defaults(mgr ctrl.Manager) error {
 		r.APIReader = mgr.GetAPIReader()
 	}
 	switch {
+	case r.Workers < 0:
+		return fmt.Errorf("pcr: Workers is %d, must be positive", r.Workers)
 	case r.Authority == nil:
 		return errors.New("pcr: Authority is required")
 	case r.TrustDomain.IsZero():
@@ -191,6 +200,12 @@ func (r *Reconciler) defaults(mgr ctrl.Manager) error {
 	return nil
 }
 
+// DefaultWorkers is how many PodCertificateRequests are decided at once: a
+// decision waits on the API server (pod lookups, the status update) far
+// more than on the CPU, so a few workers keep a burst of new pods (a
+// rollout) from queueing behind one another.
+const DefaultWorkers = 4
+
 // SetupWithManager defaults the Reconciler and registers the controller.
 // The manager's cache should hold only this signer's requests (see
 // CacheByObject); the controller filters by signer name either way.
@@ -200,6 +215,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	b := builder.ControllerManagedBy(mgr).
 		Named("podcertificaterequest").
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Workers}).
 		For(&certificatesv1.PodCertificateRequest{}, builder.WithPredicates(r.pending()))
 	if sub, ok := r.Authority.(changes.Subscriber); ok {
 		changed := make(chan event.GenericEvent, 1)

@@ -439,6 +439,7 @@ func TestSetupRejectsBadConfig(t *testing.T) {
 		{"min_ttl_below_one_hour", pcr.Reconciler{Authority: fakeauthority.New(nil, errors.New("x")), TrustDomain: td, MinTTL: 30 * time.Minute}},
 		{"max_below_min", pcr.Reconciler{Authority: fakeauthority.New(nil, errors.New("x")), TrustDomain: td, MinTTL: 2 * time.Hour, MaxTTL: time.Hour + time.Minute}},
 		{"max_above_a_day", pcr.Reconciler{Authority: fakeauthority.New(nil, errors.New("x")), TrustDomain: td, MaxTTL: 48 * time.Hour}},
+		{"negative_workers", pcr.Reconciler{Authority: fakeauthority.New(nil, errors.New("x")), TrustDomain: td, Workers: -1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,795 @@
+package fleet_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/agent"
+	"github.com/mayfly-pki/mayfly/internal/app/caapp"
+	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/fleet"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
+)
+
+const (
+	caNamespace = "mayfly-system"
+	agentSA     = "mayfly-agent"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+// sizes are what one run covers: MAYFLY_FLEET_PODS, MAYFLY_FLEET_NODES,
+// MAYFLY_FLEET_AGENTS (comma-separated steps) and MAYFLY_FLEET_OUT (the
+// report's directory) set them for `make bench-fleet`; unset, the run is
+// the small smoke run of `go test`.
+type sizes struct {
+	pods, nodes int
+	steps       []int
+	out         string
+}
+
+func sizesFromEnv(t *testing.T) sizes {
+	s := sizes{pods: 300, nodes: 40, steps: []int{10, 20}}
+	num := func(name string, dst *int) {
+		if v := os.Getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				t.Fatalf("%s=%q: want a positive number", name, v)
+			}
+			*dst = n
+		}
+	}
+	num("MAYFLY_FLEET_PODS", &s.pods)
+	num("MAYFLY_FLEET_NODES", &s.nodes)
+	if v := os.Getenv("MAYFLY_FLEET_AGENTS"); v != "" {
+		s.steps = nil
+		for f := range strings.SplitSeq(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 || (len(s.steps) > 0 && n <= s.steps[len(s.steps)-1]) {
+				t.Fatalf("MAYFLY_FLEET_AGENTS=%q: want increasing positive numbers", v)
+			}
+			s.steps = append(s.steps, n)
+		}
+	}
+	if last := s.steps[len(s.steps)-1]; last > s.nodes {
+		t.Fatalf("%d agents need as many nodes, have %d", last, s.nodes)
+	}
+	s.out = os.Getenv("MAYFLY_FLEET_OUT")
+	return s
+}
+
+// TestFleet runs the CA binary against an API server holding a synthetic
+// cluster, and a fleet of real agent components (CAClient: attestation
+// with a bound ServiceAccount token, the bundle stream; Batcher and
+// Manager for issuance) against it over real gRPC/TLS. It measures the CA's
+// time to ready, heap and RSS, the push of a new bundle until every agent
+// acknowledged it at each fleet size, a reconnect storm after a CA restart
+// and paced issuance. The smoke run checks that every stage completes;
+// the figures are the report's.
+func TestFleet(t *testing.T) {
+	sz := sizesFromEnv(t)
+	c := cluster.Start(t)
+	f := &fixture{t: t, sz: sz, c: c, rep: &fleet.Report{Pods: sz.pods, Nodes: sz.nodes}}
+	f.populate()
+	f.startCA()
+	for _, n := range sz.steps {
+		f.step(n)
+	}
+	f.issuance()
+	f.storm()
+	var md bytes.Buffer
+	if err := f.rep.Markdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("fleet benchmark:\n%s", md.String())
+	if sz.out != "" {
+		if err := f.rep.Write(sz.out); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Print(md.String())
+	}
+}
+
+type fixture struct {
+	t    *testing.T
+	sz   sizes
+	c    *cluster.Cluster
+	kube kubernetes.Interface
+	rep  *fleet.Report
+
+	dir, cfgPath, kubeconfig, addr, health string
+	ca                                     *exec.Cmd
+	caExit                                 chan error
+	bundle                                 []*x509.Certificate
+
+	pods      []*corev1.Pod // the workload pods, as created (UIDs)
+	rotations int
+	agents    []*fleetAgent
+	ctx       context.Context
+}
+
+// fleetAgent is one node's agent: the real CAClient, Batcher and Manager.
+type fleetAgent struct {
+	node    string
+	ca      *agent.CAClient
+	batcher *agent.Batcher
+	mgr     *agent.Manager
+	pods    *agent.PodIndex
+}
+
+// parallel runs f(i) for i in [0, n) on workers goroutines and fails the
+// test on the first error.
+func parallel(t *testing.T, n, workers int, f func(i int) error) {
+	t.Helper()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := f(i); err != nil {
+					once.Do(func() { first = err })
+					next.Store(int64(n))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if first != nil {
+		t.Fatal(first)
+	}
+}
+
+// populate creates the namespaces, ServiceAccounts, nodes, workload pods
+// and one agent pod per node that will run an agent.
+func (f *fixture) populate() {
+	t := f.t
+	cfg := rest.CopyConfig(f.c.Config)
+	cfg.QPS, cfg.Burst = 5000, 10000
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.kube = kube
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	f.ctx = ctx
+	start := time.Now()
+	nss := min(100, f.sz.pods)
+	parallel(t, nss+1, 16, func(i int) error {
+		name := caNamespace
+		if i < nss {
+			name = fleet.Namespace(i)
+		}
+		_, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+		return err
+	})
+	sas := min(500, f.sz.pods)
+	parallel(t, sas+1, 16, func(i int) error {
+		ns, name := caNamespace, agentSA
+		if i < sas {
+			ns, name = fleet.Namespace(i), "app-"+strconv.Itoa(i)
+		}
+		_, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+		return err
+	})
+	parallel(t, f.sz.nodes, 32, func(i int) error {
+		_, err := kube.CoreV1().Nodes().Create(ctx, fleet.Node(i), metav1.CreateOptions{})
+		return err
+	})
+	f.pods = make([]*corev1.Pod, f.sz.pods)
+	parallel(t, f.sz.pods, 64, func(i int) error {
+		p := fleet.Pod(i, fleet.NodeName(i%f.sz.nodes))
+		p.UID = ""
+		out, err := kube.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+		f.pods[i] = out
+		return err
+	})
+	agents := f.sz.steps[len(f.sz.steps)-1]
+	parallel(t, agents, 64, func(i int) error {
+		_, err := kube.CoreV1().Pods(caNamespace).Create(ctx, agentPod(i), metav1.CreateOptions{})
+		return err
+	})
+	t.Logf("cluster populated in %s: %d nodes, %d pods, %d agent pods", time.Since(start).Round(time.Second), f.sz.nodes, f.sz.pods, agents)
+}
+
+func agentPod(i int) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent-" + strconv.Itoa(i), Namespace: caNamespace},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: agentSA, NodeName: fleet.NodeName(i),
+			Containers: []corev1.Container{{Name: "agent", Image: "example.invalid/mayfly-agent"}},
+		},
+	}
+}
+
+// startCA builds the CA binary (or takes MAYFLY_CA_BIN), writes its
+// configuration and a kubeconfig for the API server, and starts it.
+func (f *fixture) startCA() {
+	t := f.t
+	f.dir = t.TempDir()
+	bin := os.Getenv("MAYFLY_CA_BIN")
+	if bin == "" {
+		bin = filepath.Join(f.dir, "ca")
+		out, err := exec.CommandContext(f.ctx, "go", "build", "-o", bin, "github.com/mayfly-pki/mayfly/cmd/ca").CombinedOutput()
+		if err != nil {
+			t.Fatalf("go build ./cmd/ca: %v\n%s", err, out)
+		}
+	}
+	f.addr, f.health = freeAddr(t), freeAddr(t)
+	f.kubeconfig = filepath.Join(f.dir, "kubeconfig")
+	writeKubeconfig(t, f.c.Config, f.kubeconfig)
+	f.cfgPath = filepath.Join(f.dir, "ca.yaml")
+	conf := fmt.Sprintf(`trustDomain: example.org
+listenAddress: %s
+healthAddress: %s
+statusSocket: "off"
+kubernetes:
+  namespace: %s
+  agentServiceAccount: %s
+  leaderElection: false
+attestation:
+  rateLimit: 100000
+  burst: 100000
+  peerRateLimit: 100000
+  peerBurst: 100000
+`, f.addr, f.health, caNamespace, agentSA)
+	if err := os.WriteFile(f.cfgPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KUBECONFIG", f.kubeconfig) // for `ca rotate-root` in this process
+	f.ca, f.caExit = f.runCA(bin)
+	start := time.Now()
+	f.waitReady("the CA to be ready", 10*time.Minute)
+	f.rep.ReadySeconds = time.Since(start).Seconds()
+	f.rep.ReadyHeapMiB, f.rep.ReadyLiveHeapMiB, f.rep.ReadyRSSMiB = f.heapMiB(), f.liveHeapMiB(), rssMiB(t, f.ca.Process.Pid)
+	f.rep.HeapPerPodBytes = f.rep.ReadyLiveHeapMiB * (1 << 20) / float64(f.sz.pods+f.sz.steps[len(f.sz.steps)-1])
+	t.Logf("CA ready in %.1fs: heap %.0f MiB, RSS %.0f MiB", f.rep.ReadySeconds, f.rep.ReadyHeapMiB, f.rep.ReadyRSSMiB)
+	wait.Within(t, "the trust bundle ConfigMap", time.Minute, 50*time.Millisecond, func() bool {
+		cm, err := f.kube.CoreV1().ConfigMaps(caNamespace).Get(f.ctx, bundle.ConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		f.bundle = parsePEM(cm.Data[bundle.ConfigMapKey])
+		return len(f.bundle) > 0
+	})
+}
+
+func (f *fixture) runCA(bin string) (*exec.Cmd, chan error) {
+	t := f.t
+	cmd := exec.Command(bin, "run", "--config", f.cfgPath)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+f.kubeconfig, "POD_NAME=ca-fleet", "GOMAXPROCS=2")
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &lockedWriter{w: &logs}, &lockedWriter{w: &logs}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exit := make(chan error, 1)
+	go func() { exit <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exit:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("CA output (last 4 KiB):\n%s", tail(logs.String(), 4096))
+		}
+	})
+	return cmd, exit
+}
+
+func (f *fixture) waitReady(what string, timeout time.Duration) {
+	f.t.Helper()
+	wait.Until(f.t, what, timeout, 20*time.Millisecond, func(context.Context) (bool, string) {
+		select {
+		case err := <-f.caExit:
+			f.t.Fatalf("the CA exited: %v", err)
+		default:
+		}
+		code := f.readyz()
+		return code == http.StatusOK, "readyz " + strconv.Itoa(code)
+	})
+}
+
+func (f *fixture) readyz() int {
+	ctx, cancel := context.WithTimeout(f.ctx, 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+f.health+"/readyz", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+// metric returns the value of the CA's un-labelled metric name.
+func (f *fixture) metric(name string) float64 {
+	ctx, cancel := context.WithTimeout(f.ctx, 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+f.health+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	defer func() { _ = resp.Body.Close() }()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			x, err := strconv.ParseFloat(v, 64)
+			if err == nil {
+				return x
+			}
+		}
+	}
+	return -1
+}
+
+func (f *fixture) heapMiB() float64 { return f.metric("go_memstats_heap_inuse_bytes") / (1 << 20) }
+
+// liveHeapMiB is the heap the CA's last collection kept: half its next
+// goal (GOGC=100).
+func (f *fixture) liveHeapMiB() float64 { return f.metric("go_memstats_next_gc_bytes") / 2 / (1 << 20) }
+
+// step starts agents until n run, waits until all hold the current
+// bundle, then publishes a new bundle and times until all acknowledged it.
+func (f *fixture) step(n int) {
+	t := f.t
+	if len(f.agents) > 0 {
+		f.refreshBundle()
+	}
+	start := time.Now()
+	from := len(f.agents)
+	f.agents = append(f.agents, make([]*fleetAgent, n-from)...)
+	parallel(t, n-from, 64, func(j int) error {
+		i := from + j
+		a, err := f.startAgent(i)
+		f.agents[i] = a
+		return err
+	})
+	f.waitAllCurrent(n, "agents connected with the current bundle", 10*time.Minute)
+	connect := time.Since(start).Seconds()
+	runtime.GC() // the fleet's garbage is this process's, not the CA's
+
+	before := f.agentVersion(0)
+	start = time.Now()
+	f.newBundle()
+	wait.Until(t, "every agent acknowledged the new bundle", 5*time.Minute, 5*time.Millisecond, func(context.Context) (bool, string) {
+		changed := 0
+		for _, a := range f.agents {
+			if _, v := a.ca.Bundles.Bundle(); v != before {
+				changed++
+			}
+		}
+		if changed < n {
+			return false, fmt.Sprintf("%d/%d agents hold the new bundle", changed, n)
+		}
+		cur := f.metric("mayfly_ca_agents_with_current_bundle")
+		return cur == float64(n), fmt.Sprintf("CA: %.0f of %d acknowledged", cur, n)
+	})
+	push := time.Since(start).Seconds()
+	s := fleet.Step{Agents: n, ConnectSeconds: connect, PushSeconds: push, HeapMiB: f.heapMiB(), LiveHeapMiB: f.liveHeapMiB(), RSSMiB: rssMiB(t, f.ca.Process.Pid)}
+	f.rep.Steps = append(f.rep.Steps, s)
+	t.Logf("%d agents: connected in %.1fs, push until all acked %.2fs, CA heap %.0f MiB, RSS %.0f MiB", n, connect, push, s.HeapMiB, s.RSSMiB)
+}
+
+// refreshBundle reads the trust bundle new agents start with from the
+// ConfigMap, as an agent's deployment does, once it holds the bundle the
+// running agents hold (after a root activation, the CA's certificate no
+// longer chains to the first bundle).
+func (f *fixture) refreshBundle() {
+	want, _ := f.agents[0].ca.Bundles.Bundle()
+	wait.Within(f.t, "the trust bundle ConfigMap to hold the current bundle", 2*time.Minute, 50*time.Millisecond, func() bool {
+		cm, err := f.kube.CoreV1().ConfigMaps(caNamespace).Get(f.ctx, bundle.ConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		got := parsePEM(cm.Data[bundle.ConfigMapKey])
+		if len(got) != len(want) {
+			return false
+		}
+		for _, w := range want {
+			if !slices.ContainsFunc(got, w.Equal) {
+				return false
+			}
+		}
+		f.bundle = got
+		return true
+	})
+}
+
+func (f *fixture) agentVersion(i int) string {
+	_, v := f.agents[i].ca.Bundles.Bundle()
+	return v
+}
+
+func (f *fixture) waitAllCurrent(n int, what string, timeout time.Duration) {
+	wait.Until(f.t, what, timeout, 20*time.Millisecond, func(context.Context) (bool, string) {
+		conn, cur := f.metric("mayfly_ca_agents_connected"), f.metric("mayfly_ca_agents_with_current_bundle")
+		return conn == float64(n) && cur == float64(n), fmt.Sprintf("%.0f connected, %.0f current of %d", conn, cur, n)
+	})
+}
+
+// newBundle changes the trust bundle: a root rotation (the next root
+// joins the bundle) and, the time after, its activation (the next root
+// moves first), in turn.
+func (f *fixture) newBundle() {
+	args := []string{"rotate-root", "--config", f.cfgPath}
+	if f.rotations%2 == 1 {
+		args = append(args, "--activate-now")
+	}
+	f.rotations++
+	var out, errOut bytes.Buffer
+	if code := caapp.Main(args, &out, &errOut); code != 0 {
+		f.t.Fatalf("ca %s: exit %d: %s", strings.Join(args, " "), code, errOut.String())
+	}
+}
+
+// startAgent attests the agent of node i with a token bound to its agent
+// pod, and runs its CAClient (bundle stream included), Batcher and Manager.
+func (f *fixture) startAgent(i int) (*fleetAgent, error) {
+	node := fleet.NodeName(i)
+	pod, err := f.kube.CoreV1().Pods(caNamespace).Get(f.ctx, "mayfly-agent-"+strconv.Itoa(i), metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	tr, err := f.kube.CoreV1().ServiceAccounts(caNamespace).CreateToken(f.ctx, agentSA, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences:      []string{"mayfly-ca"},
+		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	token := tr.Status.Token
+	clock := rotate.RealClock{}
+	ca, err := agent.NewCAClient(agent.CAConfig{
+		Address: f.addr, TrustDomain: td, InitialBundle: f.bundle, NodeName: node,
+		Credential: func(context.Context) (*issuerv1.AttestAgentRequest, error) {
+			return &issuerv1.AttestAgentRequest{Credential: &issuerv1.AttestAgentRequest_ServiceAccountToken{ServiceAccountToken: token}}, nil
+		},
+		RenewalToken: func(context.Context) (string, error) { return token, nil },
+		Clock:        clock, Policy: rotate.Policy{RenewFraction: 0.5},
+	})
+	if err != nil {
+		return nil, err
+	}
+	a := &fleetAgent{node: node, ca: ca, batcher: &agent.Batcher{Signer: ca.Conn, Clock: clock}, pods: &agent.PodIndex{}}
+	a.mgr = agent.NewManager(agent.ManagerConfig{Batcher: a.batcher, Bundle: ca.Bundles, TrustDomain: td, Clock: clock})
+	ca.Store.OnChange(a.mgr.SetAgentSVID)
+	for _, run := range []func(context.Context) error{ca.Start, a.batcher.Start, a.mgr.Start} {
+		go func() { _ = run(f.ctx) }()
+	}
+	select {
+	case <-ca.Ready():
+	case <-time.After(5 * time.Minute):
+		return nil, fmt.Errorf("agent of %s not ready after 5 minutes", node)
+	}
+	return a, nil
+}
+
+// issuance obtains workload certificates through the agents' Managers,
+// paced at the steady rate of 150,000 identities with 1h certificates
+// renewed at half life (~86/s), and measures the CA's CPU over the window;
+// the first half of the pods carry a bound pod token, reviewed by the CA.
+func (f *fixture) issuance() {
+	t := f.t
+	agents := len(f.agents)
+	var pods []*corev1.Pod // pods on nodes that run an agent
+	for i, p := range f.pods {
+		if i%f.sz.nodes < agents {
+			pods = append(pods, p)
+		}
+	}
+	total := min(len(pods), 2000)
+	pods = pods[:total]
+	reviewsBefore := f.apiserverTokenReviews()
+	cpuBefore := cpuSeconds(t, f.ca.Process.Pid)
+	start := time.Now()
+	const rate = 86.0
+	var withToken atomic.Int64
+	parallel(t, total, 64, func(j int) error {
+		if d := time.Until(start.Add(time.Duration(float64(j) / rate * float64(time.Second)))); d > 0 {
+			time.Sleep(d) // pacing of a benchmark at the steady rate, not a wait for a condition
+		}
+		p := pods[j]
+		i := indexOfNode(p.Spec.NodeName, f.sz.nodes)
+		a := f.agents[i]
+		var tok agent.TokenSource
+		if j%2 == 0 {
+			tr, err := f.kube.CoreV1().ServiceAccounts(p.Namespace).CreateToken(f.ctx, p.Spec.ServiceAccountName, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+				Audiences:      []string{"mayfly-ca"},
+				BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
+			}}, metav1.CreateOptions{})
+			if err != nil {
+				return err
+			}
+			tok = agent.StaticToken(tr.Status.Token)
+			withToken.Add(1)
+		}
+		key := p.Namespace + "/" + p.Spec.ServiceAccountName + "#" + p.Name
+		release := a.pods.Add(key, string(p.UID), tok)
+		defer release()
+		spec := agent.Spec{Key: key, TTL: time.Hour}
+		spec.PodUIDs = func() []string { return a.pods.UIDs(key) }
+		spec.PodToken = func(uid string) string { return a.pods.Token(key, uid) }
+		// Twice: the certificate and its renewal, the pod token
+		// unchanged (the kubelet refreshes it far less often).
+		for range 2 {
+			if _, err := a.mgr.Obtain(f.ctx, spec); err != nil {
+				return fmt.Errorf("pod %s/%s on %s: %w", p.Namespace, p.Name, a.node, err)
+			}
+			a.mgr.Remove(key)
+		}
+		return nil
+	})
+	elapsed := time.Since(start).Seconds()
+	cpu := cpuSeconds(t, f.ca.Process.Pid) - cpuBefore
+	reviews := f.apiserverTokenReviews() - reviewsBefore
+	f.rep.Issuance = &fleet.Issuance{
+		Certificates: 2 * total, Seconds: elapsed, PerSecond: float64(2*total) / elapsed,
+		CPUPercent:          100 * cpu / elapsed,
+		CPUPercentAt86:      100 * cpu / float64(2*total) * 86,
+		TokenReviewsPerCert: reviews / float64(2*withToken.Load()),
+		RPCsPerRenewal:      f.renewalsAfterRollouts(),
+	}
+}
+
+// renewalsAfterRollouts gives one agent's identity the pods of ten
+// rollouts that are gone (their volumes never unpublished) and the live
+// pod, and counts the items sent per renewal once the first renewal
+// taught the agent which pods are gone.
+func (f *fixture) renewalsAfterRollouts() float64 {
+	t := f.t
+	a := f.agents[0]
+	var live *corev1.Pod
+	for _, p := range f.pods {
+		if p.Spec.NodeName == a.node {
+			live = p
+			break
+		}
+	}
+	if live == nil {
+		t.Fatalf("no pod on %s", a.node)
+	}
+	clock := rotate.NewFakeClock(time.Now())
+	x := &agent.PodIndex{Now: clock.Now}
+	key := live.Namespace + "/" + live.Spec.ServiceAccountName + "#rollouts"
+	x.Add(key, string(live.UID), nil)
+	for r := range 10 {
+		x.Add(key, fmt.Sprintf("00000000-dead-4000-8000-%012d", r), nil)
+	}
+	clock.Advance(agent.PodForgetGrace)
+	var sent atomic.Int64
+	counting := &agent.Batcher{Signer: countingSigner{next: a.ca.Conn, items: &sent}, Clock: rotate.RealClock{}}
+	go func() { _ = counting.Start(f.ctx) }()
+	var logs bytes.Buffer
+	mgr := agent.NewManager(agent.ManagerConfig{Batcher: counting, Bundle: a.ca.Bundles, TrustDomain: td, Clock: rotate.RealClock{},
+		Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: &logs}, nil))})
+	spec := agent.Spec{Key: key, TTL: time.Hour}
+	spec.PodUIDs = func() []string { return x.UIDs(key) }
+	spec.PodGone = func(uid string) { x.Forget(key, uid) }
+	spec.PodWorked = func(uid string) { x.Worked(key, uid) }
+	obtain := func() {
+		if _, err := mgr.Obtain(f.ctx, spec); err != nil {
+			t.Fatalf("renewal after rollouts: %v\n%s", err, logs.String())
+		}
+		mgr.Remove(key)
+	}
+	obtain() // learns which pods are gone
+	sent.Store(0)
+	const renewals = 10
+	for range renewals {
+		obtain()
+	}
+	return float64(sent.Load()) / renewals
+}
+
+// countingSigner counts the items sent to the CA.
+type countingSigner struct {
+	next  agent.Signer
+	items *atomic.Int64
+}
+
+func (c countingSigner) SignWorkloads(ctx context.Context, reqs []*issuerv1.WorkloadRequest) ([]*issuerv1.WorkloadResult, error) {
+	c.items.Add(int64(len(reqs)))
+	return c.next.SignWorkloads(ctx, reqs)
+}
+
+// storm restarts the CA: every agent reconnects (a full TLS handshake
+// each, the new process has no session keys) and re-opens its bundle
+// stream. It times until all are back with the current bundle, and
+// samples /readyz and the CA's RSS meanwhile.
+func (f *fixture) storm() {
+	t := f.t
+	n := len(f.agents)
+	_ = f.ca.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-f.caExit:
+	case <-time.After(time.Minute):
+		t.Fatal("the CA did not stop within a minute of SIGTERM")
+	}
+	bin := f.ca.Path
+	start := time.Now()
+	f.ca, f.caExit = f.runCA(bin)
+	f.waitReady("the restarted CA to be ready", 10*time.Minute)
+	storm := &fleet.Storm{Agents: n}
+	done := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(50 * time.Millisecond): // sampling interval
+			}
+			if f.readyz() != http.StatusOK {
+				storm.NotReadySamples++
+			}
+			storm.PeakRSSMiB = max(storm.PeakRSSMiB, rssMiB(t, f.ca.Process.Pid))
+		}
+	}()
+	f.waitAllCurrent(n, "every agent back after the CA restarted", 10*time.Minute)
+	storm.Seconds = time.Since(start).Seconds()
+	close(done)
+	<-sampled
+	f.rep.Storm = storm
+}
+
+// apiserverTokenReviews reads the API server's count of TokenReview
+// creations.
+func (f *fixture) apiserverTokenReviews() float64 {
+	raw, err := f.kube.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(f.ctx)
+	if err != nil {
+		f.t.Fatalf("API server metrics: %v", err)
+	}
+	var sum float64
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="tokenreviews"`) || !strings.Contains(line, `verb="POST"`) && !strings.Contains(line, `verb="CREATE"`) {
+			continue
+		}
+		if i := strings.LastIndexByte(line, ' '); i > 0 {
+			v, err := strconv.ParseFloat(line[i+1:], 64)
+			if err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum
+}
+
+func indexOfNode(name string, nodes int) int {
+	for i := range nodes {
+		if fleet.NodeName(i) == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().String()
+}
+
+func writeKubeconfig(t *testing.T, cfg *rest.Config, path string) {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
+	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
+	kc.CurrentContext = "envtest"
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func parsePEM(s string) []*x509.Certificate {
+	var out []*x509.Certificate
+	rest := []byte(s)
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return out
+		}
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+			out = append(out, c)
+		}
+	}
+}
+
+// rssMiB reads VmRSS of pid.
+func rssMiB(t *testing.T, pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			if err != nil {
+				t.Fatalf("VmRSS %q: %v", v, err)
+			}
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// cpuSeconds reads the user and system CPU time of pid.
+func cpuSeconds(t *testing.T, pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100 // USER_HZ
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w.Len() > 1<<20 {
+		l.w.Reset()
+	}
+	return l.w.Write(p)
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
