@@ -132,6 +132,7 @@ const (
 	DefaultRenewDeadline = 10 * time.Second
 	DefaultRetryPeriod   = 2 * time.Second
 )
+
 // WorkloadCertificatesConfig is the WorkloadCertificate controller's
 // reach: the only part of the CA that writes Secrets outside its namespace.
 type WorkloadCertificatesConfig struct {
