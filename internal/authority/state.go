@@ -62,15 +62,15 @@ var (
 )
 
 type meta struct {
-	Generation          int64         `json:"generation"`
-	RootRotation        bool          `json:"rootRotationRequested,omitempty"`
-	RootActivateNow     bool          `json:"rootActivateNow,omitempty"`
-	NextRootPublishedAt *time.Time    `json:"nextRootPublishedAt,omitempty"`
+	Generation          int64      `json:"generation"`
+	RootRotation        bool       `json:"rootRotationRequested,omitempty"`
+	RootActivateNow     bool       `json:"rootActivateNow,omitempty"`
+	NextRootPublishedAt *time.Time `json:"nextRootPublishedAt,omitempty"`
 	// NextIntermediatePublishedAt is set while the next intermediate
 	// chains to an upstream root new to the bundle and waits for the
 	// consumers to hold it.
-	NextIntermediatePublishedAt *time.Time `json:"nextIntermediatePublishedAt,omitempty"`
-	Retired             []retiredJSON `json:"retiredRoots,omitempty"`
+	NextIntermediatePublishedAt *time.Time    `json:"nextIntermediatePublishedAt,omitempty"`
+	Retired                     []retiredJSON `json:"retiredRoots,omitempty"`
 	// Taints was added with ca taint; states without it have none.
 	Taints []taintJSON `json:"taints,omitempty"`
 }

@@ -2,6 +2,8 @@ package upstream
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -85,20 +87,49 @@ type signRequest struct {
 	Profile string `json:"profile"`
 }
 
-// SignIntermediate sends the CSR to the profile and returns the
-// certificate with the bundle's intermediates, and the bundle's roots.
+// SignIntermediate has cfssl sign an issuing CA for a key made for this
+// one request, signs the intermediate with it, and returns the
+// intermediate, the issuing CA and the bundle's intermediates, and the
+// bundle's roots.
+//
+// Why two certificates: cfssl drops every SAN from a CA certificate, and
+// relying parties need a CA in the chain that names the trust domain
+// (spiffe://<trust domain>). The issuing CA (path length 1, from the
+// profile) signs one intermediate (path length 0, with the SAN) and its
+// key is then dropped: it is never stored and never signs again.
 func (c *CFSSL) SignIntermediate(ctx context.Context, req authority.IntermediateRequest) (chain, roots []*x509.Certificate, err error) {
 	bundle, err := c.roots()
 	if err != nil {
 		return nil, nil, err
 	}
-	_, der, err := intermediateCSR(req)
+	issuerKey, err := pki.GenerateKey(pki.DefaultKeyType, rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
-	body, err := json.Marshal(signRequest{Request: string(csrPEM(der)), Profile: c.cfg.Profile})
+	issuer, err := c.signIssuer(ctx, authority.IntermediateRequest{TrustDomain: req.TrustDomain, Key: issuerKey, TTL: req.TTL})
 	if err != nil {
 		return nil, nil, err
+	}
+	if err := c.checkIssuer(issuer, issuerKey); err != nil {
+		return nil, nil, err
+	}
+	inter, err := authority.SignIntermediate(issuer, issuerKey, req.Key.Public(), req.TrustDomain, req.TTL, c.now(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing the intermediate with cfssl's issuing CA: %w", err)
+	}
+	chain = append([]*x509.Certificate{inter, issuer}, bundle.intermediates...)
+	return chain, bundle.roots, nil
+}
+
+// signIssuer sends the issuing CA's request to the profile.
+func (c *CFSSL) signIssuer(ctx context.Context, req authority.IntermediateRequest) (*x509.Certificate, error) {
+	_, der, err := intermediateCSR(req, issuerCN(req))
+	if err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(signRequest{Request: string(csrPEM(der)), Profile: c.cfg.Profile})
+	if err != nil {
+		return nil, err
 	}
 	type result struct {
 		pem []byte
@@ -112,18 +143,40 @@ func (c *CFSSL) SignIntermediate(ctx context.Context, req authority.Intermediate
 	var r result
 	select {
 	case <-ctx.Done():
-		return nil, nil, fmt.Errorf("cancelled waiting for cfssl: %w", ctx.Err())
+		return nil, fmt.Errorf("cancelled waiting for cfssl: %w", ctx.Err())
 	case r = <-done:
 	}
 	if r.err != nil {
-		return nil, nil, c.explain(r.err)
+		return nil, c.explain(r.err)
 	}
 	certs, err := pki.DecodeCertificates(r.pem, pki.PEMLimits{})
 	if err != nil {
-		return nil, nil, fmt.Errorf("cfssl answered with no usable certificate: %w", err)
+		return nil, fmt.Errorf("cfssl answered with no usable certificate: %w", err)
 	}
-	chain = append(certs[:1:1], bundle.intermediates...)
-	return chain, bundle.roots, nil
+	return certs[0], nil
+}
+
+// checkIssuer checks what cfssl signed before its key signs anything:
+// a CA for our key with path length 1 (it signs the intermediate, which
+// signs leaves).
+func (c *CFSSL) checkIssuer(cert *x509.Certificate, key crypto.Signer) error {
+	switch {
+	case !cert.BasicConstraintsValid || !cert.IsCA:
+		return fmt.Errorf("cfssl returned a leaf certificate, not a CA: profile %q must have ca_constraint.is_ca (cfssl signs with its default profile when the name is unknown)", c.cfg.Profile)
+	case cert.KeyUsage&x509.KeyUsageCertSign == 0:
+		return fmt.Errorf("cfssl returned a CA without keyCertSign: profile %q must have the usage \"cert sign\"", c.cfg.Profile)
+	case cert.MaxPathLen != 1:
+		pl := "unlimited"
+		if cert.MaxPathLen == 0 {
+			pl = "0"
+		} else if cert.MaxPathLen > 0 {
+			pl = fmt.Sprint(cert.MaxPathLen)
+		}
+		return fmt.Errorf("cfssl returned a CA with path length %s, want 1: profile %q must have ca_constraint max_path_len 1", pl, c.cfg.Profile)
+	case !pki.KeyMatches(cert, key):
+		return errors.New("cfssl returned a certificate for another key than the one in the request")
+	}
+	return nil
 }
 
 type cfsslBundle struct{ intermediates, roots []*x509.Certificate }

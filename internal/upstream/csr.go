@@ -16,10 +16,10 @@ import (
 // intermediate that names their trust domain), and a subject the
 // upstream's token names. It asks for a CA, but the upstream's profile or
 // template decides: the answer is checked either way.
-func intermediateCSR(req authority.IntermediateRequest) (csr *x509.CertificateRequest, der []byte, err error) {
+func intermediateCSR(req authority.IntermediateRequest, cn string) (csr *x509.CertificateRequest, der []byte, err error) {
 	id := req.TrustDomain.ID().URL()
 	tmpl := &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: subjectCN(req), Organization: []string{"mayfly"}},
+		Subject: pkix.Name{CommonName: cn, Organization: []string{"mayfly"}},
 		URIs:    []*url.URL{id},
 	}
 	der, err = x509.CreateCertificateRequest(rand.Reader, tmpl, req.Key)
@@ -35,6 +35,13 @@ func intermediateCSR(req authority.IntermediateRequest) (csr *x509.CertificateRe
 
 func subjectCN(req authority.IntermediateRequest) string {
 	return "mayfly intermediate " + req.TrustDomain.Name()
+}
+
+// issuerCN names the issuing CA cfssl signs; it must differ from the
+// intermediate's subject, or the intermediate would look self-issued and
+// lack its authority key identifier.
+func issuerCN(req authority.IntermediateRequest) string {
+	return "mayfly issuing CA " + req.TrustDomain.Name()
 }
 
 func csrPEM(der []byte) []byte {

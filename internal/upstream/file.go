@@ -96,4 +96,3 @@ func (f *File) fingerprint() ([sha256.Size]byte, error) {
 	copy(out[:], h.Sum(nil))
 	return out, nil
 }
-

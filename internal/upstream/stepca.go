@@ -64,6 +64,9 @@ func NewStepCA(cfg StepCAConfig, now func() time.Time) (*StepCA, error) {
 		s.sign, err = jwkSigner(cfg)
 	default:
 		s.sign, err = x5cSigner(cfg)
+		// step-ca finds an X5C provisioner by the audience's fragment
+		// (a JWK one by issuer and key ID).
+		s.aud += "#x5c/" + cfg.Provisioner
 	}
 	if err != nil {
 		return nil, err
@@ -79,7 +82,7 @@ func (s *StepCA) Name() string { return "step-ca " + s.cfg.URL }
 func (s *StepCA) SignIntermediate(ctx context.Context, req authority.IntermediateRequest) (chain, roots []*x509.Certificate, err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	csr, _, err := intermediateCSR(req)
+	csr, _, err := intermediateCSR(req, subjectCN(req))
 	if err != nil {
 		return nil, nil, err
 	}
