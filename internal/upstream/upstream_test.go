@@ -86,7 +86,7 @@ func TestStepCAJWKSignsIntermediate(t *testing.T) {
 	if !r.Roots[0].Equal(s.Root.Cert) || len(r.Slot.Chain) != 2 {
 		t.Fatalf("roots %d chain %d, want step-ca's root and a chain of 2", len(r.Roots), len(r.Slot.Chain))
 	}
-	if got := r.Slot.NotAfter().Sub(time.Now()); got < 47*time.Hour || got > 49*time.Hour {
+	if got := time.Until(r.Slot.NotAfter()); got < 47*time.Hour || got > 49*time.Hour {
 		t.Fatalf("intermediate valid for %s, want the requested 48h", got)
 	}
 	leafVerifies(t, r)

@@ -95,7 +95,7 @@ func NewCFSSL(t testing.TB, o CFSSLOptions) *CFSSL {
 	if err != nil {
 		t.Fatalf("cfssl handler: %v", err)
 	}
-	var handler http.Handler = http.MaxBytesHandler(h, 1<<20)
+	handler := http.Handler(http.MaxBytesHandler(h, 1<<20))
 	if o.Handler != nil {
 		handler = o.Handler(handler)
 	}
