@@ -91,6 +91,43 @@ type Manager struct {
 	ready     prometheus.Gauge
 	expiry    *prometheus.GaugeVec
 	rotations *prometheus.CounterVec
+	failing   prometheus.Gauge
+
+	failMu  sync.Mutex
+	failure RotationFailure // zero while rotation succeeds
+}
+
+// RotationFailure is why the rotation loop has been failing (an upstream
+// that is down or answers with an unusable certificate, a store that
+// refuses writes): the intermediate in service stays until a retry
+// succeeds.
+type RotationFailure struct {
+	// Failures counts the consecutive failed attempts (0: not failing).
+	Failures int
+	// Since is the first failure of the run, Last the latest.
+	Since, Last time.Time
+	// Step is the step that failed, Error what went wrong.
+	Step  Step
+	Error string
+	// RetryAt is when the loop tries again.
+	RetryAt time.Time
+}
+
+// Backoff of a failing rotation: the wait doubles from retryMin up to
+// retryMax, so an upstream that is down is asked a few times an hour, not
+// hammered, and a recovered one is used within minutes.
+const (
+	retryMin = 10 * time.Second
+	retryMax = 5 * time.Minute
+)
+
+// retryAfter is the wait after the n-th consecutive failure (n >= 1).
+func retryAfter(n int) time.Duration {
+	d := retryMin
+	for i := 1; i < n && d < retryMax; i++ {
+		d *= 2
+	}
+	return min(d, retryMax)
 }
 
 // NewManager returns a Manager; call Load before use.
@@ -116,10 +153,14 @@ func NewManager(opts ManagerOptions) *Manager {
 			Name: "mayfly_ca_authority_rotations_total",
 			Help: "Rotation steps applied by this replica, by step and result.",
 		}, []string{"step", "result"}),
+		failing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mayfly_ca_rotation_consecutive_failures",
+			Help: "Consecutive failed attempts of the rotation loop (an upstream down or answering with an unusable certificate); 0 while rotation works. The intermediate in service stays until an attempt succeeds.",
+		}),
 	}
 	m.err = fmt.Errorf("%w: state not loaded yet", ErrNotReady)
 	if opts.Registerer != nil {
-		opts.Registerer.MustRegister(m.ready, m.expiry, m.rotations)
+		opts.Registerer.MustRegister(m.ready, m.expiry, m.rotations, m.failing)
 	}
 	return m
 }
@@ -353,8 +394,9 @@ func (m *Manager) RotateOnce(ctx context.Context) time.Duration {
 		n, err := m.opts.Minter.Apply(ctx, s, step, now)
 		if err != nil {
 			m.rotations.WithLabelValues(string(step), "error").Inc()
-			m.opts.Logger.Error("rotation step failed; retrying", "step", step, "error", err)
-			return retry
+			wait := m.recordFailure(step, err, now)
+			m.opts.Logger.Error("rotation step failed; the keys in service stay, retrying", "step", step, "error", err, "retry_in", wait, "consecutive_failures", m.Failure().Failures)
+			return wait
 		}
 		s = n
 	}
@@ -379,10 +421,45 @@ func (m *Manager) RotateOnce(ctx context.Context) time.Duration {
 	for _, step := range d.Steps {
 		m.rotations.WithLabelValues(string(step), "ok").Inc()
 	}
+	m.clearFailure()
 	m.opts.Logger.Info("rotated CA keys", "steps", d.Steps, "reason", d.Reason, "generation", s.Generation,
 		"intermediate_serial", s.Intermediate.Current.Cert().SerialNumber.Text(16), "intermediate_not_after", s.Intermediate.Current.NotAfter())
 	m.install(ctx, s, v)
 	return 0
+}
+
+// Failure returns why rotation has been failing; Failures is 0 when it
+// is not.
+func (m *Manager) Failure() RotationFailure {
+	m.failMu.Lock()
+	defer m.failMu.Unlock()
+	return m.failure
+}
+
+// recordFailure counts a failed step and returns the wait before the next
+// attempt.
+func (m *Manager) recordFailure(step Step, err error, now time.Time) time.Duration {
+	m.failMu.Lock()
+	defer m.failMu.Unlock()
+	f := &m.failure
+	if f.Failures == 0 {
+		f.Since = now
+	}
+	f.Failures++
+	wait := retryAfter(f.Failures)
+	f.Last, f.Step, f.Error, f.RetryAt = now, step, err.Error(), now.Add(wait)
+	m.failing.Set(float64(f.Failures))
+	return wait
+}
+
+func (m *Manager) clearFailure() {
+	m.failMu.Lock()
+	defer m.failMu.Unlock()
+	if m.failure.Failures > 0 {
+		m.opts.Logger.Info("rotation works again", "failed_attempts", m.failure.Failures, "failing_since", m.failure.Since)
+	}
+	m.failure = RotationFailure{}
+	m.failing.Set(0)
 }
 
 func clampWait(d time.Duration) time.Duration {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -108,7 +109,11 @@ func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) 
 		if err != nil {
 			return nil, err
 		}
-		*inter = inter.prepared(next, now, false)
+		// A successor under a root the bundle did not hold yet waits,
+		// like a new root of mayfly's own, until the consumers hold the
+		// bundle that now carries it.
+		published := m.Upstream != nil && anchorIsNew(s.UpstreamRoots, roots)
+		*inter = inter.prepared(next, now, published)
 		m.mergeUpstreamRoots(&n, roots)
 	case StepActivateIntermediate:
 		if inter.Next == nil {
@@ -189,7 +194,7 @@ func (m *Minter) newIntermediate(ctx context.Context, root *Slot, now time.Time)
 			return nil, nil, fmt.Errorf("upstream %s: %w", m.Upstream.Name(), err)
 		}
 		slot := &Slot{Chain: chain, Key: key}
-		if err := checkUpstreamChain(slot, roots, now); err != nil {
+		if err := CheckUpstreamResult(UpstreamResult{Slot: slot, Roots: roots, TrustDomain: m.TrustDomain, Now: now}); err != nil {
 			return nil, nil, fmt.Errorf("upstream %s returned an unusable intermediate: %w", m.Upstream.Name(), err)
 		}
 		return slot, roots, nil
@@ -220,28 +225,133 @@ func SignIntermediate(caCert *x509.Certificate, caKey crypto.Signer, pub crypto.
 	return cert, nil
 }
 
-func checkUpstreamChain(s *Slot, roots []*x509.Certificate, now time.Time) error {
-	if len(s.Chain) == 0 {
+// UpstreamCheck is one rule an intermediate from an upstream must meet
+// before it may sign: it returns what is wrong, or nil.
+type UpstreamCheck func(u UpstreamResult) error
+
+// UpstreamResult is what an upstream returned for a request, with what the
+// checks need to judge it.
+type UpstreamResult struct {
+	Slot        *Slot
+	Roots       []*x509.Certificate
+	TrustDomain spiffeid.TrustDomain
+	Now         time.Time
+}
+
+// UpstreamChecks are the rules of an upstream's answer, in order: the
+// first that fails names the problem. An answer that fails any of them
+// never replaces the intermediate in service.
+var UpstreamChecks = []UpstreamCheck{
+	checkNotEmpty,
+	checkIsCA,
+	checkPathLenZero,
+	checkKeyIsOurs,
+	checkTrustDomainSAN,
+	checkChainLinks,
+	checkChainsToRoots,
+	checkLifeLeft,
+}
+
+func checkNotEmpty(u UpstreamResult) error {
+	switch {
+	case u.Slot == nil || len(u.Slot.Chain) == 0:
 		return errors.New("empty chain")
-	}
-	if len(roots) == 0 {
+	case len(u.Roots) == 0:
 		return errors.New("no trust roots")
 	}
-	if err := checkSlot(s, false); err != nil {
-		return err
+	return nil
+}
+
+func checkIsCA(u UpstreamResult) error {
+	c := u.Slot.Cert()
+	if !c.BasicConstraintsValid || !c.IsCA {
+		return errors.New("a leaf certificate, not a CA (the upstream's profile or template must make a CA: cfssl ca_constraint.is_ca, step-ca basicConstraints.isCA)")
 	}
+	if c.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return errors.New("a CA without keyCertSign in its key usage")
+	}
+	return nil
+}
+
+func checkPathLenZero(u UpstreamResult) error {
+	c := u.Slot.Cert()
+	if c.MaxPathLen != 0 || !c.MaxPathLenZero {
+		pl := "unlimited"
+		if c.MaxPathLen > 0 {
+			pl = fmt.Sprint(c.MaxPathLen)
+		}
+		return fmt.Errorf("path length %s, want 0 (mayfly's intermediate signs leaves only; cfssl needs max_path_len_zero: true)", pl)
+	}
+	return nil
+}
+
+func checkKeyIsOurs(u UpstreamResult) error {
+	if !pki.KeyMatches(u.Slot.Cert(), u.Slot.Key) {
+		return errors.New("the certificate is for another key than the one in the request")
+	}
+	return nil
+}
+
+func checkTrustDomainSAN(u UpstreamResult) error {
+	want := u.TrustDomain.ID().URL().String()
+	for _, uri := range u.Slot.Cert().URIs {
+		if uri.String() == want {
+			return nil
+		}
+	}
+	return fmt.Errorf("the certificate lacks the URI SAN %s (the upstream must copy the request's SANs)", want)
+}
+
+func checkChainLinks(u UpstreamResult) error {
+	c := u.Slot.Chain
+	for i := 0; i+1 < len(c); i++ {
+		if err := c[i].CheckSignatureFrom(c[i+1]); err != nil {
+			return fmt.Errorf("chain[%d] is not signed by chain[%d]: %w", i, i+1, err)
+		}
+	}
+	return nil
+}
+
+func checkChainsToRoots(u UpstreamResult) error {
 	pool := x509.NewCertPool()
-	for _, r := range roots {
+	for _, r := range u.Roots {
 		pool.AddCert(r)
 	}
 	inter := x509.NewCertPool()
-	for _, c := range s.Chain[1:] {
+	for _, c := range u.Slot.Chain[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := s.Cert().Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := u.Slot.Cert().Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: u.Now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("does not chain to the upstream roots: %w", err)
 	}
 	return nil
+}
+
+func checkLifeLeft(u UpstreamResult) error {
+	if left := u.Slot.NotAfter().Sub(u.Now); left < pki.MinIntermediateTTL {
+		return fmt.Errorf("valid for %s more, below the minimum of %s", left.Round(time.Second), pki.MinIntermediateTTL)
+	}
+	return nil
+}
+
+// CheckUpstreamResult applies UpstreamChecks in order.
+func CheckUpstreamResult(u UpstreamResult) error {
+	for _, check := range UpstreamChecks {
+		if err := check(u); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// anchorIsNew reports whether roots adds a root that known lacks.
+func anchorIsNew(known, roots []*x509.Certificate) bool {
+	for _, r := range roots {
+		if !slices.ContainsFunc(known, r.Equal) {
+			return true
+		}
+	}
+	return false
 }
 
 func mergeRoots(a, b []*x509.Certificate) []*x509.Certificate {

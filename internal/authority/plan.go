@@ -134,6 +134,17 @@ func (p Policy) JWTSchedule() Schedule {
 	}
 }
 
+// newUpstreamRootSchedule is s for an intermediate that chains to an
+// upstream root the bundle did not hold before it was prepared: it waits
+// for the consumers as a root of mayfly's own does (RootAckWait), and
+// takes over regardless when the current intermediate is within a sixth
+// of its life of expiring (the leaves it signs would be cut short).
+func (p Policy) newUpstreamRootSchedule(s Schedule) Schedule {
+	s.Published, s.AdoptionWait = true, p.RootAckWait
+	s.ForceBefore = time.Duration(float64(p.IntermediateTTL) * (1 - p.ActivateAt) / 2)
+	return s
+}
+
 // Step is one change to the authority state.
 type Step string
 
@@ -273,7 +284,11 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 			d.Reason = fmt.Sprintf("current %s is tainted", k.name)
 			continue
 		}
-		action, at := r.Decide(now, k.schedule(p), acked)
+		sched := k.schedule(p)
+		if r.Next != nil && !r.NextPublishedAt.IsZero() && !sched.Published {
+			sched = p.newUpstreamRootSchedule(sched)
+		}
+		action, at := r.Decide(now, sched, acked)
 		switch action {
 		case ActionNone:
 			consider(at)
@@ -285,7 +300,7 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 			switch {
 			case r.ActivateNow:
 				d.Reason = fmt.Sprintf("operator override: next %s activated without waiting for the agents", k.name)
-			case k.schedule(p).Published:
+			case sched.Published:
 				d.Reason = fmt.Sprintf("next %s published to every agent, or the wait is over", k.name)
 			}
 		case ActionPrepare:

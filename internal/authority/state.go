@@ -117,12 +117,16 @@ var (
 
 type meta struct {
 	// Format is StateFormat when written; absent in format 0.
-	Format              int           `json:"format"`
-	Generation          int64         `json:"generation"`
-	RootRotation        bool          `json:"rootRotationRequested,omitempty"`
-	RootActivateNow     bool          `json:"rootActivateNow,omitempty"`
-	NextRootPublishedAt *time.Time    `json:"nextRootPublishedAt,omitempty"`
-	Retired             []retiredJSON `json:"retiredRoots,omitempty"`
+	Format              int        `json:"format"`
+	Generation          int64      `json:"generation"`
+	RootRotation        bool       `json:"rootRotationRequested,omitempty"`
+	RootActivateNow     bool       `json:"rootActivateNow,omitempty"`
+	NextRootPublishedAt *time.Time `json:"nextRootPublishedAt,omitempty"`
+	// NextIntermediatePublishedAt is set while the next intermediate
+	// chains to an upstream root new to the bundle and waits for the
+	// consumers to hold it.
+	NextIntermediatePublishedAt *time.Time    `json:"nextIntermediatePublishedAt,omitempty"`
+	Retired                     []retiredJSON `json:"retiredRoots,omitempty"`
 	// Taints was added with ca taint; states without it have none.
 	Taints []taintJSON `json:"taints,omitempty"`
 	// JWT was added with JWT-SVIDs; states without it have no JWT key.
@@ -195,9 +199,9 @@ func (s *State) Encode() (map[string][]byte, error) {
 		data[keyKey] = keyPEM
 		return nil
 	}
-	if in := s.Intermediate; len(in.Retired) > 0 || !in.NextPublishedAt.IsZero() || in.Requested || in.ActivateNow {
+	if in := s.Intermediate; len(in.Retired) > 0 || in.Requested || in.ActivateNow || (in.Next == nil && !in.NextPublishedAt.IsZero()) {
 		// The format has no place for these: fail rather than drop them.
-		return nil, errors.New("encoding state: intermediates are never published, retired or rotated on request")
+		return nil, errors.New("encoding state: intermediates are never retired or rotated on request, and only a next one is published")
 	}
 	for _, p := range []struct {
 		keys slotKeys
@@ -218,6 +222,10 @@ func (s *State) Encode() (map[string][]byte, error) {
 	if !s.Root.NextPublishedAt.IsZero() {
 		t := s.Root.NextPublishedAt.UTC()
 		m.NextRootPublishedAt = &t
+	}
+	if !s.Intermediate.NextPublishedAt.IsZero() {
+		t := s.Intermediate.NextPublishedAt.UTC()
+		m.NextIntermediatePublishedAt = &t
 	}
 	for _, r := range s.Root.Retired {
 		m.Retired = append(m.Retired, retiredJSON{Cert: string(pki.EncodeCertificates(r.Cert)), Until: r.Until.UTC()})
@@ -275,6 +283,9 @@ func Decode(data map[string][]byte) (*State, error) {
 		s.Root.ActivateNow = m.RootActivateNow
 		if m.NextRootPublishedAt != nil {
 			s.Root.NextPublishedAt = *m.NextRootPublishedAt
+		}
+		if m.NextIntermediatePublishedAt != nil && s.Intermediate.Next != nil {
+			s.Intermediate.NextPublishedAt = *m.NextIntermediatePublishedAt
 		}
 		for i, r := range m.Retired {
 			certs, err := pki.DecodeCertificates([]byte(r.Cert), pki.PEMLimits{MaxBlocks: 1})

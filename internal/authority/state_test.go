@@ -453,7 +453,8 @@ func TestDecodeStateOfEarlierVersion(t *testing.T) {
 }
 
 // TestEncodeRefusesWhatTheFormatCannotHold: the stored format keeps
-// publication, retirement and rotation requests for the root only; Encode
+// retirement and rotation requests for the root only, and publication for
+// a next key only (a next intermediate under a new upstream root); Encode
 // fails rather than drop them for the intermediate.
 func TestEncodeRefusesWhatTheFormatCannotHold(t *testing.T) {
 	s := fullState(t)
@@ -461,7 +462,7 @@ func TestEncodeRefusesWhatTheFormatCannotHold(t *testing.T) {
 		name   string
 		modify func(r *authority.Rotation)
 	}{
-		{"published intermediate", func(r *authority.Rotation) { r.NextPublishedAt = t0 }},
+		{"published intermediate without a next one", func(r *authority.Rotation) { r.Next, r.NextPublishedAt = nil, t0 }},
 		{"retired intermediate", func(r *authority.Rotation) {
 			r.Retired = []authority.Retired{{Cert: r.Current.Cert(), Until: t0}}
 		}},

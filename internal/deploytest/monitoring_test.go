@@ -192,6 +192,7 @@ func TestMonitoringRules(t *testing.T) {
 		"MayflyRotationFailures":        {`increase(mayfly_agent_rotations_total{result="failure"}[15m]) > 3`, "", ""},
 		"MayflyCAUnreachable":           {"mayfly_agent_ca_reachable == 0", "10m", ""},
 		"MayflyRootAdoptionPending":     {"mayfly_ca_root_adoption_pending_nodes) > 0", "30m", ""},
+		"MayflyCARotationFailing":       {"mayfly_ca_rotation_consecutive_failures) > 0", "15m", ""},
 	}
 	// Recording rules first: alerts and panels may use what they record.
 	recorded := map[string]bool{}

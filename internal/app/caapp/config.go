@@ -25,6 +25,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/config"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
+	"github.com/mayfly-pki/mayfly/internal/upstream"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -165,19 +166,12 @@ func validateNamespaces(path string, names []string) error {
 	return nil
 }
 
-// UpstreamConfig selects an upstream authority.
-type UpstreamConfig struct {
-	// File is a CA certificate and key on disk that signs intermediates.
-	File *UpstreamFile `json:"file,omitempty"`
-}
+// UpstreamConfig selects an upstream authority: file, stepCA or cfssl
+// (docs/upstream.md).
+type UpstreamConfig = upstream.Config
 
 // UpstreamFile names the PEM files of an upstream CA.
-type UpstreamFile struct {
-	CertFile string `json:"certFile"`
-	KeyFile  string `json:"keyFile"`
-	// BundleFile holds the roots above CertFile; default: CertFile is the root.
-	BundleFile string `json:"bundleFile,omitempty"`
-}
+type UpstreamFile = upstream.FileConfig
 
 // RotationConfig sets the lifetimes and rotation points of the CA's keys.
 type RotationConfig struct {
@@ -353,11 +347,8 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		}
 	}
 	if u := c.Upstream; u != nil {
-		if u.File == nil {
-			return nil, errors.New("upstream: set file")
-		}
-		if u.File.CertFile == "" || u.File.KeyFile == "" {
-			return nil, errors.New("upstream.file: certFile and keyFile are required")
+		if err := u.Validate(); err != nil {
+			return nil, err
 		}
 	}
 	def := authority.DefaultPolicy()

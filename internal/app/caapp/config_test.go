@@ -402,7 +402,7 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"negative_propagation_delay", "trustDomain: example.org\nkubernetes: {}\nrotation:\n  kubernetesPropagationDelay: -1m\n", "rotation.kubernetesPropagationDelay: must not be negative, got -1m0s"},
 		{"propagation_delay_above_ack_wait", "trustDomain: example.org\nkubernetes: {}\nrotation:\n  rootAckWait: 1h\n  kubernetesPropagationDelay: 2h\n", "rotation.kubernetesPropagationDelay: must be at most rootAckWait (1h0m0s), got 2h0m0s"},
 		{"bad_propagation_delay", "trustDomain: example.org\nkubernetes: {}\nrotation:\n  kubernetesPropagationDelay: soon\n", "parsing CA config"},
-		{"upstream_without_file", minimalStandalone + "upstream: {}\n", "upstream: set file"},
+		{"upstream_without_file", minimalStandalone + "upstream: {}\n", "upstream: set exactly one of file, stepCA, cfssl"},
 		{"upstream_file_missing_key_file", minimalStandalone + "upstream:\n  file:\n    certFile: /ca.crt\n", "upstream.file: certFile and keyFile are required"},
 		{"upstream_file_missing_cert_file", minimalStandalone + "upstream:\n  file:\n    keyFile: /ca.key\n", "upstream.file: certFile and keyFile are required"},
 	} {

@@ -24,6 +24,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/internal/upstream"
 )
 
 // shutdownGrace bounds how long the issuer API and the health server drain
@@ -130,14 +131,10 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 // newUpstream returns the configured upstream, or nil for a self-signed
 // root. now is the CA's clock.
 func newUpstream(cfg *Config, now func() time.Time) (authority.Upstream, error) {
-	if cfg.Upstream == nil || cfg.Upstream.File == nil {
+	if cfg.Upstream == nil {
 		return nil, nil
 	}
-	u, err := authority.LoadFileUpstream(cfg.Upstream.File.CertFile, cfg.Upstream.File.KeyFile, cfg.Upstream.File.BundleFile, now)
-	if err != nil {
-		return nil, err
-	}
-	return u, nil
+	return upstream.New(cfg.Upstream, now)
 }
 
 // newEvictions returns the source of agent evictions in store, read once

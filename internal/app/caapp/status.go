@@ -36,6 +36,21 @@ type Status struct {
 	// Kubernetes are the objects that deliver the bundle to pods
 	// (Kubernetes mode).
 	Kubernetes *bundlegate.Status `json:"kubernetesDelivery,omitempty"`
+	// Upstream names the upstream authority, if any.
+	Upstream string `json:"upstream,omitempty"`
+	// RotationFailure says why key rotation (renewing the intermediate
+	// from the upstream, say) has been failing on this replica; absent
+	// while it works.
+	RotationFailure *RotationFailure `json:"rotationFailure,omitempty"`
+}
+
+// RotationFailure is authority.RotationFailure as status shows it.
+type RotationFailure struct {
+	Failures int       `json:"consecutiveFailures"`
+	Since    time.Time `json:"since"`
+	Step     string    `json:"step"`
+	Error    string    `json:"error"`
+	RetryAt  time.Time `json:"retryAt"`
 }
 
 // withDelivery adds the Kubernetes delivery objects to st.
@@ -66,7 +81,10 @@ type SlotInfo struct {
 }
 
 func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server, ad *adoptionWiring) Status {
-	st := Status{TrustDomain: cfg.TrustDomain.String()}
+	st := Status{TrustDomain: cfg.TrustDomain.String(), Upstream: upstreamName(cfg)}
+	if f := mgr.Failure(); f.Failures > 0 {
+		st.RotationFailure = &RotationFailure{Failures: f.Failures, Since: f.Since, Step: string(f.Step), Error: f.Error, RetryAt: f.RetryAt}
+	}
 	l, err := mgr.Current()
 	if err != nil {
 		st.NotReady = err.Error()
@@ -88,6 +106,21 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server, ad *adopt
 		st.Authorities = append(st.Authorities, SlotInfo{Role: role, Slot: slot, Serial: c.SerialNumber.Text(16), Subject: c.Subject.String(), NotBefore: c.NotBefore, NotAfter: c.NotAfter})
 	})
 	return st
+}
+
+// upstreamName names the configured upstream for status.
+func upstreamName(cfg *Config) string {
+	switch u := cfg.Upstream; {
+	case u == nil:
+		return ""
+	case u.StepCA != nil:
+		return "step-ca " + u.StepCA.URL + " provisioner " + u.StepCA.Provisioner
+	case u.CFSSL != nil:
+		return "cfssl " + u.CFSSL.URL
+	case u.File != nil:
+		return "file " + u.File.CertFile
+	}
+	return ""
 }
 
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
@@ -126,6 +159,13 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 	}
 	fmt.Fprintf(w, "CA %s: ready, generation %d, bundle %s, agents %d connected / %d on the current bundle\n\n",
 		st.TrustDomain, st.Generation, st.BundleVersion, st.Agents.Connected, st.Agents.CurrentBundle)
+	if st.Upstream != "" {
+		fmt.Fprintf(w, "upstream: %s\n\n", st.Upstream)
+	}
+	if f := st.RotationFailure; f != nil {
+		fmt.Fprintf(w, "ROTATION FAILING since %s (%d attempts, step %s; the keys in service stay; next try %s):\n  %s\n\n",
+			f.Since.UTC().Format(time.RFC3339), f.Failures, f.Step, f.RetryAt.UTC().Format(time.RFC3339), f.Error)
+	}
 	if a := st.RootAdoption; a != nil {
 		printAdoption(w, a)
 	}
