@@ -39,6 +39,16 @@ test: lint vet test-all ## Everything CI runs: lint, vet, unit tests with -race,
 build: ## Build the binaries into ./bin.
 	go build -o $(BIN_DIR)/ ./cmd/...
 
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1)
+IMAGE_REGISTRY ?= ghcr.io/mayfly-pki
+IMAGE_PLATFORMS ?= linux/amd64,linux/arm64
+IMAGES_DIR ?= dist/images
+
+images: ## OCI image tarballs of ca, agent, the demo workloads and a pause image (amd64+arm64, no Docker) into dist/images.
+	go run ./hack/images --out $(IMAGES_DIR) --registry $(IMAGE_REGISTRY) --version $(VERSION) \
+		--revision "$$(git rev-parse HEAD 2>/dev/null)" --created $(SOURCE_DATE_EPOCH) --platforms $(IMAGE_PLATFORMS)
+
 generate: ## Regenerate api/: protobuf (needs protoc: apt-get install protobuf-compiler), deepcopy and the CRD.
 	hack/generate.sh
 	go generate ./api/mayfly/...
@@ -110,4 +120,4 @@ $(PROMTOOL):
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench lint vet envtest golangci-lint zlint promtool clean
+.PHONY: images help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench lint vet envtest golangci-lint zlint promtool clean

@@ -19,6 +19,8 @@ Usage:
   agent status [--socket /var/lib/mayfly/agent/status.sock] [--output table|json]
       Show the identities of a running agent, read from the status socket in
       its dataDir (as root or as the agent's user).
+  agent version [--output table|json]
+      Print the version, VCS revision and Go version the binary was built from.
 
 See docs/agent.md and docs/workload-api.md.
 `
@@ -26,8 +28,9 @@ See docs/agent.md and docs/workload-api.md.
 // Main is the agent command; it returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
 	return cli.Main("agent", usage, args, stdout, stderr, map[string]cli.Command{
-		"run":    func(a []string) error { return cmdRun(a, stderr) },
-		"status": func(a []string) error { return cmdStatus(a, stdout, stderr) },
+		"run":     func(a []string) error { return cmdRun(a, stderr) },
+		"status":  func(a []string) error { return cmdStatus(a, stdout, stderr) },
+		"version": func(a []string) error { return cli.Version("agent", a, stdout, stderr) },
 	})
 }
 

@@ -38,6 +38,8 @@ Usage:
       the agents unless --force) and agents re-issue what chains to it.
   ca revoke --config FILE --authority intermediate|root [--serial S] [--socket S1,S2] [--force]
       Drop a tainted key from the bundle; refused while live leaves chain to it.
+  ca version [--output table|json]
+      Print the version, VCS revision and Go version the binary was built from.
 
 See docs/ca.md.
 `
@@ -52,6 +54,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		"agent":       func(a []string) error { return cmdAgent(a, stdout, stderr, time.Now) },
 		"taint":       func(a []string) error { return cmdTaint(a, stdout, stderr) },
 		"revoke":      func(a []string) error { return cmdRevoke(a, stdout, stderr) },
+		"version":     func(a []string) error { return cli.Version("ca", a, stdout, stderr) },
 	})
 }
 
