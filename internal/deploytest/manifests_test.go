@@ -24,7 +24,6 @@ const (
 	caSA           = "mayfly-ca"
 	agentSA        = "mayfly-agent"
 	csiDriverName  = "csi.mayfly.dev"
-	registrarImage = "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0"
 )
 
 // TestInstallTree checks the rendered deploy/k8s (base, ca, agent) against
@@ -199,19 +198,19 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.Daem
 	if spec.ServiceAccountName != agentSA {
 		t.Errorf("serviceAccountName = %q, want %s", spec.ServiceAccountName, agentSA)
 	}
-	var agentC, registrar *corev1.Container
+	// One container: the agent registers its CSI driver with the kubelet
+	// itself, no node-driver-registrar sidecar.
+	var agentC *corev1.Container
 	for i := range spec.Containers {
 		switch spec.Containers[i].Name {
 		case "agent":
 			agentC = &spec.Containers[i]
-		case "node-driver-registrar":
-			registrar = &spec.Containers[i]
 		default:
 			t.Errorf("unexpected container %s", spec.Containers[i].Name)
 		}
 	}
-	if agentC == nil || registrar == nil {
-		t.Fatal("want containers agent and node-driver-registrar")
+	if agentC == nil {
+		t.Fatal("want the container agent")
 	}
 	if want := []string{"run", "--config", "/etc/mayfly/config/agent.yaml"}; !slices.Equal(agentC.Args, want) {
 		t.Errorf("agent args = %q, want %q", agentC.Args, want)
@@ -264,7 +263,8 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.Daem
 	checkProbe(t, "readiness", agentC.ReadinessProbe, "/readyz", *agentC, hp)
 	checkProbe(t, "liveness", agentC.LivenessProbe, "/healthz", *agentC, hp)
 
-	// CSI: the plugin dir is shared with the registrar, the pods dir is
+	// CSI: the plugin dir and the kubelet's plugins_registry (where the
+	// agent registers the driver) are the host's, the pods dir is
 	// mounted Bidirectional (so the agent is privileged), nothing else is.
 	plugin := "/var/lib/kubelet/plugins/" + csiDriverName
 	if v := volumeAt(t, spec, *agentC, plugin+"/csi.sock"); v.HostPath == nil || v.HostPath.Path != plugin {
@@ -285,15 +285,8 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.Daem
 	if agentC.SecurityContext == nil || agentC.SecurityContext.Privileged == nil || !*agentC.SecurityContext.Privileged {
 		t.Error("the agent container must be privileged for Bidirectional mount propagation")
 	}
-	if registrar.Image != registrarImage {
-		t.Errorf("registrar image = %s, want %s", registrar.Image, registrarImage)
-	}
-	if sc := registrar.SecurityContext; sc == nil || (sc.Privileged != nil && *sc.Privileged) ||
-		sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-		t.Error("the registrar must not be privileged nor escalate privileges")
-	}
-	if !slices.Contains(registrar.Args, "--kubelet-registration-path="+plugin+"/csi.sock") {
-		t.Errorf("registrar args %q do not register %s/csi.sock", registrar.Args, plugin)
+	if v := volumeAt(t, spec, *agentC, "/var/lib/kubelet/plugins_registry/"+csiDriverName+"-reg.sock"); v.HostPath == nil || v.HostPath.Path != "/var/lib/kubelet/plugins_registry" {
+		t.Errorf("the kubelet's plugins_registry is not mounted from the host: %+v", v.VolumeSource)
 	}
 
 	var drv storagev1.CSIDriver

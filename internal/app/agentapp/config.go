@@ -104,6 +104,11 @@ type CSIConfig struct {
 	// /var/lib/kubelet): the driver publishes only to
 	// <kubeletDir>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount.
 	KubeletDir string `json:"kubeletDir,omitempty"`
+	// RegistrationDir is the kubelet's plugin registration directory
+	// (default <kubeletDir>/plugins_registry): the agent serves
+	// csi.mayfly.dev-reg.sock there, and the kubelet registers the driver.
+	// "-" turns the registration off (a node-driver-registrar does it).
+	RegistrationDir string `json:"registrationDir,omitempty"`
 }
 
 // WorkloadsConfig sets what the agent asks the CA for.
@@ -205,6 +210,10 @@ func (fc *FileConfig) Validate() (*Config, error) {
 			}
 			if !filepath.IsAbs(k.CSI.KubeletDir) || filepath.Clean(k.CSI.KubeletDir) == "/" {
 				return nil, fmt.Errorf("kubernetes.csi.kubeletDir: must be an absolute directory other than /, got %q", k.CSI.KubeletDir)
+			}
+			k.CSI.RegistrationDir = config.OrDefault(k.CSI.RegistrationDir, filepath.Join(k.CSI.KubeletDir, "plugins_registry"))
+			if k.CSI.RegistrationDir != "-" && !filepath.IsAbs(k.CSI.RegistrationDir) {
+				return nil, fmt.Errorf("kubernetes.csi.registrationDir: must be absolute or \"-\", got %q", k.CSI.RegistrationDir)
 			}
 		}
 		if c.WriteDir != "" {
