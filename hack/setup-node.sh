@@ -4,7 +4,8 @@
 # kube-scheduler and kube-proxy from k8s.io/kubernetes (the same wrapper-module
 # build as hack/setup-envtest.sh, so they share its build cache), and containerd
 # 2.x (containerd, ctr, containerd-shim-runc-v2) from
-# github.com/containerd/containerd/v2. kube-apiserver and etcd come from
+# github.com/containerd/containerd/v2, and CoreDNS (cluster DNS) from
+# github.com/coredns/coredns. kube-apiserver and etcd come from
 # hack/setup-envtest.sh and are linked in. runc and the CNI plugins come from
 # Debian (apt-get install runc containernetworking-plugins iptables conntrack).
 #
@@ -16,8 +17,12 @@ set -o errexit -o nounset -o pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-1.37.2}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-2.2.9}"
+COREDNS_VERSION="${COREDNS_VERSION:-1.15.0}"
 CACHE_ROOT="${MAYFLY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mayfly}"
 NODE="${CACHE_ROOT}/node/k8s-${KUBE_VERSION}-containerd-${CONTAINERD_VERSION}"
+# CoreDNS has its own directory: it serves the node's cluster DNS
+# (pods resolve mayfly-ca.mayfly-system.svc) and changes independently.
+COREDNS_DIR="${CACHE_ROOT}/node/coredns-${COREDNS_VERSION}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 
 KUBE_BINS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
@@ -27,7 +32,7 @@ log() { echo "setup-node: $*" >&2; }
 
 have_all() {
   local b
-  for b in "${KUBE_BINS[@]}" "${CONTAINERD_BINS[@]}" kube-apiserver etcd; do
+  for b in "${KUBE_BINS[@]}" "${CONTAINERD_BINS[@]}" kube-apiserver etcd coredns; do
     [[ -x "${NODE}/${b}" ]] || return 1
   done
 }
@@ -126,6 +131,29 @@ GO
   done
 }
 
+build_coredns() {
+  mkdir -p "${COREDNS_DIR}"
+  if [[ ! -x "${COREDNS_DIR}/coredns" ]]; then
+    local dir="${WORK}/coredns"
+    mkdir -p "${dir}"
+    cd "${dir}"
+    go mod init mayfly.local/node-coredns >/dev/null 2>&1
+    cat > tools.go <<GO
+//go:build tools
+
+package tools
+
+import _ "github.com/coredns/coredns"
+GO
+    go get "github.com/coredns/coredns@v${COREDNS_VERSION}" >&2
+    go mod tidy -e >&2
+    log "building coredns v${COREDNS_VERSION}"
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "${dir}/coredns" github.com/coredns/coredns >&2
+    mv "${dir}/coredns" "${COREDNS_DIR}/coredns.tmp" && mv "${COREDNS_DIR}/coredns.tmp" "${COREDNS_DIR}/coredns"
+  fi
+  ln -sf "${COREDNS_DIR}/coredns" "${NODE}/coredns"
+}
+
 link_envtest() {
   local assets
   assets="$(KUBE_VERSION="${KUBE_VERSION}" "${HERE}/setup-envtest.sh" | tail -n 1)"
@@ -134,10 +162,11 @@ link_envtest() {
 }
 
 start=$(date +%s)
-log "building kubernetes v${KUBE_VERSION} node binaries and containerd v${CONTAINERD_VERSION} into ${NODE}"
+log "building kubernetes v${KUBE_VERSION} node binaries, containerd v${CONTAINERD_VERSION} and coredns v${COREDNS_VERSION} into ${NODE}"
 link_envtest
 (build_kube)
 (build_containerd)
+(build_coredns)
 have_all || { log "build finished without every binary"; exit 1; }
 log "done in $(( $(date +%s) - start ))s"
 echo "${NODE}"
