@@ -180,4 +180,3 @@ func goBuild(pkg, dst string, p v1.Platform, version string) error {
 	}
 	return nil
 }
-

@@ -20,10 +20,10 @@ import (
 )
 
 const (
-	namespace      = "mayfly-system"
-	caSA           = "mayfly-ca"
-	agentSA        = "mayfly-agent"
-	csiDriverName  = "csi.mayfly.dev"
+	namespace     = "mayfly-system"
+	caSA          = "mayfly-ca"
+	agentSA       = "mayfly-agent"
+	csiDriverName = "csi.mayfly.dev"
 )
 
 // TestInstallTree checks the rendered deploy/k8s (base, ca, agent) against
