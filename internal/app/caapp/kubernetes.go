@@ -195,7 +195,7 @@ func newControllerManager(restCfg *rest.Config, k *KubernetesConfig, apis Cluste
 		HealthProbeBindAddress:        "0",
 		// Tests run several replicas in one process; names are unique per manager.
 		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-		Cache: cache.Options{ByObject: byObject},
+		Cache:      cache.Options{ByObject: byObject},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("controller manager (is the API server at %s reachable?): %w", restCfg.Host, err)
