@@ -61,8 +61,8 @@ tidy: ## go mod tidy (-e: see docs/building.md on a refused module version).
 test-unit: ## Unit tests with -race; envtest tests are skipped.
 	go test -race $(GO_TEST_FLAGS) ./...
 
-test-all: envtest zlint kustomize promtool ## Unit and envtest tests with -race, zlint over every certificate template, deploy/k8s dry-run, alert rule tests.
-	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" MAYFLY_PROMTOOL="$(PROMTOOL)" \
+test-all: envtest envtest-old zlint kustomize promtool ## Unit and envtest tests with -race, zlint over every certificate template, deploy/k8s dry-run, alert rule tests.
+	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ENVTEST_OLD="$$(KUBE_VERSION=$(KUBE_OLD_VERSION) hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" MAYFLY_PROMTOOL="$(PROMTOOL)" \
 		go test -race -count=1 $(GO_TEST_FLAGS) ./...
 
 e2e-node: kustomize ## A one-node cluster built from source (kubelet, containerd, runc) in its own namespaces; installs deploy/k8s and checks mayfly on it (root; docs/e2e-node.md).
@@ -101,6 +101,10 @@ vet: ## go vet.
 envtest: ## Build kube-apiserver and etcd from source (cached; ~10 min the first time).
 	@hack/setup-envtest.sh >/dev/null
 
+KUBE_OLD_VERSION ?= 1.35.4
+envtest-old: ## Build kube-apiserver $(KUBE_OLD_VERSION), the older API server the CA is tested against (cached).
+	@KUBE_VERSION=$(KUBE_OLD_VERSION) hack/setup-envtest.sh >/dev/null
+
 golangci-lint: $(GOLANGCI_LINT) ## Install golangci-lint (pinned).
 $(GOLANGCI_LINT):
 	mkdir -p $(TOOLS_BIN)
@@ -128,4 +132,4 @@ $(PROMTOOL):
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: e2e-node images help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench lint vet envtest golangci-lint zlint promtool clean
+.PHONY: envtest-old e2e-node images help demo demo-k8s kustomize test build bench-agent generate tidy test-unit test-all lint-certs test-rules fuzz bench lint vet envtest golangci-lint zlint promtool clean
