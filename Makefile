@@ -102,7 +102,7 @@ envtest: ## Build kube-apiserver and etcd from source (cached; ~10 min the first
 	@hack/setup-envtest.sh >/dev/null
 
 KUBE_OLD_VERSION ?= 1.35.4
-envtest-old: ## Build kube-apiserver $(KUBE_OLD_VERSION), the older API server the CA is tested against (cached).
+envtest-old: ## Build kube-apiserver 1.35.4 (KUBE_OLD_VERSION), the older API server the CA is tested against (cached).
 	@KUBE_VERSION=$(KUBE_OLD_VERSION) hack/setup-envtest.sh >/dev/null
 
 golangci-lint: $(GOLANGCI_LINT) ## Install golangci-lint (pinned).
