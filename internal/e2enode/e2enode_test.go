@@ -122,6 +122,8 @@ func TestNode(t *testing.T) {
 	e.install(t, ctx, kustomize, dir)
 	t.Run("ca and agent ready, CSI driver registered", func(t *testing.T) { e.verdictReady(t, ctx) })
 	t.Logf("FIGURE mayfly installed and ready %s after apply", time.Since(installStart).Round(time.Second))
+	t.Run("CSI files volume", func(t *testing.T) { e.verdictCSIFiles(t, ctx) })
+	t.Run("CSI socket volume; a process outside any pod gets nothing", func(t *testing.T) { e.verdictSocketOutsidePod(t, ctx) })
 }
 
 // waitNodeReady waits for the Node object to be Ready (the kubelet runs,
