@@ -200,7 +200,7 @@ state = "/run/containerd"
 	}
 	for _, tar := range imageTars {
 		out, err := exec.CommandContext(ctx, filepath.Join(c.bin, "ctr"), "--address", "/run/containerd/containerd.sock",
-			"-n", "k8s.io", "images", "import", "--no-unpack=false", tar).CombinedOutput()
+			"-n", "k8s.io", "images", "import", tar).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("ctr images import %s: %v: %s", tar, err, out)
 		}

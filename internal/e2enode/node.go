@@ -204,8 +204,13 @@ func prepareHost(dir string) error {
 	}
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
-		{"link", "add", "mfly0", "type", "dummy"},
+		// The node's interface: a veth pair whose both ends stay in this
+		// namespace (this kernel has no dummy driver). The default route
+		// only gives the kubelet and kube-proxy a node address; nothing
+		// leaves the namespace.
+		{"link", "add", "mfly0", "type", "veth", "peer", "name", "mfly1"},
 		{"addr", "add", nodeCIDR, "dev", "mfly0"},
+		{"link", "set", "mfly1", "up"},
 		{"link", "set", "mfly0", "up"},
 		{"route", "add", "default", "via", nodeGateway, "dev", "mfly0", "onlink"},
 	} {
