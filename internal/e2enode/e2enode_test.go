@@ -124,6 +124,7 @@ func TestNode(t *testing.T) {
 	t.Logf("FIGURE mayfly installed and ready %s after apply", time.Since(installStart).Round(time.Second))
 	t.Run("CSI files volume", func(t *testing.T) { e.verdictCSIFiles(t, ctx) })
 	t.Run("CSI socket volume; a process outside any pod gets nothing", func(t *testing.T) { e.verdictSocketOutsidePod(t, ctx) })
+	logRSS(t)
 }
 
 // waitNodeReady waits for the Node object to be Ready (the kubelet runs,

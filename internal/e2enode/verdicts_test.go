@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -149,3 +150,29 @@ func (e *env) verdictSocketOutsidePod(t *testing.T, ctx context.Context) {
 	}
 	t.Logf("outside any pod: %v", err)
 }
+
+// logRSS logs the resident memory of every process named ca or agent on
+// the node (the containers' processes, seen from the node's PID namespace).
+func logRSS(t *testing.T) {
+	entries, _ := os.ReadDir("/proc")
+	for _, en := range entries {
+		comm, err := os.ReadFile(filepath.Join("/proc", en.Name(), "comm"))
+		if err != nil {
+			continue
+		}
+		name := strings.TrimSpace(string(comm))
+		if name != "ca" && name != "agent" {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join("/proc", en.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(status), "\n") {
+			if rss, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				t.Logf("FIGURE RSS %s (pid %s): %s", name, en.Name(), strings.TrimSpace(rss))
+			}
+		}
+	}
+}
+
