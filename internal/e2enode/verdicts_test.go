@@ -175,4 +175,3 @@ func logRSS(t *testing.T) {
 		}
 	}
 }
-
