@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // cluster is the running one-node cluster.
@@ -136,11 +139,27 @@ func (c *cluster) up(ctx context.Context, imageTars []string) error {
 	if err := listening(ctx, nodeIP+":6443"); err != nil {
 		return err
 	}
+	// The controllers read RBAC-protected objects at start: wait until the
+	// API server bootstrapped its roles (readyz).
+	rc, err := clientcmd.BuildConfigFromFlags("", c.admin)
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	if err := waitFor(ctx, "kube-apiserver /readyz", func() bool {
+		_, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err == nil
+	}); err != nil {
+		return err
+	}
 	if _, err := c.run(ctx, "kube-controller-manager", "--kubeconfig", kc["controller-manager"],
 		"--authentication-kubeconfig", kc["controller-manager"], "--authorization-kubeconfig", kc["controller-manager"],
 		"--service-account-private-key-file", pk.path("sa.key"), "--root-ca-file", pk.path("ca.crt"),
 		"--use-service-account-credentials", "--leader-elect=false", "--bind-address", "127.0.0.1",
-		"--controllers", "*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller"); err != nil {
+		"--controllers", "*,-nodeipam"); err != nil {
 		return err
 	}
 	if _, err := c.run(ctx, "kube-scheduler", "--kubeconfig", kc["scheduler"],
