@@ -164,8 +164,13 @@ link_envtest() {
 start=$(date +%s)
 log "building kubernetes v${KUBE_VERSION} node binaries, containerd v${CONTAINERD_VERSION} and coredns v${COREDNS_VERSION} into ${NODE}"
 link_envtest
-(build_kube)
-(build_containerd)
+missing() {
+  local b
+  for b in "$@"; do [[ -x "${NODE}/${b}" ]] || return 0; done
+  return 1
+}
+if missing "${KUBE_BINS[@]}"; then (build_kube); fi
+if missing "${CONTAINERD_BINS[@]}"; then (build_containerd); fi
 (build_coredns)
 have_all || { log "build finished without every binary"; exit 1; }
 log "done in $(( $(date +%s) - start ))s"

@@ -178,6 +178,10 @@ state = "/run/containerd"
   address = "/run/containerd/containerd.sock"
 [plugins.'io.containerd.cri.v1.runtime']
   enable_selinux = false
+  # This machine drops CAP_SYS_RESOURCE: no process may lower its
+  # oom_score_adj, and runc failed on the sandboxes' -998. Clamp it to
+  # containerd's own instead.
+  restrict_oom_score_adj = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -303,6 +307,9 @@ healthzBindAddress: 127.0.0.1:10256
 const pauseImage = "ghcr.io/mayfly-pki/pause:e2e-node"
 
 func runcPath() string {
+	if p := os.Getenv("MAYFLY_E2E_RUNC"); p != "" {
+		return p // e.g. a wrapper adding --debug --log
+	}
 	for _, p := range []string{"/usr/sbin/runc", "/usr/bin/runc"} {
 		if _, err := os.Stat(p); err == nil {
 			return p
