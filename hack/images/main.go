@@ -70,11 +70,11 @@ func run(out, registry, version, source, revision string, created int64, platfor
 	when := time.Unix(created, 0).UTC()
 	var plats []v1.Platform
 	for p := range strings.SplitSeq(platforms, ",") {
-		os_, arch, ok := strings.Cut(strings.TrimSpace(p), "/")
-		if !ok || os_ != "linux" || arch == "" {
+		goos, arch, ok := strings.Cut(strings.TrimSpace(p), "/")
+		if !ok || goos != "linux" || arch == "" {
 			return fmt.Errorf("--platforms: %q is not linux/ARCH", p)
 		}
-		plats = append(plats, v1.Platform{OS: os_, Architecture: arch})
+		plats = append(plats, v1.Platform{OS: goos, Architecture: arch})
 	}
 	want := map[string]bool{}
 	for n := range strings.SplitSeq(only, ",") {
@@ -87,7 +87,7 @@ func run(out, registry, version, source, revision string, created int64, platfor
 		return err
 	}
 	defer os.RemoveAll(binDir)
-	if err := os.MkdirAll(out, 0o755); err != nil {
+	if err := os.MkdirAll(out, 0o755); err != nil { //nolint:gosec // image artifacts, readable by all
 		return err
 	}
 	for _, im := range all {
@@ -170,7 +170,7 @@ func run(out, registry, version, source, revision string, created int64, platfor
 
 // goBuild cross-compiles a static, reproducible binary.
 func goBuild(pkg, dst string, p v1.Platform, version string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=true",
+	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=true", //nolint:gosec // our own packages
 		"-ldflags", "-s -w -buildid= -X github.com/mayfly-pki/mayfly/internal/version.Version="+version,
 		"-o", dst, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+p.OS, "GOARCH="+p.Architecture)

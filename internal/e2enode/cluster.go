@@ -65,7 +65,7 @@ func tail(path string, n int) string {
 }
 
 func writeFile(path, content string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return err
 	}
 	return os.WriteFile(path, []byte(content), 0o600)
@@ -222,10 +222,10 @@ state = "/run/containerd"
 		return err
 	}
 	for _, tar := range imageTars {
-		out, err := exec.CommandContext(ctx, filepath.Join(c.bin, "ctr"), "--address", "/run/containerd/containerd.sock",
+		out, err := exec.CommandContext(ctx, filepath.Join(c.bin, "ctr"), //nolint:gosec // ctr from hack/setup-node.sh "--address", "/run/containerd/containerd.sock",
 			"-n", "k8s.io", "images", "import", tar).CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("ctr images import %s: %v: %s", tar, err, out)
+			return fmt.Errorf("ctr images import %s: %w: %s", tar, err, out)
 		}
 	}
 

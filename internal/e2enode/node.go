@@ -48,7 +48,7 @@ func enterNamespaces() int {
 		return 1
 	}
 	args := append([]string{"--net", "--mount", "--pid", "--cgroup", "--fork", "--mount-proc", "--propagation", "private", "--", os.Args[0]}, os.Args[1:]...)
-	cmd := exec.Command("unshare", args...)
+	cmd := exec.Command("unshare", args...) //nolint:gosec // re-executes this test binary
 	cmd.Env = append(os.Environ(), "MAYFLY_E2E_NODE_INSIDE=1")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	err := cmd.Run()
@@ -71,7 +71,7 @@ func enterNamespaces() int {
 func joinCgroups() error {
 	for _, c := range cgroupControllers {
 		dir := filepath.Join("/sys/fs/cgroup", c, ownCgroup(c), cgroupRoot)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // cgroupfs directories
 			return fmt.Errorf("cgroup %s: %w", c, err)
 		}
 		if c == "cpuset" { // a cpuset child needs cpus and mems before any task
@@ -80,12 +80,12 @@ func joinCgroups() error {
 				if err != nil {
 					return err
 				}
-				if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+				if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
 					return fmt.Errorf("cgroup cpuset %s: %w", f, err)
 				}
 			}
 		}
-		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 			return fmt.Errorf("join cgroup %s: %w", dir, err)
 		}
 	}
@@ -125,7 +125,7 @@ func ownCgroup(c string) string {
 func leaveCgroups() {
 	for _, c := range cgroupControllers {
 		parent := filepath.Join("/sys/fs/cgroup", c, startCgroups[c])
-		_ = os.WriteFile(filepath.Join(parent, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+		_ = os.WriteFile(filepath.Join(parent, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o600)
 		root := filepath.Join(parent, cgroupRoot)
 		var dirs []string
 		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -214,11 +214,11 @@ func prepareHost(dir string) error {
 		{"link", "set", "mfly0", "up"},
 		{"route", "add", "default", "via", nodeGateway, "dev", "mfly0", "onlink"},
 	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil { //nolint:gosec // fixed arguments above
+			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o600); err != nil {
 		return fmt.Errorf("ip_forward in the node's network namespace: %w", err)
 	}
 	return nil
@@ -235,11 +235,11 @@ func start(ctx context.Context, dir, name, bin string, args ...string) (*process
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(filepath.Join(dir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(bin, args...) //nolint:gosec // the node's components from hack/setup-node.sh
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"))
@@ -258,12 +258,14 @@ func start(ctx context.Context, dir, name, bin string, args ...string) (*process
 // stop sends SIGTERM to the process group, then SIGKILL after grace.
 func (p *process) stop(grace time.Duration) {
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	var err error
 	select {
-	case <-p.done:
+	case err = <-p.done:
 	case <-time.After(grace):
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
+		err = <-p.done
 	}
+	p.done <- err // exited still reports how it ended
 }
 
 // exited reports whether the process ended (and how).

@@ -125,7 +125,7 @@ func (s Spec) layer() ([]byte, error) {
 	if s.UID == 0 {
 		user = "root"
 	}
-	passwd := "root:x:0:0:root:/root:/sbin/nologin\n"
+	passwd := "root:x:0:0:root:/root:/sbin/nologin\n" //nolint:gosec // an /etc/passwd without passwords
 	group := "root:x:0:\n"
 	if s.UID != 0 {
 		passwd += fmt.Sprintf("%s:x:%d:%d:%s:/home/%s:/sbin/nologin\n", user, s.UID, s.GID, user, user)
