@@ -80,7 +80,7 @@ func joinCgroups() error {
 				if err != nil {
 					return err
 				}
-				if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+				if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil { //nolint:gosec // dir is this test's own cgroup under /sys/fs/cgroup
 					return fmt.Errorf("cgroup cpuset %s: %w", f, err)
 				}
 			}
@@ -174,7 +174,7 @@ func prepareHost(dir string) error {
 		"/proc/sys/kernel/panic_on_oops": "1",
 	} {
 		f := filepath.Join(dir, "sysctl-"+filepath.Base(path))
-		if err := os.WriteFile(f, []byte(v+"\n"), 0o444); err != nil {
+		if err := os.WriteFile(f, []byte(v+"\n"), 0o400); err != nil {
 			return err
 		}
 		if err := syscall.Mount(f, path, "", syscall.MS_BIND, ""); err != nil {
@@ -191,7 +191,7 @@ func prepareHost(dir string) error {
 	}
 	for _, c := range cgroupControllers {
 		dst := filepath.Join("/sys/fs/cgroup", c)
-		if err := os.MkdirAll(dst, 0o755); err != nil {
+		if err := os.MkdirAll(dst, 0o750); err != nil {
 			return err
 		}
 		opts := c
@@ -232,7 +232,7 @@ type process struct {
 }
 
 func start(ctx context.Context, dir, name, bin string, args ...string) (*process, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o750); err != nil {
 		return nil, err
 	}
 	logf, err := os.OpenFile(filepath.Join(dir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
