@@ -43,6 +43,16 @@ test: lint vet test-all ## Everything CI runs: lint, vet, unit tests with -race,
 build: ## Build the binaries into ./bin.
 	go build -o $(BIN_DIR)/ ./cmd/...
 
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1)
+IMAGE_REGISTRY ?= ghcr.io/mayfly-pki
+IMAGE_PLATFORMS ?= linux/amd64,linux/arm64
+IMAGES_DIR ?= dist/images
+
+images: ## OCI image tarballs of ca, agent, the demo workloads and a pause image (amd64+arm64, no Docker) into dist/images.
+	go run ./hack/images --out $(IMAGES_DIR) --registry $(IMAGE_REGISTRY) --version $(VERSION) \
+		--revision "$$(git rev-parse HEAD 2>/dev/null)" --created $(SOURCE_DATE_EPOCH) --platforms $(IMAGE_PLATFORMS)
+
 generate: ## Regenerate api/: protobuf (needs protoc: apt-get install protobuf-compiler), deepcopy and the CRD.
 	hack/generate.sh
 	go generate ./api/mayfly/...
@@ -55,10 +65,18 @@ tidy: ## go mod tidy (-e: see docs/building.md on a refused module version).
 test-unit: ## Unit tests with -race; envtest tests are skipped.
 	go test -race $(GO_TEST_FLAGS) ./...
 
-test-all: envtest zlint kustomize promtool helm actionlint ## Unit and envtest tests with -race, zlint over every certificate template, chart and deploy/k8s checks (lint, drift, dry-run, RBAC), alert rule tests, actionlint.
-	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" MAYFLY_PROMTOOL="$(PROMTOOL)" \
+test-all: envtest envtest-old zlint kustomize promtool helm actionlint ## Unit and envtest tests with -race, zlint over every certificate template, chart and deploy/k8s checks (lint, drift, dry-run, RBAC), alert rule tests, actionlint.
+	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ENVTEST_OLD="$$(KUBE_VERSION=$(KUBE_OLD_VERSION) hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" MAYFLY_PROMTOOL="$(PROMTOOL)" \
 		MAYFLY_HELM="$(HELM)" MAYFLY_ACTIONLINT="$(ACTIONLINT)" \
 		go test -race -count=1 $(GO_TEST_FLAGS) ./...
+
+e2e-node: kustomize ## A one-node cluster built from source (kubelet, containerd, runc) in its own namespaces; installs deploy/k8s and checks mayfly on it (root; docs/e2e-node.md).
+	@command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] && command -v iptables >/dev/null && command -v conntrack >/dev/null || \
+		apt-get install -y runc containernetworking-plugins iptables conntrack
+	$(MAKE) images VERSION=e2e-node IMAGE_PLATFORMS=linux/$$(go env GOARCH) IMAGES_DIR=dist/e2e-node-images
+	go test -c -o $(BIN_DIR)/e2enode.test ./internal/e2enode
+	MAYFLY_E2E_NODE=1 MAYFLY_E2E_NODE_BIN="$$(hack/setup-node.sh)" MAYFLY_E2E_IMAGES="$(CURDIR)/dist/e2e-node-images" \
+		MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" bash -c 'cd internal/e2enode && ../../$(BIN_DIR)/e2enode.test -test.v -test.timeout 45m $(E2E_NODE_FLAGS)'
 
 lint-certs: zlint ## Run zlint (RFC 5280 lints) over every certificate template kind.
 	MAYFLY_ZLINT="$(ZLINT)" go test -count=1 -run '^TestZlint$$' -v ./pkg/pki/
@@ -113,6 +131,10 @@ vet: ## go vet.
 envtest: ## Build kube-apiserver and etcd from source (cached; ~10 min the first time).
 	@hack/setup-envtest.sh >/dev/null
 
+KUBE_OLD_VERSION ?= 1.35.4
+envtest-old: ## Build kube-apiserver 1.35.4 (KUBE_OLD_VERSION), the older API server the CA is tested against (cached).
+	@KUBE_VERSION=$(KUBE_OLD_VERSION) hack/setup-envtest.sh >/dev/null
+
 golangci-lint: $(GOLANGCI_LINT) ## Install golangci-lint (pinned).
 $(GOLANGCI_LINT):
 	mkdir -p $(TOOLS_BIN)
@@ -152,4 +174,4 @@ $(ACTIONLINT):
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: help demo demo-k8s kustomize helm actionlint manifests test-chart lint-workflows test build bench-agent bench-fleet generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean
+.PHONY: envtest-old e2e-node images help demo demo-k8s kustomize helm actionlint manifests test-chart lint-workflows test build bench-agent bench-fleet generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mayfly-pki/mayfly/internal/version"
 )
 
 // Command is one subcommand: it gets the arguments after its name.
@@ -84,4 +86,23 @@ func LifeBar(remaining, life time.Duration) string {
 		n = max(0, min(width, int(float64(width)*float64(remaining)/float64(life))))
 	}
 	return "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
+}
+
+// Version is the `version` subcommand of ca and agent: one line, or the
+// build info as JSON with --output json.
+func Version(name string, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet(name+" version", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	output := fs.String("output", "table", "table or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("version takes no arguments, got %q", fs.Args())
+	}
+	info := version.Get()
+	return Render(stdout, *output, info, func() error {
+		_, err := fmt.Fprintf(stdout, "%s %s\n", name, info)
+		return err
+	})
 }

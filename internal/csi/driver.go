@@ -117,6 +117,9 @@ type Driver struct {
 	vols   map[string]*volume   // by volume ID
 	busy   map[string]bool      // volume IDs with an operation in progress
 	tokens map[string]*podToken // by pod UID, shared by the pod's volumes
+
+	listening     chan struct{} // closed once Serve listens
+	listeningOnce sync.Once
 }
 
 // volume is a published volume.
@@ -174,13 +177,14 @@ func New(cfg Config) (*Driver, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Driver{
-		cfg:    cfg,
-		lim:    limits{minTTL: cfg.MinTTL, maxTTL: cfg.MaxTTL, tokenAudience: cfg.TokenAudience, kubeletDir: cfg.KubeletDir},
-		store:  store{dir: cfg.StateDir},
-		log:    cfg.Logger,
-		vols:   map[string]*volume{},
-		busy:   map[string]bool{},
-		tokens: map[string]*podToken{},
+		cfg:       cfg,
+		lim:       limits{minTTL: cfg.MinTTL, maxTTL: cfg.MaxTTL, tokenAudience: cfg.TokenAudience, kubeletDir: cfg.KubeletDir},
+		store:     store{dir: cfg.StateDir},
+		log:       cfg.Logger,
+		vols:      map[string]*volume{},
+		busy:      map[string]bool{},
+		tokens:    map[string]*podToken{},
+		listening: make(chan struct{}),
 	}
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

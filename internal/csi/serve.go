@@ -21,7 +21,7 @@ const gracePeriod = 5 * time.Second
 
 // Serve serves the Identity and Node services on a unix socket at
 // socketPath (usually /var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock,
-// registered with the kubelet by node-driver-registrar) until ctx is done.
+// registered with the kubelet by the Registrar) until ctx is done.
 // A stale socket left by an earlier run is removed.
 func (d *Driver) Serve(ctx context.Context, socketPath string) error {
 	lis, err := listenUnix(socketPath)
@@ -32,6 +32,7 @@ func (d *Driver) Serve(ctx context.Context, socketPath string) error {
 	csipb.RegisterIdentityServer(gs, d)
 	csipb.RegisterNodeServer(gs, d)
 	d.log.Info("CSI driver listening", "socket", socketPath, "driver", DriverName, "node", d.cfg.NodeName)
+	d.listeningOnce.Do(func() { close(d.listening) })
 
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
@@ -60,6 +61,10 @@ func (d *Driver) Serve(ctx context.Context, socketPath string) error {
 	}
 	return nil
 }
+
+// Listening is closed once Serve listens on its socket: register with the
+// kubelet (Registrar) only then, or its first NodeGetInfo finds no socket.
+func (d *Driver) Listening() <-chan struct{} { return d.listening }
 
 // listenUnix listens on a unix socket (mode 0600: only the kubelet, as
 // root, connects), replacing a stale socket but nothing else.

@@ -21,11 +21,10 @@ import (
 )
 
 const (
-	namespace      = "mayfly-system"
-	caSA           = "mayfly-ca"
-	agentSA        = "mayfly-agent"
-	csiDriverName  = "csi.mayfly.dev"
-	registrarImage = "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0"
+	namespace     = "mayfly-system"
+	caSA          = "mayfly-ca"
+	agentSA       = "mayfly-agent"
+	csiDriverName = "csi.mayfly.dev"
 )
 
 // TestInstallTree checks the rendered deploy/k8s (base, ca, agent) against
@@ -200,21 +199,21 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.Daem
 	if spec.ServiceAccountName != agentSA {
 		t.Errorf("serviceAccountName = %q, want %s", spec.ServiceAccountName, agentSA)
 	}
-	var agentC, mounter, registrar *corev1.Container
+	// The agent registers its CSI driver with the kubelet itself: no
+	// node-driver-registrar sidecar.
+	var agentC, mounter *corev1.Container
 	for i := range spec.Containers {
 		switch spec.Containers[i].Name {
 		case "agent":
 			agentC = &spec.Containers[i]
 		case "mounter":
 			mounter = &spec.Containers[i]
-		case "node-driver-registrar":
-			registrar = &spec.Containers[i]
 		default:
 			t.Errorf("unexpected container %s", spec.Containers[i].Name)
 		}
 	}
-	if agentC == nil || mounter == nil || registrar == nil {
-		t.Fatal("want containers agent, mounter and node-driver-registrar")
+	if agentC == nil || mounter == nil {
+		t.Fatal("want containers agent and mounter")
 	}
 	if want := []string{"run", "--config", "/etc/mayfly/config/agent.yaml"}; !slices.Equal(agentC.Args, want) {
 		t.Errorf("agent args = %q, want %q", agentC.Args, want)
@@ -267,10 +266,11 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.Daem
 	checkProbe(t, "readiness", agentC.ReadinessProbe, "/readyz", *agentC, hp)
 	checkProbe(t, "liveness", agentC.LivenessProbe, "/healthz", *agentC, hp)
 
-	// CSI: the plugin dir is shared with the registrar. The agent, which
-	// holds the keys, makes no mount: it is not privileged and asks the
-	// mounter container (privileged, pods dir Bidirectional, no keys)
-	// through the socket they share.
+	// CSI: the plugin dir and the kubelet's plugins_registry (where the
+	// agent registers the driver) are the host's. The agent, which holds
+	// the keys, makes no mount: it is not privileged and asks the mounter
+	// container (privileged, pods dir Bidirectional, no keys) through the
+	// socket they share.
 	plugin := "/var/lib/kubelet/plugins/" + csiDriverName
 	if v := volumeAt(t, spec, *agentC, plugin+"/csi.sock"); v.HostPath == nil || v.HostPath.Path != plugin {
 		t.Errorf("%s is not the host's plugin directory: %+v", plugin, v.VolumeSource)
@@ -316,15 +316,8 @@ func checkAgent(t *testing.T, objs []*unstructured.Unstructured, ds *appsv1.Daem
 	if v := volumeAt(t, spec, *mounter, cfg.SocketPath); v.Name != volumeAt(t, spec, *agentC, cfg.SocketPath).Name {
 		t.Errorf("the mounter does not see the agent's socket directory at %s", path.Dir(cfg.SocketPath))
 	}
-	if registrar.Image != registrarImage {
-		t.Errorf("registrar image = %s, want %s", registrar.Image, registrarImage)
-	}
-	if sc := registrar.SecurityContext; sc == nil || (sc.Privileged != nil && *sc.Privileged) ||
-		sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-		t.Error("the registrar must not be privileged nor escalate privileges")
-	}
-	if !slices.Contains(registrar.Args, "--kubelet-registration-path="+plugin+"/csi.sock") {
-		t.Errorf("registrar args %q do not register %s/csi.sock", registrar.Args, plugin)
+	if v := volumeAt(t, spec, *agentC, "/var/lib/kubelet/plugins_registry/"+csiDriverName+"-reg.sock"); v.HostPath == nil || v.HostPath.Path != "/var/lib/kubelet/plugins_registry" {
+		t.Errorf("the kubelet's plugins_registry is not mounted from the host: %+v", v.VolumeSource)
 	}
 
 	var drv storagev1.CSIDriver

@@ -19,6 +19,8 @@ Usage:
   agent status [--socket /var/lib/mayfly/agent/status.sock] [--output table|json]
       Show the identities of a running agent, read from the status socket in
       its dataDir (as root or as the agent's user).
+  agent version [--output table|json]
+      Print the version, VCS revision and Go version the binary was built from.
 
   agent mounter --socket PATH --source DIR [--kubelet-dir /var/lib/kubelet]
       The mount helper of an unprivileged agent (kubernetes.csi.mounterSocket):
@@ -34,6 +36,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		"run":     func(a []string) error { return cmdRun(a, stderr) },
 		"status":  func(a []string) error { return cmdStatus(a, stdout, stderr) },
 		"mounter": func(a []string) error { return cmdMounter(a, stderr) },
+		"version": func(a []string) error { return cli.Version("agent", a, stdout, stderr) },
 	})
 }
 

@@ -108,6 +108,11 @@ type CSIConfig struct {
 	// mounter`, a privileged container of its own): the agent then makes no
 	// mount itself and needs no privilege (docs/security.md).
 	MounterSocket string `json:"mounterSocket,omitempty"`
+	// RegistrationDir is the kubelet's plugin registration directory
+	// (default <kubeletDir>/plugins_registry): the agent serves
+	// csi.mayfly.dev-reg.sock there, and the kubelet registers the driver.
+	// "-" turns the registration off (a node-driver-registrar does it).
+	RegistrationDir string `json:"registrationDir,omitempty"`
 }
 
 // WorkloadsConfig sets what the agent asks the CA for.
@@ -212,6 +217,10 @@ func (fc *FileConfig) Validate() (*Config, error) {
 			}
 			if k.CSI.MounterSocket != "" && !filepath.IsAbs(k.CSI.MounterSocket) {
 				return nil, fmt.Errorf("kubernetes.csi.mounterSocket: must be an absolute path, got %q", k.CSI.MounterSocket)
+			}
+			k.CSI.RegistrationDir = config.OrDefault(k.CSI.RegistrationDir, filepath.Join(k.CSI.KubeletDir, "plugins_registry"))
+			if k.CSI.RegistrationDir != "-" && !filepath.IsAbs(k.CSI.RegistrationDir) {
+				return nil, fmt.Errorf("kubernetes.csi.registrationDir: must be absolute or \"-\", got %q", k.CSI.RegistrationDir)
 			}
 		}
 		if c.WriteDir != "" {

@@ -53,6 +53,9 @@ kubernetes: {csi: {}}
 	if k.Kubernetes.CSI.SocketPath != "/var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock" {
 		t.Errorf("csi socket default %q", k.Kubernetes.CSI.SocketPath)
 	}
+	if k.Kubernetes.CSI.RegistrationDir != "/var/lib/kubelet/plugins_registry" {
+		t.Errorf("csi registrationDir default %q", k.Kubernetes.CSI.RegistrationDir)
+	}
 }
 
 func TestParseRejectsBadConfigs(t *testing.T) {
@@ -79,6 +82,7 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"relative_csi_socket", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {socketPath: csi.sock}}\n", "kubernetes.csi"},
 		{"relative_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: var/lib/kubelet}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory"},
 		{"relative_mounter_socket", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {mounterSocket: run/m.sock}}\n", "kubernetes.csi.mounterSocket: must be an absolute path"},
+		{"relative_registration_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {registrationDir: plugins_registry}}\n", "kubernetes.csi.registrationDir: must be absolute"},
 		{"root_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: /}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory other than /"},
 		{"negative_max_connections", minimalStandalone + "workloadAPI: {maxConnections: -1}\n", "workloadAPI.maxConnections: must not be negative"},
 		{"negative_max_connections_per_uid", minimalStandalone + "workloadAPI: {maxConnectionsPerUID: -1}\n", "workloadAPI.maxConnectionsPerUID: must not be negative"},

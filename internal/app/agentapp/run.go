@@ -137,6 +137,25 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 			if err != nil {
 				return fmt.Errorf("kubernetes.csi: %w", err)
 			}
+			if c.RegistrationDir != "-" {
+				registrar, err := csi.NewRegistrar(c.SocketPath, log.With("component", "csi"), reg)
+				if err != nil {
+					return err
+				}
+				g.Go(func() error {
+					select {
+					case <-drv.Listening():
+					case <-ctx.Done():
+						return nil
+					}
+					// Without the kubelet's directory the Workload API and
+					// volumes already published keep working: say so, run on.
+					if err := registrar.Serve(ctx, c.RegistrationDir); err != nil {
+						log.Error("CSI driver not registered with the kubelet; pods with csi.mayfly.dev volumes will not start", "error", err)
+					}
+					return nil
+				})
+			}
 			g.Go(func() error {
 				// Volumes published before a restart rotate again before the
 				// kubelet can reach the new socket.

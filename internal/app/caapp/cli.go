@@ -44,6 +44,8 @@ Usage:
       Write a backup into the store the configuration names (its directory,
       or its Secret in kubernetes.namespace: a new namespace works); --force
       replaces state that is there. docs/upgrade.md: disaster recovery.
+  ca version [--output table|json]
+      Print the version, VCS revision and Go version the binary was built from.
 
 See docs/ca.md.
 `
@@ -60,6 +62,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		"revoke":      func(a []string) error { return cmdRevoke(a, stdout, stderr) },
 		"backup":      func(a []string) error { return cmdBackup(a, stdout, stderr) },
 		"restore":     func(a []string) error { return cmdRestore(a, stdout, stderr) },
+		"version":     func(a []string) error { return cli.Version("ca", a, stdout, stderr) },
 	})
 }
 

@@ -66,7 +66,11 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 	if err != nil {
 		return err
 	}
-	mgr, err := newControllerManager(restCfg, k, log)
+	apis, err := discoverAPIs(kube.Discovery())
+	if err != nil {
+		return err
+	}
+	mgr, err := newControllerManager(restCfg, k, apis, log)
 	if err != nil {
 		return err
 	}
@@ -87,17 +91,23 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 		return err
 	}
 	// The Kubernetes delivery paths gate a new root as the agents do.
-	gate := &bundlegate.Gate{NamespaceSelector: selector, ClusterTrustBundle: true, PropagationDelay: cfg.KubernetesPropagationDelay,
+	gate := &bundlegate.Gate{NamespaceSelector: selector, ClusterTrustBundle: apis.ClusterTrustBundles, PropagationDelay: cfg.KubernetesPropagationDelay,
 		NoSecrets: !k.WorkloadCertificates.On(),
 		Clock:     opts.Clock, Logger: log.With("component", "bundle-gate")}
 	parts.gates = append(parts.gates, gate.Ready)
-	parts.decorate = func(st Status) Status { return withDelivery(st, gate.Status()) }
+	parts.decorate = func(st Status) Status {
+		st.KubernetesAPIs = &apis
+		return withDelivery(st, gate.Status())
+	}
 	c, err = newCore(ctx, cfg, opts, parts)
 	if err != nil {
 		return err
 	}
+	if err := apis.report(log, c.registry); err != nil {
+		return err
+	}
 	gate.Source, gate.Registerer = c.authority, c.registry
-	if err := setupControllers(mgr, c, pods, selector); err != nil {
+	if err := setupControllers(mgr, c, pods, selector, apis); err != nil {
 		return err
 	}
 	if err := gate.SetupWithManager(mgr); err != nil {
@@ -163,13 +173,28 @@ func leaderElection(k *KubernetesConfig) bool { return k.LeaderElection == nil |
 
 // newControllerManager returns the controller-runtime manager the CA runs
 // under, its caches narrowed to the objects the CA owns.
-func newControllerManager(restCfg *rest.Config, k *KubernetesConfig, log *slog.Logger) (ctrl.Manager, error) {
+func newControllerManager(restCfg *rest.Config, k *KubernetesConfig, apis ClusterAPIs, log *slog.Logger) (ctrl.Manager, error) {
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
 	if err := mayflyv1alpha1.AddToScheme(scheme); err != nil {
 		return nil, err
+	}
+	byObject := map[client.Object]cache.ByObject{
+		// Only our bundle ConfigMaps, never every ConfigMap of the
+		// cluster; with bundleNamespaces, only in those namespaces.
+		&corev1.ConfigMap{}: {
+			Field:      fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName),
+			Namespaces: namespaceConfigs(bundleNamespaces(k)),
+		},
+		// Only the Secrets of WorkloadCertificates, never every Secret;
+		// with workloadCertificates.namespaces, only there.
+		&corev1.Secret{}: workloadcert.SecretCache(k.WorkloadCertificates.Namespaces...),
+	}
+	if apis.PodCertificateRequests {
+		// Only the PodCertificateRequests of our signer.
+		byObject[&certificatesv1.PodCertificateRequest{}] = pcr.CacheByObject("")
 	}
 	// controller-runtime's logger is global: the first run in a process sets it.
 	setCtrlLogger.Do(func() { ctrl.SetLogger(logrFromSlog(log)) })
@@ -187,19 +212,7 @@ func newControllerManager(restCfg *rest.Config, k *KubernetesConfig, log *slog.L
 		HealthProbeBindAddress:        "0",
 		// Tests run several replicas in one process; names are unique per manager.
 		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Only our bundle ConfigMaps, never every ConfigMap of the
-			// cluster; with bundleNamespaces, only in those namespaces.
-			&corev1.ConfigMap{}: {
-				Field:      fields.OneTermEqualSelector("metadata.name", bundle.ConfigMapName),
-				Namespaces: namespaceConfigs(bundleNamespaces(k)),
-			},
-			// Only the PodCertificateRequests of our signer.
-			&certificatesv1.PodCertificateRequest{}: pcr.CacheByObject(""),
-			// Only the Secrets of WorkloadCertificates, never every Secret;
-			// with workloadCertificates.namespaces, only there.
-			&corev1.Secret{}: workloadcert.SecretCache(k.WorkloadCertificates.Namespaces...),
-		}},
+		Cache:      cache.Options{ByObject: byObject},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("controller manager (is the API server at %s reachable?): %w", restCfg.Host, err)
@@ -239,11 +252,21 @@ func kubernetesParts(ctx context.Context, cfg *Config, kube kubernetes.Interface
 // setupControllers adds the trust bundle publisher, the
 // PodCertificateRequest signer and, when its CRD is installed, the
 // WorkloadCertificate controller.
-func setupControllers(mgr ctrl.Manager, c *core, pods *kubenodes.PodCache, selector labels.Selector) error {
-	cfg, log := c.cfg, c.opts.Logger
-	if err := (&bundle.Reconciler{Client: mgr.GetClient(), Source: c.authority, NamespaceSelector: selector, ClusterTrustBundle: true}).SetupWithManager(mgr); err != nil {
+func setupControllers(mgr ctrl.Manager, c *core, pods *kubenodes.PodCache, selector labels.Selector, apis ClusterAPIs) error {
+	if err := (&bundle.Reconciler{Client: mgr.GetClient(), Source: c.authority, NamespaceSelector: selector, ClusterTrustBundle: apis.ClusterTrustBundles}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("trust bundle controller: %w", err)
 	}
+	if apis.PodCertificateRequests {
+		if err := setupSigner(mgr, c, pods); err != nil {
+			return err
+		}
+	}
+	return setupWorkloadCertificates(mgr, c)
+}
+
+// setupSigner adds the PodCertificateRequest signer mayfly.dev/workload.
+func setupSigner(mgr ctrl.Manager, c *core, pods *kubenodes.PodCache) error {
+	cfg, log := c.cfg, c.opts.Logger
 	if err := (&pcr.Reconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Authority: c.authority, Pods: pods,
 		TrustDomain: cfg.TrustDomain, Now: c.opts.Clock.Now, Rand: rand.Reader,
@@ -251,6 +274,13 @@ func setupControllers(mgr ctrl.Manager, c *core, pods *kubenodes.PodCache, selec
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("PodCertificateRequest signer: %w", err)
 	}
+	return nil
+}
+
+// setupWorkloadCertificates adds the WorkloadCertificate controller when
+// its CRD is installed.
+func setupWorkloadCertificates(mgr ctrl.Manager, c *core) error {
+	cfg, log := c.cfg, c.opts.Logger
 	if !cfg.Kubernetes.WorkloadCertificates.On() {
 		log.Info("the WorkloadCertificate controller is off (kubernetes.workloadCertificates.enabled: false): no Secret is written")
 		return nil

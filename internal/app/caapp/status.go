@@ -36,6 +36,9 @@ type Status struct {
 	// Kubernetes are the objects that deliver the bundle to pods
 	// (Kubernetes mode).
 	Kubernetes *bundlegate.Status `json:"kubernetesDelivery,omitempty"`
+	// KubernetesAPIs says which optional APIs the cluster serves (and so
+	// which delivery paths are on); Kubernetes mode only.
+	KubernetesAPIs *ClusterAPIs `json:"kubernetesAPIs,omitempty"`
 	// Upstream names the upstream authority, if any.
 	Upstream string `json:"upstream,omitempty"`
 	// RotationFailure says why key rotation (renewing the intermediate
@@ -171,6 +174,9 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 	}
 	if k := st.Kubernetes; k != nil {
 		printDelivery(w, k)
+	}
+	if a := st.KubernetesAPIs; a != nil && (!a.PodCertificateRequests || !a.ClusterTrustBundles) {
+		fmt.Fprintf(w, "off: the cluster does not serve certificates.k8s.io/v1 %s\n\n", strings.Join(a.missing(), ", "))
 	}
 	if n := st.Agents.NotAcked; len(n) > 0 {
 		more := ""
