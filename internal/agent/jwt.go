@@ -105,6 +105,13 @@ func jwtKey(spec Spec, audience []string) string {
 // Fetch returns a JWT-SVID of spec for audience, from the cache before its
 // half-life, else from the CA.
 func (c *JWTCache) Fetch(ctx context.Context, spec Spec, audience []string) (spiffeid.ID, string, error) {
+	id, token, _, err := c.FetchRefresh(ctx, spec, audience)
+	return id, token, err
+}
+
+// FetchRefresh is Fetch that also returns the token's half-life, when the
+// cache obtains the next one (token files are re-written then).
+func (c *JWTCache) FetchRefresh(ctx context.Context, spec Spec, audience []string) (spiffeid.ID, string, time.Time, error) {
 	key := jwtKey(spec, audience)
 	now := c.Clock.Now()
 	c.mu.Lock()
@@ -114,7 +121,7 @@ func (c *JWTCache) Fetch(ctx context.Context, spec Spec, audience []string) (spi
 		if c.hits != nil {
 			c.hits.Inc()
 		}
-		return e.id, e.token, nil
+		return e.id, e.token, e.refresh, nil
 	}
 	v, err, _ := c.group.Do(key, func() (any, error) {
 		if c.misses != nil {
@@ -123,10 +130,10 @@ func (c *JWTCache) Fetch(ctx context.Context, spec Spec, audience []string) (spi
 		return c.obtain(ctx, spec, audience, key)
 	})
 	if err != nil {
-		return spiffeid.ID{}, "", err
+		return spiffeid.ID{}, "", time.Time{}, err
 	}
 	e = v.(*jwtEntry)
-	return e.id, e.token, nil
+	return e.id, e.token, e.refresh, nil
 }
 
 func (c *JWTCache) obtain(ctx context.Context, spec Spec, audience []string, key string) (*jwtEntry, error) {

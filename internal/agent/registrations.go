@@ -23,6 +23,9 @@ type Registrations struct {
 	KeyType    pki.KeyType
 	// WriteDir, if set, gets one subdirectory of PEM files per registration.
 	WriteDir string
+	// JWTFiles, if set with WriteDir, keeps a JWT-SVID in each of those
+	// subdirectories (jwt.token).
+	JWTFiles *JWTFiles
 	Logger   *slog.Logger
 
 	mu       sync.Mutex
@@ -49,6 +52,8 @@ func (r *Registrations) Apply(regs []workloadattest.Registration) error {
 		return err
 	}
 	next := map[string]bool{}
+	var jwtSpecs []Spec
+	jwtDirs := map[string]string{}
 	for _, reg := range regs {
 		var sinks []rotate.Sink
 		if r.WriteDir != "" {
@@ -63,6 +68,10 @@ func (r *Registrations) Apply(regs []workloadattest.Registration) error {
 			spec.Path = PathWriteDir
 		}
 		next[spec.Key] = true
+		if r.WriteDir != "" && r.JWTFiles != nil {
+			jwtSpecs = append(jwtSpecs, r.spec(reg, nil))
+			jwtDirs[spec.Key] = WriteDir(r.WriteDir, reg.SPIFFEID)
+		}
 		if !r.current[spec.Key] {
 			r.Manager.Ensure(spec)
 		}
@@ -74,6 +83,9 @@ func (r *Registrations) Apply(regs []workloadattest.Registration) error {
 				r.Logger.Info("registration removed; identity dropped", "spiffe_id", k)
 			}
 		}
+	}
+	if r.JWTFiles != nil {
+		r.JWTFiles.Set(jwtSpecs, jwtDirs)
 	}
 	r.regs = regs
 	r.current = next

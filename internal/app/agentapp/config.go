@@ -16,6 +16,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/config"
 	"github.com/mayfly-pki/mayfly/internal/csi"
 	"github.com/mayfly-pki/mayfly/internal/workloadapi"
+	"github.com/mayfly-pki/mayfly/pkg/jwtsvid"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -36,10 +37,14 @@ type FileConfig struct {
 	HealthAddress string `json:"healthAddress,omitempty"`
 	// WriteDir, standalone: each registration's certificate, key and bundle
 	// are written to WriteDir/<id path>/ for host-level consumers.
-	WriteDir   string            `json:"writeDir,omitempty"`
-	Standalone *StandaloneConfig `json:"standalone,omitempty"`
-	Kubernetes *KubernetesConfig `json:"kubernetes,omitempty"`
-	Workloads  WorkloadsConfig   `json:"workloads,omitempty"`
+	WriteDir string `json:"writeDir,omitempty"`
+	// WriteDirJWTAudience, with writeDir: each registration's directory
+	// also gets jwt.token, a JWT-SVID for these audiences re-written at its
+	// half-life.
+	WriteDirJWTAudience []string          `json:"writeDirJWTAudience,omitempty"`
+	Standalone          *StandaloneConfig `json:"standalone,omitempty"`
+	Kubernetes          *KubernetesConfig `json:"kubernetes,omitempty"`
+	Workloads           WorkloadsConfig   `json:"workloads,omitempty"`
 	// WorkloadAPI bounds what callers of the Workload API socket can hold.
 	WorkloadAPI WorkloadAPIConfig `json:"workloadAPI,omitempty"`
 }
@@ -124,20 +129,22 @@ type WorkloadsConfig struct {
 
 // Config is the validated runtime form.
 type Config struct {
-	TrustDomain       spiffeid.TrustDomain
-	ServerAddress     string
-	TrustBundleFile   string
-	NodeName          string
-	SocketPath        string
-	DataDir           string
-	HealthAddress     string
-	WriteDir          string
-	JoinToken         string
-	JoinTokenFile     string
-	RegistrationsFile string
-	Kubernetes        *KubernetesConfig
-	WorkloadTTL       time.Duration
-	KeyType           pki.KeyType
+	TrustDomain     spiffeid.TrustDomain
+	ServerAddress   string
+	TrustBundleFile string
+	NodeName        string
+	SocketPath      string
+	DataDir         string
+	HealthAddress   string
+	WriteDir        string
+	// WriteDirJWTAudience: a jwt.token per writeDir directory, if set.
+	WriteDirJWTAudience []string
+	JoinToken           string
+	JoinTokenFile       string
+	RegistrationsFile   string
+	Kubernetes          *KubernetesConfig
+	WorkloadTTL         time.Duration
+	KeyType             pki.KeyType
 	// WorkloadAPI are the limits of the socket, defaults filled in.
 	WorkloadAPI workloadapi.Limits
 }
@@ -168,6 +175,15 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		WriteDir:        fc.WriteDir,
 		Kubernetes:      fc.Kubernetes,
 		WorkloadTTL:     fc.Workloads.TTL.Duration,
+	}
+	if fc.WriteDirJWTAudience != nil {
+		if fc.WriteDir == "" {
+			return nil, errors.New("writeDirJWTAudience: needs writeDir")
+		}
+		if err := jwtsvid.CheckAudience(fc.WriteDirJWTAudience); err != nil {
+			return nil, fmt.Errorf("writeDirJWTAudience: %w", err)
+		}
+		c.WriteDirJWTAudience = fc.WriteDirJWTAudience
 	}
 	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
 		return nil, fmt.Errorf("server.address: %w", err)

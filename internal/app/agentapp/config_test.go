@@ -37,6 +37,13 @@ func TestParseDefaults(t *testing.T) {
 	if l := w.WorkloadAPI; l.MaxConnections != 100 || l.MaxConnectionsPerUID != 10 || l.MaxStreamsPerConnection != 4 || l.HandshakeTimeout != 2*time.Second || l.IdleTimeout != time.Minute {
 		t.Errorf("workloadAPI as set: %+v", l)
 	}
+	j, err := agentapp.Parse([]byte(minimalStandalone + "writeDir: /out\nwriteDirJWTAudience: [vault, sts.example.com]\n"))
+	if err != nil || len(j.WriteDirJWTAudience) != 2 {
+		t.Errorf("writeDirJWTAudience: %v, %v", err, j)
+	}
+	if c.WriteDirJWTAudience != nil {
+		t.Errorf("writeDirJWTAudience default %v, want none", c.WriteDirJWTAudience)
+	}
 	k, err := agentapp.Parse([]byte(`
 trustDomain: example.org
 server: {address: ca:8443, trustBundleFile: /b.pem}
@@ -94,6 +101,12 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"negative_idle_timeout", minimalStandalone + "workloadAPI: {idleTimeout: -1m}\n", "workloadAPI.idleTimeout"},
 		{"bad_idle_timeout", minimalStandalone + "workloadAPI: {idleTimeout: soon}\n", "parsing agent config"},
 		{"max_connections_not_a_number", minimalStandalone + "workloadAPI: {maxConnections: many}\n", "parsing agent config"},
+		{"jwt_audience_without_write_dir", minimalStandalone + "writeDirJWTAudience: [vault]\n", "writeDirJWTAudience: needs writeDir"},
+		{"jwt_audience_empty_list", minimalStandalone + "writeDir: /out\nwriteDirJWTAudience: []\n", "writeDirJWTAudience: invalid JWT-SVID: audience is required"},
+		{"jwt_audience_empty_value", minimalStandalone + "writeDir: /out\nwriteDirJWTAudience: [vault, \"\"]\n", "writeDirJWTAudience: invalid JWT-SVID: audience[1]: must be 1 to"},
+		{"jwt_audience_too_long", minimalStandalone + "writeDir: /out\nwriteDirJWTAudience: [" + strings.Repeat("a", 1000) + "]\n", "audience[0]: must be 1 to"},
+		{"jwt_audience_too_many", minimalStandalone + "writeDir: /out\nwriteDirJWTAudience: [" + strings.Repeat("a,", 16) + "a]\n", "17 audiences, at most 16"},
+		{"jwt_audience_not_a_list", minimalStandalone + "writeDir: /out\nwriteDirJWTAudience: vault\n", "parsing agent config"},
 		{"bad_node_name", strings.Replace(minimalStandalone, "nodeName: host-a", "nodeName: a/b", 1), "nodeName"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -98,6 +98,10 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	})
 	ca.Store.OnChange(mgr.SetAgentSVID)
 
+	jwts, err := agent.NewJWTCache(ca.Conn, opts.Clock, reg)
+	if err != nil {
+		return err
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	var att workloadattest.Attestor
 	var entitlements agent.Entitlements
@@ -171,6 +175,15 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 			return fmt.Errorf("standalone.registrationsFile: %w", err)
 		}
 		regs := &agent.Registrations{Manager: mgr, DefaultTTL: cfg.WorkloadTTL, KeyType: cfg.KeyType, WriteDir: cfg.WriteDir, Logger: log}
+		if len(cfg.WriteDirJWTAudience) > 0 {
+			files := agent.NewJWTFiles(ctx, jwts, opts.Clock, cfg.WriteDirJWTAudience, log.With("component", "jwt-files"))
+			regs.JWTFiles = files
+			g.Go(func() error {
+				<-ctx.Done()
+				files.Stop()
+				return nil
+			})
+		}
 		if err := regs.Apply(watcher.Registrations()); err != nil {
 			return err
 		}
@@ -189,10 +202,6 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	}
 
 	limits, err := workloadAPILimits(cfg, log)
-	if err != nil {
-		return err
-	}
-	jwts, err := agent.NewJWTCache(ca.Conn, opts.Clock, reg)
 	if err != nil {
 		return err
 	}
