@@ -15,16 +15,21 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/mayfly-pki/mayfly/internal/agent"
+	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
@@ -179,4 +184,51 @@ func serverCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 		t.Fatal(err)
 	}
 	return certFile, keyFile, pool
+}
+
+// TestEndToEndJWTFile: with writeDirJWTAudience, each registration's
+// writeDir directory gets jwt.token (0600), a JWT-SVID of its identity for
+// those audiences that go-spiffe's jwtsvid.ParseAndValidate accepts
+// against the JWT bundle the agent serves. (Its re-writing at the
+// half-life is TestJWTFiles in internal/agent, on a fake clock.)
+func TestEndToEndJWTFile(t *testing.T) {
+	s := startStackWith(t, "1m", "healthAddress: \"off\"\nwriteDirJWTAudience: [vault, sts.example.com]")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	for _, id := range []spiffeid.ID{serverID, clientID} {
+		path := filepath.Join(agent.WriteDir(s.writeDir, id), agent.JWTFileName)
+		var raw []byte
+		wait.Within(t, "jwt.token of "+id.String(), 90*time.Second, 50*time.Millisecond, func() bool {
+			var err error
+			raw, err = os.ReadFile(path)
+			return err == nil
+		})
+		filemode.Want(t, path, 0o600)
+		var bundles *jwtbundle.Set
+		wait.Within(t, "the agent's JWT bundle", 90*time.Second, 100*time.Millisecond, func() bool {
+			var err error
+			bundles, err = workloadapi.FetchJWTBundles(ctx, workloadapi.WithAddr("unix://"+s.socket))
+			if err != nil {
+				return false
+			}
+			b, ok := bundles.Get(id.TrustDomain())
+			return ok && len(b.JWTAuthorities()) > 0
+		})
+		svid, err := jwtsvid.ParseAndValidate(string(raw), bundles, []string{"sts.example.com"})
+		if err != nil {
+			t.Fatalf("go-spiffe ParseAndValidate of %s: %v", path, err)
+		}
+		if svid.ID != id || !slices.Equal(sortedCopy(svid.Audience), []string{"sts.example.com", "vault"}) {
+			t.Fatalf("jwt.token of %s: sub %s aud %v", id, svid.ID, svid.Audience)
+		}
+		if _, err := jwtsvid.ParseAndValidate(string(raw), bundles, []string{"other"}); err == nil {
+			t.Fatal("jwt.token validated for an audience not configured")
+		}
+	}
+}
+
+func sortedCopy(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
 }
