@@ -25,6 +25,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/handshake"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 var (
@@ -60,6 +61,13 @@ func startStackWith(t *testing.T, ttl, agentYAML string) *stack {
 // startStackCA is startStackWith with caYAML added to the CA's
 // configuration.
 func startStackCA(t *testing.T, ttl, agentYAML, caYAML string) *stack {
+	t.Helper()
+	return startStackClock(t, ttl, agentYAML, caYAML, nil)
+}
+
+// startStackClock is startStackCA with the agent on clock (nil: the real
+// one); the CA keeps the real clock.
+func startStackClock(t *testing.T, ttl, agentYAML, caYAML string, clock rotate.Clock) *stack {
 	t.Helper()
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "ca")
@@ -162,7 +170,7 @@ standalone: {registrationsFile: %s}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := agentapp.Run(ctx, agCfg, agentapp.Options{Logger: slog.New(slog.NewJSONHandler(s.agLogs, nil)), Ready: func(string) { close(agReady) }}); err != nil {
+		if err := agentapp.Run(ctx, agCfg, agentapp.Options{Clock: clock, Logger: slog.New(slog.NewJSONHandler(s.agLogs, nil)), Ready: func(string) { close(agReady) }}); err != nil {
 			t.Errorf("agent: %v", err)
 		}
 	}()

@@ -31,6 +31,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/agent"
 	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
+	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 // TestEndToEndJWTSVID: go-spiffe's JWTSource and jwtsvid.ParseAndValidate,
@@ -190,7 +191,7 @@ func serverCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 // writeDir directory gets jwt.token (0600), a JWT-SVID of its identity for
 // those audiences that go-spiffe's jwtsvid.ParseAndValidate accepts
 // against the JWT bundle the agent serves. (Its re-writing at the
-// half-life is TestJWTFiles in internal/agent, on a fake clock.)
+// half-life: TestEndToEndJWTFileHalfLife.)
 func TestEndToEndJWTFile(t *testing.T) {
 	s := startStackWith(t, "1m", "healthAddress: \"off\"\nwriteDirJWTAudience: [vault, sts.example.com]")
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -231,4 +232,50 @@ func sortedCopy(s []string) []string {
 	s = slices.Clone(s)
 	slices.Sort(s)
 	return s
+}
+
+// TestEndToEndJWTFileHalfLife: the agent on a fake clock (the CA on the
+// real one) re-writes jwt.token with a new token once its clock passes the
+// token's half-life, not before; the new token validates.
+func TestEndToEndJWTFileHalfLife(t *testing.T) {
+	clock := rotate.NewFakeClock(time.Now())
+	s := startStackClock(t, "1m", "healthAddress: \"off\"\nwriteDirJWTAudience: [vault]", "", clock)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	path := filepath.Join(agent.WriteDir(s.writeDir, serverID), agent.JWTFileName)
+	read := func() string {
+		raw, _ := os.ReadFile(path)
+		return string(raw)
+	}
+	// The agent's retries run on its clock: move it on while waiting.
+	wait.Within(t, "jwt.token", 90*time.Second, 50*time.Millisecond, func() bool {
+		clock.Advance(50 * time.Millisecond)
+		return read() != ""
+	})
+	first, seen := read(), clock.Now()
+	var bundles *jwtbundle.Set
+	wait.Within(t, "the agent's JWT bundle", 90*time.Second, 100*time.Millisecond, func() bool {
+		var err error
+		bundles, err = workloadapi.FetchJWTBundles(ctx, workloadapi.WithAddr("unix://"+s.socket))
+		return err == nil
+	})
+	svid, err := jwtsvid.ParseAndValidate(first, bundles, []string{"vault"})
+	if err != nil {
+		t.Fatalf("first jwt.token: %v", err)
+	}
+	// The agent obtained the token at most a few seconds of its clock
+	// before seen: its half-life is within 5s before the middle of
+	// [seen, exp].
+	half := seen.Add(svid.Expiry.Sub(seen) / 2)
+	clock.Set(half.Add(-5 * time.Second))
+	if read() != first {
+		t.Fatal("jwt.token re-written before its half-life")
+	}
+	clock.Set(half.Add(time.Second))
+	wait.Within(t, "jwt.token re-written at the half-life", 90*time.Second, 50*time.Millisecond, func() bool { return read() != first })
+	next, err := jwtsvid.ParseAndValidate(read(), bundles, []string{"vault"})
+	// (A new token: the CA, on the real clock, may give it the same exp.)
+	if err != nil || next.ID != serverID {
+		t.Fatalf("renewed jwt.token: %v, sub %v", err, next)
+	}
 }
