@@ -37,16 +37,16 @@ type FileConfig struct {
 	HealthAddress string `json:"healthAddress,omitempty"`
 	// WriteDir, standalone: each registration's certificate, key and bundle
 	// are written to WriteDir/<id path>/ for host-level consumers.
-	WriteDir string `json:"writeDir,omitempty"`
+	WriteDir   string            `json:"writeDir,omitempty"`
+	Standalone *StandaloneConfig `json:"standalone,omitempty"`
+	Kubernetes *KubernetesConfig `json:"kubernetes,omitempty"`
+	Workloads  WorkloadsConfig   `json:"workloads,omitempty"`
+	// WorkloadAPI bounds what callers of the Workload API socket can hold.
+	WorkloadAPI WorkloadAPIConfig `json:"workloadAPI,omitempty"`
 	// WriteDirJWTAudience, with writeDir: each registration's directory
 	// also gets jwt.token, a JWT-SVID for these audiences re-written at its
 	// half-life.
-	WriteDirJWTAudience []string          `json:"writeDirJWTAudience,omitempty"`
-	Standalone          *StandaloneConfig `json:"standalone,omitempty"`
-	Kubernetes          *KubernetesConfig `json:"kubernetes,omitempty"`
-	Workloads           WorkloadsConfig   `json:"workloads,omitempty"`
-	// WorkloadAPI bounds what callers of the Workload API socket can hold.
-	WorkloadAPI WorkloadAPIConfig `json:"workloadAPI,omitempty"`
+	WriteDirJWTAudience []string `json:"writeDirJWTAudience,omitempty"`
 }
 
 // WorkloadAPIConfig bounds what the callers of the Workload API socket,
@@ -129,24 +129,24 @@ type WorkloadsConfig struct {
 
 // Config is the validated runtime form.
 type Config struct {
-	TrustDomain     spiffeid.TrustDomain
-	ServerAddress   string
-	TrustBundleFile string
-	NodeName        string
-	SocketPath      string
-	DataDir         string
-	HealthAddress   string
-	WriteDir        string
-	// WriteDirJWTAudience: a jwt.token per writeDir directory, if set.
-	WriteDirJWTAudience []string
-	JoinToken           string
-	JoinTokenFile       string
-	RegistrationsFile   string
-	Kubernetes          *KubernetesConfig
-	WorkloadTTL         time.Duration
-	KeyType             pki.KeyType
+	TrustDomain       spiffeid.TrustDomain
+	ServerAddress     string
+	TrustBundleFile   string
+	NodeName          string
+	SocketPath        string
+	DataDir           string
+	HealthAddress     string
+	WriteDir          string
+	JoinToken         string
+	JoinTokenFile     string
+	RegistrationsFile string
+	Kubernetes        *KubernetesConfig
+	WorkloadTTL       time.Duration
+	KeyType           pki.KeyType
 	// WorkloadAPI are the limits of the socket, defaults filled in.
 	WorkloadAPI workloadapi.Limits
+	// WriteDirJWTAudience: a jwt.token per writeDir directory, if set.
+	WriteDirJWTAudience []string
 }
 
 // LoadFile reads and validates a configuration file.
