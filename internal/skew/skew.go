@@ -16,9 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"runtime/debug"
 	"strconv"
 	"strings"
+
+	"github.com/mayfly-pki/mayfly/internal/version"
 )
 
 // pseudo matches the Go module pseudo-versions of untagged commits
@@ -31,18 +32,12 @@ const MaxMinorBehind = 1
 // ErrSkew is wrapped by every refusal of Check.
 var ErrSkew = errors.New("agent version outside the CA's version-skew policy")
 
-// version is the release version, set at link time by the release build
-// (-ldflags "-X github.com/mayfly-pki/mayfly/internal/skew.version=v1.2.3");
-// otherwise the module version of the build info.
-var version string
-
-// Version is this binary's release version, or "" for a development build.
+// Version is this binary's release version (internal/version: set at link
+// time by the release build, or the build info's module version), or ""
+// for a development build.
 func Version() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
+	if v := version.Get().Version; v != "devel" {
+		return v
 	}
 	return ""
 }
@@ -77,6 +72,9 @@ func parse(v string) (semver, bool) {
 func Check(ca, agent string) error {
 	if agent == "" || ca == "" || pseudo.MatchString(ca) || pseudo.MatchString(agent) {
 		return nil // a development build, or an agent from before the report
+	}
+	if agent == ca {
+		return nil // the same build (a test build with its own version name)
 	}
 	a, ok := parse(agent)
 	if !ok {

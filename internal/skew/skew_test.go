@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/mayfly-pki/mayfly/internal/skew"
+	"github.com/mayfly-pki/mayfly/internal/version"
 )
 
 func TestCheck(t *testing.T) {
@@ -14,6 +15,7 @@ func TestCheck(t *testing.T) {
 		wantErr         string // "" accepts
 	}{
 		{"same_version", "v0.2.0", "v0.2.0", ""},
+		{"same_unreleased_name", "e2e-node", "e2e-node", ""},
 		{"agent_older_patch", "v0.2.3", "v0.2.0", ""},
 		{"agent_newer_patch", "v0.2.0", "v0.2.5", ""},
 		{"agent_one_minor_behind", "v0.3.0", "v0.2.9", ""},
@@ -58,4 +60,16 @@ func FuzzCheck(f *testing.F) {
 			t.Fatalf("Check = %v, not ErrSkew", err)
 		}
 	})
+}
+
+// TestVersionIsTheLinkedVersion: the version an agent reports and a CA
+// compares is the one the release build links into internal/version
+// (the images' -X flag), not a second variable.
+func TestVersionIsTheLinkedVersion(t *testing.T) {
+	saved := version.Version
+	t.Cleanup(func() { version.Version = saved })
+	version.Version = "v9.8.7"
+	if got := skew.Version(); got != "v9.8.7" {
+		t.Fatalf("Version() = %q, want the linked v9.8.7", got)
+	}
 }
