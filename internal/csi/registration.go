@@ -2,14 +2,11 @@ package csi
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -113,30 +110,5 @@ func (r *Registrar) Serve(ctx context.Context, dir string) error {
 	gs := grpc.NewServer()
 	registerapi.RegisterRegistrationServer(gs, r)
 	r.log.Info("CSI registration socket listening for the kubelet", "socket", path)
-	errc := make(chan error, 1)
-	go func() { errc <- gs.Serve(lis) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("csi registration: serve %s: %w", path, err)
-	case <-ctx.Done():
-	}
-	stopped := make(chan struct{})
-	go func() {
-		gs.GracefulStop()
-		close(stopped)
-	}()
-	t := time.NewTimer(gracePeriod)
-	defer t.Stop()
-	select {
-	case <-stopped:
-	case <-t.C:
-		gs.Stop()
-	}
-	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		r.log.Warn("CSI registration server stopped with an error", "error", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		r.log.Warn("removing the registration socket", "socket", path, "error", err)
-	}
-	return nil
+	return serveUntilDone(ctx, gs, lis, path, "csi registration", r.log)
 }

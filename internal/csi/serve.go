@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -34,11 +35,18 @@ func (d *Driver) Serve(ctx context.Context, socketPath string) error {
 	d.log.Info("CSI driver listening", "socket", socketPath, "driver", DriverName, "node", d.cfg.NodeName)
 	d.listeningOnce.Do(func() { close(d.listening) })
 
+	return serveUntilDone(ctx, gs, lis, socketPath, "csi", d.log)
+}
+
+// serveUntilDone serves gs on lis (a unix socket at path) until ctx is
+// done, then stops gracefully (at most gracePeriod) and removes the socket.
+// prefix names the server in errors and log lines.
+func serveUntilDone(ctx context.Context, gs *grpc.Server, lis net.Listener, path, prefix string, log *slog.Logger) error {
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("csi: serve %s: %w", socketPath, err)
+		return fmt.Errorf("%s: serve %s: %w", prefix, path, err)
 	case <-ctx.Done():
 	}
 	stopped := make(chan struct{})
@@ -54,10 +62,10 @@ func (d *Driver) Serve(ctx context.Context, socketPath string) error {
 		gs.Stop()
 	}
 	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		d.log.Warn("CSI server stopped with an error", "error", err)
+		log.Warn(prefix+": server stopped with an error", "error", err)
 	}
-	if err := os.Remove(socketPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		d.log.Warn("removing the CSI socket", "socket", socketPath, "error", err)
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.Warn(prefix+": removing the socket", "socket", path, "error", err)
 	}
 	return nil
 }
