@@ -52,21 +52,10 @@ func (s *Server) currentJWT() (*jwtSigner, error) {
 // own result. Authorization is SignWorkloads': the item is put to the
 // WorkloadAuthorizer as the WorkloadRequest it names (pod or SPIFFE ID).
 func (s *Server) SignJWTs(ctx context.Context, req *issuerv1.SignJWTsRequest) (*issuerv1.SignJWTsResponse, error) {
-	p, err := s.peerAgent(ctx)
-	if err != nil {
-		s.auditDeny(ctx, "jwt", "sign", callerOf(ctx, p), "", err)
-		return nil, err
-	}
-	node := p.node
 	items := req.GetRequests()
-	if len(items) > s.cfg.MaxBatch {
-		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", "jwt", "op", "sign", "caller", "node "+node, "count", len(items), "reason", "batch too large")
-		return nil, status.Errorf(codes.InvalidArgument, "batch of %d requests exceeds the limit of %d; split it", len(items), s.cfg.MaxBatch)
-	}
-	if !s.limiter(node).AllowN(s.cfg.Now(), len(items)) {
-		s.metrics.issued.WithLabelValues("jwt", "denied").Add(float64(len(items)))
-		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", "jwt", "op", "sign", "caller", "node "+node, "count", len(items), "reason", "rate limited")
-		return nil, status.Errorf(codes.ResourceExhausted, "node %s exceeded its rate limit of %v credentials/s (burst %d); retry with backoff", node, s.cfg.NodeRate, s.cfg.NodeBurst)
+	node, err := s.admitBatch(ctx, "jwt", "credentials", len(items))
+	if err != nil {
+		return nil, err
 	}
 	sg, err := s.currentJWT()
 	if err != nil {

@@ -407,24 +407,36 @@ func (s *Server) signAgent(node string, csr *x509.CertificateRequest, attestedAt
 	return chainDER(der, sg.loaded.Authority), leaf, bundleMessage(sg.loaded), nil
 }
 
+// admitBatch admits a batch of n items of kind ("workload", "jwt") from the
+// calling agent: an agent peer, at most MaxBatch items, within its node's
+// rate limit (unit names what is limited in the error). It returns the
+// agent's node; each refusal is audited.
+func (s *Server) admitBatch(ctx context.Context, kind, unit string, n int) (string, error) {
+	p, err := s.peerAgent(ctx)
+	if err != nil {
+		s.auditDeny(ctx, kind, "sign", callerOf(ctx, p), "", err)
+		return "", err
+	}
+	node := p.node
+	if n > s.cfg.MaxBatch {
+		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", kind, "op", "sign", "caller", "node "+node, "count", n, "reason", "batch too large")
+		return "", status.Errorf(codes.InvalidArgument, "batch of %d requests exceeds the limit of %d; split it", n, s.cfg.MaxBatch)
+	}
+	if !s.limiter(node).AllowN(s.cfg.Now(), n) {
+		s.metrics.issued.WithLabelValues(kind, "denied").Add(float64(n))
+		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", kind, "op", "sign", "caller", "node "+node, "count", n, "reason", "rate limited")
+		return "", status.Errorf(codes.ResourceExhausted, "node %s exceeded its rate limit of %v %s/s (burst %d); retry with backoff", node, s.cfg.NodeRate, unit, s.cfg.NodeBurst)
+	}
+	return node, nil
+}
+
 // SignWorkloads authorizes and signs a batch; every item gets its own
 // result, so one bad item does not fail the others.
 func (s *Server) SignWorkloads(ctx context.Context, req *issuerv1.SignWorkloadsRequest) (*issuerv1.SignWorkloadsResponse, error) {
-	p, err := s.peerAgent(ctx)
-	if err != nil {
-		s.auditDeny(ctx, "workload", "sign", callerOf(ctx, p), "", err)
-		return nil, err
-	}
-	node := p.node
 	items := req.GetRequests()
-	if len(items) > s.cfg.MaxBatch {
-		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", "workload", "op", "sign", "caller", "node "+node, "count", len(items), "reason", "batch too large")
-		return nil, status.Errorf(codes.InvalidArgument, "batch of %d requests exceeds the limit of %d; split it", len(items), s.cfg.MaxBatch)
-	}
-	if !s.limiter(node).AllowN(s.cfg.Now(), len(items)) {
-		s.metrics.issued.WithLabelValues("workload", "denied").Add(float64(len(items)))
-		s.cfg.Logger.WarnContext(ctx, "audit", "event", "deny", "decision", "deny", "kind", "workload", "op", "sign", "caller", "node "+node, "count", len(items), "reason", "rate limited")
-		return nil, status.Errorf(codes.ResourceExhausted, "node %s exceeded its rate limit of %v certificates/s (burst %d); retry with backoff", node, s.cfg.NodeRate, s.cfg.NodeBurst)
+	node, err := s.admitBatch(ctx, "workload", "certificates", len(items))
+	if err != nil {
+		return nil, err
 	}
 	sg, err := s.current()
 	if err != nil {
