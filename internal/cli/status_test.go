@@ -2,15 +2,13 @@ package cli
 
 import (
 	"context"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/mayfly-pki/mayfly/internal/test/otheruid"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
@@ -120,65 +118,23 @@ func TestStatusHelperClient(t *testing.T) {
 // the status, even where it can reach the socket's directory; the owner
 // can.
 func TestStatusSocketOtherUID(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a client as uid 65534")
-	}
 	// A directory everybody can traverse, holding a copy of this test
 	// binary that everybody can run and the socket's directory: the
 	// socket's 0600 mode and the peer check must stop uid 65534, not the
 	// path.
-	base, err := os.MkdirTemp("", "mayfly-status-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(base, "cli.test")
-	copyFile(t, self, bin)
-	sockDir := filepath.Join(base, "state")
+	bin := otheruid.Copy(t)
+	sockDir := filepath.Join(bin.Dir(), "state")
 	if err := os.Mkdir(sockDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	path := startStatus(t, sockDir, nil)
 
-	run := func(cred *syscall.Credential) (string, error) {
-		cmd := exec.CommandContext(t.Context(), bin, "-test.run=^TestStatusHelperClient$", "-test.v")
-		cmd.Env = append(os.Environ(), helperEnv+"="+path)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	out, err := run(&syscall.Credential{Uid: 65534, Gid: 65534})
+	out, err := bin.Run("TestStatusHelperClient", true, helperEnv+"="+path)
 	if err == nil || !strings.Contains(out, "permission denied") {
 		t.Fatalf("uid 65534 read the status (err %v):\n%s", err, out)
 	}
-	out, err = run(nil)
+	out, err = bin.Run("TestStatusHelperClient", false, helperEnv+"="+path)
 	if err != nil || !strings.Contains(out, "read serial abc123") {
 		t.Fatalf("the owner could not read the status (err %v):\n%s", err, out)
-	}
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	in, err := os.Open(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
 	}
 }

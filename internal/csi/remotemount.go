@@ -159,11 +159,14 @@ func (m RemoteMounter) call(req mountRequest) (bool, error) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(timeout))
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return false, fmt.Errorf("mount helper: %w", err)
-	}
+	// The helper may refuse (another uid) and close before it reads the
+	// request: a failed write then still leaves its answer to read.
+	writeErr := json.NewEncoder(conn).Encode(req)
 	var a mountAnswer
 	if err := json.NewDecoder(bufio.NewReader(io.LimitReader(conn, maxMountRequest))).Decode(&a); err != nil {
+		if writeErr != nil {
+			err = writeErr
+		}
 		return false, fmt.Errorf("mount helper: %w", err)
 	}
 	if a.Error != "" {
