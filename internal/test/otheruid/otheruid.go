@@ -35,7 +35,7 @@ func Copy(t *testing.T) *Binary {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o755); err != nil {
+	if err := os.Chmod(base, 0o755); err != nil { //nolint:gosec // the other uid must traverse it
 		t.Fatal(err)
 	}
 	self, err := os.Executable()
@@ -48,7 +48,7 @@ func Copy(t *testing.T) *Binary {
 		t.Fatal(err)
 	}
 	defer in.Close()
-	out, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
+	out, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755) //nolint:gosec // the other uid must run it
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func (b *Binary) Dir() string { return filepath.Dir(b.path) }
 // as uid/gid Nobody when asNobody is set and as the caller otherwise, and
 // returns its combined output and exit error.
 func (b *Binary) Run(test string, asNobody bool, env ...string) (string, error) {
-	cmd := exec.CommandContext(b.t.Context(), b.path, "-test.run=^"+test+"$", "-test.v")
+	cmd := exec.CommandContext(b.t.Context(), b.path, "-test.run=^"+test+"$", "-test.v") //nolint:gosec // the test binary itself
 	cmd.Env = append(os.Environ(), env...)
 	if asNobody {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: Nobody, Gid: Nobody}}
