@@ -121,20 +121,28 @@ func serveBench(b *testing.B, g *grpc.Server, path string, limit func(l net.List
 	b.Cleanup(g.Stop)
 }
 
+// jwtClient is a go-spiffe client of the Workload API on path, connected
+// and past its first JWT-SVID fetch (audience "api"); closed at cleanup.
+func jwtClient(b *testing.B, path string) *gsworkload.Client {
+	b.Helper()
+	ctx := context.Background()
+	c, err := gsworkload.New(ctx, gsworkload.WithAddr("unix://"+path))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = c.Close() })
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "api"}); err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
 func benchJWTFetches(b *testing.B, path string, conc int) {
 	ctx := context.Background()
-	clients := make([]*gsworkload.Client, conc)
 	params := jwtsvid.Params{Audience: "api"}
+	clients := make([]*gsworkload.Client, conc)
 	for i := range clients {
-		c, err := gsworkload.New(ctx, gsworkload.WithAddr("unix://"+path))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := c.FetchJWTSVID(ctx, params); err != nil {
-			b.Fatal(err)
-		}
-		clients[i] = c
+		clients[i] = jwtClient(b, path)
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -162,18 +170,7 @@ func BenchmarkFetchJWTSVIDRatio(b *testing.B) {
 	oursPath, barePath := serveJWTBench(b)
 	ctx := context.Background()
 	params := jwtsvid.Params{Audience: "api"}
-	var clients [2]*gsworkload.Client
-	for i, path := range []string{oursPath, barePath} {
-		c, err := gsworkload.New(ctx, gsworkload.WithAddr("unix://"+path))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := c.FetchJWTSVID(ctx, params); err != nil {
-			b.Fatal(err)
-		}
-		clients[i] = c
-	}
+	clients := [2]*gsworkload.Client{jwtClient(b, oursPath), jwtClient(b, barePath)}
 	var spent [2]time.Duration
 	for b.Loop() {
 		for i, c := range clients {
