@@ -183,7 +183,14 @@ func BenchmarkJWTSigning(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
 	})
 	b.Run("issuance-SignJWTs-batch64", func(b *testing.B) {
-		agent, req := jwtBatch64(b)
+		h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1<<30 })
+		h.withJWTKey()
+		h.authz.grant("node-a", webID)
+		agent := h.agent("node-a")
+		req := &issuerv1.SignJWTsRequest{}
+		for i := range 64 {
+			req.Requests = append(req.Requests, jwtItem(fmt.Sprint(i), webID, 0, "api"))
+		}
 		tokens := 0
 		for b.Loop() {
 			resp, err := agent.SignJWTs(b.Context(), req)
@@ -199,20 +206,6 @@ func BenchmarkJWTSigning(b *testing.B) {
 	})
 }
 
-// jwtBatch64 is the issuance side of the JWT signing benchmarks: the
-// client of node-a, which may have webID, on a CA without a node rate
-// limit, and a SignJWTs batch of 64 tokens for audience "api".
-func jwtBatch64(b *testing.B) (issuerv1.IssuerClient, *issuerv1.SignJWTsRequest) {
-	h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1<<30 })
-	h.withJWTKey()
-	h.authz.grant("node-a", webID)
-	req := &issuerv1.SignJWTsRequest{}
-	for i := range 64 {
-		req.Requests = append(req.Requests, jwtItem(fmt.Sprint(i), webID, 0, "api"))
-	}
-	return h.agent("node-a"), req
-}
-
 // BenchmarkJWTSigningRatio measures the same as BenchmarkJWTSigning with
 // the two alternating in short rounds (64 raw signatures, then one SignJWTs
 // batch of 64), so that the load of a shared machine falls on both alike;
@@ -220,7 +213,14 @@ func jwtBatch64(b *testing.B) (issuerv1.IssuerClient, *issuerv1.SignJWTsRequest)
 func BenchmarkJWTSigningRatio(b *testing.B) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	digest := sha256.Sum256([]byte("header.payload of a JWT-SVID of about this size........................"))
-	agent, req := jwtBatch64(b)
+	h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1<<30 })
+	h.withJWTKey()
+	h.authz.grant("node-a", webID)
+	agent := h.agent("node-a")
+	req := &issuerv1.SignJWTsRequest{}
+	for i := range 64 {
+		req.Requests = append(req.Requests, jwtItem(fmt.Sprint(i), webID, 0, "api"))
+	}
 	var raw, issued time.Duration
 	for b.Loop() {
 		t0 := time.Now()
