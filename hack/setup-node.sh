@@ -29,6 +29,8 @@ KUBE_BINS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
 CONTAINERD_BINS=(containerd ctr containerd-shim-runc-v2)
 
 log() { echo "setup-node: $*" >&2; }
+# shellcheck source=lib/gomodule.sh
+source "${HERE}/lib/gomodule.sh"
 
 have_all() {
   local b
@@ -37,119 +39,52 @@ have_all() {
   done
 }
 
-if have_all; then
-  echo "${NODE}"
-  exit 0
-fi
-
-mkdir -p "${NODE}"
-exec 9>"${NODE}.lock"
-log "waiting for the build lock ${NODE}.lock"
-flock 9
-if have_all; then
-  echo "${NODE}"
-  exit 0
-fi
+exit_if_built "${NODE}" have_all
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "${WORK}"' EXIT
 
-# install moves a built binary into the cache atomically.
-install_bin() {
-  mv "$1" "${NODE}/$2.tmp" && mv "${NODE}/$2.tmp" "${NODE}/$2"
-}
-
 build_kube() {
-  local dir="${WORK}/kube"
-  mkdir -p "${dir}/out"
-  cd "${dir}"
-  go mod init mayfly.local/node-kube >/dev/null 2>&1
-  local modfile
-  modfile="$(go mod download -json "k8s.io/kubernetes@v${KUBE_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')"
-  if [[ -z "${modfile}" || ! -f "${modfile}" ]]; then
-    log "could not download k8s.io/kubernetes@v${KUBE_VERSION}"
-    return 1
-  fi
-  local staging_version="v0.${KUBE_VERSION#1.}"
-  {
-    echo "require k8s.io/kubernetes v${KUBE_VERSION}"
-    sed -n 's#^[[:space:]]*\(k8s.io/[^[:space:]]*\) => ./staging/.*#\1#p' "${modfile}" |
-      while read -r mod; do
-        echo "replace ${mod} => ${mod} ${staging_version}"
-      done
-  } >> go.mod
-  {
-    echo '//go:build tools'
-    echo
-    echo 'package tools'
-    echo
-    local b
-    for b in "${KUBE_BINS[@]}"; do echo "import _ \"k8s.io/kubernetes/cmd/${b}\""; done
-  } > tools.go
+  local b pkgs=()
+  for b in "${KUBE_BINS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/${b}"); done
+  wrapper_module node-kube "${pkgs[@]}"
+  require_kubernetes
   go mod tidy -e >&2
-  local major="${KUBE_VERSION%%.*}" minor b
-  minor="$(echo "${KUBE_VERSION}" | cut -d. -f2)"
   for b in "${KUBE_BINS[@]}"; do
     [[ -x "${NODE}/${b}" ]] && continue
     log "building ${b} v${KUBE_VERSION}"
-    go build -trimpath -ldflags "-s -w \
-      -X k8s.io/component-base/version.gitVersion=v${KUBE_VERSION} \
-      -X k8s.io/component-base/version.gitMajor=${major} \
-      -X k8s.io/component-base/version.gitMinor=${minor}" \
-      -o "${dir}/out/${b}" "k8s.io/kubernetes/cmd/${b}" >&2
-    install_bin "${dir}/out/${b}" "${b}"
+    go build -trimpath -ldflags "$(kube_ldflags)" -o "out/${b}" "k8s.io/kubernetes/cmd/${b}" >&2
+    install_bin "out/${b}" "${NODE}/${b}"
   done
 }
 
 build_containerd() {
-  local dir="${WORK}/containerd"
-  mkdir -p "${dir}/out"
-  cd "${dir}"
-  go mod init mayfly.local/node-containerd >/dev/null 2>&1
-  cat > tools.go <<GO
-//go:build tools
-
-package tools
-
-import (
-	_ "github.com/containerd/containerd/v2/cmd/containerd"
-	_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
-	_ "github.com/containerd/containerd/v2/cmd/ctr"
-)
-GO
+  local b pkgs=()
+  for b in "${CONTAINERD_BINS[@]}"; do pkgs+=("github.com/containerd/containerd/v2/cmd/${b}"); done
+  wrapper_module node-containerd "${pkgs[@]}"
   go get "github.com/containerd/containerd/v2@v${CONTAINERD_VERSION}" >&2
   go mod tidy -e >&2
   # No btrfs (needs its C headers) and no cgo: static binaries.
-  local tags="no_btrfs no_devmapper no_zfs no_aufs" b
+  local tags="no_btrfs no_devmapper no_zfs no_aufs"
   for b in "${CONTAINERD_BINS[@]}"; do
     [[ -x "${NODE}/${b}" ]] && continue
     log "building ${b} v${CONTAINERD_VERSION}"
     CGO_ENABLED=0 go build -trimpath -tags "${tags}" -ldflags "-s -w \
       -X github.com/containerd/containerd/v2/version.Version=v${CONTAINERD_VERSION}" \
-      -o "${dir}/out/${b}" "github.com/containerd/containerd/v2/cmd/${b}" >&2
-    install_bin "${dir}/out/${b}" "${b}"
+      -o "out/${b}" "github.com/containerd/containerd/v2/cmd/${b}" >&2
+    install_bin "out/${b}" "${NODE}/${b}"
   done
 }
 
 build_coredns() {
   mkdir -p "${COREDNS_DIR}"
   if [[ ! -x "${COREDNS_DIR}/coredns" ]]; then
-    local dir="${WORK}/coredns"
-    mkdir -p "${dir}"
-    cd "${dir}"
-    go mod init mayfly.local/node-coredns >/dev/null 2>&1
-    cat > tools.go <<GO
-//go:build tools
-
-package tools
-
-import _ "github.com/coredns/coredns"
-GO
+    wrapper_module node-coredns github.com/coredns/coredns
     go get "github.com/coredns/coredns@v${COREDNS_VERSION}" >&2
     go mod tidy -e >&2
     log "building coredns v${COREDNS_VERSION}"
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "${dir}/coredns" github.com/coredns/coredns >&2
-    mv "${dir}/coredns" "${COREDNS_DIR}/coredns.tmp" && mv "${COREDNS_DIR}/coredns.tmp" "${COREDNS_DIR}/coredns"
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o out/coredns github.com/coredns/coredns >&2
+    install_bin out/coredns "${COREDNS_DIR}/coredns"
   fi
   ln -sf "${COREDNS_DIR}/coredns" "${NODE}/coredns"
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +26,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
+	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -543,14 +543,7 @@ func TestCAClientInstallsAndAcknowledgesBundles(t *testing.T) {
 }
 
 func TestCAClientWithUnreachableCA(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := lis.Addr().String()
-	if err := lis.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closed := loopback.FreeAddr(t)
 	tests := []struct {
 		name          string
 		persisted     bool

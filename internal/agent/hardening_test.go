@@ -17,6 +17,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
+	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -143,14 +144,7 @@ func checkRefused(t *testing.T, a *testAgent, want string) {
 // its reason and next retry, and attests once the CA is up.
 func TestCAClientKeepsJoinTokenUntilCAStarts(t *testing.T) {
 	h := newCAHarness(t) // its own server is not the one the agent dials
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	if err := lis.Close(); err != nil {
-		t.Fatal(err)
-	}
+	addr := loopback.FreeAddr(t)
 	tok := h.tokens.create("node-a")
 	a := h.newAgent(agentSetup{joinToken: NewJoinToken(tok, "node-a"), nodeName: "node-a", address: addr})
 	a.start()
@@ -180,7 +174,7 @@ func TestCAClientKeepsJoinTokenUntilCAStarts(t *testing.T) {
 	}
 
 	// The CA comes up on the address the agent dials.
-	lis, err = net.Listen("tcp", addr)
+	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Skipf("cannot listen on %s again to start the CA there: %v", addr, err)
 	}

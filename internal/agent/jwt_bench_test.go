@@ -63,6 +63,19 @@ func (b *bareJWT) FetchJWTSVID(context.Context, *workload.JWTSVIDRequest) (*work
 // server answering the same token, at 1 and 16 go-spiffe clients.
 // Report: fetches/s of each; the ratio mayfly/bare is the figure.
 func BenchmarkFetchJWTSVID(b *testing.B) {
+	oursPath, barePath := serveJWTBench(b)
+	for _, conc := range []int{1, 16} {
+		for _, srv := range []struct{ name, path string }{{"mayfly", oursPath}, {"bare", barePath}} {
+			b.Run(fmt.Sprintf("%s/c%d", srv.name, conc), func(b *testing.B) { benchJWTFetches(b, srv.path, conc) })
+		}
+	}
+}
+
+// serveJWTBench serves one cached JWT-SVID (audience "api") from the
+// agent's Workload API (real attestation over a unix socket, the JWT cache)
+// and from the bare server answering the same token; it returns their
+// socket paths.
+func serveJWTBench(b *testing.B) (oursPath, barePath string) {
 	clock := rotate.NewFakeClock(time.Now()) // go-spiffe checks exp on the wall clock; the cache stays before its half-life
 	ca := newFakeJWTCA(b, clock)
 	ca.ttl = time.Hour
@@ -81,7 +94,7 @@ func BenchmarkFetchJWTSVID(b *testing.B) {
 	ours := grpc.NewServer(append(s.ServerOptions(), grpc.Creds(workloadattest.NewCredentials()),
 		grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
 	s.Register(ours)
-	oursPath := filepath.Join(dir, "mayfly.sock")
+	oursPath = filepath.Join(dir, "mayfly.sock")
 	serveBench(b, ours, oursPath, s.LimitListener)
 
 	_, tok, err := cache.Fetch(b.Context(), spec, []string{"api"})
@@ -90,14 +103,9 @@ func BenchmarkFetchJWTSVID(b *testing.B) {
 	}
 	bare := grpc.NewServer()
 	workload.RegisterSpiffeWorkloadAPIServer(bare, &bareJWT{resp: &workload.JWTSVIDResponse{Svids: []*workload.JWTSVID{{SpiffeId: spec.SpiffeID, Svid: tok}}}})
-	barePath := filepath.Join(dir, "bare.sock")
+	barePath = filepath.Join(dir, "bare.sock")
 	serveBench(b, bare, barePath, nil)
-
-	for _, conc := range []int{1, 16} {
-		for _, srv := range []struct{ name, path string }{{"mayfly", oursPath}, {"bare", barePath}} {
-			b.Run(fmt.Sprintf("%s/c%d", srv.name, conc), func(b *testing.B) { benchJWTFetches(b, srv.path, conc) })
-		}
-	}
+	return oursPath, barePath
 }
 
 func serveBench(b *testing.B, g *grpc.Server, path string, limit func(l net.Listener) net.Listener) {
@@ -113,20 +121,28 @@ func serveBench(b *testing.B, g *grpc.Server, path string, limit func(l net.List
 	b.Cleanup(g.Stop)
 }
 
+// jwtClient is a go-spiffe client of the Workload API on path, connected
+// and past its first JWT-SVID fetch (audience "api"); closed at cleanup.
+func jwtClient(b *testing.B, path string) *gsworkload.Client {
+	b.Helper()
+	ctx := context.Background()
+	c, err := gsworkload.New(ctx, gsworkload.WithAddr("unix://"+path))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = c.Close() })
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "api"}); err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
 func benchJWTFetches(b *testing.B, path string, conc int) {
 	ctx := context.Background()
-	clients := make([]*gsworkload.Client, conc)
 	params := jwtsvid.Params{Audience: "api"}
+	clients := make([]*gsworkload.Client, conc)
 	for i := range clients {
-		c, err := gsworkload.New(ctx, gsworkload.WithAddr("unix://"+path))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := c.FetchJWTSVID(ctx, params); err != nil {
-			b.Fatal(err)
-		}
-		clients[i] = c
+		clients[i] = jwtClient(b, path)
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -151,45 +167,10 @@ func benchJWTFetches(b *testing.B, path string, conc int) {
 // that a shared machine's load falls on both alike, and reports
 // mayfly/bare fetches/s.
 func BenchmarkFetchJWTSVIDRatio(b *testing.B) {
-	clock := rotate.NewFakeClock(time.Now())
-	ca := newFakeJWTCA(b, clock)
-	ca.ttl = time.Hour
-	cache, err := NewJWTCache(ca, clock, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	spec := Spec{Key: "bench", SpiffeID: "spiffe://example.org/bench"}
-	src := &WorkloadSource{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), Entitlements: oneSpec{spec}, JWT: cache, JWTKeys: staticJWTKeys{}}
-	s, err := workloadapi.New(workloadapi.Config{Attestor: unixCallers{}, Source: src, Registerer: prometheus.NewRegistry(), Now: clock.Now})
-	if err != nil {
-		b.Fatal(err)
-	}
-	dir := b.TempDir()
-	ours := grpc.NewServer(append(s.ServerOptions(), grpc.Creds(workloadattest.NewCredentials()),
-		grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
-	s.Register(ours)
-	serveBench(b, ours, filepath.Join(dir, "mayfly.sock"), s.LimitListener)
-	_, tok, err := cache.Fetch(b.Context(), spec, []string{"api"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	bare := grpc.NewServer()
-	workload.RegisterSpiffeWorkloadAPIServer(bare, &bareJWT{resp: &workload.JWTSVIDResponse{Svids: []*workload.JWTSVID{{SpiffeId: spec.SpiffeID, Svid: tok}}}})
-	serveBench(b, bare, filepath.Join(dir, "bare.sock"), nil)
+	oursPath, barePath := serveJWTBench(b)
 	ctx := context.Background()
 	params := jwtsvid.Params{Audience: "api"}
-	var clients [2]*gsworkload.Client
-	for i, name := range []string{"mayfly.sock", "bare.sock"} {
-		c, err := gsworkload.New(ctx, gsworkload.WithAddr("unix://"+filepath.Join(dir, name)))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := c.FetchJWTSVID(ctx, params); err != nil {
-			b.Fatal(err)
-		}
-		clients[i] = c
-	}
+	clients := [2]*gsworkload.Client{jwtClient(b, oursPath), jwtClient(b, barePath)}
 	var spent [2]time.Duration
 	for b.Loop() {
 		for i, c := range clients {

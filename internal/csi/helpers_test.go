@@ -205,6 +205,19 @@ type testEnv struct {
 	sockDir  string
 }
 
+// socketDir returns a new directory for unix sockets, removed at cleanup:
+// under os.TempDir rather than t.TempDir, whose long paths would pass the
+// 108-byte limit of a socket path.
+func socketDir(t testing.TB, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
 func newEnv(t testing.TB) *testEnv {
 	t.Helper()
 	root := t.TempDir()

@@ -18,11 +18,7 @@ import (
 // TestRegistrarAnswersTheKubelet plays the kubelet's plugin watcher over the
 // real registration socket: GetInfo, then the registration verdicts.
 func TestRegistrarAnswersTheKubelet(t *testing.T) {
-	dir, err := os.MkdirTemp("", "mayfly-reg") // unix socket paths are short
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	dir := socketDir(t, "mayfly-reg")
 	reg := prometheus.NewRegistry()
 	endpoint := "/var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock"
 	r, err := NewRegistrar(endpoint, nil, reg)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,11 +15,7 @@ import (
 // unix socket, as the privileged mounter container does.
 func startMountServer(t *testing.T, e *testEnv) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "mnt") // short: unix socket paths are limited
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	dir := socketDir(t, "mnt")
 	sock := filepath.Join(dir, "mounter.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {

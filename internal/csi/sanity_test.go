@@ -68,11 +68,7 @@ func TestSanity(t *testing.T) {
 // is the kubernetes.io~csi directory of the pod, and kubeletPaths maps each
 // <name> to <name>/mount, creating <name> as the kubelet does.
 func runSanity(t *testing.T) {
-	dir, err := os.MkdirTemp("", "mayfly-csi-sanity") // short: unix socket paths are limited to 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	dir := socketDir(t, "mayfly-csi-sanity")
 
 	ids := &fakeIdentities{}
 	ids.push(t, newCredentials(t).issue())

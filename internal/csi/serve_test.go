@@ -15,11 +15,7 @@ import (
 
 func TestServeReplacesAStaleSocket(t *testing.T) {
 	e := newEnv(t)
-	dir, err := os.MkdirTemp("", "mayfly-csi") // unix socket paths are short
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	dir := socketDir(t, "mayfly-csi")
 	sock := filepath.Join(dir, "csi.sock")
 	stale, err := net.Listen("unix", sock)
 	if err != nil {

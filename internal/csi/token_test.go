@@ -1,40 +1,22 @@
 package csi
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 )
 
-// syncBuffer is a log destination that tests read while the driver writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // newLoggedEnv is newEnv with the driver's log captured.
-func newLoggedEnv(t *testing.T) (*testEnv, *syncBuffer) {
+func newLoggedEnv(t *testing.T) (*testEnv, *logbuf.Buffer) {
 	t.Helper()
 	e := newEnv(t)
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	d, err := New(Config{
 		NodeName: "node-1", StateDir: e.stateDir, SocketDir: e.sockDir, KubeletDir: e.kubelet, Clock: e.clock,
 		Identities: e.ids, Mounter: e.mounter, Logger: slog.New(slog.NewTextHandler(logs, nil)),

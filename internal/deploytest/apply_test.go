@@ -201,14 +201,40 @@ func (a *applier) createNamespaces(ctx context.Context, t *testing.T, objs []*un
 			continue
 		}
 		seen[ns] = true
-		nsObj := &unstructured.Unstructured{}
-		nsObj.SetAPIVersion("v1")
-		nsObj.SetKind("Namespace")
-		nsObj.SetName(ns)
-		if _, err := a.apply(ctx, nsObj, false); err != nil {
-			t.Fatalf("creating namespace %s: %v", ns, err)
-		}
+		a.createNamespace(ctx, t, ns)
 	}
+}
+
+// createNamespace creates (or keeps) the namespace name for real.
+func (a *applier) createNamespace(ctx context.Context, t *testing.T, name string) {
+	t.Helper()
+	ns := &unstructured.Unstructured{}
+	ns.SetAPIVersion("v1")
+	ns.SetKind("Namespace")
+	ns.SetName(name)
+	if _, err := a.apply(ctx, ns, false); err != nil {
+		t.Fatalf("creating namespace %s: %v", name, err)
+	}
+}
+
+// dryRunApply applies o in dry-run mode and reports, naming o, an error,
+// an API server warning, or a field the API server did not keep. It
+// returns whether the apply itself succeeded.
+func (a *applier) dryRunApply(ctx context.Context, t *testing.T, o *unstructured.Unstructured) bool {
+	t.Helper()
+	id := fmt.Sprintf("%s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName())
+	got, err := a.apply(ctx, o, true)
+	if err != nil {
+		t.Errorf("dry-run apply %s: %v", id, err)
+		return false
+	}
+	for _, w := range a.warnings.take() {
+		t.Errorf("dry-run apply %s: API server warning: %s", id, w)
+	}
+	if d := dropped(o.Object, got.Object, ""); len(d) > 0 {
+		t.Errorf("dry-run apply %s: the API server did not keep %q", id, d)
+	}
+	return true
 }
 
 // monitoringCRDStubs stand in for the Prometheus Operator CRDs: they accept
@@ -273,19 +299,9 @@ func TestServerSideDryRun(t *testing.T) {
 		if o.GetKind() == "CustomResourceDefinition" || o.GetKind() == "Namespace" {
 			continue
 		}
-		id := fmt.Sprintf("%s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName())
-		got, err := a.apply(ctx, o, true)
-		if err != nil {
-			t.Errorf("dry-run apply %s: %v", id, err)
-			continue
+		if a.dryRunApply(ctx, t, o) {
+			applied[o.GetKind()]++
 		}
-		for _, w := range a.warnings.take() {
-			t.Errorf("dry-run apply %s: API server warning: %s", id, w)
-		}
-		if d := dropped(o.Object, got.Object, ""); len(d) > 0 {
-			t.Errorf("dry-run apply %s: the API server did not keep %q", id, d)
-		}
-		applied[o.GetKind()]++
 	}
 	for _, kind := range []string{
 		"Deployment", "DaemonSet", "CSIDriver", "Service", "PodDisruptionBudget", "NetworkPolicy",

@@ -296,31 +296,14 @@ func TestChartMatrix(t *testing.T) {
 				if ns == "*" {
 					continue
 				}
-				nsObj := &unstructured.Unstructured{}
-				nsObj.SetAPIVersion("v1")
-				nsObj.SetKind("Namespace")
-				nsObj.SetName(ns)
-				if _, err := a.apply(ctx, nsObj, false); err != nil {
-					t.Fatal(err)
-				}
+				a.createNamespace(ctx, t, ns)
 			}
 			a.warnings.take()
 			for _, o := range objs {
 				if o.GetKind() == "CustomResourceDefinition" {
 					continue
 				}
-				id := fmt.Sprintf("%s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName())
-				got, err := a.apply(ctx, o, true)
-				if err != nil {
-					t.Errorf("dry-run apply %s: %v", id, err)
-					continue
-				}
-				for _, w := range a.warnings.take() {
-					t.Errorf("dry-run apply %s: API server warning: %s", id, w)
-				}
-				if d := dropped(o.Object, got.Object, ""); len(d) > 0 {
-					t.Errorf("dry-run apply %s: the API server did not keep %q", id, d)
-				}
+				a.dryRunApply(ctx, t, o)
 			}
 		})
 		t.Run(tc.name+"/rbac", func(t *testing.T) { checkChartRBAC(ctx, t, c, a, tc, objs) })

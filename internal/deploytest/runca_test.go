@@ -13,7 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -41,13 +40,7 @@ func TestChartRBACRunsTheCA(t *testing.T) {
 	a := newApplier(t, c)
 	a.installCRDs(ctx, t, objs)
 	for _, name := range []string{ns, "team-a", "team-b"} {
-		nsObj := &unstructured.Unstructured{}
-		nsObj.SetAPIVersion("v1")
-		nsObj.SetKind("Namespace")
-		nsObj.SetName(name)
-		if _, err := a.apply(ctx, nsObj, false); err != nil {
-			t.Fatal(err)
-		}
+		a.createNamespace(ctx, t, name)
 	}
 	var caCM corev1.ConfigMap
 	for _, o := range objs {

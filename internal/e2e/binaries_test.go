@@ -13,7 +13,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/mayfly-pki/mayfly/internal/test/filemode"
+	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
@@ -46,18 +46,6 @@ func binaries(t *testing.T) (ca, agent string) {
 		}
 	}
 	return filepath.Join(dir, "ca"), filepath.Join(dir, "agent")
-}
-
-// freeAddr returns a loopback address nothing listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
 }
 
 // proc is a started binary whose output goes to a log file.
@@ -141,7 +129,7 @@ func TestBinariesStandalone(t *testing.T) {
 	}
 	caBin, agentBin := binaries(t)
 	work := t.TempDir()
-	caAddr, caHealth, agentHealth := freeAddr(t), freeAddr(t), freeAddr(t)
+	caAddr, caHealth, agentHealth := loopback.FreeAddr(t), loopback.FreeAddr(t), loopback.FreeAddr(t)
 	uid := os.Getuid()
 	wantID := spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/test/user-%d", uid))
 

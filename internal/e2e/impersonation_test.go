@@ -22,6 +22,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -83,7 +84,7 @@ func TestImpersonationChain(t *testing.T) {
 	}
 	caBin, agentBin := binaries(t)
 	work := t.TempDir()
-	caAddr, caHealth, agentHealth := freeAddr(t), freeAddr(t), freeAddr(t)
+	caAddr, caHealth, agentHealth := loopback.FreeAddr(t), loopback.FreeAddr(t), loopback.FreeAddr(t)
 	uid := os.Getuid()
 	bundleFile := filepath.Join(work, "ca", "trust-bundle.pem")
 	caConfigText := func(nodes string) string {

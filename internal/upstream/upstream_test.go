@@ -230,12 +230,28 @@ func TestCFSSLSlowServerTimesOut(t *testing.T) {
 	}
 }
 
+// badConfig is an upstream configuration that upstream.New refuses with
+// an error containing want.
+type badConfig struct {
+	name string
+	cfg  upstream.Config
+	want string
+}
+
+func wantNewErrors(t *testing.T, tests []badConfig) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := upstream.New(&tt.cfg, nil)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
 func TestNewRejectsBadConfig(t *testing.T) {
-	tests := []struct {
-		name string
-		cfg  upstream.Config
-		want string
-	}{
+	tests := []badConfig{
 		{"none", upstream.Config{}, "set exactly one of file, stepCA, cfssl"},
 		{"two", upstream.Config{File: &upstream.FileConfig{CertFile: "a", KeyFile: "b"}, CFSSL: &upstream.CFSSLConfig{}}, "set exactly one"},
 		{"cfssl over http", upstream.Config{CFSSL: &upstream.CFSSLConfig{URL: "http://cfssl:8888"}}, "upstream.cfssl.url"},
@@ -248,14 +264,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"step-ca without credential", upstream.Config{StepCA: &upstream.StepCAConfig{URL: "https://ca:9000", RootFile: "/r", Provisioner: "p"}}, "set exactly one of jwk, x5c"},
 		{"step-ca negative timeout", upstream.Config{StepCA: &upstream.StepCAConfig{URL: "https://ca:9000", RootFile: "/r", Provisioner: "p", JWK: &upstream.StepCAJWK{KeyFile: "/k"}, Timeout: config.Duration{Duration: -time.Second}}}, "upstream.stepCA.timeout"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := upstream.New(&tt.cfg, nil)
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("error = %v, want one containing %q", err, tt.want)
-			}
-		})
-	}
+	wantNewErrors(t, tests)
 }
 
 func TestNewRejectsBadCredentialFiles(t *testing.T) {
@@ -266,25 +275,14 @@ func TestNewRejectsBadCredentialFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
-		name string
-		cfg  upstream.Config
-		want string
-	}{
+	tests := []badConfig{
 		{"JWK file holds the public key", upstream.Config{StepCA: &upstream.StepCAConfig{URL: s.Config.URL, RootFile: s.Config.RootFile, Provisioner: "mayfly", JWK: &upstream.StepCAJWK{KeyFile: upstreamtest.WriteFile(t, dir, "pub.jwk", pub)}}}, "holds a public key"},
 		{"JWK file is garbage", upstream.Config{StepCA: &upstream.StepCAConfig{URL: s.Config.URL, RootFile: s.Config.RootFile, Provisioner: "mayfly", JWK: &upstream.StepCAJWK{KeyFile: upstreamtest.WriteFile(t, dir, "bad.jwk", []byte("{nope"))}}}, "upstream.stepCA.jwk.keyFile"},
 		{"root file is no PEM", upstream.Config{StepCA: &upstream.StepCAConfig{URL: s.Config.URL, RootFile: upstreamtest.WriteFile(t, dir, "root", []byte("x")), Provisioner: "mayfly", JWK: s.Config.JWK}}, "upstream.stepCA.rootFile"},
 		{"cfssl key not hex", upstream.Config{CFSSL: &upstream.CFSSLConfig{URL: c.Config.URL, CAFile: c.Config.CAFile, BundleFile: c.Config.BundleFile, AuthKeyFile: upstreamtest.WriteFile(t, dir, "k", []byte("not hex"))}}, "hex key of at least 16 bytes"},
 		{"cfssl bundle without root", upstream.Config{CFSSL: &upstream.CFSSLConfig{URL: c.Config.URL, CAFile: c.Config.CAFile, AuthKeyFile: c.Config.AuthKeyFile, BundleFile: upstreamtest.WriteCert(t, dir, "b", c.Signer.Cert)}}, "no self-signed root"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := upstream.New(&tt.cfg, nil)
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("error = %v, want one containing %q", err, tt.want)
-			}
-		})
-	}
+	wantNewErrors(t, tests)
 }
 
 func TestFileUpstreamIsReReadWhenItChanges(t *testing.T) {

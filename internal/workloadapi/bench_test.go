@@ -48,39 +48,13 @@ func (b *bareServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.Serv
 }
 
 func BenchmarkFetchX509SVID(b *testing.B) {
-	ca := testca.New(b)
-	id := issue(b, ca, "spiffe://example.org/ns/default/sa/bench")
-	bundles := map[spiffeid.TrustDomain][]*x509.Certificate{ca.TrustDomain: ca.Bundle()}
-	dir := b.TempDir()
-
 	// Ours: the agent's real standalone attestation (SO_PEERCRED pinned by a
 	// pidfd, /proc/<pid>/exe read, the pidfd re-checked), the identity cached
-	// in the source.
-	source := newFakeSource()
-	source.setBundle(ca.TrustDomain, ca.Bundle())
-	source.set("bench", id)
-	s, err := New(Config{
-		Attestor:   unixAttestor{uid: syscall.Getuid()},
-		Source:     source,
-		Registerer: prometheus.NewRegistry(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ours := grpc.NewServer(append(s.ServerOptions(), grpc.Creds(workloadattest.NewCredentials()), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
-	s.Register(ours)
-	oursPath := filepath.Join(dir, "mayfly.sock")
-	startBench(b, ours, oursPath, s.LimitListener)
-
-	// Bare: the same response, precomputed and pre-encoded as ours is.
-	r, err := buildX509Response([]Identity{id}, bundles)
-	if err != nil {
-		b.Fatal(err)
-	}
-	bare := grpc.NewServer()
-	workload.RegisterSpiffeWorkloadAPIServer(bare, &bareServer{resp: r.encoded})
-	barePath := filepath.Join(dir, "bare.sock")
-	startBench(b, bare, barePath, nil)
+	// in the source. Bare: the same response, precomputed and pre-encoded as
+	// ours is.
+	e := newBenchServers(b)
+	oursPath := e.serveOurs("mayfly", unixAttestor{uid: syscall.Getuid()})
+	barePath := e.serveBare()
 
 	for _, conc := range []int{1, 16} {
 		for _, srv := range []struct{ name, path string }{{"mayfly", oursPath}, {"bare", barePath}} {
@@ -97,6 +71,57 @@ func BenchmarkFetchX509SVID(b *testing.B) {
 			benchFetchesInChild(b, srv.path)
 		})
 	}
+}
+
+// benchServers serves one cached identity over unix sockets in a
+// temporary directory, from mayfly's server and from the bare baseline.
+type benchServers struct {
+	b      *testing.B
+	dir    string
+	id     Identity
+	source *fakeSource
+	bundle map[spiffeid.TrustDomain][]*x509.Certificate
+}
+
+func newBenchServers(b *testing.B) *benchServers {
+	ca := testca.New(b)
+	e := &benchServers{
+		b:      b,
+		dir:    b.TempDir(),
+		id:     issue(b, ca, "spiffe://example.org/ns/default/sa/bench"),
+		source: newFakeSource(),
+		bundle: map[spiffeid.TrustDomain][]*x509.Certificate{ca.TrustDomain: ca.Bundle()},
+	}
+	e.source.setBundle(ca.TrustDomain, ca.Bundle())
+	e.source.set("bench", e.id)
+	return e
+}
+
+// serveOurs serves mayfly's server, attesting callers with att, as the
+// agent does (peer credentials, limits) on name.sock; it returns the path.
+func (e *benchServers) serveOurs(name string, att unixAttestor) string {
+	s, err := New(Config{Attestor: att, Source: e.source, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	g := grpc.NewServer(append(s.ServerOptions(), grpc.Creds(workloadattest.NewCredentials()), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
+	s.Register(g)
+	path := filepath.Join(e.dir, name+".sock")
+	startBench(e.b, g, path, s.LimitListener)
+	return path
+}
+
+// serveBare serves the bare server on bare.sock and returns the path.
+func (e *benchServers) serveBare() string {
+	r, err := buildX509Response([]Identity{e.id}, e.bundle)
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	g := grpc.NewServer()
+	workload.RegisterSpiffeWorkloadAPIServer(g, &bareServer{resp: r.encoded})
+	path := filepath.Join(e.dir, "bare.sock")
+	startBench(e.b, g, path, nil)
+	return path
 }
 
 // startBench serves g on path, the listener wrapped by limit if not nil.

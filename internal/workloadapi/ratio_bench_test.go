@@ -4,21 +4,12 @@ package workloadapi
 
 import (
 	"context"
-	"crypto/x509"
-	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"google.golang.org/grpc"
-
-	"github.com/mayfly-pki/mayfly/internal/test/testca"
-	"github.com/mayfly-pki/mayfly/internal/workloadattest"
 )
 
 // BenchmarkFetchX509SVIDRatio is BenchmarkFetchX509SVID's c1 comparison
@@ -29,38 +20,12 @@ import (
 // (mayfly/bare for fetches/s, p50 and p99) hold where the absolute figures
 // of two sequential sub-benchmarks do not.
 func BenchmarkFetchX509SVIDRatio(b *testing.B) {
-	ca := testca.New(b)
-	id := issue(b, ca, "spiffe://example.org/ns/default/sa/bench")
-	bundles := map[spiffeid.TrustDomain][]*x509.Certificate{ca.TrustDomain: ca.Bundle()}
-	dir := b.TempDir()
-
-	source := newFakeSource()
-	source.setBundle(ca.TrustDomain, ca.Bundle())
-	source.set("bench", id)
-	serve := func(name string, att unixAttestor) string {
-		s, err := New(Config{Attestor: att, Source: source, Registerer: prometheus.NewRegistry()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		g := grpc.NewServer(append(s.ServerOptions(), grpc.Creds(workloadattest.NewCredentials()), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
-		s.Register(g)
-		path := filepath.Join(dir, name+".sock")
-		startBench(b, g, path, s.LimitListener)
-		return path
-	}
-	oursPath := serve("mayfly", unixAttestor{uid: syscall.Getuid()})
+	e := newBenchServers(b)
+	oursPath := e.serveOurs("mayfly", unixAttestor{uid: syscall.Getuid()})
 	// The same with a registration that selects by path: the executable
 	// is read on every stream.
-	pathPath := serve("mayfly-path", unixAttestor{uid: syscall.Getuid(), readPath: true})
-
-	r, err := buildX509Response([]Identity{id}, bundles)
-	if err != nil {
-		b.Fatal(err)
-	}
-	bare := grpc.NewServer()
-	workload.RegisterSpiffeWorkloadAPIServer(bare, &bareServer{resp: r.encoded})
-	barePath := filepath.Join(dir, "bare.sock")
-	startBench(b, bare, barePath, nil)
+	pathPath := e.serveOurs("mayfly-path", unixAttestor{uid: syscall.Getuid(), readPath: true})
+	barePath := e.serveBare()
 
 	ctx := context.Background()
 	type side struct {

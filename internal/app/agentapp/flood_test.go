@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
@@ -57,7 +58,7 @@ func TestFloodFromAnotherUID(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the flood runs as a second uid (65534), which needs root; run the test as root")
 	}
-	health := freeAddress(t)
+	health := loopback.FreeAddr(t)
 	s := startStackWith(t, "10m", fmt.Sprintf("healthAddress: %s\nworkloadAPI: {maxConnections: %d, maxConnectionsPerUID: %d, handshakeTimeout: 1s}",
 		health, floodMax, floodPerUID))
 	// uid 65534 must reach the socket: test directories are 0700.
@@ -185,17 +186,6 @@ func pct(d []time.Duration, p int) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[(len(s)-1)*p/100].Round(10 * time.Microsecond)
-}
-
-// freeAddress returns a loopback address nobody listens on right now.
-func freeAddress(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // metric reads one series from the agent's /metrics.

@@ -30,6 +30,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/agent"
 	"github.com/mayfly-pki/mayfly/internal/test/filemode"
+	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -112,12 +113,7 @@ func TestEndToEndJWTSVID(t *testing.T) {
 func TestEndToEndOIDC(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile, pool := serverCert(t, dir)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	_ = lis.Close() // the CA listens there
+	addr := loopback.FreeAddr(t) // the CA listens there
 	issuer := "https://" + addr + "/mayfly"
 	s := startStackCA(t, "1m", `healthAddress: "off"`, fmt.Sprintf(`
 jwt:

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"k8s.io/client-go/rest"
@@ -315,33 +313,14 @@ func (w workloadAttestor) Attest(ctx context.Context) (workloadapi.Caller, error
 func StatusSocket(dataDir string) string { return filepath.Join(dataDir, cli.StatusSocketName) }
 
 func serveHealth(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, ca *agent.CAClient, log *slog.Logger) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	ready := func() error {
 		select {
 		case <-ca.Ready():
-			_, _ = w.Write([]byte("ok\n"))
+			return nil
 		default:
-			http.Error(w, "no agent SVID yet", http.StatusServiceUnavailable)
+			return errors.New("no agent SVID yet")
 		}
-	})
-	hs := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	g.Go(func() error {
-		lis, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("healthAddress: %w", err)
-		}
-		log.Info("health and metrics listening", "address", addr)
-		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return hs.Shutdown(sctx) //nolint:contextcheck // the run context is already done
-	})
+	}
+	hs := &http.Server{Addr: addr, Handler: cli.HealthMux(reg, ready), ReadHeaderTimeout: 5 * time.Second}
+	cli.ServeHTTP(ctx, g, hs, "healthAddress", 5*time.Second, func() { log.Info("health and metrics listening", "address", addr) })
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
@@ -232,28 +231,8 @@ func (c *core) serveHealth(ctx context.Context, g *errgroup.Group, ready func() 
 	if c.cfg.HealthAddress == "" {
 		return
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(c.registry, promhttp.HandlerOpts{Registry: c.registry}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := ready(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	hs := &http.Server{Addr: c.cfg.HealthAddress, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	g.Go(func() error {
+	hs := &http.Server{Addr: c.cfg.HealthAddress, Handler: cli.HealthMux(c.registry, ready), ReadHeaderTimeout: 5 * time.Second}
+	cli.ServeHTTP(ctx, g, hs, "healthAddress", shutdownGrace, func() {
 		c.opts.Logger.Info("health and metrics listening", "address", c.cfg.HealthAddress)
-		if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("healthAddress: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-		defer cancel()
-		return hs.Shutdown(sctx) //nolint:contextcheck // the run context is already done
 	})
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/config"
 	"github.com/mayfly-pki/mayfly/internal/oidc"
 )
@@ -132,18 +133,8 @@ func (c *core) serveOIDC(ctx context.Context, g *errgroup.Group) error {
 		WriteTimeout: 10 * time.Second, MaxHeaderBytes: 8 << 10,
 		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get},
 	}
-	g.Go(func() error {
+	cli.ServeHTTP(ctx, g, hs, "jwt.oidc.listenAddress", shutdownGrace, func() {
 		c.opts.Logger.Info("OIDC discovery listening", "address", o.ListenAddress, "issuer", c.cfg.JWT.Issuer)
-		if err := hs.ListenAndServeTLS("", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("jwt.oidc.listenAddress: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-		defer cancel()
-		return hs.Shutdown(sctx) //nolint:contextcheck // the run context is already done
 	})
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -38,6 +37,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fleet"
+	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -253,7 +253,7 @@ func (f *fixture) startCA() {
 			t.Fatalf("go build ./cmd/ca: %v\n%s", err, out)
 		}
 	}
-	f.addr, f.health = freeAddr(t), freeAddr(t)
+	f.addr, f.health = loopback.FreeAddr(t), loopback.FreeAddr(t)
 	f.kubeconfig = filepath.Join(f.dir, "kubeconfig")
 	writeKubeconfig(t, f.c.Config, f.kubeconfig)
 	f.cfgPath = filepath.Join(f.dir, "ca.yaml")
@@ -705,15 +705,6 @@ func indexOfNode(name string, nodes int) int {
 		}
 	}
 	return -1
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
 }
 
 func writeKubeconfig(t *testing.T, cfg *rest.Config, path string) {

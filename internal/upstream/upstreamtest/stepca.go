@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/smallstep/certificates/ca"
 	"go.step.sm/crypto/jose"
 
+	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/internal/upstream"
 )
@@ -96,7 +96,7 @@ func NewStepCA(t testing.TB, o StepCAOptions) *StepCA {
 		s.Config.JWK = &upstream.StepCAJWK{KeyFile: WriteFile(t, dir, "provisioner.jwk", raw)}
 		prov = &provisioner.JWK{Type: "JWK", Name: "mayfly", Key: &pub, Claims: claims, Options: opts}
 	}
-	addr := freeAddress(t)
+	addr := loopback.FreeAddr(t) // step-ca cannot tell the port it bound to ":0"
 	cfg := &config.Config{
 		Root:             roots,
 		IntermediateCert: WriteCert(t, dir, "intermediate.crt", o.Intermediate.Cert),
@@ -141,16 +141,3 @@ func NewStepCA(t testing.TB, o StepCAOptions) *StepCA {
 }
 
 func pemOf(c *CA) string { return string(pemCert(c)) }
-
-// freeAddress returns a loopback address with a port free now (step-ca
-// cannot tell the port it bound to ":0").
-func freeAddress(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
-}
