@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -36,6 +37,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/agent"
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/memlimit"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fleet"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
@@ -50,13 +52,16 @@ const (
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
 // sizes are what one run covers: MAYFLY_FLEET_PODS, MAYFLY_FLEET_NODES,
-// MAYFLY_FLEET_AGENTS (comma-separated steps) and MAYFLY_FLEET_OUT (the
-// report's directory) set them for `make bench-fleet`; unset, the run is
+// MAYFLY_FLEET_AGENTS (comma-separated steps), MAYFLY_FLEET_OUT (the
+// report's directory) and MAYFLY_FLEET_CA_MEMORY (the CA container's memory
+// limit, handed to the CA as the chart does) set them for `make
+// bench-fleet`; unset, the run is
 // the small smoke run of `go test`.
 type sizes struct {
 	pods, nodes int
 	steps       []int
 	out         string
+	caMemory    string // the CA container's memory limit (MAYFLY_FLEET_CA_MEMORY), "" for none
 }
 
 func sizesFromEnv(t *testing.T) sizes {
@@ -86,6 +91,12 @@ func sizesFromEnv(t *testing.T) sizes {
 		t.Fatalf("%d agents need as many nodes, have %d", last, s.nodes)
 	}
 	s.out = os.Getenv("MAYFLY_FLEET_OUT")
+	s.caMemory = os.Getenv("MAYFLY_FLEET_CA_MEMORY")
+	if s.caMemory != "" {
+		if _, err := memlimit.Parse(s.caMemory); err != nil {
+			t.Fatalf("MAYFLY_FLEET_CA_MEMORY: %v", err)
+		}
+	}
 	return s
 }
 
@@ -135,6 +146,7 @@ type fixture struct {
 
 	pods      []*corev1.Pod // the workload pods, as created (UIDs)
 	rotations int
+	starts    int // CA processes started
 	agents    []*fleetAgent
 	ctx       context.Context
 }
@@ -296,8 +308,21 @@ func (f *fixture) runCA(bin string) (*exec.Cmd, chan error) {
 	t := f.t
 	cmd := exec.Command(bin, "run", "--config", f.cfgPath)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+f.kubeconfig, "POD_NAME=ca-fleet", "GOMAXPROCS=2")
+	if f.sz.caMemory != "" { // as the chart sets it from the container's limit
+		cmd.Env = append(cmd.Env, memlimit.EnvVar+"="+f.sz.caMemory)
+	}
 	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &lockedWriter{w: &logs}, &lockedWriter{w: &logs}
+	var out io.Writer = &lockedWriter{w: &logs}
+	if f.sz.out != "" { // the CA's log beside the report, one file per start
+		lf, err := os.Create(filepath.Join(f.sz.out, fmt.Sprintf("ca-%d.log", f.starts)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = lf.Close() })
+		out = io.MultiWriter(out, lf)
+	}
+	f.starts++
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
