@@ -26,11 +26,11 @@ type gatedPods struct {
 	next *kubenodes.PodCache
 	open chan struct{}
 
-	mu       sync.Mutex
-	inFlight int
+	mu        sync.Mutex
+	inFlight  int
 	maxAtOnce int
-	perPod   map[string]int
-	twice    []string // pods looked up by two workers at once
+	perPod    map[string]int
+	twice     []string // pods looked up by two workers at once
 }
 
 func (g *gatedPods) HasSynced() bool { return g.next.HasSynced() }
