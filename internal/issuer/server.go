@@ -189,7 +189,8 @@ type Server struct {
 	watchers map[*watcher]string
 	ackCount map[string]int
 
-	serving servingCert
+	serving  servingCert
+	verified verifiedAgents
 }
 
 type signers struct {
