@@ -326,5 +326,5 @@ func jitter(d time.Duration) time.Duration {
 	if d <= 0 {
 		return d
 	}
-	return d/2 + rand.N(d)
+	return d/2 + rand.N(d) //nolint:gosec // spreading retries, not a secret
 }

@@ -3,6 +3,7 @@ package issuer
 import (
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"sync"
 	"time"
 
@@ -41,10 +42,7 @@ const verifiedAgentsMax = 1 << 16
 func chainKey(certs []*x509.Certificate) [sha256.Size]byte {
 	h := sha256.New()
 	for _, c := range certs {
-		var n [4]byte
-		l := len(c.Raw)
-		n[0], n[1], n[2], n[3] = byte(l>>24), byte(l>>16), byte(l>>8), byte(l)
-		h.Write(n[:])
+		h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(c.Raw))))
 		h.Write(c.Raw)
 	}
 	var k [sha256.Size]byte
