@@ -3,11 +3,17 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
+	"github.com/mayfly-pki/mayfly/internal/memlimit"
 )
 
 func main() {
+	if _, err := memlimit.Apply(os.Getenv); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	os.Exit(caapp.Main(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -159,7 +160,8 @@ func (w *BundleWatcher) Install(b *issuerv1.Bundle) bool {
 // Watch keeps a WatchBundle stream open on conn's connection until ctx is
 // done: it installs and acknowledges every bundle, reopens the stream on
 // each new connection (a new agent SVID), and after a failure retries with
-// a backoff of 1s doubling to 10s on the injected clock.
+// a backoff of 1s doubling to 10s on the injected clock, each wait drawn
+// between half and one and a half times the backoff (jitter).
 func (w *BundleWatcher) Watch(ctx context.Context, conn IssuerSource) error {
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -189,8 +191,9 @@ func (w *BundleWatcher) Watch(ctx context.Context, conn IssuerSource) error {
 			backoff = time.Second
 			continue
 		}
-		w.cfg.Logger.Warn("bundle stream ended; reconnecting", "error", err, "retry_in", backoff)
-		t := w.cfg.Clock.NewTimer(backoff)
+		wait := jitter(backoff)
+		w.cfg.Logger.Warn("bundle stream ended; reconnecting", "error", err, "retry_in", wait)
+		t := w.cfg.Clock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -311,4 +314,17 @@ func (w *BundleWatcher) deliver(ctx context.Context) (string, error) {
 	}
 	w.cfg.Logger.Info("trust bundle delivered to every sink; acknowledging it", "version", version, "roots", len(roots), "took", w.cfg.Clock.Now().Sub(start))
 	return version, nil
+}
+
+// jitter returns a wait drawn uniformly from [d/2, 3d/2). A CA that
+// restarts ends the bundle streams of all its agents at the same instant:
+// without it, thousands of agents would dial again in the same second at
+// every step of the backoff, overflowing the CA's accept queue (dropped
+// SYNs are retried by TCP only after 1 s, 3 s, 7 s...) and queueing
+// handshakes that time out before they are served.
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	return d/2 + rand.N(d) //nolint:gosec // spreading retries, not a secret
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
@@ -102,5 +103,25 @@ func TestBundleWatcherInstall(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "cannot persist the trust bundle") {
 		t.Errorf("logs %q do not report the failed save", logs)
+	}
+}
+
+func TestJitterSpreadsReconnects(t *testing.T) {
+	const d = 4 * time.Second
+	seen := map[time.Duration]bool{}
+	for range 1000 {
+		w := jitter(d)
+		if w < d/2 || w >= 3*d/2 {
+			t.Fatalf("jitter(%s) = %s, want within [%s, %s)", d, w, d/2, 3*d/2)
+		}
+		seen[w/(100*time.Millisecond)] = true
+	}
+	// 1,000 agents dropped at once must not dial again together: their
+	// waits fall in many of the 40 buckets of 100 ms.
+	if len(seen) < 30 {
+		t.Errorf("1000 waits fell in %d buckets of 100 ms, want them spread over the 4 s", len(seen))
+	}
+	if got := jitter(0); got != 0 {
+		t.Errorf("jitter(0) = %s", got)
 	}
 }

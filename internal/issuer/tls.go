@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -82,11 +83,7 @@ func (s *Server) peerAgent(ctx context.Context) (agentPeer, error) {
 	if len(info.State.PeerCertificates) == 0 {
 		return agentPeer{}, status.Error(codes.Unauthenticated, "this method needs an agent SVID as client certificate; attest first with AttestAgent")
 	}
-	raw := make([][]byte, len(info.State.PeerCertificates))
-	for i, c := range info.State.PeerCertificates {
-		raw[i] = c.Raw
-	}
-	ap, err := s.verifyAgent(raw)
+	ap, err := s.verifyPeerChain(info.State.PeerCertificates)
 	if err != nil {
 		return agentPeer{}, status.Error(codes.Unauthenticated, err.Error())
 	}
@@ -96,35 +93,50 @@ func (s *Server) peerAgent(ctx context.Context) (agentPeer, error) {
 	return ap, nil
 }
 
-func (s *Server) verifyAgent(raw [][]byte) (agentPeer, error) {
-	certs := make([]*x509.Certificate, 0, len(raw))
-	for _, r := range raw {
-		c, err := x509.ParseCertificate(r)
-		if err != nil {
-			return agentPeer{}, fmt.Errorf("client certificate: %w", err)
-		}
-		certs = append(certs, c)
-	}
+// verifyPeerChain verifies the agent SVID chain of a TLS connection: a
+// chain that verified against the authority state in force is not
+// verified again while every certificate is valid (verifiedAgents).
+func (s *Server) verifyPeerChain(certs []*x509.Certificate) (agentPeer, error) {
 	sg, err := s.current()
 	if err != nil {
 		return agentPeer{}, err
 	}
-	id, err := pki.VerifyX509SVID(certs[0], certs[1:], sg.loaded.Bundle, s.cfg.Now(), x509.ExtKeyUsageClientAuth)
+	now := s.cfg.Now()
+	key := chainKey(certs)
+	if v, ok := s.verified.get(key, sg.loaded, now); ok {
+		return agentPeer{node: v.node, leaf: certs[0], attestedAt: v.attestedAt}, nil
+	}
+	ap, loaded, err := s.verifyAgentAt(certs, now)
 	if err != nil {
-		return agentPeer{}, fmt.Errorf("client certificate is not a valid SVID of %s: %w", s.cfg.TrustDomain, err)
+		return agentPeer{}, err
+	}
+	s.verified.put(key, certs, loaded, ap.node, ap.attestedAt, now)
+	return ap, nil
+}
+
+// verifyAgentAt verifies an agent SVID chain (as crypto/tls parsed it) at
+// now and returns the authority state whose bundle it verified against.
+func (s *Server) verifyAgentAt(certs []*x509.Certificate, now time.Time) (agentPeer, *authority.Loaded, error) {
+	sg, err := s.current()
+	if err != nil {
+		return agentPeer{}, nil, err
+	}
+	id, err := pki.VerifyX509SVID(certs[0], certs[1:], sg.loaded.Bundle, now, x509.ExtKeyUsageClientAuth)
+	if err != nil {
+		return agentPeer{}, nil, fmt.Errorf("client certificate is not a valid SVID of %s: %w", s.cfg.TrustDomain, err)
 	}
 	node, ok := pki.Agent(id)
 	if !ok || id.TrustDomain() != s.cfg.TrustDomain {
-		return agentPeer{}, fmt.Errorf("client certificate %s is not an agent SVID of %s", id, s.cfg.TrustDomain)
+		return agentPeer{}, nil, fmt.Errorf("client certificate %s is not an agent SVID of %s", id, s.cfg.TrustDomain)
 	}
 	if !pki.HasComponentPolicy(certs[0]) {
-		return agentPeer{}, fmt.Errorf("client certificate %s lacks the mayfly component policy %s: it was not issued to an agent (or predates the policy); attest again", id, pki.OIDComponentPolicy)
+		return agentPeer{}, nil, fmt.Errorf("client certificate %s lacks the mayfly component policy %s: it was not issued to an agent (or predates the policy); attest again", id, pki.OIDComponentPolicy)
 	}
 	at, err := attestedAtOf(certs[0])
 	if err != nil {
-		return agentPeer{}, fmt.Errorf("client certificate %s: %w; attest again", id, err)
+		return agentPeer{}, nil, fmt.Errorf("client certificate %s: %w; attest again", id, err)
 	}
-	return agentPeer{node: node, leaf: certs[0], attestedAt: at}, nil
+	return agentPeer{node: node, leaf: certs[0], attestedAt: at}, sg.loaded, nil
 }
 
 func peerAddr(ctx context.Context) string {

@@ -82,6 +82,10 @@ func (c Config) TLSConfig() *tls.Config {
 	}
 }
 
+// ConnectTimeout bounds one attempt to connect to the CA: TCP and the TLS
+// handshake.
+const ConnectTimeout = 20 * time.Second
+
 // Dial connects to the CA (lazily, like grpc.NewClient).
 func Dial(c Config, opts ...grpc.DialOption) (*grpc.ClientConn, issuerv1.IssuerClient, error) {
 	if c.Bundle == nil {
@@ -98,10 +102,15 @@ func Dial(c Config, opts ...grpc.DialOption) (*grpc.ClientConn, issuerv1.IssuerC
 		// gRPC's default reconnect backoff grows to 2 minutes, during which
 		// calls fail at once: far longer than a short certificate's retry
 		// budget. Agents retry with their own bounded backoff; keep the
-		// transport's short.
+		// transport's short. A connection attempt (TCP and TLS handshake)
+		// gets gRPC's default 20 s: when every agent of a large fleet
+		// reconnects at once (a CA restart), a CA answers the handshakes
+		// queued behind thousands of others in seconds, and an agent that
+		// gave up at 5 s left the CA a handshake done for nothing and
+		// queued a new one (the reconnect storm of docs/performance.md).
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
-			MinConnectTimeout: 5 * time.Second,
+			MinConnectTimeout: ConnectTimeout,
 		}),
 	}, opts...)
 	conn, err := grpc.NewClient(c.Address, opts...)

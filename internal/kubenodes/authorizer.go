@@ -110,12 +110,15 @@ func (p *PodAuthorizer) checkDNSName(ns, name string) error {
 }
 
 // checkPodToken requires tok to be a valid token for the CA's audience
-// bound to pod. A token's successful review is reused for a while
-// (reviewCache); the binding to pod is checked on every call.
+// bound to pod and its ServiceAccount. Once reviewed, the same token for
+// the same pod is admitted without a review until its exp (reviewCache);
+// the pod itself is checked on every call by the caller.
 func (p *PodAuthorizer) checkPodToken(ctx context.Context, pod *corev1.Pod, tok string) error {
-	r, err := p.reviews.review(ctx, p.cfg.Audience, tok, func(ctx context.Context) (reviewed, error) {
-		return reviewToken(ctx, p.cfg.Client, p.cfg.ReviewTimeout, p.cfg.Audience, tok)
-	})
+	uid := string(pod.UID)
+	if p.reviews.admitted(uid, tok) {
+		return nil
+	}
+	r, err := reviewToken(ctx, p.cfg.Client, p.cfg.ReviewTimeout, p.cfg.Audience, tok)
 	if err != nil {
 		var d *issuer.Denial
 		if errors.As(err, &d) && d.Code == issuerv1.Denial_PERMISSION_DENIED {
@@ -125,10 +128,11 @@ func (p *PodAuthorizer) checkPodToken(ctx context.Context, pod *corev1.Pod, tok 
 	}
 	ref := pod.Namespace + "/" + pod.Name
 	switch {
-	case r.podUID != string(pod.UID):
+	case r.podUID != uid:
 		return policy.Deny(policy.RulePodToken, policy.ClassForbidden, "pod_token is not bound to pod %s", ref)
 	case r.username != serviceAccountUser(pod.Namespace, pod.Spec.ServiceAccountName):
 		return policy.Deny(policy.RulePodToken, policy.ClassForbidden, "pod_token belongs to %s, not to the ServiceAccount of pod %s", r.username, ref)
 	}
+	p.reviews.remember(uid, tok)
 	return nil
 }

@@ -41,11 +41,13 @@ type Config struct {
 	RequirePodToken bool
 	// ReviewTimeout bounds one call to the API server (default 5s).
 	ReviewTimeout time.Duration
-	// ReviewCacheSize bounds the pod-token reviews the authorizer
-	// remembers (default 16384; negative: none are cached).
+	// ReviewCacheSize bounds the pods whose token review the authorizer
+	// remembers, one token each, about 100 bytes a pod (default 262144;
+	// negative: none are cached).
 	ReviewCacheSize int
-	// ReviewCacheTTL is how long a pod token's review is reused, never past
-	// the token's expiry (default 5m; negative: none are cached).
+	// ReviewCacheTTL bounds how long a pod token's review is reused; it is
+	// never reused past the token's expiry (default 24h, the oldest token
+	// the kubelet hands out; negative: none are cached).
 	ReviewCacheTTL time.Duration
 	// Now is the clock of the review cache (default time.Now).
 	Now func() time.Time
@@ -62,10 +64,10 @@ func (c Config) withDefaults() Config {
 		c.ReviewTimeout = 5 * time.Second
 	}
 	if c.ReviewCacheSize == 0 {
-		c.ReviewCacheSize = 16384
+		c.ReviewCacheSize = 1 << 18
 	}
 	if c.ReviewCacheTTL == 0 {
-		c.ReviewCacheTTL = 5 * time.Minute
+		c.ReviewCacheTTL = 24 * time.Hour
 	}
 	if c.Now == nil {
 		c.Now = time.Now
