@@ -37,42 +37,37 @@ type csrShape struct {
 
 var csrShapes = []csrShape{
 	{
-		spkiPrefix: spkiPrefixEC(oidCurveP256Bytes, 65), keyLen: 65,
+		spkiPrefix: spkiPrefix(derAlgECDSAP256, 65), keyLen: 65,
 		sigAlgDER: sequenceOf(derOIDECDSAWithSHA256), sigAlg: x509.ECDSAWithSHA256,
 		pubAlg: x509.ECDSA, curve: elliptic.P256(), hash: crypto.SHA256,
 	},
 	{
-		spkiPrefix: spkiPrefixEC(oidCurveP384Bytes, 97), keyLen: 97,
+		spkiPrefix: spkiPrefix(derAlgECDSAP384, 97), keyLen: 97,
 		sigAlgDER: sequenceOf(derOIDECDSAWithSHA384), sigAlg: x509.ECDSAWithSHA384,
 		pubAlg: x509.ECDSA, curve: elliptic.P384(), hash: crypto.SHA384,
 	},
 	{
-		// SEQUENCE { SEQUENCE { OID Ed25519 }, BIT STRING (33 bytes) 0x00 ... }
-		spkiPrefix: append(append([]byte{tagSequence, 0x2a, tagSequence, 0x05}, derOIDEd25519...), tagBitString, 0x21, 0x00),
-		keyLen:     ed25519.PublicKeySize,
-		sigAlgDER:  sequenceOf(derOIDEd25519), sigAlg: x509.PureEd25519, pubAlg: x509.Ed25519,
+		spkiPrefix: spkiPrefix(derAlgEd25519, ed25519.PublicKeySize), keyLen: ed25519.PublicKeySize,
+		sigAlgDER: sequenceOf(derOIDEd25519), sigAlg: x509.PureEd25519, pubAlg: x509.Ed25519,
 	},
 }
 
 var (
-	oidCurveP256Bytes = mustMarshal(oidCurveP256)
-	oidCurveP384Bytes = mustMarshal(oidCurveP384)
-	derOIDPublicKeyEC = mustMarshal(oidPublicKeyECDSA)
 	// csrTBSHead is version 0 and the empty subject; csrTBSTail the empty
 	// attributes [0].
 	csrTBSHead = []byte{tagInteger, 0x01, 0x00, tagSequence, 0x00}
 	csrTBSTail = []byte{0xa0, 0x00}
 )
 
-// spkiPrefixEC is the SubjectPublicKeyInfo of an EC key on the curve named
-// by curveOID, up to its uncompressed point of pointLen bytes.
-func spkiPrefixEC(curveOID []byte, pointLen int) []byte {
-	algID := sequenceOf(derOIDPublicKeyEC, curveOID)
-	bitsLen := 1 + pointLen
-	spkiLen := len(algID) + 2 + bitsLen
-	out := []byte{tagSequence, byte(spkiLen)}
-	out = append(out, algID...)
-	return append(out, tagBitString, byte(bitsLen), 0x00)
+// spkiPrefix is the SubjectPublicKeyInfo of algorithm algID up to its key
+// of keyLen bytes.
+func spkiPrefix(algID []byte, keyLen int) []byte {
+	d := derBuf{}
+	spki := d.open(tagSequence)
+	d.add(algID)
+	d.addBitString(make([]byte, keyLen))
+	d.close(spki)
+	return d.b[:len(d.b)-keyLen]
 }
 
 // sequenceOf encodes a short SEQUENCE of already encoded elements.
