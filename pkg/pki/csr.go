@@ -44,7 +44,8 @@ func CreateCSR(key crypto.Signer, rand io.Reader) ([]byte, error) {
 // MaxCSRSize, checks the public key with CheckPublicKey (before the more
 // expensive signature check) and verifies the self-signature. Errors wrap
 // ErrCSRTooLarge, ErrCSRMalformed, ErrCSRSignature, or ErrWeakKey /
-// ErrUnsupportedKey. The names in the CSR are returned as parsed but mean
+// ErrUnsupportedKey. The CSRs CreateCSR makes are read by a direct parser
+// (csrdirect.go) with the same result. The names in the CSR are returned as parsed but mean
 // nothing to mayfly: Sign never reads them.
 func ParseCSR(der []byte) (*x509.CertificateRequest, error) {
 	if len(der) > MaxCSRSize {
@@ -52,6 +53,12 @@ func ParseCSR(der []byte) (*x509.CertificateRequest, error) {
 	}
 	if len(der) == 0 {
 		return nil, fmt.Errorf("%w: empty", ErrCSRMalformed)
+	}
+	if csr, direct, err := parseCSRDirect(der); direct {
+		if err != nil {
+			return nil, err
+		}
+		return csr, nil
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {

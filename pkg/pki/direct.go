@@ -135,13 +135,21 @@ func (a issuerSigAlg) addIdentifier(d *derBuf) {
 // pub, issued by a. It returns errNotDirect for a template outside the
 // fixed shape, and no certificate.
 func directLeaf(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, rand io.Reader) ([]byte, error) {
+	der, _, err := directLeafView(tmpl, pub, a, rand)
+	return der, err
+}
+
+// directLeafView is directLeaf that also returns the certificate as
+// x509.ParseCertificate would return it, or nil where leafView does not
+// reproduce the parser.
+func directLeafView(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, rand io.Reader) ([]byte, *x509.Certificate, error) {
 	alg, ok := sigAlgFor(a.Key)
 	if !ok || !directShape(tmpl) {
-		return nil, errNotDirect
+		return nil, nil, errNotDirect
 	}
 	tbs, err := leafTBS(tmpl, pub, a.Cert, alg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	signed := tbs
 	switch alg.hash {
@@ -154,13 +162,13 @@ func directLeaf(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, rand 
 	}
 	sig, err := a.Key.Sign(rand, signed, alg.hash)
 	if err != nil {
-		return nil, fmt.Errorf("sign certificate: %w", err)
+		return nil, nil, fmt.Errorf("sign certificate: %w", err)
 	}
 	if !alg.stdlib {
 		// A key outside the process (HSM, KMS) may misbehave; check its
 		// signature as CreateCertificate would.
 		if err := a.Cert.CheckSignature(alg.alg, tbs, sig); err != nil {
-			return nil, fmt.Errorf("signature returned by signer is invalid: %w", err)
+			return nil, nil, fmt.Errorf("signature returned by signer is invalid: %w", err)
 		}
 	}
 	d := derBuf{b: make([]byte, 0, len(tbs)+len(sig)+40)}
@@ -169,7 +177,7 @@ func directLeaf(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, rand 
 	alg.addIdentifier(&d)
 	d.addBitString(sig)
 	d.close(cert)
-	return d.b, nil
+	return d.b, leafView(d.b, tmpl, pub, a.Cert, alg.alg), nil
 }
 
 // directShape reports whether the direct encoder writes tmpl exactly as
@@ -249,12 +257,7 @@ func leafTBS(tmpl *x509.Certificate, pub crypto.PublicKey, issuer *x509.Certific
 	if len(issuerDER) == 0 {
 		return nil, errNotDirect
 	}
-	// CreateCertificate takes the issuer's key ID unless issuer and
-	// subject names are equal (a self-issued certificate).
-	akid := tmpl.AuthorityKeyId
-	if string(issuerDER) != string(subject) && len(issuer.SubjectKeyId) > 0 {
-		akid = issuer.SubjectKeyId
-	}
+	akid := leafAKID(tmpl, issuer)
 	d := derBuf{b: make([]byte, 0, 1024)}
 	tbs := d.open(tagSequence)
 	d.add(derVersion3)
@@ -278,6 +281,16 @@ func leafTBS(tmpl *x509.Certificate, pub crypto.PublicKey, issuer *x509.Certific
 	d.close(exts)
 	d.close(tbs)
 	return d.b, nil
+}
+
+// leafAKID is the authority key ID of tmpl's certificate: as
+// CreateCertificate does, the issuer's key ID unless issuer and subject
+// names are equal (a self-issued certificate).
+func leafAKID(tmpl *x509.Certificate, issuer *x509.Certificate) []byte {
+	if string(issuer.RawSubject) != string(subjectDER(tmpl.Subject)) && len(issuer.SubjectKeyId) > 0 {
+		return issuer.SubjectKeyId
+	}
+	return tmpl.AuthorityKeyId
 }
 
 func (d *derBuf) addLeafExtensions(tmpl *x509.Certificate, akid []byte, subjectEmpty bool) error {

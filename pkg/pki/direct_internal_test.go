@@ -14,6 +14,7 @@ import (
 	"math/big"
 	mrand "math/rand/v2"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -121,13 +122,14 @@ func (c diffCase) template(t testing.TB) *x509.Certificate {
 	return tmpl
 }
 
-// checkSame issues tmpl both ways and compares them.
-func checkSame(t *testing.T, c diffCase, tmpl *x509.Certificate) {
+// checkSame issues tmpl both ways and compares them, and the direct
+// path's view of the certificate with its parse (viewed: there was one).
+func checkSame(t *testing.T, c diffCase, tmpl *x509.Certificate) (viewed bool) {
 	t.Helper()
 	is := diffIssuers()[c.issuer]
 	pub := diffKeys()[c.subject].Public()
 	want, stdErr := x509.CreateCertificate(rand.Reader, tmpl, is.authority.Cert, pub, is.authority.Key)
-	got, err := directLeaf(tmpl, pub, is.authority, rand.Reader)
+	got, view, err := directLeafView(tmpl, pub, is.authority, rand.Reader)
 	if errors.Is(err, errNotDirect) {
 		t.Fatalf("%v: the direct encoder refused a leaf template", c)
 	}
@@ -135,9 +137,28 @@ func checkSame(t *testing.T, c diffCase, tmpl *x509.Certificate) {
 		t.Fatalf("%v: direct error %v, CreateCertificate error %v", c, err, stdErr)
 	}
 	if err != nil {
-		return
+		return false
 	}
 	compareCerts(t, c.String(), got, want, is)
+	compareView(t, c.String(), got, view)
+	return view != nil
+}
+
+// compareView checks that leafView's certificate is what
+// x509.ParseCertificate returns for der, and that there is none where the
+// parser refuses der.
+func compareView(t *testing.T, name string, der []byte, view *x509.Certificate) {
+	t.Helper()
+	parsed, err := x509.ParseCertificate(der)
+	switch {
+	case err != nil && view != nil:
+		t.Fatalf("%s: x509.ParseCertificate refuses the certificate (%v), leafView returned one", name, err)
+	case err != nil || view == nil:
+		return
+	}
+	if !reflect.DeepEqual(view, parsed) {
+		t.Fatalf("%s: leafView differs from x509.ParseCertificate:\nview   %#v\nparsed %#v", name, view, parsed)
+	}
 }
 
 func compareCerts(t *testing.T, name string, got, want []byte, is diffIssuer) {
@@ -222,19 +243,24 @@ func genCase(r *mrand.Rand, issuer, subject KeyType, kind Kind) diffCase {
 
 func TestDirectLeaf_matchesCreateCertificate(t *testing.T) {
 	r := mrand.New(mrand.NewPCG(1, 2))
-	n := 0
+	n, viewed := 0, 0
 	for _, issuer := range KeyTypes() {
 		for _, subject := range KeyTypes() {
 			for _, kind := range []Kind{KindWorkload, KindAgent} {
 				for range 4 {
 					c := genCase(r, issuer, subject, kind)
-					checkSame(t, c, c.template(t))
+					if checkSame(t, c, c.template(t)) {
+						viewed++
+					}
 					n++
 				}
 			}
 		}
 	}
 	t.Logf("%d generated leaves identical on both paths", n)
+	if viewed != n {
+		t.Fatalf("leafView returned %d of %d certificates, want all (no generated template leaves its shape)", viewed, n)
+	}
 }
 
 // TestSign_directAndStandardPathsAgree issues through Signer.Sign, the
@@ -256,10 +282,11 @@ func TestSign_directAndStandardPathsAgree(t *testing.T) {
 						Authority: is.authority, Now: func() time.Time { return diffNow.Add(1234567 * time.Microsecond) },
 						Rand: seededReader(7), Options: append(DefaultWorkloadOptions(), testAttestedAt{}), StandardPath: standard,
 					}
-					_, der, err := s.Sign(req)
+					cert, der, err := s.Sign(req)
 					if err != nil {
 						t.Fatalf("%s (standard=%v): %v", name, standard, err)
 					}
+					compareView(t, name, der, cert)
 					return der
 				}
 				compareCerts(t, name, sign(false), sign(true), is)

@@ -270,13 +270,14 @@ func (s *Signer) sign(req SignRequest) (*x509.Certificate, []byte, error) {
 		return nil, nil, fmt.Errorf("%w: no validity left (notAfter %s)", ErrInvalidRequest, tmpl.NotAfter.UTC().Format(time.RFC3339))
 	}
 
-	der, err := s.create(req, tmpl)
+	der, cert, err := s.create(req, tmpl)
 	if err != nil {
 		return nil, nil, err
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, nil, fmt.Errorf("parse issued certificate: %w", err)
+	if cert == nil {
+		if cert, err = x509.ParseCertificate(der); err != nil {
+			return nil, nil, fmt.Errorf("parse issued certificate: %w", err)
+		}
 	}
 	if req.Kind.IsLeaf() {
 		err = CheckSVIDRules(cert)
@@ -294,22 +295,24 @@ func (s *Signer) sign(req SignRequest) (*x509.Certificate, []byte, error) {
 
 // create encodes and signs tmpl: leaves directly unless StandardPath is
 // set or the template left the direct encoder's shape, everything else with
-// x509.CreateCertificate.
-func (s *Signer) create(req SignRequest, tmpl *x509.Certificate) ([]byte, error) {
+// x509.CreateCertificate. A direct leaf comes with the certificate
+// x509.ParseCertificate would return for it (leafView), or nil for the
+// caller to parse.
+func (s *Signer) create(req SignRequest, tmpl *x509.Certificate) ([]byte, *x509.Certificate, error) {
 	if req.Kind.IsLeaf() && !s.StandardPath {
-		der, err := directLeaf(tmpl, req.PublicKey, s.Authority, s.Rand)
+		der, cert, err := directLeafView(tmpl, req.PublicKey, s.Authority, s.Rand)
 		if !errors.Is(err, errNotDirect) {
 			if err != nil {
-				return nil, fmt.Errorf("create certificate: %w", err)
+				return nil, nil, fmt.Errorf("create certificate: %w", err)
 			}
-			return der, nil
+			return der, cert, nil
 		}
 	}
 	der, err := x509.CreateCertificate(s.Rand, tmpl, s.Authority.Cert, req.PublicKey, s.Authority.Key)
 	if err != nil {
-		return nil, fmt.Errorf("create certificate: %w", err)
+		return nil, nil, fmt.Errorf("create certificate: %w", err)
 	}
-	return der, nil
+	return der, nil, nil
 }
 
 func checkRequest(req SignRequest) error {
