@@ -31,7 +31,7 @@ type Status struct {
 	// JWTKeys are the JWT signing keys: the active one, a prepared
 	// successor and the retired keys still published.
 	JWTKeys []JWTKeyInfo `json:"jwtKeys,omitempty"`
-	Taints        []TaintInfo `json:"taints,omitempty"`
+	Taints  []TaintInfo  `json:"taints,omitempty"`
 	// LiveLeaves counts the leaves this replica issued since it started
 	// that are still valid, per authority key.
 	LiveLeaves []issuer.AuthorityLeaves `json:"liveLeaves,omitempty"`

@@ -134,7 +134,7 @@ func TestStatusJWTKeys(t *testing.T) {
 	}
 	for _, want := range []string{
 		"JWT KEY", cur.KeyID[:16], "active", next.KeyID[:16], "prepared", old.KeyID[:16], "ES384", "retired",
-		now.Add(30*time.Minute).Format(time.RFC3339), "30m0s",
+		now.Add(30 * time.Minute).Format(time.RFC3339), "30m0s",
 		"next JWT key " + next.KeyID + ": published " + published.Format(time.RFC3339) + "; 2 of 3 connected agents hold the current bundle",
 		"by " + wantBy.Format(time.RFC3339) + " at the latest",
 	} {
