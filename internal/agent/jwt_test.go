@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -30,6 +31,11 @@ type fakeJWTCA struct {
 	mu     sync.Mutex
 	fail   []error
 	deny   *issuerv1.Denial
+	// pub verifies its tokens (kid: its thumbprint).
+	pub crypto.PublicKey
+	// pods, when set, answers requests by pod (Kubernetes mode): the pod's
+	// SPIFFE ID, and a PERMISSION_DENIED denial for a pod not in it.
+	pods map[string]string
 }
 
 func newFakeJWTCA(t testing.TB, clock *rotate.FakeClock) *fakeJWTCA {
@@ -39,7 +45,7 @@ func newFakeJWTCA(t testing.TB, clock *rotate.FakeClock) *fakeJWTCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeJWTCA{clock: clock, ttl: 5 * time.Minute, signer: s}
+	return &fakeJWTCA{clock: clock, ttl: 5 * time.Minute, signer: s, pub: key.Public()}
 }
 
 func (f *fakeJWTCA) SignJWTs(_ context.Context, reqs []*issuerv1.JWTRequest) ([]*issuerv1.JWTResult, error) {
@@ -55,12 +61,22 @@ func (f *fakeJWTCA) SignJWTs(_ context.Context, reqs []*issuerv1.JWTRequest) ([]
 	f.mu.Unlock()
 	out := make([]*issuerv1.JWTResult, 0, len(reqs))
 	for _, r := range reqs {
+		rawID, deny := r.GetSpiffeId(), deny
+		if f.pods != nil {
+			f.mu.Lock()
+			podID, ok := f.pods[r.GetPodUid()]
+			f.mu.Unlock()
+			if !ok {
+				deny = &issuerv1.Denial{Code: issuerv1.Denial_PERMISSION_DENIED, Message: "pod " + r.GetPodUid() + " is not on this node"}
+			}
+			rawID = podID
+		}
 		if deny != nil {
 			out = append(out, &issuerv1.JWTResult{RequestId: r.GetRequestId(), Result: &issuerv1.JWTResult_Denial{Denial: deny}})
 			continue
 		}
 		now := f.clock.Now().Truncate(time.Second)
-		id := spiffeid.RequireFromString(r.GetSpiffeId())
+		id := spiffeid.RequireFromString(rawID)
 		tok, err := f.signer.Sign(jwtsvid.Claims{Subject: id, Audience: r.GetAudience(), IssuedAt: now, Expiry: now.Add(f.ttl)})
 		if err != nil {
 			return nil, err

@@ -15,11 +15,12 @@ import (
 // JWTFileName is the file a token file writer keeps a JWT-SVID in.
 const JWTFileName = "jwt.token"
 
-// JWTFiles keeps a JWT-SVID for Audience in a file (jwt.token, mode 0600)
-// in a directory per identity, for programs that read a token file rather
-// than call the Workload API. Each file is re-written at the token's
-// half-life, when the cache obtains the next token; a token that cannot be
-// obtained is retried with backoff, the file keeping the last one.
+// JWTFiles keeps JWT-SVIDs in token files, for programs that read a token
+// file rather than call the Workload API: jwt.token (mode 0600) in a
+// directory per identity for Audience (writeDir, Set), and the files of CSI
+// volumes (Keep). Each file is re-written at the token's half-life, when
+// the cache obtains the next token; a token that cannot be obtained is
+// retried with backoff, the file keeping the last one.
 type JWTFiles struct {
 	Cache    *JWTCache
 	Clock    rotate.Clock
@@ -33,9 +34,23 @@ type JWTFiles struct {
 }
 
 type jwtWriter struct {
-	dir    string
-	cancel context.CancelFunc
-	done   chan struct{}
+	dir  string
+	stop func()
+}
+
+// JWTFile says where and how a writer keeps a token.
+type JWTFile struct {
+	// Path is the token file.
+	Path string
+	// MakeDir creates the file's directory (0700) when it is missing;
+	// otherwise a missing directory is an error, retried.
+	MakeDir bool
+	// Group, when set, gives the file to this group with mode 0640 (a
+	// pod's fsGroup, as the key of a CSI volume); else it is 0600.
+	Group *int64
+	// Written, when set, is told the result of every attempt to obtain
+	// and write the token (nil: the file holds a token valid past now).
+	Written func(error)
 }
 
 // NewJWTFiles returns token file writers that run until ctx is done.
@@ -43,9 +58,9 @@ func NewJWTFiles(ctx context.Context, cache *JWTCache, clock rotate.Clock, audie
 	return &JWTFiles{Cache: cache, Clock: clock, Audience: audience, Logger: log, ctx: ctx, writers: map[string]jwtWriter{}}
 }
 
-// Set makes the writers run for exactly specs (by key), each writing into
-// dirs[key]; writers of keys no longer there stop (their file stays until
-// it expires, as the certificate files do).
+// Set makes the writers run for exactly specs (by key), each writing
+// jwt.token for Audience into dirs[key]; writers of keys no longer there
+// stop (their file stays until it expires, as the certificate files do).
 func (f *JWTFiles) Set(specs []Spec, dirs map[string]string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -56,27 +71,39 @@ func (f *JWTFiles) Set(specs []Spec, dirs map[string]string) {
 		if w, ok := f.writers[spec.Key]; ok && w.dir == dir {
 			continue
 		} else if ok {
-			w.cancel()
-			<-w.done
+			w.stop()
 		}
-		ctx, cancel := context.WithCancel(f.ctx)
-		w := jwtWriter{dir: dir, cancel: cancel, done: make(chan struct{})}
-		f.writers[spec.Key] = w
-		go func() {
-			defer close(w.done)
-			f.run(ctx, spec, dir)
-		}()
+		stop := f.Keep(spec, f.Audience, JWTFile{Path: filepath.Join(dir, JWTFileName), MakeDir: true})
+		f.writers[spec.Key] = jwtWriter{dir: dir, stop: stop}
 	}
 	for k, w := range f.writers {
 		if !next[k] {
-			w.cancel()
-			<-w.done
+			w.stop()
 			delete(f.writers, k)
 		}
 	}
 }
 
-// Stop stops every writer and waits for them.
+// Keep starts a writer that keeps a JWT-SVID of spec for audience in file
+// until stop, which waits for a write in progress: no write starts after
+// it returns.
+func (f *JWTFiles) Keep(spec Spec, audience []string, file JWTFile) (stop func()) {
+	ctx, cancel := context.WithCancel(f.ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.run(ctx, spec, audience, file)
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+}
+
+// Stop stops every writer of Set and waits for them.
 func (f *JWTFiles) Stop() { f.Set(nil, nil) }
 
 // Retry bounds of a token that could not be obtained or written.
@@ -85,18 +112,20 @@ const (
 	jwtFileRetryMax = 30 * time.Second
 )
 
-func (f *JWTFiles) run(ctx context.Context, spec Spec, dir string) {
-	path := filepath.Join(dir, JWTFileName)
+func (f *JWTFiles) run(ctx context.Context, spec Spec, audience []string, file JWTFile) {
 	backoff := jwtFileRetryMin
 	last := ""
 	for {
-		next, err := f.write(ctx, spec, path, &last)
+		next, err := f.write(ctx, spec, audience, file, &last)
+		if ctx.Err() != nil {
+			return
+		}
+		if file.Written != nil {
+			file.Written(err)
+		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
 			if f.Logger != nil {
-				f.Logger.Error("JWT-SVID token file not renewed; retrying", "spiffe_id", spec.SpiffeID, "file", path, "retry_in", backoff, "error", err)
+				f.Logger.Error("JWT-SVID token file not renewed; retrying", "spiffe_id", spec.SpiffeID, "identity", spec.Key, "file", file.Path, "retry_in", backoff, "error", err)
 			}
 			next = f.Clock.Now().Add(backoff)
 			backoff = min(2*backoff, jwtFileRetryMax)
@@ -115,16 +144,22 @@ func (f *JWTFiles) run(ctx context.Context, spec Spec, dir string) {
 
 // write obtains the token (from the cache before its half-life), writes it
 // if it is not the one in the file already, and returns its half-life.
-func (f *JWTFiles) write(ctx context.Context, spec Spec, path string, last *string) (time.Time, error) {
-	_, token, refresh, err := f.Cache.FetchRefresh(ctx, spec, f.Audience)
+func (f *JWTFiles) write(ctx context.Context, spec Spec, audience []string, file JWTFile, last *string) (time.Time, error) {
+	_, token, refresh, err := f.Cache.FetchRefresh(ctx, spec, audience)
 	if err != nil {
 		return time.Time{}, err
 	}
 	if token != *last {
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return time.Time{}, err
+		if file.MakeDir {
+			if err := os.MkdirAll(filepath.Dir(file.Path), 0o700); err != nil {
+				return time.Time{}, err
+			}
 		}
-		if err := atomicfile.WriteFile(path, []byte(token), 0o600); err != nil {
+		mode := os.FileMode(0o600)
+		if file.Group != nil {
+			mode = 0o640
+		}
+		if err := atomicfile.WriteFileGroup(file.Path, []byte(token), mode, file.Group); err != nil {
 			return time.Time{}, err
 		}
 		*last = token

@@ -65,6 +65,17 @@ type Identities interface {
 	Track(id VolumeIdentity, sink rotate.Sink) (untrack func(), err error)
 }
 
+// Tokens keeps the JWT-SVID token files of volumes (the agent's JWT
+// cache and token writers).
+type Tokens interface {
+	// KeepJWT keeps a JWT-SVID of id's identity for audience in path, with
+	// mode 0600 or, with group, 0640 owned by that group; it writes one
+	// at once and again at each token's half-life, until stop, which
+	// waits for a write in progress. written is told the result of every
+	// attempt. id.PodToken is as for Identities.Track.
+	KeepJWT(id VolumeIdentity, audience []string, path string, group *int64, written func(error)) (stop func(), err error)
+}
+
 // Config configures a Driver.
 type Config struct {
 	// NodeName is the node ID reported to the kubelet. Required.
@@ -82,6 +93,9 @@ type Config struct {
 	SocketDir string
 	// Identities obtains the certificates of files-mode volumes. Required.
 	Identities Identities
+	// Tokens writes the jwt.token of volumes with the jwtAudience
+	// attribute; nil refuses that attribute.
+	Tokens Tokens
 	// Mounter makes the bind mounts of socket mode; nil means LinuxMounter.
 	Mounter Mounter
 	// Version is reported by GetPluginInfo; default "dev".
@@ -126,6 +140,7 @@ type Driver struct {
 type volume struct {
 	rec     record
 	sink    *publishSink // files mode
+	jwt     *jwtFile     // files mode with jwtAudience
 	token   *podToken    // files mode
 	untrack func()
 }
@@ -133,12 +148,53 @@ type volume struct {
 // stop ends the rotation into the volume; no write is in progress or will
 // start once it returns.
 func (v *volume) stop() {
+	if v.jwt != nil {
+		v.jwt.stop()
+	}
 	if v.untrack != nil {
 		v.untrack()
 	}
 	if v.sink != nil {
 		v.sink.close()
 	}
+}
+
+// jwtFile follows the token writer of a volume: written is closed by its
+// first token; refused is closed when the CA refused the first one (the pod
+// may not have that identity, or the audience), with the reason in err.
+type jwtFile struct {
+	stop    func()
+	written chan struct{}
+	refused chan struct{}
+
+	mu    sync.Mutex
+	first bool
+	err   error
+}
+
+// report is the writer's callback: the first success closes written; a
+// refusal before it closes refused.
+func (j *jwtFile) report(err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.err = err
+	if j.first {
+		return
+	}
+	switch code := status.Code(err); {
+	case err == nil:
+		j.first = true
+		close(j.written)
+	case code == codes.PermissionDenied || code == codes.InvalidArgument:
+		j.first = true
+		close(j.refused)
+	}
+}
+
+func (j *jwtFile) lastError() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.err
 }
 
 // New returns a Driver. Call Resume before Serve.
@@ -418,6 +474,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 	if rec.Mode == ModeSocket && d.cfg.SocketDir == "" {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume attribute %s: %q is not enabled on this agent (no Workload API socket directory configured)", attrMode, ModeSocket)
 	}
+	if len(rec.Files.JWTAudience) > 0 && d.cfg.Tokens == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume attribute %s: JWT-SVIDs are not served by this agent", attrJWTAud)
+	}
 	if err := d.store.save(rec); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
@@ -434,11 +493,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 	}
 	if err != nil {
 		log.Error("publishing a CSI volume failed", "error", err)
-		if cerr := d.cleanTarget(rec.TargetPath, rec.Mode); cerr != nil {
-			log.Warn("cleaning up after a failed publish", "error", cerr)
-		} else if rerr := d.store.remove(rec.VolumeID); rerr != nil {
-			log.Warn("cleaning up after a failed publish", "error", rerr)
-		}
+		d.undoPublish(rec, log)
 		return nil, status.Errorf(codes.Internal, "publish volume %s: %v", rec.VolumeID, err)
 	}
 	d.mu.Lock()
@@ -448,23 +503,73 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 	return d.awaitFirst(ctx, v)
 }
 
+// undoPublish removes what a publish that failed left: the target and the
+// record.
+func (d *Driver) undoPublish(rec *record, log *slog.Logger) {
+	if cerr := d.cleanTarget(rec.TargetPath, rec.Mode); cerr != nil {
+		log.Warn("cleaning up after a failed publish", "error", cerr)
+	} else if rerr := d.store.remove(rec.VolumeID); rerr != nil {
+		log.Warn("cleaning up after a failed publish", "error", rerr)
+	}
+}
+
 // awaitFirst waits until the first certificate of a files-mode volume is
-// written. On timeout the volume stays published (its certificate arrives
-// later) and the kubelet retries on Unavailable.
+// written, and its first token when it has jwtAudience. On timeout the
+// volume stays published (its certificate arrives later) and the kubelet
+// retries on Unavailable. When the CA refuses the volume's first token
+// (the pod may not have this identity), the volume is unpublished again
+// and the refusal is the answer: nothing keeps asking for the pod.
 func (d *Driver) awaitFirst(ctx context.Context, v *volume) (*csipb.NodePublishVolumeResponse, error) {
 	if v.sink == nil {
 		return &csipb.NodePublishVolumeResponse{}, nil
 	}
-	select {
-	case <-v.sink.written:
-		return &csipb.NodePublishVolumeResponse{}, nil
-	case <-ctx.Done():
-		msg := "no certificate issued yet"
-		if err := v.sink.lastError(); err != nil {
-			msg = fmt.Sprintf("writing the certificate failed: %v", err)
-		}
-		return nil, status.Errorf(codes.Unavailable, "volume %s: %s; the kubelet retries", v.rec.VolumeID, msg)
+	var tokenWritten, tokenRefused <-chan struct{}
+	if v.jwt != nil {
+		tokenWritten, tokenRefused = v.jwt.written, v.jwt.refused
 	}
+	certWritten := v.sink.written
+	for certWritten != nil || tokenWritten != nil {
+		select {
+		case <-certWritten:
+			certWritten = nil
+		case <-tokenWritten:
+			tokenWritten = nil
+		case <-tokenRefused:
+			return nil, d.refused(v)
+		case <-ctx.Done():
+			msg := "no certificate issued yet"
+			if err := v.sink.lastError(); err != nil {
+				msg = fmt.Sprintf("writing the certificate failed: %v", err)
+			} else if certWritten == nil {
+				msg = "no JWT-SVID issued yet"
+				if err := v.jwt.lastError(); err != nil {
+					msg = fmt.Sprintf("obtaining the JWT-SVID failed: %v", err)
+				}
+			}
+			return nil, status.Errorf(codes.Unavailable, "volume %s: %s; the kubelet retries", v.rec.VolumeID, msg)
+		}
+	}
+	return &csipb.NodePublishVolumeResponse{}, nil
+}
+
+// refused unpublishes v, whose first token the CA refused, and returns the
+// refusal with its code (PermissionDenied or InvalidArgument).
+func (d *Driver) refused(v *volume) error {
+	err := v.jwt.lastError()
+	d.mu.Lock()
+	if d.vols[v.rec.VolumeID] == v {
+		delete(d.vols, v.rec.VolumeID)
+	}
+	d.mu.Unlock()
+	v.stop()
+	if v.token != nil {
+		d.releaseToken(v.rec.Identity.PodUID)
+	}
+	log := d.log.With("volume_id", v.rec.VolumeID, "namespace", v.rec.Identity.Namespace, "pod", v.rec.Identity.PodName)
+	log.Warn("CSI volume not published: the CA refused its JWT-SVID", "error", err)
+	d.undoPublish(&v.rec, log)
+	st, _ := status.FromError(err)
+	return status.Errorf(st.Code(), "volume %s: %s: %s", v.rec.VolumeID, attrJWTAud, st.Message())
 }
 
 // startFiles creates the volume's file sink and tracks its identity, with
@@ -483,7 +588,21 @@ func (d *Driver) startFiles(rec *record, token *podToken) (*volume, error) {
 		sink.close()
 		return nil, fmt.Errorf("track the identity of %s/%s: %w", id.Namespace, id.ServiceAccount, err)
 	}
-	return &volume{rec: *rec, sink: sink, token: token, untrack: untrack}, nil
+	v := &volume{rec: *rec, sink: sink, token: token, untrack: untrack}
+	if aud := rec.Files.JWTAudience; len(aud) > 0 {
+		if d.cfg.Tokens == nil {
+			v.stop()
+			return nil, fmt.Errorf("volume attribute %s: JWT-SVIDs are not served by this agent", attrJWTAud)
+		}
+		j := &jwtFile{written: make(chan struct{}), refused: make(chan struct{})}
+		j.stop, err = d.cfg.Tokens.KeepJWT(id, aud, filepath.Join(rec.TargetPath, JWTFileName), rec.Files.FSGroup, j.report)
+		if err != nil {
+			v.stop()
+			return nil, fmt.Errorf("keep the JWT-SVID of %s/%s: %w", id.Namespace, id.ServiceAccount, err)
+		}
+		v.jwt = j
+	}
+	return v, nil
 }
 
 // mountSocket bind-mounts the socket directory onto the target, unless it
@@ -662,7 +781,8 @@ func (d *Driver) isSocketMount(target string) bool {
 // isAtomicWriterDir reports whether dir holds only what rotate.FileSink
 // writes: the ..data link to a version directory, version directories of
 // regular files, links <name> -> ..data/<name>, and the writer's temporary
-// links. An empty directory qualifies. why says what did not fit.
+// links; and the jwt.token file beside them. An empty directory qualifies.
+// why says what did not fit.
 func isAtomicWriterDir(dir string) (ok bool, why string) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -671,6 +791,8 @@ func isAtomicWriterDir(dir string) (ok bool, why string) {
 	for _, e := range entries {
 		name := e.Name()
 		switch {
+		case e.Type().IsRegular() && (name == JWTFileName || strings.HasPrefix(name, "."+JWTFileName+".tmp-")):
+			// The token file, or its temporary file (atomicfile.WriteFile).
 		case e.Type()&fs.ModeSymlink != 0:
 			dest, err := os.Readlink(filepath.Join(dir, name))
 			if err != nil {

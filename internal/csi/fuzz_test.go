@@ -18,6 +18,8 @@ func FuzzParsePublish(f *testing.F) {
 	f.Add("fsGroup", "-1", `{"mayfly-ca":null}`)
 	f.Add("keyType", "ed25519", `{"mayfly-ca":{"token":"a.eyJleHAiOjE3OTk5OTk5OTl9.TOKEN"}}`)
 	f.Add("ttl", "30m", `{"mayfly-ca":{"token":"TOKEN","expirationTimestamp":"2030-01-01T00:00:00Z"}}`)
+	f.Add("jwtAudience", "vault, https://sts.example.com", `{}`)
+	f.Add("jwtAudience", "a,,b", `{}`)
 	lim := limits{minTTL: 5 * time.Minute, maxTTL: 24 * time.Hour, tokenAudience: DefaultTokenAudience, kubeletDir: DefaultKubeletDir}
 	f.Fuzz(func(t *testing.T, key, value, tokens string) {
 		const secret = "SECRET-TOKEN-VALUE"
@@ -38,6 +40,9 @@ func FuzzParsePublish(f *testing.F) {
 				if n == "" || strings.Contains(n, "/") || strings.HasPrefix(n, "..") {
 					t.Fatalf("accepted file name %q", n)
 				}
+			}
+			if aud := p.rec.Files.JWTAudience; aud != nil && checkJWTAudience(aud) != nil {
+				t.Fatalf("accepted audiences %q that a record would refuse", aud)
 			}
 		}
 	})

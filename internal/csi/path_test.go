@@ -109,6 +109,22 @@ func TestUnpublishUnknownRemovesOnlyOurs(t *testing.T) {
 			t.Fatalf("our files were left: %v", err)
 		}
 	})
+	t.Run("the atomic writer's layout with jwt.token is removed", func(t *testing.T) {
+		dir := e.target("ours-jwt")
+		mustPublish(t, e.d, publishRequest("csi-ours-jwt", dir, podContext(nil)))
+		// The token file and a temporary one a crash left (atomicfile).
+		for _, n := range []string{JWTFileName, "." + JWTFileName + ".tmp-123"} {
+			if err := os.WriteFile(filepath.Join(dir, n), []byte("token"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := unpublish("csi-unknown-jwt", dir); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("our files were left: %v", err)
+		}
+	})
 	t.Run("an empty directory is removed", func(t *testing.T) {
 		dir := e.target("empty")
 		if err := os.Mkdir(dir, 0o750); err != nil {
@@ -142,6 +158,17 @@ func TestUnpublishUnknownRemovesOnlyOurs(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, "data.db")); err != nil {
 			t.Fatalf("foreign file removed: %v", err)
 		}
+	})
+	t.Run("a jwt.token that is a link is left", func(t *testing.T) {
+		dir := e.target("jwt-link")
+		leftAlone(t, dir, func() {
+			if err := os.Mkdir(dir, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink("/etc/passwd", filepath.Join(dir, JWTFileName)); err != nil {
+				t.Fatal(err)
+			}
+		})
 	})
 	t.Run("a ..data link pointing out of the directory is left", func(t *testing.T) {
 		dir := e.target("escape")

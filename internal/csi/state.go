@@ -121,6 +121,11 @@ func (s store) read(name string) (*record, error) {
 				return nil, fmt.Errorf("state file %s: %w", path, err)
 			}
 		}
+		if aud := rec.Files.JWTAudience; aud != nil {
+			if err := checkJWTAudience(aud); err != nil {
+				return nil, fmt.Errorf("state file %s: %w", path, err)
+			}
+		}
 	case ModeSocket:
 	default:
 		return nil, fmt.Errorf("state file %s: unknown mode %q", path, rec.Mode)

@@ -39,6 +39,17 @@ const (
 	attrKeyFile    = "keyFile"
 	attrBundleFile = "bundleFile"
 	attrFSGroup    = "fsGroup"
+	attrJWTAud     = "jwtAudience"
+)
+
+// JWTFileName is the token file of a volume with the jwtAudience attribute.
+const JWTFileName = "jwt.token"
+
+// Bounds of the jwtAudience attribute: a few audiences, each a short
+// printable word or URL.
+const (
+	maxJWTAudiences      = 4
+	maxJWTAudienceLength = 256
 )
 
 // Delivery modes of a volume.
@@ -50,7 +61,7 @@ const (
 )
 
 // filesOnly are the attributes that make sense in files mode only.
-var filesOnly = []string{attrDNSNames, attrTTL, attrKeyType, attrCertFile, attrKeyFile, attrBundleFile, attrFSGroup}
+var filesOnly = []string{attrDNSNames, attrTTL, attrKeyType, attrCertFile, attrKeyFile, attrBundleFile, attrFSGroup, attrJWTAud}
 
 // maxVolumeIDLength is the CSI limit on identifiers (128 bytes).
 const maxVolumeIDLength = 128
@@ -84,6 +95,9 @@ type FileOptions struct {
 	BundleFile string `json:"bundleFile"`
 	// FSGroup, when set, makes the key 0640 and owned by this group.
 	FSGroup *int64 `json:"fsGroup,omitempty"`
+	// JWTAudience, when set, keeps a JWT-SVID for these audiences in
+	// jwt.token (with the key's mode and group).
+	JWTAudience []string `json:"jwtAudience,omitempty"`
 }
 
 // record is what the driver keeps about a published volume, on disk and in
@@ -112,7 +126,7 @@ func sameVolume(a, b *record) bool {
 		return false
 	}
 	fa, fb := a.Files, b.Files
-	if fa.CertFile != fb.CertFile || fa.KeyFile != fb.KeyFile || fa.BundleFile != fb.BundleFile {
+	if fa.CertFile != fb.CertFile || fa.KeyFile != fb.KeyFile || fa.BundleFile != fb.BundleFile || !slices.Equal(fa.JWTAudience, fb.JWTAudience) {
 		return false
 	}
 	return (fa.FSGroup == nil) == (fb.FSGroup == nil) && (fa.FSGroup == nil || *fa.FSGroup == *fb.FSGroup)
@@ -245,11 +259,11 @@ func parsePublish(req *csipb.NodePublishVolumeRequest, lim limits) (*parsedPubli
 	slices.Sort(keys)
 	for _, k := range keys {
 		switch k {
-		case attrMode, attrDNSNames, attrTTL, attrKeyType, attrCertFile, attrKeyFile, attrBundleFile, attrFSGroup:
+		case attrMode, attrDNSNames, attrTTL, attrKeyType, attrCertFile, attrKeyFile, attrBundleFile, attrFSGroup, attrJWTAud:
 		default:
 			if !strings.HasPrefix(k, kubeletPrefix) {
-				return nil, invalidf("volume attribute %q: unknown; known are %s, %s, %s, %s, %s, %s, %s, %s", k,
-					attrMode, attrDNSNames, attrTTL, attrKeyType, attrCertFile, attrKeyFile, attrBundleFile, attrFSGroup)
+				return nil, invalidf("volume attribute %q: unknown; known are %s, %s, %s, %s, %s, %s, %s, %s, %s", k,
+					attrMode, attrDNSNames, attrTTL, attrKeyType, attrCertFile, attrKeyFile, attrBundleFile, attrFSGroup, attrJWTAud)
 			}
 		}
 	}
@@ -309,6 +323,16 @@ func parsePublish(req *csipb.NodePublishVolumeRequest, lim limits) (*parsedPubli
 			}
 		}
 	}
+	if v, ok := vctx[attrJWTAud]; ok {
+		if rec.Files.JWTAudience, err = parseJWTAudience(v); err != nil {
+			return nil, err
+		}
+		for _, n := range names {
+			if *n.dst == JWTFileName {
+				return nil, invalidf("volume attribute %s: %q is the token file of %s", n.attr, JWTFileName, attrJWTAud)
+			}
+		}
+	}
 
 	if rec.Files.FSGroup, err = parseFSGroup(vctx, vc.GetMount().GetVolumeMountGroup()); err != nil {
 		return nil, err
@@ -335,6 +359,42 @@ func parseDNSNames(v string) ([]string, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// parseJWTAudience reads the jwtAudience attribute: 1 to maxJWTAudiences
+// comma-separated audiences, each 1 to maxJWTAudienceLength printable ASCII
+// characters without spaces (a word or a URL), none twice.
+func parseJWTAudience(v string) ([]string, error) {
+	aud := strings.Split(v, ",")
+	for i := range aud {
+		aud[i] = strings.TrimSpace(aud[i])
+	}
+	if err := checkJWTAudience(aud); err != nil {
+		return nil, err
+	}
+	return aud, nil
+}
+
+// checkJWTAudience checks an audience list (the attribute, or a record's);
+// its errors quote no audience, only its length or the offending character.
+func checkJWTAudience(aud []string) error {
+	if len(aud) > maxJWTAudiences {
+		return invalidf("volume attribute %s: %d audiences, at most %d allowed", attrJWTAud, len(aud), maxJWTAudiences)
+	}
+	for i, a := range aud {
+		if a == "" || len(a) > maxJWTAudienceLength {
+			return invalidf("volume attribute %s[%d]: must be 1 to %d characters, got %d", attrJWTAud, i, maxJWTAudienceLength, len(a))
+		}
+		for j := 0; j < len(a); j++ {
+			if c := a[j]; c <= ' ' || c > '~' || c == ',' {
+				return invalidf("volume attribute %s[%d]: invalid character %q at %d; allowed are printable ASCII characters other than space and comma", attrJWTAud, i, c, j)
+			}
+		}
+		if slices.Contains(aud[:i], a) {
+			return invalidf("volume attribute %s[%d]: duplicate audience", attrJWTAud, i)
+		}
+	}
+	return nil
 }
 
 // parseFSGroup takes the group from volume_mount_group (the pod's fsGroup,

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -61,11 +64,23 @@ func (s *Server) SignJWTs(ctx context.Context, req *issuerv1.SignJWTsRequest) (*
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
-	resp := &issuerv1.SignJWTsResponse{Results: make([]*issuerv1.JWTResult, 0, len(items))}
-	for _, item := range items {
-		resp.Results = append(resp.Results, s.signJWT(ctx, sg, node, item))
+	// Items are authorized and signed BatchConcurrency at a time, as in
+	// SignWorkloads: a batch's signatures use every core. Each worker takes
+	// the next item until none is left, so a goroutine's stack grows to
+	// what signing needs once per worker, not once per token.
+	results := make([]*issuerv1.JWTResult, len(items))
+	var next atomic.Int64
+	var g errgroup.Group
+	for range min(s.cfg.BatchConcurrency, len(items)) {
+		g.Go(func() error {
+			for i := int(next.Add(1) - 1); i < len(items); i = int(next.Add(1) - 1) {
+				results[i] = s.signJWT(ctx, sg, node, items[i])
+			}
+			return nil
+		})
 	}
-	return resp, nil
+	_ = g.Wait() // the items' errors are in their results
+	return &issuerv1.SignJWTsResponse{Results: results}, nil
 }
 
 func (s *Server) signJWT(ctx context.Context, sg *jwtSigner, node string, item *issuerv1.JWTRequest) *issuerv1.JWTResult {
@@ -103,7 +118,7 @@ func (s *Server) signJWT(ctx context.Context, sg *jwtSigner, node string, item *
 	}
 	s.metrics.issued.WithLabelValues("jwt", "issued").Inc()
 	s.cfg.Logger.InfoContext(ctx, "audit", "event", "issue", "decision", "allow", "kind", "jwt", "op", "sign", "caller", clip("node "+node, maxAuditField),
-		"spiffe_id", grant.ID.String(), "kid", sg.kid, "audience", clip(fmt.Sprint(item.GetAudience()), maxAuditField),
+		"spiffe_id", grant.ID.String(), "kid", sg.kid, "audience", clip("["+strings.Join(item.GetAudience(), " ")+"]", maxAuditField),
 		"not_after", exp.UTC().Format(time.RFC3339), "subject", grant.Subject)
 	res.Result = &issuerv1.JWTResult_Issued{Issued: &issuerv1.IssuedJWT{
 		SpiffeId: grant.ID.String(), Token: tok, ExpiresAtUnix: exp.Unix(), KeyId: sg.kid,

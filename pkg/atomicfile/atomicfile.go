@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 )
@@ -25,7 +26,18 @@ import (
 // WriteFile replaces path with data, atomically, with mode. The temporary
 // file is removed when anything fails. Errors name the file, never its
 // contents.
-func WriteFile(path string, data []byte, mode fs.FileMode) (err error) {
+func WriteFile(path string, data []byte, mode fs.FileMode) error {
+	return WriteFileGroup(path, data, mode, nil)
+}
+
+// WriteFileGroup is WriteFile that, when group is set, gives the file to
+// that group before it is renamed into place (a token file readable by a
+// pod's fsGroup), so no reader sees it with another group. Changing the
+// group needs CAP_CHOWN unless the writer is a member of the group.
+func WriteFileGroup(path string, data []byte, mode fs.FileMode, group *int64) (err error) {
+	if group != nil && (*group < 0 || *group > math.MaxInt32) {
+		return fmt.Errorf("write %s: group: must be in [0, %d], got %d", path, math.MaxInt32, *group)
+	}
 	dir, name := filepath.Split(path)
 	dir = cmp.Or(dir, ".")
 	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
@@ -40,6 +52,11 @@ func WriteFile(path string, data []byte, mode fs.FileMode) (err error) {
 			err = fmt.Errorf("write %s: %w", path, err)
 		}
 	}()
+	if group != nil {
+		if err = f.Chown(-1, int(*group)); err != nil {
+			return err
+		}
+	}
 	if err = f.Chmod(mode); err != nil {
 		return err
 	}

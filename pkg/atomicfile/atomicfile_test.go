@@ -63,3 +63,28 @@ func TestWriteFile(t *testing.T) {
 		}
 	})
 }
+
+// TestWriteFileGroup: the file has the group before it is in place, and a
+// group outside the range of IDs is refused without a file.
+func TestWriteFileGroup(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "jwt.token")
+	gid := int64(os.Getgid()) // a group the writer is a member of
+	if err := WriteFileGroup(path, []byte("token"), 0o640, &gid); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); int64(st.Gid) != gid || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("group %d mode %v, want %d 0640", st.Gid, fi.Mode().Perm(), gid)
+	}
+	bad := int64(-1)
+	err = WriteFileGroup(filepath.Join(filepath.Dir(path), "other"), []byte("x"), 0o640, &bad)
+	if err == nil || !strings.Contains(err.Error(), "group: must be in") {
+		t.Fatalf("group -1: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(path), "other")); !os.IsNotExist(err) {
+		t.Fatalf("a file was written for a bad group: %v", err)
+	}
+}

@@ -93,65 +93,6 @@ type Claims struct {
 	Issuer string
 }
 
-// Signer signs JWT-SVIDs with one key.
-type Signer struct {
-	signer jose.Signer
-}
-
-// NewSigner returns a Signer for key, naming kid in every token's header.
-func NewSigner(key crypto.Signer, kid string) (*Signer, error) {
-	alg, err := Algorithm(key.Public())
-	if err != nil {
-		return nil, err
-	}
-	opts := (&jose.SignerOptions{}).WithType("JWT").WithHeader(jose.HeaderKey("kid"), kid)
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
-	if err != nil {
-		return nil, fmt.Errorf("jwtsvid: %w", err)
-	}
-	return &Signer{signer: s}, nil
-}
-
-// Sign returns the compact token for c.
-func (s *Signer) Sign(c Claims) (string, error) {
-	if err := CheckAudience(c.Audience); err != nil {
-		return "", err
-	}
-	// The claims are marshalled once, here, rather than through
-	// jwt.Signed().Claims(), which marshals, unmarshals into a map and
-	// marshals again (a sixth of the signing time).
-	payload, err := json.Marshal(claimsJSON{
-		Audience:  c.Audience,
-		Expiry:    c.Expiry.Unix(),
-		IssuedAt:  c.IssuedAt.Unix(),
-		Issuer:    c.Issuer,
-		NotBefore: unixOrZero(c.NotBefore),
-		Subject:   c.Subject.String(),
-	})
-	if err != nil {
-		return "", fmt.Errorf("jwtsvid: claims: %w", err)
-	}
-	obj, err := s.signer.Sign(payload)
-	if err != nil {
-		return "", fmt.Errorf("jwtsvid: signing: %w", err)
-	}
-	tok, err := obj.CompactSerialize()
-	if err != nil {
-		return "", fmt.Errorf("jwtsvid: signing: %w", err)
-	}
-	return tok, nil
-}
-
-// claimsJSON is the claim set as signed; aud is always an array.
-type claimsJSON struct {
-	Audience  []string `json:"aud"`
-	Expiry    int64    `json:"exp"`
-	IssuedAt  int64    `json:"iat"`
-	Issuer    string   `json:"iss,omitempty"`
-	NotBefore int64    `json:"nbf,omitempty"`
-	Subject   string   `json:"sub"`
-}
-
 func unixOrZero(t time.Time) int64 {
 	if t.IsZero() {
 		return 0

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -153,9 +154,10 @@ func (s *kubeStack) pod(t *testing.T, sa, name string, status *corev1.PodStatus)
 	return must[*corev1.Pod](t)(s.kube.CoreV1().Pods("app").UpdateStatus(s.ctx, p, metav1.UpdateOptions{}))
 }
 
-// publish mounts a CSI inline volume of pod p (volume ID id) as the
-// kubelet would publish it, and returns its target directory.
-func (s *kubeStack) publish(t *testing.T, conn *grpc.ClientConn, p *corev1.Pod, id string) string {
+// publish mounts a CSI inline volume of pod p (volume ID id, with the
+// volume attributes attrs) as the kubelet would publish it, and returns its
+// target directory.
+func (s *kubeStack) publish(t *testing.T, conn *grpc.ClientConn, p *corev1.Pod, id string, attrs ...map[string]string) string {
 	t.Helper()
 	target := filepath.Join(s.dir, "pods", string(p.UID), "volumes", "kubernetes.io~csi", "tls", "mount") // the kubelet's layout under kubeletDir
 	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
@@ -163,14 +165,18 @@ func (s *kubeStack) publish(t *testing.T, conn *grpc.ClientConn, p *corev1.Pod, 
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
 	defer cancel()
+	vctx := map[string]string{
+		"csi.storage.k8s.io/ephemeral": "true", "csi.storage.k8s.io/pod.name": p.Name, "csi.storage.k8s.io/pod.namespace": p.Namespace,
+		"csi.storage.k8s.io/pod.uid": string(p.UID), "csi.storage.k8s.io/serviceAccount.name": p.Spec.ServiceAccountName,
+	}
+	for _, a := range attrs {
+		maps.Copy(vctx, a)
+	}
 	_, err := csipb.NewNodeClient(conn).NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{
 		VolumeId: id, TargetPath: target,
 		VolumeCapability: &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{}},
 			AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}},
-		VolumeContext: map[string]string{
-			"csi.storage.k8s.io/ephemeral": "true", "csi.storage.k8s.io/pod.name": p.Name, "csi.storage.k8s.io/pod.namespace": p.Namespace,
-			"csi.storage.k8s.io/pod.uid": string(p.UID), "csi.storage.k8s.io/serviceAccount.name": p.Spec.ServiceAccountName,
-		},
+		VolumeContext: vctx,
 	})
 	if err != nil {
 		t.Fatalf("NodePublishVolume of %s: %v", id, err)

@@ -131,9 +131,10 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 			if c.MounterSocket != "" {
 				mounter = csi.RemoteMounter{Socket: c.MounterSocket}
 			}
+			volumes := &agent.VolumeIdentities{Manager: mgr, Pods: podIndex, JWT: agent.NewJWTFiles(ctx, jwts, opts.Clock, nil, log.With("component", "csi-jwt-files"))}
 			drv, err := csi.New(csi.Config{
 				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath), KubeletDir: c.KubeletDir, Clock: opts.Clock,
-				Identities: &agent.VolumeIdentities{Manager: mgr, Pods: podIndex}, Logger: log.With("component", "csi"), Registerer: reg,
+				Identities: volumes, Tokens: volumes, Logger: log.With("component", "csi"), Registerer: reg,
 				Mounter: mounter,
 			})
 			if err != nil {

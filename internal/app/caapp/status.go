@@ -1,6 +1,7 @@
 package caapp
 
 import (
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"flag"
@@ -15,6 +16,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/pkg/jwtsvid"
 )
 
 // Status is what `ca status` shows: readiness and every CA certificate.
@@ -26,7 +28,10 @@ type Status struct {
 	BundleVersion string      `json:"bundleVersion,omitempty"`
 	Agents        AgentCounts `json:"agents"`
 	Authorities   []SlotInfo  `json:"authorities"`
-	Taints        []TaintInfo `json:"taints,omitempty"`
+	// JWTKeys are the JWT signing keys: the active one, a prepared
+	// successor and the retired keys still published.
+	JWTKeys []JWTKeyInfo `json:"jwtKeys,omitempty"`
+	Taints  []TaintInfo  `json:"taints,omitempty"`
 	// LiveLeaves counts the leaves this replica issued since it started
 	// that are still valid, per authority key.
 	LiveLeaves []issuer.AuthorityLeaves `json:"liveLeaves,omitempty"`
@@ -83,6 +88,69 @@ type SlotInfo struct {
 	NotAfter  time.Time `json:"notAfter"`
 }
 
+// The states of a JWT key in status.
+const (
+	JWTKeyActive   = "active"   // signs
+	JWTKeyPrepared = "prepared" // published; signs once adopted
+	JWTKeyRetired  = "retired"  // published until its tokens expired
+)
+
+// JWTKeyInfo is one JWT signing key.
+type JWTKeyInfo struct {
+	KeyID string `json:"kid"`
+	Alg   string `json:"alg"`
+	State string `json:"state"`
+	// NotBefore and NotAfter bound an active or prepared key's life.
+	NotBefore time.Time `json:"notBefore,omitzero"`
+	NotAfter  time.Time `json:"notAfter,omitzero"`
+	// PublishedAt is when a prepared key entered the JWT bundle and JWKS.
+	// It signs from ActivatesAt on once every agent holds that bundle, and
+	// by ActivatesBy at the latest (the wait for the agents is over).
+	PublishedAt time.Time `json:"publishedAt,omitzero"`
+	ActivatesAt time.Time `json:"activatesAt,omitzero"`
+	ActivatesBy time.Time `json:"activatesBy,omitzero"`
+	// PublishedUntil is when a retired key leaves the JWKS: its last
+	// token has expired.
+	PublishedUntil time.Time `json:"publishedUntil,omitzero"`
+}
+
+// jwtKeyInfos lists the JWT keys of s, active first, with the times p's
+// schedule gives them.
+func jwtKeyInfos(s *authority.State, p authority.Policy) []JWTKeyInfo {
+	r := &s.JWT
+	alg := func(pub crypto.PublicKey) string {
+		a, err := jwtsvid.Algorithm(pub)
+		if err != nil {
+			return "?"
+		}
+		return string(a)
+	}
+	var out []JWTKeyInfo
+	if c := r.Current; c != nil {
+		out = append(out, JWTKeyInfo{KeyID: c.KeyID, Alg: alg(c.Key.Public()), State: JWTKeyActive, NotBefore: c.NotBefore(), NotAfter: c.NotAfter()})
+	}
+	if n := r.Next; n != nil {
+		k := JWTKeyInfo{KeyID: n.KeyID, Alg: alg(n.Key.Public()), State: JWTKeyPrepared, NotBefore: n.NotBefore(), NotAfter: n.NotAfter(), PublishedAt: r.NextPublishedAt}
+		if r.Current != nil {
+			sch := p.JWTSchedule()
+			k.ActivatesAt = r.ActivatePoint(sch)
+			latest := r.NextPublishedAt.Add(sch.AdoptionWait)
+			if force := r.Current.NotAfter().Add(-sch.ForceBefore); force.Before(latest) {
+				latest = force
+			}
+			if latest.Before(k.ActivatesAt) {
+				latest = k.ActivatesAt
+			}
+			k.ActivatesBy = latest
+		}
+		out = append(out, k)
+	}
+	for _, ret := range r.Retired {
+		out = append(out, JWTKeyInfo{KeyID: ret.KeyID, Alg: alg(ret.Public), State: JWTKeyRetired, PublishedUntil: ret.Until})
+	}
+	return out
+}
+
 func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server, ad *adoptionWiring) Status {
 	st := Status{TrustDomain: cfg.TrustDomain.String(), Upstream: upstreamName(cfg)}
 	if f := mgr.Failure(); f.Failures > 0 {
@@ -108,6 +176,7 @@ func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server, ad *adopt
 	l.State.EachSlot(func(role, slot string, c *x509.Certificate) {
 		st.Authorities = append(st.Authorities, SlotInfo{Role: role, Slot: slot, Serial: c.SerialNumber.Text(16), Subject: c.Subject.String(), NotBefore: c.NotBefore, NotAfter: c.NotAfter})
 	})
+	st.JWTKeys = jwtKeyInfos(l.State, cfg.Policy)
 	return st
 }
 
@@ -199,7 +268,45 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if err := printJWTKeys(w, st, now); err != nil {
+		return err
+	}
 	printTaints(w, st)
+	return nil
+}
+
+// printJWTKeys lists the JWT keys: what each is doing and until when.
+func printJWTKeys(w io.Writer, st Status, now time.Time) error {
+	if len(st.JWTKeys) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "JWT KEY\tALG\tSTATE\tUNTIL\tLEFT\t")
+	at := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	for _, k := range st.JWTKeys {
+		kid := k.KeyID
+		if len(kid) > 16 {
+			kid = kid[:16]
+		}
+		switch k.State {
+		case JWTKeyRetired:
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\tpublished until its last token expired\n", kid, k.Alg, k.State, at(k.PublishedUntil), k.PublishedUntil.Sub(now).Truncate(time.Second))
+		default:
+			rem := k.NotAfter.Sub(now)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", kid, k.Alg, k.State, at(k.NotAfter), rem.Truncate(time.Second), cli.LifeBar(rem, k.NotAfter.Sub(k.NotBefore)))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, k := range st.JWTKeys {
+		if k.State != JWTKeyPrepared || k.ActivatesBy.IsZero() {
+			continue
+		}
+		fmt.Fprintf(w, "next JWT key %s: published %s; %d of %d connected agents hold the current bundle; signs from %s once all do, by %s at the latest\n",
+			k.KeyID, at(k.PublishedAt), st.Agents.CurrentBundle, st.Agents.Connected, at(k.ActivatesAt), at(k.ActivatesBy))
+	}
 	return nil
 }
 

@@ -2,13 +2,18 @@ package caapp
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/adoption"
+	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
+	"github.com/mayfly-pki/mayfly/pkg/jwtsvid"
 )
 
 func TestPrintStatusShowsKubernetesDelivery(t *testing.T) {
@@ -68,5 +73,76 @@ func TestPrintStatusNamesPendingNodes(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestStatusJWTKeys: ca status lists the active, prepared and retired JWT
+// keys with their kid, alg and times; a prepared key says when it signs
+// (its activation point once every agent holds the bundle, the end of the
+// wait for them at the latest).
+func TestStatusJWTKeys(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	p := authority.DefaultPolicy()
+	p.RootAckWait = time.Hour
+	slot := func(curve elliptic.Curve, from time.Time) *authority.Slot {
+		key, err := ecdsa.GenerateKey(curve, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kid, err := jwtsvid.KeyID(key.Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &authority.Slot{Key: key, KeyID: kid, ValidFrom: from, ValidUntil: from.Add(24 * time.Hour)}
+	}
+	cur := slot(elliptic.P256(), now.Add(-20*time.Hour))
+	next := slot(elliptic.P256(), now.Add(-time.Hour))
+	old := slot(elliptic.P384(), now.Add(-44*time.Hour))
+	published := now.Add(-10 * time.Minute)
+	s := &authority.State{JWT: authority.Rotation{
+		Current: cur, Next: next, NextPublishedAt: published,
+		Retired: []authority.Retired{{KeyID: old.KeyID, Public: old.Key.Public(), Until: now.Add(30 * time.Minute)}},
+	}}
+
+	keys := jwtKeyInfos(s, p)
+	if len(keys) != 3 {
+		t.Fatalf("keys %+v, want active, prepared and retired", keys)
+	}
+	sch := p.JWTSchedule()
+	wantActivate := s.JWT.ActivatePoint(sch)
+	wantBy := published.Add(time.Hour) // the wait for the agents ends first
+	if force := cur.ValidUntil.Add(-sch.ForceBefore); force.Before(wantBy) {
+		wantBy = force
+	}
+	if wantBy.Before(wantActivate) {
+		wantBy = wantActivate
+	}
+	for i, want := range []JWTKeyInfo{
+		{KeyID: cur.KeyID, Alg: "ES256", State: JWTKeyActive, NotBefore: cur.ValidFrom, NotAfter: cur.ValidUntil},
+		{KeyID: next.KeyID, Alg: "ES256", State: JWTKeyPrepared, NotBefore: next.ValidFrom, NotAfter: next.ValidUntil, PublishedAt: published, ActivatesAt: wantActivate, ActivatesBy: wantBy},
+		{KeyID: old.KeyID, Alg: "ES384", State: JWTKeyRetired, PublishedUntil: now.Add(30 * time.Minute)},
+	} {
+		if keys[i] != want {
+			t.Errorf("key %d:\n got %+v\nwant %+v", i, keys[i], want)
+		}
+	}
+
+	st := Status{TrustDomain: "example.org", Ready: true, Agents: AgentCounts{Connected: 3, CurrentBundle: 2}, JWTKeys: keys}
+	var out bytes.Buffer
+	if err := printStatus(&out, st, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"JWT KEY", cur.KeyID[:16], "active", next.KeyID[:16], "prepared", old.KeyID[:16], "ES384", "retired",
+		now.Add(30 * time.Minute).Format(time.RFC3339), "30m0s",
+		"next JWT key " + next.KeyID + ": published " + published.Format(time.RFC3339) + "; 2 of 3 connected agents hold the current bundle",
+		"by " + wantBy.Format(time.RFC3339) + " at the latest",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if keys := jwtKeyInfos(&authority.State{}, p); keys != nil {
+		t.Errorf("a state without JWT keys lists %+v", keys)
 	}
 }
