@@ -23,9 +23,9 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/config"
-	"github.com/mayfly-pki/mayfly/internal/keystore"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
+	"github.com/mayfly-pki/mayfly/internal/keystore"
 	"github.com/mayfly-pki/mayfly/internal/upstream"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
