@@ -29,7 +29,7 @@ func config(tok softhsm.Token) keystore.PKCS11Config {
 	return keystore.PKCS11Config{ModulePath: tok.Module, Token: tok.Label, PINFile: tok.PINFile}
 }
 
-func open(t *testing.T, cfg keystore.PKCS11Config) *keystore.PKCS11 {
+func open(t testing.TB, cfg keystore.PKCS11Config) *keystore.PKCS11 {
 	t.Helper()
 	k, err := keystore.OpenPKCS11(context.Background(), field, cfg)
 	if err != nil {
