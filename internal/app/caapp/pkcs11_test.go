@@ -150,3 +150,24 @@ func TestConfigKeysPKCS11(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyCustodyDocExample: the configuration docs/key-custody.md shows
+// parses.
+func TestKeyCustodyDocExample(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "key-custody.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(raw), "```yaml\n")
+	block, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("docs/key-custody.md has no yaml block")
+	}
+	c, err := caapp.Parse([]byte(block))
+	if err != nil {
+		t.Fatalf("the example of docs/key-custody.md does not parse: %v", err)
+	}
+	if c.PKCS11 == nil || c.PKCS11.Token != "mayfly-ca" {
+		t.Fatalf("keys.pkcs11 = %+v", c.PKCS11)
+	}
+}
