@@ -43,6 +43,9 @@ test: lint vet test-all ## Everything CI runs: lint, vet, unit tests with -race,
 build: ## Build the binaries into ./bin.
 	go build -o $(BIN_DIR)/ ./cmd/...
 
+build-pkcs11: ## Build the CA with cgo, for keys in a PKCS#11 token (dynamic binary; docs/key-custody.md).
+	CGO_ENABLED=1 go build -o $(BIN_DIR)/ca-pkcs11 ./cmd/ca
+
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1)
 IMAGE_REGISTRY ?= ghcr.io/mayfly-pki
@@ -65,9 +68,9 @@ tidy: ## go mod tidy (-e: see docs/building.md on a refused module version).
 test-unit: ## Unit tests with -race; envtest tests are skipped.
 	go test -race $(GO_TEST_FLAGS) ./...
 
-test-all: envtest envtest-old zlint kustomize promtool helm actionlint ## Unit and envtest tests with -race, zlint over every certificate template, chart and deploy/k8s checks (lint, drift, dry-run, RBAC), alert rule tests, actionlint.
+test-all: envtest envtest-old zlint kustomize promtool helm actionlint softhsm ## Unit and envtest tests with -race, zlint over every certificate template, chart and deploy/k8s checks (lint, drift, dry-run, RBAC), alert rule tests, actionlint.
 	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ENVTEST_OLD="$$(KUBE_VERSION=$(KUBE_OLD_VERSION) hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" MAYFLY_PROMTOOL="$(PROMTOOL)" \
-		MAYFLY_HELM="$(HELM)" MAYFLY_ACTIONLINT="$(ACTIONLINT)" \
+		MAYFLY_HELM="$(HELM)" MAYFLY_ACTIONLINT="$(ACTIONLINT)" MAYFLY_REQUIRE_SOFTHSM=1 CGO_ENABLED=1 \
 		go test -race -count=1 $(GO_TEST_FLAGS) ./...
 
 e2e-node: kustomize ## A one-node cluster built from source (kubelet, containerd, runc) in its own namespaces; installs deploy/k8s and checks mayfly on it (root; docs/e2e-node.md).
@@ -103,6 +106,9 @@ bench: ## Run the benchmarks (ratios against raw crypto in the same run).
 bench-ratios: ## Issuance (raw x509, floor, gRPC direct and standard signing) and Workload API (mayfly vs bare) in alternating rounds; see docs/performance.md.
 	go test -run '^$$' -bench 'BenchmarkIssuance$$' -benchtime 8192x -count 2 ./internal/app/caapp/
 	go test -run '^$$' -bench 'BenchmarkFetchX509SVIDRatio$$' -benchtime 40000x -count 3 ./internal/workloadapi/
+
+bench-pkcs11: softhsm ## Issuance with the intermediate key in SoftHSM2 against the key in memory, side by side (ratio).
+	go test -run '^$$' -bench 'BenchmarkIssuanceKeyCustody' -benchtime 2048x -count 3 ./internal/keystore/
 
 bench-agent: build ## Agent RSS holding N=200 identities, and time to serve again after a restart.
 	hack/bench/agent-rss.sh
@@ -143,6 +149,10 @@ $(GOLANGCI_LINT):
 	GOBIN=$(TOOLS_BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(TOOLS_BIN)/golangci-lint $@
 
+softhsm: ## Install SoftHSM2 (Debian softhsm2) for the PKCS#11 tests, unless it is there.
+	@command -v softhsm2-util >/dev/null && { [ -e /usr/lib/softhsm/libsofthsm2.so ] || ls /usr/lib/*/softhsm/libsofthsm2.so >/dev/null 2>&1; } || \
+		apt-get install -y softhsm2
+
 zlint: $(ZLINT) ## Install zlint (pinned).
 $(ZLINT):
 	mkdir -p $(TOOLS_BIN)
@@ -176,4 +186,4 @@ $(ACTIONLINT):
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: envtest-old e2e-node images help demo demo-k8s kustomize helm actionlint manifests test-chart lint-workflows test build bench-agent bench-fleet generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean
+.PHONY: envtest-old e2e-node images help demo demo-k8s kustomize helm actionlint manifests test-chart lint-workflows test build bench-agent bench-fleet generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean softhsm build-pkcs11 bench-pkcs11

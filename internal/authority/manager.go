@@ -207,6 +207,15 @@ func (m *Manager) Load(ctx context.Context) error {
 
 func (m *Manager) loadSnapshot(ctx context.Context, snap *Snapshot) error {
 	s, err := Decode(snap.Data)
+	if err == nil {
+		if err = s.LoadKeys(ctx, m.keyStore()); err != nil {
+			// The keys are there but out of reach (the token, its PIN):
+			// never re-bootstrap over them.
+			err = fmt.Errorf("%w: %s: %w", ErrNotReady, m.opts.Store.Describe(), err)
+			m.setErr(err)
+			return err
+		}
+	}
 	if err != nil {
 		if m.opts.AllowRebootstrap {
 			m.opts.Logger.Warn("CA state is corrupt; re-bootstrapping as allowed by flag", "store", m.opts.Store.Describe(), "error", err)
@@ -241,8 +250,21 @@ func (m *Manager) Reload(ctx context.Context) error {
 		m.setErr(err)
 		return err
 	}
+	if err := s.LoadKeys(ctx, m.keyStore()); err != nil {
+		err = fmt.Errorf("%w: %s: %w", ErrNotReady, m.opts.Store.Describe(), err)
+		m.setErr(err)
+		return err
+	}
 	m.install(ctx, s, snap.Version)
 	return nil
+}
+
+// keyStore is the Minter's key store, or nil.
+func (m *Manager) keyStore() KeyStore {
+	if m.opts.Minter == nil {
+		return nil
+	}
+	return m.opts.Minter.Keys
 }
 
 func (m *Manager) bootstrap(ctx context.Context, why string) error {
@@ -285,6 +307,7 @@ func (m *Manager) rebootstrap(ctx context.Context, version string) error {
 	v, err := m.opts.Store.Save(ctx, data, version)
 	if errors.Is(err, ErrConflict) {
 		// Another replica bootstrapped first: use its state.
+		m.opts.Minter.DiscardKeys(ctx, &State{}, s)
 		return m.Load(ctx)
 	}
 	if err != nil {
@@ -394,6 +417,7 @@ func (m *Manager) RotateOnce(ctx context.Context) time.Duration {
 		n, err := m.opts.Minter.Apply(ctx, s, step, now)
 		if err != nil {
 			m.rotations.WithLabelValues(string(step), "error").Inc()
+			m.opts.Minter.DiscardKeys(ctx, cur.State, s)
 			wait := m.recordFailure(step, err, now)
 			m.opts.Logger.Error("rotation step failed; the keys in service stay, retrying", "step", step, "error", err, "retry_in", wait, "consecutive_failures", m.Failure().Failures)
 			return wait
@@ -411,6 +435,7 @@ func (m *Manager) RotateOnce(ctx context.Context) time.Duration {
 			m.rotations.WithLabelValues(string(step), "conflict").Inc()
 		}
 		if errors.Is(err, ErrConflict) {
+			m.opts.Minter.DiscardKeys(ctx, cur.State, s)
 			m.opts.Logger.Info("another replica rotated first; reloading", "error", err)
 		} else {
 			m.opts.Logger.Error("saving rotated state", "error", err)

@@ -43,6 +43,10 @@ type Minter struct {
 	Upstream    Upstream
 	KeyType     pki.KeyType
 	Rand        io.Reader
+	// Keys, when set, generates and keeps the root and intermediate keys
+	// (a PKCS#11 token); without it they are generated in memory and kept
+	// in the state.
+	Keys KeyStore
 }
 
 // Bootstrap creates the first state: a self-signed root and an
@@ -50,7 +54,7 @@ type Minter struct {
 func (m *Minter) Bootstrap(ctx context.Context, now time.Time) (*State, error) {
 	s := &State{}
 	if m.Upstream == nil {
-		root, err := m.newRoot(now)
+		root, err := m.newRoot(ctx, now)
 		if err != nil {
 			return nil, err
 		}
@@ -58,6 +62,7 @@ func (m *Minter) Bootstrap(ctx context.Context, now time.Time) (*State, error) {
 	}
 	inter, roots, err := m.newIntermediate(ctx, s.Root.Current, now)
 	if err != nil {
+		m.DiscardKeys(ctx, &State{}, s)
 		return nil, err
 	}
 	s.Intermediate.Current = inter
@@ -79,11 +84,15 @@ func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) 
 		*root = root.withoutExpired(now)
 		*jwt = jwt.withoutExpired(now)
 		n.Taints = s.withoutExpiredTaints(now)
+		var err error
+		if n.KeyDeletions, err = deleteDueKeys(ctx, m.Keys, s.KeyDeletions, now); err != nil {
+			return nil, err
+		}
 	case StepPrepareRoot:
 		if root.Current == nil {
 			return nil, errors.New("prepare root: an upstream owns the roots")
 		}
-		next, err := m.newRoot(now)
+		next, err := m.newRoot(ctx, now)
 		if err != nil {
 			return nil, err
 		}
@@ -152,8 +161,30 @@ func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) 
 	default:
 		return nil, fmt.Errorf("unknown rotation step %q", step)
 	}
+	// A key store's keys that left the state are deleted after a grace:
+	// replicas that have not re-read the state may still sign with them.
+	for _, uri := range keysDropped(s, &n) {
+		n.KeyDeletions = append(slices.Clip(n.KeyDeletions), KeyDeletion{URI: uri, After: now.Add(KeyDeleteGrace)})
+	}
 	n.Generation++
 	return &n, nil
+}
+
+// DiscardKeys deletes the keys of the key store that next created and base
+// does not hold: next was never saved (the upstream refused, another
+// replica saved first), so nothing refers to them. Failures are left in
+// the token (a key without a certificate signs nothing) and not returned:
+// the caller is already reporting why next was dropped.
+func (m *Minter) DiscardKeys(ctx context.Context, base, next *State) {
+	if m.Keys == nil {
+		return
+	}
+	for _, uri := range keysDropped(next, base) {
+		if slices.ContainsFunc(base.KeyDeletions, func(d KeyDeletion) bool { return d.URI == uri }) {
+			continue
+		}
+		_ = m.Keys.DeleteKey(ctx, uri)
+	}
 }
 
 func (m *Minter) mergeUpstreamRoots(s *State, roots []*x509.Certificate) {
@@ -169,25 +200,62 @@ func (m *Minter) keyType() pki.KeyType {
 	return m.KeyType
 }
 
-func (m *Minter) newRoot(now time.Time) (*Slot, error) {
-	key, err := pki.GenerateKey(m.keyType(), m.Rand)
-	if err != nil {
-		return nil, fmt.Errorf("root key: %w", err)
+// newKey generates a key for role: in the key store when there is one.
+func (m *Minter) newKey(ctx context.Context, role string) (crypto.Signer, string, error) {
+	if m.Keys == nil {
+		key, err := pki.GenerateKey(m.keyType(), m.Rand)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s key: %w", role, err)
+		}
+		return key, "", nil
 	}
-	cert, err := pki.SelfSignedRoot(key, m.TrustDomain, m.Policy.RootTTL, now, m.Rand)
+	uri, key, err := m.Keys.CreateKey(ctx, role, m.keyType())
+	if err != nil {
+		return nil, "", fmt.Errorf("%s key in %s: %w", role, m.Keys.Describe(), err)
+	}
+	return key, uri, nil
+}
+
+// dropKey deletes a key of the key store that no slot took.
+func (m *Minter) dropKey(ctx context.Context, uri string) {
+	if uri != "" {
+		_ = m.Keys.DeleteKey(ctx, uri)
+	}
+}
+
+func (m *Minter) newRoot(ctx context.Context, now time.Time) (*Slot, error) {
+	key, uri, err := m.newKey(ctx, "root")
 	if err != nil {
 		return nil, err
 	}
-	return &Slot{Chain: []*x509.Certificate{cert}, Key: key}, nil
+	cert, err := pki.SelfSignedRoot(key, m.TrustDomain, m.Policy.RootTTL, now, m.Rand)
+	if err != nil {
+		m.dropKey(ctx, uri)
+		return nil, err
+	}
+	return &Slot{Chain: []*x509.Certificate{cert}, Key: key, KeyURI: uri}, nil
 }
 
 // newIntermediate mints an intermediate under root (self-signed mode) or
 // from the upstream.
 func (m *Minter) newIntermediate(ctx context.Context, root *Slot, now time.Time) (*Slot, []*x509.Certificate, error) {
-	key, err := pki.GenerateKey(m.keyType(), m.Rand)
-	if err != nil {
-		return nil, nil, fmt.Errorf("intermediate key: %w", err)
+	if m.Upstream == nil && root == nil {
+		return nil, nil, errors.New("no root to sign the intermediate")
 	}
+	key, uri, err := m.newKey(ctx, "intermediate")
+	if err != nil {
+		return nil, nil, err
+	}
+	slot, roots, err := m.signIntermediate(ctx, root, key, now)
+	if err != nil {
+		m.dropKey(ctx, uri)
+		return nil, nil, err
+	}
+	slot.KeyURI = uri
+	return slot, roots, nil
+}
+
+func (m *Minter) signIntermediate(ctx context.Context, root *Slot, key crypto.Signer, now time.Time) (*Slot, []*x509.Certificate, error) {
 	if m.Upstream != nil {
 		chain, roots, err := m.Upstream.SignIntermediate(ctx, IntermediateRequest{TrustDomain: m.TrustDomain, Key: key, TTL: m.Policy.IntermediateTTL})
 		if err != nil {
@@ -198,9 +266,6 @@ func (m *Minter) newIntermediate(ctx context.Context, root *Slot, now time.Time)
 			return nil, nil, fmt.Errorf("upstream %s returned an unusable intermediate: %w", m.Upstream.Name(), err)
 		}
 		return slot, roots, nil
-	}
-	if root == nil {
-		return nil, nil, errors.New("no root to sign the intermediate")
 	}
 	cert, err := SignIntermediate(root.Cert(), root.Key, key.Public(), m.TrustDomain, m.Policy.IntermediateTTL, now, m.Rand)
 	if err != nil {

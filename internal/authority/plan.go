@@ -150,7 +150,9 @@ type Step string
 
 // The steps Plan may return, in the order they are applied.
 const (
-	// StepDropRetired removes retired roots whose last leaf has expired.
+	// StepDropRetired removes retired roots whose last leaf has expired
+	// (and retired JWT keys, expired taints, and the key store's keys whose
+	// deletion grace has passed).
 	StepDropRetired Step = "DropRetiredRoots"
 	// StepPrepareRoot creates the next self-signed root and publishes it.
 	StepPrepareRoot Step = "PrepareRoot"
@@ -258,12 +260,14 @@ func Plan(s *State, now time.Time, p Policy, acked BundleAcks) Decision {
 	rootsDue, until := s.Root.retiredDue(now)
 	jwtDue, jwtUntil := s.JWT.retiredDue(now)
 	taintsDue, taintUntil := s.taintsDue(now)
-	if rootsDue || jwtDue || taintsDue {
+	keysDue, keysUntil := s.keyDeletionsDue(now)
+	if rootsDue || jwtDue || taintsDue || keysDue {
 		d.Steps = append(d.Steps, StepDropRetired)
 	} else {
 		consider(until)
 		consider(jwtUntil)
 		consider(taintUntil)
+		consider(keysUntil)
 	}
 	if t := s.taintOf(currentCert(s.Root.Current)); t != nil && t.Force {
 		// A tainted root's successor does not wait for the agents.

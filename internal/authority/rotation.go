@@ -13,6 +13,9 @@ import (
 type Slot struct {
 	Chain []*x509.Certificate // Chain[0] is the slot's own certificate
 	Key   crypto.Signer
+	// KeyURI is where the key is kept when a KeyStore holds it (a PKCS#11
+	// URI); the state then stores the URI instead of the key.
+	KeyURI string
 	// KeyID, ValidFrom and ValidUntil describe a key without certificate
 	// (Chain empty); a certificate's key takes them from the certificate.
 	KeyID                 string

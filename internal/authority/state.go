@@ -69,9 +69,9 @@ func migrate(data map[string][]byte) error {
 	switch {
 	case format < 0:
 		return fmt.Errorf("%w: %s: format %d", ErrCorrupt, KeyMeta, format)
-	case format > StateFormat:
+	case format > StateFormatKeyURIs:
 		return fmt.Errorf("%w: format %d, this CA writes %d: run the mayfly version that wrote it (or a newer one), or restore a backup taken before the upgrade (docs/upgrade.md)",
-			ErrFormatTooNew, format, StateFormat)
+			ErrFormatTooNew, format, StateFormatKeyURIs)
 	}
 	for v := format; v < StateFormat; v++ {
 		if err := migrations[v](data); err != nil {
@@ -102,6 +102,9 @@ type State struct {
 	Generation int64
 	// Taints are the keys marked compromised (ca taint), until they expire.
 	Taints []Taint
+	// KeyDeletions are keys of the KeyStore that left the state, deleted
+	// from it once their grace has passed.
+	KeyDeletions []KeyDeletion
 }
 
 // slotKeys are the data keys of a rotation's current and next slot.
@@ -131,6 +134,8 @@ type meta struct {
 	Taints []taintJSON `json:"taints,omitempty"`
 	// JWT was added with JWT-SVIDs; states without it have no JWT key.
 	JWT *jwtMeta `json:"jwt,omitempty"`
+	// KeyDeletions was added with key stores (format 2).
+	KeyDeletions []keyDeletionJSON `json:"keyDeletions,omitempty"`
 }
 
 type retiredJSON struct {
@@ -191,11 +196,15 @@ func (s *State) Encode() (map[string][]byte, error) {
 		if slot == nil {
 			return nil
 		}
+		data[certKey] = pki.EncodeCertificates(slot.Chain...)
+		if slot.KeyURI != "" {
+			data[keyKey] = []byte(slot.KeyURI)
+			return nil
+		}
 		keyPEM, err := pki.MarshalPrivateKeyPEM(slot.Key)
 		if err != nil {
 			return fmt.Errorf("encoding %s: %w", keyKey, err)
 		}
-		data[certKey] = pki.EncodeCertificates(slot.Chain...)
 		data[keyKey] = keyPEM
 		return nil
 	}
@@ -218,7 +227,11 @@ func (s *State) Encode() (map[string][]byte, error) {
 		data[KeyUpstreamRoots] = pki.EncodeCertificates(s.UpstreamRoots...)
 	}
 	var err error
-	m := meta{Format: StateFormat, Generation: s.Generation, RootRotation: s.Root.Requested, RootActivateNow: s.Root.ActivateNow}
+	format := StateFormat
+	if len(s.keyURIs()) > 0 || len(s.KeyDeletions) > 0 {
+		format = StateFormatKeyURIs
+	}
+	m := meta{Format: format, Generation: s.Generation, RootRotation: s.Root.Requested, RootActivateNow: s.Root.ActivateNow}
 	if !s.Root.NextPublishedAt.IsZero() {
 		t := s.Root.NextPublishedAt.UTC()
 		m.NextRootPublishedAt = &t
@@ -232,6 +245,9 @@ func (s *State) Encode() (map[string][]byte, error) {
 	}
 	for _, t := range s.Taints {
 		m.Taints = append(m.Taints, t.toJSON())
+	}
+	for _, d := range s.KeyDeletions {
+		m.KeyDeletions = append(m.KeyDeletions, keyDeletionJSON{URI: d.URI, After: d.After.UTC()})
 	}
 	if m.JWT, err = encodeJWT(s.JWT, data); err != nil {
 		return nil, err
@@ -301,6 +317,12 @@ func Decode(data map[string][]byte) (*State, error) {
 			}
 			s.Taints = append(s.Taints, t)
 		}
+		for i, d := range m.KeyDeletions {
+			if _, err := checkKeyURI([]byte(d.URI)); err != nil {
+				return nil, fmt.Errorf("%w: %s: keyDeletions[%d].uri: %w", ErrCorrupt, KeyMeta, i, err)
+			}
+			s.KeyDeletions = append(s.KeyDeletions, KeyDeletion{URI: d.URI, After: d.After})
+		}
 	}
 	if s.JWT, err = decodeJWT(data, m.JWT); err != nil {
 		return nil, err
@@ -333,11 +355,15 @@ func decodeSlot(data map[string][]byte, certKey, keyKey string, selfSigned bool)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, certKey, err)
 	}
-	key, err := pki.ParsePrivateKeyPEM(rawKey)
-	if err != nil {
+	slot := &Slot{Chain: chain}
+	if isKeyURI(rawKey) {
+		// The key is in a KeyStore: State.LoadKeys fetches and checks it.
+		if slot.KeyURI, err = checkKeyURI(rawKey); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, keyKey, err)
+		}
+	} else if slot.Key, err = pki.ParsePrivateKeyPEM(rawKey); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, keyKey, err)
 	}
-	slot := &Slot{Chain: chain, Key: key}
 	if err := checkSlot(slot, selfSigned); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, certKey, err)
 	}
@@ -349,7 +375,7 @@ func checkSlot(s *Slot, selfSigned bool) error {
 	if !c.IsCA || c.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return errors.New("certificate is not a CA with keyCertSign")
 	}
-	if !pki.KeyMatches(c, s.Key) {
+	if s.Key != nil && !pki.KeyMatches(c, s.Key) {
 		return errors.New("private key does not match the certificate")
 	}
 	if selfSigned {

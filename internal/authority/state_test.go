@@ -524,7 +524,7 @@ func TestStateFormat(t *testing.T) {
 		}
 	})
 	t.Run("newer_format_is_refused", func(t *testing.T) {
-		in := withFormat(strconv.Itoa(authority.StateFormat + 1))
+		in := withFormat(strconv.Itoa(authority.StateFormatKeyURIs + 1))
 		before := maps.Clone(in)
 		_, err := authority.Decode(in)
 		if !errors.Is(err, authority.ErrFormatTooNew) {
@@ -533,7 +533,7 @@ func TestStateFormat(t *testing.T) {
 		if errors.Is(err, authority.ErrCorrupt) {
 			t.Error("a newer format is reported as corrupt state")
 		}
-		if !strings.Contains(err.Error(), "docs/upgrade.md") || !strings.Contains(err.Error(), fmt.Sprintf("format %d", authority.StateFormat+1)) {
+		if !strings.Contains(err.Error(), "docs/upgrade.md") || !strings.Contains(err.Error(), fmt.Sprintf("format %d", authority.StateFormatKeyURIs+1)) {
 			t.Errorf("the error does not say what to do: %v", err)
 		}
 		if !reflect.DeepEqual(in, before) {

@@ -25,6 +25,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/config"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundlegate"
 	"github.com/mayfly-pki/mayfly/internal/hostnodes"
+	"github.com/mayfly-pki/mayfly/internal/keystore"
 	"github.com/mayfly-pki/mayfly/internal/upstream"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -70,6 +71,9 @@ type FileConfig struct {
 	StandardSigning bool `json:"standardSigning,omitempty"`
 	// JWT configures JWT-SVIDs: their keys and OIDC discovery.
 	JWT JWTConfig `json:"jwt,omitzero"`
+	// Keys keeps the root and intermediate keys in a PKCS#11 token instead
+	// of the state (docs/key-custody.md).
+	Keys keystore.Config `json:"keys,omitzero"`
 }
 
 // AgentsConfig bounds the life of an agent's identity.
@@ -262,6 +266,9 @@ type Config struct {
 	KubernetesPropagationDelay time.Duration
 
 	JWT jwtRuntime
+
+	// PKCS11, when set, holds the root and intermediate keys.
+	PKCS11 *keystore.PKCS11Config
 }
 
 // LoadFile reads and validates a configuration file.
@@ -350,6 +357,12 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		if err := u.Validate(); err != nil {
 			return nil, err
 		}
+	}
+	if p := fc.Keys.PKCS11; p != nil {
+		if err := p.Validate("keys.pkcs11", c.KeyType); err != nil {
+			return nil, err
+		}
+		c.PKCS11 = p
 	}
 	def := authority.DefaultPolicy()
 	c.Policy = authority.Policy{

@@ -23,6 +23,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/eviction"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/internal/keystore"
 	"github.com/mayfly-pki/mayfly/internal/upstream"
 )
 
@@ -77,9 +78,13 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 	if err != nil {
 		return nil, err
 	}
+	keys, err := openKeyStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
 	c.authority = authority.NewManager(authority.ManagerOptions{
 		Store:            parts.store,
-		Minter:           &authority.Minter{TrustDomain: cfg.TrustDomain, Policy: cfg.Policy, Upstream: upstream, KeyType: cfg.KeyType, Rand: rand.Reader},
+		Minter:           &authority.Minter{TrustDomain: cfg.TrustDomain, Policy: cfg.Policy, Upstream: upstream, KeyType: cfg.KeyType, Rand: rand.Reader, Keys: keys},
 		Marker:           parts.marker,
 		Clock:            opts.Clock,
 		Logger:           opts.Logger.With("component", "authority"),
@@ -125,6 +130,21 @@ func newCore(ctx context.Context, cfg *Config, opts Options, parts modeParts) (*
 		return nil, err
 	}
 	return c, nil
+}
+
+// openKeyStore opens the configured PKCS#11 token, closed when ctx ends;
+// nil without keys.pkcs11. A token that does not open stops the CA: it
+// must not fall back to keys in memory.
+func openKeyStore(ctx context.Context, cfg *Config) (authority.KeyStore, error) {
+	if cfg.PKCS11 == nil {
+		return nil, nil
+	}
+	k, err := keystore.OpenPKCS11(ctx, "keys.pkcs11", *cfg.PKCS11)
+	if err != nil {
+		return nil, err
+	}
+	context.AfterFunc(ctx, func() { _ = k.Close() })
+	return k, nil
 }
 
 // newUpstream returns the configured upstream, or nil for a self-signed

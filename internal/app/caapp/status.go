@@ -46,6 +46,9 @@ type Status struct {
 	KubernetesAPIs *ClusterAPIs `json:"kubernetesAPIs,omitempty"`
 	// Upstream names the upstream authority, if any.
 	Upstream string `json:"upstream,omitempty"`
+	// Keys names the PKCS#11 token of the root and intermediate keys, if
+	// any.
+	Keys string `json:"keys,omitempty"`
 	// RotationFailure says why key rotation (renewing the intermediate
 	// from the upstream, say) has been failing on this replica; absent
 	// while it works.
@@ -153,6 +156,16 @@ func jwtKeyInfos(s *authority.State, p authority.Policy) []JWTKeyInfo {
 
 func statusOf(cfg *Config, mgr *authority.Manager, srv *issuer.Server, ad *adoptionWiring) Status {
 	st := Status{TrustDomain: cfg.TrustDomain.String(), Upstream: upstreamName(cfg)}
+	if p := cfg.PKCS11; p != nil {
+		switch {
+		case p.Token != "":
+			st.Keys = fmt.Sprintf("PKCS#11 token %q (%s)", p.Token, p.ModulePath)
+		case p.Serial != "":
+			st.Keys = fmt.Sprintf("PKCS#11 token serial %s (%s)", p.Serial, p.ModulePath)
+		default:
+			st.Keys = fmt.Sprintf("PKCS#11 token in slot %d (%s)", *p.SlotID, p.ModulePath)
+		}
+	}
 	if f := mgr.Failure(); f.Failures > 0 {
 		st.RotationFailure = &RotationFailure{Failures: f.Failures, Since: f.Since, Step: string(f.Step), Error: f.Error, RetryAt: f.RetryAt}
 	}
@@ -233,6 +246,9 @@ func printStatus(w io.Writer, st Status, now time.Time) error {
 		st.TrustDomain, st.Generation, st.BundleVersion, st.Agents.Connected, st.Agents.CurrentBundle)
 	if st.Upstream != "" {
 		fmt.Fprintf(w, "upstream: %s\n\n", st.Upstream)
+	}
+	if st.Keys != "" {
+		fmt.Fprintf(w, "keys: %s\n\n", st.Keys)
 	}
 	if f := st.RotationFailure; f != nil {
 		fmt.Fprintf(w, "ROTATION FAILING since %s (%d attempts, step %s; the keys in service stay; next try %s):\n  %s\n\n",
