@@ -29,6 +29,11 @@ const (
 	// cgroupRoot is the node's cgroup (namespace root) under each
 	// controller of the host's cgroup v1 hierarchy; removed at the end.
 	cgroupRoot = "mayfly-e2enode"
+	// kubeletCgroupRoot is the kubelet's --cgroup-root inside the node's
+	// cgroup namespace: not "/", so that pods' cgroups are
+	// /mayfly-kubelet/kubepods/..., as on nodes that nest the kubelet's
+	// hierarchy (the agent derives the root from its own cgroup).
+	kubeletCgroupRoot = "mayfly-kubelet"
 )
 
 // cgroupControllers are the v1 hierarchies the kubelet and runc use.
@@ -200,6 +205,25 @@ func prepareHost(dir string) error {
 		}
 		if err := syscall.Mount("cgroup", dst, "cgroup", 0, opts); err != nil {
 			return fmt.Errorf("mount cgroup %s: %w", c, err)
+		}
+	}
+	// The kubelet's --cgroup-root (kubeletCgroupRoot) must exist in every
+	// hierarchy; a cpuset child needs cpus and mems first.
+	for _, c := range cgroupControllers {
+		d := filepath.Join("/sys/fs/cgroup", c, kubeletCgroupRoot)
+		if err := os.Mkdir(d, 0o755); err != nil { //nolint:gosec // cgroupfs directories
+			return fmt.Errorf("cgroup %s: %w", d, err)
+		}
+		if c == "cpuset" {
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", c, f))
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(filepath.Join(d, f), b, 0o600); err != nil { //nolint:gosec // the node's own cgroup
+					return fmt.Errorf("cgroup %s %s: %w", d, f, err)
+				}
+			}
 		}
 	}
 	for _, args := range [][]string{
