@@ -418,6 +418,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 	if rec.Mode == ModeSocket && d.cfg.SocketDir == "" {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume attribute %s: %q is not enabled on this agent (no Workload API socket directory configured)", attrMode, ModeSocket)
 	}
+	if rec.Mode == ModeSocket {
+		if err := searchableByAll(d.cfg.SocketDir); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume attribute %s: %q: %v", attrMode, ModeSocket, err)
+		}
+	}
 	if err := d.store.save(rec); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
@@ -484,6 +489,20 @@ func (d *Driver) startFiles(rec *record, token *podToken) (*volume, error) {
 		return nil, fmt.Errorf("track the identity of %s/%s: %w", id.Namespace, id.ServiceAccount, err)
 	}
 	return &volume{rec: *rec, sink: sink, token: token, untrack: untrack}, nil
+}
+
+// searchableByAll checks that every user may pass through dir: the volume
+// shows dir itself, and a pod's processes run as any user; without o+x
+// their clients cannot reach the socket (0666) in it and wait forever.
+func searchableByAll(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	if fi.Mode().Perm()&0o001 == 0 {
+		return fmt.Errorf("socket directory %s has mode %#o: pods' processes could not reach the socket in it; it needs o+x (0755)", dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // mountSocket bind-mounts the socket directory onto the target, unless it
