@@ -164,10 +164,15 @@ func prepareHost(dir string) error {
 			return fmt.Errorf("mount tmpfs on %s: %w", m, err)
 		}
 	}
-	for _, d := range []string{"/var/lib/kubelet", "/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/pods", "/run/mayfly"} {
+	for _, d := range []string{"/var/lib/kubelet", "/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/pods"} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return err
 		}
+	}
+	// The Workload API socket directory as the DaemonSet's hostPath
+	// (DirectoryOrCreate) makes it: pods' users pass through it.
+	if err := os.Mkdir("/run/mayfly", 0o755); err != nil { //nolint:gosec // a socket directory every pod user must traverse
+		return err
 	}
 	// The kubelet sets vm.overcommit_memory, kernel.panic and
 	// kernel.panic_on_oops (host-wide, not namespaced) unless they already
