@@ -73,13 +73,13 @@ test-all: envtest envtest-old zlint kustomize promtool helm actionlint softhsm #
 		MAYFLY_HELM="$(HELM)" MAYFLY_ACTIONLINT="$(ACTIONLINT)" MAYFLY_REQUIRE_SOFTHSM=1 CGO_ENABLED=1 \
 		go test -race -count=1 $(GO_TEST_FLAGS) ./...
 
-e2e-node: kustomize ## A one-node cluster built from source (kubelet, containerd, runc) in its own namespaces; installs deploy/k8s and checks mayfly on it (root; docs/e2e-node.md).
+e2e-node: kustomize helm ## A one-node cluster built from source (kubelet, containerd, runc) in its own namespaces; installs deploy/k8s and checks mayfly on it (root; docs/e2e-node.md).
 	@command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] && command -v iptables >/dev/null && command -v conntrack >/dev/null || \
 		apt-get install -y runc containernetworking-plugins iptables conntrack
 	$(MAKE) images VERSION=e2e-node IMAGE_PLATFORMS=linux/$$(go env GOARCH) IMAGES_DIR=dist/e2e-node-images
 	go test -c -o $(BIN_DIR)/e2enode.test ./internal/e2enode
 	MAYFLY_E2E_NODE=1 MAYFLY_E2E_NODE_BIN="$$(hack/setup-node.sh)" MAYFLY_E2E_IMAGES="$(CURDIR)/dist/e2e-node-images" \
-		MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" bash -c 'cd internal/e2enode && ../../$(BIN_DIR)/e2enode.test -test.v -test.timeout 45m $(E2E_NODE_FLAGS)'
+		MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" MAYFLY_HELM="$(HELM)" bash -c 'cd internal/e2enode && ../../$(BIN_DIR)/e2enode.test -test.v -test.timeout 45m $(E2E_NODE_FLAGS)'
 
 lint-certs: zlint ## Run zlint (RFC 5280 lints) over every certificate template kind.
 	MAYFLY_ZLINT="$(ZLINT)" go test -count=1 -run '^TestZlint$$' -v ./pkg/pki/

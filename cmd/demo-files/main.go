@@ -5,6 +5,11 @@
 // It prints each handshake that fails, and each time a directory's ca.crt
 // or the root above its leaf changes (with a t=<unix seconds> stamp for
 // the demo's timings). It exits non-zero if any handshake failed.
+//
+// With --serve or --connect it is one half alone, in a program (a pod) of
+// its own: the server on an address, or the client connecting to it every
+// interval, each from the certificate directory --dir (a CSI volume, a
+// mounted Secret). make e2e-node runs the two halves in two pods.
 package main
 
 import (
@@ -14,6 +19,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -29,7 +35,24 @@ func main() {
 	serverID := flag.String("server-id", "spiffe://example.org/demo/files-server", "SPIFFE ID whose directory the server uses")
 	clientID := flag.String("client-id", "spiffe://example.org/demo/files-client", "SPIFFE ID whose directory the client uses")
 	every := flag.Duration("interval", 500*time.Millisecond, "time between handshakes")
+	serve := flag.String("serve", "", "serve mutual TLS on this address from --dir (the server half alone)")
+	connect := flag.String("connect", "", "connect to this address every interval from --dir (the client half alone)")
+	dir := flag.String("dir", "", "the certificate directory of --serve or --connect")
 	flag.Parse()
+	if *serve != "" || *connect != "" {
+		if *dir == "" || (*serve != "" && *connect != "") {
+			log.Fatal("demo-files: --serve or --connect takes --dir, and not both")
+		}
+		ok, failed, err := half(*serve, *connect, *dir, *every)
+		if err != nil {
+			log.Fatalf("demo-files: %v", err)
+		}
+		fmt.Printf("demo-files: %d handshakes, %d failed\n", ok+failed, failed)
+		if failed > 0 {
+			os.Exit(1)
+		}
+		return
+	}
 	if *writeDir == "" {
 		log.Fatal("demo-files: --write-dir is required")
 	}
@@ -75,6 +98,51 @@ func run(writeDir, serverID, clientID string, every time.Duration) (ok, failed i
 			return ok, failed, nil
 		case <-tick.C:
 		}
+	}
+}
+
+// half runs the server (serve) or the client (connect) alone until a
+// signal, printing each handshake and what changed in dir.
+func half(serve, connect, dir string, every time.Duration) (ok, failed int, err error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	name := "files/client"
+	outcomes := make(chan error, 16)
+	if serve != "" {
+		name = "files/server"
+		lis, err := net.Listen("tcp", serve)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer lis.Close()
+		go fileconsumer.Serve(lis, dir, func(err error) { outcomes <- err })
+		fmt.Printf("demo-files: serving mutual TLS on %s from %s\n", serve, dir)
+	}
+	v := &view{dir: dir}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		var err error
+		select {
+		case <-ctx.Done():
+			return ok, failed, nil
+		case err = <-outcomes:
+		case <-tick.C:
+			if serve != "" {
+				v.report(name, time.Now())
+				continue
+			}
+			err = fileconsumer.Dial(connect, dir)
+		}
+		now := time.Now()
+		if err != nil {
+			failed++
+			fmt.Printf("%s [%s] handshake FAILED: %v\n", now.Format("15:04:05.000"), name, err)
+		} else {
+			ok++
+			fmt.Printf("%s [%s] handshake ok\n", now.Format("15:04:05.000"), name)
+		}
+		v.report(name, now)
 	}
 }
 

@@ -477,6 +477,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 	if len(rec.Files.JWTAudience) > 0 && d.cfg.Tokens == nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume attribute %s: JWT-SVIDs are not served by this agent", attrJWTAud)
 	}
+	if rec.Mode == ModeSocket {
+		if err := searchableByAll(d.cfg.SocketDir); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume attribute %s: %q: %v", attrMode, ModeSocket, err)
+		}
+	}
 	if err := d.store.save(rec); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
@@ -603,6 +608,20 @@ func (d *Driver) startFiles(rec *record, token *podToken) (*volume, error) {
 		v.jwt = j
 	}
 	return v, nil
+}
+
+// searchableByAll checks that every user may pass through dir: the volume
+// shows dir itself, and a pod's processes run as any user; without o+x
+// their clients cannot reach the socket (0666) in it and wait forever.
+func searchableByAll(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	if fi.Mode().Perm()&0o001 == 0 {
+		return fmt.Errorf("socket directory %s has mode %#o: pods' processes could not reach the socket in it; it needs o+x (0755)", dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // mountSocket bind-mounts the socket directory onto the target, unless it

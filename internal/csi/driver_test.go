@@ -485,6 +485,17 @@ func TestSocketMode(t *testing.T) {
 			t.Fatalf("target left behind: %v", err)
 		}
 	})
+	t.Run("refused when the socket directory is closed to other users", func(t *testing.T) {
+		if err := os.Chmod(e.sockDir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Chmod(e.sockDir, 0o755) //nolint:errcheck,gosec // restores the fixture
+		_, err := e.d.NodePublishVolume(context.Background(), req)
+		wantCode(t, err, codes.FailedPrecondition, "has mode 0750")
+		if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("target created: %v", err)
+		}
+	})
 	t.Run("disabled without a socket directory", func(t *testing.T) {
 		d, err := New(Config{NodeName: "n", StateDir: e.stateDir, KubeletDir: e.kubelet, Identities: e.ids, Mounter: e.mounter})
 		if err != nil {

@@ -130,6 +130,9 @@ func (c *cluster) up(ctx context.Context, imageTars []string) error {
 		"--tls-cert-file", pk.path("apiserver.crt"), "--tls-private-key-file", pk.path("apiserver.key"),
 		"--kubelet-client-certificate", pk.path("apiserver-kubelet-client.crt"), "--kubelet-client-key", pk.path("apiserver-kubelet-client.key"),
 		"--kubelet-certificate-authority", pk.path("ca.crt"),
+		// Logs and exec reach the kubelet at its IP: the node's name is in
+		// no DNS the apiserver asks.
+		"--kubelet-preferred-address-types", "InternalIP",
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file", pk.path("sa.pub"), "--service-account-signing-key-file", pk.path("sa.key"),
 		"--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
@@ -242,6 +245,7 @@ authorization: {mode: Webhook}
 tlsCertFile: %q
 tlsPrivateKeyFile: %q
 cgroupDriver: cgroupfs
+cgroupRoot: /%s
 failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
@@ -254,7 +258,7 @@ evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.availab
 serializeImagePulls: false
 syncFrequency: 10s
 fileCheckFrequency: 10s
-`, pk.path("ca.crt"), pk.path("kubelet.crt"), pk.path("kubelet.key"), nodeIP, c.path("resolv.conf"))
+`, pk.path("ca.crt"), pk.path("kubelet.crt"), pk.path("kubelet.key"), kubeletCgroupRoot, nodeIP, c.path("resolv.conf"))
 	if err := writeFile(c.path("kubelet.yaml"), kubeletConf); err != nil {
 		return err
 	}

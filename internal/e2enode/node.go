@@ -29,6 +29,11 @@ const (
 	// cgroupRoot is the node's cgroup (namespace root) under each
 	// controller of the host's cgroup v1 hierarchy; removed at the end.
 	cgroupRoot = "mayfly-e2enode"
+	// kubeletCgroupRoot is the kubelet's --cgroup-root inside the node's
+	// cgroup namespace: not "/", so that pods' cgroups are
+	// /mayfly-kubelet/kubepods/..., as on nodes that nest the kubelet's
+	// hierarchy (the agent derives the root from its own cgroup).
+	kubeletCgroupRoot = "mayfly-kubelet"
 )
 
 // cgroupControllers are the v1 hierarchies the kubelet and runc use.
@@ -159,10 +164,15 @@ func prepareHost(dir string) error {
 			return fmt.Errorf("mount tmpfs on %s: %w", m, err)
 		}
 	}
-	for _, d := range []string{"/var/lib/kubelet", "/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/pods", "/run/mayfly"} {
+	for _, d := range []string{"/var/lib/kubelet", "/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/pods"} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return err
 		}
+	}
+	// The Workload API socket directory as the DaemonSet's hostPath
+	// (DirectoryOrCreate) makes it: pods' users pass through it.
+	if err := os.Mkdir("/run/mayfly", 0o755); err != nil { //nolint:gosec // a socket directory every pod user must traverse
+		return err
 	}
 	// The kubelet sets vm.overcommit_memory, kernel.panic and
 	// kernel.panic_on_oops (host-wide, not namespaced) unless they already
@@ -200,6 +210,25 @@ func prepareHost(dir string) error {
 		}
 		if err := syscall.Mount("cgroup", dst, "cgroup", 0, opts); err != nil {
 			return fmt.Errorf("mount cgroup %s: %w", c, err)
+		}
+	}
+	// The kubelet's --cgroup-root (kubeletCgroupRoot) must exist in every
+	// hierarchy; a cpuset child needs cpus and mems first.
+	for _, c := range cgroupControllers {
+		d := filepath.Join("/sys/fs/cgroup", c, kubeletCgroupRoot)
+		if err := os.Mkdir(d, 0o755); err != nil { //nolint:gosec // cgroupfs directories
+			return fmt.Errorf("cgroup %s: %w", d, err)
+		}
+		if c == "cpuset" {
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", c, f))
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(filepath.Join(d, f), b, 0o600); err != nil { //nolint:gosec // the node's own cgroup
+					return fmt.Errorf("cgroup %s %s: %w", d, f, err)
+				}
+			}
 		}
 	}
 	for _, args := range [][]string{

@@ -103,6 +103,7 @@ func leafID(dir string) (string, time.Time, error) {
 func (e *env) verdictCSIFiles(t *testing.T, ctx context.Context) {
 	e.namespaceWithSA(t, ctx, "e2e-files", "web")
 	p, took := e.runPod(t, ctx, workloadPod("e2e-files", "web-files", "web", map[string]string{"ttl": "1h"}))
+	e.filesPod = p
 	e.timing["pod Running, CSI files"] = took
 	t.Logf("FIGURE pod with a CSI files volume Running %s after creation", took.Round(10*time.Millisecond))
 	dir := volumeDir(p, "svid")

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -155,13 +156,16 @@ func (p *Pair) serve() {
 	}
 }
 
-func (p *Pair) accept(conn net.Conn) error {
+func (p *Pair) accept(conn net.Conn) error { return accept(conn, p.serverDir) }
+
+// accept does the server half of one connection with dir's files.
+func accept(conn net.Conn, dir string) error {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	tc := tls.Server(conn, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			return config(p.serverDir) // anew for each handshake
+			return config(dir) // anew for each handshake
 		},
 	})
 	if err := tc.Handshake(); err != nil {
@@ -169,6 +173,43 @@ func (p *Pair) accept(conn net.Conn) error {
 	}
 	_, err := tc.Write([]byte("ok"))
 	return err
+}
+
+// Serve is a server alone (the two halves in two programs): it accepts
+// connections on lis until lis is closed, each handshake with dir's files
+// read anew, and hands report the outcome of each.
+func Serve(lis net.Listener, dir string, report func(error)) {
+	for {
+		conn, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		report(accept(conn, dir))
+	}
+}
+
+// Dial is a client alone: one connection to addr with dir's files read
+// anew, which fails when either side refused the other.
+func Dial(addr, dir string) error {
+	cfg, err := config(dir)
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	tc := tls.Client(conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(tc, buf); err != nil { // the server's verdict on our certificate (TLS 1.3)
+		return fmt.Errorf("client: the server refused or closed: %w", err)
+	}
+	return nil
 }
 
 // Handshake opens one connection, with both sides reading their files

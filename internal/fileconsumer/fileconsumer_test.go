@@ -1,6 +1,7 @@
 package fileconsumer
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -101,5 +102,35 @@ func TestReadRejectsBadDirectories(t *testing.T) {
 				t.Fatalf("Read = %v, want an error mentioning %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestServeDial: the two halves in two programs, as the e2e-node pods run
+// them: the server reports each outcome, the client fails when either side
+// refused.
+func TestServeDial(t *testing.T) {
+	ca, other := testca.New(t), testca.New(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	outcomes := make(chan error, 4)
+	go Serve(lis, writeDir(t, ca, serverID, ca), func(err error) { outcomes <- err })
+
+	if err := Dial(lis.Addr().String(), writeDir(t, ca, clientID, ca)); err != nil {
+		t.Fatalf("Dial with a client under the server's root: %v", err)
+	}
+	if err := <-outcomes; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	if err := Dial(lis.Addr().String(), writeDir(t, other, clientID, ca, other)); err == nil {
+		t.Fatal("Dial with a client under a root the server does not hold succeeded")
+	}
+	if err := <-outcomes; err == nil || !strings.Contains(err.Error(), "server:") {
+		t.Fatalf("server outcome of a refused client = %v, want a server error", err)
+	}
+	if err := Dial(lis.Addr().String(), t.TempDir()); err == nil || !strings.Contains(err.Error(), "client:") {
+		t.Fatalf("Dial from an empty directory = %v, want a client error", err)
 	}
 }

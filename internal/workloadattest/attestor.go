@@ -54,6 +54,9 @@ type KubernetesAttestor struct {
 	// status (it just started); DefaultNotYetKnownWait when zero, no wait
 	// when negative. The request's own deadline applies too.
 	NotYetKnownWait time.Duration
+	// CgroupRoot is the kubelet's --cgroup-root ("" or "/": the default);
+	// see [ContainerFromCgroupsUnder].
+	CgroupRoot string
 }
 
 // Attest returns the pod selectors of p.
@@ -67,7 +70,7 @@ func (a KubernetesAttestor) Attest(ctx context.Context, p *Peer) (Selectors, err
 	if err := p.Alive(); err != nil {
 		return Selectors{}, notAttested(p, err)
 	}
-	podUID, containerID, err := ContainerFromCgroups(lines)
+	podUID, containerID, err := ContainerFromCgroupsUnder(lines, a.CgroupRoot)
 	if err != nil {
 		return Selectors{}, notAttested(p, err)
 	}

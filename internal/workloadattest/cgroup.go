@@ -305,3 +305,60 @@ func isUUID(s string, sep byte) bool {
 }
 
 func isLowerHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' }
+
+// ContainerFromCgroupsUnder is [ContainerFromCgroups] for a kubelet whose
+// --cgroup-root is root (cgroupfs driver; "" or "/" is the default root).
+// An absolute path under root is read with root removed; an absolute path
+// elsewhere that mentions kubepods is refused (no kubelet of this node made
+// it), and so is one under root whose remainder does not parse. Paths seen
+// from another cgroup namespace (starting with "..") are read as
+// [ContainerFromCgroups] reads them: their kubepods hierarchy may start at
+// any level, whatever the root.
+func ContainerFromCgroupsUnder(lines []CgroupLine, root string) (podUID, containerID string, err error) {
+	root = strings.TrimSuffix(root, "/")
+	if root == "" {
+		return ContainerFromCgroups(lines)
+	}
+	out := make([]CgroupLine, len(lines))
+	for i, l := range lines {
+		out[i] = l
+		rest, under := strings.CutPrefix(l.Path, root)
+		switch {
+		case under && rest == "":
+			out[i].Path = "/"
+		case under && strings.HasPrefix(rest, "/"):
+			out[i].Path = rest
+		case strings.HasPrefix(l.Path, "/../"):
+		case strings.Contains(l.Path, "kubepods"):
+			return "", "", fmt.Errorf("cgroup %q: %w: kubepods outside the kubelet's cgroup root %q", truncate(l.Path), ErrUnrecognizedCgroup, truncate(root))
+		}
+	}
+	return ContainerFromCgroups(out)
+}
+
+// CgroupRootOf derives the kubelet's --cgroup-root from the cgroup lines of
+// a process in a pod (the agent's own): the path above the kubepods
+// hierarchy, "/" for the default root. It returns "" when the lines name no
+// pod as absolute paths (the process sees its own cgroup namespace, where
+// paths need no root), and an error when lines disagree.
+func CgroupRootOf(lines []CgroupLine) (string, error) {
+	root := ""
+	for _, l := range lines {
+		if !strings.HasPrefix(l.Path, "/") || strings.HasPrefix(l.Path, "/..") {
+			continue
+		}
+		segs := strings.Split(strings.TrimPrefix(l.Path, "/"), "/")
+		for i, s := range segs {
+			if _, level, _, _ := classifySegment(s); level != levelRoot {
+				continue
+			}
+			r := "/" + strings.Join(segs[:i], "/")
+			if root != "" && r != root {
+				return "", fmt.Errorf("%w: cgroup lines disagree on the kubelet's cgroup root: %q and %q", ErrUnrecognizedCgroup, truncate(root), truncate(r))
+			}
+			root = r
+			break
+		}
+	}
+	return root, nil
+}

@@ -192,3 +192,77 @@ func TestProcDefaultRootReadsOurOwnProcess(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestContainerFromCgroupsUnderRoot: with a kubelet --cgroup-root other
+// than "/", a container's absolute paths are under that root; they are
+// read with the root removed, and kubepods paths outside it are refused.
+func TestContainerFromCgroupsUnderRoot(t *testing.T) {
+	pod := "/kubepods/burstable/pod" + testPodUID + "/" + testCID
+	v1 := func(path string) string { return "12:pids:" + path + "\n11:memory:" + path + "\n2:rdma:/\n0::/\n" }
+	tests := []struct {
+		name, root, file string
+		wantErr          error // nil: want testPodUID/testCID
+	}{
+		{"default root", "/", v1(pod), nil},
+		{"empty root is the default", "", v1(pod), nil},
+		{"under a one-level root", "/e2e-root", v1("/e2e-root" + pod), nil},
+		{"under a two-level root, trailing slash", "/a/b/", v1("/a/b" + pod), nil},
+		{"seen from another cgroup namespace", "/e2e-root", v1("/../../besteffort/pod" + testPodUID + "/" + testCID), nil},
+		{"host process under the root", "/e2e-root", v1("/e2e-root"), ErrNotInPod},
+		{"host process elsewhere", "/e2e-root", v1("/system.slice/sshd.service"), ErrNotInPod},
+		{"kubepods outside the root", "/e2e-root", v1(pod), ErrUnrecognizedCgroup},
+		{"a root that is only a name prefix", "/e2e-root", v1("/e2e-rootx" + pod), ErrUnrecognizedCgroup},
+		{"the root's remainder is not kubepods", "/e2e-root", v1("/e2e-root/x" + pod), ErrUnrecognizedCgroup},
+		{"default root refuses a prefixed path", "/", v1("/e2e-root" + pod), ErrUnrecognizedCgroup},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lines, err := ParseCgroups([]byte(tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			uid, cid, err := ContainerFromCgroupsUnder(lines, tt.root)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) || uid != "" || cid != "" {
+					t.Fatalf("= %q, %q, %v; want %v", uid, cid, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || uid != testPodUID || cid != testCID {
+				t.Fatalf("= %q, %q, %v; want %s %s", uid, cid, err, testPodUID, testCID)
+			}
+		})
+	}
+}
+
+// TestCgroupRootOf derives the kubelet's cgroup root from the cgroups of a
+// process in a pod (the agent's own).
+func TestCgroupRootOf(t *testing.T) {
+	tests := []struct {
+		name, file, want string
+		wantErr          bool
+	}{
+		{"default root, v1", "12:pids:/kubepods/burstable/pod" + testPodUID + "/" + testCID + "\n2:rdma:/\n", "/", false},
+		{"default root, systemd v2", "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + testPodUIDU + ".slice/cri-containerd-" + testCID + ".scope\n", "/", false},
+		{"custom root", "12:pids:/e2e-root/kubepods/pod" + testPodUID + "/" + testCID + "\n11:memory:/e2e-root/kubepods/pod" + testPodUID + "/" + testCID + "\n", "/e2e-root", false},
+		{"own cgroup namespace", "0::/\n", "", false},
+		{"relative paths", "0::/../../kubepods/pod" + testPodUID + "/" + testCID + "\n", "", false},
+		{"no pod", "0::/system.slice/agent.service\n", "", false},
+		{"lines disagree", "12:pids:/a/kubepods/pod" + testPodUID + "/" + testCID + "\n11:memory:/b/kubepods/pod" + testPodUID + "/" + testCID + "\n", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lines, err := ParseCgroups([]byte(tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := CgroupRootOf(lines)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Fatalf("= %q, %v; want %q (error %v)", got, err, tt.want, tt.wantErr)
+			}
+			if err != nil && !errors.Is(err, ErrUnrecognizedCgroup) {
+				t.Fatalf("untyped error %v", err)
+			}
+		})
+	}
+}

@@ -18,27 +18,37 @@ func FuzzContainerFromCgroups(f *testing.F) {
 		if err != nil {
 			return
 		}
-		uid, cid, err := ContainerFromCgroups(lines)
-		if err != nil {
-			if uid != "" || cid != "" {
-				t.Fatalf("error %v with a result %q %q", err, uid, cid)
-			}
-			if !errors.Is(err, ErrNotInPod) && !errors.Is(err, ErrUnrecognizedCgroup) {
-				t.Fatalf("untyped error %v", err)
-			}
-			return
-		}
-		if !isUUID(uid, '-') {
-			t.Fatalf("accepted malformed pod UID %q", uid)
-		}
-		if !isContainerID(cid) {
-			t.Fatalf("accepted malformed container ID %q", cid)
-		}
-		in := string(data)
-		if !strings.Contains(in, cid) || (!strings.Contains(in, uid) && !strings.Contains(in, strings.ReplaceAll(uid, "-", "_"))) {
-			t.Fatalf("result %q %q is not in the input", uid, cid)
+		derived, _ := CgroupRootOf(lines) // must not panic either
+		for _, root := range []string{"", derived, "/e2e-root"} {
+			checkContainer(t, data, lines, root)
 		}
 	})
+}
+
+// checkContainer: ContainerFromCgroupsUnder(lines, root) returns an error of
+// a known class and no result, or a well-formed result found in data.
+func checkContainer(t *testing.T, data []byte, lines []CgroupLine, root string) {
+	t.Helper()
+	uid, cid, err := ContainerFromCgroupsUnder(lines, root)
+	if err != nil {
+		if uid != "" || cid != "" {
+			t.Fatalf("root %q: error %v with a result %q %q", root, err, uid, cid)
+		}
+		if !errors.Is(err, ErrNotInPod) && !errors.Is(err, ErrUnrecognizedCgroup) {
+			t.Fatalf("root %q: untyped error %v", root, err)
+		}
+		return
+	}
+	if !isUUID(uid, '-') {
+		t.Fatalf("accepted malformed pod UID %q", uid)
+	}
+	if !isContainerID(cid) {
+		t.Fatalf("accepted malformed container ID %q", cid)
+	}
+	in := string(data)
+	if !strings.Contains(in, cid) || (!strings.Contains(in, uid) && !strings.Contains(in, strings.ReplaceAll(uid, "-", "_"))) {
+		t.Fatalf("result %q %q is not in the input", uid, cid)
+	}
 }
 
 // FuzzParseRegistrations parses arbitrary registrations files: it must never

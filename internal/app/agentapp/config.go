@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
 
@@ -95,6 +96,11 @@ type KubernetesConfig struct {
 	TokenFile string `json:"tokenFile,omitempty"`
 	// ProcRoot is where the host's /proc is visible (hostPID).
 	ProcRoot string `json:"procRoot,omitempty"`
+	// CgroupRoot is the kubelet's --cgroup-root (cgroupfs driver), under
+	// which pod containers' cgroups are; empty: derived at start from the
+	// agent's own cgroup (the path above kubepods), which holds when the
+	// agent runs in a pod of that kubelet.
+	CgroupRoot string `json:"cgroupRoot,omitempty"`
 }
 
 // CSIConfig configures the CSI node plugin.
@@ -221,6 +227,9 @@ func (fc *FileConfig) Validate() (*Config, error) {
 		k := fc.Kubernetes
 		k.TokenFile = config.OrDefault(k.TokenFile, "/var/run/secrets/mayfly/token")
 		k.ProcRoot = config.OrDefault(k.ProcRoot, "/proc")
+		if k.CgroupRoot != "" && (!path.IsAbs(k.CgroupRoot) || path.Clean(k.CgroupRoot) != k.CgroupRoot) {
+			return nil, fmt.Errorf("kubernetes.cgroupRoot: must be an absolute, clean cgroup path such as /kubelet, got %q", k.CgroupRoot)
+		}
 		if k.CSI != nil {
 			k.CSI.SocketPath = config.OrDefault(k.CSI.SocketPath, "/var/lib/kubelet/plugins/csi.mayfly.dev/csi.sock")
 			k.CSI.StateDir = config.OrDefault(k.CSI.StateDir, "/var/lib/kubelet/plugins/csi.mayfly.dev/volumes")

@@ -90,6 +90,8 @@ func TestParseRejectsBadConfigs(t *testing.T) {
 		{"relative_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: var/lib/kubelet}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory"},
 		{"relative_mounter_socket", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {mounterSocket: run/m.sock}}\n", "kubernetes.csi.mounterSocket: must be an absolute path"},
 		{"relative_registration_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {registrationDir: plugins_registry}}\n", "kubernetes.csi.registrationDir: must be absolute"},
+		{"relative_cgroup_root", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {cgroupRoot: kubelet}\n", "kubernetes.cgroupRoot: must be an absolute, clean cgroup path"},
+		{"unclean_cgroup_root", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {cgroupRoot: /kubelet/../x}\n", "kubernetes.cgroupRoot: must be an absolute, clean cgroup path"},
 		{"root_kubelet_dir", "trustDomain: example.org\nserver: {address: a:1, trustBundleFile: /b}\nnodeName: n\nkubernetes: {csi: {kubeletDir: /}}\n", "kubernetes.csi.kubeletDir: must be an absolute directory other than /"},
 		{"negative_max_connections", minimalStandalone + "workloadAPI: {maxConnections: -1}\n", "workloadAPI.maxConnections: must not be negative"},
 		{"negative_max_connections_per_uid", minimalStandalone + "workloadAPI: {maxConnectionsPerUID: -1}\n", "workloadAPI.maxConnectionsPerUID: must not be negative"},

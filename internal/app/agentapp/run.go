@@ -1,6 +1,7 @@
 package agentapp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -123,7 +124,12 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 			return err
 		}
 		g.Go(func() error { return pods.Start(ctx) })
-		att = workloadattest.KubernetesAttestor{Proc: workloadattest.Proc{Root: procRoot}, Resolver: pods}
+		cgroupRoot, err := kubeletCgroupRoot(cfg.Kubernetes.CgroupRoot)
+		if err != nil {
+			return err
+		}
+		log.Info("workload attestation reads pod cgroups under the kubelet's cgroup root", "cgroupRoot", cmp.Or(cgroupRoot, "(relative: the agent's cgroup namespace)"))
+		att = workloadattest.KubernetesAttestor{Proc: workloadattest.Proc{Root: procRoot}, Resolver: pods, CgroupRoot: cgroupRoot}
 		podIndex := &agent.PodIndex{Now: opts.Clock.Now}
 		entitlements = &agent.PodIdentities{Pods: podIndex, TTL: cfg.WorkloadTTL, KeyType: cfg.KeyType}
 		if c := cfg.Kubernetes.CSI; c != nil {
@@ -324,4 +330,28 @@ func serveHealth(ctx context.Context, g *errgroup.Group, addr string, reg *prome
 	}
 	hs := &http.Server{Addr: addr, Handler: cli.HealthMux(reg, ready), ReadHeaderTimeout: 5 * time.Second}
 	cli.ServeHTTP(ctx, g, hs, "healthAddress", 5*time.Second, func() { log.Info("health and metrics listening", "address", addr) })
+}
+
+// kubeletCgroupRoot is the configured kubernetes.cgroupRoot or, when empty,
+// the one the agent's own cgroups show (the path above kubepods): pods of
+// a kubelet with --cgroup-root=/kubelet are under /kubelet/kubepods. ""
+// when the agent sees relative paths (its own cgroup namespace) or is in
+// no pod.
+func kubeletCgroupRoot(configured string) (string, error) {
+	if configured != "" {
+		return configured, nil
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("kubernetes.cgroupRoot: not set, and the agent's own cgroups: %w", err)
+	}
+	lines, err := workloadattest.ParseCgroups(b)
+	if err != nil {
+		return "", fmt.Errorf("kubernetes.cgroupRoot: not set, and the agent's own cgroups: %w", err)
+	}
+	root, err := workloadattest.CgroupRootOf(lines)
+	if err != nil {
+		return "", fmt.Errorf("kubernetes.cgroupRoot: not set, and the agent's own cgroups: %w", err)
+	}
+	return root, nil
 }
