@@ -1,13 +1,13 @@
 package cli
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mayfly-pki/mayfly/internal/test/background"
 	"github.com/mayfly-pki/mayfly/internal/test/otheruid"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
@@ -22,18 +22,12 @@ func startStatus(t *testing.T, dir string, allow func(uint32) bool) string {
 	t.Helper()
 	path := filepath.Join(dir, StatusSocketName)
 	s := &StatusServer{Path: path, Status: func() any { return doc{Serial: "abc123"} }, allow: allow}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("StatusServer.Start: %v", err)
-		}
+	t.Cleanup(func() { // after the server stopped
 		if _, err := os.Lstat(path); !os.IsNotExist(err) {
 			t.Errorf("the socket outlived the server: %v", err)
 		}
 	})
+	background.Run(t, "StatusServer.Start", s.Start)
 	wait.Within(t, "the status socket", 10*time.Second, time.Millisecond, func() bool {
 		_, err := os.Stat(path)
 		return err == nil

@@ -18,6 +18,7 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/kubenodes"
+	"github.com/mayfly-pki/mayfly/internal/test/background"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
@@ -71,15 +72,7 @@ func newEnv(t *testing.T, opts ...cluster.Option) *env {
 	}
 
 	e.cache = kubenodes.NewPodCache(c.Client, 0)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.cache.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("pod cache: %v", err)
-		}
-	})
+	ctx := background.Run(t, "pod cache", e.cache.Start)
 	syncCtx, syncCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer syncCancel()
 	if !e.cache.WaitSynced(syncCtx) {

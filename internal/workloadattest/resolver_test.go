@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/mayfly-pki/mayfly/internal/test/background"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 )
 
@@ -34,7 +35,6 @@ type resolverEnv struct {
 // One API server for all resolver subtests: starting one takes seconds.
 func TestPodResolver(t *testing.T) {
 	c := cluster.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
 	lw, err := NodePods(c.Config, testNode)
 	if err != nil {
 		t.Fatal(err)
@@ -43,14 +43,7 @@ func TestPodResolver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error)
-	go func() { done <- r.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Start = %v", err)
-		}
-	})
+	ctx := background.Run(t, "Start", r.Start)
 	syncCtx, syncCancel := context.WithTimeout(ctx, 30*time.Second)
 	defer syncCancel()
 	if err := r.WaitSynced(syncCtx); err != nil {

@@ -1,13 +1,13 @@
 package workloadattest
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mayfly-pki/mayfly/internal/test/background"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -42,15 +42,7 @@ func startWatcher(t *testing.T, initial string) *watcherEnv {
 	w.OnChange = func(r []Registration) { e.changes <- r }
 	w.OnError = func(err error) { e.errs <- err }
 	e.w = w
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- w.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Start = %v", err)
-		}
-	})
+	background.Run(t, "Start", w.Start)
 	e.clock.BlockUntil(1)
 	return e
 }

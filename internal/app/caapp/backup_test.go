@@ -8,14 +8,12 @@ import (
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
-	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -28,12 +26,9 @@ import (
 // serves the same root instead of minting one. Restore refuses to replace
 // state without --force, a file others may read, and another trust domain.
 func TestBackupRestore(t *testing.T) {
-	c := cluster.Start(t, cluster.WithCRDDirectory("../../../deploy/k8s/base/crds"))
+	c := startCluster(t, "mayfly-system", "recovered")
 	ctx := context.Background()
 	kube := c.Client
-	for _, ns := range []string{"mayfly-system", "recovered"} {
-		create(t, kube.CoreV1().Namespaces().Create, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
-	}
 	// The ca command reaches the API server as an operator does: KUBECONFIG.
 	admin, err := c.Env.AddUser(envtest.User{Name: "operator", Groups: []string{"system:masters"}}, nil)
 	if err != nil {

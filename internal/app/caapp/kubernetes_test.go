@@ -51,6 +51,17 @@ func startReplica(t *testing.T, c *cluster.Cluster, clock rotate.Clock) *replica
 	return &replica{addr: p.addr, logs: p.logs}
 }
 
+// startCluster starts an API server with mayfly's CRDs and creates the
+// namespaces.
+func startCluster(t *testing.T, namespaces ...string) *cluster.Cluster {
+	t.Helper()
+	c := cluster.Start(t, cluster.WithCRDDirectory("../../../deploy/k8s/base/crds"))
+	for _, ns := range namespaces {
+		create(t, c.Client.CoreV1().Namespaces().Create, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	}
+	return c
+}
+
 func create[T any](t *testing.T, f func(context.Context, T, metav1.CreateOptions) (T, error), obj T) T {
 	t.Helper()
 	out, err := f(context.Background(), obj, metav1.CreateOptions{})
@@ -64,12 +75,9 @@ func create[T any](t *testing.T, f func(context.Context, T, metav1.CreateOptions
 // one bootstraps, both sign, only the leader rotates, and both pick the new
 // intermediate up from the Secret watch.
 func TestKubernetesTwoReplicas(t *testing.T) {
-	c := cluster.Start(t, cluster.WithCRDDirectory("../../../deploy/k8s/base/crds"))
+	c := startCluster(t, "mayfly-system", "app")
 	ctx := context.Background()
 	kube := c.Client
-	for _, ns := range []string{"mayfly-system", "app"} {
-		create(t, kube.CoreV1().Namespaces().Create, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
-	}
 	create(t, kube.CoreV1().ServiceAccounts("mayfly-system").Create, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent"}})
 	create(t, kube.CoreV1().ServiceAccounts("app").Create, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "web"}})
 	agentPod := create(t, kube.CoreV1().Pods("mayfly-system").Create, &corev1.Pod{

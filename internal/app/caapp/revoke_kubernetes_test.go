@@ -15,7 +15,6 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/eviction"
-	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -25,10 +24,9 @@ import (
 // server: renewal needs the agent pod's fresh token, a deleted agent pod's
 // agent cannot renew, and an eviction in the Secret refuses the node's agent.
 func TestKubernetesAgentRevocation(t *testing.T) {
-	c := cluster.Start(t, cluster.WithCRDDirectory("../../../deploy/k8s/base/crds"))
+	c := startCluster(t, "mayfly-system")
 	ctx := context.Background()
 	kube := c.Client
-	create(t, kube.CoreV1().Namespaces().Create, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-system"}})
 	create(t, kube.CoreV1().ServiceAccounts("mayfly-system").Create, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent"}})
 	pods := map[string]*corev1.Pod{}
 	tokens := map[string]string{}

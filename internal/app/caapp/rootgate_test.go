@@ -15,7 +15,6 @@ import (
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/authority"
-	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -26,12 +25,9 @@ import (
 // prepared at once, but activates only once every WorkloadCertificate
 // Secret holds it, and the propagation delay after the last one did.
 func TestKubernetesRootWaitsForDeliveryObjects(t *testing.T) {
-	c := cluster.Start(t, cluster.WithCRDDirectory("../../../deploy/k8s/base/crds"))
+	c := startCluster(t, "mayfly-system", "app")
 	ctx := context.Background()
 	kube := c.Client
-	for _, ns := range []string{"mayfly-system", "app"} {
-		create(t, kube.CoreV1().Namespaces().Create, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
-	}
 	create(t, kube.CoreV1().ServiceAccounts("app").Create, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "web"}})
 	clock := rotate.NewFakeClock(time.Now())
 	runCA(t, kubeConfig+"  leaderElection: false\n", caapp.Options{RestConfig: c.Config, Clock: clock})

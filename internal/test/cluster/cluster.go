@@ -4,7 +4,6 @@
 package cluster
 
 import (
-	"context"
 	"os"
 	"testing"
 	"time"
@@ -20,6 +19,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/mayfly-pki/mayfly/internal/test/background"
 )
 
 // How long and how often a test polls for what a controller does against
@@ -121,13 +122,5 @@ func NewManager(t testing.TB, cfg *rest.Config, scheme *runtime.Scheme, byObject
 // stops mgr and fails the test if mgr's Start returned an error.
 func RunManager(t testing.TB, mgr manager.Manager) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	background.Run(t, "manager", mgr.Start)
 }
