@@ -3,17 +3,17 @@ package jwtsvid
 import (
 	"crypto"
 	"crypto/rand"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"strconv"
 	"unicode/utf8"
 
 	"github.com/go-jose/go-jose/v4"
-	"golang.org/x/crypto/cryptobyte"
-	"golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // Signer signs JWT-SVIDs with one key. It builds the compact JWS itself:
@@ -92,23 +92,17 @@ func (s *Signer) Sign(c Claims) (string, error) {
 // rawECDSA turns an ASN.1 ECDSA signature (what crypto.Signer returns)
 // into the JWS form: r and s, each left-padded to size bytes.
 func rawECDSA(der []byte, size int) ([]byte, error) {
-	var r, sv []byte
-	in := cryptobyte.String(der)
-	var seq cryptobyte.String
-	if !in.ReadASN1(&seq, asn1.SEQUENCE) || !in.Empty() ||
-		!seq.ReadASN1Integer(&r) || !seq.ReadASN1Integer(&sv) || !seq.Empty() {
+	var sig struct{ R, S *big.Int }
+	rest, err := asn1.Unmarshal(der, &sig)
+	if err != nil || len(rest) > 0 || sig.R == nil || sig.S == nil {
 		return nil, errors.New("malformed ECDSA signature")
 	}
-	out := make([]byte, 2*size)
-	for i, v := range [][]byte{r, sv} {
-		for len(v) > 0 && v[0] == 0 {
-			v = v[1:]
-		}
-		if len(v) > size {
-			return nil, errors.New("ECDSA signature value larger than the curve")
-		}
-		copy(out[(i+1)*size-len(v):(i+1)*size], v)
+	if sig.R.Sign() <= 0 || sig.S.Sign() <= 0 || sig.R.BitLen() > 8*size || sig.S.BitLen() > 8*size {
+		return nil, errors.New("ECDSA signature values out of range for the curve")
 	}
+	out := make([]byte, 2*size)
+	sig.R.FillBytes(out[:size])
+	sig.S.FillBytes(out[size:])
 	return out, nil
 }
 
