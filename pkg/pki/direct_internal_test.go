@@ -350,6 +350,15 @@ func TestDirectLeaf_leavesOtherShapesToCreateCertificate(t *testing.T) {
 	}
 }
 
+func TestLeafView_emptyDNSNamesAreNil(t *testing.T) {
+	c := genCase(mrand.New(mrand.NewPCG(7, 8)), KeyTypeECDSAP256, KeyTypeECDSAP256, KindWorkload)
+	tmpl := c.template(t)
+	tmpl.DNSNames, tmpl.ExtKeyUsage = []string{}, []x509.ExtKeyUsage{}
+	if !checkSame(t, c, tmpl) {
+		t.Fatal("no view of a template with empty DNS names and EKUs")
+	}
+}
+
 func TestDirectLeaf_nonIA5NameFailsLikeCreateCertificate(t *testing.T) {
 	c := genCase(mrand.New(mrand.NewPCG(5, 6)), KeyTypeECDSAP256, KeyTypeEd25519, KindWorkload)
 	c.dns = []string{"caf\u00e9.example"}

@@ -77,11 +77,11 @@ func leafView(der []byte, tmpl *x509.Certificate, pub crypto.PublicKey, a Author
 		NotBefore:               time.Unix(tmpl.NotBefore.Unix(), 0).UTC(),
 		NotAfter:                time.Unix(tmpl.NotAfter.Unix(), 0).UTC(),
 		KeyUsage:                tmpl.KeyUsage,
-		ExtKeyUsage:             slices.Clone(tmpl.ExtKeyUsage),
+		ExtKeyUsage:             cloneOrNil(tmpl.ExtKeyUsage),
 		BasicConstraintsValid:   true,
 		MaxPathLen:              -1,
-		SubjectKeyId:            slices.Clone(tmpl.SubjectKeyId),
-		DNSNames:                slices.Clone(tmpl.DNSNames),
+		SubjectKeyId:            cloneOrNil(tmpl.SubjectKeyId),
+		DNSNames:                cloneOrNil(tmpl.DNSNames),
 	}
 	switch pub.(type) {
 	case *ecdsa.PublicKey:
@@ -219,4 +219,13 @@ func plainHost(host string) bool {
 		}
 	}
 	return label > 0
+}
+
+// cloneOrNil copies s; an empty s is nil, as the parser leaves a field
+// the certificate does not carry.
+func cloneOrNil[T any](s []T) []T {
+	if len(s) == 0 {
+		return nil
+	}
+	return slices.Clone(s)
 }
