@@ -45,8 +45,8 @@ func CreateCSR(key crypto.Signer, rand io.Reader) ([]byte, error) {
 // expensive signature check) and verifies the self-signature. Errors wrap
 // ErrCSRTooLarge, ErrCSRMalformed, ErrCSRSignature, or ErrWeakKey /
 // ErrUnsupportedKey. The CSRs CreateCSR makes are read by a direct parser
-// (csrdirect.go) with the same result. The names in the CSR are returned as parsed but mean
-// nothing to mayfly: Sign never reads them.
+// (csrdirect.go) with the same result. The names in the CSR are returned
+// as parsed but mean nothing to mayfly: Sign never reads them.
 func ParseCSR(der []byte) (*x509.CertificateRequest, error) {
 	if len(der) > MaxCSRSize {
 		return nil, fmt.Errorf("%w: %d bytes exceed %d", ErrCSRTooLarge, len(der), MaxCSRSize)

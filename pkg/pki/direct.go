@@ -135,21 +135,13 @@ func (a issuerSigAlg) addIdentifier(d *derBuf) {
 // pub, issued by a. It returns errNotDirect for a template outside the
 // fixed shape, and no certificate.
 func directLeaf(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, rand io.Reader) ([]byte, error) {
-	der, _, err := directLeafView(tmpl, pub, a, rand)
-	return der, err
-}
-
-// directLeafView is directLeaf that also returns the certificate as
-// x509.ParseCertificate would return it, or nil where leafView does not
-// reproduce the parser.
-func directLeafView(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, rand io.Reader) ([]byte, *x509.Certificate, error) {
 	alg, ok := sigAlgFor(a.Key)
 	if !ok || !directShape(tmpl) {
-		return nil, nil, errNotDirect
+		return nil, errNotDirect
 	}
 	tbs, err := leafTBS(tmpl, pub, a.Cert, alg)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	signed := tbs
 	switch alg.hash {
@@ -162,13 +154,13 @@ func directLeafView(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, r
 	}
 	sig, err := a.Key.Sign(rand, signed, alg.hash)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sign certificate: %w", err)
+		return nil, fmt.Errorf("sign certificate: %w", err)
 	}
 	if !alg.stdlib {
 		// A key outside the process (HSM, KMS) may misbehave; check its
 		// signature as CreateCertificate would.
 		if err := a.Cert.CheckSignature(alg.alg, tbs, sig); err != nil {
-			return nil, nil, fmt.Errorf("signature returned by signer is invalid: %w", err)
+			return nil, fmt.Errorf("signature returned by signer is invalid: %w", err)
 		}
 	}
 	d := derBuf{b: make([]byte, 0, len(tbs)+len(sig)+40)}
@@ -177,7 +169,7 @@ func directLeafView(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, r
 	alg.addIdentifier(&d)
 	d.addBitString(sig)
 	d.close(cert)
-	return d.b, leafView(d.b, tmpl, pub, a.Cert, alg.alg), nil
+	return d.b, nil
 }
 
 // directShape reports whether the direct encoder writes tmpl exactly as

@@ -129,7 +129,7 @@ func checkSame(t *testing.T, c diffCase, tmpl *x509.Certificate) (viewed bool) {
 	is := diffIssuers()[c.issuer]
 	pub := diffKeys()[c.subject].Public()
 	want, stdErr := x509.CreateCertificate(rand.Reader, tmpl, is.authority.Cert, pub, is.authority.Key)
-	got, view, err := directLeafView(tmpl, pub, is.authority, rand.Reader)
+	got, err := directLeaf(tmpl, pub, is.authority, rand.Reader)
 	if errors.Is(err, errNotDirect) {
 		t.Fatalf("%v: the direct encoder refused a leaf template", c)
 	}
@@ -140,6 +140,7 @@ func checkSame(t *testing.T, c diffCase, tmpl *x509.Certificate) (viewed bool) {
 		return false
 	}
 	compareCerts(t, c.String(), got, want, is)
+	view := leafView(got, tmpl, pub, is.authority)
 	compareView(t, c.String(), got, view)
 	return view != nil
 }
@@ -346,6 +347,15 @@ func TestDirectLeaf_leavesOtherShapesToCreateCertificate(t *testing.T) {
 				t.Fatalf("directLeaf = %v, want errNotDirect", err)
 			}
 		})
+	}
+}
+
+func TestLeafView_emptyDNSNamesAreNil(t *testing.T) {
+	c := genCase(mrand.New(mrand.NewPCG(7, 8)), KeyTypeECDSAP256, KeyTypeECDSAP256, KindWorkload)
+	tmpl := c.template(t)
+	tmpl.DNSNames, tmpl.ExtKeyUsage = []string{}, []x509.ExtKeyUsage{}
+	if !checkSame(t, c, tmpl) {
+		t.Fatal("no view of a template with empty DNS names and EKUs")
 	}
 }
 

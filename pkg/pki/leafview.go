@@ -16,7 +16,7 @@ import (
 
 // leafView returns the *x509.Certificate that x509.ParseCertificate
 // returns for der, a leaf the direct encoder just wrote from tmpl for pub
-// and issuer, without parsing it: every field is what the encoder wrote
+// and authority a, without parsing it: every field is what the encoder wrote
 // (the raw parts are sub-slices of der, found by a walk of its outer
 // structure). It returns nil when tmpl has something the parser
 // interprets in a way not reproduced here (an extra extension the parser
@@ -24,10 +24,12 @@ import (
 // URI that does not parse back to itself); Sign then parses der.
 // TestDirectLeaf_matchesCreateCertificate, TestSign_directAndStandardPathsAgree
 // and FuzzDirectLeaf compare it with x509.ParseCertificate.
-func leafView(der []byte, tmpl *x509.Certificate, pub crypto.PublicKey, issuer *x509.Certificate, alg x509.SignatureAlgorithm) *x509.Certificate {
-	if !viewShape(tmpl) {
+func leafView(der []byte, tmpl *x509.Certificate, pub crypto.PublicKey, a Authority) *x509.Certificate {
+	alg, ok := sigAlgFor(a.Key)
+	if !ok || !viewShape(tmpl) {
 		return nil
 	}
+	issuer := a.Cert
 	_, body, _, ok := readDER(der, tagSequence)
 	if !ok {
 		return nil
@@ -75,11 +77,11 @@ func leafView(der []byte, tmpl *x509.Certificate, pub crypto.PublicKey, issuer *
 		NotBefore:               time.Unix(tmpl.NotBefore.Unix(), 0).UTC(),
 		NotAfter:                time.Unix(tmpl.NotAfter.Unix(), 0).UTC(),
 		KeyUsage:                tmpl.KeyUsage,
-		ExtKeyUsage:             slices.Clone(tmpl.ExtKeyUsage),
+		ExtKeyUsage:             cloneOrNil(tmpl.ExtKeyUsage),
 		BasicConstraintsValid:   true,
 		MaxPathLen:              -1,
-		SubjectKeyId:            slices.Clone(tmpl.SubjectKeyId),
-		DNSNames:                slices.Clone(tmpl.DNSNames),
+		SubjectKeyId:            cloneOrNil(tmpl.SubjectKeyId),
+		DNSNames:                cloneOrNil(tmpl.DNSNames),
 	}
 	switch pub.(type) {
 	case *ecdsa.PublicKey:
@@ -91,7 +93,7 @@ func leafView(der []byte, tmpl *x509.Certificate, pub crypto.PublicKey, issuer *
 	default:
 		return nil
 	}
-	c.SignatureAlgorithm = alg
+	c.SignatureAlgorithm = alg.alg
 	if len(tmpl.Subject.Organization) != 0 {
 		c.Subject = pkix.Name{
 			Organization: []string{LeafOrganization},
@@ -217,4 +219,13 @@ func plainHost(host string) bool {
 		}
 	}
 	return label > 0
+}
+
+// cloneOrNil copies s; an empty s is nil, as the parser leaves a field
+// the certificate does not carry.
+func cloneOrNil[T any](s []T) []T {
+	if len(s) == 0 {
+		return nil
+	}
+	return slices.Clone(s)
 }

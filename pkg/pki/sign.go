@@ -300,12 +300,12 @@ func (s *Signer) sign(req SignRequest) (*x509.Certificate, []byte, error) {
 // caller to parse.
 func (s *Signer) create(req SignRequest, tmpl *x509.Certificate) ([]byte, *x509.Certificate, error) {
 	if req.Kind.IsLeaf() && !s.StandardPath {
-		der, cert, err := directLeafView(tmpl, req.PublicKey, s.Authority, s.Rand)
+		der, err := directLeaf(tmpl, req.PublicKey, s.Authority, s.Rand)
 		if !errors.Is(err, errNotDirect) {
 			if err != nil {
 				return nil, nil, fmt.Errorf("create certificate: %w", err)
 			}
-			return der, cert, nil
+			return der, leafView(der, tmpl, req.PublicKey, s.Authority), nil
 		}
 	}
 	der, err := x509.CreateCertificate(s.Rand, tmpl, s.Authority.Cert, req.PublicKey, s.Authority.Key)
