@@ -87,6 +87,9 @@ type Manager struct {
 	// launch signals it that there are some.
 	unstarted []*entry
 	launch    chan struct{}
+	// running counts the rotators Start runs: it returns only after they
+	// have, so that no write of a sink outlives the agent.
+	running sync.WaitGroup
 
 	svids *svidMetrics
 	// sinks are the sinks of every identity, wrapped so that they follow
@@ -162,6 +165,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			m.running.Wait()
 			return nil
 		case <-m.launch:
 		case <-gc.C():
@@ -181,12 +185,12 @@ func (m *Manager) run(ctx context.Context, e *entry) {
 	}
 	ctx, e.stop = context.WithCancel(ctx)
 	m.mu.Unlock()
-	go func() {
+	m.running.Go(func() {
 		if _, err := m.first(ctx, e); errors.Is(err, context.Canceled) {
 			return
 		}
 		_ = e.rot.Start(ctx)
-	}()
+	})
 }
 
 func (m *Manager) collect() {

@@ -133,10 +133,11 @@ func throughRootRotation(t *testing.T, event string, dirs map[string]string, pai
 			both = both && len(f.Roots) == 2
 		}
 		if trusted == 0 && both {
+			// A leaf under the next root seen in the same poll is no
+			// fault: both may land between two polls on a loaded
+			// machine. The order itself is checked above at every poll
+			// that sees such a leaf, and by the handshakes.
 			trusted = time.Since(began)
-			if len(onNew) != 0 {
-				t.Fatal("a leaf under the next root was written before every ca.crt held it")
-			}
 		}
 		return len(onNew) == len(dirs), fmt.Sprintf("every ca.crt holds the next root: %v; directories on it: %d", trusted != 0, len(onNew))
 	})
