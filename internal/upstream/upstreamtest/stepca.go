@@ -41,6 +41,10 @@ type StepCAOptions struct {
 	// X5CRoot makes the provisioner an X5C one trusting this root instead
 	// of a JWK one.
 	X5CRoot *CA
+	// Backdate is how far before its own clock step-ca dates the
+	// certificates it signs (default step-ca's, 1m): a test whose CA runs
+	// on a fake clock behind the real one needs intermediates valid then.
+	Backdate time.Duration
 }
 
 // StepCA is a running step-ca and the upstream config that reaches it.
@@ -104,6 +108,9 @@ func NewStepCA(t testing.TB, o StepCAOptions) *StepCA {
 		Address:          addr,
 		DNSNames:         []string{"127.0.0.1", "localhost"},
 		AuthorityConfig:  &config.AuthConfig{Provisioners: provisioner.List{prov}},
+	}
+	if o.Backdate > 0 {
+		cfg.AuthorityConfig.Backdate = &provisioner.Duration{Duration: o.Backdate}
 	}
 	srv, err := ca.New(cfg, ca.WithQuiet(true))
 	if err != nil {
