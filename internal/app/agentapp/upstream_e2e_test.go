@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/test/handshake"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
+	"github.com/mayfly-pki/mayfly/internal/upstream"
 	"github.com/mayfly-pki/mayfly/internal/upstream/upstreamtest"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -43,7 +45,7 @@ var lateID = spiffeid.RequireFromString("spiffe://example.org/e2e/late")
 
 // upstreamStack is a step-ca, and a CA renewing its intermediate from it,
 // with an agent, both on clock.
-func upstreamStack(t *testing.T, step *upstreamtest.StepCA, clock *rotate.FakeClock) *stack {
+func upstreamStack(t *testing.T, step upstream.StepCAConfig, clock *rotate.FakeClock) *stack {
 	t.Helper()
 	caYAML := fmt.Sprintf(`rotation: {intermediateTTL: %s}
 upstream:
@@ -52,7 +54,7 @@ upstream:
     rootFile: %s
     provisioner: %s
     jwk: {keyFile: %s}
-`, upstreamTTL, step.Config.URL, step.Config.RootFile, step.Config.Provisioner, step.Config.JWK.KeyFile)
+`, upstreamTTL, step.URL, step.RootFile, step.Provisioner, step.JWK.KeyFile)
 	return startStackClocks(t, upstreamSVIDTTL, `healthAddress: "off"`, caYAML, clock, clock)
 }
 
@@ -189,7 +191,7 @@ func TestEndToEndUpstreamRenewal(t *testing.T) {
 	start := time.Now().Add(-upstreamLag).Truncate(time.Second)
 	clock := rotate.NewFakeClock(start)
 	step := upstreamtest.NewStepCA(t, upstreamtest.StepCAOptions{Backdate: upstreamBackdate})
-	s := upstreamStack(t, step, clock)
+	s := upstreamStack(t, step.Config, clock)
 	m := startMTLSTicking(t, s, clock)
 	first := caState(t, s).Intermediate.Current.Cert()
 	prepare, activate := rotationPoints(t, caState(t, s), start)
@@ -241,4 +243,119 @@ func TestEndToEndUpstreamRenewal(t *testing.T) {
 		return false, fmt.Sprintf("phase %d (0: prepare, 1: activate, 2: late workload)", phase)
 	})
 	t.Logf("upstream renewal from step-ca: %d rounds of handshakes, %d failed", c.Rounds, c.Failed)
+}
+
+// TestEndToEndUpstreamRootRotation: the step-ca moves to a new root (it is
+// stopped and started again on its address with a new root and
+// intermediate, the provisioner kept) while two go-spiffe workloads do
+// mTLS through the agent. The next intermediate, under the new root,
+// brings the root into every bundle and takes over only once the agent
+// acknowledged the bundle; no SVID under the new root is served before
+// both workloads trust it, the old root stays trusted, and a workload
+// registered afterwards (under the new root) talks to the server (under
+// the old). No handshake may fail on the way.
+func TestEndToEndUpstreamRootRotation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test with a step-ca root rotation; skipped with -short")
+	}
+	start := time.Now().Add(-upstreamLag).Truncate(time.Second)
+	clock := rotate.NewFakeClock(start)
+	oldRoot := upstreamtest.NewCA(t, "Corp step root 1", nil, -1)
+	newRoot := upstreamtest.NewCA(t, "Corp step root 2", nil, -1)
+	step := upstreamtest.NewStepCA(t, upstreamtest.StepCAOptions{Root: oldRoot, Backdate: upstreamBackdate})
+	// The operator's file of step-ca TLS roots holds both: the step-ca's
+	// TLS certificate moves to the new root with it.
+	cfg := step.Config
+	cfg.RootFile = upstreamtest.WriteCert(t, t.TempDir(), "step-roots.crt", oldRoot.Cert, newRoot.Cert)
+	s := upstreamStack(t, cfg, clock)
+	m := startMTLSTicking(t, s, clock)
+	prepare, activate := rotationPoints(t, caState(t, s), start)
+
+	step.Stop()
+	upstreamtest.NewStepCA(t, upstreamtest.StepCAOptions{Root: newRoot, Backdate: upstreamBackdate, Address: step.Addr, JWK: step.JWK})
+
+	sources := map[string]*workloadapi.X509Source{"server": m.serverSrc, "client": m.clientSrc}
+	trusts := func(src *workloadapi.X509Source, root *x509.Certificate) bool {
+		return slices.ContainsFunc(roots(t, src), root.Equal)
+	}
+	// underNew reports whether a workload holds an SVID under the new
+	// root, and fails the test when one does before every workload
+	// trusts that root, or when a bundle dropped the old root.
+	underNew := func() bool {
+		found := false
+		for name, src := range sources {
+			for other, osrc := range sources {
+				if !trusts(osrc, oldRoot.Cert) {
+					t.Fatalf("%s's bundle dropped the old root", other)
+				}
+			}
+			svid, err := src.GetX509SVID()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if svid.Certificates[len(svid.Certificates)-1].CheckSignatureFrom(oldRoot.Cert) == nil {
+				continue
+			}
+			for other, osrc := range sources {
+				if !trusts(osrc, newRoot.Cert) {
+					t.Fatalf("%s was served an SVID under the new root before %s trusted it", name, other)
+				}
+			}
+			found = true
+		}
+		return found
+	}
+	const minRounds = 10
+	phase, phaseRound := 0, 0
+	var second *x509.Certificate
+	var late func() error
+	c := handshake.Until(t, "the upstream root rotation", 3*time.Minute, 100*time.Millisecond, []handshake.Pair{{Name: "go-spiffe pair", Handshake: m.handshake}}, func(round int) (bool, string) {
+		underNew()
+		if round-phaseRound < minRounds {
+			return false, fmt.Sprintf("phase %d, round %d", phase, round)
+		}
+		next := func() { phase, phaseRound = phase+1, round }
+		st := caState(t, s)
+		switch phase {
+		case 0: // the next intermediate, under the new root, is published with it
+			clock.Set(prepare.Add(time.Second))
+			if n := st.Intermediate.Next; n != nil {
+				second = n.Cert()
+				if len(n.Chain) < 2 || n.Chain[len(n.Chain)-1].CheckSignatureFrom(newRoot.Cert) != nil {
+					t.Fatal("the next intermediate does not chain to the step-ca's new root")
+				}
+				if st.Intermediate.NextPublishedAt.IsZero() {
+					t.Fatal("the intermediate under a new root is not held back for adoption")
+				}
+				next()
+			}
+		case 1: // both workloads trust the new root
+			if trusts(m.serverSrc, newRoot.Cert) && trusts(m.clientSrc, newRoot.Cert) {
+				next()
+			}
+		case 2: // past the activation point it takes over (the agent acknowledged the bundle)
+			clock.Set(activate.Add(time.Second))
+			if st.Intermediate.Current.Cert().Equal(second) {
+				next()
+			}
+		case 3: // a workload registered now gets an SVID under the new root
+			var lateSrc *workloadapi.X509Source
+			lateSrc, late = addLateWorkload(t, s, clock, m.serverSrc)
+			svid, err := lateSrc.GetX509SVID()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(svid.Certificates) < 2 || !svid.Certificates[1].Equal(second) {
+				t.Fatal("the workload registered after the activation did not get an SVID under the new intermediate")
+			}
+			next()
+		case 4:
+			if err := late(); err != nil {
+				t.Errorf("the workload under the new root could not talk to the server under the old one: %v", err)
+			}
+			return true, ""
+		}
+		return false, fmt.Sprintf("phase %d (0: prepare, 1: bundles, 2: activate, 3: late workload)", phase)
+	})
+	t.Logf("upstream root rotation at step-ca: %d rounds of handshakes, %d failed", c.Rounds, c.Failed)
 }
