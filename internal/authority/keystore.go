@@ -76,8 +76,10 @@ func checkKeyURI(raw []byte) (string, error) {
 		return "", fmt.Errorf("not a %s URI", strings.TrimSuffix(KeyURIPrefix, ":"))
 	case strings.ContainsAny(s, "\n\r\x00"):
 		return "", errors.New("key URI must be one line")
-	case strings.Contains(s, "pin-value") || strings.Contains(s, "pin-source"):
-		return "", errors.New("key URI must not carry a PIN")
+	case strings.Contains(s, "pin-") || strings.Contains(s, "?"):
+		// pin-value, pin-source, pin-prompt: a state never holds a PIN
+		// or says where one is.
+		return "", errors.New("key URI must not carry a PIN or query attributes")
 	}
 	return s, nil
 }

@@ -321,7 +321,7 @@ func Decode(data map[string][]byte) (*State, error) {
 			if _, err := checkKeyURI([]byte(d.URI)); err != nil {
 				return nil, fmt.Errorf("%w: %s: keyDeletions[%d].uri: %w", ErrCorrupt, KeyMeta, i, err)
 			}
-			s.KeyDeletions = append(s.KeyDeletions, KeyDeletion{URI: d.URI, After: d.After})
+			s.KeyDeletions = append(s.KeyDeletions, KeyDeletion(d))
 		}
 	}
 	if s.JWT, err = decodeJWT(data, m.JWT); err != nil {

@@ -80,7 +80,7 @@ func (c *PKCS11Config) Validate(field string, kt pki.KeyType) error {
 
 func validLabel(s string) bool {
 	return len(s) <= 32 && !strings.ContainsFunc(s, func(r rune) bool {
-		return r > unicode.MaxASCII || !(unicode.IsLetter(r) || unicode.IsDigit(r) || r == '-' || r == '_' || r == '.')
+		return r > unicode.MaxASCII || !unicode.IsLetter(r) && !unicode.IsDigit(r) && r != '-' && r != '_' && r != '.'
 	})
 }
 

@@ -87,6 +87,9 @@ func (s *StepCA) SignIntermediate(ctx context.Context, req authority.Intermediat
 		return nil, nil, err
 	}
 	now := s.now()
+	// The token is checked by the step-ca against its own clock: date it
+	// by the wall clock. The CA's clock (now) dates the intermediate.
+	wall := time.Now()
 	jti := make([]byte, 16)
 	if _, err := rand.Read(jti); err != nil {
 		return nil, nil, err
@@ -95,9 +98,9 @@ func (s *StepCA) SignIntermediate(ctx context.Context, req authority.Intermediat
 		Issuer:    s.cfg.Provisioner,
 		Subject:   csr.Subject.CommonName,
 		Audience:  jose.Audience{s.aud},
-		NotBefore: jose.NewNumericDate(now.Add(-time.Minute)),
-		IssuedAt:  jose.NewNumericDate(now),
-		Expiry:    jose.NewNumericDate(now.Add(5 * time.Minute)),
+		NotBefore: jose.NewNumericDate(wall.Add(-time.Minute)),
+		IssuedAt:  jose.NewNumericDate(wall),
+		Expiry:    jose.NewNumericDate(wall.Add(5 * time.Minute)),
 		ID:        hex.EncodeToString(jti),
 	}, []string{req.TrustDomain.ID().String()})
 	if err != nil {

@@ -69,6 +69,13 @@ func startStackCA(t *testing.T, ttl, agentYAML, caYAML string) *stack {
 // one); the CA keeps the real clock.
 func startStackClock(t *testing.T, ttl, agentYAML, caYAML string, clock rotate.Clock) *stack {
 	t.Helper()
+	return startStackClocks(t, ttl, agentYAML, caYAML, clock, nil)
+}
+
+// startStackClocks is startStackClock with the CA on caClock (nil: the
+// real one).
+func startStackClocks(t *testing.T, ttl, agentYAML, caYAML string, clock, caClock rotate.Clock) *stack {
+	t.Helper()
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "ca")
 	caCfg, err := caapp.Parse([]byte(fmt.Sprintf(`
@@ -112,7 +119,7 @@ nodes:
 		go func() {
 			defer wg.Done()
 			defer close(done)
-			if err := caapp.Run(cctx, caCfg, caapp.Options{Listener: l, Logger: slog.New(slog.NewJSONHandler(s.caLogs, nil)), Ready: func(string) { close(ready) }}); err != nil {
+			if err := caapp.Run(cctx, caCfg, caapp.Options{Listener: l, Clock: caClock, Logger: slog.New(slog.NewJSONHandler(s.caLogs, nil)), Ready: func(string) { close(ready) }}); err != nil {
 				t.Errorf("CA: %v", err)
 			}
 		}()

@@ -10,8 +10,8 @@ import (
 	"testing"
 )
 
-// RequireEnv, set to 1 (make test does), turns a missing SoftHSM2 into a
-// test failure instead of a skip.
+// RequireEnv names the variable that, set to 1 (make test does), turns a
+// missing SoftHSM2 into a test failure instead of a skip.
 const RequireEnv = "MAYFLY_REQUIRE_SOFTHSM"
 
 // modules are where Debian and other distributions put SoftHSM2's module.
@@ -81,6 +81,7 @@ func NewToken(t testing.TB, label string) Token {
 // AddToken initialises one more token in the directory of SOFTHSM2_CONF.
 func AddToken(t testing.TB, label, pin, soPIN string) {
 	t.Helper()
+	//nolint:gosec // G204: a fixed tool with the test's own arguments, no shell.
 	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", soPIN).CombinedOutput()
 	if err != nil {
 		t.Fatalf("softhsm2-util --init-token: %v: %s", err, out)

@@ -41,6 +41,15 @@ type StepCAOptions struct {
 	// X5CRoot makes the provisioner an X5C one trusting this root instead
 	// of a JWK one.
 	X5CRoot *CA
+	// Backdate is how far before its own clock step-ca dates the
+	// certificates it signs (default step-ca's, 1m): a test whose CA runs
+	// on a fake clock behind the real one needs intermediates valid then.
+	Backdate time.Duration
+	// Address to listen on (default: a free loopback port): a step-ca
+	// started again on the address of one stopped before.
+	Address string
+	// JWK is the JWK provisioner's key (default: a new one).
+	JWK *jose.JSONWebKey
 }
 
 // StepCA is a running step-ca and the upstream config that reaches it.
@@ -50,7 +59,14 @@ type StepCA struct {
 	// JWK is the provisioner's private key (JWK provisioner).
 	JWK *jose.JSONWebKey
 	Dir string
+	// Addr is where it listens.
+	Addr string
+
+	stop func()
 }
+
+// Stop stops the step-ca before the test ends (a second call does nothing).
+func (s *StepCA) Stop() { s.stop() }
 
 // NewStepCA starts a step-ca in-process over TLS with one provisioner
 // ("mayfly") and stops it when the test ends.
@@ -83,9 +99,12 @@ func NewStepCA(t testing.TB, o StepCAOptions) *StepCA {
 	if o.X5CRoot != nil {
 		prov = &provisioner.X5C{Type: "X5C", Name: "mayfly", Roots: []byte(pemOf(o.X5CRoot)), Claims: claims, Options: opts}
 	} else {
-		jwk, err := jose.GenerateJWK("EC", "P-256", "ES256", "sig", "", 0)
-		if err != nil {
-			t.Fatal(err)
+		jwk := o.JWK
+		if jwk == nil {
+			var err error
+			if jwk, err = jose.GenerateJWK("EC", "P-256", "ES256", "sig", "", 0); err != nil {
+				t.Fatal(err)
+			}
 		}
 		pub := jwk.Public()
 		s.JWK = jwk
@@ -96,7 +115,11 @@ func NewStepCA(t testing.TB, o StepCAOptions) *StepCA {
 		s.Config.JWK = &upstream.StepCAJWK{KeyFile: WriteFile(t, dir, "provisioner.jwk", raw)}
 		prov = &provisioner.JWK{Type: "JWK", Name: "mayfly", Key: &pub, Claims: claims, Options: opts}
 	}
-	addr := loopback.FreeAddr(t) // step-ca cannot tell the port it bound to ":0"
+	addr := o.Address
+	if addr == "" {
+		addr = loopback.FreeAddr(t) // step-ca cannot tell the port it bound to ":0"
+	}
+	s.Addr = addr
 	cfg := &config.Config{
 		Root:             roots,
 		IntermediateCert: WriteCert(t, dir, "intermediate.crt", o.Intermediate.Cert),
@@ -105,6 +128,9 @@ func NewStepCA(t testing.TB, o StepCAOptions) *StepCA {
 		DNSNames:         []string{"127.0.0.1", "localhost"},
 		AuthorityConfig:  &config.AuthConfig{Provisioners: provisioner.List{prov}},
 	}
+	if o.Backdate > 0 {
+		cfg.AuthorityConfig.Backdate = &provisioner.Duration{Duration: o.Backdate}
+	}
 	srv, err := ca.New(cfg, ca.WithQuiet(true))
 	if err != nil {
 		t.Fatalf("step-ca: %v", err)
@@ -112,15 +138,18 @@ func NewStepCA(t testing.TB, o StepCAOptions) *StepCA {
 	runErr := make(chan error, 1)
 	go func() { runErr <- srv.Run() }()
 	var stop sync.Once
-	t.Cleanup(func() {
-		select {
-		case err := <-runErr:
-			t.Logf("step-ca stopped early: %v", err)
-			return
-		default:
-		}
-		stop.Do(func() { _ = srv.Stop() })
-	})
+	s.stop = func() {
+		stop.Do(func() {
+			select {
+			case err := <-runErr:
+				t.Logf("step-ca stopped early: %v", err)
+				return
+			default:
+			}
+			_ = srv.Stop()
+		})
+	}
+	t.Cleanup(s.stop)
 	s.Config.URL = "https://" + addr
 	s.Config.RootFile = WriteCert(t, dir, "trust.crt", o.Root.Cert)
 	s.Config.Provisioner = "mayfly"
