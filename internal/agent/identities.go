@@ -312,6 +312,25 @@ func (m *Manager) removeLocked(key string) {
 	e.changes.Notify()
 }
 
+// errNoPodLeft: a pod identity whose every pod left the node.
+var errNoPodLeft = errors.New("no pod runs on this node any more for the identity")
+
+// dropOrphan removes e when nothing holds it any more: its pods left the
+// node (deleted) and no volume or Workload API stream watches it. Kept
+// until the idle collection, it would retry every half-life, warn each
+// time and export an expiry that runs out (an alert for a pod that is
+// gone). It reports whether e was removed.
+func (m *Manager) dropOrphan(e *entry) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.entries[e.spec.Key] != e || e.spec.Pinned || e.watchers > 0 {
+		return false
+	}
+	m.removeLocked(e.spec.Key)
+	m.cfg.Logger.Info("identity dropped: none of its pods runs on this node any more", "identity", e.spec.Key)
+	return true
+}
+
 func (m *Manager) onEvent(e *entry, ev rotate.Event) {
 	switch ev.Kind {
 	case rotate.EventRotated:
@@ -330,6 +349,9 @@ func (m *Manager) onEvent(e *entry, ev rotate.Event) {
 		}
 		e.changes.Notify()
 	case rotate.EventObtainFailed:
+		if errors.Is(ev.Err, errNoPodLeft) && m.dropOrphan(e) {
+			return
+		}
 		m.rotations.WithLabelValues("failure").Inc()
 		m.cfg.Logger.Warn("SVID rotation failed; keeping the current one", "identity", e.spec.Key, "error", ev.Err, "next", ev.Next.At)
 	case rotate.EventSinkFailed:
@@ -363,7 +385,7 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 	} else {
 		uids := spec.PodUIDs()
 		if len(uids) == 0 {
-			return nil, fmt.Errorf("no pod of %s runs on this node any more", spec.Key)
+			return nil, fmt.Errorf("%w: %s", errNoPodLeft, spec.Key)
 		}
 		for _, uid := range uids {
 			req := &issuerv1.WorkloadRequest{Csr: base.GetCsr(), PodUid: uid, TtlSeconds: base.GetTtlSeconds(), DnsNames: base.GetDnsNames()}

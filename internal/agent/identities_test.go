@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -260,7 +263,7 @@ func TestManagerObtain(t *testing.T) {
 		{
 			name:    "no pod left on the node",
 			spec:    Spec{Key: "default/db", PodUIDs: func() []string { return nil }},
-			wantErr: []string{"no pod of default/db runs on this node"},
+			wantErr: []string{"no pod runs on this node any more", "default/db"},
 		},
 		{
 			name:      "a batch error is returned as is",
@@ -417,6 +420,43 @@ func TestManagerCollectsIdleIdentities(t *testing.T) {
 	h.advanceGC(6 * time.Minute) // 12m: recent idle 9m, watched idle 6m
 	if got, want := h.keys(), []string{"pinned"}; !slices.Equal(got, want) {
 		t.Fatalf("after 12m, identities %v, want %v", got, want)
+	}
+}
+
+// TestManagerDropsIdentityOfDeletedPods: once every pod of an identity left
+// the node and nothing watches it, its next renewal drops it (no retries
+// every half-life, no expiry series running out until the idle
+// collection); while a volume or stream watches it, it is kept.
+func TestManagerDropsIdentityOfDeletedPods(t *testing.T) {
+	h := newManager(t, true)
+	h.ca.pod("uid-a", idDB)
+	var mu sync.Mutex
+	pods := []string{"uid-a"}
+	spec := Spec{Key: "default/db", PodUIDs: func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(pods)
+	}}
+	h.get(spec)
+	h.settle(1)
+	_, unwatch := h.m.Subscribe("default/db")
+	mu.Lock()
+	pods = nil // the pod was deleted
+	mu.Unlock()
+
+	h.clk.Advance(pastRenewal) // watched: kept, the renewal fails
+	h.settle(1)
+	if got := h.keys(); !slices.Equal(got, []string{"default/db"}) {
+		t.Fatalf("watched identity without pods: identities %v, want it kept", got)
+	}
+	unwatch()
+	h.clk.Advance(pastRenewal) // nothing holds it: dropped at the next renewal
+	wait.Until(t, "the orphan identity dropped", waitTimeout, time.Millisecond, func(context.Context) (bool, string) {
+		got := h.keys()
+		return len(got) == 0, fmt.Sprintf("identities %v", got)
+	})
+	if _, ok := sample(t, h.reg, "mayfly_agent_svid_expiry_timestamp_seconds", "identity=default/db"); ok {
+		t.Error("the dropped identity's expiry series is still exported")
 	}
 }
 

@@ -489,7 +489,7 @@ func TestSocketMode(t *testing.T) {
 		if err := os.Chmod(e.sockDir, 0o750); err != nil {
 			t.Fatal(err)
 		}
-		defer os.Chmod(e.sockDir, 0o755) //nolint:errcheck,gosec // restores the fixture
+		defer os.Chmod(e.sockDir, 0o755) // restores the fixture
 		_, err := e.d.NodePublishVolume(context.Background(), req)
 		wantCode(t, err, codes.FailedPrecondition, "has mode 0750")
 		if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {

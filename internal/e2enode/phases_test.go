@@ -56,7 +56,7 @@ func (e *env) reconfigure(t *testing.T, ctx context.Context, helm string) {
 	for _, v := range e2eValues {
 		args = append(args, "--set", v)
 	}
-	out, err := exec.CommandContext(ctx, helm, args...).Output() //nolint:gosec // helm from make helm, fixed arguments
+	out, err := exec.CommandContext(ctx, helm, args...).Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -209,9 +209,9 @@ func socketLeaves(log string) (mine, peer int, myRoot, peerRoot string) {
 		l := sc.Text()
 		if _, rest, ok := strings.Cut(l, "handshake ok  peer "); ok {
 			f := strings.Fields(rest) // <id> serial <s> left <n>s | me serial <s> left <n>s
-			if len(f) >= 8 {
+			if len(f) >= 9 {
 				ps[f[2]] = true
-				ms[f[7]] = true
+				ms[f[8]] = true
 			}
 		}
 		if _, rest, ok := strings.Cut(l, "[socket/client] leaf now under root "); ok {
