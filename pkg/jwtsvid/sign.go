@@ -3,6 +3,7 @@ package jwtsvid
 import (
 	"crypto"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
@@ -27,6 +28,9 @@ type Signer struct {
 	// size is the byte length of r and of s in an ECDSA signature (JWS
 	// wants them fixed-size, concatenated); 0 for RSA.
 	size int
+	// sigLen is the byte length of a signature in the token (JWS form),
+	// to size the token's buffer once.
+	sigLen int
 	// header is the encoded protected header and its dot.
 	header []byte
 	// rand is the randomness of signatures (crypto/rand.Reader).
@@ -42,11 +46,14 @@ func NewSigner(key crypto.Signer, kid string) (*Signer, error) {
 	s := &Signer{key: key, rand: rand.Reader}
 	switch alg {
 	case jose.ES256:
-		s.hash, s.size = crypto.SHA256, 32
+		s.hash, s.size, s.sigLen = crypto.SHA256, 32, 64
 	case jose.ES384:
-		s.hash, s.size = crypto.SHA384, 48
+		s.hash, s.size, s.sigLen = crypto.SHA384, 48, 96
 	case jose.RS256:
 		s.hash = crypto.SHA256
+		if pub, ok := key.Public().(*rsa.PublicKey); ok {
+			s.sigLen = pub.Size()
+		}
 	default:
 		return nil, fmt.Errorf("jwtsvid: no signer for %s", alg)
 	}
@@ -69,7 +76,7 @@ func (s *Signer) Sign(c Claims) (string, error) {
 	}
 	var claims [512]byte
 	payload := appendClaims(claims[:0], c)
-	tok := make([]byte, 0, len(s.header)+base64.RawURLEncoding.EncodedLen(len(payload))+1+base64.RawURLEncoding.EncodedLen(2*max(s.size, 256)))
+	tok := make([]byte, 0, len(s.header)+base64.RawURLEncoding.EncodedLen(len(payload))+1+base64.RawURLEncoding.EncodedLen(s.sigLen))
 	tok = append(tok, s.header...)
 	tok = base64.RawURLEncoding.AppendEncode(tok, payload)
 	h := s.hash.New()
