@@ -28,6 +28,9 @@ type jwtSigner struct {
 	kid    string
 	signer *jwtsvid.Signer
 	rules  []policy.JWTRule
+	// audit is the logger with the fixed attributes of an issue line,
+	// which the handler then formats once, not per token.
+	audit *slog.Logger
 }
 
 // currentJWT returns the signer of the JWT key in force.
@@ -47,7 +50,8 @@ func (s *Server) currentJWT() (*jwtSigner, error) {
 		return nil, err
 	}
 	n := &jwtSigner{loaded: l, kid: l.JWTSigner.KeyID, signer: signer,
-		rules: policy.JWTRules(policy.JWTLimits{KubernetesIDs: s.cfg.KubernetesIDs})}
+		rules: policy.JWTRules(policy.JWTLimits{KubernetesIDs: s.cfg.KubernetesIDs}),
+		audit: s.cfg.Logger.With(slog.String("event", "issue"), slog.String("decision", "allow"), slog.String("kind", "jwt"), slog.String("op", "sign"))}
 	s.jwt.Store(n)
 	return n, nil
 }
@@ -120,9 +124,8 @@ func (s *Server) signJWT(ctx context.Context, sg *jwtSigner, node string, item *
 	s.metrics.issuedOf("jwt").Inc()
 	// One audit line per token, as typed attributes (see auditIssue) and
 	// built only when the level is on.
-	if s.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
-		s.cfg.Logger.LogAttrs(ctx, slog.LevelInfo, "audit",
-			slog.String("event", "issue"), slog.String("decision", "allow"), slog.String("kind", "jwt"), slog.String("op", "sign"),
+	if sg.audit.Enabled(ctx, slog.LevelInfo) {
+		sg.audit.LogAttrs(ctx, slog.LevelInfo, "audit",
 			slog.String("caller", clip("node "+node, maxAuditField)), slog.String("spiffe_id", grant.ID.String()), slog.String("kid", sg.kid),
 			slog.String("audience", clip("["+strings.Join(item.GetAudience(), " ")+"]", maxAuditField)),
 			slog.String("not_after", exp.UTC().Format(time.RFC3339)), slog.String("subject", grant.Subject))
