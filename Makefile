@@ -103,7 +103,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 60s).
 bench: ## Run the benchmarks (ratios against raw crypto in the same run).
 	go test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
-bench-ratios: ## Issuance (raw x509, floor, gRPC direct and standard signing) and Workload API (mayfly vs bare) in alternating rounds; see docs/performance.md.
+bench-ratios: ## Issuance (raw x509, floor, gRPC direct and standard signing; JWT-SVIDs vs raw ES256) and Workload API (mayfly vs bare) in alternating rounds; see docs/performance.md.
 	go test -run '^$$' -bench 'BenchmarkIssuance$$' -benchtime 8192x -count 2 ./internal/app/caapp/
 	go test -run '^$$' -bench 'BenchmarkFetchX509SVIDRatio$$' -benchtime 40000x -count 3 ./internal/workloadapi/
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -27,6 +28,9 @@ type jwtSigner struct {
 	kid    string
 	signer *jwtsvid.Signer
 	rules  []policy.JWTRule
+	// audit is the logger with the fixed attributes of an issue line,
+	// which the handler then formats once, not per token.
+	audit *slog.Logger
 }
 
 // currentJWT returns the signer of the JWT key in force.
@@ -46,7 +50,8 @@ func (s *Server) currentJWT() (*jwtSigner, error) {
 		return nil, err
 	}
 	n := &jwtSigner{loaded: l, kid: l.JWTSigner.KeyID, signer: signer,
-		rules: policy.JWTRules(policy.JWTLimits{KubernetesIDs: s.cfg.KubernetesIDs})}
+		rules: policy.JWTRules(policy.JWTLimits{KubernetesIDs: s.cfg.KubernetesIDs}),
+		audit: s.cfg.Logger.With(slog.String("event", "issue"), slog.String("decision", "allow"), slog.String("kind", "jwt"), slog.String("op", "sign"))}
 	s.jwt.Store(n)
 	return n, nil
 }
@@ -116,10 +121,15 @@ func (s *Server) signJWT(ctx context.Context, sg *jwtSigner, node string, item *
 	if err != nil {
 		return deny(grant.ID.String(), fmt.Errorf("signing JWT-SVID: %w", err))
 	}
-	s.metrics.issued.WithLabelValues("jwt", "issued").Inc()
-	s.cfg.Logger.InfoContext(ctx, "audit", "event", "issue", "decision", "allow", "kind", "jwt", "op", "sign", "caller", clip("node "+node, maxAuditField),
-		"spiffe_id", grant.ID.String(), "kid", sg.kid, "audience", clip("["+strings.Join(item.GetAudience(), " ")+"]", maxAuditField),
-		"not_after", exp.UTC().Format(time.RFC3339), "subject", grant.Subject)
+	s.metrics.issuedOf("jwt").Inc()
+	// One audit line per token, as typed attributes (see auditIssue) and
+	// built only when the level is on.
+	if sg.audit.Enabled(ctx, slog.LevelInfo) {
+		sg.audit.LogAttrs(ctx, slog.LevelInfo, "audit",
+			slog.String("caller", clip("node "+node, maxAuditField)), slog.String("spiffe_id", grant.ID.String()), slog.String("kid", sg.kid),
+			slog.String("audience", clip("["+strings.Join(item.GetAudience(), " ")+"]", maxAuditField)),
+			slog.String("not_after", exp.UTC().Format(time.RFC3339)), slog.String("subject", grant.Subject))
+	}
 	res.Result = &issuerv1.JWTResult_Issued{Issued: &issuerv1.IssuedJWT{
 		SpiffeId: grant.ID.String(), Token: tok, ExpiresAtUnix: exp.Unix(), KeyId: sg.kid,
 	}}

@@ -3,13 +3,12 @@ package jwtsvid
 import (
 	"crypto"
 	"crypto/rand"
-	"encoding/asn1"
+	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"strconv"
 	"unicode/utf8"
 
@@ -27,6 +26,9 @@ type Signer struct {
 	// size is the byte length of r and of s in an ECDSA signature (JWS
 	// wants them fixed-size, concatenated); 0 for RSA.
 	size int
+	// sigLen is the byte length of a signature in the token (JWS form),
+	// to size the token's buffer once.
+	sigLen int
 	// header is the encoded protected header and its dot.
 	header []byte
 	// rand is the randomness of signatures (crypto/rand.Reader).
@@ -42,11 +44,14 @@ func NewSigner(key crypto.Signer, kid string) (*Signer, error) {
 	s := &Signer{key: key, rand: rand.Reader}
 	switch alg {
 	case jose.ES256:
-		s.hash, s.size = crypto.SHA256, 32
+		s.hash, s.size, s.sigLen = crypto.SHA256, 32, 64
 	case jose.ES384:
-		s.hash, s.size = crypto.SHA384, 48
+		s.hash, s.size, s.sigLen = crypto.SHA384, 48, 96
 	case jose.RS256:
 		s.hash = crypto.SHA256
+		if pub, ok := key.Public().(*rsa.PublicKey); ok {
+			s.sigLen = pub.Size()
+		}
 	default:
 		return nil, fmt.Errorf("jwtsvid: no signer for %s", alg)
 	}
@@ -69,7 +74,7 @@ func (s *Signer) Sign(c Claims) (string, error) {
 	}
 	var claims [512]byte
 	payload := appendClaims(claims[:0], c)
-	tok := make([]byte, 0, len(s.header)+base64.RawURLEncoding.EncodedLen(len(payload))+1+base64.RawURLEncoding.EncodedLen(2*max(s.size, 256)))
+	tok := make([]byte, 0, len(s.header)+base64.RawURLEncoding.EncodedLen(len(payload))+1+base64.RawURLEncoding.EncodedLen(s.sigLen))
 	tok = append(tok, s.header...)
 	tok = base64.RawURLEncoding.AppendEncode(tok, payload)
 	h := s.hash.New()
@@ -90,20 +95,53 @@ func (s *Signer) Sign(c Claims) (string, error) {
 }
 
 // rawECDSA turns an ASN.1 ECDSA signature (what crypto.Signer returns)
-// into the JWS form: r and s, each left-padded to size bytes.
+// into the JWS form: r and s, each left-padded to size bytes. It reads the
+// DER itself (SEQUENCE of two positive INTEGERs in their shortest form,
+// short lengths: size is at most 48), without encoding/asn1's reflection
+// and big.Ints.
 func rawECDSA(der []byte, size int) ([]byte, error) {
-	var sig struct{ R, S *big.Int }
-	rest, err := asn1.Unmarshal(der, &sig)
-	if err != nil || len(rest) > 0 || sig.R == nil || sig.S == nil {
+	if len(der) < 2 || der[0] != 0x30 || der[1] >= 0x80 || int(der[1]) != len(der)-2 {
 		return nil, errors.New("malformed ECDSA signature")
 	}
-	if sig.R.Sign() <= 0 || sig.S.Sign() <= 0 || sig.R.BitLen() > 8*size || sig.S.BitLen() > 8*size {
-		return nil, errors.New("ECDSA signature values out of range for the curve")
-	}
 	out := make([]byte, 2*size)
-	sig.R.FillBytes(out[:size])
-	sig.S.FillBytes(out[size:])
+	rest := der[2:]
+	for i := range 2 {
+		var v []byte
+		var err error
+		if v, rest, err = derPositiveInteger(rest); err != nil {
+			return nil, err
+		}
+		if len(v) > size {
+			return nil, errors.New("ECDSA signature values out of range for the curve")
+		}
+		copy(out[(i+1)*size-len(v):(i+1)*size], v)
+	}
+	if len(rest) > 0 {
+		return nil, errors.New("malformed ECDSA signature")
+	}
 	return out, nil
+}
+
+// derPositiveInteger reads a DER INTEGER with a short length from the
+// start of b: its big-endian magnitude without the sign byte, and what
+// follows it. Zero, negative and non-minimal encodings are refused.
+func derPositiveInteger(b []byte) (v, rest []byte, err error) {
+	if len(b) < 3 || b[0] != 0x02 || b[1] >= 0x80 || int(b[1]) > len(b)-2 || b[1] == 0 {
+		return nil, nil, errors.New("malformed ECDSA signature")
+	}
+	v, rest = b[2:2+int(b[1])], b[2+int(b[1]):]
+	switch {
+	case v[0]&0x80 != 0:
+		return nil, nil, errors.New("ECDSA signature values out of range for the curve")
+	case len(v) > 1 && v[0] == 0 && v[1]&0x80 == 0:
+		return nil, nil, errors.New("malformed ECDSA signature")
+	case v[0] == 0:
+		v = v[1:]
+	}
+	if len(v) == 0 {
+		return nil, nil, errors.New("ECDSA signature values out of range for the curve")
+	}
+	return v, rest, nil
 }
 
 // appendClaims appends c as the JSON claim set, byte for byte what

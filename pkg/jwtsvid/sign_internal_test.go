@@ -7,7 +7,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/asn1"
 	"encoding/json"
+	"math/big"
 	"testing"
 	"time"
 
@@ -98,6 +100,54 @@ func TestRawECDSARefusesMalformedSignatures(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+}
+
+// FuzzRawECDSA: rawECDSA reads a DER signature as encoding/asn1 does
+// (the reader it replaced): the same r||s for what both accept, an error
+// for what asn1 refuses, what is not DER and what is out of range.
+func FuzzRawECDSA(f *testing.F) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for range 8 {
+		sig, err := ecdsa.SignASN1(rand.Reader, key, make([]byte, 32))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(sig, 32)
+	}
+	f.Add([]byte{0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x7f}, 48)
+	f.Add([]byte{0x30, 0x07, 0x02, 0x02, 0x00, 0x80, 0x02, 0x01, 0x01}, 32)
+	f.Add([]byte{0x30, 0x07, 0x02, 0x02, 0x00, 0x01, 0x02, 0x01, 0x01}, 32)
+	f.Add([]byte{0x30, 0x81, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01}, 32)
+	f.Fuzz(func(t *testing.T, der []byte, size int) {
+		if size != 32 && size != 48 {
+			return
+		}
+		got, err := rawECDSA(der, size)
+		var sig struct{ R, S *big.Int }
+		rest, asnErr := asn1.Unmarshal(der, &sig)
+		// encoding/asn1 ignores what follows the two INTEGERs inside the
+		// SEQUENCE; DER does not, so the input must be their encoding.
+		canonical, _ := asn1.Marshal(sig)
+		ok := asnErr == nil && len(rest) == 0 && bytes.Equal(canonical, der) && sig.R.Sign() > 0 && sig.S.Sign() > 0 && sig.R.BitLen() <= 8*size && sig.S.BitLen() <= 8*size
+		if !ok {
+			if err == nil {
+				t.Fatalf("rawECDSA accepted %x (asn1: %v)", der, asnErr)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("rawECDSA refused %x that asn1 reads: %v", der, err)
+		}
+		want := make([]byte, 2*size)
+		sig.R.FillBytes(want[:size])
+		sig.S.FillBytes(want[size:])
+		if !bytes.Equal(got, want) {
+			t.Fatalf("rawECDSA(%x) = %x, want %x", der, got, want)
+		}
+	})
 }
 
 // FuzzAppendClaims: the claims we append are encoding/json's, byte for

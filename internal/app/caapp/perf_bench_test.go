@@ -6,6 +6,8 @@ import (
 	"bufio"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -35,21 +37,27 @@ const (
 	issuanceRound   = issuanceClients * issuanceBatch
 )
 
-// BenchmarkIssuance measures issuance three ways in rounds that alternate
-// (a busy machine weighs on each alike), b.N certificates each:
+// BenchmarkIssuance measures issuance in rounds that alternate (a busy
+// machine weighs on each alike), b.N certificates or tokens each:
 //
 //   - raw: a loop of CSR parse + signature check + x509.CreateCertificate
 //     on GOMAXPROCS goroutines of this process;
 //   - grpc: SignWorkloads over mTLS from 4 agents, batches of 64, against a
 //     CA in this process that signs with the direct encoder;
-//   - grpc-standard: the same against a second CA with standardSigning.
+//   - grpc-standard: the same against a second CA with standardSigning;
+//   - raw-es256: ecdsa.SignASN1 of a JWT-sized digest with a P-256 key on
+//     GOMAXPROCS goroutines: what no JWT-SVID issuance can skip;
+//   - jwt: SignJWTs over mTLS from the same 4 agents, batches of 64,
+//     against the first CA's ES256 JWT key.
 //
-// floor is what no issuance can skip (CSR parse and check, one signature):
-// grpc-cpu/floor says how much the CA spends around the cryptography.
+// floor is what no X.509 issuance can skip (CSR parse and check, one
+// signature): grpc-cpu/floor says how much the CA spends around the
+// cryptography, as jwt-cpu/raw-es256 does for tokens.
 // The agents run in a child process (this test binary, as
 // TestIssuanceLoadProcess), so the CPU time this process spends during a
-// gRPC round (getrusage) is the CA's alone: cpu-µs/cert. Throughput is
-// certificates per wall second; the ratios to raw are reported too.
+// gRPC round (getrusage) is the CA's alone: cpu-µs/cert (or /token).
+// Throughput is certificates (tokens) per wall second; the ratios to raw
+// (raw-es256) are reported too.
 func BenchmarkIssuance(b *testing.B) {
 	key := testca.Key(b)
 	csrs := make([][]byte, 256)
@@ -70,15 +78,26 @@ func BenchmarkIssuance(b *testing.B) {
 
 	type method struct {
 		name      string
-		run       func(n int) // issues n certificates
+		run       func(n int) // issues n certificates or tokens
+		unit      string      // "cert" or "token"
+		base      *method     // reports name/base.name: throughput ratio
+		cpuBase   *method     // reports name-cpu/cpuBase.name: CPU ratio
 		wall, cpu time.Duration
 		n         int
 	}
+	jwtKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw := &method{name: "raw", unit: "cert", run: func(n int) { rawIssue(b, tca, csrs, n) }}
+	floor := &method{name: "floor", unit: "cert", base: raw, run: func(n int) { floorIssue(b, tca, csrs, n) }}
+	rawES256 := &method{name: "raw-es256", unit: "token", run: func(n int) { rawSignES256(b, jwtKey, n) }}
 	methods := []*method{
-		{name: "raw", run: func(n int) { rawIssue(b, tca, csrs, n) }},
-		{name: "floor", run: func(n int) { floorIssue(b, tca, csrs, n) }},
-		{name: "grpc", run: func(n int) { child.run(b, 0, n) }},
-		{name: "grpc-standard", run: func(n int) { child.run(b, 1, n) }},
+		raw, floor,
+		{name: "grpc", unit: "cert", base: raw, cpuBase: floor, run: func(n int) { child.run(b, 0, n, "x509") }},
+		{name: "grpc-standard", unit: "cert", base: raw, cpuBase: floor, run: func(n int) { child.run(b, 1, n, "x509") }},
+		rawES256,
+		{name: "jwt", unit: "token", base: rawES256, cpuBase: rawES256, run: func(n int) { child.run(b, 0, n, "jwt") }},
 	}
 	// MAYFLY_BENCH_ONLY=grpc runs one method alone, for a CPU profile of
 	// the CA without the others.
@@ -100,23 +119,18 @@ func BenchmarkIssuance(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	raw, floor := methods[0], methods[1]
 	for _, m := range methods {
-		if only != "" {
-			if m.name == only {
-				b.ReportMetric(float64(m.n)/m.wall.Seconds(), m.name+"-certs/s")
-				b.ReportMetric(float64(m.cpu.Microseconds())/float64(m.n), m.name+"-cpu-µs/cert")
-			}
-			continue
+		if m.n == 0 {
+			continue // not run: MAYFLY_BENCH_ONLY names another
 		}
-		certsPerSec := float64(m.n) / m.wall.Seconds()
-		b.ReportMetric(certsPerSec, m.name+"-certs/s")
-		b.ReportMetric(float64(m.cpu.Microseconds())/float64(m.n), m.name+"-cpu-µs/cert")
-		if m != raw {
-			b.ReportMetric(certsPerSec/(float64(raw.n)/raw.wall.Seconds()), m.name+"/raw")
+		perSec := float64(m.n) / m.wall.Seconds()
+		b.ReportMetric(perSec, m.name+"-"+m.unit+"s/s")
+		b.ReportMetric(float64(m.cpu.Microseconds())/float64(m.n), m.name+"-cpu-µs/"+m.unit)
+		if m.base != nil && m.base.n > 0 {
+			b.ReportMetric(perSec/(float64(m.base.n)/m.base.wall.Seconds()), m.name+"/"+m.base.name)
 		}
-		if strings.HasPrefix(m.name, "grpc") {
-			b.ReportMetric(m.cpu.Seconds()/float64(m.n)/(floor.cpu.Seconds()/float64(floor.n)), m.name+"-cpu/floor")
+		if m.cpuBase != nil && m.cpuBase.n > 0 {
+			b.ReportMetric(m.cpu.Seconds()/float64(m.n)/(m.cpuBase.cpu.Seconds()/float64(m.cpuBase.n)), m.name+"-cpu/"+m.cpuBase.name)
 		}
 	}
 }
@@ -157,6 +171,20 @@ func floorIssue(b *testing.B, tca *testca.CA, csrs [][]byte, n int) {
 			_, err = tca.IntermediateKey.Sign(rand.Reader, sum[:], crypto.SHA256)
 		}
 		if err != nil {
+			b.Error(err)
+		}
+	})
+}
+
+// rawSignES256 signs, n times, the SHA-256 digest of a JWT-SVID's
+// header.payload (about 250 bytes) with key: the ES256 signature that every
+// token costs, on GOMAXPROCS goroutines.
+func rawSignES256(b *testing.B, key *ecdsa.PrivateKey, n int) {
+	parallel(n, func(i int) {
+		msg := make([]byte, 250)
+		msg[0] = byte(i)
+		sum := sha256.Sum256(msg)
+		if _, err := ecdsa.SignASN1(rand.Reader, key, sum[:]); err != nil {
 			b.Error(err)
 		}
 	})
@@ -250,9 +278,10 @@ func startLoadProcess(b *testing.B, dir string, cas int) *loadProcess {
 	return p
 }
 
-// run has the child issue n certificates from CA ca and waits for it.
-func (p *loadProcess) run(b *testing.B, ca, n int) {
-	fmt.Fprintf(p.in, "%d %d\n", ca, n)
+// run has the child issue n credentials of kind (x509 or jwt) from CA ca
+// and waits for it.
+func (p *loadProcess) run(b *testing.B, ca, n int, kind string) {
+	fmt.Fprintf(p.in, "%d %d %s\n", ca, n, kind)
 	if err := p.in.Flush(); err != nil {
 		b.Fatal(err)
 	}
@@ -273,8 +302,9 @@ func (p *loadProcess) wait(b *testing.B, word string) {
 }
 
 // TestIssuanceLoadProcess is the agents' half of BenchmarkIssuance; it
-// runs only as that child process. It reads "<ca> <n>" lines and answers
-// "done" once n certificates were issued by CA ca over SignWorkloads.
+// runs only as that child process. It reads "<ca> <n> <kind>" lines and
+// answers "done" once n certificates (kind x509, over SignWorkloads) or
+// JWT-SVIDs (kind jwt, over SignJWTs) were issued by CA ca.
 func TestIssuanceLoadProcess(t *testing.T) {
 	dir := os.Getenv("MAYFLY_ISSUANCE_LOAD_DIR")
 	if dir == "" {
@@ -288,6 +318,10 @@ func TestIssuanceLoadProcess(t *testing.T) {
 	reqs := make([]*issuerv1.WorkloadRequest, issuanceBatch)
 	for i := range reqs {
 		reqs[i] = &issuerv1.WorkloadRequest{RequestId: strconv.Itoa(i), Csr: testca.CSR(t, key), SpiffeId: "spiffe://example.org/demo/bench"}
+	}
+	jwtReq := &issuerv1.SignJWTsRequest{}
+	for i := range issuanceBatch {
+		jwtReq.Requests = append(jwtReq.Requests, &issuerv1.JWTRequest{RequestId: strconv.Itoa(i), SpiffeId: "spiffe://example.org/demo/bench", Audience: []string{"api"}})
 	}
 	clients := make([][]issuerv1.IssuerClient, cas)
 	for ca := range cas {
@@ -322,11 +356,16 @@ func TestIssuanceLoadProcess(t *testing.T) {
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		var ca, n int
-		if _, err := fmt.Sscanf(in.Text(), "%d %d", &ca, &n); err != nil || ca < 0 || ca >= cas {
+		var kind string
+		if _, err := fmt.Sscanf(in.Text(), "%d %d %s", &ca, &n, &kind); err != nil || ca < 0 || ca >= cas || (kind != "x509" && kind != "jwt") {
 			fmt.Printf("error: bad command %q\n", in.Text())
 			return
 		}
-		if err := signN(clients[ca], reqs, n); err != nil {
+		sign := func(c issuerv1.IssuerClient, k int) error { return signBatch(c, reqs[:k]) }
+		if kind == "jwt" {
+			sign = func(c issuerv1.IssuerClient, k int) error { return signJWTBatch(c, jwtReq.Requests[:k]) }
+		}
+		if err := signN(clients[ca], n, sign); err != nil {
 			fmt.Printf("error: %v\n", err)
 			return
 		}
@@ -334,9 +373,9 @@ func TestIssuanceLoadProcess(t *testing.T) {
 	}
 }
 
-// signN issues n certificates in batches of at most len(reqs), spread
-// over clients.
-func signN(clients []issuerv1.IssuerClient, reqs []*issuerv1.WorkloadRequest, n int) error {
+// signN issues n credentials in batches of at most issuanceBatch, spread
+// over clients; sign issues one batch of k.
+func signN(clients []issuerv1.IssuerClient, n int, sign func(c issuerv1.IssuerClient, k int) error) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, len(clients))
 	per := (n + len(clients) - 1) / len(clients)
@@ -349,17 +388,10 @@ func signN(clients []issuerv1.IssuerClient, reqs []*issuerv1.WorkloadRequest, n 
 		go func() {
 			defer wg.Done()
 			for mine > 0 {
-				k := min(mine, len(reqs))
-				resp, err := c.SignWorkloads(context.Background(), &issuerv1.SignWorkloadsRequest{Requests: reqs[:k]})
-				if err != nil {
+				k := min(mine, issuanceBatch)
+				if err := sign(c, k); err != nil {
 					errs <- err
 					return
-				}
-				for _, res := range resp.GetResults() {
-					if res.GetIssued() == nil {
-						errs <- fmt.Errorf("denied: %s", res.GetDenial().GetMessage())
-						return
-					}
 				}
 				mine -= k
 			}
@@ -368,6 +400,34 @@ func signN(clients []issuerv1.IssuerClient, reqs []*issuerv1.WorkloadRequest, n 
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// signBatch issues the certificates of reqs in one SignWorkloads call.
+func signBatch(c issuerv1.IssuerClient, reqs []*issuerv1.WorkloadRequest) error {
+	resp, err := c.SignWorkloads(context.Background(), &issuerv1.SignWorkloadsRequest{Requests: reqs})
+	if err != nil {
+		return err
+	}
+	for _, res := range resp.GetResults() {
+		if res.GetIssued() == nil {
+			return fmt.Errorf("denied: %s", res.GetDenial().GetMessage())
+		}
+	}
+	return nil
+}
+
+// signJWTBatch issues the JWT-SVIDs of reqs in one SignJWTs call.
+func signJWTBatch(c issuerv1.IssuerClient, reqs []*issuerv1.JWTRequest) error {
+	resp, err := c.SignJWTs(context.Background(), &issuerv1.SignJWTsRequest{Requests: reqs})
+	if err != nil {
+		return err
+	}
+	for _, res := range resp.GetResults() {
+		if res.GetIssued() == nil {
+			return fmt.Errorf("JWT denied: %s", res.GetDenial().GetMessage())
+		}
+	}
+	return nil
 }
 
 func readCerts(t *testing.T, path string) []*x509.Certificate {
