@@ -722,16 +722,18 @@ func (f *fixture) storm() {
 	// At least n: an agent's stream from before a reconnect may linger
 	// on the CA until its connection is found gone; the surplus is
 	// reported.
+	var extra atomic.Int64 // the condition runs on wait's goroutine
 	wait.Until(t, "every agent back after the CA restarted", 10*time.Minute, 20*time.Millisecond, func(context.Context) (bool, string) {
 		conn, cur := f.metric("mayfly_ca_agents_connected"), f.metric("mayfly_ca_agents_with_current_bundle")
-		storm.ExtraStreams = int(conn) - n
+		extra.Store(int64(conn) - int64(n))
 		return conn >= float64(n) && cur >= float64(n), fmt.Sprintf("%.0f connected, %.0f current of %d", conn, cur, n)
 	})
 	storm.Seconds = time.Since(start).Seconds()
-	t.Logf("reconnect storm of %d agents: %.1fs, /readyz failed %d samples, peak RSS %.0f MiB, %d streams more than agents",
-		n, storm.Seconds, storm.NotReadySamples, storm.PeakRSSMiB, storm.ExtraStreams)
+	storm.ExtraStreams = int(extra.Load())
 	close(done)
 	<-sampled
+	t.Logf("reconnect storm of %d agents: %.1fs, /readyz failed %d samples, peak RSS %.0f MiB, %d streams more than agents",
+		n, storm.Seconds, storm.NotReadySamples, storm.PeakRSSMiB, storm.ExtraStreams)
 	f.rep.Storm = storm
 }
 
