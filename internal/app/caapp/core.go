@@ -211,10 +211,6 @@ func (c *core) serveIssuer(ctx context.Context, g *errgroup.Group) {
 		// the TLS connection under it buffers a record already, and a
 		// CA holds one connection per node.
 		grpc.ReadBufferSize(0),
-		// The write buffer (32 KiB) is taken from a pool for each write
-		// and returned after the flush, instead of held by every idle
-		// agent connection.
-		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(issuer.KeepaliveParams()),
 	)

@@ -65,6 +65,10 @@ type Storm struct {
 	// CA was first ready (0: it stayed ready through the storm).
 	NotReadySamples int     `json:"notReadySamples"`
 	PeakRSSMiB      float64 `json:"peakRSSMiB"`
+	// ExtraStreams is how many more bundle streams than agents the CA
+	// counted when every agent was back (streams of a connection not yet
+	// found gone).
+	ExtraStreams int `json:"extraStreams"`
 }
 
 // Issuance is a window of paced workload issuance.
@@ -99,8 +103,8 @@ func (r *Report) Markdown(w io.Writer) error {
 		fmt.Fprintf(&b, "| %d | %.1f | %.2f | %.0f | %.0f | %.0f |\n", s.Agents, s.ConnectSeconds, s.PushSeconds, s.HeapMiB, s.LiveHeapMiB, s.RSSMiB)
 	}
 	if s := r.Storm; s != nil {
-		fmt.Fprintf(&b, "\nReconnect storm: %d agents back with the current bundle %.1f s after the CA restarted; /readyz not ready %d times after first ready; peak RSS %.0f MiB.\n",
-			s.Agents, s.Seconds, s.NotReadySamples, s.PeakRSSMiB)
+		fmt.Fprintf(&b, "\nReconnect storm: %d agents back with the current bundle %.1f s after the CA restarted; /readyz not ready %d times after first ready; peak RSS %.0f MiB; %d streams more than agents.\n",
+			s.Agents, s.Seconds, s.NotReadySamples, s.PeakRSSMiB, s.ExtraStreams)
 	}
 	if i := r.Issuance; i != nil {
 		fmt.Fprintf(&b, "\nIssuance: %d certificates in %.1f s (%.1f/s), CA CPU %.1f%% of one core, so %.1f%% at 86/s; %.3f TokenReviews per certificate with a pod token (%d certificates per token); %.2f requests per renewal after ten rollouts.\n",
