@@ -127,10 +127,12 @@ func TestKubernetesLeaderFailoverMidRotation(t *testing.T) {
 		}
 	}
 	// stepUntil steps every 200ms until cond holds: at most 5s of the CA's
-	// clock per second, so that the agents' 1h SVIDs outlive the test.
+	// clock per second, so that the agents' 1h SVIDs outlive the test. Two
+	// minutes: a new leader's caches sync slowly on a loaded machine (one
+	// minute timed out at a load average of 30).
 	stepUntil := func(what string, cond func() bool) {
 		t.Helper()
-		wait.Within(t, what, time.Minute, 200*time.Millisecond, func() bool { step(); return cond() })
+		wait.Within(t, what, 2*time.Minute, 200*time.Millisecond, func() bool { step(); return cond() })
 	}
 	store := authority.NewSecretStore(kube, "mayfly-system", "mayfly-ca")
 	state := func() *authority.State { return loadState(t, store) }
