@@ -116,10 +116,10 @@ func rotationPoints(t *testing.T, st *authority.State, start time.Time) (prepare
 }
 
 // addLateWorkload registers lateID (the agent re-reads its registrations
-// file every 2s of its clock) and returns a go-spiffe source holding it,
-// and a handshake from it to a server on server's SVID that admits any
-// member of the trust domain.
-func addLateWorkload(t *testing.T, s *stack, clock *rotate.FakeClock, server *workloadapi.X509Source) (*workloadapi.X509Source, func() error) {
+// file every 2s of its clock), checks that its SVID is signed by under,
+// and returns a handshake from it to a server on server's SVID that admits
+// any member of the trust domain.
+func addLateWorkload(t *testing.T, s *stack, clock *rotate.FakeClock, server *workloadapi.X509Source, under *x509.Certificate) func() error {
 	t.Helper()
 	regs := filepath.Join(filepath.Dir(s.stateDir), "registrations.yaml")
 	raw, err := os.ReadFile(regs)
@@ -155,6 +155,13 @@ func addLateWorkload(t *testing.T, s *stack, clock *rotate.FakeClock, server *wo
 		}
 		return false
 	})
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svid.Certificates) < 2 || !svid.Certificates[1].Equal(under) {
+		t.Fatal("the workload registered after the activation did not get an SVID under the new intermediate")
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +173,7 @@ func addLateWorkload(t *testing.T, s *stack, clock *rotate.FakeClock, server *wo
 	}
 	go func() { _ = srv.ServeTLS(lis, "", "") }()
 	t.Cleanup(func() { srv.Close() })
-	return src, func() error {
+	return func() error {
 		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
 		defer tr.CloseIdleConnections()
 		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + lis.Addr().String())
@@ -202,7 +209,6 @@ func TestEndToEndUpstreamRenewal(t *testing.T) {
 	phase, phaseRound := 0, 0
 	var second *x509.Certificate
 	var late func() error
-	var lateSrc *workloadapi.X509Source
 	c := handshake.Until(t, "the upstream renewal", 3*time.Minute, 100*time.Millisecond, []handshake.Pair{{Name: "go-spiffe pair", Handshake: m.handshake}}, func(round int) (bool, string) {
 		if round-phaseRound < minRounds {
 			return false, fmt.Sprintf("phase %d, round %d", phase, round)
@@ -225,14 +231,7 @@ func TestEndToEndUpstreamRenewal(t *testing.T) {
 				next()
 			}
 		case 2: // a new workload gets an SVID under it
-			lateSrc, late = addLateWorkload(t, s, clock, m.serverSrc)
-			svid, err := lateSrc.GetX509SVID()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(svid.Certificates) < 2 || !svid.Certificates[1].Equal(second) {
-				t.Fatal("the workload registered after the activation did not get an SVID under the new intermediate")
-			}
+			late = addLateWorkload(t, s, clock, m.serverSrc, second)
 			next()
 		case 3:
 			if err := late(); err != nil {
@@ -339,15 +338,7 @@ func TestEndToEndUpstreamRootRotation(t *testing.T) {
 				next()
 			}
 		case 3: // a workload registered now gets an SVID under the new root
-			var lateSrc *workloadapi.X509Source
-			lateSrc, late = addLateWorkload(t, s, clock, m.serverSrc)
-			svid, err := lateSrc.GetX509SVID()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(svid.Certificates) < 2 || !svid.Certificates[1].Equal(second) {
-				t.Fatal("the workload registered after the activation did not get an SVID under the new intermediate")
-			}
+			late = addLateWorkload(t, s, clock, m.serverSrc, second)
 			next()
 		case 4:
 			if err := late(); err != nil {
