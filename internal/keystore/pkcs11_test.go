@@ -76,15 +76,7 @@ func TestPKCS11SignsWithAKeyThatStaysInTheToken(t *testing.T) {
 		})
 	}
 	// Look at the keys with a second PKCS#11 context on the same token.
-	c11, err := crypto11.Configure(&crypto11.Config{Path: tok.Module, TokenLabel: tok.Label, Pin: tok.PIN})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c11.Close()
-	pairs, err := c11.FindAllKeyPairs()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c11, pairs := tokenKeyPairs(t, tok)
 	if len(pairs) != 6 {
 		t.Fatalf("the token holds %d key pairs, want 6", len(pairs))
 	}
@@ -273,4 +265,21 @@ func writeFile(t *testing.T, path, body string) {
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// tokenKeyPairs opens a second PKCS#11 context on tok, as another program
+// on the token would, and lists the key pairs it holds; the context stays
+// open until the test ends.
+func tokenKeyPairs(t *testing.T, tok softhsm.Token) (*crypto11.Context, []crypto11.Signer) {
+	t.Helper()
+	c11, err := crypto11.Configure(&crypto11.Config{Path: tok.Module, TokenLabel: tok.Label, Pin: tok.PIN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c11.Close() })
+	pairs, err := c11.FindAllKeyPairs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c11, pairs
 }

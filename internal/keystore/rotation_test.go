@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThalesIgnite/crypto11"
-
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/keystore"
 	"github.com/mayfly-pki/mayfly/internal/test/softhsm"
@@ -128,15 +126,7 @@ func TestPKCS11RotationAndRestart(t *testing.T) {
 
 	// The token holds the keys in use and those waiting for their grace:
 	// nothing leaks.
-	c11, err := crypto11.Configure(&crypto11.Config{Path: tok.Module, TokenLabel: tok.Label, Pin: tok.PIN})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c11.Close()
-	pairs, err := c11.FindAllKeyPairs()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, pairs := tokenKeyPairs(t, tok)
 	if want := inUse + len(back.KeyDeletions); len(pairs) != want {
 		t.Fatalf("the token holds %d key pairs, want %d (%d in use, %d waiting for deletion)", len(pairs), want, inUse, len(back.KeyDeletions))
 	}
