@@ -103,6 +103,8 @@ type fakeUpstream struct {
 	root *x509.Certificate
 	key  crypto.Signer
 	now  func() time.Time
+	// extra are roots the upstream lists beside its own.
+	extra []*x509.Certificate
 }
 
 func newFakeUpstream(t *testing.T, now func() time.Time) *fakeUpstream {
@@ -123,7 +125,7 @@ func (u *fakeUpstream) SignIntermediate(_ context.Context, req authority.Interme
 	if err != nil {
 		return nil, nil, err
 	}
-	return []*x509.Certificate{c}, []*x509.Certificate{u.root}, nil
+	return []*x509.Certificate{c}, append([]*x509.Certificate{u.root}, u.extra...), nil
 }
 
 func (u *fakeUpstream) Name() string { return "fake" }

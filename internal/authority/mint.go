@@ -121,21 +121,26 @@ func (m *Minter) Apply(ctx context.Context, s *State, step Step, now time.Time) 
 		// A successor under a root the bundle did not hold yet waits,
 		// like a new root of mayfly's own, until the consumers hold the
 		// bundle that now carries it.
-		published := m.Upstream != nil && anchorIsNew(s.UpstreamRoots, roots)
+		published := m.Upstream != nil && anchorIsNew(s.Bundle(now), roots)
 		*inter = inter.prepared(next, now, published)
 		m.mergeUpstreamRoots(&n, roots)
+		m.settleUpstreamRoots(&n, nil, roots)
 	case StepActivateIntermediate:
 		if inter.Next == nil {
 			return nil, errors.New("activate intermediate: no next intermediate")
 		}
+		outgoing := inter.Current
 		*inter = inter.activated(time.Time{})
+		m.settleUpstreamRoots(&n, outgoing, nil)
 	case StepReplaceIntermediate:
 		cur, roots, err := m.newIntermediate(ctx, root.Current, now)
 		if err != nil {
 			return nil, err
 		}
+		outgoing := inter.Current
 		*inter = inter.replaced(cur)
 		m.mergeUpstreamRoots(&n, roots)
+		m.settleUpstreamRoots(&n, outgoing, roots)
 	case StepMintJWTKey:
 		if jwt.Current != nil {
 			return nil, errors.New("mint JWT key: there is one")
@@ -191,6 +196,49 @@ func (m *Minter) mergeUpstreamRoots(s *State, roots []*x509.Certificate) {
 	if m.Upstream != nil {
 		s.UpstreamRoots = mergeRoots(s.UpstreamRoots, roots)
 	}
+}
+
+// settleUpstreamRoots removes from s.UpstreamRoots the roots mayfly no
+// longer needs after an intermediate step, so that an upstream's old root
+// does not stay in the bundle for ever. A root stays while it anchors the
+// current or the next intermediate, or while the upstream lists it (listed:
+// its roots at this step; nil when the step did not ask it). A root that
+// anchored the outgoing intermediate is retired until that intermediate's
+// NotAfter, since no leaf under it outlives it; any other root leaves at
+// once. The roots never run out: the current intermediate's anchor stays.
+func (m *Minter) settleUpstreamRoots(s *State, outgoing *Slot, listed []*x509.Certificate) {
+	if m.Upstream == nil {
+		return
+	}
+	live := []*Slot{s.Intermediate.Current, s.Intermediate.Next}
+	var keep []*x509.Certificate
+	var retired []Retired
+	for _, r := range s.UpstreamRoots {
+		switch {
+		case slices.ContainsFunc(live, func(sl *Slot) bool { return anchors(r, sl) }),
+			slices.ContainsFunc(listed, r.Equal):
+			keep = append(keep, r)
+		case anchors(r, outgoing):
+			retired = append(retired, Retired{Cert: r, Until: outgoing.NotAfter()})
+		case listed == nil:
+			keep = append(keep, r)
+		}
+	}
+	if len(keep) == 0 {
+		return
+	}
+	s.UpstreamRoots = keep
+	if len(retired) > 0 {
+		s.Root.Retired = append(slices.Clip(s.Root.Retired), retired...)
+	}
+}
+
+// anchors reports whether root signed the top of slot's chain.
+func anchors(root *x509.Certificate, slot *Slot) bool {
+	if slot == nil || len(slot.Chain) == 0 {
+		return false
+	}
+	return slot.Chain[len(slot.Chain)-1].CheckSignatureFrom(root) == nil
 }
 
 func (m *Minter) keyType() pki.KeyType {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,8 +102,32 @@ func TestNewUpstreamRootWaitsForAdoption(t *testing.T) {
 			if !containsRoot(l.Bundle, oldRoot) {
 				t.Fatal("the old root left the bundle while leaves under it may be in use")
 			}
+			if slices.ContainsFunc(l.State.UpstreamRoots, oldRoot.Cert.Equal) {
+				t.Fatal("the old root is still a signing upstream root after the switch")
+			}
+			if !retiredUntil(l.State, oldRoot, first.NotAfter()) {
+				t.Fatalf("the old root is not retired until the old intermediate's expiry %s: %+v", first.NotAfter(), l.State.Root.Retired)
+			}
+
+			// Once the intermediate under the old root has expired, no
+			// leaf can chain to the old root: it leaves the bundle.
+			clock.Set(first.NotAfter().Add(time.Second))
+			m.RotateOnce(ctx)
+			l, _ = m.Current()
+			if containsRoot(l.Bundle, oldRoot) {
+				t.Fatal("the old upstream root is still in the bundle after the last intermediate under it expired")
+			}
+			if !containsRoot(l.Bundle, newRoot) {
+				t.Fatal("the new root left the bundle")
+			}
 		})
 	}
+}
+
+func retiredUntil(s *authority.State, c *upstreamtest.CA, until time.Time) bool {
+	return slices.ContainsFunc(s.Root.Retired, func(r authority.Retired) bool {
+		return r.Cert.Equal(c.Cert) && r.Until.Equal(until)
+	})
 }
 
 func containsRoot(bundle []*x509.Certificate, c *upstreamtest.CA) bool {
