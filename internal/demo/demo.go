@@ -1,7 +1,7 @@
 // Package demo holds what the demo workloads (cmd/demo-server, demo-client and
 // demo-files) share: their two SPIFFE IDs, an X.509 source from
-// the Workload API that serves the workload's own SVID, and the names of
-// roots in their output.
+// the Workload API that serves the workload's own SVID, and their output:
+// the names of roots, the lines printed on a change, the handshake summary.
 package demo
 
 import (
