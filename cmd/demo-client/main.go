@@ -8,41 +8,32 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/demo"
 )
 
 func main() {
 	server := flag.String("server", "127.0.0.1:8444", "demo server address")
-	parseIDs := demo.IDFlags("client", "server")
 	every := flag.Duration("interval", time.Second, "time between requests")
-	flag.Parse()
-	ids, err := parseIDs()
-	if err != nil {
-		log.Fatalf("demo-client: %v", err)
-	}
-	ok, failed, err := run(*server, ids, *every)
+	var ok, failed int
+	err := demo.Run("client", "server", func(ctx context.Context, ids demo.IDs, src *workloadapi.X509Source) (err error) {
+		ok, failed, err = run(ctx, *server, ids, src, *every)
+		return err
+	})
 	demo.Finish("demo-client", ok, failed, err)
 }
 
-func run(server string, ids demo.IDs, every time.Duration) (ok, failed int, err error) {
-	ctx, stop := cli.SignalContext()
-	defer stop()
-	src, err := demo.NewSource(ctx, ids.Self)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer src.Close()
+func run(ctx context.Context, server string, ids demo.IDs, src *workloadapi.X509Source, every time.Duration) (ok, failed int, err error) {
 	if err := jwtDemo(ctx, ids); err != nil {
 		return 0, 0, fmt.Errorf("JWT-SVID: %w", err)
 	}
