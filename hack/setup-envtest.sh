@@ -8,10 +8,10 @@ set -o errexit -o nounset -o pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
-CACHE_ROOT="${MAYFLY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mayfly}"
+# shellcheck source=lib/cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/cache.sh"
 ASSETS="${CACHE_ROOT}/envtest/k8s-${KUBE_VERSION}-etcd-${ETCD_VERSION}"
 
-log() { echo "setup-envtest: $*" >&2; }
 # shellcheck source=lib/gomodule.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/gomodule.sh"
 

@@ -18,17 +18,17 @@ set -o errexit -o nounset -o pipefail
 KUBE_VERSION="${KUBE_VERSION:-1.37.2}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-2.2.9}"
 COREDNS_VERSION="${COREDNS_VERSION:-1.15.0}"
-CACHE_ROOT="${MAYFLY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mayfly}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=lib/cache.sh
+source "${HERE}/lib/cache.sh"
 NODE="${CACHE_ROOT}/node/k8s-${KUBE_VERSION}-containerd-${CONTAINERD_VERSION}"
 # CoreDNS has its own directory: it serves the node's cluster DNS
 # (pods resolve mayfly-ca.mayfly-system.svc) and changes independently.
 COREDNS_DIR="${CACHE_ROOT}/node/coredns-${COREDNS_VERSION}"
-HERE="$(cd "$(dirname "$0")" && pwd)"
 
 KUBE_BINS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
 CONTAINERD_BINS=(containerd ctr containerd-shim-runc-v2)
 
-log() { echo "setup-node: $*" >&2; }
 # shellcheck source=lib/gomodule.sh
 source "${HERE}/lib/gomodule.sh"
 

@@ -8,54 +8,38 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/demo"
 )
 
 func main() {
 	server := flag.String("server", "127.0.0.1:8444", "demo server address")
-	parseIDs := demo.IDFlags("client", "server")
 	every := flag.Duration("interval", time.Second, "time between requests")
-	flag.Parse()
-	ids, err := parseIDs()
-	if err != nil {
-		log.Fatalf("demo-client: %v", err)
-	}
-	ok, failed, err := run(*server, ids, *every)
-	if err != nil {
-		log.Fatalf("demo-client: %v", err)
-	}
-	fmt.Printf("demo-client: %d handshakes, %d failed\n", ok+failed, failed)
-	if failed > 0 {
-		os.Exit(1)
-	}
+	var ok, failed int
+	err := demo.Run("client", "server", func(ctx context.Context, ids demo.IDs, src *workloadapi.X509Source) (err error) {
+		ok, failed, err = run(ctx, *server, ids, src, *every)
+		return err
+	})
+	demo.Finish("demo-client", ok, failed, err)
 }
 
-func run(server string, ids demo.IDs, every time.Duration) (ok, failed int, err error) {
-	ctx, stop := cli.SignalContext()
-	defer stop()
-	src, err := demo.NewSource(ctx, ids.Self)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer src.Close()
+func run(ctx context.Context, server string, ids demo.IDs, src *workloadapi.X509Source, every time.Duration) (ok, failed int, err error) {
 	if err := jwtDemo(ctx, ids); err != nil {
 		return 0, 0, fmt.Errorf("JWT-SVID: %w", err)
 	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	seen := map[string]string{}
+	changes := demo.Changes{}
 	for {
 		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(ids.Peer)), DisableKeepAlives: true}
 		client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
@@ -77,9 +61,9 @@ func run(server string, ids demo.IDs, every time.Duration) (ok, failed int, err 
 				short(mine.Certificates[0]), left(mine.Certificates[0], now))
 			if b, err := src.GetX509BundleForTrustDomain(ids.Self.TrustDomain()); err == nil {
 				roots := b.X509Authorities()
-				change(seen, now, "socket/client", "trust bundle now holds", fmt.Sprintf("%d roots: %s", len(roots), demo.Fingerprints(roots)))
-				change(seen, now, "socket/client", "leaf now under root", demo.RootOf(mine.Certificates, roots))
-				change(seen, now, "socket/server", "leaf now under root", demo.RootOf(resp.TLS.PeerCertificates, roots))
+				changes.Print(now, "socket/client", "trust bundle now holds", fmt.Sprintf("%d roots: %s", len(roots), demo.Fingerprints(roots)))
+				changes.Print(now, "socket/client", "leaf now under root", demo.RootOf(mine.Certificates, roots))
+				changes.Print(now, "socket/server", "leaf now under root", demo.RootOf(resp.TLS.PeerCertificates, roots))
 			}
 		}
 		tr.CloseIdleConnections()
@@ -108,14 +92,4 @@ func short(c *x509.Certificate) string {
 
 func left(c *x509.Certificate, now time.Time) string {
 	return fmt.Sprintf("%3.0fs", c.NotAfter.Sub(now).Seconds())
-}
-
-// change prints what path now shows when it differs from what it showed.
-func change(seen map[string]string, now time.Time, path, what, value string) {
-	key := path + " " + what
-	if seen[key] == value {
-		return
-	}
-	seen[key] = value
-	fmt.Printf("%s [%s] %s %s  t=%.3f\n", now.Format("15:04:05.000"), path, what, value, float64(now.UnixMilli())/1000)
 }

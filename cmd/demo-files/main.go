@@ -20,12 +20,10 @@ import (
 	"io/fs"
 	"log"
 	"net"
-	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
+	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/demo"
 	"github.com/mayfly-pki/mayfly/internal/fileconsumer"
 )
@@ -44,30 +42,18 @@ func main() {
 			log.Fatal("demo-files: --serve or --connect takes --dir, and not both")
 		}
 		ok, failed, err := half(*serve, *connect, *dir, *every)
-		if err != nil {
-			log.Fatalf("demo-files: %v", err)
-		}
-		fmt.Printf("demo-files: %d handshakes, %d failed\n", ok+failed, failed)
-		if failed > 0 {
-			os.Exit(1)
-		}
+		demo.Finish("demo-files", ok, failed, err)
 		return
 	}
 	if *writeDir == "" {
 		log.Fatal("demo-files: --write-dir is required")
 	}
 	ok, failed, err := run(*writeDir, *serverID, *clientID, *every)
-	if err != nil {
-		log.Fatalf("demo-files: %v", err)
-	}
-	fmt.Printf("demo-files: %d handshakes, %d failed\n", ok+failed, failed)
-	if failed > 0 {
-		os.Exit(1)
-	}
+	demo.Finish("demo-files", ok, failed, err)
 }
 
 func run(writeDir, serverID, clientID string, every time.Duration) (ok, failed int, err error) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
 	dirs, err := findDirs(ctx, writeDir, serverID, clientID)
 	if err != nil {
@@ -79,7 +65,8 @@ func run(writeDir, serverID, clientID string, every time.Duration) (ok, failed i
 	}
 	defer pair.Close()
 	fmt.Printf("demo-files: server reads %s, client reads %s\n", dirs[serverID], dirs[clientID])
-	views := map[string]*view{"files/server": {dir: dirs[serverID]}, "files/client": {dir: dirs[clientID]}}
+	changes := demo.Changes{}
+	dirOf := map[string]string{"files/server": dirs[serverID], "files/client": dirs[clientID]}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -91,7 +78,7 @@ func run(writeDir, serverID, clientID string, every time.Duration) (ok, failed i
 			ok++
 		}
 		for _, name := range []string{"files/server", "files/client"} {
-			views[name].report(name, now)
+			report(changes, name, dirOf[name], now)
 		}
 		select {
 		case <-ctx.Done():
@@ -104,7 +91,7 @@ func run(writeDir, serverID, clientID string, every time.Duration) (ok, failed i
 // half runs the server (serve) or the client (connect) alone until a
 // signal, printing each handshake and what changed in dir.
 func half(serve, connect, dir string, every time.Duration) (ok, failed int, err error) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
 	name := "files/client"
 	outcomes := make(chan error, 16)
@@ -118,7 +105,7 @@ func half(serve, connect, dir string, every time.Duration) (ok, failed int, err 
 		go fileconsumer.Serve(lis, dir, func(err error) { outcomes <- err })
 		fmt.Printf("demo-files: serving mutual TLS on %s from %s\n", serve, dir)
 	}
-	v := &view{dir: dir}
+	changes := demo.Changes{}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -129,7 +116,7 @@ func half(serve, connect, dir string, every time.Duration) (ok, failed int, err 
 		case err = <-outcomes:
 		case <-tick.C:
 			if serve != "" {
-				v.report(name, time.Now())
+				report(changes, name, dir, time.Now())
 				continue
 			}
 			err = fileconsumer.Dial(connect, dir)
@@ -142,33 +129,19 @@ func half(serve, connect, dir string, every time.Duration) (ok, failed int, err 
 			ok++
 			fmt.Printf("%s [%s] handshake ok\n", now.Format("15:04:05.000"), name)
 		}
-		v.report(name, now)
+		report(changes, name, dir, now)
 	}
 }
 
-// view is what a directory held at the last look.
-type view struct {
-	dir      string
-	roots    int
-	leafRoot string
-}
-
-// report prints what changed in the directory since the last look.
-func (v *view) report(name string, now time.Time) {
-	f, err := fileconsumer.Read(v.dir)
+// report prints what changed in the directory dir (the place name) since
+// the last look: its ca.crt, and the root above its leaf.
+func report(changes demo.Changes, name, dir string, now time.Time) {
+	f, err := fileconsumer.Read(dir)
 	if err != nil {
 		return // mid-swap or gone: the next look tells
 	}
-	stamp := fmt.Sprintf("t=%.3f", float64(now.UnixMilli())/1000)
-	if len(f.Roots) != v.roots {
-		v.roots = len(f.Roots)
-		fmt.Printf("%s [%s] ca.crt now holds %d roots: %s  %s\n", now.Format("15:04:05.000"), name, len(f.Roots), demo.Fingerprints(f.Roots), stamp)
-	}
-	root := demo.RootOf(f.Chain, f.Roots)
-	if root != v.leafRoot {
-		v.leafRoot = root
-		fmt.Printf("%s [%s] leaf now under root %s  %s\n", now.Format("15:04:05.000"), name, root, stamp)
-	}
+	changes.Print(now, name, "ca.crt now holds", fmt.Sprintf("%d roots: %s", len(f.Roots), demo.Fingerprints(f.Roots)))
+	changes.Print(now, name, "leaf now under root", demo.RootOf(f.Chain, f.Roots))
 }
 
 // findDirs waits for a certificate directory under writeDir for each ID,

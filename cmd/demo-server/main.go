@@ -4,6 +4,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log"
@@ -11,32 +12,22 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/demo"
 )
 
 func main() {
 	addr := flag.String("listen", "127.0.0.1:8444", "address to serve HTTPS on")
-	parseIDs := demo.IDFlags("server", "client")
-	flag.Parse()
-	ids, err := parseIDs()
-	if err == nil {
-		err = run(*addr, ids)
-	}
+	err := demo.Run("server", "client", func(ctx context.Context, ids demo.IDs, src *workloadapi.X509Source) error {
+		return serve(ctx, *addr, ids, src)
+	})
 	if err != nil {
 		log.Fatalf("demo-server: %v", err)
 	}
 }
 
-func run(addr string, ids demo.IDs) error {
-	ctx, stop := cli.SignalContext()
-	defer stop()
-	src, err := demo.NewSource(ctx, ids.Self)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
+func serve(ctx context.Context, addr string, ids demo.IDs, src *workloadapi.X509Source) error {
 	srv := &http.Server{
 		Addr:              addr,
 		TLSConfig:         tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeID(ids.Peer)),

@@ -2,7 +2,7 @@
 # Sourced by hack/setup-envtest.sh and hack/setup-node.sh: builds programs
 # from their Go modules (release binaries cannot be downloaded here) through
 # a throwaway wrapper module that imports them. The caller sets WORK (a
-# scratch directory) and defines log.
+# scratch directory) and sources lib/cache.sh (log).
 
 # wrapper_module NAME PACKAGE...: makes ${WORK}/NAME the module
 # mayfly.local/NAME, whose tools.go imports each PACKAGE, and changes into

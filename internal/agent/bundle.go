@@ -193,14 +193,8 @@ func (w *BundleWatcher) Watch(ctx context.Context, conn IssuerSource) error {
 		}
 		wait := jitter(backoff)
 		w.cfg.Logger.Warn("bundle stream ended; reconnecting", "error", err, "retry_in", wait)
-		t := w.cfg.Clock.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !rotate.Sleep(ctx, w.cfg.Clock, wait, replaced) {
 			return nil
-		case <-t.C():
-		case <-replaced:
-			t.Stop()
 		}
 		backoff = min(backoff*2, 10*time.Second)
 	}

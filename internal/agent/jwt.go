@@ -181,12 +181,8 @@ func (c *JWTCache) sign(ctx context.Context, req *issuerv1.JWTRequest) ([]*issue
 		if err == nil || status.Code(err) != codes.Unavailable || attempt == 6 {
 			return results, err
 		}
-		t := c.Clock.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !rotate.Sleep(ctx, c.Clock, backoff, nil) {
 			return nil, err
-		case <-t.C():
 		}
 		backoff *= 2
 	}

@@ -382,15 +382,8 @@ func (m *Manager) Kick() {
 // compare-and-swap does), it only avoids wasted work.
 func (m *Manager) Rotate(ctx context.Context) error {
 	for {
-		wait := m.RotateOnce(ctx)
-		t := m.opts.Clock.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !rotate.Sleep(ctx, m.opts.Clock, m.RotateOnce(ctx), m.kick) {
 			return nil
-		case <-t.C():
-		case <-m.kick:
-			t.Stop()
 		}
 	}
 }

@@ -1,7 +1,7 @@
 // Package demo holds what the demo workloads (cmd/demo-server, demo-client and
 // demo-files) share: their two SPIFFE IDs, an X.509 source from
-// the Workload API that serves the workload's own SVID, and the names of
-// roots in their output.
+// the Workload API that serves the workload's own SVID, and their output:
+// the names of roots, the lines printed on a change, the handshake summary.
 package demo
 
 import (
@@ -12,6 +12,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/mayfly-pki/mayfly/internal/cli"
 )
 
 // IDs are a demo workload's own SPIFFE ID and the only peer ID it accepts.
@@ -40,6 +42,27 @@ func ParseIDs(self, peer, peerFlag string) (IDs, error) {
 		return IDs{}, fmt.Errorf("--%s: %w", peerFlag, err)
 	}
 	return ids, nil
+}
+
+// Run is the main of a demo workload of the Workload API: it parses the
+// command line, with the ID flags of IDFlags(self, peer), and calls run
+// with a context that ends on SIGINT or SIGTERM, the IDs and the
+// workload's X.509 source (NewSource), closed when run returns.
+func Run(self, peer string, run func(ctx context.Context, ids IDs, src *workloadapi.X509Source) error) error {
+	parseIDs := IDFlags(self, peer)
+	flag.Parse()
+	ids, err := parseIDs()
+	if err != nil {
+		return err
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	src, err := NewSource(ctx, ids.Self)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	return run(ctx, ids, src)
 }
 
 // NewSource connects to the Workload API at SPIFFE_ENDPOINT_SOCKET. The

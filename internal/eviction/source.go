@@ -88,12 +88,8 @@ func (s *Source) Refresh(ctx context.Context) error {
 func (s *Source) Run(ctx context.Context, clock rotate.Clock, interval time.Duration) error {
 	for {
 		_ = s.Refresh(ctx)
-		t := clock.NewTimer(interval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !rotate.Sleep(ctx, clock, interval, nil) {
 			return nil
-		case <-t.C():
 		}
 	}
 }

@@ -76,16 +76,10 @@ func (w *RegistrationWatcher) LastError() error {
 
 // Start polls the file until ctx is done.
 func (w *RegistrationWatcher) Start(ctx context.Context) error {
-	for {
-		t := w.clock.NewTimer(w.interval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C():
-		}
+	for rotate.Sleep(ctx, w.clock, w.interval, nil) {
 		w.reload()
 	}
+	return nil
 }
 
 // reload checks the file once. Content already seen (good or bad) is not

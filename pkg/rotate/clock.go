@@ -1,6 +1,9 @@
 package rotate
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Clock is the source of time of a [Rotator]. [RealClock] is the wall clock;
 // [FakeClock] is driven by tests.
@@ -30,6 +33,21 @@ func NewTimerAt(c Clock, at time.Time) Timer {
 		return dc.NewTimerAt(at)
 	}
 	return c.NewTimer(at.Sub(c.Now()))
+}
+
+// Sleep waits d on c, the wait of every loop that pauses between rounds or
+// attempts. It returns early when wake receives (a nil wake never does),
+// and reports false when ctx is done first: the caller stops.
+func Sleep(ctx context.Context, c Clock, d time.Duration, wake <-chan struct{}) bool {
+	t := c.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C():
+	case <-wake:
+	}
+	return true
 }
 
 // RealClock is the [Clock] of package time.

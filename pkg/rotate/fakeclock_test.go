@@ -128,3 +128,53 @@ func TestNewTimerAt(t *testing.T) {
 		t.Fatal("a real timer at a past deadline did not fire")
 	}
 }
+
+func TestSleep(t *testing.T) {
+	// sleep runs Sleep on its own goroutine once the clock holds its timer.
+	sleep := func(ctx context.Context, c *FakeClock, wake <-chan struct{}) <-chan bool {
+		done := make(chan bool, 1)
+		go func() { done <- Sleep(ctx, c, time.Minute, wake) }()
+		if err := c.BlockUntilContext(testContext(t), 1); err != nil {
+			t.Fatal("Sleep armed no timer")
+		}
+		return done
+	}
+	t.Run("returns_true_after_d", func(t *testing.T) {
+		c := NewFakeClock(t0)
+		done := sleep(t.Context(), c, nil)
+		c.Advance(time.Minute - time.Nanosecond)
+		select {
+		case <-done:
+			t.Fatal("Sleep returned before d")
+		default:
+		}
+		c.Advance(time.Nanosecond)
+		if !<-done {
+			t.Error("Sleep = false, want true once d passed")
+		}
+	})
+	t.Run("wake_ends_it_early_and_stops_the_timer", func(t *testing.T) {
+		c := NewFakeClock(t0)
+		wake := make(chan struct{}, 1)
+		done := sleep(t.Context(), c, wake)
+		wake <- struct{}{}
+		if !<-done {
+			t.Error("Sleep = false, want true on wake")
+		}
+		if c.Waiters() != 0 {
+			t.Errorf("Waiters() = %d after a wake, want 0", c.Waiters())
+		}
+	})
+	t.Run("done_context_returns_false", func(t *testing.T) {
+		c := NewFakeClock(t0)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := sleep(ctx, c, nil)
+		cancel()
+		if <-done {
+			t.Error("Sleep = true, want false once ctx is done")
+		}
+		if c.Waiters() != 0 {
+			t.Errorf("Waiters() = %d after ctx ended, want 0", c.Waiters())
+		}
+	})
+}
