@@ -125,14 +125,7 @@ func TestCSIVolumeJWTToken(t *testing.T) {
 	filemode.Want(t, path, 0o600)
 
 	// An outside program: go-spiffe, the JWT bundle, its audience.
-	kid, err := jwtsvid.KeyID(n.jwt.pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle := jwtbundle.New(n.x509.tca.TrustDomain)
-	if err := bundle.AddJWTAuthority(kid, n.jwt.pub); err != nil {
-		t.Fatal(err)
-	}
+	bundle := n.jwtBundle(t)
 	for _, aud := range []string{"vault", "https://sts.example.com"} {
 		svid, err := gojwtsvid.ParseAndValidate(first, bundle, []string{aud})
 		if err != nil {
@@ -187,10 +180,8 @@ func TestCSIVolumeJWTToken(t *testing.T) {
 	}
 }
 
-// checkFakeToken validates tok against the fake CA's key at now, the fake
-// clock's time (go-spiffe, on time.Now, would see tokens of a later fake
-// time as issued in the future).
-func checkFakeToken(t *testing.T, n *csiJWTNode, tok string, now time.Time) {
+// jwtBundle is the JWT bundle of the fake CA: its one signing key.
+func (n *csiJWTNode) jwtBundle(t *testing.T) *jwtbundle.Bundle {
 	t.Helper()
 	kid, err := jwtsvid.KeyID(n.jwt.pub)
 	if err != nil {
@@ -200,6 +191,15 @@ func checkFakeToken(t *testing.T, n *csiJWTNode, tok string, now time.Time) {
 	if err := bundle.AddJWTAuthority(kid, n.jwt.pub); err != nil {
 		t.Fatal(err)
 	}
+	return bundle
+}
+
+// checkFakeToken validates tok against the fake CA's key at now, the fake
+// clock's time (go-spiffe, on time.Now, would see tokens of a later fake
+// time as issued in the future).
+func checkFakeToken(t *testing.T, n *csiJWTNode, tok string, now time.Time) {
+	t.Helper()
+	bundle := n.jwtBundle(t)
 	c, err := jwtsvid.Validate(tok, "vault", bundle, now)
 	if err != nil {
 		t.Fatalf("token refused at %s: %v", now, err)

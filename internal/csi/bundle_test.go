@@ -19,8 +19,7 @@ import (
 // replaces ca.crt without a new certificate (a trust bundle change), and
 // does nothing once the volume is unpublished.
 func TestVolumeTakesABundleAlone(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	target := e.target("pod-a")
 	mustPublish(t, e.d, publishRequest(volID, target, podContext(nil)))
 	e.ids.mu.Lock()

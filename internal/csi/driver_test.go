@@ -41,8 +41,7 @@ func mustPublish(t *testing.T, d *Driver, req *csipb.NodePublishVolumeRequest) {
 }
 
 func TestPublishRotatesWithoutMismatch(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	target := e.target("pod-a")
 	mustPublish(t, e.d, publishRequest(volID, target, podContext(nil)))
 
@@ -110,16 +109,14 @@ func TestPublishRotatesWithoutMismatch(t *testing.T) {
 
 func TestPublishFileModes(t *testing.T) {
 	t.Run("key is 0600 without fsGroup", func(t *testing.T) {
-		e := newEnv(t)
-		e.ids.push(t, e.creds.issue())
+		e := newIssuedEnv(t)
 		target := e.target("pod-a")
 		mustPublish(t, e.d, publishRequest(volID, target, podContext(nil)))
 		filemode.Want(t, filepath.Join(target, "tls.key"), 0o600)
 		filemode.Want(t, filepath.Join(target, "tls.crt"), 0o644)
 	})
 	t.Run("key is 0640 of the pod's fsGroup and files have custom names", func(t *testing.T) {
-		e := newEnv(t)
-		e.ids.push(t, e.creds.issue())
+		e := newIssuedEnv(t)
 		target := e.target("pod-a")
 		gid := int64(os.Getgid()) // a group we may chown to without CAP_CHOWN
 		req := publishRequest(volID, target, podContext(map[string]string{attrCertFile: "svid.pem", attrKeyFile: "svid-key.pem", attrBundleFile: "bundle.pem"}))
@@ -143,8 +140,7 @@ func TestPublishFileModes(t *testing.T) {
 }
 
 func TestPublishRejectsBadRequests(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	target := e.target("pod-a")
 	without := func(key string) map[string]string {
 		m := podContext(nil)
@@ -230,8 +226,7 @@ func TestPublishRejectsBadRequests(t *testing.T) {
 }
 
 func TestPublishIsIdempotent(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	target := e.target("pod-a")
 	req := publishRequest(volID, target, podContext(map[string]string{attrDNSNames: "web.team-a.svc", attrTTL: "30m", attrKeyType: "ecdsa-p384"}))
 	mustPublish(t, e.d, req)
@@ -292,8 +287,7 @@ func TestPublishFailsWhenTrackingFails(t *testing.T) {
 }
 
 func TestTokenIsPassedOnButNotStored(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	token := fakeJWT(e.clock.Now().Add(time.Hour), "secret-token-value")
 	tokens := `{"mayfly-ca":{"token":"` + token + `","expirationTimestamp":"2030-01-01T00:00:00Z"},"other":{"token":"x"}}`
 	mustPublish(t, e.d, publishRequest(volID, e.target("pod-a"), podContext(map[string]string{ctxTokens: tokens})))
@@ -310,16 +304,14 @@ func TestTokenIsPassedOnButNotStored(t *testing.T) {
 }
 
 func TestStateFileModes(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	mustPublish(t, e.d, publishRequest(volID, e.target("pod-a"), podContext(nil)))
 	filemode.Want(t, e.stateDir, fs.ModeDir|0o700)
 	filemode.Want(t, filepath.Join(e.stateDir, volID+".json"), 0o600)
 }
 
 func TestUnpublish(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	target := e.target("pod-a")
 	mustPublish(t, e.d, publishRequest(volID, target, podContext(nil)))
 
@@ -384,8 +376,7 @@ func TestUnpublish(t *testing.T) {
 }
 
 func TestResumeAfterRestart(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	target := e.target("pod-a")
 	tokens := tokenContext(fakeJWT(e.clock.Now().Add(time.Hour), "tok"))
 	mustPublish(t, e.d, publishRequest(volID, target, podContext(map[string]string{attrDNSNames: "web.team-a.svc", attrTTL: "2h", ctxTokens: tokens})))

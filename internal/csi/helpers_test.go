@@ -238,6 +238,15 @@ func newEnv(t testing.TB) *testEnv {
 	return e
 }
 
+// newIssuedEnv is newEnv with a credential already in the identity
+// source: a publish is served at once.
+func newIssuedEnv(t testing.TB) *testEnv {
+	t.Helper()
+	e := newEnv(t)
+	e.ids.push(t, e.creds.issue())
+	return e
+}
+
 func (e *testEnv) newDriver(ids Identities) *Driver {
 	e.t.Helper()
 	d, err := New(Config{NodeName: "node-1", StateDir: e.stateDir, SocketDir: e.sockDir, KubeletDir: e.kubelet, Clock: e.clock, Identities: ids, Mounter: e.mounter})

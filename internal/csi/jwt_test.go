@@ -14,8 +14,7 @@ import (
 // TestJWTAudienceNeedsTokens: an agent without token writers refuses the
 // jwtAudience attribute before it writes anything.
 func TestJWTAudienceNeedsTokens(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	target := e.target("pod-a")
 	_, err := e.d.NodePublishVolume(context.Background(), publishRequest(volID, target, podContext(map[string]string{attrJWTAud: "vault"})))
 	wantCode(t, err, codes.FailedPrecondition, "jwtAudience: JWT-SVIDs are not served by this agent")

@@ -18,8 +18,7 @@ import (
 // kubelet directory may be a symbolic link; nothing is written, mounted or
 // removed through one.
 func TestTargetSymlinksAreRefused(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	elsewhere := t.TempDir()
 	if err := os.WriteFile(filepath.Join(elsewhere, "precious"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
@@ -86,8 +85,7 @@ func TestTargetSymlinksAreRefused(t *testing.T) {
 // is unpublished successfully (CSI idempotency), but only what the driver
 // makes is removed.
 func TestUnpublishUnknownRemovesOnlyOurs(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	unpublish := func(id, target string) error {
 		_, err := e.d.NodeUnpublishVolume(context.Background(), &csipb.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
 		return err

@@ -20,8 +20,7 @@ func TestPublishLatency(t *testing.T) {
 		t.Skip("a latency measurement; run with MAYFLY_PERF=1")
 	}
 	const volumes = 200
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	lat := make([]time.Duration, 0, volumes)
 	for i := range volumes {
 		req := publishRequest(fmt.Sprintf("csi-%04d", i), e.target(fmt.Sprintf("pod-%04d", i)), podContext(nil))

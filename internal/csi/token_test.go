@@ -151,8 +151,7 @@ func TestExpiredTokenIsNotSent(t *testing.T) {
 // TestTokenIsSharedByThePodsVolumes: the token belongs to the pod; when one
 // of its volumes goes, the other keeps receiving the kubelet's tokens.
 func TestTokenIsSharedByThePodsVolumes(t *testing.T) {
-	e := newEnv(t)
-	e.ids.push(t, e.creds.issue())
+	e := newIssuedEnv(t)
 	a, b := e.target("a"), e.target("b")
 	first := fakeJWT(e.clock.Now().Add(time.Hour), "first")
 	mustPublish(t, e.d, publishRequest("csi-a", a, podContext(map[string]string{ctxTokens: tokenContext(first)})))

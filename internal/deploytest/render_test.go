@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -13,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/mayfly-pki/mayfly/internal/test/prereq"
 )
 
 // kustomizeVersion is the version the Makefile installs (docs/building.md).
@@ -47,17 +48,9 @@ func kustomizeBinary(t testing.TB) string {
 // as bin), except in CI (CI=true), where that is a failure.
 func pinnedTool(t testing.TB, env, run, pkg, bin string) string {
 	t.Helper()
-	if p := os.Getenv(env); p != "" {
-		return p
-	}
-	how := env + " not set: run " + run + ", or " +
-		"`GOBIN=$HOME/.cache/mayfly/bin go install " + pkg +
-		"` and export " + env + "=$HOME/.cache/mayfly/bin/" + bin
-	if os.Getenv("CI") == "true" {
-		t.Fatal(how)
-	}
-	t.Skip(how)
-	return ""
+	return prereq.Env(t, env, "run "+run+", or "+
+		"`GOBIN=$HOME/.cache/mayfly/bin go install "+pkg+
+		"` and export "+env+"=$HOME/.cache/mayfly/bin/"+bin)
 }
 
 // render runs `kustomize build` on deploy/k8s/<sub> and decodes the objects.

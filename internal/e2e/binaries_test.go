@@ -123,17 +123,41 @@ func fetch(socket string) (*x509svid.SVID, error) {
 	return workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
 }
 
-func TestBinariesStandalone(t *testing.T) {
+// standaloneHost is the one machine of the standalone tests of the
+// binaries: the built binaries, a work directory, free loopback addresses
+// for the CA's listener and the two health endpoints, and the uid of this
+// process (the registrations' selector).
+type standaloneHost struct {
+	caBin, agentBin               string
+	work                          string
+	caAddr, caHealth, agentHealth string
+	uid                           int
+}
+
+// newStandaloneHost builds the binaries; the test is skipped with -short.
+func newStandaloneHost(t *testing.T) *standaloneHost {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs the binaries")
 	}
-	caBin, agentBin := binaries(t)
-	work := t.TempDir()
-	caAddr, caHealth, agentHealth := loopback.FreeAddr(t), loopback.FreeAddr(t), loopback.FreeAddr(t)
-	uid := os.Getuid()
-	wantID := spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/test/user-%d", uid))
+	h := &standaloneHost{work: t.TempDir(), uid: os.Getuid()}
+	h.caBin, h.agentBin = binaries(t)
+	h.caAddr, h.caHealth, h.agentHealth = loopback.FreeAddr(t), loopback.FreeAddr(t), loopback.FreeAddr(t)
+	return h
+}
 
-	caConfig := writeFile(t, filepath.Join(work, "ca.yaml"), fmt.Sprintf(`
+// hostA is the node policy of the agent's node: test IDs only.
+const hostA = `  - name: host-a
+    allowedIDs: ["spiffe://example.org/test/*"]
+`
+
+// bundleFile is where the CA writes its trust bundle.
+func (h *standaloneHost) bundleFile() string { return filepath.Join(h.work, "ca", "trust-bundle.pem") }
+
+// caConfigText is the CA's configuration, its state under work/ca, with
+// the node policies nodes (YAML list items).
+func (h *standaloneHost) caConfigText(nodes string) string {
+	return fmt.Sprintf(`
 apiVersion: mayfly.dev/v1alpha1
 kind: CAConfig
 trustDomain: example.org
@@ -142,68 +166,94 @@ listenAddress: %[2]s
 healthAddress: %[3]s
 workloads: {minTTL: 1m, defaultTTL: 10m, maxTTL: 1h}
 nodes:
-  - name: host-a
-    allowedIDs: ["spiffe://example.org/test/*"]
-`, work, caAddr, caHealth))
-	writeFile(t, filepath.Join(work, "registrations.yaml"), fmt.Sprintf(`
-registrations:
-  - spiffeID: %s
-    selectors: {uid: %d}
-  - spiffeID: spiffe://example.org/elsewhere/not-granted
-    selectors: {uid: %d}
-`, wantID, uid, uid))
-	socket := filepath.Join(work, "run", "agent.sock")
-	agentConfig := writeFile(t, filepath.Join(work, "agent.yaml"), fmt.Sprintf(`
+%[4]s`, h.work, h.caAddr, h.caHealth, nodes)
+}
+
+// agentConfigText is the configuration of host-a's agent serving socket,
+// its state under work/agent and its registrations in
+// work/registrations.yaml, with the lines of extra added.
+func (h *standaloneHost) agentConfigText(socket, extra string) string {
+	return fmt.Sprintf(`
 apiVersion: mayfly.dev/v1alpha1
 kind: AgentConfig
 trustDomain: example.org
-server: {address: %[2]s, trustBundleFile: %[1]s/ca/trust-bundle.pem}
+server: {address: %[2]s, trustBundleFile: %[1]s}
 nodeName: host-a
 socketPath: %[3]s
-dataDir: %[1]s/agent
-healthAddress: %[4]s
-writeDir: %[1]s/certs
-standalone: {registrationsFile: %[1]s/registrations.yaml}
-`, work, caAddr, socket, agentHealth))
+dataDir: %[4]s/agent
+healthAddress: %[5]s
+standalone: {registrationsFile: %[4]s/registrations.yaml}
+`, h.bundleFile(), h.caAddr, socket, h.work, h.agentHealth) + extra
+}
 
-	// Bad input fails at once, naming what is wrong, and serves nothing.
-	if _, stderr, err := run(caBin, nil, "run", "--config", filepath.Join(work, "missing.yaml")); err == nil || !strings.Contains(stderr, "missing.yaml") {
-		t.Errorf("ca run with a missing config: err %v, stderr %q; want a failure naming the file", err, stderr)
-	}
-	badAgent := writeFile(t, filepath.Join(work, "bad-agent.yaml"), "trustDomain: example.org\nsocketPth: /tmp/x.sock\n")
-	if _, stderr, err := run(agentBin, nil, "run", "--config", badAgent); err == nil || !strings.Contains(stderr, "socketPth") {
-		t.Errorf("agent run with a misspelt field: err %v, stderr %q; want a failure naming the field", err, stderr)
-	}
-
-	ca := start(t, filepath.Join(work, "ca.log"), nil, caBin, "run", "--config", caConfig)
+// startCA runs the CA on config (its log in work/ca.log) and waits for
+// its trust bundle.
+func (h *standaloneHost) startCA(t *testing.T, config string) *proc {
+	t.Helper()
+	ca := start(t, filepath.Join(h.work, "ca.log"), nil, h.caBin, "run", "--config", config)
 	wait.Within(t, "the CA's trust bundle", 30*time.Second, 50*time.Millisecond, func() bool {
-		fi, err := os.Stat(filepath.Join(work, "ca", "trust-bundle.pem"))
+		fi, err := os.Stat(h.bundleFile())
 		return err == nil && fi.Size() > 0
 	})
-	filemode.Want(t, filepath.Join(work, "ca"), os.ModeDir|0o700)
-	filemode.Want(t, filepath.Join(work, "ca", "authority.json"), 0o600)
+	return ca
+}
 
-	token, stderr, err := run(caBin, nil, "token", "create", "--config", caConfig, "--node", "host-a", "--ttl", "5m")
+// startAgent creates a join token for host-a (ca token create with
+// tokenArgs added), runs the agent on agentConfig with it (its log in
+// work/agent.log) and waits until socket serves an SVID, which it returns.
+func (h *standaloneHost) startAgent(t *testing.T, caConfig, agentConfig, socket string, tokenArgs ...string) (*proc, *x509svid.SVID) {
+	t.Helper()
+	token, stderr, err := run(h.caBin, nil, append([]string{"token", "create", "--config", caConfig, "--node", "host-a"}, tokenArgs...)...)
 	if err != nil {
 		t.Fatalf("ca token create: %v\n%s", err, stderr)
 	}
-	token = strings.TrimSpace(token)
-
-	agent := start(t, filepath.Join(work, "agent.log"), []string{"MAYFLY_JOIN_TOKEN=" + token}, agentBin, "run", "--config", agentConfig)
+	agent := start(t, filepath.Join(h.work, "agent.log"), []string{"MAYFLY_JOIN_TOKEN=" + strings.TrimSpace(token)}, h.agentBin, "run", "--config", agentConfig)
 	var svid *x509svid.SVID
 	wait.Within(t, "an SVID from the agent's socket", 30*time.Second, 50*time.Millisecond, func() bool {
 		svid, err = fetch(socket)
 		return err == nil
 	})
+	return agent, svid
+}
+
+func TestBinariesStandalone(t *testing.T) {
+	h := newStandaloneHost(t)
+	wantID := spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/test/user-%d", h.uid))
+
+	caConfig := writeFile(t, filepath.Join(h.work, "ca.yaml"), h.caConfigText(hostA))
+	writeFile(t, filepath.Join(h.work, "registrations.yaml"), fmt.Sprintf(`
+registrations:
+  - spiffeID: %s
+    selectors: {uid: %d}
+  - spiffeID: spiffe://example.org/elsewhere/not-granted
+    selectors: {uid: %d}
+`, wantID, h.uid, h.uid))
+	socket := filepath.Join(h.work, "run", "agent.sock")
+	agentConfig := writeFile(t, filepath.Join(h.work, "agent.yaml"), h.agentConfigText(socket, "writeDir: "+filepath.Join(h.work, "certs")+"\n"))
+
+	// Bad input fails at once, naming what is wrong, and serves nothing.
+	if _, stderr, err := run(h.caBin, nil, "run", "--config", filepath.Join(h.work, "missing.yaml")); err == nil || !strings.Contains(stderr, "missing.yaml") {
+		t.Errorf("ca run with a missing config: err %v, stderr %q; want a failure naming the file", err, stderr)
+	}
+	badAgent := writeFile(t, filepath.Join(h.work, "bad-agent.yaml"), "trustDomain: example.org\nsocketPth: /tmp/x.sock\n")
+	if _, stderr, err := run(h.agentBin, nil, "run", "--config", badAgent); err == nil || !strings.Contains(stderr, "socketPth") {
+		t.Errorf("agent run with a misspelt field: err %v, stderr %q; want a failure naming the field", err, stderr)
+	}
+
+	ca := h.startCA(t, caConfig)
+	filemode.Want(t, filepath.Join(h.work, "ca"), os.ModeDir|0o700)
+	filemode.Want(t, filepath.Join(h.work, "ca", "authority.json"), 0o600)
+
+	agent, svid := h.startAgent(t, caConfig, agentConfig, socket, "--ttl", "5m")
 	if svid.ID != wantID {
 		t.Fatalf("SVID ID = %s, want %s", svid.ID, wantID)
 	}
-	verifySVID(t, svid, filepath.Join(work, "ca", "trust-bundle.pem"))
+	verifySVID(t, svid, h.bundleFile())
 	filemode.Want(t, socket, os.ModeSocket|0o666)
 	filemode.Want(t, filepath.Dir(socket), os.ModeDir|0o755)
-	filemode.Want(t, filepath.Join(work, "agent"), os.ModeDir|0o700)
-	filemode.Want(t, filepath.Join(work, "agent", "agent-key.pem"), 0o600)
-	keyFile := filepath.Join(work, "certs", "test", fmt.Sprintf("user-%d", uid), "tls.key") // writeDir/<ID path>
+	filemode.Want(t, filepath.Join(h.work, "agent"), os.ModeDir|0o700)
+	filemode.Want(t, filepath.Join(h.work, "agent", "agent-key.pem"), 0o600)
+	keyFile := filepath.Join(h.work, "certs", "test", fmt.Sprintf("user-%d", h.uid), "tls.key") // writeDir/<ID path>
 	wait.Within(t, "the writeDir key file", 10*time.Second, 20*time.Millisecond, func() bool {
 		_, err := os.Stat(keyFile)
 		return err == nil
@@ -212,7 +262,7 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 
 	// The registration outside the node's grant is reported, not served.
 	wait.Within(t, "the refused registration in the agent log", 10*time.Second, 50*time.Millisecond, func() bool {
-		out, _ := os.ReadFile(filepath.Join(work, "agent.log"))
+		out, _ := os.ReadFile(filepath.Join(h.work, "agent.log"))
 		return bytes.Contains(out, []byte("spiffe://example.org/elsewhere/not-granted"))
 	})
 	if ids := svidIDs(t, socket); len(ids) != 1 {
@@ -222,8 +272,8 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 	// The status is on a unix socket in each state directory, not on the
 	// TCP health port.
 	for _, c := range []struct{ bin, socket, health, want string }{
-		{agentBin, filepath.Join(work, "agent", "status.sock"), agentHealth, wantID.String()},
-		{caBin, filepath.Join(work, "ca", "status.sock"), caHealth, "example.org"},
+		{h.agentBin, filepath.Join(h.work, "agent", "status.sock"), h.agentHealth, wantID.String()},
+		{h.caBin, filepath.Join(h.work, "ca", "status.sock"), h.caHealth, "example.org"},
 	} {
 		out, stderr, err := run(c.bin, nil, "status", "--socket", c.socket)
 		if err != nil || !strings.Contains(out, c.want) {
@@ -244,8 +294,9 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 	// and serves again.
 	agent.stop(t)
 	began := time.Now()
-	start(t, filepath.Join(work, "agent2.log"), nil, agentBin, "run", "--config", agentConfig)
+	start(t, filepath.Join(h.work, "agent2.log"), nil, h.agentBin, "run", "--config", agentConfig)
 	wait.Within(t, "an SVID after the agent's restart", 30*time.Second, 10*time.Millisecond, func() bool {
+		var err error
 		svid, err = fetch(socket)
 		return err == nil
 	})
@@ -253,7 +304,7 @@ standalone: {registrationsFile: %[1]s/registrations.yaml}
 	if svid.ID != wantID {
 		t.Fatalf("SVID ID after restart = %s, want %s", svid.ID, wantID)
 	}
-	verifySVID(t, svid, filepath.Join(work, "ca", "trust-bundle.pem"))
+	verifySVID(t, svid, h.bundleFile())
 	ca.stop(t)
 }
 

@@ -22,7 +22,6 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
-	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -79,85 +78,42 @@ func wantRefusal(t *testing.T, what string, err error, code codes.Code, msg stri
 // SVID posing as an agent towards the CA, and agents whose node was
 // evicted or removed from the CA's configuration.
 func TestImpersonationChain(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binaries")
-	}
-	caBin, agentBin := binaries(t)
-	work := t.TempDir()
-	caAddr, caHealth, agentHealth := loopback.FreeAddr(t), loopback.FreeAddr(t), loopback.FreeAddr(t)
-	uid := os.Getuid()
-	bundleFile := filepath.Join(work, "ca", "trust-bundle.pem")
-	caConfigText := func(nodes string) string {
-		return fmt.Sprintf(`
-apiVersion: mayfly.dev/v1alpha1
-kind: CAConfig
-trustDomain: example.org
-directory: %[1]s/ca
-listenAddress: %[2]s
-healthAddress: %[3]s
-workloads: {minTTL: 1m, defaultTTL: 10m, maxTTL: 1h}
-nodes:
-%[4]s`, work, caAddr, caHealth, nodes)
-	}
-	const hostA = `  - name: host-a
-    allowedIDs: ["spiffe://example.org/test/*"]
-`
+	h := newStandaloneHost(t)
+	bundleFile := h.bundleFile()
 	const hostB = `  - name: host-b
     allowedIDs: ["spiffe://example.org/b/*"]
 `
 
 	t.Run("a_node_policy_covering_mayfly_ids_is_refused_at_start", func(t *testing.T) {
-		bad := writeFile(t, filepath.Join(work, "ca-bad.yaml"), caConfigText(`  - name: host-a
+		bad := writeFile(t, filepath.Join(h.work, "ca-bad.yaml"), h.caConfigText(`  - name: host-a
     allowedIDs: ["spiffe://example.org/mayfly/*"]
 `))
-		_, stderr, err := run(caBin, nil, "run", "--config", bad)
+		_, stderr, err := run(h.caBin, nil, "run", "--config", bad)
 		if err == nil || !strings.Contains(stderr, "nodes[0].allowedIDs[0]") || !strings.Contains(stderr, "reserved") {
 			t.Fatalf("ca run: err %v, stderr %q; want a refusal naming nodes[0].allowedIDs[0] as reserved", err, stderr)
 		}
 	})
 
-	caConfig := writeFile(t, filepath.Join(work, "ca.yaml"), caConfigText(hostA+hostB))
-	ca := start(t, filepath.Join(work, "ca.log"), nil, caBin, "run", "--config", caConfig)
-	wait.Within(t, "the CA's trust bundle", 30*time.Second, 50*time.Millisecond, func() bool {
-		fi, err := os.Stat(bundleFile)
-		return err == nil && fi.Size() > 0
-	})
+	caConfig := writeFile(t, filepath.Join(h.work, "ca.yaml"), h.caConfigText(hostA+hostB))
+	ca := h.startCA(t, caConfig)
 
 	// The workload asks its agent for its own ID and for host-b's agent ID.
-	wantID := fmt.Sprintf("spiffe://example.org/test/user-%d", uid)
+	wantID := fmt.Sprintf("spiffe://example.org/test/user-%d", h.uid)
 	otherAgent := "spiffe://example.org/mayfly/agent/host-b"
-	writeFile(t, filepath.Join(work, "registrations.yaml"), fmt.Sprintf(`
+	writeFile(t, filepath.Join(h.work, "registrations.yaml"), fmt.Sprintf(`
 registrations:
   - spiffeID: %s
     selectors: {uid: %d}
   - spiffeID: %s
     selectors: {uid: %d}
-`, wantID, uid, otherAgent, uid))
-	socket := filepath.Join(work, "run", "agent.sock")
-	agentConfig := writeFile(t, filepath.Join(work, "agent.yaml"), fmt.Sprintf(`
-apiVersion: mayfly.dev/v1alpha1
-kind: AgentConfig
-trustDomain: example.org
-server: {address: %[2]s, trustBundleFile: %[1]s}
-nodeName: host-a
-socketPath: %[3]s
-dataDir: %[4]s/agent
-healthAddress: %[5]s
-standalone: {registrationsFile: %[4]s/registrations.yaml}
-`, bundleFile, caAddr, socket, work, agentHealth))
-	token, stderr, err := run(caBin, nil, "token", "create", "--config", caConfig, "--node", "host-a")
-	if err != nil {
-		t.Fatalf("ca token create: %v\n%s", err, stderr)
-	}
-	start(t, filepath.Join(work, "agent.log"), []string{"MAYFLY_JOIN_TOKEN=" + strings.TrimSpace(token)}, agentBin, "run", "--config", agentConfig)
-	wait.Within(t, "an SVID from the agent's socket", 30*time.Second, 50*time.Millisecond, func() bool {
-		_, err := fetch(socket)
-		return err == nil
-	})
+`, wantID, h.uid, otherAgent, h.uid))
+	socket := filepath.Join(h.work, "run", "agent.sock")
+	agentConfig := writeFile(t, filepath.Join(h.work, "agent.yaml"), h.agentConfigText(socket, ""))
+	h.startAgent(t, caConfig, agentConfig, socket)
 
 	t.Run("another_agents_id_cannot_be_obtained_through_the_socket", func(t *testing.T) {
 		wait.Within(t, "the refused registration in the agent log", 10*time.Second, 50*time.Millisecond, func() bool {
-			out, _ := os.ReadFile(filepath.Join(work, "agent.log"))
+			out, _ := os.ReadFile(filepath.Join(h.work, "agent.log"))
 			return bytes.Contains(out, []byte(otherAgent))
 		})
 		ids := svidIDs(t, socket)
@@ -175,38 +131,38 @@ standalone: {registrationsFile: %[4]s/registrations.yaml}
 		for _, c := range svid.Certificates {
 			cert.Certificate = append(cert.Certificate, c.Raw)
 		}
-		client := caClient(t, caAddr, bundleFile, cert)
+		client := caClient(t, h.caAddr, bundleFile, cert)
 		wantRefusal(t, "RenewAgent", renewWith(client), codes.Unauthenticated, "not an agent SVID")
 		_, err = client.SignWorkloads(context.Background(), &issuerv1.SignWorkloadsRequest{})
 		wantRefusal(t, "SignWorkloads", err, codes.Unauthenticated, "not an agent SVID")
 	})
 
-	agentSVID, err := tls.LoadX509KeyPair(filepath.Join(work, "agent", "agent-svid.pem"), filepath.Join(work, "agent", "agent-key.pem"))
+	agentSVID, err := tls.LoadX509KeyPair(filepath.Join(h.work, "agent", "agent-svid.pem"), filepath.Join(h.work, "agent", "agent-key.pem"))
 	if err != nil {
 		t.Fatalf("the agent's persisted SVID: %v", err)
 	}
 
 	t.Run("an_evicted_nodes_agent_cannot_renew", func(t *testing.T) {
-		if err := renewWith(caClient(t, caAddr, bundleFile, &agentSVID)); err != nil {
+		if err := renewWith(caClient(t, h.caAddr, bundleFile, &agentSVID)); err != nil {
 			t.Fatalf("RenewAgent with the agent's SVID before the eviction: %v", err)
 		}
-		out, stderr, err := run(caBin, nil, "agent", "evict", "host-a", "--config", caConfig)
+		out, stderr, err := run(h.caBin, nil, "agent", "evict", "host-a", "--config", caConfig)
 		if err != nil || !strings.Contains(out, "host-a evicted") {
 			t.Fatalf("ca agent evict: %v, %q %q", err, out, stderr)
 		}
 		// Every replica polls the evictions every 10s.
 		wait.Within(t, "the eviction to take effect", 30*time.Second, 200*time.Millisecond, func() bool {
-			return status.Code(renewWith(caClient(t, caAddr, bundleFile, &agentSVID))) == codes.Unauthenticated
+			return status.Code(renewWith(caClient(t, h.caAddr, bundleFile, &agentSVID))) == codes.Unauthenticated
 		})
-		wantRefusal(t, "RenewAgent after eviction", renewWith(caClient(t, caAddr, bundleFile, &agentSVID)), codes.Unauthenticated, "evicted")
-		log, _ := os.ReadFile(filepath.Join(work, "ca.log"))
+		wantRefusal(t, "RenewAgent after eviction", renewWith(caClient(t, h.caAddr, bundleFile, &agentSVID)), codes.Unauthenticated, "evicted")
+		log, _ := os.ReadFile(filepath.Join(h.work, "ca.log"))
 		if !bytes.Contains(log, []byte(`"op":"renew"`)) || !bytes.Contains(log, []byte("before the node was evicted")) {
 			t.Fatalf("no audit line of the refused renewal in the CA log")
 		}
 	})
 
 	t.Run("a_removed_nodes_agent_cannot_renew", func(t *testing.T) {
-		tok, stderr, err := run(caBin, nil, "token", "create", "--config", caConfig, "--node", "host-b")
+		tok, stderr, err := run(h.caBin, nil, "token", "create", "--config", caConfig, "--node", "host-b")
 		if err != nil {
 			t.Fatalf("ca token create: %v\n%s", err, stderr)
 		}
@@ -218,7 +174,7 @@ standalone: {registrationsFile: %[4]s/registrations.yaml}
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := caClient(t, caAddr, bundleFile, nil).AttestAgent(context.Background(), &issuerv1.AttestAgentRequest{
+		resp, err := caClient(t, h.caAddr, bundleFile, nil).AttestAgent(context.Background(), &issuerv1.AttestAgentRequest{
 			Csr: csr, Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: strings.TrimSpace(tok)},
 		})
 		if err != nil {
@@ -228,11 +184,11 @@ standalone: {registrationsFile: %[4]s/registrations.yaml}
 
 		// The operator removes host-b from the CA's nodes and restarts it.
 		ca.stop(t)
-		writeFile(t, caConfig, caConfigText(hostA))
-		start(t, filepath.Join(work, "ca2.log"), nil, caBin, "run", "--config", caConfig)
+		writeFile(t, caConfig, h.caConfigText(hostA))
+		start(t, filepath.Join(h.work, "ca2.log"), nil, h.caBin, "run", "--config", caConfig)
 		var err2 error
 		wait.Within(t, "the restarted CA to answer", 30*time.Second, 100*time.Millisecond, func() bool {
-			err2 = renewWith(caClient(t, caAddr, bundleFile, hostBSVID))
+			err2 = renewWith(caClient(t, h.caAddr, bundleFile, hostBSVID))
 			return status.Code(err2) != codes.Unavailable
 		})
 		wantRefusal(t, "RenewAgent of a removed node", err2, codes.PermissionDenied, "no entry in the CA's nodes")

@@ -200,6 +200,14 @@ func (h *harness) agent(node string) issuerv1.IssuerClient {
 	return h.dial(h.attest(node))
 }
 
+// webAgent grants node-a webID and returns node-a's client: the agent of
+// the tests that issue one workload.
+func (h *harness) webAgent() issuerv1.IssuerClient {
+	h.t.Helper()
+	h.authz.grant("node-a", webID)
+	return h.agent("node-a")
+}
+
 func (h *harness) auditLines() []map[string]any {
 	h.t.Helper()
 	var out []map[string]any

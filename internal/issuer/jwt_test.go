@@ -158,6 +158,20 @@ func TestBundleCarriesJWTKeys(t *testing.T) {
 	}
 }
 
+// jwtBatchBench is the issuance side of the JWT signing benchmarks: an
+// issuer with a JWT key and no per-node rate limit, the client of node-a
+// (granted webID), and a SignJWTs request of 64 tokens for webID.
+func jwtBatchBench(b *testing.B) (issuerv1.IssuerClient, *issuerv1.SignJWTsRequest) {
+	b.Helper()
+	h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1<<30 })
+	h.withJWTKey()
+	req := &issuerv1.SignJWTsRequest{}
+	for i := range 64 {
+		req.Requests = append(req.Requests, jwtItem(fmt.Sprint(i), webID, 0, "api"))
+	}
+	return h.webAgent(), req
+}
+
 // BenchmarkJWTSigning compares the ES256 signing rate of issuance (SignJWTs
 // over mTLS gRPC, batches of 64, authorization and audit included; and the
 // bare jwtsvid.Signer) with raw ecdsa.Sign of a SHA-256 digest, in the same
@@ -184,14 +198,7 @@ func BenchmarkJWTSigning(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
 	})
 	b.Run("issuance-SignJWTs-batch64", func(b *testing.B) {
-		h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1<<30 })
-		h.withJWTKey()
-		h.authz.grant("node-a", webID)
-		agent := h.agent("node-a")
-		req := &issuerv1.SignJWTsRequest{}
-		for i := range 64 {
-			req.Requests = append(req.Requests, jwtItem(fmt.Sprint(i), webID, 0, "api"))
-		}
+		agent, req := jwtBatchBench(b)
 		tokens := 0
 		for b.Loop() {
 			resp, err := agent.SignJWTs(b.Context(), req)
@@ -217,14 +224,7 @@ func BenchmarkJWTSigning(b *testing.B) {
 func BenchmarkJWTSigningRatio(b *testing.B) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	digest := sha256.Sum256([]byte("header.payload of a JWT-SVID of about this size........................"))
-	h := newHarness(b, func(c *issuer.Config) { c.NodeRate, c.NodeBurst = rate.Inf, 1<<30 })
-	h.withJWTKey()
-	h.authz.grant("node-a", webID)
-	agent := h.agent("node-a")
-	req := &issuerv1.SignJWTsRequest{}
-	for i := range 64 {
-		req.Requests = append(req.Requests, jwtItem(fmt.Sprint(i), webID, 0, "api"))
-	}
+	agent, req := jwtBatchBench(b)
 	var raw, issued, rawCPU, issuedCPU time.Duration
 	for b.Loop() {
 		t0, c0 := time.Now(), processCPU(b)

@@ -31,8 +31,7 @@ func mixedBatch(t *testing.T) *issuerv1.SignWorkloadsRequest {
 
 func TestMetrics(t *testing.T) {
 	h := newHarness(t)
-	h.authz.grant("node-a", webID)
-	agent := h.agent("node-a")
+	agent := h.webAgent()
 	if _, err := agent.SignWorkloads(ctx(t), mixedBatch(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -100,8 +99,7 @@ func TestAuditLog(t *testing.T) {
 		c.Rand = serialRand{}
 		c.NodeRate, c.NodeBurst = rate.Limit(1), 8
 	})
-	h.authz.grant("node-a", webID)
-	agent := h.agent("node-a")
+	agent := h.webAgent()
 	if _, err := h.dial(nil).AttestAgent(ctx(t), &issuerv1.AttestAgentRequest{
 		Csr: testca.CSR(t, testca.Key(t)), Credential: &issuerv1.AttestAgentRequest_JoinToken{JoinToken: "refused-token-x9"},
 	}); err == nil {

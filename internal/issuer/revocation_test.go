@@ -111,8 +111,7 @@ func TestNodeRemovedFromConfigIsRefused(t *testing.T) {
 	nodes := &fakeNodes{}
 	nodes.set("node-a", "node-b")
 	h := newHarness(t, func(c *issuer.Config) { c.Nodes = nodes })
-	h.authz.grant("node-a", webID)
-	agent := h.agent("node-a")
+	agent := h.webAgent()
 	if err := renew(t, agent); err != nil {
 		t.Fatalf("RenewAgent of a listed node: %v", err)
 	}

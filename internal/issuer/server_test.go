@@ -283,8 +283,7 @@ func TestSignWorkloadsPerItemResults(t *testing.T) {
 
 func TestSignWorkloadsBatchSize(t *testing.T) {
 	h := newHarness(t, func(c *issuer.Config) { c.MaxBatch = 3 })
-	h.authz.grant("node-a", webID)
-	agent := h.agent("node-a")
+	agent := h.webAgent()
 	tests := []struct {
 		name     string
 		n        int
@@ -433,8 +432,7 @@ func TestAuthentication(t *testing.T) {
 
 func TestExpiredAgentSVIDOnOpenConnection(t *testing.T) {
 	h := newHarness(t, func(c *issuer.Config) { c.AgentTTL = 10 * time.Minute })
-	h.authz.grant("node-a", webID)
-	agent := h.agent("node-a")
+	agent := h.webAgent()
 	if _, err := agent.SignWorkloads(ctx(t), batch(t, 1, webID)); err != nil {
 		t.Fatalf("SignWorkloads before expiry: %v", err)
 	}

@@ -17,8 +17,7 @@ import (
 // mayfly_ca_authority_live_leaves.
 func TestLiveLeaves(t *testing.T) {
 	h := newHarness(t)
-	h.authz.grant("node-a", "spiffe://example.org/ns/default/sa/web")
-	agent := h.agent("node-a")
+	agent := h.webAgent()
 	resp, err := agent.SignWorkloads(ctx(t), batch(t, 3, "spiffe://example.org/ns/default/sa/web"))
 	if err != nil {
 		t.Fatal(err)

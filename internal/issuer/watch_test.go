@@ -56,6 +56,16 @@ func TestWatchBundle(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// ackCurrent acknowledges the version in force and waits until the agent
+	// counts as current, in AllAgentsCurrent and the gauges, and OnAck has
+	// seen acks acknowledgements in all.
+	ackCurrent := func(t *testing.T, version string, acks int32) {
+		t.Helper()
+		ack(t, version)
+		eventually(t, "AllAgentsCurrent", h.srv.AllAgentsCurrent)
+		h.waitGauges(t, 1, 1)
+		eventually(t, "OnAck", func() bool { return h.acks.Load() == acks })
+	}
 
 	// Steps run in order on one stream.
 	t.Run("the bundle is sent on connect", func(t *testing.T) {
@@ -69,10 +79,7 @@ func TestWatchBundle(t *testing.T) {
 		}
 	})
 	t.Run("an acknowledgement makes the agent current", func(t *testing.T) {
-		ack(t, "v1")
-		eventually(t, "AllAgentsCurrent", h.srv.AllAgentsCurrent)
-		h.waitGauges(t, 1, 1)
-		eventually(t, "OnAck", func() bool { return h.acks.Load() == 1 })
+		ackCurrent(t, "v1", 1)
 	})
 	t.Run("a bundle change is pushed", func(t *testing.T) {
 		h.src.Set(fakeauthority.Loaded(h.tca, "v2", h.tca.Root, other.Root), nil)
@@ -93,10 +100,7 @@ func TestWatchBundle(t *testing.T) {
 		}
 	})
 	t.Run("acknowledging the new version makes the agent current again", func(t *testing.T) {
-		ack(t, "v2")
-		eventually(t, "AllAgentsCurrent", h.srv.AllAgentsCurrent)
-		h.waitGauges(t, 1, 1)
-		eventually(t, "OnAck", func() bool { return h.acks.Load() == 3 })
+		ackCurrent(t, "v2", 3)
 	})
 	t.Run("a closed stream is no longer counted", func(t *testing.T) {
 		if err := stream.CloseSend(); err != nil {

@@ -91,8 +91,7 @@ func TestGarbageRequestIsAnErrorAndServingGoesOn(t *testing.T) {
 
 func TestOversizedRequestIsResourceExhausted(t *testing.T) {
 	h := newHarness(t)
-	h.authz.grant("node-a", webID)
-	agent := h.agent("node-a")
+	agent := h.webAgent()
 	tests := []struct {
 		name     string
 		csrSize  int

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/mayfly-pki/mayfly/internal/test/interleave"
 )
 
 // BenchmarkFetchX509SVIDRatio is BenchmarkFetchX509SVID's c1 comparison
@@ -50,22 +52,18 @@ func BenchmarkFetchX509SVIDRatio(b *testing.B) {
 	const round = 25
 	b.ReportAllocs()
 	b.ResetTimer()
-	for done, k := 0, 0; done < b.N; k++ {
-		n := min(round, b.N-done)
-		done += n
-		for j := range sides {
-			sd := sides[(k+j)%len(sides)]
-			start := time.Now()
-			for range n {
-				t0 := time.Now()
-				if _, err := sd.client.FetchX509SVID(ctx); err != nil {
-					b.Fatal(err)
-				}
-				sd.lat = append(sd.lat, time.Since(t0))
+	interleave.Rounds(b.N, round, len(sides), func(j, n int) {
+		sd := sides[j]
+		start := time.Now()
+		for range n {
+			t0 := time.Now()
+			if _, err := sd.client.FetchX509SVID(ctx); err != nil {
+				b.Fatal(err)
 			}
-			sd.wall += time.Since(start)
+			sd.lat = append(sd.lat, time.Since(t0))
 		}
-	}
+		sd.wall += time.Since(start)
+	})
 	b.StopTimer()
 	pct := func(lat []time.Duration, p int) float64 { return float64(lat[len(lat)*p/100].Nanoseconds()) / 1e3 }
 	for _, sd := range sides {

@@ -2,7 +2,6 @@ package caapp_test
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/cli"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
+	"github.com/mayfly-pki/mayfly/internal/test/prereq"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -25,13 +25,7 @@ import (
 // certificates.k8s.io/v1: the CA starts, publishes the bundle ConfigMaps,
 // and says in its log and status that those paths are off.
 func TestKubernetesOlderAPIServer(t *testing.T) {
-	assets := os.Getenv("MAYFLY_ENVTEST_OLD")
-	if assets == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("MAYFLY_ENVTEST_OLD is not set in CI: run the tests through `make test`")
-		}
-		t.Skip("MAYFLY_ENVTEST_OLD not set: export MAYFLY_ENVTEST_OLD=$(KUBE_VERSION=1.35.4 hack/setup-envtest.sh)")
-	}
+	assets := prereq.Env(t, "MAYFLY_ENVTEST_OLD", "run the tests through `make test` (or export MAYFLY_ENVTEST_OLD=$(KUBE_VERSION=1.35.4 hack/setup-envtest.sh))")
 	c := cluster.Start(t, cluster.WithCRDDirectory("../../../deploy/k8s/base/crds"), func(e *envtest.Environment) {
 		e.ControlPlane.APIServer = &envtest.APIServer{Path: filepath.Join(assets, "kube-apiserver")}
 		e.ControlPlane.Etcd = &envtest.Etcd{Path: filepath.Join(assets, "etcd")}

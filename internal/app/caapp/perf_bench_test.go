@@ -27,6 +27,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/interleave"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -103,21 +104,17 @@ func BenchmarkIssuance(b *testing.B) {
 	// the CA without the others.
 	only := os.Getenv("MAYFLY_BENCH_ONLY")
 	b.ResetTimer()
-	for round, done := 0, 0; done < b.N; round++ {
-		n := min(issuanceRound, b.N-done)
-		done += n
-		for i := range methods {
-			m := methods[(round+i)%len(methods)]
-			if only != "" && m.name != only {
-				continue
-			}
-			cpu0, t0 := cpuTime(), time.Now()
-			m.run(n)
-			m.wall += time.Since(t0)
-			m.cpu += cpuTime() - cpu0
-			m.n += n
+	interleave.Rounds(b.N, issuanceRound, len(methods), func(i, n int) {
+		m := methods[i]
+		if only != "" && m.name != only {
+			return
 		}
-	}
+		cpu0, t0 := cpuTime(), time.Now()
+		m.run(n)
+		m.wall += time.Since(t0)
+		m.cpu += cpuTime() - cpu0
+		m.n += n
+	})
 	b.StopTimer()
 	for _, m := range methods {
 		if m.n == 0 {

@@ -132,6 +132,21 @@ func (e *env) waitPending(t *testing.T, want ...string) {
 	})
 }
 
+// waitReadyAfterDelay waits until no object is pending, then checks that
+// the gate turns Ready only once the propagation delay has passed on the
+// fake clock (early is the error if it is Ready before).
+func (e *env) waitReadyAfterDelay(t *testing.T, early string) {
+	t.Helper()
+	e.waitPending(t)
+	if e.gate.Ready() {
+		t.Error(early)
+	}
+	e.clock.Advance(delay)
+	if !e.gate.Ready() {
+		t.Error("not Ready after the propagation delay")
+	}
+}
+
 func pemOf(certs ...*x509.Certificate) string { return string(pki.EncodeCertificates(certs...)) }
 
 func namespace(name string, selected bool) *corev1.Namespace {
@@ -240,14 +255,7 @@ func TestGate(t *testing.T) {
 			t.Error("Ready while a Secret lacks the next root")
 		}
 		e.update(t, secret, func() { secret.Data["ca.crt"] = []byte(next) })
-		e.waitPending(t)
-		if e.gate.Ready() {
-			t.Error("Ready at once after the Secret caught up again: the delay must restart")
-		}
-		e.clock.Advance(delay)
-		if !e.gate.Ready() {
-			t.Error("not Ready after the delay")
-		}
+		e.waitReadyAfterDelay(t, "Ready at once after the Secret caught up again: the delay must restart")
 	})
 
 	t.Run("a_new_selected_namespace_without_its_ConfigMap_blocks", func(t *testing.T) {
@@ -286,14 +294,7 @@ func TestGateWithControllers(t *testing.T) {
 	})
 	root2 := testca.New(t, testca.WithTrustDomain("example.org")).Root
 	e.auth.Set(loaded(e.ca, e.ca.Root, root2), nil)
-	e.waitPending(t)
-	if e.gate.Ready() {
-		t.Error("Ready before the propagation delay")
-	}
-	e.clock.Advance(delay)
-	if !e.gate.Ready() {
-		t.Error("not Ready after the propagation delay")
-	}
+	e.waitReadyAfterDelay(t, "Ready before the propagation delay")
 }
 
 func TestGateBeforeSyncFailsClosed(t *testing.T) {

@@ -77,6 +77,24 @@ func newEnv(t *testing.T) *env {
 	return &env{c: c, client: cl}
 }
 
+// signingCA is a test CA whose intermediate outlives every request the
+// signer may issue (48h, above the 24h cap).
+func signingCA(t *testing.T) *testca.CA {
+	t.Helper()
+	return testca.New(t, testca.WithIntermediateTTL(48*time.Hour))
+}
+
+// podCache starts a pod cache on the env's API server, running until the
+// test ends.
+func (e *env) podCache(t *testing.T) *kubenodes.PodCache {
+	t.Helper()
+	pods := kubenodes.NewPodCache(e.c.Client, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = pods.Start(ctx) }()
+	return pods
+}
+
 // startSigner runs r in a new manager whose cache holds only r's signer's
 // requests, until the test ends.
 func (e *env) startSigner(t *testing.T, r *pcr.Reconciler) {
@@ -251,11 +269,8 @@ func checkIssued(t *testing.T, req *certificatesv1.PodCertificateRequest, tca *t
 
 func TestSigner(t *testing.T) {
 	e := newEnv(t)
-	tca := testca.New(t, testca.WithIntermediateTTL(48*time.Hour))
-	pods := kubenodes.NewPodCache(e.c.Client, 0)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go func() { _ = pods.Start(ctx) }()
+	tca := signingCA(t)
+	pods := e.podCache(t)
 
 	logs := &logBuffer{}
 	reg := prometheus.NewRegistry()
@@ -391,7 +406,7 @@ func TestSignerWaitsForCA(t *testing.T) {
 	logs := &logBuffer{}
 	auth := fakeauthority.New(nil, fmt.Errorf("%w: state not loaded yet", authority.ErrNotReady))
 	const signer = "mayfly.dev/waiting"
-	tca := testca.New(t, testca.WithIntermediateTTL(48*time.Hour))
+	tca := signingCA(t)
 	e.startSigner(t, &pcr.Reconciler{
 		Authority:   auth,
 		TrustDomain: tca.TrustDomain,

@@ -9,7 +9,6 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
-	"github.com/mayfly-pki/mayfly/internal/test/testca"
 )
 
 // TestSignerRefreshesEarlyWhileATaintedKeySigns: while a tainted key still
@@ -19,7 +18,7 @@ import (
 func TestSignerRefreshesEarlyWhileATaintedKeySigns(t *testing.T) {
 	e := newEnv(t)
 	const signer = "mayfly.dev/tainted"
-	tca := testca.New(t, testca.WithIntermediateTTL(48*time.Hour))
+	tca := signingCA(t)
 	l := fakeauthority.Loaded(tca, "v1")
 	l.State = &authority.State{
 		Intermediate: authority.Rotation{Current: &authority.Slot{Chain: []*x509.Certificate{tca.Intermediate}}},

@@ -1,12 +1,10 @@
 package pcr_test
 
 import (
-	"context"
 	"crypto/elliptic"
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -15,7 +13,6 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/kubenodes"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
-	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
@@ -63,12 +60,8 @@ func (g *gatedPods) state() (inFlight, most int, twice []string) {
 // and never more, and that no request is decided by two workers at once.
 func TestSignerWorkers(t *testing.T) {
 	e := newEnv(t)
-	tca := testca.New(t, testca.WithIntermediateTTL(48*time.Hour))
-	cache := kubenodes.NewPodCache(e.c.Client, 0)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go func() { _ = cache.Start(ctx) }()
-	pods := &gatedPods{next: cache, open: make(chan struct{}), perPod: map[string]int{}}
+	tca := signingCA(t)
+	pods := &gatedPods{next: e.podCache(t), open: make(chan struct{}), perPod: map[string]int{}}
 	t.Cleanup(func() {
 		select {
 		case <-pods.open:

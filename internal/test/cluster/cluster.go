@@ -21,6 +21,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/mayfly-pki/mayfly/internal/test/background"
+	"github.com/mayfly-pki/mayfly/internal/test/prereq"
 )
 
 // How long and how often a test polls for what a controller does against
@@ -53,14 +54,7 @@ func WithCRDDirectory(dir string) Option {
 // (CI=true) a missing control plane is a failure, never a silent skip.
 func Available(t testing.TB) bool {
 	t.Helper()
-	if os.Getenv("KUBEBUILDER_ASSETS") != "" {
-		return true
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("KUBEBUILDER_ASSETS is not set in CI: run the tests through `make test`")
-	}
-	t.Skip("KUBEBUILDER_ASSETS not set: run `make test` (or export KUBEBUILDER_ASSETS=$(hack/setup-envtest.sh))")
-	return false
+	return prereq.Env(t, "KUBEBUILDER_ASSETS", "run the tests through `make test` (or export KUBEBUILDER_ASSETS=$(hack/setup-envtest.sh))") != ""
 }
 
 // Start starts an API server for the test and stops it at cleanup.
