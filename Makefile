@@ -103,9 +103,13 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 60s).
 bench: ## Run the benchmarks (ratios against raw crypto in the same run).
 	go test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
-bench-ratios: ## Issuance (raw x509, floor, gRPC direct and standard signing; JWT-SVIDs vs raw ES256) and Workload API (mayfly vs bare) in alternating rounds; see docs/performance.md.
+bench-ratios: ## Issuance (raw x509, floor, crypto, gRPC direct, standard and Ed25519 signing; JWT-SVIDs vs raw ES256) and Workload API (mayfly vs bare) in alternating rounds; see docs/performance.md.
 	go test -run '^$$' -bench 'BenchmarkIssuance$$' -benchtime 8192x -count 2 ./internal/app/caapp/
 	go test -run '^$$' -bench 'BenchmarkFetchX509SVIDRatio$$' -benchtime 40000x -count 3 ./internal/workloadapi/
+
+.PHONY: bench-crypto
+bench-crypto: ## CPU time per operation of each cryptographic step of an issuance (CSR check, one signature per key type, raw x509 loop, mayfly's path), one process; see docs/performance.md.
+	go test -run '^$$' -bench 'BenchmarkCrypto$$' -benchtime 1s -count 3 -cpu 1 ./pkg/pki/
 
 bench-pkcs11: softhsm ## Issuance with the intermediate key in SoftHSM2 against the key in memory, side by side (ratio).
 	go test -run '^$$' -bench 'BenchmarkIssuanceKeyCustody' -benchtime 2048x -count 3 ./internal/keystore/

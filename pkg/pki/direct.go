@@ -139,10 +139,15 @@ func directLeaf(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, rand 
 	if !ok || !directShape(tmpl) {
 		return nil, errNotDirect
 	}
-	tbs, err := leafTBS(tmpl, pub, a.Cert, alg)
-	if err != nil {
+	// The certificate is written in one buffer: the TBSCertificate inside
+	// its outer SEQUENCE, then the algorithm and the signature (no second
+	// buffer for the whole, no copy of the TBS).
+	d := derBuf{b: make([]byte, 0, 768)}
+	cert := d.open(tagSequence)
+	if err := d.addLeafTBS(tmpl, pub, a.Cert, alg); err != nil {
 		return nil, err
 	}
+	tbs := d.b[cert:len(d.b):len(d.b)] // the signer may not append into d
 	signed := tbs
 	switch alg.hash {
 	case crypto.SHA256:
@@ -163,9 +168,6 @@ func directLeaf(tmpl *x509.Certificate, pub crypto.PublicKey, a Authority, rand 
 			return nil, fmt.Errorf("signature returned by signer is invalid: %w", err)
 		}
 	}
-	d := derBuf{b: make([]byte, 0, len(tbs)+len(sig)+40)}
-	cert := d.open(tagSequence)
-	d.b = append(d.b, tbs...)
 	alg.addIdentifier(&d)
 	d.addBitString(sig)
 	d.close(cert)
@@ -238,23 +240,22 @@ func subjectDER(n pkix.Name) []byte {
 	return nil
 }
 
-// leafTBS writes the TBSCertificate of tmpl, which directShape accepted.
+// addLeafTBS writes the TBSCertificate of tmpl, which directShape accepted.
 // The order and encoding of every field follow CreateCertificate and its
 // buildCertExtensions: key usage, extended key usage, basic constraints,
 // subject key ID, authority key ID, subject alternative names, certificate
 // policies, then the extra extensions in their order.
-func leafTBS(tmpl *x509.Certificate, pub crypto.PublicKey, issuer *x509.Certificate, alg issuerSigAlg) ([]byte, error) {
+func (d *derBuf) addLeafTBS(tmpl *x509.Certificate, pub crypto.PublicKey, issuer *x509.Certificate, alg issuerSigAlg) error {
 	subject := subjectDER(tmpl.Subject)
 	issuerDER := issuer.RawSubject
 	if len(issuerDER) == 0 {
-		return nil, errNotDirect
+		return errNotDirect
 	}
 	akid := leafAKID(tmpl, issuer)
-	d := derBuf{b: make([]byte, 0, 1024)}
 	tbs := d.open(tagSequence)
 	d.add(derVersion3)
 	d.addUnsigned(tagInteger, tmpl.SerialNumber.Bytes())
-	alg.addIdentifier(&d)
+	alg.addIdentifier(d)
 	d.add(issuerDER)
 	validity := d.open(tagSequence)
 	d.addTime(tmpl.NotBefore)
@@ -262,17 +263,17 @@ func leafTBS(tmpl *x509.Certificate, pub crypto.PublicKey, issuer *x509.Certific
 	d.close(validity)
 	d.add(subject)
 	if err := d.addPublicKeyInfo(pub); err != nil {
-		return nil, err
+		return err
 	}
 	exts := d.open(tagExtensions)
 	list := d.open(tagSequence)
 	if err := d.addLeafExtensions(tmpl, akid, len(tmpl.Subject.Organization) == 0); err != nil {
-		return nil, err
+		return err
 	}
 	d.close(list)
 	d.close(exts)
 	d.close(tbs)
-	return d.b, nil
+	return nil
 }
 
 // leafAKID is the authority key ID of tmpl's certificate: as

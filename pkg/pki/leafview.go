@@ -104,8 +104,9 @@ func leafView(der []byte, tmpl *x509.Certificate, pub crypto.PublicKey, a Author
 		c.AuthorityKeyId = slices.Clone(akid)
 	}
 	for _, u := range tmpl.URIs {
-		p, err := url.Parse(u.String())
-		if err != nil || p.String() != u.String() || !plainHost(p.Host) {
+		text := u.String()
+		p, err := url.Parse(text)
+		if err != nil || p.String() != text || !plainHost(p.Host) {
 			return nil
 		}
 		c.URIs = append(c.URIs, p)
@@ -115,6 +116,9 @@ func leafView(der []byte, tmpl *x509.Certificate, pub crypto.PublicKey, a Author
 		c.PolicyIdentifiers = []asn1.ObjectIdentifier{oidComponentPolicyASN1}
 	}
 	extra := tmpl.ExtraExtensions
+	// A leaf has at most 7 standard extensions (standardLeafExtensions)
+	// and its extra ones: one allocation instead of the slice growing.
+	c.Extensions = make([]pkix.Extension, 0, len(standardLeafExtensions)+len(extra))
 	for len(exts) > 0 {
 		_, body, next, ok := readDER(exts, tagSequence)
 		if !ok {

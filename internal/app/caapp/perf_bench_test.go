@@ -43,9 +43,12 @@ const (
 //
 //   - raw: a loop of CSR parse + signature check + x509.CreateCertificate
 //     on GOMAXPROCS goroutines of this process;
+//   - floor, crypto: the CSR check and one signature (below);
 //   - grpc: SignWorkloads over mTLS from 4 agents, batches of 64, against a
 //     CA in this process that signs with the direct encoder;
 //   - grpc-standard: the same against a second CA with standardSigning;
+//   - grpc-ed25519: the same against a third CA with keyType ed25519 (its
+//     intermediate signs with Ed25519; the CSRs stay P-256);
 //   - raw-es256: ecdsa.SignASN1 of a JWT-sized digest with a P-256 key on
 //     GOMAXPROCS goroutines: what no JWT-SVID issuance can skip;
 //   - jwt: SignJWTs over mTLS from the same 4 agents, batches of 64,
@@ -53,7 +56,11 @@ const (
 //
 // floor is what no X.509 issuance can skip (CSR parse and check, one
 // signature): grpc-cpu/floor says how much the CA spends around the
-// cryptography, as jwt-cpu/raw-es256 does for tokens.
+// cryptography, as jwt-cpu/raw-es256 does for tokens. crypto is the two
+// operations alone (ecdsa.VerifyASN1 of the CSR on a precomputed hash, one
+// signature by the intermediate's key), without the parse: grpc-cpu/crypto
+// is the CA over that, crypto-cpu/raw that share of the raw loop, and
+// grpc-cpu/raw the CA's CPU per certificate over the raw loop's.
 // The agents run in a child process (this test binary, as
 // TestIssuanceLoadProcess), so the CPU time this process spends during a
 // gRPC round (getrusage) is the CA's alone: cpu-µs/cert (or /token).
@@ -71,6 +78,7 @@ func BenchmarkIssuance(b *testing.B) {
 	cas := []*runningCA{
 		startCA(b, "  nodeRateLimit: 1000000"),
 		serveCA(b, strings.Replace(standaloneConfig, "workloads:\n", "standardSigning: true\nworkloads:\n  nodeRateLimit: 1000000\n", 1)),
+		serveCA(b, strings.Replace(standaloneConfig, "workloads:\n", "keyType: ed25519\nworkloads:\n  nodeRateLimit: 1000000\n", 1)),
 	}
 	for i, r := range cas {
 		writeAgents(b, filepath.Join(dir, strconv.Itoa(i)), r)
@@ -82,7 +90,7 @@ func BenchmarkIssuance(b *testing.B) {
 		run       func(n int) // issues n certificates or tokens
 		unit      string      // "cert" or "token"
 		base      *method     // reports name/base.name: throughput ratio
-		cpuBase   *method     // reports name-cpu/cpuBase.name: CPU ratio
+		cpuBases  []*method   // reports name-cpu/cpuBase.name for each: CPU ratios
 		wall, cpu time.Duration
 		n         int
 	}
@@ -92,13 +100,16 @@ func BenchmarkIssuance(b *testing.B) {
 	}
 	raw := &method{name: "raw", unit: "cert", run: func(n int) { rawIssue(b, tca, csrs, n) }}
 	floor := &method{name: "floor", unit: "cert", base: raw, run: func(n int) { floorIssue(b, tca, csrs, n) }}
+	sigs := csrSignatures(b, csrs)
+	cryptoFloor := &method{name: "crypto", unit: "cert", cpuBases: []*method{raw}, run: func(n int) { cryptoIssue(b, tca, sigs, n) }}
 	rawES256 := &method{name: "raw-es256", unit: "token", run: func(n int) { rawSignES256(b, jwtKey, n) }}
+	grpc := &method{name: "grpc", unit: "cert", base: raw, cpuBases: []*method{floor, cryptoFloor, raw}, run: func(n int) { child.run(b, 0, n, "x509") }}
 	methods := []*method{
-		raw, floor,
-		{name: "grpc", unit: "cert", base: raw, cpuBase: floor, run: func(n int) { child.run(b, 0, n, "x509") }},
-		{name: "grpc-standard", unit: "cert", base: raw, cpuBase: floor, run: func(n int) { child.run(b, 1, n, "x509") }},
+		raw, floor, cryptoFloor, grpc,
+		{name: "grpc-standard", unit: "cert", base: raw, cpuBases: []*method{floor, cryptoFloor, raw}, run: func(n int) { child.run(b, 1, n, "x509") }},
+		{name: "grpc-ed25519", unit: "cert", base: raw, cpuBases: []*method{grpc, raw}, run: func(n int) { child.run(b, 2, n, "x509") }},
 		rawES256,
-		{name: "jwt", unit: "token", base: rawES256, cpuBase: rawES256, run: func(n int) { child.run(b, 0, n, "jwt") }},
+		{name: "jwt", unit: "token", base: rawES256, cpuBases: []*method{rawES256}, run: func(n int) { child.run(b, 0, n, "jwt") }},
 	}
 	// MAYFLY_BENCH_ONLY=grpc runs one method alone, for a CPU profile of
 	// the CA without the others.
@@ -126,8 +137,10 @@ func BenchmarkIssuance(b *testing.B) {
 		if m.base != nil && m.base.n > 0 {
 			b.ReportMetric(perSec/(float64(m.base.n)/m.base.wall.Seconds()), m.name+"/"+m.base.name)
 		}
-		if m.cpuBase != nil && m.cpuBase.n > 0 {
-			b.ReportMetric(m.cpu.Seconds()/float64(m.n)/(m.cpuBase.cpu.Seconds()/float64(m.cpuBase.n)), m.name+"-cpu/"+m.cpuBase.name)
+		for _, base := range m.cpuBases {
+			if base.n > 0 {
+				b.ReportMetric(m.cpu.Seconds()/float64(m.n)/(base.cpu.Seconds()/float64(base.n)), m.name+"-cpu/"+base.name)
+			}
 		}
 	}
 }
@@ -168,6 +181,47 @@ func floorIssue(b *testing.B, tca *testca.CA, csrs [][]byte, n int) {
 			_, err = tca.IntermediateKey.Sign(rand.Reader, sum[:], crypto.SHA256)
 		}
 		if err != nil {
+			b.Error(err)
+		}
+	})
+}
+
+// csrSignature is what checking a CSR's signature needs once the CSR is
+// parsed: its key, the hash of its TBS and the signature.
+type csrSignature struct {
+	key       *ecdsa.PublicKey
+	hash, sig []byte
+}
+
+func csrSignatures(b *testing.B, csrs [][]byte) []csrSignature {
+	sigs := make([]csrSignature, len(csrs))
+	for i, der := range csrs {
+		csr, err := x509.ParseCertificateRequest(der)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum := sha256.Sum256(csr.RawTBSCertificateRequest)
+		sigs[i] = csrSignature{key: csr.PublicKey.(*ecdsa.PublicKey), hash: sum[:], sig: csr.Signature}
+	}
+	return sigs
+}
+
+// cryptoIssue does, n times, the two operations of an issuance that
+// checks the CSR, and nothing else: ecdsa.VerifyASN1 of a CSR's signature
+// over its precomputed hash, and one signature of a TBSCertificate-sized
+// message with the intermediate's key. Its CPU time per certificate is the
+// cryptographic floor, below floor (which parses the CSR too).
+func cryptoIssue(b *testing.B, tca *testca.CA, sigs []csrSignature, n int) {
+	parallel(n, func(i int) {
+		s := sigs[i%len(sigs)]
+		if !ecdsa.VerifyASN1(s.key, s.hash, s.sig) {
+			b.Error("CSR signature does not verify")
+			return
+		}
+		var tbs [600]byte
+		tbs[0] = byte(i)
+		sum := sha256.Sum256(tbs[:])
+		if _, err := tca.IntermediateKey.Sign(rand.Reader, sum[:], crypto.SHA256); err != nil {
 			b.Error(err)
 		}
 	})
