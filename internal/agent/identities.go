@@ -84,11 +84,12 @@ type ManagerConfig struct {
 	Rand func() float64
 }
 
-// DefaultCoalesceWindow is ManagerConfig.CoalesceWindow's default: a node
-// holding 15 identities of 1 h renews one about every 2 minutes, so a
-// minute joins about every second renewal to another one (half the calls,
-// each renewal at most a minute early: under 2% more certificates).
-const DefaultCoalesceWindow = time.Minute
+// DefaultCoalesceWindow is ManagerConfig.CoalesceWindow's default. For a
+// node of 15 identities of 1 h (the fleet benchmark's 150,000 pods on
+// 10,000 nodes), renewed at half life ±10%, it makes 0.52 calls per
+// certificate instead of 1, for 1.5% more certificates (renewals up to
+// two minutes early; docs/performance.md).
+const DefaultCoalesceWindow = 2 * time.Minute
 
 // Manager obtains and rotates the node's workload identities. The first
 // request for an identity obtains it directly, through the batcher shared
