@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -71,7 +72,24 @@ type ManagerConfig struct {
 	// OnRejected is told of every certificate of the CA the agent refuses
 	// (ErrBadSVID), for a metric.
 	OnRejected func(error)
+	// CoalesceWindow: when an identity renews on its schedule, the
+	// identities whose renewal falls due within this window renew with it,
+	// in the same SignWorkloads call, provided the policy's jitter range
+	// already allows it (never before NotBefore + (RenewFraction −
+	// Jitter)×lifetime, never later than planned). Default
+	// DefaultCoalesceWindow; negative: every renewal on its own.
+	CoalesceWindow time.Duration
+	// Rand draws each certificate's renewal jitter (rotate.Options.Rand);
+	// nil: math/rand.
+	Rand func() float64
 }
+
+// DefaultCoalesceWindow is ManagerConfig.CoalesceWindow's default. For a
+// node of 15 identities of 1 h (the fleet benchmark's 150,000 pods on
+// 10,000 nodes), renewed at half life ±10%, it makes 0.52 calls per
+// certificate instead of 1, for 1.5% more certificates (renewals up to
+// two minutes early; docs/performance.md).
+const DefaultCoalesceWindow = 2 * time.Minute
 
 // Manager obtains and rotates the node's workload identities. The first
 // request for an identity obtains it directly, through the batcher shared
@@ -127,6 +145,9 @@ func NewManager(cfg ManagerConfig) *Manager {
 	}
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 10 * time.Minute
+	}
+	if cfg.CoalesceWindow == 0 {
+		cfg.CoalesceWindow = DefaultCoalesceWindow
 	}
 	m := &Manager{
 		cfg:     cfg,
@@ -242,7 +263,7 @@ func (m *Manager) ensureLocked(spec Spec) *entry {
 	// The rotator renews what the first request obtained, with the same
 	// obtain; its events keep the metrics and wake the subscribers.
 	e.rot = rotate.New(func(ctx context.Context) (*rotate.Credential, error) { return m.obtain(ctx, e) }, rotate.Options{
-		Policy: m.cfg.Policy, Clock: m.cfg.Clock, Sinks: sinks, Name: spec.Key,
+		Policy: m.cfg.Policy, Clock: m.cfg.Clock, Sinks: sinks, Name: spec.Key, Rand: m.cfg.Rand,
 		OnEvent: func(ev rotate.Event) { m.onEvent(e, ev) },
 	})
 	m.entries[spec.Key] = e
@@ -360,6 +381,7 @@ func (m *Manager) onEvent(e *entry, ev rotate.Event) {
 }
 
 func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, error) {
+	m.coalesce(e)
 	// Ensure may update the spec (pods, pinning) while a rotation runs.
 	m.mu.Lock()
 	spec := e.spec
@@ -423,6 +445,51 @@ func (m *Manager) obtain(ctx context.Context, e *entry) (*rotate.Credential, err
 		return nil, m.rejected(spec, fmt.Errorf("identity %s: %w", spec.Key, err))
 	}
 	return &rotate.Credential{Certificates: chain, Key: key, Bundle: roots}, nil
+}
+
+// coalesce triggers, when e renews on its schedule, the renewals of the
+// other identities due within CoalesceWindow whose policy range allows a
+// renewal now: their requests reach the Batcher within its window with
+// e's, and the CA gets one call instead of several. A renewal triggered
+// so (planned later than now) triggers nothing itself, and an identity
+// retrying after a failure keeps its backoff.
+func (m *Manager) coalesce(e *entry) {
+	window := m.cfg.CoalesceWindow
+	if window <= 0 || e.rot == nil {
+		return
+	}
+	now := m.cfg.Clock.Now()
+	if st := e.rot.State(); st.Current == nil || st.NextAt.After(now) {
+		return // a first certificate, or triggered ahead of its plan
+	}
+	m.mu.Lock()
+	others := make([]*rotate.Rotator, 0, len(m.entries))
+	for _, o := range m.entries {
+		if o != e {
+			others = append(others, o.rot)
+		}
+	}
+	m.mu.Unlock()
+	for _, r := range others {
+		st := r.State()
+		if st.Current == nil || st.Attempts > 0 || st.NextReason != rotate.ReasonScheduled ||
+			!st.NextAt.After(now) || st.NextAt.Sub(now) > window || now.Before(m.earliestRenewal(*st.Current)) {
+			continue
+		}
+		r.Trigger()
+	}
+}
+
+// earliestRenewal is the earliest renewal point the policy's jitter can
+// draw for a certificate of validity v: NotBefore + (RenewFraction −
+// Jitter)×lifetime.
+func (m *Manager) earliestRenewal(v rotate.Validity) time.Time {
+	p := m.cfg.Policy
+	if p == (rotate.Policy{}) {
+		p = rotate.DefaultPolicy()
+	}
+	f := cmp.Or(p.RenewFraction, rotate.DefaultRenewFraction) - p.Jitter
+	return v.NotBefore.Add(time.Duration(f * float64(v.Lifetime())))
 }
 
 // rejected logs and counts a certificate of the CA that the agent refuses

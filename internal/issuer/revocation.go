@@ -130,29 +130,25 @@ func agentSigner(sg *signers, attestedAt time.Time) *pki.Signer {
 	return &sig
 }
 
-// watchRevoked returns a channel that yields the refusal of p once the
-// eviction list refuses it, so that its WatchBundle stream is closed.
-func (s *Server) watchRevoked(ctx context.Context, p agentPeer) <-chan error {
-	out := make(chan error, 1)
+// evictions returns the signal of changes to the eviction list (nil, never
+// signalled, without one) and a function to unsubscribe.
+func (s *Server) evictions() (<-chan struct{}, func()) {
 	if s.cfg.Evictions == nil {
-		return out
+		return nil, func() {}
 	}
-	changes, unsubscribe := s.cfg.Evictions.Subscribe()
-	go func() {
-		defer unsubscribe()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-changes:
-			}
-			if l, lerr := s.cfg.Evictions.List(); lerr != nil {
-				continue // keep the stream; new calls are refused until the list is read
-			} else if err := l.CheckAgent(p.node, p.attestedAt); err != nil {
-				out <- fmt.Errorf("closing the bundle stream: %w", err)
-				return
-			}
-		}
-	}()
-	return out
+	return s.cfg.Evictions.Subscribe()
+}
+
+// revokedNow returns why p's bundle stream must close after a change of
+// the eviction list, or nil. A list that cannot be read keeps the stream
+// (new calls are refused until it is read).
+func (s *Server) revokedNow(p agentPeer) error {
+	l, err := s.cfg.Evictions.List()
+	if err != nil {
+		return nil
+	}
+	if err := l.CheckAgent(p.node, p.attestedAt); err != nil {
+		return fmt.Errorf("closing the bundle stream: %w", err)
+	}
+	return nil
 }

@@ -574,14 +574,18 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 		s.auditRefusal(ctx, "bundle", "watch", callerOf(ctx, p), "", err)
 		return err
 	}
-	revoked := s.watchRevoked(ctx, p)
 	node := p.node
 	w := &watcher{node: node}
 	s.watchMu.Lock()
 	s.watchers[w] = ""
 	s.watchMu.Unlock()
+	// Two goroutines per stream, this one and the reader of the
+	// acknowledgements below: a CA holds one stream per node, and each
+	// goroutine is a stack of its own.
 	changes, unsubscribe := s.cfg.Authority.Subscribe()
+	evicted, unsubscribeEvictions := s.evictions()
 	defer func() {
+		unsubscribeEvictions()
 		unsubscribe()
 		s.watchMu.Lock()
 		s.setAckLocked(w, "")
@@ -628,9 +632,11 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 				return nil
 			}
 			return status.Convert(err).Err()
-		case err := <-revoked:
-			s.auditRefusal(ctx, "bundle", "watch", "node "+p.node, "node "+p.node, err)
-			return status.Error(codes.Unauthenticated, err.Error())
+		case <-evicted:
+			if err := s.revokedNow(p); err != nil {
+				s.auditRefusal(ctx, "bundle", "watch", "node "+p.node, "node "+p.node, err)
+				return status.Error(codes.Unauthenticated, err.Error())
+			}
 		case <-changes:
 		}
 	}

@@ -110,6 +110,7 @@ func sizesFromEnv(t *testing.T) sizes {
 // the figures are the report's.
 func TestFleet(t *testing.T) {
 	sz := sizesFromEnv(t)
+	raiseFileLimit(t, sz.steps[len(sz.steps)-1])
 	c := cluster.Start(t)
 	f := &fixture{t: t, sz: sz, c: c, rep: &fleet.Report{Pods: sz.pods, Nodes: sz.nodes}}
 	f.populate()
@@ -240,6 +241,28 @@ func (f *fixture) populate() {
 		return err
 	})
 	t.Logf("cluster populated in %s: %d nodes, %d pods, %d agent pods", time.Since(start).Round(time.Second), f.sz.nodes, f.sz.pods, agents)
+}
+
+// raiseFileLimit makes room for the connections of n agents: each holds
+// one to the CA, in this process and in the CA's (which inherits the
+// limit), beside the API server's. Go raises the soft limit to the hard
+// one at start; the hard limit is raised too where the process may
+// (CAP_SYS_RESOURCE, up to the kernel's fs.nr_open; being root in a
+// container is not always enough). Without the room a large run would
+// fail midway on "too many open files": it stops here instead, saying so.
+func raiseFileLimit(t *testing.T, n int) {
+	want := uint64(n + 2048)
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatalf("open-file limit: %v", err)
+	}
+	if lim.Cur >= want {
+		return
+	}
+	raised := syscall.Rlimit{Cur: want, Max: max(want, lim.Max)}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err != nil {
+		t.Fatalf("%d agents need about %d open files in this process and in the CA's; the limit is %d and raising it failed: %v (the hard limit can be raised only with CAP_SYS_RESOURCE)", n, want, lim.Cur, err)
+	}
 }
 
 func agentPod(i int) *corev1.Pod {
