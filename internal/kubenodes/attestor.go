@@ -11,6 +11,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
+	"github.com/mayfly-pki/mayfly/internal/policy"
 )
 
 // TokenAttestor attests node agents by their projected ServiceAccount token
@@ -102,17 +103,17 @@ func (a *TokenAttestor) agentNode(ctx context.Context, token string) (string, er
 		return "", err
 	}
 	switch {
-	case pod.Namespace != a.cfg.AgentNamespace || pod.Spec.ServiceAccountName != a.cfg.AgentServiceAccount:
+	case pod.Namespace != a.cfg.AgentNamespace || pod.ServiceAccount != a.cfg.AgentServiceAccount:
 		return "", issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
 			"pod %s/%s runs as ServiceAccount %s, not as the agent ServiceAccount %s/%s",
-			pod.Namespace, pod.Name, pod.Spec.ServiceAccountName, a.cfg.AgentNamespace, a.cfg.AgentServiceAccount)
-	case pod.DeletionTimestamp != nil:
+			pod.Namespace, pod.Name, pod.ServiceAccount, a.cfg.AgentNamespace, a.cfg.AgentServiceAccount)
+	case pod.Terminating:
 		return "", issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "agent pod %s is terminating", podRef)
-	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
-		return "", issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "agent pod %s has terminated (phase %s)", podRef, pod.Status.Phase)
-	case pod.Spec.NodeName != r.nodeName:
+	case pod.Phase == corev1.PodSucceeded || pod.Phase == corev1.PodFailed:
+		return "", issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "agent pod %s has terminated (phase %s)", podRef, pod.Phase)
+	case pod.NodeName != r.nodeName:
 		return "", issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
-			"agent pod %s is scheduled on node %q, but its token names node %q", podRef, pod.Spec.NodeName, r.nodeName)
+			"agent pod %s is scheduled on node %q, but its token names node %q", podRef, pod.NodeName, r.nodeName)
 	}
 	return r.nodeName, nil
 }
@@ -121,7 +122,7 @@ func (a *TokenAttestor) agentNode(ctx context.Context, token string) (string, er
 // not seen yet (just created) is fetched from the API server once, so that
 // cache lag does not refuse a new agent; a pod that no longer exists there
 // either is refused.
-func (a *TokenAttestor) pod(ctx context.Context, name, uid string) (*corev1.Pod, error) {
+func (a *TokenAttestor) pod(ctx context.Context, name, uid string) (policy.Pod, error) {
 	if pod, ok := a.cfg.Cache.ByUID(uid); ok {
 		return pod, nil
 	}
@@ -131,15 +132,15 @@ func (a *TokenAttestor) pod(ctx context.Context, name, uid string) (*corev1.Pod,
 	pod, err := a.cfg.Client.CoreV1().Pods(a.cfg.AgentNamespace).Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		return nil, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "agent pod %s (uid %s) that the token is bound to no longer exists", ref, uid)
+		return policy.Pod{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED, "agent pod %s (uid %s) that the token is bound to no longer exists", ref, uid)
 	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
-		return nil, fmt.Errorf("kubeattest: getting agent pod %s refused to the CA (it needs get on pods): %w", ref, err)
+		return policy.Pod{}, fmt.Errorf("kubeattest: getting agent pod %s refused to the CA (it needs get on pods): %w", ref, err)
 	case err != nil:
-		return nil, fmt.Errorf("%w: %w", issuer.Deny(issuerv1.Denial_UNAVAILABLE,
+		return policy.Pod{}, fmt.Errorf("%w: %w", issuer.Deny(issuerv1.Denial_UNAVAILABLE,
 			"the CA cannot reach the Kubernetes API to look up agent pod %s; retry with backoff", ref), err)
 	case string(pod.UID) != uid:
-		return nil, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
+		return policy.Pod{}, issuer.Deny(issuerv1.Denial_PERMISSION_DENIED,
 			"agent pod %s (uid %s) that the token is bound to no longer exists; a pod of that name now has uid %s", ref, uid, pod.UID)
 	}
-	return pod, nil
+	return policy.PodOf(pod), nil
 }

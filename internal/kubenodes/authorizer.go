@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"slices"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/policy"
@@ -65,13 +62,13 @@ func (p *PodAuthorizer) AuthorizeWorkload(ctx context.Context, node string, req 
 		return issuer.Grant{}, issuer.Deny(issuerv1.Denial_NOT_FOUND, "pod with uid %q not found", truncate(uid, 64))
 	}
 	ref := pod.Namespace + "/" + pod.Name
-	if err := policy.PodActive(pod); err != nil {
+	if err := policy.PodActive(&pod); err != nil {
 		return issuer.Grant{}, err
 	}
-	if err := policy.PodOnNode(pod, node); err != nil {
+	if err := policy.PodOnNode(&pod, node); err != nil {
 		return issuer.Grant{}, err
 	}
-	id, err := pki.WorkloadID(p.cfg.TrustDomain, pod.Namespace, pod.Spec.ServiceAccountName)
+	id, err := pki.WorkloadID(p.cfg.TrustDomain, pod.Namespace, pod.ServiceAccount)
 	if err != nil {
 		return issuer.Grant{}, policy.Deny(policy.RuleIDShape, policy.ClassForbidden, "pod %s has no usable ServiceAccount: %v", ref, err)
 	}
@@ -85,7 +82,7 @@ func (p *PodAuthorizer) AuthorizeWorkload(ctx context.Context, node string, req 
 			"pod_token required (kubernetes.requirePodToken): only pods that mount a csi.mayfly.dev volume with tokenRequests get an identity")
 	}
 	if tok := req.GetPodToken(); tok != "" {
-		if err := p.checkPodToken(ctx, pod, tok); err != nil {
+		if err := p.checkPodToken(ctx, &pod, tok); err != nil {
 			return issuer.Grant{}, err
 		}
 	}
@@ -99,12 +96,8 @@ func (p *PodAuthorizer) checkDNSName(ns, name string) error {
 	if err != nil {
 		return err
 	}
-	_, err = p.cfg.Cache.Services().Services(ns).Get(svc)
-	switch {
-	case apierrors.IsNotFound(err):
+	if !p.cfg.Cache.HasService(ns, svc) {
 		return policy.Deny(policy.RuleServiceDNSName, policy.ClassForbidden, "dns name %q: there is no Service %s/%s", name, ns, svc)
-	case err != nil:
-		return fmt.Errorf("kubeattest: looking up Service %s/%s: %w", ns, svc, err)
 	}
 	return nil
 }
@@ -113,7 +106,7 @@ func (p *PodAuthorizer) checkDNSName(ns, name string) error {
 // bound to pod and its ServiceAccount. Once reviewed, the same token for
 // the same pod is admitted without a review until its exp (reviewCache);
 // the pod itself is checked on every call by the caller.
-func (p *PodAuthorizer) checkPodToken(ctx context.Context, pod *corev1.Pod, tok string) error {
+func (p *PodAuthorizer) checkPodToken(ctx context.Context, pod *policy.Pod, tok string) error {
 	uid := string(pod.UID)
 	if p.reviews.admitted(uid, tok) {
 		return nil
@@ -130,7 +123,7 @@ func (p *PodAuthorizer) checkPodToken(ctx context.Context, pod *corev1.Pod, tok 
 	switch {
 	case r.podUID != uid:
 		return policy.Deny(policy.RulePodToken, policy.ClassForbidden, "pod_token is not bound to pod %s", ref)
-	case r.username != serviceAccountUser(pod.Namespace, pod.Spec.ServiceAccountName):
+	case r.username != serviceAccountUser(pod.Namespace, pod.ServiceAccount):
 		return policy.Deny(policy.RulePodToken, policy.ClassForbidden, "pod_token belongs to %s, not to the ServiceAccount of pod %s", r.username, ref)
 	}
 	p.reviews.remember(uid, tok)

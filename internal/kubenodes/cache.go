@@ -12,53 +12,72 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/mayfly-pki/mayfly/internal/policy"
 )
 
-// uidIndex indexes pods by metadata.uid.
-const uidIndex = "uid"
-
 // PodCache is the CA-side cache of all pods and Services of the cluster,
-// with pods indexed by UID. Objects it returns are shared with the cache and
-// must not be modified.
+// pods found by UID. It holds each pod as a cachedPod (the fields of
+// policy.Pod, a few hundred bytes with the store's key and the UID map)
+// and each Service as its namespace and name: what the CA reads, nothing
+// else.
 type PodCache struct {
-	pods     cache.SharedIndexInformer
-	services cache.SharedIndexInformer
-	svcs     corelisters.ServiceLister
-	started  atomic.Bool
+	pods, services         cache.Controller
+	podStore, serviceStore cache.Store
+	byUID                  podsByUID
+	started                atomic.Bool
 }
 
 // NewPodCache builds the pod and Service informers (cluster-wide, resync
 // period resync; 0 disables resync). Nothing is listed before Start.
-// Every object is stripped to what the CA reads (StripPod, StripService)
-// before it is stored: a large cluster's pods cost a tenth of their full
-// size to hold.
+// Every object is reduced to what the CA reads before it is stored (the
+// informers' transform): the decoded API object is garbage right after.
 func NewPodCache(client kubernetes.Interface, resync time.Duration) *PodCache {
-	pods := coreinformers.NewPodInformer(client, metav1.NamespaceAll, resync, cache.Indexers{
-		cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
-		uidIndex:             podUIDIndex,
+	pods := func() corev1client.PodInterface { return client.CoreV1().Pods(metav1.NamespaceAll) }
+	services := func() corev1client.ServiceInterface { return client.CoreV1().Services(metav1.NamespaceAll) }
+	return newPodCache(
+		cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+			ListWithContextFunc:  func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return pods().List(ctx, o) },
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return pods().Watch(ctx, o) },
+		}, client),
+		cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return services().List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return services().Watch(ctx, o)
+			},
+		}, client),
+		resync)
+}
+
+// newPodCache is NewPodCache on the list and watch of pods and Services.
+// The pods' informer keeps byUID beside its store: its handler runs in the
+// informer's own loop right after each store update (no queue between), so
+// byUID is as fresh as the store. A UID index of the store (cache.Indexers)
+// would cost a set per pod, about 300 bytes more a pod.
+func newPodCache(pods, services cache.ListerWatcher, resync time.Duration) *PodCache {
+	c := &PodCache{byUID: podsByUID{m: map[types.UID]*cachedPod{}}}
+	c.podStore, c.pods = cache.NewInformerWithOptions(cache.InformerOptions{
+		ListerWatcher: pods, ObjectType: &corev1.Pod{}, ResyncPeriod: resync,
+		Handler: &c.byUID, Transform: compactPodObject,
 	})
-	services := coreinformers.NewServiceInformer(client, metav1.NamespaceAll, resync, cache.Indexers{
-		cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
+	c.serviceStore, c.services = cache.NewInformerWithOptions(cache.InformerOptions{
+		ListerWatcher: services, ObjectType: &corev1.Service{}, ResyncPeriod: resync,
+		Handler: cache.ResourceEventHandlerFuncs{}, Transform: compactServiceObject,
 	})
-	// SetTransform fails only on a started informer; these are new.
-	if err := pods.SetTransform(stripPodObject); err != nil {
-		panic("kubeattest: " + err.Error())
-	}
-	if err := services.SetTransform(stripServiceObject); err != nil {
-		panic("kubeattest: " + err.Error())
-	}
-	return &PodCache{
-		pods:     pods,
-		services: services,
-		svcs:     corelisters.NewServiceLister(services.GetIndexer()),
-	}
+	return c
 }
 
 // Start runs the informers until ctx is done. It may be called once.
@@ -67,7 +86,7 @@ func (c *PodCache) Start(ctx context.Context) error {
 		return errors.New("kubeattest: pod cache already started")
 	}
 	var wg sync.WaitGroup
-	for _, inf := range []cache.SharedIndexInformer{c.pods, c.services} {
+	for _, inf := range []cache.Controller{c.pods, c.services} {
 		wg.Go(func() { inf.RunWithContext(ctx) })
 	}
 	wg.Wait()
@@ -87,81 +106,171 @@ func (c *PodCache) HasSynced() bool {
 }
 
 // ByUID returns the pod with metadata.uid uid.
-func (c *PodCache) ByUID(uid string) (*corev1.Pod, bool) {
+func (c *PodCache) ByUID(uid string) (policy.Pod, bool) {
 	if uid == "" {
-		return nil, false
+		return policy.Pod{}, false
 	}
-	objs, err := c.pods.GetIndexer().ByIndex(uidIndex, uid)
-	if err != nil || len(objs) == 0 {
-		return nil, false
-	}
-	pod, ok := objs[0].(*corev1.Pod)
-	return pod, ok
+	return c.byUID.get(types.UID(uid))
 }
 
-// Services lists the cached Services.
-func (c *PodCache) Services() corelisters.ServiceLister { return c.svcs }
-
-func podUIDIndex(obj any) ([]string, error) {
-	pod, ok := obj.(*corev1.Pod)
-	if !ok || pod.UID == "" {
-		return nil, nil
-	}
-	return []string{string(pod.UID)}, nil
+// HasService reports whether the cache holds the Service namespace/name.
+func (c *PodCache) HasService(namespace, name string) bool {
+	_, ok, err := c.serviceStore.GetByKey(namespace + "/" + name)
+	return ok && err == nil
 }
 
-// MirrorPodAnnotation marks a static pod's mirror; it is the one
-// annotation the pod cache keeps (the PodCertificateRequest signer refuses
-// mirror pods).
-const MirrorPodAnnotation = "kubernetes.io/config.mirror"
-
-// StripPod returns the part of pod that the CA reads: its name, namespace,
-// UID, resource version (the informer compares it), deletion timestamp,
-// mirror-pod annotation, ServiceAccount, node and phase. Everything else,
-// containers, volumes, conditions, labels and managedFields, is dropped:
-// a stripped pod is about a tenth of a full one on the heap.
-func StripPod(pod *corev1.Pod) *corev1.Pod {
-	out := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:              pod.Name,
-			Namespace:         pod.Namespace,
-			UID:               pod.UID,
-			ResourceVersion:   pod.ResourceVersion,
-			DeletionTimestamp: pod.DeletionTimestamp,
-		},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: pod.Spec.ServiceAccountName,
-			NodeName:           pod.Spec.NodeName,
-		},
-		Status: corev1.PodStatus{Phase: pod.Status.Phase},
-	}
-	if v, ok := pod.Annotations[MirrorPodAnnotation]; ok {
-		out.Annotations = map[string]string{MirrorPodAnnotation: v}
-	}
-	return out
+// podsByUID maps the UIDs of the pods in the informer's store to them; it
+// is the pod informer's event handler. A UID belongs to one pod for good,
+// so a pod leaves by its UID whichever copy of it the event carries.
+type podsByUID struct {
+	mu sync.RWMutex
+	m  map[types.UID]*cachedPod
 }
 
-// StripService returns the part of svc that the CA reads: that it exists,
-// by name and namespace (and its resource version, for the informer).
-func StripService(svc *corev1.Service) *corev1.Service {
-	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{
-		Name: svc.Name, Namespace: svc.Namespace, UID: svc.UID, ResourceVersion: svc.ResourceVersion,
-	}}
+func (p *podsByUID) get(uid types.UID) (policy.Pod, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	pod, ok := p.m[uid]
+	if !ok {
+		return policy.Pod{}, false
+	}
+	return pod.policyPod(), true
 }
 
-// stripPodObject is StripPod as an informer transform. Deletion
-// tombstones pass unchanged: the informer reads only their key.
-func stripPodObject(obj any) (any, error) {
+func (p *podsByUID) OnAdd(obj any, _ bool) {
+	if pod, ok := obj.(*cachedPod); ok {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.m[pod.uid] = pod
+	}
+}
+
+// OnUpdate replaces old by pod; a pod re-created under the same name
+// between two lists comes as an update with a new UID.
+func (p *podsByUID) OnUpdate(old, obj any) {
+	pod, ok := obj.(*cachedPod)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if o, ok := old.(*cachedPod); ok && o.uid != pod.uid {
+		delete(p.m, o.uid)
+	}
+	p.m[pod.uid] = pod
+}
+
+// OnDelete removes the pod, also when it comes as a tombstone (deleted
+// while the watch was down: the relist no longer had it).
+func (p *podsByUID) OnDelete(obj any) {
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+	}
+	var uid types.UID
+	switch pod := obj.(type) {
+	case *cachedPod:
+		uid = pod.uid
+	case *corev1.Pod: // not transformed; not from this cache's informer
+		uid = pod.UID
+	default:
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.m, uid)
+}
+
+// cachedPod is a pod as the cache stores it: policy.Pod's fields and the
+// resource version (the store reads it). Namespaces, ServiceAccounts and
+// node names repeat across many pods and are held once each (unique
+// handles); the phase is one of the API's constants when it is one. It is
+// a runtime.Object with object metadata, as the informer's store needs.
+type cachedPod struct {
+	name, resourceVersion string
+	uid                   types.UID
+	namespace             unique.Handle[string]
+	serviceAccount        unique.Handle[string]
+	node                  unique.Handle[string]
+	phase                 corev1.PodPhase
+	terminating, mirror   bool
+}
+
+// newCachedPod returns the part of pod that the CA reads (policy.PodOf).
+func newCachedPod(pod *corev1.Pod) *cachedPod {
+	p := policy.PodOf(pod)
+	return &cachedPod{
+		name: p.Name, resourceVersion: pod.ResourceVersion, uid: p.UID,
+		namespace:      unique.Make(p.Namespace),
+		serviceAccount: unique.Make(p.ServiceAccount),
+		node:           unique.Make(p.NodeName),
+		phase:          internPhase(p.Phase),
+		terminating:    p.Terminating, mirror: p.Mirror,
+	}
+}
+
+func (p *cachedPod) policyPod() policy.Pod {
+	return policy.Pod{
+		Namespace: p.namespace.Value(), Name: p.name, UID: p.uid,
+		ServiceAccount: p.serviceAccount.Value(), NodeName: p.node.Value(),
+		Phase: p.phase, Terminating: p.terminating, Mirror: p.mirror,
+	}
+}
+
+// internPhase returns the API's constant for phase, so that the decoded
+// string of each pod is not kept.
+func internPhase(phase corev1.PodPhase) corev1.PodPhase {
+	for _, known := range []corev1.PodPhase{corev1.PodRunning, corev1.PodPending, corev1.PodSucceeded, corev1.PodFailed, corev1.PodUnknown} {
+		if phase == known {
+			return known
+		}
+	}
+	return phase
+}
+
+// GetObjectMeta gives the store the pod's key and resource version.
+func (p *cachedPod) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Namespace: p.namespace.Value(), Name: p.name, UID: p.uid, ResourceVersion: p.resourceVersion}
+}
+
+func (*cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (p *cachedPod) DeepCopyObject() runtime.Object {
+	out := *p
+	return &out
+}
+
+// cachedService is a Service as the cache stores it: that it exists, by
+// namespace and name.
+type cachedService struct {
+	name, resourceVersion string
+	namespace             unique.Handle[string]
+}
+
+func (s *cachedService) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Namespace: s.namespace.Value(), Name: s.name, ResourceVersion: s.resourceVersion}
+}
+
+func (*cachedService) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (s *cachedService) DeepCopyObject() runtime.Object {
+	out := *s
+	return &out
+}
+
+// compactPodObject is newCachedPod as an informer transform. Deletion
+// tombstones and pods already compact pass unchanged: the informer reads
+// only a tombstone's key.
+func compactPodObject(obj any) (any, error) {
 	if pod, ok := obj.(*corev1.Pod); ok {
-		return StripPod(pod), nil
+		return newCachedPod(pod), nil
 	}
 	return obj, nil
 }
 
-// stripServiceObject is StripService as an informer transform.
-func stripServiceObject(obj any) (any, error) {
+// compactServiceObject is the Services' transform.
+func compactServiceObject(obj any) (any, error) {
 	if svc, ok := obj.(*corev1.Service); ok {
-		return StripService(svc), nil
+		return &cachedService{name: svc.Name, resourceVersion: svc.ResourceVersion, namespace: unique.Make(svc.Namespace)}, nil
 	}
 	return obj, nil
 }

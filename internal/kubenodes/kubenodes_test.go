@@ -79,9 +79,7 @@ func newEnv(t *testing.T, opts ...cluster.Option) *env {
 		t.Fatal("pod cache did not sync within 30s")
 	}
 	e.eventually("services in the cache", func() bool {
-		_, err1 := e.cache.Services().Services(appNS).Get("web")
-		_, err2 := e.cache.Services().Services(otherNS).Get("db")
-		return err1 == nil && err2 == nil
+		return e.cache.HasService(appNS, "web") && e.cache.HasService(otherNS, "db")
 	})
 
 	cfg := kubenodes.Config{
@@ -281,7 +279,7 @@ func testAttestor(t *testing.T, e *env) {
 		}
 		e.eventually("deletionTimestamp seen by the cache", func() bool {
 			p, ok := e.cache.ByUID(string(pod.UID))
-			return ok && p.DeletionTimestamp != nil
+			return ok && p.Terminating
 		})
 		_, err := e.att.AttestAgent(e.ctx(), saReq(tok))
 		checkDenial(t, err, issuerv1.Denial_PERMISSION_DENIED, "terminating", tok)
@@ -302,7 +300,7 @@ func testAuthorizer(t *testing.T, e *env) {
 	}
 	e.eventually("succeeded phase in the cache", func() bool {
 		p, ok := e.cache.ByUID(string(done.UID))
-		return ok && p.Status.Phase == corev1.PodSucceeded
+		return ok && p.Phase == corev1.PodSucceeded
 	})
 	leaving := e.pod(appNS, "web-leaving", "web", nodeA)
 	if err := e.client.CoreV1().Pods(appNS).Delete(e.ctx(), leaving.Name, metav1.DeleteOptions{}); err != nil {
@@ -310,7 +308,7 @@ func testAuthorizer(t *testing.T, e *env) {
 	}
 	e.eventually("deletionTimestamp in the cache", func() bool {
 		p, ok := e.cache.ByUID(string(leaving.UID))
-		return ok && p.DeletionTimestamp != nil
+		return ok && p.Terminating
 	})
 	webToken := e.token(web)
 	dbToken := e.token(db)

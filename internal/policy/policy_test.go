@@ -252,14 +252,37 @@ func TestServiceDNSName(t *testing.T) {
 	}
 }
 
+// TestPodOf: the pod the rules judge keeps what they read of the API's pod.
+func TestPodOf(t *testing.T) {
+	now := metav1.Now()
+	full := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: "apps", Name: "web-1", UID: "uid-1", DeletionTimestamp: &now,
+			Labels:      map[string]string{"app": "web"},
+			Annotations: map[string]string{policy.MirrorPodAnnotation: "hash", "other": "x"},
+		},
+		Spec:   corev1.PodSpec{NodeName: "node-a", ServiceAccountName: "web", Containers: []corev1.Container{{Name: "app"}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	want := policy.Pod{Namespace: "apps", Name: "web-1", UID: "uid-1", ServiceAccount: "web", NodeName: "node-a",
+		Phase: corev1.PodRunning, Terminating: true, Mirror: true}
+	if got := policy.PodOf(full); got != want {
+		t.Errorf("PodOf = %+v, want %+v", got, want)
+	}
+	if got := policy.PodOf(&corev1.Pod{}); got != (policy.Pod{}) {
+		t.Errorf("PodOf(empty pod) = %+v, want the zero Pod", got)
+	}
+}
+
 func TestPodRules(t *testing.T) {
-	pod := func(node string, phase corev1.PodPhase, deleting bool) *corev1.Pod {
+	pod := func(node string, phase corev1.PodPhase, deleting bool) *policy.Pod {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "web-1"}, Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: phase}}
 		if deleting {
 			now := metav1.Now()
 			p.DeletionTimestamp = &now
 		}
-		return p
+		out := policy.PodOf(p)
+		return &out
 	}
 	tests := []struct {
 		name     string

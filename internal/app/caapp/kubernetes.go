@@ -154,7 +154,9 @@ func runKubernetes(ctx context.Context, cfg *Config, opts Options) error {
 }
 
 // kubeClients returns restCfg, or the in-cluster or KUBECONFIG
-// configuration when it is nil, and a client on it.
+// configuration when it is nil, and a client on it. The client speaks
+// protobuf (every type of kubernetes.Interface is built in): the pod
+// cache's list of a large cluster decodes several times faster than JSON.
 func kubeClients(restCfg *rest.Config) (*rest.Config, kubernetes.Interface, error) {
 	if restCfg == nil {
 		var err error
@@ -162,7 +164,10 @@ func kubeClients(restCfg *rest.Config) (*rest.Config, kubernetes.Interface, erro
 			return nil, nil, fmt.Errorf("kubernetes: no API server configuration (in-cluster or KUBECONFIG): %w", err)
 		}
 	}
-	kube, err := kubernetes.NewForConfig(restCfg)
+	protoCfg := rest.CopyConfig(restCfg)
+	protoCfg.ContentType = runtime.ContentTypeProtobuf
+	protoCfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	kube, err := kubernetes.NewForConfig(protoCfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -212,7 +217,8 @@ func newControllerManager(restCfg *rest.Config, k *KubernetesConfig, apis Cluste
 		HealthProbeBindAddress:        "0",
 		// Tests run several replicas in one process; names are unique per manager.
 		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-		Cache:      cache.Options{ByObject: byObject},
+		// managedFields are never read; dropped, every cached object is smaller.
+		Cache: cache.Options{ByObject: byObject, DefaultTransform: cache.TransformStripManagedFields()},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("controller manager (is the API server at %s reachable?): %w", restCfg.Host, err)

@@ -5,8 +5,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/mayfly-pki/mayfly/internal/policy"
 )
 
 // podCacheLag is how long a pod that the signer has just issued for may be
@@ -98,7 +99,7 @@ func (c *podCredentials) live(cred podCredential, now time.Time) bool {
 			if !found {
 				return now.Sub(cred.signedAt) < podCacheLag
 			}
-			return pod.DeletionTimestamp == nil && pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
+			return policy.PodNotTerminated(&pod) == nil
 		}
 	}
 	return now.Before(cred.notAfter.Add(cred.notAfter.Sub(cred.notBefore)))

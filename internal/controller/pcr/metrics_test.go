@@ -6,23 +6,29 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 )
 
 // fakePods is a PodSource with HasSynced.
 type fakePods struct {
-	byUID  map[string]*corev1.Pod
+	byUID  map[string]*policy.Pod
 	synced bool
 }
 
-func (f *fakePods) ByUID(uid string) (*corev1.Pod, bool) { p, ok := f.byUID[uid]; return p, ok }
-func (f *fakePods) HasSynced() bool                      { return f.synced }
+func (f *fakePods) ByUID(uid string) (policy.Pod, bool) {
+	p, ok := f.byUID[uid]
+	if !ok {
+		return policy.Pod{}, false
+	}
+	return *p, true
+}
+func (f *fakePods) HasSynced() bool { return f.synced }
 
-func (f *fakePods) add(ns, name, uid string) *corev1.Pod {
-	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid)}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+func (f *fakePods) add(ns, name, uid string) *policy.Pod {
+	p := &policy.Pod{Namespace: ns, Name: name, UID: types.UID(uid), Phase: corev1.PodRunning}
 	f.byUID[uid] = p
 	return p
 }
@@ -47,9 +53,9 @@ func TestPodCredentials(t *testing.T) {
 		{name: "exported_while_the_pod_runs", at: 20 * time.Hour, want: true},
 		{name: "exported_after_expiry_while_the_pod_runs", at: 3 * life, want: true},
 		{name: "dropped_when_the_pod_is_deleted", steps: []step{{time.Hour, func(f *fakePods) { delete(f.byUID, "uid-0") }}}, at: 2 * time.Hour},
-		{name: "dropped_while_the_pod_terminates", steps: []step{{time.Hour, func(f *fakePods) { f.byUID["uid-0"].DeletionTimestamp = &metav1.Time{Time: t0} }}}, at: 2 * time.Hour},
-		{name: "dropped_when_the_pod_succeeded", steps: []step{{time.Hour, func(f *fakePods) { f.byUID["uid-0"].Status.Phase = corev1.PodSucceeded }}}, at: 2 * time.Hour},
-		{name: "dropped_when_the_pod_failed", steps: []step{{time.Hour, func(f *fakePods) { f.byUID["uid-0"].Status.Phase = corev1.PodFailed }}}, at: 2 * time.Hour},
+		{name: "dropped_while_the_pod_terminates", steps: []step{{time.Hour, func(f *fakePods) { f.byUID["uid-0"].Terminating = true }}}, at: 2 * time.Hour},
+		{name: "dropped_when_the_pod_succeeded", steps: []step{{time.Hour, func(f *fakePods) { f.byUID["uid-0"].Phase = corev1.PodSucceeded }}}, at: 2 * time.Hour},
+		{name: "dropped_when_the_pod_failed", steps: []step{{time.Hour, func(f *fakePods) { f.byUID["uid-0"].Phase = corev1.PodFailed }}}, at: 2 * time.Hour},
 		{name: "kept_while_the_cache_lags_behind_a_new_pod", steps: []step{{0, func(f *fakePods) { delete(f.byUID, "uid-0") }}}, at: podCacheLag - time.Second, want: true},
 		{name: "dropped_when_the_new_pod_never_shows_up", steps: []step{{0, func(f *fakePods) { delete(f.byUID, "uid-0") }}}, at: podCacheLag},
 		{name: "unsynced_cache_keeps_it_until_expired_a_lifetime", unsynced: true, steps: []step{{0, func(f *fakePods) { delete(f.byUID, "uid-0") }}}, at: 2 * life, want: true},
@@ -60,7 +66,7 @@ func TestPodCredentials(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			now := t0
-			f := &fakePods{byUID: map[string]*corev1.Pod{}, synced: !tt.unsynced}
+			f := &fakePods{byUID: map[string]*policy.Pod{}, synced: !tt.unsynced}
 			f.add("team-a", "web-0", "uid-0")
 			var src PodSource = f
 			if tt.noCache {
@@ -98,7 +104,7 @@ func TestPodCredentials(t *testing.T) {
 func TestPodCredentialsOnePerPod(t *testing.T) {
 	t0 := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
 	now := t0
-	f := &fakePods{byUID: map[string]*corev1.Pod{}, synced: true}
+	f := &fakePods{byUID: map[string]*policy.Pod{}, synced: true}
 	f.add("team-a", "web-0", "uid-0")
 	c := newPodCredentials(f, func() time.Time { return now })
 	reg := prometheus.NewRegistry()
@@ -130,14 +136,14 @@ func TestPodCredentialsOnePerPod(t *testing.T) {
 func TestPodCredentialsSweepWithoutScrapes(t *testing.T) {
 	t0 := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
 	now := t0
-	f := &fakePods{byUID: map[string]*corev1.Pod{}, synced: true}
+	f := &fakePods{byUID: map[string]*policy.Pod{}, synced: true}
 	c := newPodCredentials(f, func() time.Time { return now })
 	for i := range 100 {
 		uid := "uid-" + string(rune('a'+i%26)) + string(rune('a'+i/26))
 		f.add("team-a", uid, uid)
 		c.record("team-a", uid, types.UID(uid), t0, t0.Add(time.Hour), t0.Add(30*time.Minute))
 	}
-	f.byUID = map[string]*corev1.Pod{}
+	f.byUID = map[string]*policy.Pod{}
 	f.add("team-a", "last", "uid-last")
 	now = t0.Add(podCacheLag + sweepEvery)
 	c.record("team-a", "last", "uid-last", now, now.Add(time.Hour), now.Add(30*time.Minute))

@@ -74,7 +74,7 @@ type AuthoritySource interface {
 // informer). If it also has HasSynced() bool, requests wait until it has
 // synced.
 type PodSource interface {
-	ByUID(uid string) (*corev1.Pod, bool)
+	ByUID(uid string) (policy.Pod, bool)
 }
 
 // Reconciler signs PodCertificateRequests of one signer name.
@@ -302,13 +302,13 @@ func (r *Reconciler) decide(ctx context.Context, req *certificatesv1.PodCertific
 // pod returns the pod the request names, nil if it does not exist. A miss
 // in the cache is confirmed with the API server: a denial is final, and a
 // new pod may not be in the cache yet.
-func (r *Reconciler) pod(ctx context.Context, req *certificatesv1.PodCertificateRequest) (*corev1.Pod, error) {
+func (r *Reconciler) pod(ctx context.Context, req *certificatesv1.PodCertificateRequest) (*policy.Pod, error) {
 	if r.Pods != nil {
 		if s, ok := r.Pods.(interface{ HasSynced() bool }); ok && !s.HasSynced() {
 			return nil, fmt.Errorf("%w: pod cache has not synced", errRetry)
 		}
 		if pod, ok := r.Pods.ByUID(string(req.Spec.PodUID)); ok {
-			return pod, nil
+			return &pod, nil
 		}
 	}
 	var pod corev1.Pod
@@ -321,7 +321,8 @@ func (r *Reconciler) pod(ctx context.Context, req *certificatesv1.PodCertificate
 	case pod.UID != req.Spec.PodUID:
 		return nil, nil // re-created under the same name
 	}
-	return &pod, nil
+	p := policy.PodOf(&pod)
+	return &p, nil
 }
 
 // issue signs the leaf and writes the Issued status.

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -53,9 +52,6 @@ const (
 	// defaultMaxExpiration is kube-apiserver's default of
 	// spec.maxExpirationSeconds.
 	defaultMaxExpiration = 24 * time.Hour
-	// mirrorPodAnnotation marks mirror pods (k8s.io/api core/v1
-	// MirrorPodAnnotationKey).
-	mirrorPodAnnotation = "kubernetes.io/config.mirror"
 )
 
 // denial is a decision against a request: the condition's reason and message.
@@ -69,7 +65,7 @@ func deny(reason, format string, args ...any) *denial {
 }
 
 // podCheck is one rule about the pod a request names; nil means it passes.
-type podCheck func(req *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denial
+type podCheck func(req *certificatesv1.PodCertificateRequest, pod *policy.Pod) *denial
 
 // podChecks are applied in order; the first denial wins.
 var podChecks = []podCheck{
@@ -82,7 +78,7 @@ var podChecks = []podCheck{
 
 // checkPod returns the first denial of podChecks; pod nil means the pod
 // does not exist (confirmed against the API, not only a cache).
-func checkPod(req *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denial {
+func checkPod(req *certificatesv1.PodCertificateRequest, pod *policy.Pod) *denial {
 	if pod == nil {
 		return deny(ReasonPodNotFound, "pod %s/%s with UID %s does not exist", req.Namespace, req.Spec.PodName, req.Spec.PodUID)
 	}
@@ -94,7 +90,7 @@ func checkPod(req *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denia
 	return nil
 }
 
-func checkPodIdentity(req *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denial {
+func checkPodIdentity(req *certificatesv1.PodCertificateRequest, pod *policy.Pod) *denial {
 	if pod.UID != req.Spec.PodUID || pod.Namespace != req.Namespace || pod.Name != req.Spec.PodName {
 		return deny(ReasonPodNotFound, "pod %s/%s with UID %s does not exist (found %s/%s with UID %s)",
 			req.Namespace, req.Spec.PodName, req.Spec.PodUID, pod.Namespace, pod.Name, pod.UID)
@@ -102,29 +98,29 @@ func checkPodIdentity(req *certificatesv1.PodCertificateRequest, pod *corev1.Pod
 	return nil
 }
 
-func checkMirrorPod(_ *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denial {
-	if _, ok := pod.Annotations[mirrorPodAnnotation]; ok {
+func checkMirrorPod(_ *certificatesv1.PodCertificateRequest, pod *policy.Pod) *denial {
+	if pod.Mirror {
 		return deny(ReasonMirrorPod, "pod %s/%s is a mirror pod; static pods get no certificates", pod.Namespace, pod.Name)
 	}
 	return nil
 }
 
-func checkTerminating(_ *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denial {
+func checkTerminating(_ *certificatesv1.PodCertificateRequest, pod *policy.Pod) *denial {
 	if err := policy.PodNotTerminated(pod); err != nil {
 		return deny(ReasonPodTerminating, "%v", err)
 	}
 	return nil
 }
 
-func checkNode(req *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denial {
+func checkNode(req *certificatesv1.PodCertificateRequest, pod *policy.Pod) *denial {
 	if err := policy.PodOnNode(pod, string(req.Spec.NodeName)); err != nil {
 		return deny(ReasonWrongNode, "%v", err)
 	}
 	return nil
 }
 
-func checkServiceAccount(req *certificatesv1.PodCertificateRequest, pod *corev1.Pod) *denial {
-	sa := pod.Spec.ServiceAccountName
+func checkServiceAccount(req *certificatesv1.PodCertificateRequest, pod *policy.Pod) *denial {
+	sa := pod.ServiceAccount
 	if sa == "" {
 		sa = "default"
 	}

@@ -13,6 +13,8 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mayfly-pki/mayfly/internal/policy"
 )
 
 func TestPlan(t *testing.T) {
@@ -114,13 +116,18 @@ func TestCheckPod(t *testing.T) {
 		{"denies_succeeded_pod", func(p *corev1.Pod) *corev1.Pod { p.Status.Phase = corev1.PodSucceeded; return p }, ReasonPodTerminating},
 		{"denies_failed_pod", func(p *corev1.Pod) *corev1.Pod { p.Status.Phase = corev1.PodFailed; return p }, ReasonPodTerminating},
 		{"denies_mirror_pod", func(p *corev1.Pod) *corev1.Pod {
-			p.Annotations = map[string]string{mirrorPodAnnotation: "x"}
+			p.Annotations = map[string]string{policy.MirrorPodAnnotation: "x"}
 			return p
 		}, ReasonMirrorPod},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := checkPod(testRequest(), tt.mutate(testPod()))
+			var pod *policy.Pod
+			if full := tt.mutate(testPod()); full != nil {
+				p := policy.PodOf(full)
+				pod = &p
+			}
+			d := checkPod(testRequest(), pod)
 			got := ""
 			if d != nil {
 				got = d.reason

@@ -6,11 +6,11 @@ import (
 	"sync"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mayfly-pki/mayfly/internal/controller/pcr"
 	"github.com/mayfly-pki/mayfly/internal/kubenodes"
+	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
@@ -32,7 +32,7 @@ type gatedPods struct {
 
 func (g *gatedPods) HasSynced() bool { return g.next.HasSynced() }
 
-func (g *gatedPods) ByUID(uid string) (*corev1.Pod, bool) {
+func (g *gatedPods) ByUID(uid string) (policy.Pod, bool) {
 	g.mu.Lock()
 	g.inFlight++
 	g.maxAtOnce = max(g.maxAtOnce, g.inFlight)

@@ -310,13 +310,16 @@ attestation:
 		t.Fatal(err)
 	}
 	t.Setenv("KUBECONFIG", f.kubeconfig) // for `ca rotate-root` in this process
+	if base := os.Getenv("MAYFLY_FLEET_CA_BASELINE_BIN"); base != "" {
+		f.baseline(base)
+	}
 	f.ca, f.caExit = f.runCA(bin)
 	start := time.Now()
 	f.waitReady("the CA to be ready", 10*time.Minute)
 	f.rep.ReadySeconds = time.Since(start).Seconds()
 	f.rep.ReadyHeapMiB, f.rep.ReadyLiveHeapMiB, f.rep.ReadyRSSMiB = f.heapMiB(), f.liveHeapMiB(), rssMiB(t, f.ca.Process.Pid)
 	f.rep.HeapPerPodBytes = f.rep.ReadyLiveHeapMiB * (1 << 20) / float64(f.sz.pods+f.sz.steps[len(f.sz.steps)-1])
-	t.Logf("CA ready in %.1fs: heap %.0f MiB, RSS %.0f MiB", f.rep.ReadySeconds, f.rep.ReadyHeapMiB, f.rep.ReadyRSSMiB)
+	t.Logf("CA ready in %.1fs: heap %.0f MiB, live heap %.0f MiB, RSS %.0f MiB, CPU %.1fs", f.rep.ReadySeconds, f.rep.ReadyHeapMiB, f.rep.ReadyLiveHeapMiB, f.rep.ReadyRSSMiB, cpuSeconds(t, f.ca.Process.Pid))
 	wait.Within(t, "the trust bundle ConfigMap", time.Minute, 50*time.Millisecond, func() bool {
 		cm, err := f.kube.CoreV1().ConfigMaps(caNamespace).Get(f.ctx, bundle.ConfigMapName, metav1.GetOptions{})
 		if err != nil {
@@ -325,6 +328,23 @@ attestation:
 		f.bundle = parsePEM(cm.Data[bundle.ConfigMapKey])
 		return len(f.bundle) > 0
 	})
+}
+
+// baseline runs another build of the CA (MAYFLY_FLEET_CA_BASELINE_BIN)
+// against the same cluster until it is ready, logs its time to ready,
+// heap, RSS and CPU time, and stops it: the CA under test starts next, so
+// the two list the same pods on the same machine in one run.
+func (f *fixture) baseline(bin string) {
+	t := f.t
+	ca, exit := f.runCA(bin)
+	f.caExit = exit
+	start := time.Now()
+	f.waitReady("the baseline CA to be ready", 10*time.Minute)
+	t.Logf("baseline CA %s ready in %.1fs: heap %.0f MiB, live heap %.0f MiB, RSS %.0f MiB, CPU %.1fs", bin, time.Since(start).Seconds(),
+		f.heapMiB(), f.liveHeapMiB(), rssMiB(t, ca.Process.Pid), cpuSeconds(t, ca.Process.Pid))
+	_ = ca.Process.Signal(syscall.SIGTERM)
+	err := <-exit
+	exit <- err // for runCA's cleanup
 }
 
 func (f *fixture) runCA(bin string) (*exec.Cmd, chan error) {
