@@ -9,8 +9,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/mayfly-pki/mayfly/internal/configmap"
 )
 
 // ConfigMapKey is the key of the JWKS in the published ConfigMap.
@@ -69,29 +70,13 @@ func (p *ConfigMapPublisher) Publish(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cms := p.Client.CoreV1().ConfigMaps(p.Namespace)
-	cm, err := cms.Get(ctx, p.Name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		_, err = cms.Create(ctx, &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, Labels: map[string]string{managedLabel: "true", "app.kubernetes.io/managed-by": "mayfly"}},
-			Data:       map[string]string{ConfigMapKey: string(jwks)},
-		}, metav1.CreateOptions{})
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	if cm.Labels[managedLabel] != "true" {
-		return fmt.Errorf("ConfigMap %s/%s exists and is not labelled %s=true: not overwriting it", p.Namespace, p.Name, managedLabel)
-	}
-	if cm.Data[ConfigMapKey] == string(jwks) {
+	labels := map[string]string{managedLabel: "true", "app.kubernetes.io/managed-by": "mayfly"}
+	err = configmap.Put(ctx, p.Client.CoreV1().ConfigMaps(p.Namespace), p.Name, labels, ConfigMapKey, string(jwks), func(cm *corev1.ConfigMap) error {
+		if cm.Labels[managedLabel] != "true" {
+			return fmt.Errorf("ConfigMap %s/%s exists and is not labelled %s=true: not overwriting it", p.Namespace, p.Name, managedLabel)
+		}
 		return nil
-	}
-	if cm.Data == nil {
-		cm.Data = map[string]string{}
-	}
-	cm.Data[ConfigMapKey] = string(jwks)
-	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	})
 	if apierrors.IsConflict(err) {
 		return errors.New("ConfigMap changed meanwhile; retrying")
 	}

@@ -41,14 +41,7 @@ type backupFile struct {
 func cmdBackup(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewConfigFlags("ca backup", "CA", stderr)
 	out := fs.String("out", "", "the backup file to create (mode 0600; an existing file is never overwritten)")
-	cfg, err := cli.LoadConfig(fs, args, LoadFile)
-	if err != nil {
-		return err
-	}
-	if *out == "" {
-		return errors.New("--out is required")
-	}
-	store, err := openStore(cfg)
+	cfg, store, err := storeTarget(fs, args, out, "--out is required")
 	if err != nil {
 		return err
 	}
@@ -65,14 +58,7 @@ func cmdRestore(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewConfigFlags("ca restore", "CA", stderr)
 	in := fs.String("in", "", "the backup file written by ca backup (must not be readable by group or others)")
 	force := fs.Bool("force", false, "replace the state the store holds (its keys are lost unless backed up)")
-	cfg, err := cli.LoadConfig(fs, args, LoadFile)
-	if err != nil {
-		return err
-	}
-	if *in == "" {
-		return errors.New("--in is required")
-	}
-	store, err := openStore(cfg)
+	cfg, store, err := storeTarget(fs, args, in, "--in is required")
 	if err != nil {
 		return err
 	}

@@ -116,11 +116,7 @@ func cmdToken(args []string, stdout, stderr io.Writer) error {
 func cmdRotateRoot(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewConfigFlags("ca rotate-root", "CA", stderr)
 	activateNow := fs.Bool("activate-now", false, "activate the next root at once, without waiting for every node to hold it (nodes that do not hold it cannot verify certificates under it until they fetch the bundle)")
-	cfg, err := cli.LoadConfig(fs, args, LoadFile)
-	if err != nil {
-		return err
-	}
-	store, err := openStore(cfg)
+	_, store, err := storeTarget(fs, args, nil, "")
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ func cmdTaint(args []string, stdout, stderr io.Writer) error {
 	role := fs.String("authority", "", "the authority to taint: intermediate or root (required)")
 	serial := fs.String("serial", "", "serial (hex) of the key to taint; default the current one")
 	force := fs.Bool("force", false, "root: activate the new root at once, without waiting for every agent to hold it in its bundle")
-	_, store, err := authorityTarget(fs, args, role)
+	_, store, err := storeTarget(fs, args, role, roleMissing)
 	if err != nil {
 		return err
 	}
@@ -55,7 +55,7 @@ func cmdRevoke(args []string, stdout, stderr io.Writer) error {
 	serial := fs.String("serial", "", "serial (hex) of the tainted key; default the one tainted key of --authority")
 	addrs := fs.String("socket", "", "comma-separated status sockets of the CA replicas to ask whether a live leaf still chains to the authority (default: the statusSocket of --config; in Kubernetes run it in each replica's pod, or use --force once every replica's `ca status` shows 0)")
 	force := fs.Bool("force", false, "revoke although live leaves still chain to it, or the replicas cannot be asked (those leaves stop verifying)")
-	cfg, store, err := authorityTarget(fs, args, role)
+	cfg, store, err := storeTarget(fs, args, role, roleMissing)
 	if err != nil {
 		return err
 	}
@@ -106,16 +106,17 @@ func liveLeavesOf(addrs []string, t authority.Taint) (int, error) {
 	return total, nil
 }
 
-// authorityTarget parses the flags of ca taint and ca revoke, checks that
-// --authority was given, and loads the --config file and opens its state
-// store.
-func authorityTarget(fs *cli.ConfigFlags, args []string, role *string) (*Config, authority.Store, error) {
+// storeTarget parses args into fs and opens the state store of the
+// configuration they name, for the commands that work on the stored state
+// beside a running CA. When required is not nil, an empty *required (a
+// flag the command cannot do without) is refused with the error missing.
+func storeTarget(fs *cli.ConfigFlags, args []string, required *string, missing string) (*Config, authority.Store, error) {
 	cfg, err := cli.LoadConfig(fs, args, LoadFile)
 	if err != nil {
 		return nil, nil, err
 	}
-	if *role == "" {
-		return nil, nil, errors.New("--authority is required (intermediate or root)")
+	if required != nil && *required == "" {
+		return nil, nil, errors.New(missing)
 	}
 	store, err := openStore(cfg)
 	if err != nil {
@@ -123,6 +124,9 @@ func authorityTarget(fs *cli.ConfigFlags, args []string, role *string) (*Config,
 	}
 	return cfg, store, nil
 }
+
+// roleMissing is the error of ca taint and ca revoke without --authority.
+const roleMissing = "--authority is required (intermediate or root)"
 
 // openStore opens the CA state store cfg names: its directory (standalone)
 // or its Secret (Kubernetes), for the commands that work on the stored
