@@ -9,6 +9,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/keystore"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/softhsm"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -92,14 +93,7 @@ func TestPKCS11RotationAndRestart(t *testing.T) {
 
 	// Restart: a new session on the token, the state from the directory.
 	k2 := open(t, config(tok))
-	snap, err := store.Load(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := authority.Decode(snap.Data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	back, _ := authoritytest.Stored(t, store)
 	if err := back.LoadKeys(ctx, k2); err != nil {
 		t.Fatalf("LoadKeys after the restart: %v", err)
 	}
