@@ -28,6 +28,7 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/interleave"
+	"github.com/mayfly-pki/mayfly/internal/test/pemfile"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -327,7 +328,7 @@ func TestIssuanceLoadProcess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		bundle := readCerts(t, filepath.Join(caDir, "bundle.pem"))
+		bundle := pemfile.Certificates(t, filepath.Join(caDir, "bundle.pem"))
 		for i := range issuanceClients {
 			raw, err := os.ReadFile(filepath.Join(caDir, fmt.Sprintf("agent%d.pem", i)))
 			if err != nil {
@@ -425,17 +426,4 @@ func signJWTBatch(c issuerv1.IssuerClient, reqs []*issuerv1.JWTRequest) error {
 		}
 	}
 	return nil
-}
-
-func readCerts(t *testing.T, path string) []*x509.Certificate {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs, err := pki.DecodeCertificates(raw, pki.PEMLimits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return certs
 }
