@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"math/big"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -27,6 +26,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/childproc"
 	"github.com/mayfly-pki/mayfly/internal/test/interleave"
 	"github.com/mayfly-pki/mayfly/internal/test/pemfile"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
@@ -253,8 +253,7 @@ type loadProcess struct {
 
 func startLoadProcess(b *testing.B, dir string, cas int) *loadProcess {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestIssuanceLoadProcess$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "MAYFLY_ISSUANCE_LOAD_DIR="+dir, "MAYFLY_ISSUANCE_LOAD_CAS="+strconv.Itoa(cas))
+	cmd := childproc.Command("TestIssuanceLoadProcess", "MAYFLY_ISSUANCE_LOAD_DIR="+dir, "MAYFLY_ISSUANCE_LOAD_CAS="+strconv.Itoa(cas))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -304,10 +303,7 @@ func (p *loadProcess) wait(b *testing.B, word string) {
 // answers "done" once n certificates (kind x509, over SignWorkloads) or
 // JWT-SVIDs (kind jwt, over SignJWTs) were issued by CA ca.
 func TestIssuanceLoadProcess(t *testing.T) {
-	dir := os.Getenv("MAYFLY_ISSUANCE_LOAD_DIR")
-	if dir == "" {
-		t.Skip("helper process of BenchmarkIssuance; runs only as its child")
-	}
+	dir := childproc.Getenv(t, "MAYFLY_ISSUANCE_LOAD_DIR", "BenchmarkIssuance")
 	cas, err := strconv.Atoi(os.Getenv("MAYFLY_ISSUANCE_LOAD_CAS"))
 	if err != nil {
 		t.Fatal(err)
