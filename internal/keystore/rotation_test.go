@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
-	"github.com/mayfly-pki/mayfly/internal/keystore"
 	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/softhsm"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -22,10 +21,7 @@ import (
 func TestPKCS11RotationAndRestart(t *testing.T) {
 	tok := softhsm.NewToken(t, "mayfly-rotation")
 	ctx := context.Background()
-	k, err := keystore.OpenPKCS11(ctx, field, config(tok))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := open(t, config(tok))
 	store, err := authority.NewDirStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
