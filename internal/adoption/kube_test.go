@@ -20,6 +20,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/adoption"
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -179,14 +180,7 @@ func (e *env) settle(what string, cond func() bool) {
 
 func (e *env) state() *authority.State {
 	e.t.Helper()
-	snap, err := e.store.Load(context.Background())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	s, err := authority.Decode(snap.Data)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	s, _ := authoritytest.Stored(e.t, e.store)
 	return s
 }
 

@@ -19,23 +19,15 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/internal/test/pemfile"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
-	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 // readRoots returns the certificates of dir's ca.crt.
 func readRoots(t *testing.T, dir string) []*x509.Certificate {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(dir, rotate.DefaultBundleFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, err := pki.DecodeCertificates(raw, pki.PEMLimits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return roots
+	return pemfile.Certificates(t, filepath.Join(dir, rotate.DefaultBundleFile))
 }
 
 // bundleSinkFunc is a sink that can also take a bundle alone.

@@ -27,6 +27,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/issuertest"
 	"github.com/mayfly-pki/mayfly/internal/test/logbuf"
 	"github.com/mayfly-pki/mayfly/internal/test/loopback"
+	"github.com/mayfly-pki/mayfly/internal/test/pemfile"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -370,14 +371,7 @@ func TestCAClientPersistsItsSVID(t *testing.T) {
 			}
 			a2.signWorkload(idWeb)
 			// The renewed SVID replaced the persisted one.
-			raw, err := os.ReadFile(filepath.Join(dir, svidFile))
-			if err != nil {
-				t.Fatal(err)
-			}
-			chain, err := pki.DecodeCertificates(raw, pki.PEMLimits{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			chain := pemfile.Certificates(t, filepath.Join(dir, svidFile))
 			if chain[0].SerialNumber.Cmp(renewed.SerialNumber) != 0 {
 				t.Errorf("persisted serial %x, want the renewed %x", chain[0].SerialNumber, renewed.SerialNumber)
 			}

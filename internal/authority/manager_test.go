@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/promtest"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -43,20 +44,6 @@ func mustCurrent(t *testing.T, m *authority.Manager) *authority.Loaded {
 		t.Fatalf("Current: %v", err)
 	}
 	return l
-}
-
-// storedState decodes what the store holds now.
-func storedState(t *testing.T, s authority.Store) (*authority.State, string) {
-	t.Helper()
-	snap, err := s.Load(context.Background())
-	if err != nil {
-		t.Fatalf("store Load: %v", err)
-	}
-	st, err := authority.Decode(snap.Data)
-	if err != nil {
-		t.Fatalf("Decode stored state: %v", err)
-	}
-	return st, snap.Version
 }
 
 // drive runs m as its Rotate loop would, the fake clock jumping to each
@@ -105,7 +92,7 @@ func TestManagerFirstLoadBootstraps(t *testing.T) {
 	if got, want := string(marker.last()), string(pki.EncodeCertificates(l.Bundle...)); got != want {
 		t.Error("the marker was not given the bundle")
 	}
-	stored, v := storedState(t, store)
+	stored, v := authoritytest.Stored(t, store)
 	if v != l.Version || !stored.Root.Current.Cert().Equal(l.State.Root.Current.Cert()) {
 		t.Error("the bootstrapped state was not written to the store")
 	}
@@ -226,7 +213,7 @@ func TestManagerLoadBrokenState(t *testing.T) {
 				if tt.wantNewRoot && l.State.Root.Current.Cert().Equal(old.State.Root.Current.Cert()) {
 					t.Fatal("kept the old root, want a new one")
 				}
-				stored, _ := storedState(t, store)
+				stored, _ := authoritytest.Stored(t, store)
 				if !stored.Root.Current.Cert().Equal(l.State.Root.Current.Cert()) {
 					t.Fatal("the new root was not written to the store")
 				}
@@ -315,7 +302,7 @@ func TestManagerRotatesIntermediates(t *testing.T) {
 	if activations < 5 {
 		t.Fatalf("%d intermediate activations in 4 intermediate lifetimes, want at least 5", activations)
 	}
-	if stored, v := storedState(t, store); v != mustCurrent(t, m).Version || stored.Generation != gen {
+	if stored, v := authoritytest.Stored(t, store); v != mustCurrent(t, m).Version || stored.Generation != gen {
 		t.Error("the store does not hold the state in force")
 	}
 }
@@ -498,7 +485,7 @@ func TestManagersOnOneStoreRotateOnce(t *testing.T) {
 			} else {
 				clock.Set(point(inter, p.PrepareAt))
 			}
-			_, v0 := storedState(t, store)
+			_, v0 := authoritytest.Stored(t, store)
 			gen0 := mustCurrent(t, a).State.Generation
 
 			var wg sync.WaitGroup
@@ -508,7 +495,7 @@ func TestManagersOnOneStoreRotateOnce(t *testing.T) {
 			}
 			wg.Wait()
 
-			stored, v := storedState(t, store)
+			stored, v := authoritytest.Stored(t, store)
 			if v == v0 {
 				t.Fatal("neither manager wrote a rotation")
 			}
@@ -534,7 +521,7 @@ func TestManagersOnOneStoreRotateOnce(t *testing.T) {
 					t.Error("a rotation was applied twice")
 				}
 			}
-			if _, again := storedState(t, store); again != v {
+			if _, again := authoritytest.Stored(t, store); again != v {
 				t.Error("a second round wrote the store again")
 			}
 		})

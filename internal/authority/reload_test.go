@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -27,7 +28,7 @@ func TestManagerReloadEveryPicksUpAnotherWriter(t *testing.T) {
 	if err := authority.RequestRootRotation(context.Background(), store); err != nil {
 		t.Fatalf("RequestRootRotation: %v", err)
 	}
-	_, written := storedState(t, store)
+	_, written := authoritytest.Stored(t, store)
 	if mustCurrent(t, m).Version != before.Version {
 		t.Fatal("reloaded before the interval passed")
 	}

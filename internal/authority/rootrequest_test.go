@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -100,7 +101,7 @@ func TestRequestRootActivation(t *testing.T) {
 			if err := authority.RequestRootActivation(ctx, store); err != nil {
 				t.Fatal(err)
 			}
-			if st, _ := storedState(t, store); !st.Root.ActivateNow || !st.Root.Requested {
+			if st, _ := authoritytest.Stored(t, store); !st.Root.ActivateNow || !st.Root.Requested {
 				t.Fatal("the override is not stored")
 			}
 			if err := authority.RequestRootActivation(ctx, store); err != nil {

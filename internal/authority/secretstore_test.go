@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -105,7 +106,7 @@ func TestSecretStore(t *testing.T) {
 			t.Fatal("the replicas hold different states after starting together")
 		}
 		secretStore := authority.NewSecretStore(c.Client, ns, "mayfly-ca")
-		_, v0 := storedState(t, secretStore)
+		_, v0 := authoritytest.Stored(t, secretStore)
 		gen0 := a.State.Generation
 
 		// Both reach the rotation point at the same instant.
@@ -115,7 +116,7 @@ func TestSecretStore(t *testing.T) {
 			wg.Go(func() { waits[i] = m.RotateOnce(ctx) })
 		}
 		wg.Wait()
-		stored, v := storedState(t, secretStore)
+		stored, v := authoritytest.Stored(t, secretStore)
 		if v == v0 || stored.Generation != gen0+1 {
 			t.Fatalf("stored generation %d, want %d: exactly one replica must write", stored.Generation, gen0+1)
 		}

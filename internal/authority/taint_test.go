@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -97,7 +98,7 @@ func TestTaintIntermediate(t *testing.T) {
 	if err := m.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}
-	st, _ := storedState(t, store)
+	st, _ := authoritytest.Stored(t, store)
 	if d := authority.Plan(st, after, testPolicy(), nil); len(d.Steps) == 0 || d.Steps[0] != authority.StepDropRetired {
 		t.Fatalf("plan after the tainted key expired = %v, want DropRetiredRoots first", d.Steps)
 	}
@@ -228,7 +229,7 @@ func TestTaintNextKeys(t *testing.T) {
 			if _, err := authority.TaintAuthority(ctx, store, authority.TaintRequest{Role: role, Serial: "0x00" + strings.ToUpper(next.SerialNumber.Text(16))}, t0); err != nil {
 				t.Fatal(err)
 			}
-			got, _ := storedState(t, store)
+			got, _ := authoritytest.Stored(t, store)
 			r := got.Intermediate
 			if role == authority.RoleRoot {
 				r = got.Root

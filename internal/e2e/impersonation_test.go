@@ -22,6 +22,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/pemfile"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -30,14 +31,7 @@ import (
 // bundle file the CA wrote.
 func caClient(t *testing.T, addr, bundleFile string, cert *tls.Certificate) issuerv1.IssuerClient {
 	t.Helper()
-	raw, err := os.ReadFile(bundleFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, err := pki.DecodeCertificates(raw, pki.PEMLimits{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	roots := pemfile.Certificates(t, bundleFile)
 	conn, client, err := issuerclient.Dial(issuerclient.Config{
 		Address: addr, TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
 		Bundle:      func() []*x509.Certificate { return roots },

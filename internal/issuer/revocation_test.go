@@ -128,11 +128,7 @@ func TestNodeRemovedFromConfigIsRefused(t *testing.T) {
 		wantCode(t, err, codes.PermissionDenied)
 	})
 	t.Run("bundle_stream", func(t *testing.T) {
-		stream, err := agent.WatchBundle(ctx(t))
-		if err == nil {
-			_, err = stream.Recv()
-		}
-		wantCode(t, err, codes.PermissionDenied)
+		wantCode(t, firstBundle(ctx(t), agent), codes.PermissionDenied)
 		if !h.hasAudit(t, "watch", "deny", "not in the CA's nodes") {
 			t.Fatalf("no audit line for the refused stream: %v", h.auditLines())
 		}
@@ -153,11 +149,7 @@ func TestEvictedNodeIsRefused(t *testing.T) {
 	other := h.agent("node-b")
 	streamCtx, cancel := context.WithCancel(ctx(t))
 	defer cancel()
-	stream, err := old.WatchBundle(streamCtx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	recvBundle(t, stream)
+	stream := watching(t, streamCtx, old)
 
 	h.clock.Advance(time.Minute)
 	ev.update(t, func(l eviction.List) (eviction.List, error) { return l.Evict("node-a", h.clock.Now(), time.Time{}) })
@@ -288,12 +280,7 @@ func TestAgentThatNeverAcksIsReported(t *testing.T) {
 	h := newHarness(t)
 	var streams []issuerv1.Issuer_WatchBundleClient
 	for _, node := range []string{"node-a", "node-b"} {
-		s, err := h.agent(node).WatchBundle(ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		recvBundle(t, s)
-		streams = append(streams, s)
+		streams = append(streams, watching(t, ctx(t), h.agent(node)))
 	}
 	if err := streams[0].Send(&issuerv1.BundleAck{Version: "v1"}); err != nil {
 		t.Fatal(err)

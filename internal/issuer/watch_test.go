@@ -32,6 +32,29 @@ func recvBundle(t *testing.T, stream issuerv1.Issuer_WatchBundleClient) (string,
 	return b.GetVersion(), roots
 }
 
+// watching opens a WatchBundle stream of c on ctx and reads the bundle
+// sent on connect, failing the test if either step fails.
+func watching(t *testing.T, ctx context.Context, c issuerv1.IssuerClient) issuerv1.Issuer_WatchBundleClient {
+	t.Helper()
+	s, err := c.WatchBundle(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recvBundle(t, s)
+	return s
+}
+
+// firstBundle opens a WatchBundle stream of c and reads the bundle sent
+// on connect; it returns the error of either step.
+func firstBundle(ctx context.Context, c issuerv1.IssuerClient) error {
+	stream, err := c.WatchBundle(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = stream.Recv()
+	return err
+}
+
 func (h *harness) waitGauges(t *testing.T, connected, current float64) {
 	t.Helper()
 	eventually(t, "gauges", func() bool {
@@ -117,12 +140,7 @@ func TestAllAgentsCurrentWaitsForEveryAgent(t *testing.T) {
 	for _, node := range []string{"node-a", "node-b"} {
 		streamCtx, cancel := context.WithCancel(ctx(t))
 		t.Cleanup(cancel)
-		s, err := h.agent(node).WatchBundle(streamCtx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		recvBundle(t, s)
-		streams = append(streams, s)
+		streams = append(streams, watching(t, streamCtx, h.agent(node)))
 	}
 	h.waitGauges(t, 2, 0)
 	steps := []struct {
@@ -169,11 +187,7 @@ func TestWatchBundleRecordsAcksByNode(t *testing.T) {
 	h := newHarness(t, func(c *issuer.Config) { c.Acks = rec })
 	streamCtx, cancel := context.WithCancel(ctx(t))
 	defer cancel()
-	stream, err := h.agent("node-a").WatchBundle(streamCtx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	recvBundle(t, stream)
+	stream := watching(t, streamCtx, h.agent("node-a"))
 	if err := stream.Send(&issuerv1.BundleAck{Version: "v1"}); err != nil {
 		t.Fatal(err)
 	}

@@ -106,10 +106,7 @@ func TestPKCS11SignsWithAKeyThatStaysInTheToken(t *testing.T) {
 func TestPKCS11KeysSurviveReopenAndDelete(t *testing.T) {
 	tok := softhsm.NewToken(t, "mayfly-test")
 	ctx := context.Background()
-	k, err := keystore.OpenPKCS11(ctx, field, config(tok))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := open(t, config(tok))
 	uri, key, err := k.CreateKey(ctx, "intermediate", pki.KeyTypeECDSAP256)
 	if err != nil {
 		t.Fatal(err)

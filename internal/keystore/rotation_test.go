@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
-	"github.com/mayfly-pki/mayfly/internal/keystore"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/softhsm"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -21,10 +21,7 @@ import (
 func TestPKCS11RotationAndRestart(t *testing.T) {
 	tok := softhsm.NewToken(t, "mayfly-rotation")
 	ctx := context.Background()
-	k, err := keystore.OpenPKCS11(ctx, field, config(tok))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := open(t, config(tok))
 	store, err := authority.NewDirStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -92,14 +89,7 @@ func TestPKCS11RotationAndRestart(t *testing.T) {
 
 	// Restart: a new session on the token, the state from the directory.
 	k2 := open(t, config(tok))
-	snap, err := store.Load(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := authority.Decode(snap.Data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	back, _ := authoritytest.Stored(t, store)
 	if err := back.LoadKeys(ctx, k2); err != nil {
 		t.Fatalf("LoadKeys after the restart: %v", err)
 	}

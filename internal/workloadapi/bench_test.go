@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -27,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 
+	"github.com/mayfly-pki/mayfly/internal/test/childproc"
 	"github.com/mayfly-pki/mayfly/internal/workloadattest"
 
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
@@ -230,9 +230,7 @@ func (a unixAttestor) Attest(ctx context.Context) (Caller, error) {
 // benchFetchesInChild runs b.N fetches from a child process (this test
 // binary, running TestFetchClientProcess) and reports what it measured.
 func benchFetchesInChild(b *testing.B, path string) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFetchClientProcess$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "MAYFLY_FETCH_SOCKET="+path, "MAYFLY_FETCH_N="+strconv.Itoa(b.N))
-	out, err := cmd.CombinedOutput()
+	out, err := childproc.Command("TestFetchClientProcess", "MAYFLY_FETCH_SOCKET="+path, "MAYFLY_FETCH_N="+strconv.Itoa(b.N)).CombinedOutput()
 	if err != nil {
 		b.Fatalf("client process: %v\n%s", err, out)
 	}
@@ -253,10 +251,7 @@ func benchFetchesInChild(b *testing.B, path string) {
 // TestFetchClientProcess is the client half of benchFetchesInChild; it runs
 // only as that child process.
 func TestFetchClientProcess(t *testing.T) {
-	path := os.Getenv("MAYFLY_FETCH_SOCKET")
-	if path == "" {
-		t.Skip("helper process of BenchmarkFetchX509SVID/*/c1-client-process; runs only as its child")
-	}
+	path := childproc.Getenv(t, "MAYFLY_FETCH_SOCKET", "BenchmarkFetchX509SVID/*/c1-client-process")
 	n, err := strconv.Atoi(os.Getenv("MAYFLY_FETCH_N"))
 	if err != nil || n < 1 {
 		t.Fatalf("MAYFLY_FETCH_N: %v", err)

@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/mayfly-pki/mayfly/internal/test/childproc"
 	"github.com/mayfly-pki/mayfly/internal/test/loopback"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
@@ -230,11 +231,11 @@ func startFlood(t *testing.T, socket string) *floodProcess {
 	f := &floodProcess{}
 	counts := make([]atomic.Int64, floodProcs)
 	for i := range floodProcs {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestFloodHelperProcess$", "-test.v")
-		cmd.Env = append(os.Environ(), "MAYFLY_FLOOD_SOCKET="+socket, "MAYFLY_FLOOD_CONNS="+strconv.Itoa(floodConns/floodProcs))
+		env := []string{"MAYFLY_FLOOD_SOCKET=" + socket, "MAYFLY_FLOOD_CONNS=" + strconv.Itoa(floodConns/floodProcs)}
 		if os.Getenv("MAYFLY_FLOOD_CHURN") == "1" {
-			cmd.Env = append(cmd.Env, "MAYFLY_FLOOD_CHURN=1")
+			env = append(env, "MAYFLY_FLOOD_CHURN=1")
 		}
+		cmd := childproc.Command("TestFloodHelperProcess", env...)
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -299,10 +300,7 @@ func (f *floodProcess) stop(t *testing.T) {
 // holds them until its stdin closes, printing "OPENED n"; with
 // MAYFLY_FLOOD_CHURN=1 it keeps replacing the oldest meanwhile.
 func TestFloodHelperProcess(t *testing.T) {
-	socket := os.Getenv("MAYFLY_FLOOD_SOCKET")
-	if socket == "" {
-		t.Skip("helper process of TestFloodFromAnotherUID; runs only as its child")
-	}
+	socket := childproc.Getenv(t, "MAYFLY_FLOOD_SOCKET", "TestFloodFromAnotherUID")
 	n, err := strconv.Atoi(os.Getenv("MAYFLY_FLOOD_CONNS"))
 	if err != nil {
 		t.Fatalf("MAYFLY_FLOOD_CONNS: %v", err)

@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/handshake"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/internal/upstream"
@@ -88,14 +89,7 @@ func caState(t *testing.T, s *stack) *authority.State {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := store.Load(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := authority.Decode(snap.Data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _ := authoritytest.Stored(t, store)
 	return st
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
@@ -135,7 +136,7 @@ func TestKubernetesLeaderFailoverMidRotation(t *testing.T) {
 		wait.Within(t, what, 2*time.Minute, 200*time.Millisecond, func() bool { step(); return cond() })
 	}
 	store := authority.NewSecretStore(kube, "mayfly-system", "mayfly-ca")
-	state := func() *authority.State { return loadState(t, store) }
+	state := func() *authority.State { s, _ := authoritytest.Stored(t, store); return s }
 
 	for i, round := range []struct {
 		name                  string
@@ -233,20 +234,6 @@ func TestKubernetesLeaderFailoverMidRotation(t *testing.T) {
 		t.Fatalf("the Secret held %d current roots and %d current intermediates over 4 root rotations, want %d each: a slot was lost or activated twice", len(roots0), len(inters), want)
 	}
 	t.Logf("4 failovers: %d leaves signed and checked, %d roots and %d intermediates ever current", signed, len(roots0), len(inters))
-}
-
-// loadState reads and decodes the state in store.
-func loadState(t *testing.T, store authority.Store) *authority.State {
-	t.Helper()
-	snap, err := store.Load(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := authority.Decode(snap.Data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // failoverReplica is a CA replica whose API server connection goes

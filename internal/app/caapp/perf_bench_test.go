@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"math/big"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -27,7 +26,9 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/childproc"
 	"github.com/mayfly-pki/mayfly/internal/test/interleave"
+	"github.com/mayfly-pki/mayfly/internal/test/pemfile"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -306,8 +307,7 @@ type loadProcess struct {
 
 func startLoadProcess(b *testing.B, dir string, cas int) *loadProcess {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestIssuanceLoadProcess$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "MAYFLY_ISSUANCE_LOAD_DIR="+dir, "MAYFLY_ISSUANCE_LOAD_CAS="+strconv.Itoa(cas))
+	cmd := childproc.Command("TestIssuanceLoadProcess", "MAYFLY_ISSUANCE_LOAD_DIR="+dir, "MAYFLY_ISSUANCE_LOAD_CAS="+strconv.Itoa(cas))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -357,10 +357,7 @@ func (p *loadProcess) wait(b *testing.B, word string) {
 // answers "done" once n certificates (kind x509, over SignWorkloads) or
 // JWT-SVIDs (kind jwt, over SignJWTs) were issued by CA ca.
 func TestIssuanceLoadProcess(t *testing.T) {
-	dir := os.Getenv("MAYFLY_ISSUANCE_LOAD_DIR")
-	if dir == "" {
-		t.Skip("helper process of BenchmarkIssuance; runs only as its child")
-	}
+	dir := childproc.Getenv(t, "MAYFLY_ISSUANCE_LOAD_DIR", "BenchmarkIssuance")
 	cas, err := strconv.Atoi(os.Getenv("MAYFLY_ISSUANCE_LOAD_CAS"))
 	if err != nil {
 		t.Fatal(err)
@@ -381,7 +378,7 @@ func TestIssuanceLoadProcess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		bundle := readCerts(t, filepath.Join(caDir, "bundle.pem"))
+		bundle := pemfile.Certificates(t, filepath.Join(caDir, "bundle.pem"))
 		for i := range issuanceClients {
 			raw, err := os.ReadFile(filepath.Join(caDir, fmt.Sprintf("agent%d.pem", i)))
 			if err != nil {
@@ -479,17 +476,4 @@ func signJWTBatch(c issuerv1.IssuerClient, reqs []*issuerv1.JWTRequest) error {
 		}
 	}
 	return nil
-}
-
-func readCerts(t *testing.T, path string) []*x509.Certificate {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs, err := pki.DecodeCertificates(raw, pki.PEMLimits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return certs
 }

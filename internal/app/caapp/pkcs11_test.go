@@ -15,6 +15,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/pemfile"
 	"github.com/mayfly-pki/mayfly/internal/test/softhsm"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -39,14 +40,7 @@ func waitServed(t *testing.T, p *caProcess) *runningCA {
 		p.errChecked = true
 		t.Fatalf("the CA exited before it served: %v", p.err)
 	}
-	raw, err := os.ReadFile(filepath.Join(p.cfg.Directory, caapp.TrustBundleFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := pki.DecodeCertificates(raw, pki.PEMLimits{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bundle := pemfile.Certificates(t, filepath.Join(p.cfg.Directory, caapp.TrustBundleFile))
 	return &runningCA{addr: p.addr, dir: p.cfg.Directory, logs: p.logs, bundle: bundle}
 }
 

@@ -15,6 +15,7 @@ import (
 	mayflyv1alpha1 "github.com/mayfly-pki/mayfly/api/mayfly/v1alpha1"
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/test/authoritytest"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -62,7 +63,7 @@ func TestKubernetesRootWaitsForDeliveryObjects(t *testing.T) {
 	orphan = create(t, kube.CoreV1().Secrets("app").Create, orphan)
 
 	store := authority.NewSecretStore(kube, "mayfly-system", "mayfly-ca")
-	state := func() *authority.State { return loadState(t, store) }
+	state := func() *authority.State { s, _ := authoritytest.Stored(t, store); return s }
 	root0 := state().Root.Current.Cert()
 	if err := authority.RequestRootRotation(ctx, store); err != nil {
 		t.Fatal(err)
