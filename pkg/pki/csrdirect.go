@@ -10,7 +10,6 @@ import (
 	"crypto/sha512"
 	"crypto/x509"
 	"fmt"
-	"math/big"
 )
 
 // The direct CSR parser reads the CSRs mayfly's agents send (CreateCSR:
@@ -135,26 +134,15 @@ func parseCSRDirect(der []byte) (csr *x509.CertificateRequest, direct bool, err 
 
 	var pub crypto.PublicKey
 	if shape.curve != nil {
-		// The key is converted to the curve's point once, by the
-		// signature check: ecdsa.VerifyASN1 refuses a point that is not
-		// on the curve, so a key whose signature verifies is one that
-		// ecdsa.ParseUncompressedPublicKey (x509's parser) accepts, with
-		// the same coordinates. Only a failed check parses the key on its
-		// own, to leave an invalid point to the standard parser's error.
-		if key[0] != 4 {
+		k, err := ecdsa.ParseUncompressedPublicKey(shape.curve, key)
+		if err != nil {
 			return nil, false, nil
 		}
-		n := (len(key) - 1) / 2
-		pub = &ecdsa.PublicKey{Curve: shape.curve, X: new(big.Int).SetBytes(key[1 : 1+n]), Y: new(big.Int).SetBytes(key[1+n:])}
+		pub = k
 	} else {
 		pub = ed25519.PublicKey(key)
 	}
 	if !verifyCSR(shape, pub, tbs, sig) {
-		if shape.curve != nil {
-			if _, err := ecdsa.ParseUncompressedPublicKey(shape.curve, key); err != nil {
-				return nil, false, nil
-			}
-		}
 		return nil, true, fmt.Errorf("%w: x509: %s verification failure", ErrCSRSignature, shape.pubAlg)
 	}
 	return &x509.CertificateRequest{
