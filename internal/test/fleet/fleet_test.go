@@ -251,7 +251,7 @@ func (f *fixture) populate() {
 // container is not always enough). Without the room a large run would
 // fail midway on "too many open files": it stops here instead, saying so.
 func raiseFileLimit(t *testing.T, n int) {
-	want := uint64(n + 2048)
+	want := uint64(n + 512)
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatalf("open-file limit: %v", err)
