@@ -125,7 +125,6 @@ FLEET_CA_MEMORY ?= 512Mi
 FLEET_TIMEOUT ?= 60m
 bench-fleet: ## CA (memory limit FLEET_CA_MEMORY) against envtest with FLEET_PODS pods and a fleet of FLEET_AGENTS real agents; table, JSON, PNG in FLEET_OUT.
 	mkdir -p $(FLEET_OUT) && go build -o $(FLEET_OUT)/ca ./cmd/ca
-	ulimit -n 65536 2>/dev/null || true; \
 	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_CA_BIN="$(abspath $(FLEET_OUT))/ca" \
 	MAYFLY_FLEET_PODS=$(FLEET_PODS) MAYFLY_FLEET_NODES=$(FLEET_NODES) MAYFLY_FLEET_AGENTS=$(FLEET_AGENTS) MAYFLY_FLEET_OUT="$(abspath $(FLEET_OUT))" MAYFLY_FLEET_CA_MEMORY=$(FLEET_CA_MEMORY) \
 	go test -count=1 -timeout $(FLEET_TIMEOUT) -v -run '^TestFleet$$' ./internal/test/fleet/

@@ -211,10 +211,6 @@ func (c *core) serveIssuer(ctx context.Context, g *errgroup.Group) {
 		// the TLS connection under it buffers a record already, and a
 		// CA holds one connection per node.
 		grpc.ReadBufferSize(0),
-		// The write buffer (32 KiB) is taken from a pool for each flush
-		// and returned after it, instead of one held by every idle
-		// connection.
-		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(issuer.KeepaliveParams()),
 	)

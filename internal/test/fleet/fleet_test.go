@@ -251,7 +251,7 @@ func (f *fixture) populate() {
 // container is not always enough). Without the room a large run would
 // fail midway on "too many open files": it stops here instead, saying so.
 func raiseFileLimit(t *testing.T, n int) {
-	want := uint64(n + 2048)
+	want := uint64(n + 512)
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatalf("open-file limit: %v", err)
@@ -460,6 +460,7 @@ func (f *fixture) step(n int) {
 	runtime.GC() // the fleet's garbage is this process's, not the CA's
 
 	before := f.agentVersion(0)
+	caCPU, fleetCPU := cpuSeconds(t, f.ca.Process.Pid), cpuSeconds(t, os.Getpid())
 	start = time.Now()
 	f.newBundle()
 	wait.Until(t, "every agent acknowledged the new bundle", 5*time.Minute, 5*time.Millisecond, func(context.Context) (bool, string) {
@@ -476,9 +477,13 @@ func (f *fixture) step(n int) {
 		return cur == float64(n), fmt.Sprintf("CA: %.0f of %d acknowledged", cur, n)
 	})
 	push := time.Since(start).Seconds()
-	s := fleet.Step{Agents: n, ConnectSeconds: connect, PushSeconds: push, HeapMiB: f.heapMiB(), LiveHeapMiB: f.liveHeapMiB(), RSSMiB: rssMiB(t, f.ca.Process.Pid)}
+	caCPU, fleetCPU = cpuSeconds(t, f.ca.Process.Pid)-caCPU, cpuSeconds(t, os.Getpid())-fleetCPU
+	s := fleet.Step{
+		Agents: n, ConnectSeconds: connect, PushSeconds: push, PushCACPUSeconds: caCPU, PushFleetCPUSeconds: fleetCPU,
+		HeapMiB: f.heapMiB(), LiveHeapMiB: f.liveHeapMiB(), RSSMiB: rssMiB(t, f.ca.Process.Pid),
+	}
 	f.rep.Steps = append(f.rep.Steps, s)
-	t.Logf("%d agents: connected in %.1fs, push until all acked %.2fs, CA heap %.0f MiB, RSS %.0f MiB", n, connect, push, s.HeapMiB, s.RSSMiB)
+	t.Logf("%d agents: connected in %.1fs, push until all acked %.2fs (CPU: CA %.2fs, agents %.2fs), CA heap %.0f MiB, RSS %.0f MiB", n, connect, push, caCPU, fleetCPU, s.HeapMiB, s.RSSMiB)
 }
 
 // refreshBundle reads the trust bundle new agents start with from the

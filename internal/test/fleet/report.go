@@ -31,6 +31,11 @@ type Step struct {
 	HeapMiB     float64 `json:"heapMiB"`
 	LiveHeapMiB float64 `json:"liveHeapMiB"`
 	RSSMiB      float64 `json:"rssMiB"`
+	// PushCACPUSeconds and PushFleetCPUSeconds are the CPU time of the CA
+	// process and of the benchmark's process (the agents) during the push:
+	// where the push's time went on the shared cores.
+	PushCACPUSeconds    float64 `json:"pushCACPUSeconds"`
+	PushFleetCPUSeconds float64 `json:"pushFleetCPUSeconds"`
 }
 
 // Report is the outcome of one fleet benchmark run.
@@ -98,9 +103,11 @@ func (r *Report) Markdown(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Cluster: %d pods, %d nodes. CA ready in %.1f s; heap in use %.0f MiB (live %.0f MiB), RSS %.0f MiB once ready (%.0f bytes of live heap per pod, baseline included).\n\n",
 		r.Pods, r.Nodes, r.ReadySeconds, r.ReadyHeapMiB, r.ReadyLiveHeapMiB, r.ReadyRSSMiB, r.HeapPerPodBytes)
-	b.WriteString("| agents | connect (s) | push until all acked (s) | CA heap in use (MiB) | CA live heap (MiB) | CA RSS (MiB) |\n|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| agents | connect (s) | push until all acked (s) | CPU during the push, CA / agents (s) | CA heap in use (MiB) | CA live heap (MiB) | CA RSS (MiB) | CA live heap, RSS per agent (KiB) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Steps {
-		fmt.Fprintf(&b, "| %d | %.1f | %.2f | %.0f | %.0f | %.0f |\n", s.Agents, s.ConnectSeconds, s.PushSeconds, s.HeapMiB, s.LiveHeapMiB, s.RSSMiB)
+		perAgent := func(mib, base float64) float64 { return (mib - base) * 1024 / float64(s.Agents) }
+		fmt.Fprintf(&b, "| %d | %.1f | %.2f | %.2f / %.2f | %.0f | %.0f | %.0f | %.1f, %.1f |\n", s.Agents, s.ConnectSeconds, s.PushSeconds, s.PushCACPUSeconds, s.PushFleetCPUSeconds,
+			s.HeapMiB, s.LiveHeapMiB, s.RSSMiB, perAgent(s.LiveHeapMiB, r.ReadyLiveHeapMiB), perAgent(s.RSSMiB, r.ReadyRSSMiB))
 	}
 	if s := r.Storm; s != nil {
 		fmt.Fprintf(&b, "\nReconnect storm: %d agents back with the current bundle %.1f s after the CA restarted; /readyz not ready %d times after first ready; peak RSS %.0f MiB; %d streams more than agents.\n",
