@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -52,17 +51,9 @@ func (p Proc) Cgroups(pid int) ([]CgroupLine, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(name)
+	data, err := readLimited(fmt.Sprintf("reading cgroups of pid %d", pid), name, MaxCgroupFileSize)
 	if err != nil {
-		return nil, fmt.Errorf("reading cgroups of pid %d: %w", pid, err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxCgroupFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading cgroups of pid %d: %w", pid, err)
-	}
-	if len(data) > MaxCgroupFileSize {
-		return nil, fmt.Errorf("reading cgroups of pid %d: %s is larger than %d bytes", pid, name, MaxCgroupFileSize)
+		return nil, err
 	}
 	lines, err := ParseCgroups(data)
 	if err != nil {

@@ -47,7 +47,7 @@ func NewRegistrationWatcher(path string, td spiffeid.TrustDomain, interval time.
 		return nil, fmt.Errorf("registrations watcher: interval %s must be positive", interval)
 	}
 	w := &RegistrationWatcher{path: path, td: td, interval: interval, clock: clock}
-	data, err := readLimited(path, MaxRegistrationsFileSize)
+	data, err := readLimited("registrations", path, MaxRegistrationsFileSize)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +85,7 @@ func (w *RegistrationWatcher) Start(ctx context.Context) error {
 // reload checks the file once. Content already seen (good or bad) is not
 // parsed or reported again; a read error is reported at every poll.
 func (w *RegistrationWatcher) reload() {
-	data, readErr := readLimited(w.path, MaxRegistrationsFileSize)
+	data, readErr := readLimited("registrations", w.path, MaxRegistrationsFileSize)
 	err := readErr
 	var regs []Registration
 	sum := sha256.Sum256(data)
@@ -119,18 +119,21 @@ func (w *RegistrationWatcher) reload() {
 	}
 }
 
-func readLimited(path string, limit int64) ([]byte, error) {
+// readLimited reads the file at path, the registrations or a process's
+// cgroups, failing when it holds more than limit bytes (it never reads
+// more than limit+1); what starts each error.
+func readLimited(what, path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("registrations: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer f.Close()
 	var buf bytes.Buffer
 	if _, err := io.Copy(&buf, io.LimitReader(f, limit+1)); err != nil {
-		return nil, fmt.Errorf("registrations: reading %s: %w", path, err)
+		return nil, fmt.Errorf("%s: reading %s: %w", what, path, err)
 	}
 	if int64(buf.Len()) > limit {
-		return nil, fmt.Errorf("registrations: %s is larger than %d bytes", path, limit)
+		return nil, fmt.Errorf("%s: %s is larger than %d bytes", what, path, limit)
 	}
 	return buf.Bytes(), nil
 }
