@@ -33,10 +33,10 @@ import (
 // and each Service as its namespace and name: what the CA reads, nothing
 // else.
 type PodCache struct {
-	pods, services         cache.Controller
-	podStore, serviceStore cache.Store
-	byUID                  podsByUID
-	started                atomic.Bool
+	pods, services cache.Controller
+	serviceStore   cache.Store
+	byUID          podsByUID
+	started        atomic.Bool
 }
 
 // NewPodCache builds the pod and Service informers (cluster-wide, resync
@@ -48,8 +48,12 @@ func NewPodCache(client kubernetes.Interface, resync time.Duration) *PodCache {
 	services := func() corev1client.ServiceInterface { return client.CoreV1().Services(metav1.NamespaceAll) }
 	return newPodCache(
 		cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-			ListWithContextFunc:  func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return pods().List(ctx, o) },
-			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return pods().Watch(ctx, o) },
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return pods().List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return pods().Watch(ctx, o)
+			},
 		}, client),
 		cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -69,7 +73,7 @@ func NewPodCache(client kubernetes.Interface, resync time.Duration) *PodCache {
 // would cost a set per pod, about 300 bytes more a pod.
 func newPodCache(pods, services cache.ListerWatcher, resync time.Duration) *PodCache {
 	c := &PodCache{byUID: podsByUID{m: map[types.UID]*cachedPod{}}}
-	c.podStore, c.pods = cache.NewInformerWithOptions(cache.InformerOptions{
+	_, c.pods = cache.NewInformerWithOptions(cache.InformerOptions{
 		ListerWatcher: pods, ObjectType: &corev1.Pod{}, ResyncPeriod: resync,
 		Handler: &c.byUID, Transform: compactPodObject,
 	})

@@ -310,8 +310,10 @@ attestation:
 		t.Fatal(err)
 	}
 	t.Setenv("KUBECONFIG", f.kubeconfig) // for `ca rotate-root` in this process
-	if base := os.Getenv("MAYFLY_FLEET_CA_BASELINE_BIN"); base != "" {
-		f.baseline(base)
+	for base := range strings.SplitSeq(os.Getenv("MAYFLY_FLEET_CA_BASELINE_BIN"), ",") {
+		if base != "" {
+			f.baseline(base)
+		}
 	}
 	f.ca, f.caExit = f.runCA(bin)
 	start := time.Now()
@@ -330,8 +332,8 @@ attestation:
 	})
 }
 
-// baseline runs another build of the CA (MAYFLY_FLEET_CA_BASELINE_BIN)
-// against the same cluster until it is ready, logs its time to ready,
+// baseline runs another build of the CA (MAYFLY_FLEET_CA_BASELINE_BIN, a
+// comma-separated list, run in turn) against the same cluster until it is ready, logs its time to ready,
 // heap, RSS and CPU time, and stops it: the CA under test starts next, so
 // the two list the same pods on the same machine in one run.
 func (f *fixture) baseline(bin string) {
