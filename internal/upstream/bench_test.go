@@ -33,10 +33,7 @@ func BenchmarkRenewIntermediate(b *testing.B) {
 		{"cfssl", &upstream.Config{CFSSL: &cf.Config}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			u, err := upstream.New(bc.cfg, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
+			u := newUpstream(b, bc.cfg, nil)
 			ctx := context.Background()
 			for b.Loop() {
 				key := testca.Key(b)

@@ -98,10 +98,7 @@ func TestFailingUpstreamNeverReplacesTheIntermediate(t *testing.T) {
 		return func(t *testing.T) authority.Upstream {
 			cfg := good.Config
 			edit(&cfg)
-			u, err := upstream.New(&upstream.Config{CFSSL: &cfg}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			u := newUpstream(t, &upstream.Config{CFSSL: &cfg}, nil)
 			return u
 		}
 	}
@@ -146,10 +143,7 @@ func TestFailingUpstreamNeverReplacesTheIntermediate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			goodUp, err := upstream.New(&upstream.Config{CFSSL: &good.Config}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			goodUp := newUpstream(t, &upstream.Config{CFSSL: &good.Config}, nil)
 			up := &switchable{u: goodUp}
 			store, err := authority.NewDirStore(t.TempDir())
 			if err != nil {

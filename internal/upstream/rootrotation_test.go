@@ -36,10 +36,7 @@ func TestNewUpstreamRootWaitsForAdoption(t *testing.T) {
 				KeyFile:  upstreamtest.WriteKey(t, dir, "ca.key", oldRoot.Key),
 			}
 			clock := rotate.NewFakeClock(time.Now())
-			u, err := upstream.New(&upstream.Config{File: &cfg}, clock.Now)
-			if err != nil {
-				t.Fatal(err)
-			}
+			u := newUpstream(t, &upstream.Config{File: &cfg}, clock.Now)
 			store, err := authority.NewDirStore(t.TempDir())
 			if err != nil {
 				t.Fatal(err)

@@ -34,6 +34,17 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// newUpstream is upstream.New of cfg (now nil: time.Now), failing the
+// test if the configuration is refused.
+func newUpstream(t testing.TB, cfg *upstream.Config, now func() time.Time) authority.Upstream {
+	t.Helper()
+	u, err := upstream.New(cfg, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
 // sign asks u for an intermediate and returns the result as the authority
 // judges it.
 func sign(t *testing.T, u authority.Upstream) (authority.UpstreamResult, error) {
@@ -78,10 +89,7 @@ func leafVerifies(t *testing.T, r authority.UpstreamResult) {
 
 func TestStepCAJWKSignsIntermediate(t *testing.T) {
 	s := upstreamtest.NewStepCA(t, upstreamtest.StepCAOptions{})
-	u, err := upstream.New(&upstream.Config{StepCA: &s.Config}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u := newUpstream(t, &upstream.Config{StepCA: &s.Config}, nil)
 	r := mustSign(t, u)
 	if !r.Roots[0].Equal(s.Root.Cert) || len(r.Slot.Chain) != 2 {
 		t.Fatalf("roots %d chain %d, want step-ca's root and a chain of 2", len(r.Roots), len(r.Slot.Chain))
@@ -102,20 +110,14 @@ func TestStepCAX5CSignsIntermediate(t *testing.T) {
 		CertFile: upstreamtest.WriteCert(t, s.Dir, "x5c.crt", credential.Cert),
 		KeyFile:  upstreamtest.WriteKey(t, s.Dir, "x5c.key", credential.Key),
 	}
-	u, err := upstream.New(&upstream.Config{StepCA: &s.Config}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u := newUpstream(t, &upstream.Config{StepCA: &s.Config}, nil)
 	leafVerifies(t, mustSign(t, u))
 }
 
 func TestStepCARootsListedAtRootsReachTheResult(t *testing.T) {
 	next := upstreamtest.NewCA(t, "Corp step root 2", nil, -1)
 	s := upstreamtest.NewStepCA(t, upstreamtest.StepCAOptions{ExtraRoots: []*upstreamtest.CA{next}})
-	u, err := upstream.New(&upstream.Config{StepCA: &s.Config}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u := newUpstream(t, &upstream.Config{StepCA: &s.Config}, nil)
 	r := mustSign(t, u)
 	if len(r.Roots) != 2 {
 		t.Fatalf("got %d roots, want both roots the step-ca lists", len(r.Roots))
@@ -139,11 +141,8 @@ func TestStepCAErrorsSayWhatToCheck(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := s.Config
 			tt.modify(&cfg)
-			u, err := upstream.New(&upstream.Config{StepCA: &cfg}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = sign(t, u)
+			u := newUpstream(t, &upstream.Config{StepCA: &cfg}, nil)
+			_, err := sign(t, u)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error = %v, want one containing %q", err, tt.want)
 			}
@@ -153,10 +152,7 @@ func TestStepCAErrorsSayWhatToCheck(t *testing.T) {
 
 func TestCFSSLSignsIntermediate(t *testing.T) {
 	c := upstreamtest.NewCFSSL(t, upstreamtest.CFSSLOptions{})
-	u, err := upstream.New(&upstream.Config{CFSSL: &c.Config}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u := newUpstream(t, &upstream.Config{CFSSL: &c.Config}, nil)
 	r := mustSign(t, u)
 	if len(r.Slot.Chain) != 3 || !r.Slot.Chain[2].Equal(c.Signer.Cert) || !r.Roots[0].Equal(c.Root.Cert) {
 		t.Fatalf("chain %d roots %d: want the intermediate, the issuing CA cfssl signed, cfssl's signer, and its root", len(r.Slot.Chain), len(r.Roots))
@@ -193,10 +189,7 @@ func TestCFSSLErrorsSayWhatToCheck(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := c.Config
 			tt.modify(t, &cfg)
-			u, err := upstream.New(&upstream.Config{CFSSL: &cfg}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			u := newUpstream(t, &upstream.Config{CFSSL: &cfg}, nil)
 			r, err := sign(t, u)
 			if err == nil {
 				err = authority.CheckUpstreamResult(r)
@@ -221,10 +214,7 @@ func TestCFSSLSlowServerTimesOut(t *testing.T) {
 	}})
 	defer close(release)
 	c.Config.Timeout = config.Duration{Duration: 200 * time.Millisecond}
-	u, err := upstream.New(&upstream.Config{CFSSL: &c.Config}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u := newUpstream(t, &upstream.Config{CFSSL: &c.Config}, nil)
 	if _, err := sign(t, u); err == nil || !strings.Contains(err.Error(), "no answer within") {
 		t.Fatalf("error = %v, want a timeout", err)
 	}
@@ -292,10 +282,7 @@ func TestFileUpstreamIsReReadWhenItChanges(t *testing.T) {
 		CertFile: upstreamtest.WriteCert(t, dir, "ca.crt", first.Cert),
 		KeyFile:  upstreamtest.WriteKey(t, dir, "ca.key", first.Key),
 	}
-	u, err := upstream.New(&upstream.Config{File: &cfg}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u := newUpstream(t, &upstream.Config{File: &cfg}, nil)
 	if r := mustSign(t, u); !r.Roots[0].Equal(first.Cert) {
 		t.Fatal("first signing is not under the first root")
 	}
