@@ -6,9 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
+
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // Limits of a decoded acknowledgement record: a ConfigMap holds at most
@@ -52,12 +53,12 @@ func Decode(data []byte) (map[string]map[string]struct{}, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: not gzip: %w", ErrInvalidRecord, err)
 	}
-	raw, err := io.ReadAll(io.LimitReader(zr, maxDecoded+1))
+	raw, err := readlimit.All(zr, maxDecoded)
+	if errors.Is(err, readlimit.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: expands beyond %d bytes", ErrInvalidRecord, maxDecoded)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
-	}
-	if len(raw) > maxDecoded {
-		return nil, fmt.Errorf("%w: expands beyond %d bytes", ErrInvalidRecord, maxDecoded)
 	}
 	var r record
 	if err := json.Unmarshal(raw, &r); err != nil {

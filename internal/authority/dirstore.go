@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // StateFileName is the file of a DirStore that holds the whole state.
@@ -48,7 +49,7 @@ func (s *DirStore) Dir() string { return s.dir }
 
 // Load reads the state file.
 func (s *DirStore) Load(_ context.Context) (*Snapshot, error) {
-	raw, err := readLimited(s.Describe())
+	raw, err := readState(s.Describe())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNotFound
 	}
@@ -70,7 +71,7 @@ func (s *DirStore) Save(_ context.Context, data map[string][]byte, prev string) 
 	}
 	defer unlock()
 
-	cur, err := readLimited(s.Describe())
+	cur, err := readState(s.Describe())
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if prev != "" {
@@ -107,27 +108,19 @@ func (s *DirStore) lock() (func(), error) {
 	}, nil
 }
 
-func readLimited(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
+// readState reads the state file, refusing one that group or others may
+// read or that is larger than maxStateFile (ErrCorrupt).
+func readState(path string) ([]byte, error) {
+	raw, err := readlimit.FileCheck(path, maxStateFile, func(fi os.FileInfo) error {
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			return fmt.Errorf("%s has mode %v: CA keys must not be readable by others; run chmod 600 on it", path, perm)
+		}
+		return nil
+	})
+	if errors.Is(err, readlimit.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if st.Size() > maxStateFile {
-		return nil, fmt.Errorf("%w: %s is %d bytes, more than the %d allowed", ErrCorrupt, path, st.Size(), maxStateFile)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s has mode %v: CA keys must not be readable by others; run chmod 600 on it", path, st.Mode().Perm())
-	}
-	buf := make([]byte, st.Size())
-	if _, err := f.ReadAt(buf, 0); err != nil && st.Size() > 0 {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	return buf, nil
+	return raw, err
 }
 
 func version(raw []byte) string {

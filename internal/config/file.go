@@ -4,14 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
 
 	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // APIVersion is the version of every mayfly configuration file.
@@ -86,11 +85,11 @@ func OrDefault(s, def string) string {
 
 // Load reads the configuration file at path and parses it with parse;
 // errors name the file. what names the file's kind ("CA config"). It reads
-// at most MaxFileSize+1 bytes, so a huge file (or a device such as
-// /dev/zero) is refused without being read into memory.
+// only a regular file of at most MaxFileSize bytes, so a huge file (or a
+// device such as /dev/zero) is refused without being read into memory.
 func Load[T any](path, what string, parse func([]byte) (T, error)) (T, error) {
 	var zero T
-	raw, err := readLimited(path, MaxFileSize)
+	raw, err := readlimit.File(path, MaxFileSize)
 	if err != nil {
 		return zero, fmt.Errorf("reading %s: %w", what, err)
 	}
@@ -124,22 +123,4 @@ func HealthAddress(s, def string) (string, error) {
 		}
 		return s, nil
 	}
-}
-
-// readLimited reads the file at path, failing when it holds more than limit
-// bytes; it never reads more than limit+1.
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if int64(len(raw)) > limit {
-		return nil, fmt.Errorf("%s: larger than %d bytes, the limit of a configuration file", path, limit)
-	}
-	return raw, nil
 }

@@ -1,6 +1,7 @@
 package csi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/mayfly-pki/mayfly/pkg/atomicfile"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // recordVersion is the format version of a state file.
@@ -90,13 +92,12 @@ func (s store) load() (recs []*record, bad []error, err error) {
 
 func (s store) read(name string) (*record, error) {
 	path := filepath.Join(s.dir, name)
-	f, err := os.Open(path)
+	raw, err := readlimit.File(path, maxRecordSize)
 	if err != nil {
-		return nil, fmt.Errorf("state file %s: %w", path, err)
+		return nil, fmt.Errorf("state file: %w", err) // err names the file
 	}
-	defer f.Close()
 	var sf stateFile
-	dec := json.NewDecoder(&limitedReader{f: f, n: maxRecordSize})
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&sf); err != nil {
 		return nil, fmt.Errorf("state file %s: %w", path, err)
@@ -131,23 +132,4 @@ func (s store) read(name string) (*record, error) {
 		return nil, fmt.Errorf("state file %s: unknown mode %q", path, rec.Mode)
 	}
 	return &rec, nil
-}
-
-// limitedReader fails (instead of truncating silently, as io.LimitReader
-// does) once more than n bytes were read.
-type limitedReader struct {
-	f *os.File
-	n int64
-}
-
-func (l *limitedReader) Read(p []byte) (int, error) {
-	if l.n <= 0 {
-		return 0, fmt.Errorf("larger than %d bytes", maxRecordSize)
-	}
-	if int64(len(p)) > l.n {
-		p = p[:l.n]
-	}
-	n, err := l.f.Read(p)
-	l.n -= int64(n)
-	return n, err
 }

@@ -3,13 +3,13 @@ package keystore
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"unicode"
 
 	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // Config selects where the CA's root and intermediate keys are kept (the
@@ -98,17 +98,9 @@ func (c *PKCS11Config) readPIN(field string) (string, error) {
 		}
 		raw = v
 	} else {
-		f, err := os.Open(c.PINFile)
+		buf, err := readlimit.File(c.PINFile, maxPIN)
 		if err != nil {
 			return "", fmt.Errorf("%s.pinFile: %w", field, err)
-		}
-		defer f.Close()
-		buf, err := io.ReadAll(io.LimitReader(f, maxPIN+1))
-		if err != nil {
-			return "", fmt.Errorf("%s.pinFile %s: %w", field, c.PINFile, err)
-		}
-		if len(buf) > maxPIN {
-			return "", fmt.Errorf("%s.pinFile %s: longer than %d bytes, not a PIN", field, c.PINFile, maxPIN)
 		}
 		raw = string(buf)
 	}

@@ -110,7 +110,7 @@ func TestCgroupsRejectsMalformedFiles(t *testing.T) {
 		{"empty file", ptr(""), "empty"},
 		{"binary garbage", ptr("\x00\xff\xfe\x01garbage\x7f"), "UTF-8"},
 		{"control character", ptr("0::/a\x00b\n"), "control character"},
-		{"1 MB file", ptr(strings.Repeat("0::/kubepods\n", 1<<20/13+1)), "larger than"},
+		{"1 MB file", ptr(strings.Repeat("0::/kubepods\n", 1<<20/13+1)), "longer than 65536 bytes"},
 		{"line without colons", ptr("no colons here\n"), "want hierarchy-ID:controller-list:path"},
 		{"line with one colon", ptr("0:/x\n"), "want hierarchy-ID"},
 		{"non-numeric hierarchy", ptr("x::/\n"), "not a non-negative decimal"},

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // DefaultProcRoot is where procfs is mounted.
@@ -51,9 +53,9 @@ func (p Proc) Cgroups(pid int) ([]CgroupLine, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := readLimited(fmt.Sprintf("reading cgroups of pid %d", pid), name, MaxCgroupFileSize)
+	data, err := readlimit.File(name, MaxCgroupFileSize)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading cgroups of pid %d: %w", pid, err)
 	}
 	lines, err := ParseCgroups(data)
 	if err != nil {

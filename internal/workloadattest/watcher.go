@@ -1,17 +1,15 @@
 package workloadattest
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -47,7 +45,7 @@ func NewRegistrationWatcher(path string, td spiffeid.TrustDomain, interval time.
 		return nil, fmt.Errorf("registrations watcher: interval %s must be positive", interval)
 	}
 	w := &RegistrationWatcher{path: path, td: td, interval: interval, clock: clock}
-	data, err := readLimited("registrations", path, MaxRegistrationsFileSize)
+	data, err := readRegistrations(path)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +83,7 @@ func (w *RegistrationWatcher) Start(ctx context.Context) error {
 // reload checks the file once. Content already seen (good or bad) is not
 // parsed or reported again; a read error is reported at every poll.
 func (w *RegistrationWatcher) reload() {
-	data, readErr := readLimited("registrations", w.path, MaxRegistrationsFileSize)
+	data, readErr := readRegistrations(w.path)
 	err := readErr
 	var regs []Registration
 	sum := sha256.Sum256(data)
@@ -119,21 +117,11 @@ func (w *RegistrationWatcher) reload() {
 	}
 }
 
-// readLimited reads the file at path, the registrations or a process's
-// cgroups, failing when it holds more than limit bytes (it never reads
-// more than limit+1); what starts each error.
-func readLimited(what, path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
+// readRegistrations reads the registrations file; errors name it.
+func readRegistrations(path string) ([]byte, error) {
+	data, err := readlimit.File(path, MaxRegistrationsFileSize)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
+		return nil, fmt.Errorf("registrations: %w", err)
 	}
-	defer f.Close()
-	var buf bytes.Buffer
-	if _, err := io.Copy(&buf, io.LimitReader(f, limit+1)); err != nil {
-		return nil, fmt.Errorf("%s: reading %s: %w", what, path, err)
-	}
-	if int64(buf.Len()) > limit {
-		return nil, fmt.Errorf("%s: %s is larger than %d bytes", what, path, limit)
-	}
-	return buf.Bytes(), nil
+	return data, nil
 }

@@ -167,6 +167,16 @@ func TestNewRegistrationWatcherFailsOnABadFirstFile(t *testing.T) {
 	if _, err := NewRegistrationWatcher(bad, testTD, time.Second, clock); err == nil || !strings.Contains(err.Error(), "registrations[0].spiffeID") {
 		t.Errorf("bad file: %v", err)
 	}
+	big := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(big, []byte(regsA+strings.Repeat("#", MaxRegistrationsFileSize)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewRegistrationWatcher(big, testTD, time.Second, clock); err == nil || !strings.Contains(err.Error(), big+": longer than") {
+		t.Errorf("file beyond the limit: %v, want an error naming it and the limit", err)
+	}
+	if _, err := NewRegistrationWatcher(dir, testTD, time.Second, clock); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("directory: %v, want it refused as not a regular file", err)
+	}
 	good := filepath.Join(dir, "good.yaml")
 	if err := os.WriteFile(good, []byte(regsA), 0o600); err != nil {
 		t.Fatal(err)

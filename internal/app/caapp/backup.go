@@ -12,6 +12,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/cli"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // A backup file holds the whole CA state (every key) as one JSON document,
@@ -159,27 +160,17 @@ func Restore(ctx context.Context, cfg *Config, store authority.Store, path strin
 }
 
 func readBackup(path string) (*backupFile, error) {
-	f, err := os.Open(path)
+	raw, err := readlimit.FileCheck(path, maxBackupSize, func(fi os.FileInfo) error {
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			return fmt.Errorf("%s: mode %04o lets group or others read the CA keys: chmod 600 it (and check who read it)", path, perm)
+		}
+		return nil
+	})
+	if errors.Is(err, readlimit.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: not a backup of ca backup", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("opening backup file: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%s: mode %04o lets group or others read the CA keys: chmod 600 it (and check who read it)", path, perm)
-	}
-	raw, err := io.ReadAll(io.LimitReader(f, maxBackupSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(raw) > maxBackupSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes: not a backup of ca backup", path, maxBackupSize)
 	}
 	var b backupFile
 	dec := json.NewDecoder(bytes.NewReader(raw))
