@@ -240,7 +240,9 @@ func (f *fixture) populate() {
 		_, err := kube.CoreV1().Pods(caNamespace).Create(ctx, agentPod(i), metav1.CreateOptions{})
 		return err
 	})
-	t.Logf("cluster populated in %s: %d nodes, %d pods, %d agent pods", time.Since(start).Round(time.Second), f.sz.nodes, f.sz.pods, agents)
+	took := time.Since(start)
+	objects := nss + 1 + sas + 1 + f.sz.nodes + f.sz.pods + agents
+	t.Logf("cluster populated in %s: %d nodes, %d pods, %d agent pods (%d objects, %.0f/s)", took.Round(time.Second), f.sz.nodes, f.sz.pods, agents, objects, float64(objects)/took.Seconds())
 }
 
 // raiseFileLimit makes room for the connections of n agents: each holds
