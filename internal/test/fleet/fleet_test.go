@@ -753,24 +753,31 @@ func (f *fixture) storm() {
 	bin := f.ca.Path
 	start := time.Now()
 	f.ca, f.caExit = f.runCA(bin)
-	f.waitReady("the restarted CA to be ready", 10*time.Minute)
+	// The RSS is sampled from the new process's start, so that the peak
+	// includes its pod list; /readyz only once it was first ready.
 	storm := &fleet.Storm{Agents: n}
+	pid := f.ca.Process.Pid
+	var wasReady atomic.Bool
 	done := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
 		defer close(sampled)
 		for {
+			storm.PeakRSSMiB = max(storm.PeakRSSMiB, rssMiB(t, pid))
+			if wasReady.Load() && f.readyz() != http.StatusOK {
+				storm.NotReadySamples++
+			}
 			select {
 			case <-done:
 				return
 			case <-time.After(50 * time.Millisecond): // sampling interval
 			}
-			if f.readyz() != http.StatusOK {
-				storm.NotReadySamples++
-			}
-			storm.PeakRSSMiB = max(storm.PeakRSSMiB, rssMiB(t, f.ca.Process.Pid))
 		}
 	}()
+	stop := sync.OnceFunc(func() { close(done); <-sampled })
+	t.Cleanup(stop) // a failed wait below still stops the sampling
+	f.waitReady("the restarted CA to be ready", 10*time.Minute)
+	wasReady.Store(true)
 	// At least n: an agent's stream from before a reconnect may linger
 	// on the CA until its connection is found gone; the surplus is
 	// reported.
@@ -782,8 +789,7 @@ func (f *fixture) storm() {
 	})
 	storm.Seconds = time.Since(start).Seconds()
 	storm.ExtraStreams = int(extra.Load())
-	close(done)
-	<-sampled
+	stop()
 	t.Logf("reconnect storm of %d agents: %.1fs, /readyz failed %d samples, peak RSS %.0f MiB, %d streams more than agents",
 		n, storm.Seconds, storm.NotReadySamples, storm.PeakRSSMiB, storm.ExtraStreams)
 	f.rep.Storm = storm
