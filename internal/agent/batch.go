@@ -27,48 +27,122 @@ type Batcher struct {
 	// Clock times the window; nil means the wall clock.
 	Clock rotate.Clock
 
-	once    sync.Once
-	in      chan *pending
-	counter atomic.Uint64
-}
-
-type pending struct {
-	req  *issuerv1.WorkloadRequest
-	done chan batchResult
-}
-
-type batchResult struct {
-	res *issuerv1.WorkloadResult
-	err error
+	once sync.Once
+	loop *batchLoop[*issuerv1.WorkloadRequest, *issuerv1.WorkloadResult]
 }
 
 func (b *Batcher) init() {
 	b.once.Do(func() {
-		b.Window = cmp.Or(b.Window, 2*time.Millisecond)
-		b.MaxBatch = cmp.Or(b.MaxBatch, 256)
-		if b.Clock == nil {
-			b.Clock = rotate.RealClock{}
-		}
-		b.in = make(chan *pending)
+		b.loop = newBatchLoop(b.Window, b.MaxBatch, b.Clock, b.Signer.SignWorkloads,
+			func(r *issuerv1.WorkloadRequest, id string) { r.RequestId = id })
 	})
 }
 
 // Start runs the batching loop until ctx is done.
 func (b *Batcher) Start(ctx context.Context) error {
 	b.init()
+	return b.loop.run(ctx)
+}
+
+// Sign submits one request and waits for its result.
+func (b *Batcher) Sign(ctx context.Context, req *issuerv1.WorkloadRequest) (*issuerv1.WorkloadResult, error) {
+	b.init()
+	return b.loop.submit(ctx, req)
+}
+
+// JWTBatcher gathers the JWT-SVID requests of many workloads into few
+// SignJWTs calls, as Batcher does for certificates. It is a JWTSigner, so
+// a JWTCache asks the CA through it.
+type JWTBatcher struct {
+	Signer   JWTSigner
+	Window   time.Duration
+	MaxBatch int
+	// Clock times the window; nil means the wall clock.
+	Clock rotate.Clock
+
+	once sync.Once
+	loop *batchLoop[*issuerv1.JWTRequest, *issuerv1.JWTResult]
+}
+
+func (b *JWTBatcher) init() {
+	b.once.Do(func() {
+		b.loop = newBatchLoop(b.Window, b.MaxBatch, b.Clock, b.Signer.SignJWTs,
+			func(r *issuerv1.JWTRequest, id string) { r.RequestId = id })
+	})
+}
+
+// Start runs the batching loop until ctx is done.
+func (b *JWTBatcher) Start(ctx context.Context) error {
+	b.init()
+	return b.loop.run(ctx)
+}
+
+// SignJWTs submits each request to the next batch and returns their
+// results in order; the requests' IDs are the batcher's.
+func (b *JWTBatcher) SignJWTs(ctx context.Context, reqs []*issuerv1.JWTRequest) ([]*issuerv1.JWTResult, error) {
+	b.init()
+	out := make([]*issuerv1.JWTResult, len(reqs))
+	for i, req := range reqs {
+		res, err := b.loop.submit(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = res
+	}
+	return out, nil
+}
+
+// withID is a request or a result of a batch, matched by its request ID.
+type withID interface{ GetRequestId() string }
+
+// batchLoop is the gathering shared by Batcher and JWTBatcher: the first
+// request waits at most window for others, up to max per call of send;
+// each caller gets the result carrying its request's ID.
+type batchLoop[Req, Res withID] struct {
+	window  time.Duration
+	max     int
+	clock   rotate.Clock
+	send    func(context.Context, []Req) ([]Res, error)
+	setID   func(Req, string)
+	in      chan *pending[Req, Res]
+	counter atomic.Uint64
+}
+
+type pending[Req, Res any] struct {
+	req  Req
+	done chan batchResult[Res]
+}
+
+type batchResult[Res any] struct {
+	res Res
+	err error
+}
+
+func newBatchLoop[Req, Res withID](window time.Duration, limit int, clock rotate.Clock, send func(context.Context, []Req) ([]Res, error), setID func(Req, string)) *batchLoop[Req, Res] {
+	return &batchLoop[Req, Res]{
+		window: cmp.Or(window, 2*time.Millisecond),
+		max:    cmp.Or(limit, 256),
+		clock:  cmp.Or[rotate.Clock](clock, rotate.RealClock{}),
+		send:   send,
+		setID:  setID,
+		in:     make(chan *pending[Req, Res]),
+	}
+}
+
+func (l *batchLoop[Req, Res]) run(ctx context.Context) error {
 	for {
-		var first *pending
+		var first *pending[Req, Res]
 		select {
 		case <-ctx.Done():
 			return nil
-		case first = <-b.in:
+		case first = <-l.in:
 		}
-		batch := []*pending{first}
-		timer := b.Clock.NewTimer(b.Window)
+		batch := []*pending[Req, Res]{first}
+		timer := l.clock.NewTimer(l.window)
 	gather:
-		for len(batch) < b.MaxBatch {
+		for len(batch) < l.max {
 			select {
-			case p := <-b.in:
+			case p := <-l.in:
 				batch = append(batch, p)
 			case <-timer.C():
 				break gather
@@ -77,27 +151,27 @@ func (b *Batcher) Start(ctx context.Context) error {
 			}
 		}
 		timer.Stop()
-		go b.send(ctx, batch)
+		go l.sendBatch(ctx, batch)
 	}
 }
 
-func (b *Batcher) send(ctx context.Context, batch []*pending) {
-	reqs := make([]*issuerv1.WorkloadRequest, len(batch))
+func (l *batchLoop[Req, Res]) sendBatch(ctx context.Context, batch []*pending[Req, Res]) {
+	reqs := make([]Req, len(batch))
 	for i, p := range batch {
 		reqs[i] = p.req
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	results, err := b.Signer.SignWorkloads(cctx, reqs)
-	byID := make(map[string]*issuerv1.WorkloadResult, len(results))
+	results, err := l.send(cctx, reqs)
+	byID := make(map[string]Res, len(results))
 	for _, r := range results {
 		byID[r.GetRequestId()] = r
 	}
 	for _, p := range batch {
-		r := batchResult{err: err}
+		r := batchResult[Res]{err: err}
 		if err == nil {
-			r.res = byID[p.req.GetRequestId()]
-			if r.res == nil {
+			var ok bool
+			if r.res, ok = byID[p.req.GetRequestId()]; !ok {
 				r.err = errMissingResult
 			}
 		}
@@ -105,20 +179,19 @@ func (b *Batcher) send(ctx context.Context, batch []*pending) {
 	}
 }
 
-// Sign submits one request and waits for its result.
-func (b *Batcher) Sign(ctx context.Context, req *issuerv1.WorkloadRequest) (*issuerv1.WorkloadResult, error) {
-	b.init()
-	req.RequestId = strconv.FormatUint(b.counter.Add(1), 36)
-	p := &pending{req: req, done: make(chan batchResult, 1)}
+func (l *batchLoop[Req, Res]) submit(ctx context.Context, req Req) (Res, error) {
+	var zero Res
+	l.setID(req, strconv.FormatUint(l.counter.Add(1), 36))
+	p := &pending[Req, Res]{req: req, done: make(chan batchResult[Res], 1)}
 	select {
-	case b.in <- p:
+	case l.in <- p:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return zero, ctx.Err()
 	}
 	select {
 	case r := <-p.done:
 		return r.res, r.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return zero, ctx.Err()
 	}
 }

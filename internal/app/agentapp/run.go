@@ -97,7 +97,10 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 	})
 	ca.Store.OnChange(mgr.SetAgentSVID)
 
-	jwts, err := agent.NewJWTCache(ca.Conn, opts.Clock, reg)
+	// JWT-SVID requests of many workloads share SignJWTs calls, as
+	// certificate requests share SignWorkloads calls.
+	jwtBatcher := &agent.JWTBatcher{Signer: ca.Conn, Clock: opts.Clock}
+	jwts, err := agent.NewJWTCache(jwtBatcher, opts.Clock, reg)
 	if err != nil {
 		return err
 	}
@@ -235,6 +238,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 
 	g.Go(func() error { return ca.Start(ctx) })
 	g.Go(func() error { return batcher.Start(ctx) })
+	g.Go(func() error { return jwtBatcher.Start(ctx) })
 	g.Go(func() error { return mgr.Start(ctx) })
 	// After a taint (ca taint), what chains to the tainted authority is
 	// re-issued within the CA's window.
