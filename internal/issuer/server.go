@@ -736,7 +736,7 @@ func chainDER(leaf []byte, a pki.Authority) [][]byte {
 
 // bundleOf returns the bundle message of l, built once per authority
 // state: a push to 10,000 streams built it 10,000 times (a tenth of the
-// CA's CPU during the push, the JWT keys' encoding most of it).
+// CA's CPU during the push, half of it encoding the JWT keys).
 func (s *Server) bundleOf(l *authority.Loaded) *issuerv1.Bundle {
 	if p := s.pushed.Load(); p != nil && p.loaded == l {
 		return p.msg
