@@ -1,12 +1,7 @@
 package pki_test
 
 import (
-	"crypto/rand"
-	"crypto/x509"
-	"math/big"
-	"net/url"
 	"testing"
-	"time"
 
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -26,23 +21,7 @@ func BenchmarkIssue(b *testing.B) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
-			csr, err := x509.ParseCertificateRequest(csrDER)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := csr.CheckSignature(); err != nil {
-				b.Fatal(err)
-			}
-			tmpl := &x509.Certificate{
-				SerialNumber:          big.NewInt(int64(i) + 1),
-				NotBefore:             testNow.Add(-time.Minute),
-				NotAfter:              testNow.Add(time.Hour),
-				URIs:                  []*url.URL{uri},
-				KeyUsage:              x509.KeyUsageDigitalSignature,
-				ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-				BasicConstraintsValid: true,
-			}
-			if _, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Intermediate, csr.PublicKey, ca.IntermediateKey); err != nil {
+			if err := rawIssue(ca, csrDER, uri, i); err != nil {
 				b.Fatal(err)
 			}
 		}
