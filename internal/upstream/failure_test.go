@@ -62,15 +62,7 @@ func intermediateCert(t *testing.T, pub crypto.PublicKey, parent *upstreamtest.C
 	if edit != nil {
 		edit(tmpl)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent.Cert, pub, parent.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return upstreamtest.Sign(t, tmpl, pub, parent)
 }
 
 // TestFailingUpstreamNeverReplacesTheIntermediate: whatever goes wrong

@@ -7,13 +7,10 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,100 +21,13 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
+	"github.com/mayfly-pki/mayfly/internal/upstream/upstreamtest"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
-// corpCA is an upstream CA as a company PKI would hand it over: no SPIFFE
-// names, made with crypto/x509 directly rather than with mayfly's pki.
-type corpCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-}
-
-type corpOpts struct {
-	parent     *corpCA // nil: self-signed
-	isCA       bool
-	keyUsage   x509.KeyUsage
-	notAfter   time.Time
-	key        crypto.Signer
-	commonName string
-}
-
-func newCorpCert(t *testing.T, o corpOpts) *corpCA {
-	t.Helper()
-	key := o.key
-	if key == nil {
-		key = upstreamKey(t)
-	}
-	if o.notAfter.IsZero() {
-		o.notAfter = time.Now().Add(10 * 365 * 24 * time.Hour)
-	}
-	if o.keyUsage == 0 {
-		o.keyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"Corp"}, CommonName: o.commonName},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              o.notAfter,
-		KeyUsage:              o.keyUsage,
-		BasicConstraintsValid: true,
-		IsCA:                  o.isCA,
-	}
-	if !o.isCA {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.SubjectKeyId = []byte{1, 2, 3, 4}
-	}
-	parent, signer := tmpl, key
-	if o.parent != nil {
-		parent, signer = o.parent.cert, o.parent.key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &corpCA{cert: cert, key: key}
-}
-
-func upstreamKey(t *testing.T) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-// writeFile writes data to name in dir and returns its path.
-func writeFile(t *testing.T, dir, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func keyPEM(t *testing.T, k crypto.Signer) []byte {
-	t.Helper()
-	raw, err := pki.MarshalPrivateKeyPEM(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return raw
-}
-
 // upstreamFiles is a root and an issuing CA below it, written to disk.
 type upstreamFiles struct {
-	root, issuing                          *corpCA
+	root, issuing                          *upstreamtest.CA
 	rootCert, rootKey, issuingCert, issKey string
 	dir                                    string
 }
@@ -125,14 +35,14 @@ type upstreamFiles struct {
 func writeUpstream(t *testing.T) *upstreamFiles {
 	t.Helper()
 	dir := t.TempDir()
-	root := newCorpCert(t, corpOpts{isCA: true, commonName: "Corp Root CA"})
-	issuing := newCorpCert(t, corpOpts{isCA: true, parent: root, commonName: "Corp Issuing CA"})
+	root := upstreamtest.NewCA(t, "Corp Root CA", nil, -1)
+	issuing := upstreamtest.NewCA(t, "Corp Issuing CA", root, -1)
 	return &upstreamFiles{
 		root: root, issuing: issuing, dir: dir,
-		rootCert:    writeFile(t, dir, "root.crt", pki.EncodeCertificates(root.cert)),
-		rootKey:     writeFile(t, dir, "root.key", keyPEM(t, root.key)),
-		issuingCert: writeFile(t, dir, "issuing.crt", pki.EncodeCertificates(issuing.cert)),
-		issKey:      writeFile(t, dir, "issuing.key", keyPEM(t, issuing.key)),
+		rootCert:    upstreamtest.WriteCert(t, dir, "root.crt", root.Cert),
+		rootKey:     upstreamtest.WriteKey(t, dir, "root.key", root.Key),
+		issuingCert: upstreamtest.WriteCert(t, dir, "issuing.crt", issuing.Cert),
+		issKey:      upstreamtest.WriteKey(t, dir, "issuing.key", issuing.Key),
 	}
 }
 
@@ -143,7 +53,7 @@ var upstreamTD = spiffeid.RequireTrustDomainFromString("example.org")
 // chaining to the returned roots through the returned chain.
 func signAndVerify(t *testing.T, u authority.Upstream, ttl time.Duration) (chain, roots []*x509.Certificate) {
 	t.Helper()
-	key := upstreamKey(t)
+	key := testca.Key(t)
 	chain, roots, err := u.SignIntermediate(context.Background(), authority.IntermediateRequest{TrustDomain: upstreamTD, Key: key, TTL: ttl})
 	if err != nil {
 		t.Fatalf("SignIntermediate: %v", err)
@@ -178,7 +88,7 @@ func signAndVerify(t *testing.T, u authority.Upstream, ttl time.Duration) (chain
 		t.Fatalf("intermediate does not verify against the roots: %v", err)
 	}
 	// A workload SVID signed by the intermediate verifies against the roots.
-	leafKey := upstreamKey(t)
+	leafKey := testca.Key(t)
 	signer := &pki.Signer{Authority: pki.Authority{Cert: inter, Key: key}, Now: time.Now, Rand: rand.Reader, Options: pki.DefaultWorkloadOptions()}
 	leaf, _, err := signer.Sign(pki.SignRequest{Kind: pki.KindWorkload, PublicKey: leafKey.Public(), ID: spiffeid.RequireFromString("spiffe://example.org/ns/default/sa/web"), TTL: time.Hour})
 	if err != nil {
@@ -204,10 +114,10 @@ func TestFileUpstreamRootSignsIntermediates(t *testing.T) {
 	if len(chain) != 1 {
 		t.Errorf("chain has %d certificates, want only the new intermediate", len(chain))
 	}
-	if len(roots) != 1 || !roots[0].Equal(f.root.cert) {
+	if len(roots) != 1 || !roots[0].Equal(f.root.Cert) {
 		t.Errorf("roots = %d certificates, want [upstream root]", len(roots))
 	}
-	if err := chain[0].CheckSignatureFrom(f.root.cert); err != nil {
+	if err := chain[0].CheckSignatureFrom(f.root.Cert); err != nil {
 		t.Errorf("intermediate is not signed by the root: %v", err)
 	}
 }
@@ -215,24 +125,24 @@ func TestFileUpstreamRootSignsIntermediates(t *testing.T) {
 func TestFileUpstreamIntermediateWithBundle(t *testing.T) {
 	t.Parallel()
 	f := writeUpstream(t)
-	bundle := writeFile(t, f.dir, "bundle.crt", pki.EncodeCertificates(f.root.cert))
+	bundle := upstreamtest.WriteCert(t, f.dir, "bundle.crt", f.root.Cert)
 	u, err := authority.LoadFileUpstream(f.issuingCert, f.issKey, bundle, nil)
 	if err != nil {
 		t.Fatalf("LoadFileUpstream: %v", err)
 	}
 	chain, roots := signAndVerify(t, u, 12*time.Hour)
-	if len(chain) != 2 || !chain[1].Equal(f.issuing.cert) {
+	if len(chain) != 2 || !chain[1].Equal(f.issuing.Cert) {
 		t.Fatalf("chain = %d certificates, want [new intermediate, upstream issuing CA]", len(chain))
 	}
-	if err := chain[0].CheckSignatureFrom(f.issuing.cert); err != nil {
+	if err := chain[0].CheckSignatureFrom(f.issuing.Cert); err != nil {
 		t.Errorf("intermediate is not signed by the issuing CA: %v", err)
 	}
-	if len(roots) != 1 || !roots[0].Equal(f.root.cert) {
+	if len(roots) != 1 || !roots[0].Equal(f.root.Cert) {
 		t.Errorf("roots = %d certificates, want [upstream root]", len(roots))
 	}
 	// Each call returns a fresh slice: callers may append to it.
 	chain2, _ := signAndVerify(t, u, 12*time.Hour)
-	if chain2[0].Equal(chain[0]) || !chain2[1].Equal(f.issuing.cert) || !chain[1].Equal(f.issuing.cert) {
+	if chain2[0].Equal(chain[0]) || !chain2[1].Equal(f.issuing.Cert) || !chain[1].Equal(f.issuing.Cert) {
 		t.Error("a second intermediate changed the first chain or was not new")
 	}
 }
@@ -242,17 +152,17 @@ func TestFileUpstreamIntermediateWithBundle(t *testing.T) {
 func TestFileUpstreamChainsThroughIntermediatesInCertFile(t *testing.T) {
 	t.Parallel()
 	f := writeUpstream(t)
-	sub := newCorpCert(t, corpOpts{isCA: true, parent: f.issuing, commonName: "Corp Sub CA"})
-	certFile := writeFile(t, f.dir, "sub-chain.crt", pki.EncodeCertificates(sub.cert, f.issuing.cert))
-	u, err := authority.LoadFileUpstream(certFile, writeFile(t, f.dir, "sub.key", keyPEM(t, sub.key)), writeFile(t, f.dir, "bundle.crt", pki.EncodeCertificates(f.root.cert)), nil)
+	sub := upstreamtest.NewCA(t, "Corp Sub CA", f.issuing, -1)
+	certFile := upstreamtest.WriteCert(t, f.dir, "sub-chain.crt", sub.Cert, f.issuing.Cert)
+	u, err := authority.LoadFileUpstream(certFile, upstreamtest.WriteKey(t, f.dir, "sub.key", sub.Key), upstreamtest.WriteCert(t, f.dir, "bundle.crt", f.root.Cert), nil)
 	if err != nil {
 		t.Fatalf("LoadFileUpstream: %v", err)
 	}
 	chain, roots := signAndVerify(t, u, time.Hour)
-	if len(chain) != 3 || !chain[1].Equal(sub.cert) || !chain[2].Equal(f.issuing.cert) {
+	if len(chain) != 3 || !chain[1].Equal(sub.Cert) || !chain[2].Equal(f.issuing.Cert) {
 		t.Fatalf("chain = %d certificates, want the intermediate, the sub CA and the issuing CA", len(chain))
 	}
-	if len(roots) != 1 || !roots[0].Equal(f.root.cert) {
+	if len(roots) != 1 || !roots[0].Equal(f.root.Cert) {
 		t.Fatalf("roots = %d certificates, want the corp root", len(roots))
 	}
 }
@@ -260,7 +170,7 @@ func TestFileUpstreamChainsThroughIntermediatesInCertFile(t *testing.T) {
 func TestFileUpstreamLegacyKeyFormats(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	ecKey := upstreamKey(t).(*ecdsa.PrivateKey)
+	ecKey := testca.Key(t).(*ecdsa.PrivateKey)
 	sec1, err := x509.MarshalECPrivateKey(ecKey)
 	if err != nil {
 		t.Fatal(err)
@@ -279,10 +189,10 @@ func TestFileUpstreamLegacyKeyFormats(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			root := newCorpCert(t, corpOpts{isCA: true, key: tc.key, commonName: "Corp " + tc.name})
+			root := upstreamtest.NewCA(t, "Corp "+tc.name, nil, -1, upstreamtest.WithKey(tc.key))
 			u, err := authority.LoadFileUpstream(
-				writeFile(t, dir, tc.name+".crt", pki.EncodeCertificates(root.cert)),
-				writeFile(t, dir, tc.name+".key", tc.pem), "", nil)
+				upstreamtest.WriteCert(t, dir, tc.name+".crt", root.Cert),
+				upstreamtest.WriteFile(t, dir, tc.name+".key", tc.pem), "", nil)
 			if err != nil {
 				t.Fatalf("LoadFileUpstream: %v", err)
 			}
@@ -295,14 +205,14 @@ func TestFileUpstreamIntermediateEndsWithTheUpstream(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	notAfter := time.Now().Add(3 * time.Hour).Truncate(time.Second)
-	root := newCorpCert(t, corpOpts{isCA: true, notAfter: notAfter, commonName: "Corp Short Root"})
-	u, err := authority.LoadFileUpstream(writeFile(t, dir, "r.crt", pki.EncodeCertificates(root.cert)), writeFile(t, dir, "r.key", keyPEM(t, root.key)), "", nil)
+	root := upstreamtest.NewCA(t, "Corp Short Root", nil, -1, upstreamtest.WithNotAfter(notAfter))
+	u, err := authority.LoadFileUpstream(upstreamtest.WriteCert(t, dir, "r.crt", root.Cert), upstreamtest.WriteKey(t, dir, "r.key", root.Key), "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	chain, _ := signAndVerify(t, u, 48*time.Hour)
-	if !chain[0].NotAfter.Equal(root.cert.NotAfter) {
-		t.Errorf("intermediate notAfter = %s, want the upstream's %s", chain[0].NotAfter, root.cert.NotAfter)
+	if !chain[0].NotAfter.Equal(root.Cert.NotAfter) {
+		t.Errorf("intermediate notAfter = %s, want the upstream's %s", chain[0].NotAfter, root.Cert.NotAfter)
 	}
 }
 
@@ -312,12 +222,12 @@ func TestFileUpstreamRefusesOtherTrustDomain(t *testing.T) {
 	// trust domain.
 	other := testca.New(t)
 	dir := t.TempDir()
-	u, err := authority.LoadFileUpstream(writeFile(t, dir, "r.crt", other.BundlePEM()), writeFile(t, dir, "r.key", keyPEM(t, other.RootKey)), "", nil)
+	u, err := authority.LoadFileUpstream(upstreamtest.WriteFile(t, dir, "r.crt", other.BundlePEM()), upstreamtest.WriteKey(t, dir, "r.key", other.RootKey), "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = u.SignIntermediate(context.Background(), authority.IntermediateRequest{
-		TrustDomain: spiffeid.RequireTrustDomainFromString("other.org"), Key: upstreamKey(t), TTL: 24 * time.Hour,
+		TrustDomain: spiffeid.RequireTrustDomainFromString("other.org"), Key: testca.Key(t), TTL: 24 * time.Hour,
 	})
 	if err == nil {
 		t.Fatal("an example.org root signed an intermediate of other.org")
@@ -329,7 +239,7 @@ func TestFileUpstreamRefusesOtherTrustDomain(t *testing.T) {
 func TestFileUpstreamUsesTheGivenClock(t *testing.T) {
 	t.Parallel()
 	f := writeUpstream(t)
-	late := func() time.Time { return f.root.cert.NotAfter.Add(time.Minute) }
+	late := func() time.Time { return f.root.Cert.NotAfter.Add(time.Minute) }
 	if _, err := authority.LoadFileUpstream(f.rootCert, f.rootKey, "", late); err == nil || !strings.Contains(err.Error(), "expired at ") {
 		t.Fatalf("LoadFileUpstream after the root's notAfter: error = %v, want expired", err)
 	}
@@ -338,7 +248,7 @@ func TestFileUpstreamUsesTheGivenClock(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadFileUpstream: %v", err)
 	}
-	chain, _, err := u.SignIntermediate(context.Background(), authority.IntermediateRequest{TrustDomain: upstreamTD, Key: upstreamKey(t), TTL: time.Hour})
+	chain, _, err := u.SignIntermediate(context.Background(), authority.IntermediateRequest{TrustDomain: upstreamTD, Key: testca.Key(t), TTL: time.Hour})
 	if err != nil {
 		t.Fatalf("SignIntermediate: %v", err)
 	}
@@ -351,34 +261,37 @@ func TestLoadFileUpstreamRejectsBadInputs(t *testing.T) {
 	t.Parallel()
 	f := writeUpstream(t)
 	dir := f.dir
-	leaf := newCorpCert(t, corpOpts{parent: f.root, keyUsage: x509.KeyUsageDigitalSignature, commonName: "server"})
-	caNoCertSign := newCorpCert(t, corpOpts{isCA: true, keyUsage: x509.KeyUsageCRLSign, commonName: "CRL only"})
-	rootPEM := pki.EncodeCertificates(f.root.cert)
-	keyRaw := keyPEM(t, f.root.key)
+	leaf := upstreamtest.NewLeaf(t, "server", f.root)
+	caNoCertSign := upstreamtest.NewCA(t, "CRL only", nil, -1, upstreamtest.WithKeyUsage(x509.KeyUsageCRLSign))
+	rootPEM := pki.EncodeCertificates(f.root.Cert)
+	keyRaw, err := pki.MarshalPrivateKeyPEM(f.root.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var (
 		missing      = filepath.Join(dir, "does-not-exist.pem")
-		leafCert     = writeFile(t, dir, "leaf.crt", pki.EncodeCertificates(leaf.cert))
-		leafKey      = writeFile(t, dir, "leaf.key", keyPEM(t, leaf.key))
-		noSignCert   = writeFile(t, dir, "nosign.crt", pki.EncodeCertificates(caNoCertSign.cert))
-		noSignKey    = writeFile(t, dir, "nosign.key", keyPEM(t, caNoCertSign.key))
-		truncCert    = writeFile(t, dir, "trunc.crt", rootPEM[:len(rootPEM)/2])
-		noFooterCert = writeFile(t, dir, "nofooter.crt", []byte(strings.TrimSuffix(strings.TrimSpace(string(rootPEM)), "-----END CERTIFICATE-----")))
-		truncKey     = writeFile(t, dir, "trunc.key", keyRaw[:len(keyRaw)-30])
-		emptyFile    = writeFile(t, dir, "empty.pem", nil)
-		garbage      = writeFile(t, dir, "garbage.pem", []byte("not a PEM file\n"))
-		keyAsCert    = writeFile(t, dir, "keyascert.crt", keyRaw)
-		certAsKey    = writeFile(t, dir, "certaskey.key", rootPEM)
-		truncBundle  = writeFile(t, dir, "trunc-bundle.crt", rootPEM[:len(rootPEM)-40])
-		otherKey     = writeFile(t, dir, "other.key", keyPEM(t, upstreamKey(t)))
-		otherRoot    = newCorpCert(t, corpOpts{isCA: true, commonName: "Other Root CA"})
-		otherBundle  = writeFile(t, dir, "other-root.crt", pki.EncodeCertificates(otherRoot.cert))
-		rootBundle   = writeFile(t, dir, "root-bundle.crt", rootPEM)
-		sub          = newCorpCert(t, corpOpts{isCA: true, parent: f.issuing, commonName: "Corp Sub CA"})
-		subCert      = writeFile(t, dir, "sub.crt", pki.EncodeCertificates(sub.cert))
-		subKey       = writeFile(t, dir, "sub.key", keyPEM(t, sub.key))
-		expired      = newCorpCert(t, corpOpts{isCA: true, notAfter: time.Now().Add(-time.Minute), commonName: "Expired Root"})
-		expiredCert  = writeFile(t, dir, "expired.crt", pki.EncodeCertificates(expired.cert))
-		expiredKey   = writeFile(t, dir, "expired.key", keyPEM(t, expired.key))
+		leafCert     = upstreamtest.WriteCert(t, dir, "leaf.crt", leaf.Cert)
+		leafKey      = upstreamtest.WriteKey(t, dir, "leaf.key", leaf.Key)
+		noSignCert   = upstreamtest.WriteCert(t, dir, "nosign.crt", caNoCertSign.Cert)
+		noSignKey    = upstreamtest.WriteKey(t, dir, "nosign.key", caNoCertSign.Key)
+		truncCert    = upstreamtest.WriteFile(t, dir, "trunc.crt", rootPEM[:len(rootPEM)/2])
+		noFooterCert = upstreamtest.WriteFile(t, dir, "nofooter.crt", []byte(strings.TrimSuffix(strings.TrimSpace(string(rootPEM)), "-----END CERTIFICATE-----")))
+		truncKey     = upstreamtest.WriteFile(t, dir, "trunc.key", keyRaw[:len(keyRaw)-30])
+		emptyFile    = upstreamtest.WriteFile(t, dir, "empty.pem", nil)
+		garbage      = upstreamtest.WriteFile(t, dir, "garbage.pem", []byte("not a PEM file\n"))
+		keyAsCert    = upstreamtest.WriteFile(t, dir, "keyascert.crt", keyRaw)
+		certAsKey    = upstreamtest.WriteFile(t, dir, "certaskey.key", rootPEM)
+		truncBundle  = upstreamtest.WriteFile(t, dir, "trunc-bundle.crt", rootPEM[:len(rootPEM)-40])
+		otherKey     = upstreamtest.WriteKey(t, dir, "other.key", testca.Key(t))
+		otherRoot    = upstreamtest.NewCA(t, "Other Root CA", nil, -1)
+		otherBundle  = upstreamtest.WriteCert(t, dir, "other-root.crt", otherRoot.Cert)
+		rootBundle   = upstreamtest.WriteFile(t, dir, "root-bundle.crt", rootPEM)
+		sub          = upstreamtest.NewCA(t, "Corp Sub CA", f.issuing, -1)
+		subCert      = upstreamtest.WriteCert(t, dir, "sub.crt", sub.Cert)
+		subKey       = upstreamtest.WriteKey(t, dir, "sub.key", sub.Key)
+		expired      = upstreamtest.NewCA(t, "Expired Root", nil, -1, upstreamtest.WithNotAfter(time.Now().Add(-time.Minute)))
+		expiredCert  = upstreamtest.WriteCert(t, dir, "expired.crt", expired.Cert)
+		expiredKey   = upstreamtest.WriteKey(t, dir, "expired.key", expired.Key)
 	)
 	for _, tc := range []struct {
 		name                      string
@@ -449,7 +362,7 @@ func TestStandaloneWithFileUpstream(t *testing.T) {
 		}},
 		{"issuing_ca_with_bundle", func(f *upstreamFiles) string {
 			bundle := filepath.Join(f.dir, "bundle.crt")
-			if err := os.WriteFile(bundle, pki.EncodeCertificates(f.root.cert), 0o600); err != nil {
+			if err := os.WriteFile(bundle, pki.EncodeCertificates(f.root.Cert), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			return "    certFile: " + f.issuingCert + "\n    keyFile: " + f.issKey + "\n    bundleFile: " + bundle
@@ -459,12 +372,12 @@ func TestStandaloneWithFileUpstream(t *testing.T) {
 			t.Parallel()
 			f := writeUpstream(t)
 			r := runUpstreamCA(t, tc.upstream(f))
-			if len(r.bundle) != 1 || !r.bundle[0].Equal(f.root.cert) {
+			if len(r.bundle) != 1 || !r.bundle[0].Equal(f.root.Cert) {
 				var names []string
 				for _, c := range r.bundle {
 					names = append(names, c.Subject.String())
 				}
-				t.Fatalf("trust bundle = %v, want only the upstream root %s", names, f.root.cert.Subject)
+				t.Fatalf("trust bundle = %v, want only the upstream root %s", names, f.root.Cert.Subject)
 			}
 			// An agent SVID from this CA verifies against the upstream root
 			// (attest checks the chain against r.bundle).

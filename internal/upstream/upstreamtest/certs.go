@@ -5,8 +5,6 @@ package upstreamtest
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -16,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
 
@@ -26,25 +25,51 @@ type CA struct {
 	Key  crypto.Signer
 }
 
+// Option changes a certificate made by NewCA or NewLeaf.
+type Option func(*certOptions)
+
+type certOptions struct {
+	key      crypto.Signer
+	notAfter time.Time
+	keyUsage x509.KeyUsage
+}
+
+// WithKey certifies key instead of a new ECDSA P-256 key (testca.Key).
+func WithKey(key crypto.Signer) Option { return func(o *certOptions) { o.key = key } }
+
+// WithNotAfter ends the certificate at t instead of in ten years.
+func WithNotAfter(t time.Time) Option { return func(o *certOptions) { o.notAfter = t } }
+
+// WithKeyUsage replaces the key usage (a CA's default: keyCertSign and
+// cRLSign; a leaf's: digitalSignature).
+func WithKeyUsage(u x509.KeyUsage) Option { return func(o *certOptions) { o.keyUsage = u } }
+
 // NewLeaf returns a client certificate (digitalSignature) signed by
 // parent: a credential for step-ca's X5C provisioner.
-func NewLeaf(t testing.TB, name string, parent *CA) *CA {
+func NewLeaf(t testing.TB, name string, parent *CA, opts ...Option) *CA {
 	t.Helper()
-	return newCert(t, name, parent, false, 0)
+	return newCert(t, name, parent, false, 0, opts)
 }
 
 // NewCA returns a CA signed by parent (nil: a self-signed root) with the
 // given path length (-1: unlimited).
-func NewCA(t testing.TB, name string, parent *CA, pathLen int) *CA {
+func NewCA(t testing.TB, name string, parent *CA, pathLen int, opts ...Option) *CA {
 	t.Helper()
-	return newCert(t, name, parent, true, pathLen)
+	return newCert(t, name, parent, true, pathLen, opts)
 }
 
-func newCert(t testing.TB, name string, parent *CA, isCA bool, pathLen int) *CA {
+func newCert(t testing.TB, name string, parent *CA, isCA bool, pathLen int, opts []Option) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	o := certOptions{notAfter: time.Now().Add(10 * 365 * 24 * time.Hour), keyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	if !isCA {
+		o.keyUsage = x509.KeyUsageDigitalSignature
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	key := o.key
+	if key == nil {
+		key = testca.Key(t)
 	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
@@ -54,23 +79,27 @@ func newCert(t testing.TB, name string, parent *CA, isCA bool, pathLen int) *CA 
 		SerialNumber:          serial,
 		Subject:               pkix.Name{Organization: []string{"Corp"}, CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		NotAfter:              o.notAfter,
+		KeyUsage:              o.keyUsage,
 		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLen:            pathLen,
-		MaxPathLenZero:        pathLen == 0,
+		IsCA:                  isCA,
 	}
-	if !isCA {
-		tmpl.IsCA, tmpl.MaxPathLen, tmpl.MaxPathLenZero = false, 0, false
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	if isCA {
+		tmpl.MaxPathLen, tmpl.MaxPathLenZero = pathLen, pathLen == 0
+	} else {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	}
-	signerCert, signerKey := tmpl, crypto.Signer(key)
-	if parent != nil {
-		signerCert, signerKey = parent.Cert, parent.Key
+	if parent == nil {
+		parent = &CA{Cert: tmpl, Key: key}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signerCert, key.Public(), signerKey)
+	return &CA{Cert: Sign(t, tmpl, key.Public(), parent), Key: key}
+}
+
+// Sign signs tmpl for pub with parent's key, as crypto/x509 does it, and
+// returns the parsed certificate.
+func Sign(t testing.TB, tmpl *x509.Certificate, pub crypto.PublicKey, parent *CA) *x509.Certificate {
+	t.Helper()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent.Cert, pub, parent.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +107,7 @@ func newCert(t testing.TB, name string, parent *CA, isCA bool, pathLen int) *CA 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &CA{Cert: cert, Key: key}
+	return cert
 }
 
 // WriteCert writes certs as PEM to dir/name and returns the path.
