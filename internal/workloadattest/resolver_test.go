@@ -203,18 +203,7 @@ func statuses(containerID string) func(*corev1.PodStatus) {
 
 func (e *resolverEnv) create(t *testing.T, name, node string) *corev1.Pod {
 	t.Helper()
-	pod, err := e.client.CoreV1().Pods("default").Create(e.ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: "demo",
-			NodeName:           node,
-			Containers:         []corev1.Container{{Name: "app", Image: "example.invalid/app"}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pod
+	return cluster.CreatePod(t, e.client, "default", name, "demo", node)
 }
 
 func (e *resolverEnv) setStatus(t *testing.T, pod *corev1.Pod, phase corev1.PodPhase, mutate func(*corev1.PodStatus)) *corev1.Pod {

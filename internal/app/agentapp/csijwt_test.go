@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mayfly-pki/mayfly/internal/oidc"
+	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
@@ -65,10 +66,7 @@ func TestKubernetesCSIVolumeJWTToken(t *testing.T) {
 
 	// A pod that does not run on this node.
 	must[*corev1.ServiceAccount](t)(s.kube.CoreV1().ServiceAccounts("app").Create(s.ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "elsewhere"}}, metav1.CreateOptions{}))
-	far := must[*corev1.Pod](t)(s.kube.CoreV1().Pods("app").Create(s.ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "elsewhere-1"},
-		Spec:       corev1.PodSpec{ServiceAccountName: "elsewhere", NodeName: "node-b", Containers: []corev1.Container{{Name: "c", Image: "c"}}},
-	}, metav1.CreateOptions{}))
+	far := cluster.CreatePod(t, s.kube, "app", "elsewhere-1", "elsewhere", "node-b")
 	farTarget := filepath.Join(s.dir, "pods", string(far.UID), "volumes", "kubernetes.io~csi", "tls", "mount")
 	if err := os.MkdirAll(filepath.Dir(farTarget), 0o750); err != nil {
 		t.Fatal(err)

@@ -67,10 +67,7 @@ func startKubernetesStack(t *testing.T, caYAML string) *kubeStack {
 		must[*corev1.Namespace](t)(kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
 	}
 	must[*corev1.ServiceAccount](t)(kube.CoreV1().ServiceAccounts("mayfly-system").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent"}}, metav1.CreateOptions{}))
-	agentPod := must[*corev1.Pod](t)(kube.CoreV1().Pods("mayfly-system").Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent-x"},
-		Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: "node-a", Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
-	}, metav1.CreateOptions{}))
+	agentPod := cluster.CreatePod(t, kube, "mayfly-system", "mayfly-agent-x", "mayfly-agent", "node-a")
 
 	dir := t.TempDir()
 	s := &kubeStack{kube: kube, dir: dir, ctx: ctx, socket: filepath.Join(dir, "run", "agent.sock"), csiSocket: filepath.Join(dir, "csi", "csi.sock"),
@@ -143,10 +140,7 @@ kubernetes: {tokenFile: %s, csi: {socketPath: %s, stateDir: %s, kubeletDir: %s}}
 func (s *kubeStack) pod(t *testing.T, sa, name string, status *corev1.PodStatus) *corev1.Pod {
 	t.Helper()
 	must[*corev1.ServiceAccount](t)(s.kube.CoreV1().ServiceAccounts("app").Create(s.ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}))
-	p := must[*corev1.Pod](t)(s.kube.CoreV1().Pods("app").Create(s.ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec:       corev1.PodSpec{ServiceAccountName: sa, NodeName: "node-a", Containers: []corev1.Container{{Name: sa, Image: sa}}},
-	}, metav1.CreateOptions{}))
+	p := cluster.CreatePod(t, s.kube, "app", name, sa, "node-a")
 	if status == nil {
 		return p
 	}
@@ -216,7 +210,7 @@ func TestKubernetesPodGetsItsIdentity(t *testing.T) {
 	}
 
 	// The container starts: the kubelet would report its ID in the status.
-	web.Status = corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{{Name: "web", ContainerID: "containerd://" + containerID, Ready: true}}}
+	web.Status = corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{{Name: cluster.PodContainer, ContainerID: "containerd://" + containerID, Ready: true}}}
 	started := time.Now()
 	must[*corev1.Pod](t)(s.kube.CoreV1().Pods("app").UpdateStatus(ctx, web, metav1.UpdateOptions{}))
 

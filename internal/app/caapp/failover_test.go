@@ -351,14 +351,8 @@ type simAgent struct {
 
 func newSimAgent(t *testing.T, kube kubernetes.Interface, clock rotate.Clock, node string, roots []*x509.Certificate) *simAgent {
 	t.Helper()
-	pod := create(t, kube.CoreV1().Pods("mayfly-system").Create, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "agent-" + node},
-		Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: node, Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
-	})
-	web := create(t, kube.CoreV1().Pods("app").Create, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-" + node},
-		Spec:       corev1.PodSpec{ServiceAccountName: "web", NodeName: node, Containers: []corev1.Container{{Name: "web", Image: "web"}}},
-	})
+	pod := cluster.CreatePod(t, kube, "mayfly-system", "agent-"+node, "mayfly-agent", node)
+	web := cluster.CreatePod(t, kube, "app", "web-"+node, "web", node)
 	ag := &simAgent{t: t, node: node, token: agentToken(t, kube, pod), pod: web, clock: clock, trusted: roots, ack: roots}
 	t.Cleanup(ag.hangUp)
 	return ag

@@ -80,14 +80,8 @@ func TestKubernetesTwoReplicas(t *testing.T) {
 	kube := c.Client
 	create(t, kube.CoreV1().ServiceAccounts("mayfly-system").Create, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "mayfly-agent"}})
 	create(t, kube.CoreV1().ServiceAccounts("app").Create, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "web"}})
-	agentPod := create(t, kube.CoreV1().Pods("mayfly-system").Create, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "agent-a"},
-		Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: "node-a", Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
-	})
-	webPod := create(t, kube.CoreV1().Pods("app").Create, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-1"},
-		Spec:       corev1.PodSpec{ServiceAccountName: "web", NodeName: "node-a", Containers: []corev1.Container{{Name: "web", Image: "web"}}},
-	})
+	agentPod := cluster.CreatePod(t, kube, "mayfly-system", "agent-a", "mayfly-agent", "node-a")
+	webPod := cluster.CreatePod(t, kube, "app", "web-1", "web", "node-a")
 
 	clock := rotate.NewFakeClock(time.Now())
 	r1 := startReplica(t, c, clock)

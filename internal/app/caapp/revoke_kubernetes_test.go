@@ -15,6 +15,7 @@ import (
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/eviction"
+	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -31,10 +32,7 @@ func TestKubernetesAgentRevocation(t *testing.T) {
 	pods := map[string]*corev1.Pod{}
 	tokens := map[string]string{}
 	for _, node := range []string{"node-a", "node-b"} {
-		pods[node] = create(t, kube.CoreV1().Pods("mayfly-system").Create, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: "agent-" + node},
-			Spec:       corev1.PodSpec{ServiceAccountName: "mayfly-agent", NodeName: node, Containers: []corev1.Container{{Name: "agent", Image: "mayfly/agent"}}},
-		})
+		pods[node] = cluster.CreatePod(t, kube, "mayfly-system", "agent-"+node, "mayfly-agent", node)
 		tokens[node] = agentToken(t, kube, pods[node])
 	}
 

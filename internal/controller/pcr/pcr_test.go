@@ -118,14 +118,8 @@ func (e *env) namespace(t *testing.T, name string) {
 // pod creates a scheduled pod (no kubelet runs: it stays Pending).
 func (e *env) pod(t *testing.T, ns, name, node, sa string, finalizers ...string) *corev1.Pod {
 	t.Helper()
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Finalizers: finalizers},
-		Spec: corev1.PodSpec{
-			NodeName:           node,
-			ServiceAccountName: sa,
-			Containers:         []corev1.Container{{Name: "app", Image: "registry.example/app:1"}},
-		},
-	}
+	p := cluster.ScheduledPod(ns, name, sa, node)
+	p.Finalizers = finalizers
 	if err := e.client.Create(context.Background(), p); err != nil {
 		t.Fatal(err)
 	}

@@ -27,17 +27,7 @@ func TestSmoke(t *testing.T) {
 		_, err := c.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
 		return err
 	})
-	pod, err := c.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "agent-x"},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: sa,
-			NodeName:           node,
-			Containers:         []corev1.Container{{Name: "c", Image: "example.invalid/agent"}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create pod: %v", err)
-	}
+	pod := cluster.CreatePod(t, c.Client, ns, "agent-x", sa, node)
 
 	exp := int64(600)
 	tr, err := c.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
