@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 
@@ -11,7 +10,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
+
+// MaxTokenFileSize bounds what the agent reads from a token file (a
+// projected ServiceAccount token, a join token): real ones are a few KiB.
+const MaxTokenFileSize = 64 << 10
 
 // ServiceAccountToken is the Kubernetes bootstrap credential: the
 // projected ServiceAccount token in file path, read anew at every
@@ -34,7 +38,7 @@ type RenewalToken func(ctx context.Context) (string, error)
 // pod still runs on its node.
 func ServiceAccountRenewalToken(path string) RenewalToken {
 	return func(context.Context) (string, error) {
-		tok, err := os.ReadFile(path)
+		tok, err := readlimit.File(path, MaxTokenFileSize)
 		if err != nil {
 			return "", fmt.Errorf("kubernetes.tokenFile: %w", err)
 		}

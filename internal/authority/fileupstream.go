@@ -6,10 +6,10 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // FileUpstream is an Upstream given as certificate and key files (the CA
@@ -32,7 +32,7 @@ func LoadFileUpstream(certFile, keyFile, bundleFile string, now func() time.Time
 	if now == nil {
 		now = time.Now
 	}
-	rawCert, err := os.ReadFile(certFile)
+	rawCert, err := readlimit.File(certFile, pki.DefaultPEMMaxBytes)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.file.certFile: %w", err)
 	}
@@ -40,7 +40,7 @@ func LoadFileUpstream(certFile, keyFile, bundleFile string, now func() time.Time
 	if err != nil {
 		return nil, fmt.Errorf("upstream.file.certFile %s: %w", certFile, err)
 	}
-	rawKey, err := os.ReadFile(keyFile)
+	rawKey, err := readlimit.File(keyFile, pki.MaxKeyPEMSize)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.file.keyFile: %w", err)
 	}
@@ -62,7 +62,7 @@ func LoadFileUpstream(certFile, keyFile, bundleFile string, now func() time.Time
 		u.roots = []*x509.Certificate{u.cert}
 		u.chain = nil
 	} else {
-		rawBundle, err := os.ReadFile(bundleFile)
+		rawBundle, err := readlimit.File(bundleFile, pki.DefaultPEMMaxBytes)
 		if err != nil {
 			return nil, fmt.Errorf("upstream.file.bundleFile: %w", err)
 		}

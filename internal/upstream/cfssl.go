@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // DefaultCFSSLProfile is the cfssl signing profile asked for by default.
@@ -48,7 +48,7 @@ func NewCFSSL(cfg CFSSLConfig, now func() time.Time) (*CFSSL, error) {
 	if cfg.Profile == "" {
 		cfg.Profile = DefaultCFSSLProfile
 	}
-	caPEM, err := os.ReadFile(cfg.CAFile)
+	caPEM, err := readlimit.File(cfg.CAFile, pki.DefaultPEMMaxBytes)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.cfssl.caFile: %w", err)
 	}
@@ -56,7 +56,7 @@ func NewCFSSL(cfg CFSSLConfig, now func() time.Time) (*CFSSL, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("upstream.cfssl.caFile %s: no PEM certificate", cfg.CAFile)
 	}
-	rawKey, err := os.ReadFile(cfg.AuthKeyFile)
+	rawKey, err := readlimit.File(cfg.AuthKeyFile, pki.MaxKeyPEMSize)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.cfssl.authKeyFile: %w", err)
 	}
@@ -184,7 +184,7 @@ type cfsslBundle struct{ intermediates, roots []*x509.Certificate }
 // roots reads bundleFile: the self-signed certificates are the roots, the
 // others the intermediates between them and cfssl's signing CA.
 func (c *CFSSL) roots() (cfsslBundle, error) {
-	raw, err := os.ReadFile(c.cfg.BundleFile)
+	raw, err := readlimit.File(c.cfg.BundleFile, pki.DefaultPEMMaxBytes)
 	if err != nil {
 		return cfsslBundle{}, fmt.Errorf("upstream.cfssl.bundleFile: %w", err)
 	}

@@ -5,11 +5,12 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // File is the file upstream: a CA certificate and key on disk. It re-reads
@@ -84,7 +85,7 @@ func (f *File) fingerprint() ([sha256.Size]byte, error) {
 			h.Write([]byte{0})
 			continue
 		}
-		b, err := os.ReadFile(p.path)
+		b, err := readlimit.File(p.path, pki.DefaultPEMMaxBytes)
 		if err != nil {
 			return [sha256.Size]byte{}, fmt.Errorf("%s: %w", p.field, err)
 		}

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"time"
 
 	"github.com/smallstep/certificates/api"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
 
 // StepCA asks a step-ca to sign the intermediate: a CSR with a one-time
@@ -44,7 +44,7 @@ type StepCA struct {
 
 // NewStepCA reads the provisioner credential and the step-ca's root.
 func NewStepCA(cfg StepCAConfig, now func() time.Time) (*StepCA, error) {
-	rootPEM, err := os.ReadFile(cfg.RootFile)
+	rootPEM, err := readlimit.File(cfg.RootFile, pki.DefaultPEMMaxBytes)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.stepCA.rootFile: %w", err)
 	}
@@ -159,7 +159,7 @@ func (s *StepCA) explain(err error) error {
 }
 
 func jwkSigner(cfg StepCAConfig) (func(jose.Claims, []string) (string, error), error) {
-	raw, err := os.ReadFile(cfg.JWK.KeyFile)
+	raw, err := readlimit.File(cfg.JWK.KeyFile, pki.MaxKeyPEMSize)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.stepCA.jwk.keyFile: %w", err)
 	}
@@ -184,7 +184,7 @@ func jwkSigner(cfg StepCAConfig) (func(jose.Claims, []string) (string, error), e
 }
 
 func x5cSigner(cfg StepCAConfig) (func(jose.Claims, []string) (string, error), error) {
-	rawCert, err := os.ReadFile(cfg.X5C.CertFile)
+	rawCert, err := readlimit.File(cfg.X5C.CertFile, pki.DefaultPEMMaxBytes)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.stepCA.x5c.certFile: %w", err)
 	}
@@ -192,7 +192,7 @@ func x5cSigner(cfg StepCAConfig) (func(jose.Claims, []string) (string, error), e
 	if err != nil {
 		return nil, fmt.Errorf("upstream.stepCA.x5c.certFile %s: %w", cfg.X5C.CertFile, err)
 	}
-	rawKey, err := os.ReadFile(cfg.X5C.KeyFile)
+	rawKey, err := readlimit.File(cfg.X5C.KeyFile, pki.MaxKeyPEMSize)
 	if err != nil {
 		return nil, fmt.Errorf("upstream.stepCA.x5c.keyFile: %w", err)
 	}

@@ -1,11 +1,13 @@
 package upstream_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -265,11 +267,16 @@ func TestNewRejectsBadCredentialFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Larger than any certificate or key file may be (pki.DefaultPEMMaxBytes).
+	huge := bytes.Repeat([]byte("A"), pki.DefaultPEMMaxBytes+1)
 	tests := []badConfig{
 		{"JWK file holds the public key", upstream.Config{StepCA: &upstream.StepCAConfig{URL: s.Config.URL, RootFile: s.Config.RootFile, Provisioner: "mayfly", JWK: &upstream.StepCAJWK{KeyFile: upstreamtest.WriteFile(t, dir, "pub.jwk", pub)}}}, "holds a public key"},
 		{"JWK file is garbage", upstream.Config{StepCA: &upstream.StepCAConfig{URL: s.Config.URL, RootFile: s.Config.RootFile, Provisioner: "mayfly", JWK: &upstream.StepCAJWK{KeyFile: upstreamtest.WriteFile(t, dir, "bad.jwk", []byte("{nope"))}}}, "upstream.stepCA.jwk.keyFile"},
 		{"root file is no PEM", upstream.Config{StepCA: &upstream.StepCAConfig{URL: s.Config.URL, RootFile: upstreamtest.WriteFile(t, dir, "root", []byte("x")), Provisioner: "mayfly", JWK: s.Config.JWK}}, "upstream.stepCA.rootFile"},
 		{"cfssl key not hex", upstream.Config{CFSSL: &upstream.CFSSLConfig{URL: c.Config.URL, CAFile: c.Config.CAFile, BundleFile: c.Config.BundleFile, AuthKeyFile: upstreamtest.WriteFile(t, dir, "k", []byte("not hex"))}}, "hex key of at least 16 bytes"},
+		{"root file too large", upstream.Config{StepCA: &upstream.StepCAConfig{URL: s.Config.URL, RootFile: upstreamtest.WriteFile(t, dir, "big-root", huge), Provisioner: "mayfly", JWK: s.Config.JWK}}, "upstream.stepCA.rootFile: " + filepath.Join(dir, "big-root") + ": longer than "},
+		{"JWK file too large", upstream.Config{StepCA: &upstream.StepCAConfig{URL: s.Config.URL, RootFile: s.Config.RootFile, Provisioner: "mayfly", JWK: &upstream.StepCAJWK{KeyFile: upstreamtest.WriteFile(t, dir, "big.jwk", huge)}}}, "upstream.stepCA.jwk.keyFile: " + filepath.Join(dir, "big.jwk") + ": longer than "},
+		{"cfssl key too large", upstream.Config{CFSSL: &upstream.CFSSLConfig{URL: c.Config.URL, CAFile: c.Config.CAFile, BundleFile: c.Config.BundleFile, AuthKeyFile: upstreamtest.WriteFile(t, dir, "big-k", huge)}}, "upstream.cfssl.authKeyFile: " + filepath.Join(dir, "big-k") + ": longer than "},
 		{"cfssl bundle without root", upstream.Config{CFSSL: &upstream.CFSSLConfig{URL: c.Config.URL, CAFile: c.Config.CAFile, AuthKeyFile: c.Config.AuthKeyFile, BundleFile: upstreamtest.WriteCert(t, dir, "b", c.Signer.Cert)}}, "no self-signed root"},
 	}
 	wantNewErrors(t, tests)

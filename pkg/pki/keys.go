@@ -31,10 +31,11 @@ const (
 const (
 	minRSABits = 2048
 	maxRSABits = 8192
-	// maxKeyPEMSize bounds the input of ParsePrivateKeyPEM; an RSA-8192
-	// PKCS#8 key is about 6.5 KiB in PEM.
-	maxKeyPEMSize = 64 << 10
 )
+
+// MaxKeyPEMSize bounds the input of ParsePrivateKeyPEM, and what a caller
+// reads from a key file; an RSA-8192 PKCS#8 key is about 6.5 KiB in PEM.
+const MaxKeyPEMSize = 64 << 10
 
 var (
 	// ErrWeakKey is wrapped by errors about keys that are too weak, such as
@@ -121,7 +122,7 @@ func MarshalPrivateKeyPEM(key crypto.Signer) ([]byte, error) {
 // ErrPEMWrongType), ErrWeakKey or ErrUnsupportedKey, and never include key
 // material.
 func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
-	blocks, err := decodePEMBlocks(data, PEMLimits{MaxBlocks: 1, MaxBytes: maxKeyPEMSize},
+	blocks, err := decodePEMBlocks(data, PEMLimits{MaxBlocks: 1, MaxBytes: MaxKeyPEMSize},
 		"PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")
 	if err != nil {
 		return nil, fmt.Errorf("parse private key: %w: %w", ErrKeyMalformed, err)

@@ -24,6 +24,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/workloadapi"
 	"github.com/mayfly-pki/mayfly/internal/workloadattest"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
+	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -48,7 +49,7 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		opts.Clock = rotate.RealClock{}
 	}
 	log := opts.Logger
-	rawBundle, err := os.ReadFile(cfg.TrustBundleFile)
+	rawBundle, err := readlimit.File(cfg.TrustBundleFile, pki.DefaultPEMMaxBytes)
 	if err != nil {
 		return fmt.Errorf("server.trustBundleFile: %w", err)
 	}
@@ -290,7 +291,7 @@ func bootstrapCredential(cfg *Config) (agent.Credential, func(error), error) {
 	}
 	token := cfg.JoinToken
 	if token == "" && cfg.JoinTokenFile != "" {
-		raw, err := os.ReadFile(cfg.JoinTokenFile)
+		raw, err := readlimit.File(cfg.JoinTokenFile, agent.MaxTokenFileSize)
 		if err != nil {
 			return nil, nil, fmt.Errorf("standalone.joinTokenFile: %w", err)
 		}
@@ -345,7 +346,7 @@ func kubeletCgroupRoot(configured string) (string, error) {
 	if configured != "" {
 		return configured, nil
 	}
-	b, err := os.ReadFile("/proc/self/cgroup")
+	b, err := readlimit.File("/proc/self/cgroup", workloadattest.MaxCgroupFileSize)
 	if err != nil {
 		return "", fmt.Errorf("kubernetes.cgroupRoot: not set, and the agent's own cgroups: %w", err)
 	}

@@ -4,6 +4,7 @@ package caapp_test
 // TestStandaloneWithFileUpstream which runs the CA on the same fixtures.
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -292,6 +293,8 @@ func TestLoadFileUpstreamRejectsBadInputs(t *testing.T) {
 		expired      = upstreamtest.NewCA(t, "Expired Root", nil, -1, upstreamtest.WithNotAfter(time.Now().Add(-time.Minute)))
 		expiredCert  = upstreamtest.WriteCert(t, dir, "expired.crt", expired.Cert)
 		expiredKey   = upstreamtest.WriteKey(t, dir, "expired.key", expired.Key)
+		// Larger than any certificate or key file may be.
+		hugeFile = upstreamtest.WriteFile(t, dir, "huge.pem", bytes.Repeat([]byte("A"), pki.DefaultPEMMaxBytes+1))
 	)
 	for _, tc := range []struct {
 		name                      string
@@ -319,6 +322,9 @@ func TestLoadFileUpstreamRejectsBadInputs(t *testing.T) {
 		{"bundle_of_another_root", f.issuingCert, f.issKey, otherBundle, "upstream.file.certFile " + f.issuingCert + ": does not chain to the roots of upstream.file.bundleFile"},
 		{"intermediate_left_out_of_cert_file", subCert, subKey, rootBundle, "upstream.file.certFile " + subCert + ": does not chain to the roots of upstream.file.bundleFile"},
 		{"expired_root", expiredCert, expiredKey, "", "upstream.file.certFile " + expiredCert + ": expired at "},
+		{"cert_file_too_large", hugeFile, f.rootKey, "", "upstream.file.certFile: " + hugeFile + ": longer than "},
+		{"key_file_too_large", f.rootCert, hugeFile, "", "upstream.file.keyFile: " + hugeFile + ": longer than "},
+		{"bundle_file_too_large", f.issuingCert, f.issKey, hugeFile, "upstream.file.bundleFile: " + hugeFile + ": longer than "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
