@@ -318,24 +318,33 @@ func startMTLS(t *testing.T, s *stack) *mtls {
 			return err == nil && cur.ID == id
 		})
 	}
+	return &mtls{serverSrc: serverSrc, clientSrc: clientSrc, handshake: serveMTLS(t, serverSrc, tlsconfig.AuthorizeID(clientID), clientSrc)}
+}
+
+// serveMTLS serves "ok" over mTLS with server's SVID, to the clients
+// authorize accepts, until the test ends. It returns a handshake: one
+// request on a new connection with client's SVID, to a server that must
+// be serverID.
+func serveMTLS(t *testing.T, server *workloadapi.X509Source, authorize tlsconfig.Authorizer, client *workloadapi.X509Source) func() error {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
-		TLSConfig:         tlsconfig.MTLSServerConfig(serverSrc, serverSrc, tlsconfig.AuthorizeID(clientID)),
+		TLSConfig:         tlsconfig.MTLSServerConfig(server, server, authorize),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	go func() { _ = srv.ServeTLS(lis, "", "") }()
 	t.Cleanup(func() { srv.Close() })
-	return &mtls{serverSrc: serverSrc, clientSrc: clientSrc, handshake: func() error {
-		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(clientSrc, clientSrc, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
+	return func() error {
+		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(client, client, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
 		defer tr.CloseIdleConnections()
 		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + lis.Addr().String())
 		if err != nil {
 			return err
 		}
 		return resp.Body.Close()
-	}}
+	}
 }

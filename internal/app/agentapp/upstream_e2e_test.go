@@ -4,9 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -156,26 +153,7 @@ func addLateWorkload(t *testing.T, s *stack, clock *rotate.FakeClock, server *wo
 	if len(svid.Certificates) < 2 || !svid.Certificates[1].Equal(under) {
 		t.Fatal("the workload registered after the activation did not get an SVID under the new intermediate")
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{
-		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
-		TLSConfig:         tlsconfig.MTLSServerConfig(server, server, tlsconfig.AuthorizeMemberOf(lateID.TrustDomain())),
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	go func() { _ = srv.ServeTLS(lis, "", "") }()
-	t.Cleanup(func() { srv.Close() })
-	return func() error {
-		tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(serverID)), DisableKeepAlives: true}
-		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + lis.Addr().String())
-		if err != nil {
-			return err
-		}
-		return resp.Body.Close()
-	}
+	return serveMTLS(t, server, tlsconfig.AuthorizeMemberOf(lateID.TrustDomain()), src)
 }
 
 // TestEndToEndUpstreamRenewal: a CA renews its intermediate from a step-ca
