@@ -1,8 +1,9 @@
 // Package readlimit reads files and streams from outside whole, up to a
 // limit, failing instead of truncating when there is more. It is the one
 // place mayfly bounds what it reads into memory: configuration files, PIN
-// files, CA state and backups, CSI volume records, registrations, a
-// process's cgroups, and decompressed records.
+// files, upstream certificates and keys, trust bundles, token files, CA
+// state and backups, CSI volume records, registrations, a process's
+// cgroups, and decompressed records.
 //
 // [File] opens only regular files (following symlinks, as Kubernetes
 // ConfigMap and Secret volumes need), without blocking on a FIFO. Errors
