@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
+	"github.com/mayfly-pki/mayfly/internal/upstream/upstreamtest"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 	"github.com/mayfly-pki/mayfly/pkg/readlimit"
 )
@@ -19,15 +19,8 @@ import (
 // larger than a PEM bundle may be, or holds no certificate.
 func TestRunRefusesBadTrustBundleFiles(t *testing.T) {
 	dir := t.TempDir()
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	huge := write("huge.pem", bytes.Repeat([]byte("A"), pki.DefaultPEMMaxBytes+1))
-	garbage := write("garbage.pem", []byte("not PEM\n"))
+	huge := upstreamtest.WriteFile(t, dir, "huge.pem", bytes.Repeat([]byte("A"), pki.DefaultPEMMaxBytes+1))
+	garbage := upstreamtest.WriteFile(t, dir, "garbage.pem", []byte("not PEM\n"))
 	for _, tc := range []struct {
 		name, path, want string
 	}{
