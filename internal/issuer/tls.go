@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -65,6 +66,25 @@ func KeepaliveParams() keepalive.ServerParameters {
 	return keepalive.ServerParameters{
 		Time: 2 * time.Minute, Timeout: 20 * time.Second,
 		MaxConnectionAge: 30 * time.Minute, MaxConnectionAgeGrace: time.Minute,
+	}
+}
+
+// MaxRecvMsgSize bounds a message the CA's gRPC server accepts: a
+// SignWorkloads batch of MaxBatch items fits.
+const MaxRecvMsgSize = 8 << 20
+
+// ServerOptions are the options of the CA's gRPC server beside its
+// credentials (grpc.Creds of TLSConfig): internal/app/caapp serves the
+// issuer API with them.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		// No read buffer of its own per connection (32 KiB by default):
+		// the TLS connection under it buffers a record already, and a
+		// CA holds one connection per node.
+		grpc.ReadBufferSize(0),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(KeepaliveParams()),
 	}
 }
 
