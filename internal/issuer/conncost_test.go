@@ -106,6 +106,9 @@ type connCostVariant struct {
 	client string                     // connCostClients
 	// keepalive is the agents' keepalive time; 0: their dial options'.
 	keepalive time.Duration
+	// encodeEachPush encodes the pushed bundle for each stream, as main
+	// did (issuer.SetEncodeEachPush).
+	encodeEachPush bool
 }
 
 // mainServerOptions are the issuer server's options before this benchmark
@@ -128,15 +131,21 @@ func withServer(base func() []grpc.ServerOption, more ...grpc.ServerOption) func
 
 func connCostVariants() []connCostVariant {
 	const window = 1 << 20
+	serverKeepalive10s := grpc.KeepaliveParams(keepalive.ServerParameters{
+		Time: 10 * time.Second, Timeout: 20 * time.Second,
+		MaxConnectionAge: 30 * time.Minute, MaxConnectionAgeGrace: time.Minute,
+	})
 	return []connCostVariant{
-		{name: "main", server: mainServerOptions, client: "main"},
+		{name: "main", server: mainServerOptions, client: "main", encodeEachPush: true},
 		{name: "current", server: issuer.ServerOptions, client: "dial"},
-		{name: "server-no-shared-write-buffer", server: withServer(mainServerOptions, grpc.SharedWriteBuffer(false)), client: "main"}, //nolint:staticcheck // measures what gRPC's default does
-		{name: "server-write-buffer-0", server: withServer(mainServerOptions, grpc.WriteBufferSize(0)), client: "main"},
-		{name: "static-windows", server: withServer(mainServerOptions, grpc.StaticStreamWindowSize(window), grpc.StaticConnWindowSize(window)), client: "main+static-windows"},
-		{name: "client-read-buffer-0", server: mainServerOptions, client: "main+read-buffer-0"},
-		{name: "main-keepalive-10s", server: mainServerOptions, client: "main", keepalive: 10 * time.Second},
+		{name: "server-no-shared-write-buffer", server: withServer(mainServerOptions, grpc.SharedWriteBuffer(false)), client: "main", encodeEachPush: true}, //nolint:staticcheck // measures what gRPC's default does
+		{name: "server-write-buffer-0", server: withServer(mainServerOptions, grpc.WriteBufferSize(0)), client: "main", encodeEachPush: true},
+		{name: "static-windows", server: withServer(mainServerOptions, grpc.StaticStreamWindowSize(window), grpc.StaticConnWindowSize(window)), client: "main+static-windows", encodeEachPush: true},
+		{name: "client-read-buffer-0", server: mainServerOptions, client: "main+read-buffer-0", encodeEachPush: true},
+		{name: "push-encoded-once", server: mainServerOptions, client: "main"},
+		{name: "main-keepalive-10s", server: mainServerOptions, client: "main", keepalive: 10 * time.Second, encodeEachPush: true},
 		{name: "current-keepalive-10s", server: issuer.ServerOptions, client: "dial", keepalive: 10 * time.Second},
+		{name: "current-both-keepalive-10s", server: withServer(issuer.ServerOptions, serverKeepalive10s), client: "dial", keepalive: 10 * time.Second},
 	}
 }
 
@@ -256,6 +265,7 @@ func measureConnCost(b *testing.B, v connCostVariant, n int, idle time.Duration)
 	if err != nil {
 		b.Fatal(err)
 	}
+	issuer.SetEncodeEachPush(srv, v.encodeEachPush)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

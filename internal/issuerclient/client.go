@@ -85,6 +85,17 @@ func (c Config) TLSConfig() *tls.Config {
 // KeepaliveTime is the silence after which an agent pings the CA.
 const KeepaliveTime = 2 * time.Minute
 
+// StreamWindow is the fixed HTTP/2 flow-control window of the issuer
+// API's streams and connections, on both sides (the CA's server options
+// in internal/issuer): 1 MiB, more than a SignWorkloads batch or its
+// answer of certificate chains, so that one message needs no window
+// update on the way. gRPC's default window starts at 64 KiB and grows
+// (to 16 MiB) by bandwidth probes: a ping after each message that arrives
+// on a quiet connection, so every bundle push and every call cost both
+// sides a ping round trip more. A window allocates nothing; it bounds what
+// the peer may send ahead of the reader.
+const StreamWindow = 1 << 20
+
 // ConnectTimeout bounds one attempt to connect to the CA: TCP and the TLS
 // handshake.
 const ConnectTimeout = 20 * time.Second
@@ -116,6 +127,12 @@ func Dial(c Config, opts ...grpc.DialOption) (*grpc.ClientConn, issuerv1.IssuerC
 		// queued behind thousands of others in seconds, and an agent that
 		// gave up at 5 s left the CA a handshake done for nothing and
 		// queued a new one (the reconnect storm of docs/performance.md).
+		// Fixed windows, without bandwidth probes (StreamWindow).
+		grpc.WithStaticStreamWindowSize(StreamWindow),
+		grpc.WithStaticConnWindowSize(StreamWindow),
+		// No read buffer of its own (32 KiB by default): the TLS
+		// connection under it buffers a record already.
+		grpc.WithReadBufferSize(0),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
 			MinConnectTimeout: ConnectTimeout,
