@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,10 +56,16 @@ import (
 //   - call-CPU-us: one SignWorkloads call of one certificate per agent, the
 //     CA's CPU time per call.
 //
-// MAYFLY_CONNCOST_AGENTS (default 1000) sets N; MAYFLY_CONNCOST_VARIANTS
-// (comma-separated names) a subset of the variants. Run with -benchtime=1x;
-// -count=2 alternates the variants. The figures are compared as ratios to
-// the first variant (main's options), measured in the same run.
+// MAYFLY_CONNCOST_PROFILES names a directory for the CA's heap profile of
+// each variant with every agent connected (heap-<variant>.pb.gz).
+//
+// The push and the calls are repeated (connCostPushes, connCostCalls) and
+// averaged. MAYFLY_CONNCOST_AGENTS (default 1000) sets N;
+// MAYFLY_CONNCOST_VARIANTS (comma-separated names) a subset of the
+// variants; MAYFLY_CONNCOST_ROUNDS (default 1) runs the variants in turn
+// that many times. Run with -benchtime=1x. The table at the end gives the
+// means over the rounds and their ratios to the first variant (main's
+// options), measured in the same run.
 func BenchmarkConnCost(b *testing.B) {
 	n := envInt(b, "MAYFLY_CONNCOST_AGENTS", 1000)
 	idle := 20 * time.Second
@@ -76,25 +83,35 @@ func BenchmarkConnCost(b *testing.B) {
 			only[v] = true
 		}
 	}
-	results := map[string]connCost{}
+	rounds := envInt(b, "MAYFLY_CONNCOST_ROUNDS", 1)
+	sums := map[string]connCost{}
+	runs := map[string]int{}
 	var order []string
-	for _, v := range connCostVariants() {
-		if len(only) > 0 && !only[v.name] {
-			continue
-		}
-		b.Run(v.name, func(b *testing.B) {
-			var sum connCost
-			for range b.N {
-				sum = sum.add(measureConnCost(b, v, n, idle))
+	for round := range rounds {
+		for _, v := range connCostVariants() {
+			if len(only) > 0 && !only[v.name] {
+				continue
 			}
-			r := sum.div(float64(b.N))
-			r.report(b)
-			results[v.name] = r
-		})
-		order = append(order, v.name)
+			b.Run(v.name, func(b *testing.B) {
+				var sum connCost
+				for range b.N {
+					sum = sum.add(measureConnCost(b, v, n, idle))
+				}
+				sum.div(float64(b.N)).report(b)
+				sums[v.name] = sums[v.name].add(sum)
+				runs[v.name] += b.N
+			})
+			if round == 0 {
+				order = append(order, v.name)
+			}
+		}
+	}
+	means := map[string]connCost{}
+	for name, sum := range sums {
+		means[name] = sum.div(float64(runs[name]))
 	}
 	if len(order) > 1 {
-		b.Log("\n" + connCostTable(order, results))
+		b.Log("\n" + connCostTable(order, means))
 	}
 }
 
@@ -131,8 +148,10 @@ func withServer(base func() []grpc.ServerOption, more ...grpc.ServerOption) func
 
 func connCostVariants() []connCostVariant {
 	const window = 1 << 20
-	serverKeepalive10s := grpc.KeepaliveParams(keepalive.ServerParameters{
-		Time: 10 * time.Second, Timeout: 20 * time.Second,
+	// 15 s: pings every 10 s meet the CA's enforcement (MinTime 10 s) at
+	// its edge, and a ping seen early closes the connection (too_many_pings).
+	serverKeepalive15s := grpc.KeepaliveParams(keepalive.ServerParameters{
+		Time: 15 * time.Second, Timeout: 20 * time.Second,
 		MaxConnectionAge: 30 * time.Minute, MaxConnectionAgeGrace: time.Minute,
 	})
 	return []connCostVariant{
@@ -143,9 +162,9 @@ func connCostVariants() []connCostVariant {
 		{name: "static-windows", server: withServer(mainServerOptions, grpc.StaticStreamWindowSize(window), grpc.StaticConnWindowSize(window)), client: "main+static-windows", encodeEachPush: true},
 		{name: "client-read-buffer-0", server: mainServerOptions, client: "main+read-buffer-0", encodeEachPush: true},
 		{name: "push-encoded-once", server: mainServerOptions, client: "main"},
-		{name: "main-keepalive-10s", server: mainServerOptions, client: "main", keepalive: 10 * time.Second, encodeEachPush: true},
-		{name: "current-keepalive-10s", server: issuer.ServerOptions, client: "dial", keepalive: 10 * time.Second},
-		{name: "current-both-keepalive-10s", server: withServer(issuer.ServerOptions, serverKeepalive10s), client: "dial", keepalive: 10 * time.Second},
+		{name: "main-keepalive-15s", server: mainServerOptions, client: "main", keepalive: 15 * time.Second, encodeEachPush: true},
+		{name: "current-keepalive-15s", server: issuer.ServerOptions, client: "dial", keepalive: 15 * time.Second},
+		{name: "current-both-keepalive-15s", server: withServer(issuer.ServerOptions, serverKeepalive15s), client: "dial", keepalive: 15 * time.Second},
 	}
 }
 
@@ -186,6 +205,12 @@ func connCostClients(name string, c issuerclient.Config, keepaliveTime time.Dura
 	}
 	return nil, fmt.Errorf("unknown client %q", base)
 }
+
+// Pushes and call rounds per measurement, averaged.
+const (
+	connCostPushes = 5
+	connCostCalls  = 3
+)
 
 // connCost is what one variant measured.
 type connCost struct {
@@ -345,6 +370,9 @@ func measureConnCost(b *testing.B, v connCostVariant, n int, idle time.Duration)
 		return connected == n && current == n
 	})
 	heap1, stack1, g1 := memAfterGC()
+	if dir := os.Getenv("MAYFLY_CONNCOST_PROFILES"); dir != "" {
+		writeHeapProfile(b, dir+"/heap-"+v.name+".pb.gz")
+	}
 	r.heap = float64(heap1-heap0) / float64(n)
 	r.stack = float64(stack1-stack0) / float64(n)
 	r.goroutines = float64(g1-g0) / float64(n)
@@ -355,22 +383,38 @@ func measureConnCost(b *testing.B, v connCostVariant, n int, idle time.Duration)
 		r.idleCPU = float64((cpuTime() - cpu0).Microseconds()) / float64(n) / idle.Seconds()
 	}
 
-	cpu0, start := cpuTime(), time.Now()
-	src.Set(fakeauthority.Loaded(tca, "v2"), nil)
-	wait.Within(b, "every agent acknowledging the pushed bundle", 5*time.Minute, time.Millisecond, func() bool {
-		_, current := srv.AgentCounts()
-		return current == n
-	})
-	r.pushMillis = float64(time.Since(start).Microseconds()) / 1000
-	r.pushCPU = float64((cpuTime() - cpu0).Microseconds()) / float64(n)
+	for i := range connCostPushes {
+		cpu0, start := cpuTime(), time.Now()
+		src.Set(fakeauthority.Loaded(tca, fmt.Sprintf("v%d", i+2)), nil)
+		wait.Within(b, "every agent acknowledging the pushed bundle", 5*time.Minute, time.Millisecond, func() bool {
+			_, current := srv.AgentCounts()
+			return current == n
+		})
+		r.pushMillis += float64(time.Since(start).Microseconds()) / 1000 / connCostPushes
+		r.pushCPU += float64((cpuTime() - cpu0).Microseconds()) / float64(n) / connCostPushes
+	}
 
-	cpu0 = cpuTime()
-	if _, err := io.WriteString(stdin, "call\n"); err != nil {
+	for range connCostCalls {
+		cpu0 := cpuTime()
+		if _, err := io.WriteString(stdin, "call\n"); err != nil {
+			b.Fatal(err)
+		}
+		expect("called")
+		r.callCPU += float64((cpuTime() - cpu0).Microseconds()) / float64(n) / connCostCalls
+	}
+	return r
+}
+
+// writeHeapProfile writes the heap profile of the CA's process to path.
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
 		b.Fatal(err)
 	}
-	expect("called")
-	r.callCPU = float64((cpuTime() - cpu0).Microseconds()) / float64(n)
-	return r
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
 }
 
 func memAfterGC() (heap, stack uint64, goroutines int) {
@@ -588,6 +632,8 @@ func watchAndAck(ctx context.Context, c issuerv1.IssuerClient, first chan<- erro
 		if !reported {
 			first <- err
 			reported = true
+		} else if err != nil && ctx.Err() == nil {
+			fmt.Fprintln(os.Stderr, "conncost agents: bundle stream ended:", err)
 		}
 		if err != nil {
 			return
