@@ -99,9 +99,10 @@ const KeepaliveTime = 2 * time.Minute
 
 // StreamWindow is the fixed HTTP/2 flow-control window of the issuer
 // API's streams and connections, on both sides (the CA's server options
-// in internal/issuer): 1 MiB, more than a SignWorkloads batch or its
-// answer of certificate chains, so that one message needs no window
-// update on the way. gRPC's default window starts at 64 KiB and grows
+// in internal/issuer): 1 MiB, more than a bundle, a SignWorkloads batch
+// of the agent's size or its answer of certificate chains, so that such a
+// message needs no window update on the way (a larger one still goes
+// through, a window at a time). gRPC's default window starts at 64 KiB and grows
 // (to 16 MiB) by bandwidth probes: a ping after each message that arrives
 // on a quiet connection, so every bundle push and every call cost both
 // sides a ping round trip more. A window allocates nothing; it bounds what
@@ -126,6 +127,12 @@ func Dial(c Config, opts ...grpc.DialOption) (*grpc.ClientConn, issuerv1.IssuerC
 		grpc.WithTransportCredentials(credentials.NewTLS(c.TLSConfig())),
 		// A ping after 2 minutes of silence (KeepaliveTime).
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// Fixed windows, without bandwidth probes (StreamWindow).
+		grpc.WithStaticStreamWindowSize(StreamWindow),
+		grpc.WithStaticConnWindowSize(StreamWindow),
+		// No read buffer of its own (32 KiB by default): the TLS
+		// connection under it buffers a record already.
+		grpc.WithReadBufferSize(0),
 		// gRPC's default reconnect backoff grows to 2 minutes, during which
 		// calls fail at once: far longer than a short certificate's retry
 		// budget. Agents retry with their own bounded backoff; keep the
@@ -135,12 +142,6 @@ func Dial(c Config, opts ...grpc.DialOption) (*grpc.ClientConn, issuerv1.IssuerC
 		// queued behind thousands of others in seconds, and an agent that
 		// gave up at 5 s left the CA a handshake done for nothing and
 		// queued a new one (the reconnect storm of docs/performance.md).
-		// Fixed windows, without bandwidth probes (StreamWindow).
-		grpc.WithStaticStreamWindowSize(StreamWindow),
-		grpc.WithStaticConnWindowSize(StreamWindow),
-		// No read buffer of its own (32 KiB by default): the TLS
-		// connection under it buffers a record already.
-		grpc.WithReadBufferSize(0),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
 			MinConnectTimeout: ConnectTimeout,
