@@ -49,7 +49,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/status"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
@@ -193,13 +195,19 @@ type Server struct {
 	// pushed is the bundle message of the authority state in force, built
 	// once for every stream that sends it (bundleOf).
 	pushed atomic.Pointer[pushedBundle]
+	// encodeEachPush encodes the bundle for each stream (sendBundle); set
+	// by benchmarks only, for comparison.
+	encodeEachPush bool
 }
 
 // pushedBundle is the bundle message built from loaded. Streams only read
-// it (gRPC marshals it for each).
+// it. encoded is msg as gRPC sends it, encoded once for every stream
+// (sendBundle).
 type pushedBundle struct {
-	loaded *authority.Loaded
-	msg    *issuerv1.Bundle
+	loaded  *authority.Loaded
+	msg     *issuerv1.Bundle
+	encode  sync.Once
+	encoded *grpc.PreparedMsg // nil: encoding failed; streams encode msg themselves
 }
 
 type signers struct {
@@ -628,7 +636,7 @@ func (s *Server) WatchBundle(stream issuerv1.Issuer_WatchBundleServer) error {
 	for {
 		sg, err := s.current()
 		if err == nil && sg.loaded.BundleVersion != sent {
-			if err := stream.Send(s.bundleOf(sg.loaded)); err != nil {
+			if err := s.sendBundle(stream, sg.loaded); err != nil {
 				return err
 			}
 			sent = sg.loaded.BundleVersion
@@ -738,12 +746,57 @@ func chainDER(leaf []byte, a pki.Authority) [][]byte {
 // state: a push to 10,000 streams built it 10,000 times (a tenth of the
 // CA's CPU during the push, half of it encoding the JWT keys).
 func (s *Server) bundleOf(l *authority.Loaded) *issuerv1.Bundle {
+	return s.pushedOf(l).msg
+}
+
+func (s *Server) pushedOf(l *authority.Loaded) *pushedBundle {
 	if p := s.pushed.Load(); p != nil && p.loaded == l {
-		return p.msg
+		return p
 	}
 	p := &pushedBundle{loaded: l, msg: bundleMessage(l)}
 	s.pushed.Store(p)
-	return p.msg
+	return p
+}
+
+// sendBundle sends the bundle message of l on stream. The message is
+// marshalled and framed once per authority state (grpc.PreparedMsg) for
+// every stream of gRPC's proto codec whose requests are not compressed,
+// as the agents' are: gRPC answers such a stream uncompressed, so the
+// same bytes serve them all. Any other stream (a client asking for
+// another codec, or compressing, where the binary registers one) gets
+// the message encoded for it alone. encodeEachPush turns the shared
+// encoding off (BenchmarkConnCost's A/B).
+func (s *Server) sendBundle(stream grpc.ServerStream, l *authority.Loaded) error {
+	p := s.pushedOf(l)
+	if s.encodeEachPush || !plainStream(stream.Context()) {
+		return stream.SendMsg(p.msg)
+	}
+	p.encode.Do(func() {
+		m := &grpc.PreparedMsg{}
+		if err := m.Encode(stream, p.msg); err == nil {
+			p.encoded = m
+		}
+	})
+	if p.encoded == nil {
+		return stream.SendMsg(p.msg)
+	}
+	return stream.SendMsg(p.encoded)
+}
+
+// plainStream reports whether the stream of ctx uses gRPC's proto codec
+// and uncompressed requests, which gRPC answers uncompressed. gRPC has no
+// public accessor for either: its transport stream has the methods, and a
+// stream without them counts as not plain (encoded for itself).
+func plainStream(ctx context.Context) bool {
+	st, ok := grpc.ServerTransportStreamFromContext(ctx).(interface {
+		RecvCompress() string
+		ContentSubtype() string
+	})
+	if !ok {
+		return false
+	}
+	rc, sub := st.RecvCompress(), st.ContentSubtype()
+	return (rc == "" || rc == encoding.Identity) && (sub == "" || sub == "proto")
 }
 
 func bundleMessage(l *authority.Loaded) *issuerv1.Bundle {

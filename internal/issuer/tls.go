@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/mayfly-pki/mayfly/internal/authority"
+	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/policy"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
 )
@@ -55,16 +57,54 @@ func (s *Server) TLSConfig() *tls.Config {
 }
 
 // KeepaliveParams is the keepalive of the CA's gRPC server: a ping after
-// two minutes of silence (as the agents', so one side's ping serves both:
-// at 10,000 agents every ping a second costs), and connections closed (GOAWAY, then their streams
-// after a grace of one minute) after 30 minutes, with the ±10% jitter gRPC
-// adds, so that agents spread again over the replicas after a rollout
-// instead of staying on those that came up first. Agents reconnect at
-// once and resume their TLS session.
+// five minutes of silence, longer than the agents' two
+// (issuerclient.KeepaliveTime), so that an agent's own ping keeps the CA
+// from pinging it too: with both sides at the same time, their timers
+// fire together and a connection carried nearly twice the pings
+// (BenchmarkConnCost, 1.7x the CA's idle CPU), each about 90 µs of the
+// CA's CPU. The CA pings only an agent that stopped pinging (a hung
+// process, other settings). A vanished agent needs no ping: the CA's
+// listener enables TCP keepalive on every accepted connection (Go's
+// default: a probe after 15 s of silence, then every 15 s, sent and
+// answered by the kernels) and gRPC sets TCP_USER_TIMEOUT to Timeout, so
+// the kernel drops a connection whose probes stay unanswered for 20 s,
+// within about a minute. Connections are closed (GOAWAY, then their
+// streams after a grace of one minute) after 30 minutes, with the ±10%
+// jitter gRPC adds, so that agents spread again over the replicas after
+// a rollout instead of staying on those that came up first. Agents
+// reconnect at once and resume their TLS session.
 func KeepaliveParams() keepalive.ServerParameters {
 	return keepalive.ServerParameters{
-		Time: 2 * time.Minute, Timeout: 20 * time.Second,
+		Time: 5 * time.Minute, Timeout: 20 * time.Second,
 		MaxConnectionAge: 30 * time.Minute, MaxConnectionAgeGrace: time.Minute,
+	}
+}
+
+// MaxRecvMsgSize bounds a message the CA's gRPC server accepts: a
+// SignWorkloads batch of MaxBatch items fits.
+const MaxRecvMsgSize = 8 << 20
+
+// ServerOptions are the options of the CA's gRPC server beside its
+// credentials (grpc.Creds of TLSConfig): internal/app/caapp serves the
+// issuer API with them.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		// No read buffer of its own per connection (32 KiB by default):
+		// the TLS connection under it buffers a record already, and a
+		// CA holds one connection per node.
+		grpc.ReadBufferSize(0),
+		// Fixed flow-control windows (StreamWindow): gRPC's dynamic
+		// windows measure the bandwidth with a ping after each message
+		// received on a quiet connection, so every SignWorkloads call
+		// and every bundle acknowledgement cost the CA a ping round
+		// trip of its own (BenchmarkConnCost: the CA's CPU for a push
+		// 0.61x without them, for a call 0.88x). The agents fix theirs
+		// too (issuerclient.Dial).
+		grpc.StaticStreamWindowSize(issuerclient.StreamWindow),
+		grpc.StaticConnWindowSize(issuerclient.StreamWindow),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(KeepaliveParams()),
 	}
 }
 

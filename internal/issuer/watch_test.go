@@ -6,6 +6,9 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding/gzip"
+
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
@@ -200,4 +203,59 @@ func TestWatchBundleRecordsAcksByNode(t *testing.T) {
 	if rec.get("node-a") != "v1" {
 		t.Fatal("the recorder lost node-a's acknowledgement when its stream closed")
 	}
+}
+
+// TestWatchBundleSharesOneEncoding: agents' streams send the bundle
+// encoded once per authority state; a stream whose requests are
+// compressed gets it encoded (and compressed) for itself, and every stream
+// decodes the same bundle, on connect and on a push.
+func TestWatchBundleSharesOneEncoding(t *testing.T) {
+	h := newHarness(t)
+	other := testca.New(t, testca.WithClock(h.clock.Now))
+	streamCtx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	// The compressing stream opens first and alone: were its encoding
+	// shared, the agents' streams would get a compressed message.
+	gz, err := h.agent("node-gzip").WatchBundle(streamCtx, grpc.UseCompressor(gzip.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := recvBundle(t, gz); v != "v1" {
+		t.Fatalf("compressed stream: got %s, want v1", v)
+	}
+	if err := gz.Send(&issuerv1.BundleAck{Version: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	streams := []issuerv1.Issuer_WatchBundleClient{gz}
+	for _, node := range []string{"node-a", "node-b"} {
+		s, err := h.agent(node).WatchBundle(streamCtx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+	}
+	check := func(t *testing.T, version string, streams []issuerv1.Issuer_WatchBundleClient, roots ...*x509.Certificate) {
+		t.Helper()
+		for i, s := range streams {
+			v, got := recvBundle(t, s)
+			if v != version || len(got) != len(roots) {
+				t.Fatalf("stream %d: got %s with %d roots, want %s with %d", i, v, len(got), version, len(roots))
+			}
+			for j := range roots {
+				if !got[j].Equal(roots[j]) {
+					t.Fatalf("stream %d: root %d differs", i, j)
+				}
+			}
+			if err := s.Send(&issuerv1.BundleAck{Version: v}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !issuer.PushEncodedOnce(h.srv) {
+			t.Error("the bundle was not encoded once for the agents' streams")
+		}
+	}
+	check(t, "v1", streams[1:], h.tca.Root)
+	h.src.Set(fakeauthority.Loaded(h.tca, "v2", h.tca.Root, other.Root), nil)
+	check(t, "v2", streams, h.tca.Root, other.Root)
+	eventually(t, "every stream acknowledging v2", h.srv.AllAgentsCurrent)
 }

@@ -82,8 +82,32 @@ func (c Config) TLSConfig() *tls.Config {
 	}
 }
 
-// KeepaliveTime is the silence after which an agent pings the CA.
+// KeepaliveTime is the silence after which an agent pings the CA: a
+// connection the CA dropped without a word (its node gone, a partition)
+// is found within KeepaliveTime and the ping's 10 s timeout, 2 min 10 s.
+// The agent's socket has the system's TCP keepalive (two hours on Linux),
+// so on an idle bundle stream this ping is the only check; a call in
+// flight fails sooner (gRPC sets TCP_USER_TIMEOUT to the ping's timeout).
+// Each ping costs the CA about 90 µs of CPU (BenchmarkConnCost): at 2
+// minutes 0.7% of one core for 10,000 agents, at 30 s (before) 3%, at 5
+// minutes 0.3% for a bound of 5 min 10 s. Two minutes is far inside the
+// time a new root is published before it is used (weeks; it activates
+// only once every agent acknowledged it, docs/rotate-root.md), and
+// the CA pings less often (issuer.KeepaliveParams), so the agent's ping
+// is the connection's only one.
 const KeepaliveTime = 2 * time.Minute
+
+// StreamWindow is the fixed HTTP/2 flow-control window of the issuer
+// API's streams and connections, on both sides (the CA's server options
+// in internal/issuer): 1 MiB, more than a bundle, a SignWorkloads batch
+// of the agent's size or its answer of certificate chains, so that such a
+// message needs no window update on the way (a larger one still goes
+// through, a window at a time). gRPC's default window starts at 64 KiB and grows
+// (to 16 MiB) by bandwidth probes: a ping after each message that arrives
+// on a quiet connection, so every bundle push and every call cost both
+// sides a ping round trip more. A window allocates nothing; it bounds what
+// the peer may send ahead of the reader.
+const StreamWindow = 1 << 20
 
 // ConnectTimeout bounds one attempt to connect to the CA: TCP and the TLS
 // handshake.
@@ -101,12 +125,14 @@ func Dial(c Config, opts ...grpc.DialOption) (*grpc.ClientConn, issuerv1.IssuerC
 	}
 	opts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(c.TLSConfig())),
-		// A ping after 2 minutes of silence finds a connection the CA
-		// dropped without a word (a node gone, a partition) within
-		// 2m10s. Every agent pings its connection: at 30 s, 10,000
-		// agents sent a CA 333 pings a second, a tenth of its CPU at
-		// the fleet's steady issuance rate (docs/performance.md).
+		// A ping after 2 minutes of silence (KeepaliveTime).
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// Fixed windows, without bandwidth probes (StreamWindow).
+		grpc.WithStaticStreamWindowSize(StreamWindow),
+		grpc.WithStaticConnWindowSize(StreamWindow),
+		// No read buffer of its own (32 KiB by default): the TLS
+		// connection under it buffers a record already.
+		grpc.WithReadBufferSize(0),
 		// gRPC's default reconnect backoff grows to 2 minutes, during which
 		// calls fail at once: far longer than a short certificate's retry
 		// budget. Agents retry with their own bounded backoff; keep the

@@ -16,7 +16,6 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/authority"
@@ -204,16 +203,7 @@ func (c *core) serve(ctx context.Context, ready func() error) error {
 }
 
 func (c *core) serveIssuer(ctx context.Context, g *errgroup.Group) {
-	gs := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(c.issuer.TLSConfig())),
-		grpc.MaxRecvMsgSize(8<<20),
-		// No read buffer of its own per connection (32 KiB by default):
-		// the TLS connection under it buffers a record already, and a
-		// CA holds one connection per node.
-		grpc.ReadBufferSize(0),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(issuer.KeepaliveParams()),
-	)
+	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(c.issuer.TLSConfig()))}, issuer.ServerOptions()...)...)
 	issuerv1.RegisterIssuerServer(gs, c.issuer)
 	g.Go(func() error {
 		lis := c.opts.Listener
