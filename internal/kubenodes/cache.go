@@ -41,8 +41,10 @@ type PodCache struct {
 
 // NewPodCache builds the pod and Service informers (cluster-wide, resync
 // period resync; 0 disables resync). Nothing is listed before Start.
-// Every object is reduced to what the CA reads before it is stored (the
-// informers' transform): the decoded API object is garbage right after.
+// Pods are decoded straight into what the CA reads (podDecoder, on
+// client's connection); Services, and pods of a client without a REST
+// connection (a fake clientset), are reduced to it before they are
+// stored (the informers' transform).
 func NewPodCache(client kubernetes.Interface, resync time.Duration) *PodCache {
 	services := func() corev1client.ServiceInterface { return client.CoreV1().Services(metav1.NamespaceAll) }
 	podsLW, podType := podsListWatch(client)
