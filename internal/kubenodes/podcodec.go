@@ -287,7 +287,8 @@ func (*cachedPodList) GetObjectKind() schema.ObjectKind { return schema.EmptyObj
 
 func (l *cachedPodList) DeepCopyObject() runtime.Object {
 	out := &cachedPodList{Items: make([]*cachedPod, len(l.Items))}
-	l.ListMeta.DeepCopyInto(&out.ListMeta)
+	meta := &l.ListMeta
+	meta.DeepCopyInto(&out.ListMeta)
 	for i, p := range l.Items {
 		out.Items[i] = p.DeepCopyObject().(*cachedPod)
 	}
@@ -302,7 +303,8 @@ func (l *cachedPodList) decode(b []byte) error {
 			if err := bytesField("metadata", typ); err != nil {
 				return err
 			}
-			if err := l.ListMeta.Unmarshal(v); err != nil {
+			meta := &l.ListMeta
+			if err := meta.Unmarshal(v); err != nil {
 				return fmt.Errorf("metadata: %w", err)
 			}
 		case podListItems:
