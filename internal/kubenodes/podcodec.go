@@ -67,16 +67,23 @@ func (f *fields) next() (num protowire.Number, typ protowire.Type, value []byte,
 	if len(f.b) == 0 || f.err != nil {
 		return 0, 0, nil, false
 	}
-	num, typ, n := protowire.ConsumeTag(f.b)
-	if n < 0 {
+	num, typ, n := consumeKey(f.b)
+	switch {
+	case n < 0:
 		f.err = fmt.Errorf("field tag: %w", protowire.ParseError(n))
+		return 0, 0, nil, false
+	case num <= 0:
+		f.err = fmt.Errorf("field tag: illegal field number %d", num)
+		return 0, 0, nil, false
+	case typ == protowire.EndGroupType:
+		f.err = fmt.Errorf("field %d: end of a group outside a group", num)
 		return 0, 0, nil, false
 	}
 	f.b = f.b[n:]
 	if typ == protowire.BytesType {
 		value, n = protowire.ConsumeBytes(f.b)
 	} else {
-		n = protowire.ConsumeFieldValue(num, typ, f.b)
+		n = skipValue(num, typ, f.b)
 	}
 	if n < 0 {
 		f.err = fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
@@ -84,6 +91,48 @@ func (f *fields) next() (num protowire.Number, typ protowire.Type, value []byte,
 	}
 	f.b = f.b[n:]
 	return num, typ, value, true
+}
+
+// consumeKey reads a field's key as the generated decoders read it: the
+// field number is the key's upper bits cut to 32, not checked against
+// protobuf's range (the caller checks it where they do), the wire type
+// its lowest three bits.
+func consumeKey(b []byte) (protowire.Number, protowire.Type, int) {
+	key, n := protowire.ConsumeVarint(b)
+	if n < 0 {
+		return 0, 0, n
+	}
+	return protowire.Number(int32(key >> 3)), protowire.Type(key & 7), n //nolint:gosec // cut to 32 bits on purpose, as the generated decoders cut it
+}
+
+// skipValue returns the length of the value of a field of type typ at
+// the start of b, stepping over it as the generated decoders step over a
+// field they do not know: a group ends at the end marker of its own
+// depth, whatever that marker's field number.
+func skipValue(num protowire.Number, typ protowire.Type, b []byte) int {
+	if typ != protowire.StartGroupType {
+		return protowire.ConsumeFieldValue(num, typ, b)
+	}
+	n := 0
+	for depth := 1; depth > 0; {
+		num, typ, m := consumeKey(b[n:])
+		if m < 0 {
+			return m
+		}
+		n += m
+		switch typ {
+		case protowire.StartGroupType:
+			depth++
+		case protowire.EndGroupType:
+			depth--
+		default:
+			if m = protowire.ConsumeFieldValue(num, typ, b[n:]); m < 0 {
+				return m
+			}
+			n += m
+		}
+	}
+	return n
 }
 
 // bytesField reports a field the decoder reads that is not of the bytes
@@ -257,23 +306,35 @@ func phaseOf(v []byte) corev1.PodPhase {
 	return corev1.PodPhase(v)
 }
 
-// mapEntry returns the key and value of one entry of a protobuf map.
+// mapEntry returns the key and value of one entry of a protobuf map of
+// strings. As the generated decoders do, it reads the key and the value
+// as strings whatever the wire type their tags say.
 func mapEntry(b []byte) (key, value []byte, err error) {
-	f := fields{b: b}
-	for num, typ, v, more := f.next(); more; num, typ, v, more = f.next() {
+	for len(b) > 0 {
+		num, typ, n := consumeKey(b)
+		if n < 0 {
+			return nil, nil, fmt.Errorf("map entry: %w", protowire.ParseError(n))
+		}
+		b = b[n:]
+		var v []byte
 		switch num {
 		case mapEntryKey, mapEntryValue:
-			if err := bytesField("map entry", typ); err != nil {
-				return nil, nil, err
-			}
-			if num == mapEntryKey {
-				key = v
-			} else {
-				value = v
-			}
+			v, n = protowire.ConsumeBytes(b)
+		default:
+			n = skipValue(num, typ, b)
+		}
+		if n < 0 {
+			return nil, nil, fmt.Errorf("map entry field %d: %w", num, protowire.ParseError(n))
+		}
+		b = b[n:]
+		switch num {
+		case mapEntryKey:
+			key = v
+		case mapEntryValue:
+			value = v
 		}
 	}
-	return key, value, f.err
+	return key, value, nil
 }
 
 // cachedPodList is a list of pods as the cache decodes it (a paginated
