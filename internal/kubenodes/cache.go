@@ -41,20 +41,26 @@ type PodCache struct {
 
 // NewPodCache builds the pod and Service informers (cluster-wide, resync
 // period resync; 0 disables resync). Nothing is listed before Start.
-// Every object is reduced to what the CA reads before it is stored (the
-// informers' transform): the decoded API object is garbage right after.
+// Pods are decoded straight into what the CA reads (podDecoder, on
+// client's connection); Services, and pods of a client without a REST
+// connection (a fake clientset), are reduced to it before they are
+// stored (the informers' transform).
 func NewPodCache(client kubernetes.Interface, resync time.Duration) *PodCache {
-	pods := func() corev1client.PodInterface { return client.CoreV1().Pods(metav1.NamespaceAll) }
 	services := func() corev1client.ServiceInterface { return client.CoreV1().Services(metav1.NamespaceAll) }
-	return newPodCache(
-		cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+	podsLW, podType := podsListWatch(client)
+	if podsLW == nil { // a fake clientset: the typed client, its pods reduced by the transform
+		pods := func() corev1client.PodInterface { return client.CoreV1().Pods(metav1.NamespaceAll) }
+		podsLW, podType = &cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				return pods().List(ctx, o)
 			},
 			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 				return pods().Watch(ctx, o)
 			},
-		}, client),
+		}, &corev1.Pod{}
+	}
+	return newPodCache(
+		cache.ToListWatcherWithWatchListSemantics(podsLW, client), podType,
 		cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				return services().List(ctx, o)
@@ -66,15 +72,16 @@ func NewPodCache(client kubernetes.Interface, resync time.Duration) *PodCache {
 		resync)
 }
 
-// newPodCache is NewPodCache on the list and watch of pods and Services.
+// newPodCache is NewPodCache on the list and watch of pods (of podType:
+// cachedPod from podsListWatch, corev1.Pod from others) and Services.
 // The pods' informer keeps byUID beside its store: its handler runs in the
 // informer's own loop right after each store update (no queue between), so
 // byUID is as fresh as the store. A UID index of the store (cache.Indexers)
 // would cost a set per pod, about 300 bytes more a pod.
-func newPodCache(pods, services cache.ListerWatcher, resync time.Duration) *PodCache {
+func newPodCache(pods cache.ListerWatcher, podType runtime.Object, services cache.ListerWatcher, resync time.Duration) *PodCache {
 	c := &PodCache{byUID: podsByUID{m: map[types.UID]*cachedPod{}}}
 	_, c.pods = cache.NewInformerWithOptions(cache.InformerOptions{
-		ListerWatcher: pods, ObjectType: &corev1.Pod{}, ResyncPeriod: resync,
+		ListerWatcher: pods, ObjectType: podType, ResyncPeriod: resync,
 		Handler: &c.byUID, Transform: compactPodObject,
 	})
 	c.serviceStore, c.services = cache.NewInformerWithOptions(cache.InformerOptions{
@@ -197,6 +204,9 @@ type cachedPod struct {
 	node                  unique.Handle[string]
 	phase                 corev1.PodPhase
 	terminating, mirror   bool
+	// initialEventsEnd marks the bookmark that ends a watch-list's
+	// initial events (the reflector reads it from the annotations).
+	initialEventsEnd bool
 }
 
 // newCachedPod returns the part of pod that the CA reads (policy.PodOf).
@@ -209,6 +219,7 @@ func newCachedPod(pod *corev1.Pod) *cachedPod {
 		node:           unique.Make(p.NodeName),
 		phase:          internPhase(p.Phase),
 		terminating:    p.Terminating, mirror: p.Mirror,
+		initialEventsEnd: pod.Annotations[metav1.InitialEventsAnnotationKey] == "true",
 	}
 }
 
@@ -223,7 +234,7 @@ func (p *cachedPod) policyPod() policy.Pod {
 // internPhase returns the API's constant for phase, so that the decoded
 // string of each pod is not kept.
 func internPhase(phase corev1.PodPhase) corev1.PodPhase {
-	for _, known := range []corev1.PodPhase{corev1.PodRunning, corev1.PodPending, corev1.PodSucceeded, corev1.PodFailed, corev1.PodUnknown} {
+	for _, known := range knownPhases {
 		if phase == known {
 			return known
 		}
@@ -231,9 +242,16 @@ func internPhase(phase corev1.PodPhase) corev1.PodPhase {
 	return phase
 }
 
-// GetObjectMeta gives the store the pod's key and resource version.
+var knownPhases = []corev1.PodPhase{corev1.PodRunning, corev1.PodPending, corev1.PodSucceeded, corev1.PodFailed, corev1.PodUnknown}
+
+// GetObjectMeta gives the store the pod's key and resource version, and
+// the reflector the mark of the watch-list's end.
 func (p *cachedPod) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Namespace: p.namespace.Value(), Name: p.name, UID: p.uid, ResourceVersion: p.resourceVersion}
+	m := &metav1.ObjectMeta{Namespace: p.namespace.Value(), Name: p.name, UID: p.uid, ResourceVersion: p.resourceVersion}
+	if p.initialEventsEnd {
+		m.Annotations = map[string]string{metav1.InitialEventsAnnotationKey: "true"}
+	}
+	return m
 }
 
 func (*cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }

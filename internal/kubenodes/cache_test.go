@@ -115,7 +115,7 @@ func TestPodCacheFollowsEvents(t *testing.T) {
 	}
 	pods.set(pod("web-0", "a", corev1.PodPending), pod("web-1", "b", corev1.PodRunning), pod("web-2", "c", corev1.PodRunning))
 	svcs.set(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "web"}})
-	c := newPodCache(pods, svcs, 0)
+	c := newPodCache(pods, &corev1.Pod{}, svcs, 0)
 	if c.HasSynced() {
 		t.Fatal("synced before start")
 	}

@@ -21,11 +21,13 @@ func NodeName(i int) string {
 	return fmt.Sprintf("ip-10-%d-%d-%d.eu-west-1.compute.internal", i/65536, i/256%256, i%256)
 }
 
-// Node returns node i.
+// Node returns node i, with its UID and creation time set (as read from
+// the API server; Create ignores both).
 func Node(i int) *corev1.Node {
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-		Name:   NodeName(i),
-		Labels: map[string]string{"kubernetes.io/hostname": NodeName(i), "topology.kubernetes.io/zone": "eu-west-1" + string(rune('a'+i%3))},
+		Name: NodeName(i), UID: types.UID(fmt.Sprintf("22222222-0000-4000-8000-%012d", i)),
+		CreationTimestamp: metav1.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC),
+		Labels:            map[string]string{"kubernetes.io/hostname": NodeName(i), "topology.kubernetes.io/zone": "eu-west-1" + string(rune('a'+i%3))},
 	}}
 }
 

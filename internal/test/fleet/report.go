@@ -58,6 +58,32 @@ type Report struct {
 	Storm *Storm `json:"storm,omitempty"`
 	// Issuance is sustained workload issuance through the fleet.
 	Issuance *Issuance `json:"issuance,omitempty"`
+	// Times is where the run's wall time went.
+	Times Times `json:"times"`
+}
+
+// Times is the wall time of the whole run and of each of its stages, in
+// seconds, in the order they run.
+type Times struct {
+	// ClusterSeconds is envtest's start (etcd and the API server).
+	ClusterSeconds float64 `json:"clusterSeconds"`
+	// PopulateSeconds is the synthetic cluster's creation until the API
+	// server served every object.
+	PopulateSeconds float64 `json:"populateSeconds"`
+	// CASeconds is the CA's start: its build (without MAYFLY_CA_BIN), the
+	// baseline CAs, the time to ready and the trust bundle's publication.
+	CASeconds float64 `json:"caSeconds"`
+	// StepSeconds is each fleet size's stage: agents connected, the push,
+	// and the wait for the CA's activation of the pushed root.
+	StepSeconds []float64 `json:"stepSeconds"`
+	// IssuanceSeconds is the issuance stage: pod tokens, the paced
+	// window, the renewals after rollouts.
+	IssuanceSeconds float64 `json:"issuanceSeconds"`
+	// StormSeconds is the storm stage: the CA's stop and restart until
+	// every agent was back.
+	StormSeconds float64 `json:"stormSeconds"`
+	// TotalSeconds is the whole test, envtest's start included.
+	TotalSeconds float64 `json:"totalSeconds"`
 }
 
 // Storm is the reconnect storm after a CA restart.

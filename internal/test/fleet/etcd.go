@@ -1,0 +1,175 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/url"
+	"sync"
+	"sync/atomic"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
+	"k8s.io/client-go/kubernetes/scheme"
+)
+
+// RegistryPrefix is where kube-apiserver keeps objects in etcd (its
+// --etcd-prefix default, which envtest keeps).
+const RegistryPrefix = "/registry"
+
+// maxTxnOps is how many puts one etcd transaction carries: etcd's default
+// --max-txn-ops.
+const maxTxnOps = 128
+
+// Etcd writes objects straight into the API server's etcd, as the API
+// server itself stores them: the key of its registry, protobuf in the
+// "k8s\x00" envelope, no resourceVersion (the API server takes it from
+// etcd's revision when it reads the object). It fills a synthetic
+// cluster without the API server's per-request cost (admission, managed
+// fields, the handler chain): about 3.6 ms of CPU per pod there, against
+// a fraction of that here. Objects written so skip validation and
+// defaulting on the way in: what is written must be valid, and the API
+// server applies its defaults when it reads them.
+type Etcd struct {
+	conn  *grpc.ClientConn
+	kv    pb.KVClient
+	codec *protobuf.Serializer
+}
+
+// DialEtcd connects to the etcd at endpoint (envtest's plain-HTTP
+// client URL: Environment.ControlPlane.Etcd.URL).
+func DialEtcd(endpoint *url.URL) (*Etcd, error) {
+	if endpoint == nil || endpoint.Host == "" {
+		return nil, fmt.Errorf("etcd endpoint %v: want a URL with a host", endpoint)
+	}
+	if endpoint.Scheme != "http" {
+		return nil, fmt.Errorf("etcd endpoint %s: only plain http (envtest's etcd) is supported", endpoint)
+	}
+	conn, err := grpc.NewClient("passthrough:///"+endpoint.Host, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("etcd at %s: %w", endpoint, err)
+	}
+	return &Etcd{conn: conn, kv: pb.NewKVClient(conn), codec: protobuf.NewSerializer(scheme.Scheme, scheme.Scheme)}, nil
+}
+
+// Close closes the connection.
+func (e *Etcd) Close() error { return e.conn.Close() }
+
+// PodKey and NodeKey are the etcd keys kube-apiserver stores a pod and a
+// node under (nodes keep their historical resource name, "minions").
+func PodKey(namespace, name string) string {
+	return RegistryPrefix + "/pods/" + namespace + "/" + name
+}
+
+// NodeKey is the etcd key of node name.
+func NodeKey(name string) string { return RegistryPrefix + "/minions/" + name }
+
+// Encode returns obj as kube-apiserver stores it: its TypeMeta (v1,
+// kind) set, resourceVersion cleared, protobuf in the runtime.Unknown
+// envelope. obj is not changed.
+func (e *Etcd) Encode(obj runtime.Object) ([]byte, error) {
+	obj = obj.DeepCopyObject()
+	gvks, _, err := scheme.Scheme.ObjectKinds(obj)
+	if err != nil {
+		return nil, err
+	}
+	obj.GetObjectKind().SetGroupVersionKind(gvks[0])
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		o.ResourceVersion = ""
+	case *corev1.Node:
+		o.ResourceVersion = ""
+	default:
+		return nil, fmt.Errorf("encoding %T: only pods and nodes are written to etcd", obj)
+	}
+	var b bytes.Buffer
+	if err := e.codec.Encode(obj, &b); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// PutPods writes pods under their keys, in transactions of up to
+// maxTxnOps puts from workers goroutines. Each pod must carry its UID and
+// creationTimestamp: nothing on the way sets them.
+func (e *Etcd) PutPods(ctx context.Context, pods []*corev1.Pod, workers int) error {
+	return e.put(ctx, len(pods), workers, func(i int) (string, runtime.Object, error) {
+		p := pods[i]
+		if p.UID == "" || p.CreationTimestamp.IsZero() || p.Namespace == "" {
+			return "", nil, fmt.Errorf("pod %s/%s: UID, creationTimestamp and namespace are required", p.Namespace, p.Name)
+		}
+		return PodKey(p.Namespace, p.Name), p, nil
+	})
+}
+
+// PutNodes writes nodes under their keys, as PutPods does.
+func (e *Etcd) PutNodes(ctx context.Context, nodes []*corev1.Node, workers int) error {
+	return e.put(ctx, len(nodes), workers, func(i int) (string, runtime.Object, error) {
+		n := nodes[i]
+		if n.UID == "" || n.CreationTimestamp.IsZero() {
+			return "", nil, fmt.Errorf("node %s: UID and creationTimestamp are required", n.Name)
+		}
+		return NodeKey(n.Name), n, nil
+	})
+}
+
+// put writes objects 0..n-1 (obj(i) names each one's key) in batches of
+// maxTxnOps, one transaction each, workers batches at a time; the first
+// error stops the rest.
+func (e *Etcd) put(ctx context.Context, n, workers int, obj func(i int) (string, runtime.Object, error)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	fail := func(err error) { once.Do(func() { first = err; cancel() }) }
+	for range max(workers, 1) {
+		wg.Go(func() {
+			ops := make([]*pb.RequestOp, 0, maxTxnOps)
+			for {
+				from := int(next.Add(maxTxnOps) - maxTxnOps)
+				if from >= n || ctx.Err() != nil {
+					return
+				}
+				ops = ops[:0]
+				for i := from; i < min(from+maxTxnOps, n); i++ {
+					key, o, err := obj(i)
+					if err != nil {
+						fail(err)
+						return
+					}
+					val, err := e.Encode(o)
+					if err != nil {
+						fail(fmt.Errorf("encoding %s: %w", key, err))
+						return
+					}
+					ops = append(ops, &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(key), Value: val}}})
+				}
+				if _, err := e.kv.Txn(ctx, &pb.TxnRequest{Success: ops}); err != nil {
+					fail(fmt.Errorf("etcd transaction of %d puts from %s: %w", len(ops), ops[0].GetRequestPut().Key, err))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// Get returns the value stored at key, nil if there is none (for tests
+// that check what the API server wrote).
+func (e *Etcd) Get(ctx context.Context, key string) ([]byte, error) {
+	resp, err := e.kv.Range(ctx, &pb.RangeRequest{Key: []byte(key)})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	return resp.Kvs[0].Value, nil
+}
