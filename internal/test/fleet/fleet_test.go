@@ -158,10 +158,10 @@ type fixture struct {
 	caExit                                 chan error
 	bundle                                 []*x509.Certificate
 
-	pods      []*corev1.Pod // the workload pods, as written (UIDs)
-	starts    int // CA processes started
-	agents    []*fleetAgent
-	ctx       context.Context
+	pods   []*corev1.Pod // the workload pods, as written (UIDs)
+	starts int           // CA processes started
+	agents []*fleetAgent
+	ctx    context.Context
 }
 
 // fleetAgent is one node's agent: the real CAClient, Batcher and Manager.
@@ -848,10 +848,7 @@ func (f *fixture) rotateRoot(activateNow bool) {
 // pod, and runs its CAClient (bundle stream included), Batcher and Manager.
 func (f *fixture) startAgent(i int) (*fleetAgent, error) {
 	node := fleet.NodeName(i)
-	pod, err := f.kube.CoreV1().Pods(caNamespace).Get(f.ctx, "mayfly-agent-"+strconv.Itoa(i), metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
+	pod := agentPod(i) // as written to etcd: an agent knows its pod's name and UID (downward API)
 	tr, err := f.kube.CoreV1().ServiceAccounts(caNamespace).CreateToken(f.ctx, agentSA, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
 		Audiences:      []string{"mayfly-ca"},
 		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
