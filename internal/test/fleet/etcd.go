@@ -70,22 +70,25 @@ func NodeKey(name string) string { return RegistryPrefix + "/minions/" + name }
 
 // Encode returns obj as kube-apiserver stores it: its TypeMeta (v1,
 // kind) set, resourceVersion cleared, protobuf in the runtime.Unknown
-// envelope. obj is not changed.
+// envelope. obj is not changed: a shallow copy is encoded.
 func (e *Etcd) Encode(obj runtime.Object) ([]byte, error) {
-	obj = obj.DeepCopyObject()
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		c := *o
+		c.ResourceVersion = ""
+		obj = &c
+	case *corev1.Node:
+		c := *o
+		c.ResourceVersion = ""
+		obj = &c
+	default:
+		return nil, fmt.Errorf("encoding %T: only pods and nodes are written to etcd", obj)
+	}
 	gvks, _, err := scheme.Scheme.ObjectKinds(obj)
 	if err != nil {
 		return nil, err
 	}
 	obj.GetObjectKind().SetGroupVersionKind(gvks[0])
-	switch o := obj.(type) {
-	case *corev1.Pod:
-		o.ResourceVersion = ""
-	case *corev1.Node:
-		o.ResourceVersion = ""
-	default:
-		return nil, fmt.Errorf("encoding %T: only pods and nodes are written to etcd", obj)
-	}
 	var b bytes.Buffer
 	if err := e.codec.Encode(obj, &b); err != nil {
 		return nil, err

@@ -247,7 +247,7 @@ func (f *fixture) populate() {
 		t.Fatal(err)
 	}
 	defer func() { _ = etcd.Close() }()
-	const writers = 4 // transactions in flight: etcd applies them one by one
+	const writers = 8 // transactions in flight, each encoded while others are applied
 	nodes := make([]*corev1.Node, f.sz.nodes)
 	for i := range nodes {
 		nodes[i] = fleet.Node(i)
@@ -676,7 +676,7 @@ func (f *fixture) step(n int) {
 	start := time.Now()
 	from := len(f.agents)
 	f.agents = append(f.agents, make([]*fleetAgent, n-from)...)
-	parallel(t, n-from, 64, func(j int) error {
+	parallel(t, n-from, connectWorkers, func(j int) error {
 		i := from + j
 		a, err := f.startAgent(i)
 		f.agents[i] = a
@@ -733,6 +733,11 @@ func (f *fixture) step(n int) {
 	f.rep.Steps = append(f.rep.Steps, s)
 	t.Logf("%d agents: connected in %.1fs, push until all acked %.2fs (CPU: CA %.2fs, agents %.2fs), activation until all acked %.2fs, CA heap %.0f MiB, RSS %.0f MiB", n, connect, push, caCPU, fleetCPU, activate, s.HeapMiB, s.RSSMiB)
 }
+
+// connectWorkers is how many agents start at once: each waits for its
+// token, attestation and bundle stream, most of it on the API server and
+// the CA.
+const connectWorkers = 128
 
 // rootState reads the CA's stored state.
 func (f *fixture) rootState() *authority.State {
