@@ -7,10 +7,13 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
@@ -70,22 +73,25 @@ func NodeKey(name string) string { return RegistryPrefix + "/minions/" + name }
 
 // Encode returns obj as kube-apiserver stores it: its TypeMeta (v1,
 // kind) set, resourceVersion cleared, protobuf in the runtime.Unknown
-// envelope. obj is not changed.
+// envelope. obj is not changed: a shallow copy is encoded.
 func (e *Etcd) Encode(obj runtime.Object) ([]byte, error) {
-	obj = obj.DeepCopyObject()
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		c := *o
+		c.ResourceVersion = ""
+		obj = &c
+	case *corev1.Node:
+		c := *o
+		c.ResourceVersion = ""
+		obj = &c
+	default:
+		return nil, fmt.Errorf("encoding %T: only pods and nodes are written to etcd", obj)
+	}
 	gvks, _, err := scheme.Scheme.ObjectKinds(obj)
 	if err != nil {
 		return nil, err
 	}
 	obj.GetObjectKind().SetGroupVersionKind(gvks[0])
-	switch o := obj.(type) {
-	case *corev1.Pod:
-		o.ResourceVersion = ""
-	case *corev1.Node:
-		o.ResourceVersion = ""
-	default:
-		return nil, fmt.Errorf("encoding %T: only pods and nodes are written to etcd", obj)
-	}
 	var b bytes.Buffer
 	if err := e.codec.Encode(obj, &b); err != nil {
 		return nil, err
@@ -150,7 +156,7 @@ func (e *Etcd) put(ctx context.Context, n, workers int, obj func(i int) (string,
 					}
 					ops = append(ops, &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(key), Value: val}}})
 				}
-				if _, err := e.kv.Txn(ctx, &pb.TxnRequest{Success: ops}); err != nil {
+				if err := e.txn(ctx, ops); err != nil {
 					fail(fmt.Errorf("etcd transaction of %d puts from %s: %w", len(ops), ops[0].GetRequestPut().Key, err))
 					return
 				}
@@ -159,6 +165,29 @@ func (e *Etcd) put(ctx context.Context, n, workers int, obj func(i int) (string,
 	}
 	wg.Wait()
 	return first
+}
+
+// txnAttempts bounds the tries of one transaction.
+const txnAttempts = 5
+
+// txn applies ops in one transaction. An etcd that is too busy to apply
+// it in time answers Unavailable ("request timed out"), the transaction
+// applied or not: puts of the same values are tried again, after a
+// pause that grows.
+func (e *Etcd) txn(ctx context.Context, ops []*pb.RequestOp) error {
+	pause := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		_, err := e.kv.Txn(ctx, &pb.TxnRequest{Success: ops})
+		if code := status.Code(err); err == nil || attempt == txnAttempts || code != codes.Unavailable && code != codes.DeadlineExceeded {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause): // backing off from a busy etcd, not waiting for a condition
+		}
+		pause *= 2
+	}
 }
 
 // Get returns the value stored at key, nil if there is none (for tests

@@ -37,6 +37,7 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/agent"
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
+	"github.com/mayfly-pki/mayfly/internal/authority"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
 	"github.com/mayfly-pki/mayfly/internal/memlimit"
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
@@ -48,6 +49,7 @@ import (
 
 const (
 	caNamespace = "mayfly-system"
+	caSecret    = "mayfly-ca" // the CA's state, the configuration's default
 	agentSA     = "mayfly-agent"
 )
 
@@ -156,11 +158,10 @@ type fixture struct {
 	caExit                                 chan error
 	bundle                                 []*x509.Certificate
 
-	pods      []*corev1.Pod // the workload pods, as created (UIDs)
-	rotations int
-	starts    int // CA processes started
-	agents    []*fleetAgent
-	ctx       context.Context
+	pods   []*corev1.Pod // the workload pods, as written (UIDs)
+	starts int           // CA processes started
+	agents []*fleetAgent
+	ctx    context.Context
 }
 
 // fleetAgent is one node's agent: the real CAClient, Batcher and Manager.
@@ -246,7 +247,7 @@ func (f *fixture) populate() {
 		t.Fatal(err)
 	}
 	defer func() { _ = etcd.Close() }()
-	const writers = 4 // transactions in flight: etcd applies them one by one
+	const writers = 4 // transactions in flight (8 made a loaded etcd time out)
 	nodes := make([]*corev1.Node, f.sz.nodes)
 	for i := range nodes {
 		nodes[i] = fleet.Node(i)
@@ -661,7 +662,12 @@ func (f *fixture) heapMiB() float64 { return f.metric("go_memstats_heap_inuse_by
 func (f *fixture) liveHeapMiB() float64 { return f.metric("go_memstats_next_gc_bytes") / 2 / (1 << 20) }
 
 // step starts agents until n run, waits until all hold the current
-// bundle, then publishes a new bundle and times until all acknowledged it.
+// bundle, then times two pushes of one new root: its publication (ca
+// rotate-root: the bundle gains it) until every agent acknowledged it,
+// and its activation (ca rotate-root --activate-now once the CA's next
+// root is that root: it moves first) until every agent acknowledged
+// that. The CA would activate the root itself only once every node of
+// the cluster held it, and most nodes run no agent before the last step.
 func (f *fixture) step(n int) {
 	t := f.t
 	if len(f.agents) > 0 {
@@ -670,7 +676,7 @@ func (f *fixture) step(n int) {
 	start := time.Now()
 	from := len(f.agents)
 	f.agents = append(f.agents, make([]*fleetAgent, n-from)...)
-	parallel(t, n-from, 64, func(j int) error {
+	parallel(t, n-from, connectWorkers, func(j int) error {
 		i := from + j
 		a, err := f.startAgent(i)
 		f.agents[i] = a
@@ -678,33 +684,123 @@ func (f *fixture) step(n int) {
 	})
 	f.waitAllCurrent(n, "agents connected with the current bundle", 10*time.Minute)
 	connect := time.Since(start).Seconds()
+	f.settleRoots(n)
 	runtime.GC() // the fleet's garbage is this process's, not the CA's
 
-	before := f.agentVersion(0)
+	before, _ := f.agents[0].ca.Bundles.Bundle()
 	caCPU, fleetCPU := cpuSeconds(t, f.ca.Process.Pid), cpuSeconds(t, os.Getpid())
 	start = time.Now()
-	f.newBundle()
-	wait.Until(t, "every agent acknowledged the new bundle", 5*time.Minute, 5*time.Millisecond, func(context.Context) (bool, string) {
-		changed := 0
-		for _, a := range f.agents {
-			if _, v := a.ca.Bundles.Bundle(); v != before {
-				changed++
+	f.rotateRoot(false)
+	// The publication: the root that is new in the agents' bundles is
+	// the one this request prepared (settleRoots left no next root).
+	// It ends when every agent holds that root and the CA counted every
+	// agent on its current bundle, or already activated the root (which
+	// it does only once every agent acknowledged it).
+	var root *x509.Certificate
+	wait.Until(t, "every agent acknowledged the bundle with the new root", 5*time.Minute, 5*time.Millisecond, func(context.Context) (bool, string) {
+		if root == nil {
+			root = newRoot(f.agents[0], before)
+			if root == nil {
+				return false, "no agent holds a new root yet"
 			}
 		}
-		if changed < n {
-			return false, fmt.Sprintf("%d/%d agents hold the new bundle", changed, n)
+		holding, activated := f.holding(root)
+		if holding < n {
+			return false, fmt.Sprintf("%d/%d agents hold the new root", holding, n)
+		}
+		cur := f.metric("mayfly_ca_agents_with_current_bundle")
+		return cur == float64(n) || activated > 0, fmt.Sprintf("CA: %.0f of %d acknowledged", cur, n)
+	})
+	push := time.Since(start).Seconds()
+	caCPU, fleetCPU = cpuSeconds(t, f.ca.Process.Pid)-caCPU, cpuSeconds(t, os.Getpid())-fleetCPU
+	if st := f.rootState(); !sameCert(st.Root.Next, root) {
+		t.Fatalf("the root the agents received (serial %s) is not the CA's next root", root.SerialNumber.Text(16))
+	}
+	start = time.Now()
+	f.rotateRoot(true) // activates the next root: the one just published
+	wait.Until(t, "every agent acknowledged the bundle with the new root activated", 5*time.Minute, 5*time.Millisecond, func(context.Context) (bool, string) {
+		if _, activated := f.holding(root); activated < n {
+			return false, fmt.Sprintf("%d/%d agents hold the new root as the current one", activated, n)
 		}
 		cur := f.metric("mayfly_ca_agents_with_current_bundle")
 		return cur == float64(n), fmt.Sprintf("CA: %.0f of %d acknowledged", cur, n)
 	})
-	push := time.Since(start).Seconds()
-	caCPU, fleetCPU = cpuSeconds(t, f.ca.Process.Pid)-caCPU, cpuSeconds(t, os.Getpid())-fleetCPU
+	activate := time.Since(start).Seconds()
 	s := fleet.Step{
-		Agents: n, ConnectSeconds: connect, PushSeconds: push, PushCACPUSeconds: caCPU, PushFleetCPUSeconds: fleetCPU,
+		Agents: n, ConnectSeconds: connect, PushSeconds: push, ActivateSeconds: activate, PushCACPUSeconds: caCPU, PushFleetCPUSeconds: fleetCPU,
 		HeapMiB: f.heapMiB(), LiveHeapMiB: f.liveHeapMiB(), RSSMiB: rssMiB(t, f.ca.Process.Pid),
 	}
 	f.rep.Steps = append(f.rep.Steps, s)
-	t.Logf("%d agents: connected in %.1fs, push until all acked %.2fs (CPU: CA %.2fs, agents %.2fs), CA heap %.0f MiB, RSS %.0f MiB", n, connect, push, caCPU, fleetCPU, s.HeapMiB, s.RSSMiB)
+	t.Logf("%d agents: connected in %.1fs, push until all acked %.2fs (CPU: CA %.2fs, agents %.2fs), activation until all acked %.2fs, CA heap %.0f MiB, RSS %.0f MiB", n, connect, push, caCPU, fleetCPU, activate, s.HeapMiB, s.RSSMiB)
+}
+
+// connectWorkers is how many agents start at once: each waits for its
+// token, attestation and bundle stream, most of it on the API server and
+// the CA.
+const connectWorkers = 128
+
+// rootState reads the CA's stored state.
+func (f *fixture) rootState() *authority.State {
+	snap, err := authority.NewSecretStore(f.kube, caNamespace, caSecret).Load(f.ctx)
+	if err != nil {
+		f.t.Fatalf("the CA's state: %v", err)
+	}
+	st, err := authority.Decode(snap.Data)
+	if err != nil {
+		f.t.Fatalf("the CA's state: %v", err)
+	}
+	return st
+}
+
+// settleRoots waits until no root rotation is pending and the CA holds
+// no next root, so that the step's rotate-root prepares exactly one new
+// root. A next root the CA's own plan prepared (its rotation point) is
+// first activated (--activate-now), unmeasured, every agent holding it.
+func (f *fixture) settleRoots(n int) {
+	t := f.t
+	wait.Until(t, "no root rotation pending and no next root", 5*time.Minute, 50*time.Millisecond, func(context.Context) (bool, string) {
+		st := f.rootState()
+		switch {
+		case st.Root.Requested:
+			return false, "a root rotation is pending"
+		case st.Root.Next != nil:
+			t.Logf("the CA prepared a next root of its own (serial %s): activating it before the step", st.Root.Next.Cert().SerialNumber.Text(16))
+			f.rotateRoot(true)
+			return false, "activating the CA's own next root"
+		}
+		return true, ""
+	})
+	f.waitAllCurrent(n, "agents with the current bundle", 5*time.Minute)
+}
+
+// holding counts the agents whose bundle holds root, and those whose
+// bundle has it first (the CA activated it).
+func (f *fixture) holding(root *x509.Certificate) (holding, activated int) {
+	for _, a := range f.agents {
+		certs, _ := a.ca.Bundles.Bundle()
+		if i := slices.IndexFunc(certs, root.Equal); i >= 0 {
+			holding++
+			if i == 0 {
+				activated++
+			}
+		}
+	}
+	return holding, activated
+}
+
+// newRoot is the certificate in a's bundle that before lacks, nil if none.
+func newRoot(a *fleetAgent, before []*x509.Certificate) *x509.Certificate {
+	certs, _ := a.ca.Bundles.Bundle()
+	for _, c := range certs {
+		if !slices.ContainsFunc(before, c.Equal) {
+			return c
+		}
+	}
+	return nil
+}
+
+func sameCert(s *authority.Slot, c *x509.Certificate) bool {
+	return s != nil && s.Cert() != nil && s.Cert().Equal(c)
 }
 
 // refreshBundle reads the trust bundle new agents start with from the
@@ -732,11 +828,6 @@ func (f *fixture) refreshBundle() {
 	})
 }
 
-func (f *fixture) agentVersion(i int) string {
-	_, v := f.agents[i].ca.Bundles.Bundle()
-	return v
-}
-
 func (f *fixture) waitAllCurrent(n int, what string, timeout time.Duration) {
 	wait.Until(f.t, what, timeout, 20*time.Millisecond, func(context.Context) (bool, string) {
 		conn, cur := f.metric("mayfly_ca_agents_connected"), f.metric("mayfly_ca_agents_with_current_bundle")
@@ -744,15 +835,14 @@ func (f *fixture) waitAllCurrent(n int, what string, timeout time.Duration) {
 	})
 }
 
-// newBundle changes the trust bundle: a root rotation (the next root
-// joins the bundle) and, the time after, its activation (the next root
-// moves first), in turn.
-func (f *fixture) newBundle() {
+// rotateRoot requests a root rotation as an operator does (ca
+// rotate-root): the CA prepares and publishes a new root; with
+// activateNow (--activate-now) it activates its next root at once.
+func (f *fixture) rotateRoot(activateNow bool) {
 	args := []string{"rotate-root", "--config", f.cfgPath}
-	if f.rotations%2 == 1 {
+	if activateNow {
 		args = append(args, "--activate-now")
 	}
-	f.rotations++
 	var out, errOut bytes.Buffer
 	if code := caapp.Main(args, &out, &errOut); code != 0 {
 		f.t.Fatalf("ca %s: exit %d: %s", strings.Join(args, " "), code, errOut.String())
@@ -763,10 +853,7 @@ func (f *fixture) newBundle() {
 // pod, and runs its CAClient (bundle stream included), Batcher and Manager.
 func (f *fixture) startAgent(i int) (*fleetAgent, error) {
 	node := fleet.NodeName(i)
-	pod, err := f.kube.CoreV1().Pods(caNamespace).Get(f.ctx, "mayfly-agent-"+strconv.Itoa(i), metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
+	pod := agentPod(i) // as written to etcd: an agent knows its pod's name and UID (downward API)
 	tr, err := f.kube.CoreV1().ServiceAccounts(caNamespace).CreateToken(f.ctx, agentSA, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
 		Audiences:      []string{"mayfly-ca"},
 		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},

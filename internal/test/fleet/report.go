@@ -25,6 +25,11 @@ type Step struct {
 	// PushSeconds is the time from a new bundle until every agent
 	// acknowledged it (mayfly_ca_agents_with_current_bundle).
 	PushSeconds float64 `json:"pushSeconds"`
+	// ActivateSeconds is the second push of the step: from the
+	// activation of the root the first published (ca rotate-root
+	// --activate-now, every agent holding it) until every agent
+	// acknowledged the bundle that has it first.
+	ActivateSeconds float64 `json:"activateSeconds"`
 	// HeapMiB and RSSMiB are the CA process's after the push; HeapMiB is
 	// the heap in use, garbage not collected yet included, LiveHeapMiB the
 	// heap the last collection kept (half the next GC goal, GOGC=100).
@@ -129,11 +134,11 @@ func (r *Report) Markdown(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Cluster: %d pods, %d nodes. CA ready in %.1f s; heap in use %.0f MiB (live %.0f MiB), RSS %.0f MiB once ready (%.0f bytes of live heap per pod, baseline included).\n\n",
 		r.Pods, r.Nodes, r.ReadySeconds, r.ReadyHeapMiB, r.ReadyLiveHeapMiB, r.ReadyRSSMiB, r.HeapPerPodBytes)
-	b.WriteString("| agents | connect (s) | push until all acked (s) | CPU during the push, CA / agents (s) | CA heap in use (MiB) | CA live heap (MiB) | CA RSS (MiB) | CA live heap, RSS per agent (KiB) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| agents | connect (s) | push until all acked (s) | CPU during the push, CA / agents (s) | activation until all acked (s) | CA heap in use (MiB) | CA live heap (MiB) | CA RSS (MiB) | CA live heap, RSS per agent (KiB) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Steps {
 		perAgent := func(mib, base float64) float64 { return (mib - base) * 1024 / float64(s.Agents) }
-		fmt.Fprintf(&b, "| %d | %.1f | %.2f | %.2f / %.2f | %.0f | %.0f | %.0f | %.1f, %.1f |\n", s.Agents, s.ConnectSeconds, s.PushSeconds, s.PushCACPUSeconds, s.PushFleetCPUSeconds,
-			s.HeapMiB, s.LiveHeapMiB, s.RSSMiB, perAgent(s.LiveHeapMiB, r.ReadyLiveHeapMiB), perAgent(s.RSSMiB, r.ReadyRSSMiB))
+		fmt.Fprintf(&b, "| %d | %.1f | %.2f | %.2f / %.2f | %.2f | %.0f | %.0f | %.0f | %.1f, %.1f |\n", s.Agents, s.ConnectSeconds, s.PushSeconds, s.PushCACPUSeconds, s.PushFleetCPUSeconds,
+			s.ActivateSeconds, s.HeapMiB, s.LiveHeapMiB, s.RSSMiB, perAgent(s.LiveHeapMiB, r.ReadyLiveHeapMiB), perAgent(s.RSSMiB, r.ReadyRSSMiB))
 	}
 	if s := r.Storm; s != nil {
 		fmt.Fprintf(&b, "\nReconnect storm: %d agents back with the current bundle %.1f s after the CA restarted; /readyz not ready %d times after first ready; peak RSS %.0f MiB; %d streams more than agents.\n",
@@ -142,6 +147,18 @@ func (r *Report) Markdown(w io.Writer) error {
 	if i := r.Issuance; i != nil {
 		fmt.Fprintf(&b, "\nIssuance: %d certificates in %.1f s (%.1f/s), CA CPU %.1f%% of one core, so %.1f%% at 86/s; %.3f TokenReviews per certificate with a pod token (%d certificates per token); %.2f requests per renewal after ten rollouts.\n",
 			i.Certificates, i.Seconds, i.PerSecond, i.CPUPercent, i.CPUPercentAt86, i.TokenReviewsPerCert, i.CertificatesPerToken, i.RPCsPerRenewal)
+	}
+	if t := r.Times; t.TotalSeconds > 0 {
+		b.WriteString("\nWall time (s):\n\n| envtest | population | CA start | ")
+		for _, s := range r.Steps {
+			fmt.Fprintf(&b, "%d agents | ", s.Agents)
+		}
+		b.WriteString("issuance | storm | total |\n|" + strings.Repeat("---:|", 6+len(t.StepSeconds)) + "\n")
+		fmt.Fprintf(&b, "| %.1f | %.1f | %.1f | ", t.ClusterSeconds, t.PopulateSeconds, t.CASeconds)
+		for _, s := range t.StepSeconds {
+			fmt.Fprintf(&b, "%.1f | ", s)
+		}
+		fmt.Fprintf(&b, "%.1f | %.1f | %.1f |\n", t.IssuanceSeconds, t.StormSeconds, t.TotalSeconds)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
