@@ -27,8 +27,11 @@ import (
 // TestCachedPodKeepsWhatTheCAReads: a pod through the cache's transform
 // reads back as policy.PodOf of the full pod, under the full pod's store
 // key and resource version, and nothing else of it is kept.
-func TestCachedPodKeepsWhatTheCAReads(t *testing.T) {
-	now := metav1.Now()
+// podVariants are pods that differ in each field the CA's cache keeps or
+// reads to decide what to keep; the transform's and the decoder's tests
+// share them.
+func podVariants() map[string]*corev1.Pod {
+	now := metav1.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
 	pods := map[string]*corev1.Pod{}
 	pods["running"] = fleet.Pod(1, "node-a")
 	pods["pending"] = fleet.Pod(2, "node-a")
@@ -43,11 +46,22 @@ func TestCachedPodKeepsWhatTheCAReads(t *testing.T) {
 	pods["unscheduled"] = fleet.Pod(7, "")
 	pods["mirror"] = fleet.Pod(8, "node-a")
 	pods["mirror"].Annotations[policy.MirrorPodAnnotation] = "abc"
-	pods["no_service_account"] = fleet.Pod(9, "node-a")
+	pods["mirror_empty_value"] = fleet.Pod(9, "node-a")
+	pods["mirror_empty_value"].Annotations[policy.MirrorPodAnnotation] = ""
+	pods["no_service_account"] = fleet.Pod(10, "node-a")
 	pods["no_service_account"].Spec.ServiceAccountName = ""
+	pods["deprecated_service_account_only"] = fleet.Pod(11, "node-a")
+	pods["deprecated_service_account_only"].Spec.ServiceAccountName, pods["deprecated_service_account_only"].Spec.DeprecatedServiceAccount = "", "old"
+	for _, p := range pods {
+		p.ResourceVersion = "4711"
+	}
+	return pods
+}
+
+func TestCachedPodKeepsWhatTheCAReads(t *testing.T) {
+	pods := podVariants()
 	for name, full := range pods {
 		t.Run(name, func(t *testing.T) {
-			full.ResourceVersion = "4711"
 			obj, err := compactPodObject(full)
 			if err != nil {
 				t.Fatal(err)

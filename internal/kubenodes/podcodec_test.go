@@ -27,28 +27,10 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
-// codecPods are pods that differ in every field the cache keeps.
+// codecPods are podVariants and the objects only a watch brings: bookmarks
+// and an empty pod.
 func codecPods() map[string]*corev1.Pod {
-	now := metav1.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
-	pods := map[string]*corev1.Pod{}
-	pods["running"] = fleet.Pod(1, "node-a")
-	pods["pending"] = fleet.Pod(2, "node-a")
-	pods["pending"].Status.Phase = corev1.PodPending
-	pods["succeeded"] = fleet.Pod(3, "node-a")
-	pods["succeeded"].Status.Phase = corev1.PodSucceeded
-	pods["odd_phase"] = fleet.Pod(4, "node-a")
-	pods["odd_phase"].Status.Phase = "Hibernating"
-	pods["terminating"] = fleet.Pod(5, "node-a")
-	pods["terminating"].DeletionTimestamp = &now
-	pods["unscheduled"] = fleet.Pod(7, "")
-	pods["mirror"] = fleet.Pod(8, "node-a")
-	pods["mirror"].Annotations[policy.MirrorPodAnnotation] = "abc"
-	pods["mirror_empty_value"] = fleet.Pod(9, "node-a")
-	pods["mirror_empty_value"].Annotations[policy.MirrorPodAnnotation] = ""
-	pods["no_service_account"] = fleet.Pod(10, "node-a")
-	pods["no_service_account"].Spec.ServiceAccountName = ""
-	pods["deprecated_service_account_only"] = fleet.Pod(11, "node-a")
-	pods["deprecated_service_account_only"].Spec.ServiceAccountName, pods["deprecated_service_account_only"].Spec.DeprecatedServiceAccount = "", "old"
+	pods := podVariants()
 	pods["bookmark"] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{ResourceVersion: "99", Annotations: map[string]string{metav1.InitialEventsAnnotationKey: "true"}}}
 	pods["bookmark_not_end"] = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{ResourceVersion: "99", Annotations: map[string]string{metav1.InitialEventsAnnotationKey: "false"}}}
 	pods["empty"] = &corev1.Pod{}
