@@ -8,11 +8,9 @@ import (
 	"errors"
 	"net"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
@@ -41,13 +39,11 @@ func Serve(t testing.TB, cfg issuer.Config, opts ...grpc.ServerOption) (*issuer.
 // agents, on an address chosen before, or one that answers wrongly.
 func ServeOn(t testing.TB, lis net.Listener, srv issuerv1.IssuerServer, tlsConfig *tls.Config, opts ...grpc.ServerOption) {
 	t.Helper()
-	// The keepalive policy of the CA's own server (internal/app/caapp):
-	// agents ping every 30s, with or without a stream, and gRPC's default
-	// policy answers that with GOAWAY too_many_pings, dropping calls.
-	gs := grpc.NewServer(append([]grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(tlsConfig)),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	}, opts...)...)
+	// The options of the CA's own server (its keepalive policy among
+	// them: with gRPC's default policy the agents' pings, with or without
+	// a stream, would be answered with GOAWAY too_many_pings, dropping
+	// calls); opts come after them and so win.
+	gs := grpc.NewServer(append(append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(tlsConfig))}, issuer.ServerOptions()...), opts...)...)
 	issuerv1.RegisterIssuerServer(gs, srv)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
