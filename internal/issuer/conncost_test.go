@@ -3,6 +3,7 @@ package issuer_test
 import (
 	"bufio"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -32,6 +32,7 @@ import (
 	issuerv1 "github.com/mayfly-pki/mayfly/api/issuer/v1"
 	"github.com/mayfly-pki/mayfly/internal/issuer"
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
+	"github.com/mayfly-pki/mayfly/internal/test/childproc"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
@@ -41,9 +42,10 @@ import (
 // BenchmarkConnCost measures what a connected agent costs the CA: N agents
 // connect over real gRPC and TLS on loopback with the issuer client's dial
 // options, each holding a WatchBundle stream, as the agents of a fleet do.
-// The agents run in a child process (this test binary again, TestMain), so
-// that this process holds the CA's side only. Per variant (server options
-// x client options) it reports, per connected agent:
+// The agents run in a child process (this test binary again, running
+// TestConnCostAgents), so that this process holds the CA's side only.
+// Per variant (server options x client options) it reports, per
+// connected agent:
 //
 //   - heap-B/agent, stack-B/agent, goroutines/agent: the CA's heap in use
 //     and goroutine stacks after a collection, and its goroutines, above
@@ -319,8 +321,7 @@ func measureConnCost(b *testing.B, v connCostVariant, n int, idle time.Duration)
 	}
 	heap0, stack0, g0 := memAfterGC()
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), connCostChildEnv+"="+string(cfg))
+	cmd := childproc.Command("TestConnCostAgents", connCostChildEnv+"="+string(cfg))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -349,17 +350,22 @@ func measureConnCost(b *testing.B, v connCostVariant, n int, idle time.Duration)
 	}()
 	expect := func(word string) []string {
 		b.Helper()
-		select {
-		case l, ok := <-lines:
-			f := strings.Fields(l)
-			if !ok || len(f) == 0 || f[0] != word {
-				b.Fatalf("agents' process said %q, want %s", l, word)
+		deadline := time.After(10 * time.Minute)
+		for {
+			select {
+			case l, ok := <-lines:
+				if ok && strings.HasPrefix(l, "=== RUN") { // the test binary's own line, run verbose
+					continue
+				}
+				f := strings.Fields(l)
+				if !ok || len(f) == 0 || f[0] != word {
+					b.Fatalf("agents' process said %q, want %s", l, word)
+				}
+				return f[1:]
+			case <-deadline:
+				b.Fatalf("agents' process: no %s within 10 minutes", word)
 			}
-			return f[1:]
-		case <-time.After(10 * time.Minute):
-			b.Fatalf("agents' process: no %s within 10 minutes", word)
 		}
-		return nil
 	}
 
 	var r connCost
@@ -484,15 +490,13 @@ type connCostChild struct {
 	Keepalive                        time.Duration
 }
 
-func TestMain(m *testing.M) {
-	if cfg := os.Getenv(connCostChildEnv); cfg != "" {
-		if err := runConnCostAgents(cfg, os.Stdin, os.Stdout); err != nil {
-			fmt.Fprintln(os.Stderr, "conncost agents:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+// TestConnCostAgents is the agents' process of BenchmarkConnCost; it runs
+// only as that child process.
+func TestConnCostAgents(t *testing.T) {
+	cfg := childproc.Getenv(t, connCostChildEnv, "BenchmarkConnCost")
+	if err := runConnCostAgents(cfg, os.Stdin, os.Stdout); err != nil {
+		t.Fatalf("conncost agents: %v", err)
 	}
-	os.Exit(m.Run())
 }
 
 // runConnCostAgents is the agents' process of BenchmarkConnCost: it
@@ -528,11 +532,7 @@ func runConnCostAgents(cfgJSON string, in io.Reader, out io.Writer) error {
 	}
 	certs := make([]*tls.Certificate, cfg.Agents)
 	for i := range certs {
-		key, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
-		if err != nil {
-			return err
-		}
-		csr, err := pki.CreateCSR(key, rand.Reader)
+		key, csr, err := newKeyAndCSR()
 		if err != nil {
 			return err
 		}
@@ -583,11 +583,7 @@ func runConnCostAgents(cfgJSON string, in io.Reader, out io.Writer) error {
 		g.SetLimit(16)
 		for i, c := range clients {
 			g.Go(func() error {
-				key, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
-				if err != nil {
-					return err
-				}
-				csr, err := pki.CreateCSR(key, rand.Reader)
+				_, csr, err := newKeyAndCSR()
 				if err != nil {
 					return err
 				}
@@ -615,6 +611,17 @@ func runConnCostAgents(cfgJSON string, in io.Reader, out io.Writer) error {
 		_ = conn.Close()
 	}
 	return sc.Err()
+}
+
+// newKeyAndCSR returns a P-256 key and a CSR of it, as an agent makes
+// them for its own SVID and for a workload's.
+func newKeyAndCSR() (crypto.Signer, []byte, error) {
+	key, err := pki.GenerateKey(pki.KeyTypeECDSAP256, rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := pki.CreateCSR(key, rand.Reader)
+	return key, csr, err
 }
 
 // watchAndAck holds a WatchBundle stream of c and acknowledges every
