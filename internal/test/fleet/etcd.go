@@ -5,11 +5,10 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -127,44 +126,32 @@ func (e *Etcd) PutNodes(ctx context.Context, nodes []*corev1.Node, workers int) 
 // maxTxnOps, one transaction each, workers batches at a time; the first
 // error stops the rest.
 func (e *Etcd) put(ctx context.Context, n, workers int, obj func(i int) (string, runtime.Object, error)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	var once sync.Once
-	var first error
-	fail := func(err error) { once.Do(func() { first = err; cancel() }) }
-	for range max(workers, 1) {
-		wg.Go(func() {
-			ops := make([]*pb.RequestOp, 0, maxTxnOps)
-			for {
-				from := int(next.Add(maxTxnOps) - maxTxnOps)
-				if from >= n || ctx.Err() != nil {
-					return
-				}
-				ops = ops[:0]
-				for i := from; i < min(from+maxTxnOps, n); i++ {
-					key, o, err := obj(i)
-					if err != nil {
-						fail(err)
-						return
-					}
-					val, err := e.Encode(o)
-					if err != nil {
-						fail(fmt.Errorf("encoding %s: %w", key, err))
-						return
-					}
-					ops = append(ops, &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(key), Value: val}}})
-				}
-				if err := e.txn(ctx, ops); err != nil {
-					fail(fmt.Errorf("etcd transaction of %d puts from %s: %w", len(ops), ops[0].GetRequestPut().Key, err))
-					return
-				}
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(workers, 1))
+	for from := 0; from < n; from += maxTxnOps {
+		g.Go(func() error {
+			if err := ctx.Err(); err != nil { // another batch failed
+				return err
 			}
+			ops := make([]*pb.RequestOp, 0, maxTxnOps)
+			for i := from; i < min(from+maxTxnOps, n); i++ {
+				key, o, err := obj(i)
+				if err != nil {
+					return err
+				}
+				val, err := e.Encode(o)
+				if err != nil {
+					return fmt.Errorf("encoding %s: %w", key, err)
+				}
+				ops = append(ops, &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(key), Value: val}}})
+			}
+			if err := e.txn(ctx, ops); err != nil {
+				return fmt.Errorf("etcd transaction of %d puts from %s: %w", len(ops), ops[0].GetRequestPut().Key, err)
+			}
+			return nil
 		})
 	}
-	wg.Wait()
-	return first
+	return g.Wait()
 }
 
 // txnAttempts bounds the tries of one transaction.
