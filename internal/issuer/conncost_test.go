@@ -34,6 +34,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/issuerclient"
 	"github.com/mayfly-pki/mayfly/internal/test/childproc"
 	"github.com/mayfly-pki/mayfly/internal/test/fakeauthority"
+	"github.com/mayfly-pki/mayfly/internal/test/openfiles"
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/pki"
@@ -78,7 +79,7 @@ func BenchmarkConnCost(b *testing.B) {
 		}
 		idle = d
 	}
-	raiseOpenFiles(b, 2*n+256)
+	openfiles.Raise(b, uint64(2*n+256), strconv.Itoa(n)+" agents and the CA") // a connection each on both sides; the child inherits the limit
 	only := map[string]bool{}
 	for _, v := range strings.Split(os.Getenv("MAYFLY_CONNCOST_VARIANTS"), ",") {
 		if v != "" {
@@ -459,25 +460,6 @@ func envInt(b *testing.B, name string, def int) int {
 		b.Fatalf("%s=%q: want a positive number", name, v)
 	}
 	return n
-}
-
-// raiseOpenFiles raises the soft limit of open files to n (the child
-// inherits it); it fails the benchmark where the hard limit is lower.
-func raiseOpenFiles(b *testing.B, n int) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatal(err)
-	}
-	if lim.Cur >= uint64(n) {
-		return
-	}
-	if lim.Max < uint64(n) {
-		b.Fatalf("%d agents need %d open files; the hard limit is %d", n/2, n, lim.Max)
-	}
-	lim.Cur = uint64(n)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatal(err)
-	}
 }
 
 // connCostChildEnv carries the agents' process configuration (JSON).

@@ -24,11 +24,11 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"github.com/mayfly-pki/mayfly/internal/test/childproc"
 	"github.com/mayfly-pki/mayfly/internal/test/loopback"
+	"github.com/mayfly-pki/mayfly/internal/test/openfiles"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
@@ -305,17 +305,7 @@ func TestFloodHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatalf("MAYFLY_FLOOD_CONNS: %v", err)
 	}
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	if lim.Cur < uint64(n)+64 {
-		lim.Cur = uint64(n) + 64
-		lim.Max = max(lim.Max, lim.Cur)
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-			t.Fatalf("raising RLIMIT_NOFILE to %d for %d connections: %v", lim.Cur, n, err)
-		}
-	}
+	openfiles.Raise(t, uint64(n)+64, strconv.Itoa(n)+" connections")
 	// Every thread drops privileges (Go applies these to all threads).
 	if err := syscall.Setgroups(nil); err != nil {
 		t.Fatal(err)

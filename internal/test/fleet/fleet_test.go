@@ -46,6 +46,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/cluster"
 	"github.com/mayfly-pki/mayfly/internal/test/fleet"
 	"github.com/mayfly-pki/mayfly/internal/test/loopback"
+	"github.com/mayfly-pki/mayfly/internal/test/openfiles"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
@@ -117,7 +118,10 @@ func sizesFromEnv(t *testing.T) sizes {
 // the figures are the report's.
 func TestFleet(t *testing.T) {
 	sz := sizesFromEnv(t)
-	raiseFileLimit(t, sz.steps[len(sz.steps)-1])
+	// Each agent holds a connection to the CA, in this process and in the
+	// CA's (which inherits the limit), beside the API server's.
+	last := sz.steps[len(sz.steps)-1]
+	openfiles.Raise(t, uint64(last+512), strconv.Itoa(last)+" agents (in this process and in the CA's)")
 	begin := time.Now()
 	c := cluster.Start(t)
 	f := &fixture{t: t, sz: sz, c: c, rep: &fleet.Report{Pods: sz.pods, Nodes: sz.nodes}}
@@ -506,28 +510,6 @@ func subset(path string, w, r any) string {
 		}
 	}
 	return ""
-}
-
-// raiseFileLimit makes room for the connections of n agents: each holds
-// one to the CA, in this process and in the CA's (which inherits the
-// limit), beside the API server's. Go raises the soft limit to the hard
-// one at start; the hard limit is raised too where the process may
-// (CAP_SYS_RESOURCE, up to the kernel's fs.nr_open; being root in a
-// container is not always enough). Without the room a large run would
-// fail midway on "too many open files": it stops here instead, saying so.
-func raiseFileLimit(t *testing.T, n int) {
-	want := uint64(n + 512)
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatalf("open-file limit: %v", err)
-	}
-	if lim.Cur >= want {
-		return
-	}
-	raised := syscall.Rlimit{Cur: want, Max: max(want, lim.Max)}
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err != nil {
-		t.Fatalf("%d agents need about %d open files in this process and in the CA's; the limit is %d and raising it failed: %v (the hard limit can be raised only with CAP_SYS_RESOURCE)", n, want, lim.Cur, err)
-	}
 }
 
 // agentPod is the pod of node i's agent, Running, with its UID.
