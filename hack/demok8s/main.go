@@ -149,13 +149,12 @@ type demo struct {
 	// failedRun is set when the demo failed: cleanUp then prints the logs.
 	failedRun bool
 
-	// components is the context of the CA and the agent: they stop after
-	// the final status report, not at the signal.
-	components context.Context
-	wg         sync.WaitGroup
-	dead       chan struct{} // a component stopped before components was done
-	mu         sync.Mutex
-	failures   []string // "what: error" of components that stopped early
+	// The components (the CA, the agent) run until cleanUp, after the
+	// final status report, not until the signal.
+	wg       sync.WaitGroup
+	dead     chan struct{} // a component stopped before cleanUp
+	mu       sync.Mutex
+	failures []string // "what: error" of components that stopped early
 
 	agentPod    *corev1.Pod
 	caAddr      string
@@ -290,18 +289,16 @@ func (d *demo) createObjects(ctx context.Context) error {
 // startComponent runs a component (the CA, the agent) in this process
 // until the demo ends, logging to log; stopping early is a failure.
 func (d *demo) startComponent(what string, log *logFile, run func(context.Context) error) {
-	if d.components == nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		d.components, d.dead = ctx, make(chan struct{}, 4)
-		d.onCleanUp(func() {
-			cancel()
-			d.wg.Wait()
-		})
+	if d.dead == nil {
+		d.dead = make(chan struct{}, 4)
+		d.onCleanUp(d.wg.Wait)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.onCleanUp(cancel)
 	d.wg.Go(func() {
 		defer log.close()
-		err := run(d.components)
-		if d.components.Err() == nil {
+		err := run(ctx)
+		if ctx.Err() == nil {
 			if err == nil {
 				err = errors.New("stopped")
 			}

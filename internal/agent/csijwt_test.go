@@ -61,7 +61,8 @@ func (n *csiJWTNode) start(ctx context.Context, t *testing.T) *csi.Driver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vols := &VolumeIdentities{Manager: m, Pods: &PodIndex{Now: n.clk.Now}, JWT: NewJWTFiles(ctx, cache, n.clk, nil, nil)}
+	vols := &VolumeIdentities{Manager: m, Pods: &PodIndex{Now: n.clk.Now}, JWT: NewJWTFiles(cache, n.clk, nil, nil)}
+	t.Cleanup(vols.JWT.Close)
 	d, err := csi.New(csi.Config{NodeName: "node-a", StateDir: n.stateDir, KubeletDir: n.kubelet, Clock: n.clk, Identities: vols, Tokens: vols, PublishTimeout: waitTimeout})
 	if err != nil {
 		t.Fatal(err)

@@ -20,17 +20,26 @@ const JWTFileName = "jwt.token"
 // directory per identity for Audience (writeDir, Set), and the files of CSI
 // volumes (Keep). Each file is re-written at the token's half-life, when
 // the cache obtains the next token; a token that cannot be obtained is
-// retried with backoff, the file keeping the last one.
+// retried with backoff, the file keeping the last one. Close stops every
+// writer.
 type JWTFiles struct {
 	Cache    *JWTCache
 	Clock    rotate.Clock
 	Audience []string
 	Logger   *slog.Logger
 
-	// ctx bounds every writer: they stop with it.
-	ctx     context.Context
-	mu      sync.Mutex
-	writers map[string]jwtWriter
+	mu      sync.Mutex           // guards writers (Set's)
+	writers map[string]jwtWriter // Set's writers, by identity key
+
+	runMu   sync.Mutex
+	closed  bool
+	running map[*jwtRun]struct{} // every writer Keep started and not yet stopped
+}
+
+// jwtRun is one running writer: cancel stops it, done is closed once it has.
+type jwtRun struct {
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 type jwtWriter struct {
@@ -53,9 +62,9 @@ type JWTFile struct {
 	Written func(error)
 }
 
-// NewJWTFiles returns token file writers that run until ctx is done.
-func NewJWTFiles(ctx context.Context, cache *JWTCache, clock rotate.Clock, audience []string, log *slog.Logger) *JWTFiles {
-	return &JWTFiles{Cache: cache, Clock: clock, Audience: audience, Logger: log, ctx: ctx, writers: map[string]jwtWriter{}}
+// NewJWTFiles returns token file writers; they run until stopped or Close.
+func NewJWTFiles(cache *JWTCache, clock rotate.Clock, audience []string, log *slog.Logger) *JWTFiles {
+	return &JWTFiles{Cache: cache, Clock: clock, Audience: audience, Logger: log, writers: map[string]jwtWriter{}, running: map[*jwtRun]struct{}{}}
 }
 
 // Set makes the writers run for exactly specs (by key), each writing
@@ -85,26 +94,50 @@ func (f *JWTFiles) Set(specs []Spec, dirs map[string]string) {
 }
 
 // Keep starts a writer that keeps a JWT-SVID of spec for audience in file
-// until stop, which waits for a write in progress: no write starts after
-// it returns.
+// until stop (or Close), which waits for a write in progress: no write
+// starts after it returns. After Close, Keep starts nothing.
 func (f *JWTFiles) Keep(spec Spec, audience []string, file JWTFile) (stop func()) {
-	ctx, cancel := context.WithCancel(f.ctx)
-	done := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &jwtRun{cancel: cancel, done: make(chan struct{})}
+	f.runMu.Lock()
+	if f.closed {
+		f.runMu.Unlock()
+		cancel()
+		return func() {}
+	}
+	f.running[r] = struct{}{}
+	f.runMu.Unlock()
 	go func() {
-		defer close(done)
+		defer close(r.done)
 		f.run(ctx, spec, audience, file)
 	}()
-	var once sync.Once
 	return func() {
-		once.Do(func() {
-			cancel()
-			<-done
-		})
+		r.cancel()
+		<-r.done
+		f.runMu.Lock()
+		delete(f.running, r)
+		f.runMu.Unlock()
 	}
 }
 
-// Stop stops every writer of Set and waits for them.
-func (f *JWTFiles) Stop() { f.Set(nil, nil) }
+// Close stops every writer (Set's and Keep's) and waits for them; Keep
+// starts none after it.
+func (f *JWTFiles) Close() {
+	f.runMu.Lock()
+	f.closed = true
+	running := make([]*jwtRun, 0, len(f.running))
+	for r := range f.running {
+		running = append(running, r)
+	}
+	clear(f.running)
+	f.runMu.Unlock()
+	for _, r := range running {
+		r.cancel()
+	}
+	for _, r := range running {
+		<-r.done
+	}
+}
 
 // Retry bounds of a token that could not be obtained or written.
 const (

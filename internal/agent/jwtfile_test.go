@@ -27,8 +27,8 @@ func TestJWTFiles(t *testing.T) {
 	}
 	dir := filepath.Join(t.TempDir(), "out", "web")
 	path := filepath.Join(dir, JWTFileName)
-	files := NewJWTFiles(t.Context(), cache, clock, []string{"vault", "api"}, nil)
-	t.Cleanup(files.Stop)
+	files := NewJWTFiles(cache, clock, []string{"vault", "api"}, nil)
+	t.Cleanup(files.Close)
 	web := Spec{Key: "web", SpiffeID: "spiffe://example.org/web"}
 	files.Set([]Spec{web}, map[string]string{"web": dir})
 
@@ -92,5 +92,39 @@ func TestJWTFiles(t *testing.T) {
 	clock.Advance(time.Hour)
 	if ca.calls.Load() != calls {
 		t.Fatal("a stopped writer asked the CA")
+	}
+}
+
+// TestJWTFilesClose: Close stops the writers of Set and of Keep, and waits
+// for them; a writer asked for after it starts nothing.
+func TestJWTFilesClose(t *testing.T) {
+	clock := rotate.NewFakeClock(jwtEpoch)
+	ca := newFakeJWTCA(t, clock)
+	cache, err := NewJWTCache(ca, clock, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	files := NewJWTFiles(cache, clock, []string{"vault"}, nil)
+	web := Spec{Key: "web", SpiffeID: "spiffe://example.org/web"}
+	files.Set([]Spec{web}, map[string]string{"web": filepath.Join(base, "web")})
+	kept := filepath.Join(base, "volume", JWTFileName)
+	stopKept := files.Keep(web, []string{"api"}, JWTFile{Path: kept, MakeDir: true})
+	clock.BlockUntil(2) // both wrote and sleep until the half-life
+
+	files.Close()
+	if n := clock.Waiters(); n != 0 {
+		t.Fatalf("%d timers left after Close", n)
+	}
+	stopKept() // stopping a closed writer again returns at once
+	late := filepath.Join(base, "late", JWTFileName)
+	files.Keep(web, []string{"api"}, JWTFile{Path: late, MakeDir: true})()
+	calls := ca.calls.Load()
+	clock.Advance(time.Hour)
+	if ca.calls.Load() != calls {
+		t.Fatal("a writer asked the CA after Close")
+	}
+	if _, err := os.Stat(late); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a writer asked for after Close wrote its file: %v", err)
 	}
 }

@@ -141,7 +141,13 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 			if c.MounterSocket != "" {
 				mounter = csi.RemoteMounter{Socket: c.MounterSocket}
 			}
-			volumes := &agent.VolumeIdentities{Manager: mgr, Pods: podIndex, JWT: agent.NewJWTFiles(ctx, jwts, opts.Clock, nil, log.With("component", "csi-jwt-files"))}
+			volumeJWTs := agent.NewJWTFiles(jwts, opts.Clock, nil, log.With("component", "csi-jwt-files"))
+			g.Go(func() error {
+				<-ctx.Done()
+				volumeJWTs.Close()
+				return nil
+			})
+			volumes := &agent.VolumeIdentities{Manager: mgr, Pods: podIndex, JWT: volumeJWTs}
 			drv, err := csi.New(csi.Config{
 				NodeName: cfg.NodeName, StateDir: c.StateDir, SocketDir: filepath.Dir(cfg.SocketPath), KubeletDir: c.KubeletDir, Clock: opts.Clock,
 				Identities: volumes, Tokens: volumes, Logger: log.With("component", "csi"), Registerer: reg,
@@ -185,11 +191,11 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 		}
 		regs := &agent.Registrations{Manager: mgr, DefaultTTL: cfg.WorkloadTTL, KeyType: cfg.KeyType, WriteDir: cfg.WriteDir, Logger: log}
 		if len(cfg.WriteDirJWTAudience) > 0 {
-			files := agent.NewJWTFiles(ctx, jwts, opts.Clock, cfg.WriteDirJWTAudience, log.With("component", "jwt-files"))
+			files := agent.NewJWTFiles(jwts, opts.Clock, cfg.WriteDirJWTAudience, log.With("component", "jwt-files"))
 			regs.JWTFiles = files
 			g.Go(func() error {
 				<-ctx.Done()
-				files.Stop()
+				files.Close()
 				return nil
 			})
 		}
