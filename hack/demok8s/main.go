@@ -40,6 +40,7 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/app/agentapp"
 	"github.com/mayfly-pki/mayfly/internal/app/caapp"
 	"github.com/mayfly-pki/mayfly/internal/controller/bundle"
+	"github.com/mayfly-pki/mayfly/internal/issuer"
 )
 
 const (
@@ -327,7 +328,7 @@ workloads: {minTTL: 10s, defaultTTL: %s, maxTTL: 1h}
 	if err != nil {
 		return err
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := issuer.Listen(ctx, "127.0.0.1:0")
 	if err != nil {
 		log.close()
 		return fmt.Errorf("CA listener: %w", err)

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -63,21 +64,40 @@ func (s *Server) TLSConfig() *tls.Config {
 // fire together and a connection carried nearly twice the pings
 // (BenchmarkConnCost, 1.7x the CA's idle CPU), each about 90 µs of the
 // CA's CPU. The CA pings only an agent that stopped pinging (a hung
-// process, other settings). A vanished agent needs no ping: the CA's
-// listener enables TCP keepalive on every accepted connection (Go's
-// default: a probe after 15 s of silence, then every 15 s, sent and
-// answered by the kernels) and gRPC sets TCP_USER_TIMEOUT to Timeout, so
-// the kernel drops a connection whose probes stay unanswered for 20 s,
-// within about a minute. Connections are closed (GOAWAY, then their
-// streams after a grace of one minute) after 30 minutes, with the ±10%
-// jitter gRPC adds, so that agents spread again over the replicas after
-// a rollout instead of staying on those that came up first. Agents
-// reconnect at once and resume their TLS session.
+// process, other settings). A vanished agent needs no ping: the kernel
+// finds it with TCP keepalive probes on every connection the CA accepts
+// (Listen, TCPKeepalive), and gRPC sets TCP_USER_TIMEOUT to Timeout, so
+// the kernel drops a connection that has answered nothing for 20 s.
+// Connections are closed (GOAWAY, then their streams after a grace of
+// one minute) after 30 minutes, with the ±10% jitter gRPC adds, so that
+// agents spread again over the replicas after a rollout instead of
+// staying on those that came up first. Agents reconnect at once and
+// resume their TLS session.
 func KeepaliveParams() keepalive.ServerParameters {
 	return keepalive.ServerParameters{
 		Time: 5 * time.Minute, Timeout: 20 * time.Second,
 		MaxConnectionAge: 30 * time.Minute, MaxConnectionAgeGrace: time.Minute,
 	}
+}
+
+// TCPKeepalive is the TCP keepalive of the connections the CA accepts: a
+// probe after 10 s of silence, then every 2 s while none is answered. The
+// kernel drops a connection once TCP_USER_TIMEOUT (KeepaliveParams'
+// Timeout, 20 s) has passed without an answer, so a vanished agent is
+// dropped within 20 s of its last packet, and five probes must be lost in
+// a row for a live one to be. Go's default for an accepted connection
+// (15 s, then every 15 s) sends one probe before the user timeout ends
+// it: a single probe or answer lost dropped a healthy connection, and the
+// agent reconnected with a full handshake and a new bundle stream (at
+// 10,000 agents, 5% of them in a minute when loopback dropped the
+// synchronised probes, docs/performance.md).
+var TCPKeepalive = net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 2 * time.Second, Count: 5}
+
+// Listen listens on the TCP address addr for the issuer API, with
+// TCPKeepalive on every connection it accepts.
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: TCPKeepalive}
+	return lc.Listen(ctx, "tcp", addr)
 }
 
 // MaxRecvMsgSize bounds a message the CA's gRPC server accepts: a

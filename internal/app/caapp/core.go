@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"time"
 
@@ -209,7 +208,7 @@ func (c *core) serveIssuer(ctx context.Context, g *errgroup.Group) {
 		lis := c.opts.Listener
 		if lis == nil {
 			var err error
-			if lis, err = net.Listen("tcp", c.cfg.ListenAddress); err != nil {
+			if lis, err = issuer.Listen(ctx, c.cfg.ListenAddress); err != nil {
 				return fmt.Errorf("listenAddress: %w", err)
 			}
 		}

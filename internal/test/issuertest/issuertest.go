@@ -26,7 +26,7 @@ func Serve(t testing.TB, cfg issuer.Config, opts ...grpc.ServerOption) (*issuer.
 	if err != nil {
 		t.Fatalf("issuer.New: %v", err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := issuer.Listen(t.Context(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
