@@ -78,7 +78,7 @@ func TestStart(t *testing.T) {
 			if tc.wantErr != errors.As(err, &exit) {
 				t.Errorf("Stop = %v, want an exit error: %v", err, tc.wantErr)
 			}
-			if again := c.Stop(); again != err {
+			if again := c.Stop(); !errors.Is(again, err) {
 				t.Errorf("second Stop = %v, want the first's %v", again, err)
 			}
 			inStdout := strings.Contains(strings.Join(seen, "\n"), "STDERR ready")
