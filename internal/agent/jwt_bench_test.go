@@ -7,7 +7,6 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -21,6 +20,7 @@ import (
 	gsworkload "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 
+	"github.com/mayfly-pki/mayfly/internal/test/grpcserver"
 	"github.com/mayfly-pki/mayfly/internal/workloadapi"
 	"github.com/mayfly-pki/mayfly/internal/workloadattest"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
@@ -95,7 +95,7 @@ func serveJWTBench(b *testing.B) (oursPath, barePath string) {
 		grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
 	s.Register(ours)
 	oursPath = filepath.Join(dir, "mayfly.sock")
-	serveBench(b, ours, oursPath, s.LimitListener)
+	grpcserver.ServeUnix(b, ours, oursPath, s.LimitListener)
 
 	_, tok, err := cache.Fetch(b.Context(), spec, []string{"api"})
 	if err != nil {
@@ -104,21 +104,8 @@ func serveJWTBench(b *testing.B) (oursPath, barePath string) {
 	bare := grpc.NewServer()
 	workload.RegisterSpiffeWorkloadAPIServer(bare, &bareJWT{resp: &workload.JWTSVIDResponse{Svids: []*workload.JWTSVID{{SpiffeId: spec.SpiffeID, Svid: tok}}}})
 	barePath = filepath.Join(dir, "bare.sock")
-	serveBench(b, bare, barePath, nil)
+	grpcserver.ServeUnix(b, bare, barePath, nil)
 	return oursPath, barePath
-}
-
-func serveBench(b *testing.B, g *grpc.Server, path string, limit func(l net.Listener) net.Listener) {
-	b.Helper()
-	l, err := workloadapi.Listen(path, 0, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if limit != nil {
-		l = limit(l)
-	}
-	go func() { _ = g.Serve(l) }()
-	b.Cleanup(g.Stop)
 }
 
 // jwtClient is a go-spiffe client of the Workload API on path, connected

@@ -324,28 +324,17 @@ func measureConnCost(b *testing.B, v connCostVariant, n int, idle time.Duration)
 
 	cmd := childproc.Command("TestConnCostAgents", connCostChildEnv+"="+string(cfg))
 	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	child := childproc.Start(b, cmd)
 	lines := make(chan string)
 	go func() {
 		defer close(lines)
-		sc := bufio.NewScanner(stdout)
+		sc := bufio.NewScanner(child.Stdout)
 		for sc.Scan() {
 			lines <- sc.Text()
 		}
 	}()
 	defer func() {
-		_ = stdin.Close()
-		if err := cmd.Wait(); err != nil {
+		if err := child.Stop(); err != nil {
 			b.Errorf("agents' process: %v", err)
 		}
 	}()
@@ -405,7 +394,7 @@ func measureConnCost(b *testing.B, v connCostVariant, n int, idle time.Duration)
 
 	for range connCostCalls {
 		cpu0 := cpuTime()
-		if _, err := io.WriteString(stdin, "call\n"); err != nil {
+		if _, err := io.WriteString(child.Stdin, "call\n"); err != nil {
 			b.Fatal(err)
 		}
 		expect("called")

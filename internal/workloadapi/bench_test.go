@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -27,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/mayfly-pki/mayfly/internal/test/childproc"
+	"github.com/mayfly-pki/mayfly/internal/test/grpcserver"
 	"github.com/mayfly-pki/mayfly/internal/workloadattest"
 
 	"github.com/mayfly-pki/mayfly/internal/test/testca"
@@ -107,7 +107,7 @@ func (e *benchServers) serveOurs(name string, att unixAttestor) string {
 	g := grpc.NewServer(append(s.ServerOptions(), grpc.Creds(workloadattest.NewCredentials()), grpc.UnaryInterceptor(s.UnaryInterceptor()), grpc.StreamInterceptor(s.StreamInterceptor()))...)
 	s.Register(g)
 	path := filepath.Join(e.dir, name+".sock")
-	startBench(e.b, g, path, s.LimitListener)
+	grpcserver.ServeUnix(e.b, g, path, s.LimitListener)
 	return path
 }
 
@@ -120,22 +120,8 @@ func (e *benchServers) serveBare() string {
 	g := grpc.NewServer()
 	workload.RegisterSpiffeWorkloadAPIServer(g, &bareServer{resp: r.encoded})
 	path := filepath.Join(e.dir, "bare.sock")
-	startBench(e.b, g, path, nil)
+	grpcserver.ServeUnix(e.b, g, path, nil)
 	return path
-}
-
-// startBench serves g on path, the listener wrapped by limit if not nil.
-func startBench(b *testing.B, g *grpc.Server, path string, limit func(net.Listener) net.Listener) {
-	b.Helper()
-	l, err := Listen(path, 0, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if limit != nil {
-		l = limit(l)
-	}
-	go func() { _ = g.Serve(l) }()
-	b.Cleanup(g.Stop)
 }
 
 // benchFetches runs b.N FetchX509SVID calls (a new stream each) over conc

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -216,8 +215,7 @@ func metric(t *testing.T, health, series string) float64 {
 
 // floodProcess is the children that flood the socket.
 type floodProcess struct {
-	cmds   []*exec.Cmd
-	stdins []io.Closer
+	procs  []*childproc.Child
 	opened atomic.Int64
 	ready  atomic.Bool
 	wg     sync.WaitGroup
@@ -235,24 +233,12 @@ func startFlood(t *testing.T, socket string) *floodProcess {
 		if os.Getenv("MAYFLY_FLOOD_CHURN") == "1" {
 			env = append(env, "MAYFLY_FLOOD_CHURN=1")
 		}
-		cmd := childproc.Command("TestFloodHelperProcess", env...)
-		stdin, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = cmd.Stdout
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		f.cmds, f.stdins = append(f.cmds, cmd), append(f.stdins, stdin)
+		c := childproc.Start(t, childproc.Command("TestFloodHelperProcess", env...)) // stderr in stdout
+		f.procs = append(f.procs, c)
 		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
-			sc := bufio.NewScanner(stdout)
+			sc := bufio.NewScanner(c.Stdout)
 			for sc.Scan() {
 				line := sc.Text()
 				if n, ok := strings.CutPrefix(line, "OPENED "); ok {
@@ -282,12 +268,12 @@ func startFlood(t *testing.T, socket string) *floodProcess {
 func (f *floodProcess) stop(t *testing.T) {
 	t.Helper()
 	f.once.Do(func() {
-		for _, c := range f.stdins {
-			_ = c.Close()
+		for _, c := range f.procs {
+			_ = c.Stdin.Close()
 		}
 		f.wg.Wait()
-		for _, cmd := range f.cmds {
-			if err := cmd.Wait(); err != nil {
+		for _, c := range f.procs {
+			if err := c.Stop(); err != nil {
 				t.Errorf("flood process: %v\n%s", err, f.out.String())
 			}
 		}

@@ -308,23 +308,9 @@ type loadProcess struct {
 func startLoadProcess(b *testing.B, dir string, cas int) *loadProcess {
 	b.Helper()
 	cmd := childproc.Command("TestIssuanceLoadProcess", "MAYFLY_ISSUANCE_LOAD_DIR="+dir, "MAYFLY_ISSUANCE_LOAD_CAS="+strconv.Itoa(cas))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
 	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		_ = stdin.Close()
-		_ = cmd.Wait()
-	})
-	p := &loadProcess{in: bufio.NewWriter(stdin), out: bufio.NewScanner(stdout)}
+	c := childproc.Start(b, cmd) // stopped at cleanup
+	p := &loadProcess{in: bufio.NewWriter(c.Stdin), out: bufio.NewScanner(c.Stdout)}
 	p.wait(b, "ready")
 	return p
 }

@@ -6,8 +6,10 @@
 package childproc
 
 import (
+	"io"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 )
 
@@ -30,4 +32,55 @@ func Getenv(t testing.TB, name, parent string) string {
 		t.Skipf("helper process of %s; runs only as its child", parent)
 	}
 	return v
+}
+
+// Child is a running child process that the parent talks to over its
+// standard input and output.
+type Child struct {
+	// Stdin is the child's standard input. Its end (Stop closes it) is
+	// the helper test's sign to finish.
+	Stdin io.WriteCloser
+	// Stdout is the child's standard output. Read what you need of it
+	// before Stop, which closes it once the child has exited.
+	Stdout io.Reader
+
+	cmd  *exec.Cmd
+	once sync.Once
+	err  error
+}
+
+// Start starts cmd with pipes to its standard input and output. Its
+// standard error goes where cmd.Stderr says or, left nil, into the same
+// pipe as its standard output, so that whoever reads the child also sees
+// its failures. The child is stopped at tb's cleanup if the caller has not
+// stopped it, how it exited then left unchecked.
+func Start(tb testing.TB, cmd *exec.Cmd) *Child {
+	tb.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = cmd.Stdout
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	c := &Child{Stdin: stdin, Stdout: stdout, cmd: cmd}
+	tb.Cleanup(func() { _ = c.Stop() })
+	return c
+}
+
+// Stop closes the child's standard input, waits for it to exit and returns
+// how it exited (cmd.Wait's error); a second call returns the same.
+func (c *Child) Stop() error {
+	c.once.Do(func() {
+		_ = c.Stdin.Close()
+		c.err = c.cmd.Wait()
+	})
+	return c.err
 }
