@@ -8,7 +8,11 @@
 // each subscriber and hear back (the agent's bundle sinks).
 package notify
 
-import "sync"
+import (
+	"maps"
+	"slices"
+	"sync"
+)
 
 // Notifier fans a change signal out to its subscribers. The zero value is
 // ready to use; it must not be copied after first use.
@@ -67,11 +71,7 @@ func (s *Set[T]) Add(v T) (remove func()) {
 func (s *Set[T]) All() []T {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	all := make([]T, 0, len(s.members))
-	for v := range s.members {
-		all = append(all, v)
-	}
-	return all
+	return slices.Collect(maps.Keys(s.members))
 }
 
 // Len is the number of members.
