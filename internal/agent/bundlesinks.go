@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"sync"
 
+	"github.com/mayfly-pki/mayfly/pkg/notify"
 	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
@@ -97,34 +98,18 @@ func sameRoots(a, b []*x509.Certificate) bool {
 
 // sinkSet is the Manager's set of wrapped sinks.
 type sinkSet struct {
-	mu    sync.Mutex
-	sinks map[*bundledSink]struct{}
+	sinks notify.Set[*bundledSink]
 }
 
 // wrap returns s wrapped and registered, and the function that forgets it.
 func (x *sinkSet) wrap(s rotate.Sink, bundle BundleSource) (*bundledSink, func()) {
 	b := &bundledSink{sink: s, bundle: bundle}
-	x.mu.Lock()
-	if x.sinks == nil {
-		x.sinks = map[*bundledSink]struct{}{}
-	}
-	x.sinks[b] = struct{}{}
-	x.mu.Unlock()
-	return b, func() {
-		x.mu.Lock()
-		delete(x.sinks, b)
-		x.mu.Unlock()
-	}
+	return b, x.sinks.Add(b)
 }
 
 // deliver puts roots to every sink, continuing past failures.
 func (x *sinkSet) deliver(ctx context.Context, roots []*x509.Certificate) (int, error) {
-	x.mu.Lock()
-	all := make([]*bundledSink, 0, len(x.sinks))
-	for s := range x.sinks {
-		all = append(all, s)
-	}
-	x.mu.Unlock()
+	all := x.sinks.All()
 	pending := 0
 	var errs []error
 	for _, s := range all {

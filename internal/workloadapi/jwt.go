@@ -86,14 +86,8 @@ func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Ser
 		return err
 	}
 	ctx := stream.Context()
-	caller, err := s.attest(ctx, "FetchJWTBundles")
-	if err != nil {
-		return err
-	}
-	changed, cancel := s.source.Subscribe(caller)
-	defer cancel()
 	var last *workload.JWTBundlesResponse
-	for {
+	return s.watch(ctx, "FetchJWTBundles", func(Caller) error {
 		msg, err := jwtBundlesResponse(js.JWTBundles())
 		if err != nil {
 			s.log.ErrorContext(ctx, "cannot build JWTBundlesResponse", "error", err)
@@ -105,10 +99,8 @@ func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Ser
 			}
 			last = msg
 		}
-		if more, err := waitForChange(ctx, changed); !more {
-			return err
-		}
-	}
+		return nil
+	})
 }
 
 // ValidateJWTSVID validates a token for the audience against the JWT

@@ -251,15 +251,8 @@ type handler struct {
 func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	s := h.s
 	ctx := stream.Context()
-	caller, err := s.attest(ctx, "FetchX509SVID")
-	if err != nil {
-		return err
-	}
-	// Subscribe before the first read so that no change goes unnoticed.
-	changed, cancel := s.source.Subscribe(caller)
-	defer cancel()
 	var last *x509Response
-	for {
+	return s.watch(ctx, "FetchX509SVID", func(caller Caller) error {
 		ids, bundles, err := s.identities(ctx, caller)
 		if err != nil {
 			return err
@@ -276,10 +269,8 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerS
 			s.sent(ctx, bundles)
 			last = r
 		}
-		if more, err := waitForChange(ctx, changed); !more {
-			return err
-		}
-	}
+		return nil
+	})
 }
 
 // FetchX509Bundles streams the trust bundles of the caller: the current
@@ -287,14 +278,8 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerS
 func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
 	s := h.s
 	ctx := stream.Context()
-	caller, err := s.attest(ctx, "FetchX509Bundles")
-	if err != nil {
-		return err
-	}
-	changed, cancel := s.source.Subscribe(caller)
-	defer cancel()
 	var last []byte
-	for {
+	return s.watch(ctx, "FetchX509Bundles", func(caller Caller) error {
 		// SPIRE answers no identity with PermissionDenied here too.
 		_, bundles, err := s.identities(ctx, caller)
 		if err != nil {
@@ -312,8 +297,34 @@ func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.S
 			s.sent(ctx, bundles)
 			last = wire
 		}
-		if more, err := waitForChange(ctx, changed); !more {
+		return nil
+	})
+}
+
+// watch is the life of a streaming call: it attests the caller, then runs
+// update (which sends the caller what changed) at once and again on every
+// change the source signals, until update fails or the stream ends. The
+// stream ends with nil (as in SPIRE) when the client goes away, and with
+// Unavailable when the source closes the subscription.
+func (s *Server) watch(ctx context.Context, method string, update func(Caller) error) error {
+	caller, err := s.attest(ctx, method)
+	if err != nil {
+		return err
+	}
+	// Subscribe before the first read so that no change goes unnoticed.
+	changed, cancel := s.source.Subscribe(caller)
+	defer cancel()
+	for {
+		if err := update(caller); err != nil {
 			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-changed:
+			if !ok {
+				return status.Error(codes.Unavailable, "identity source closed, retry later")
+			}
 		}
 	}
 }
@@ -323,20 +334,5 @@ func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.S
 func (s *Server) sent(ctx context.Context, bundles map[spiffeid.TrustDomain][]*x509.Certificate) {
 	if o, ok := s.source.(SendObserver); ok {
 		o.Sent(ctx, bundles)
-	}
-}
-
-// waitForChange reports whether a change was signalled; otherwise the
-// stream ends with the error returned, which is nil (as in SPIRE) when the
-// client went away.
-func waitForChange(ctx context.Context, changed <-chan struct{}) (bool, error) {
-	select {
-	case <-ctx.Done():
-		return false, nil
-	case _, ok := <-changed:
-		if !ok {
-			return false, status.Error(codes.Unavailable, "identity source closed, retry later")
-		}
-		return true, nil
 	}
 }
