@@ -62,7 +62,13 @@ func (n *csiJWTNode) start(ctx context.Context, t *testing.T) *csi.Driver {
 		t.Fatal(err)
 	}
 	vols := &VolumeIdentities{Manager: m, Pods: &PodIndex{Now: n.clk.Now}, JWT: NewJWTFiles(cache, n.clk, nil, nil)}
-	t.Cleanup(vols.JWT.Close)
+	// The token writers stop with the agent (its run closes them when
+	// its context ends).
+	stopWriters := context.AfterFunc(ctx, vols.JWT.Close)
+	t.Cleanup(func() {
+		stopWriters()
+		vols.JWT.Close()
+	})
 	d, err := csi.New(csi.Config{NodeName: "node-a", StateDir: n.stateDir, KubeletDir: n.kubelet, Clock: n.clk, Identities: vols, Tokens: vols, PublishTimeout: waitTimeout})
 	if err != nil {
 		t.Fatal(err)
