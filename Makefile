@@ -68,9 +68,9 @@ tidy: ## go mod tidy (-e: see docs/building.md on a refused module version).
 test-unit: ## Unit tests with -race; envtest tests are skipped.
 	go test -race $(GO_TEST_FLAGS) ./...
 
-test-all: envtest envtest-old zlint kustomize promtool helm actionlint softhsm ## Unit and envtest tests with -race, zlint over every certificate template, chart and deploy/k8s checks (lint, drift, dry-run, RBAC), alert rule tests, actionlint.
+test-all: envtest envtest-old zlint kustomize promtool helm actionlint softhsm iptables ## Unit and envtest tests with -race, zlint over every certificate template, chart and deploy/k8s checks (lint, drift, dry-run, RBAC), alert rule tests, actionlint, lost keepalive probes (root, iptables).
 	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" MAYFLY_ENVTEST_OLD="$$(KUBE_VERSION=$(KUBE_OLD_VERSION) hack/setup-envtest.sh)" MAYFLY_ZLINT="$(ZLINT)" MAYFLY_KUSTOMIZE="$(KUSTOMIZE)" MAYFLY_PROMTOOL="$(PROMTOOL)" \
-		MAYFLY_HELM="$(HELM)" MAYFLY_ACTIONLINT="$(ACTIONLINT)" MAYFLY_REQUIRE_SOFTHSM=1 CGO_ENABLED=1 \
+		MAYFLY_HELM="$(HELM)" MAYFLY_ACTIONLINT="$(ACTIONLINT)" MAYFLY_REQUIRE_SOFTHSM=1 MAYFLY_IPTABLES="$$(command -v iptables)" CGO_ENABLED=1 \
 		go test -race -count=1 $(GO_TEST_FLAGS) ./...
 
 e2e-node: kustomize helm ## A one-node cluster built from source (kubelet, containerd, runc) in its own namespaces; installs deploy/k8s and checks mayfly on it (root; docs/e2e-node.md).
@@ -156,6 +156,9 @@ softhsm: ## Install SoftHSM2 (Debian softhsm2) for the PKCS#11 tests, unless it 
 	@command -v softhsm2-util >/dev/null && { [ -e /usr/lib/softhsm/libsofthsm2.so ] || ls /usr/lib/*/softhsm/libsofthsm2.so >/dev/null 2>&1; } || \
 		apt-get install -y softhsm2
 
+iptables: ## Install iptables (Debian iptables) for the keepalive test in a network namespace of its own, unless it is there.
+	@command -v iptables >/dev/null || apt-get install -y iptables
+
 zlint: $(ZLINT) ## Install zlint (pinned).
 $(ZLINT):
 	mkdir -p $(TOOLS_BIN)
@@ -189,4 +192,4 @@ $(ACTIONLINT):
 clean: ## Remove ./bin (the tool cache stays).
 	rm -rf $(BIN_DIR)
 
-.PHONY: envtest-old e2e-node images help demo demo-k8s kustomize helm actionlint manifests test-chart lint-workflows test build bench-agent bench-fleet generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean softhsm build-pkcs11 bench-pkcs11
+.PHONY: iptables envtest-old e2e-node images help demo demo-k8s kustomize helm actionlint manifests test-chart lint-workflows test build bench-agent bench-fleet generate tidy test-unit test-all lint-certs test-rules fuzz bench bench-ratios lint vet envtest golangci-lint zlint promtool clean softhsm build-pkcs11 bench-pkcs11
