@@ -86,8 +86,8 @@ func TestListenKeepalive(t *testing.T) {
 	}
 	idle := time.Duration(opt(syscall.IPPROTO_TCP, unix.TCP_KEEPIDLE)) * time.Second
 	interval := time.Duration(opt(syscall.IPPROTO_TCP, unix.TCP_KEEPINTVL)) * time.Second
-	if idle != issuer.TCPKeepalive.Idle || interval != issuer.TCPKeepalive.Interval {
-		t.Errorf("keepalive idle %s interval %s, want %s and %s", idle, interval, issuer.TCPKeepalive.Idle, issuer.TCPKeepalive.Interval)
+	if want := issuer.TCPKeepalive(); idle != want.Idle || interval != want.Interval {
+		t.Errorf("keepalive idle %s interval %s, want %s and %s", idle, interval, want.Idle, want.Interval)
 	}
 	// The kernel drops the connection when a probe falls due once
 	// userTimeout has passed since the peer's last packet: a live

@@ -80,7 +80,7 @@ func KeepaliveParams() keepalive.ServerParameters {
 	}
 }
 
-// TCPKeepalive is the TCP keepalive of the connections the CA accepts: a
+// TCPKeepalive returns the TCP keepalive of the connections the CA accepts: a
 // probe after 10 s of silence, then every 2 s while none is answered. The
 // kernel drops a connection once TCP_USER_TIMEOUT (KeepaliveParams'
 // Timeout, 20 s) has passed without an answer, so a vanished agent is
@@ -91,12 +91,14 @@ func KeepaliveParams() keepalive.ServerParameters {
 // agent reconnected with a full handshake and a new bundle stream (at
 // 10,000 agents, 5% of them in a minute when loopback dropped the
 // synchronised probes, docs/performance.md).
-var TCPKeepalive = net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 2 * time.Second, Count: 5}
+func TCPKeepalive() net.KeepAliveConfig {
+	return net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 2 * time.Second, Count: 5}
+}
 
 // Listen listens on the TCP address addr for the issuer API, with
 // TCPKeepalive on every connection it accepts.
 func Listen(ctx context.Context, addr string) (net.Listener, error) {
-	lc := net.ListenConfig{KeepAliveConfig: TCPKeepalive}
+	lc := net.ListenConfig{KeepAliveConfig: TCPKeepalive()}
 	return lc.Listen(ctx, "tcp", addr)
 }
 
