@@ -90,13 +90,21 @@ func (f *fakeJWTCA) SignJWTs(_ context.Context, reqs []*issuerv1.JWTRequest) ([]
 
 var jwtEpoch = time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
 
-func TestJWTCache(t *testing.T) {
+// newJWTCacheAtEpoch returns a fake clock at jwtEpoch, a fake CA on it and
+// a JWT cache in front of that CA.
+func newJWTCacheAtEpoch(t testing.TB) (*rotate.FakeClock, *fakeJWTCA, *JWTCache) {
+	t.Helper()
 	clock := rotate.NewFakeClock(jwtEpoch)
 	ca := newFakeJWTCA(t, clock)
 	c, err := NewJWTCache(ca, clock, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return clock, ca, c
+}
+
+func TestJWTCache(t *testing.T) {
+	clock, ca, c := newJWTCacheAtEpoch(t)
 	web := Spec{Key: "web", SpiffeID: "spiffe://example.org/web"}
 	db := Spec{Key: "db", SpiffeID: "spiffe://example.org/db"}
 	fetch := func(spec Spec, aud ...string) string {

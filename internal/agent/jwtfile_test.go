@@ -11,7 +11,6 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/filemode"
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 	"github.com/mayfly-pki/mayfly/pkg/jwtsvid"
-	"github.com/mayfly-pki/mayfly/pkg/rotate"
 )
 
 // TestJWTFiles: the token file appears (0600, in a 0700 directory made for
@@ -19,12 +18,7 @@ import (
 // last token while the CA fails and is renewed once it answers, and its
 // writer stops when its identity goes.
 func TestJWTFiles(t *testing.T) {
-	clock := rotate.NewFakeClock(jwtEpoch)
-	ca := newFakeJWTCA(t, clock)
-	cache, err := NewJWTCache(ca, clock, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	clock, ca, cache := newJWTCacheAtEpoch(t)
 	dir := filepath.Join(t.TempDir(), "out", "web")
 	path := filepath.Join(dir, JWTFileName)
 	files := NewJWTFiles(cache, clock, []string{"vault", "api"}, nil)
@@ -98,12 +92,7 @@ func TestJWTFiles(t *testing.T) {
 // TestJWTFilesClose: Close stops the writers of Set and of Keep, and waits
 // for them; a writer asked for after it starts nothing.
 func TestJWTFilesClose(t *testing.T) {
-	clock := rotate.NewFakeClock(jwtEpoch)
-	ca := newFakeJWTCA(t, clock)
-	cache, err := NewJWTCache(ca, clock, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	clock, ca, cache := newJWTCacheAtEpoch(t)
 	base := t.TempDir()
 	files := NewJWTFiles(cache, clock, []string{"vault"}, nil)
 	web := Spec{Key: "web", SpiffeID: "spiffe://example.org/web"}
