@@ -6,21 +6,21 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/authority"
 )
 
-// TestBundleOfBuildsOncePerAuthorityState: every stream of a push sends
+// TestPushedOfBuildsOncePerAuthorityState: every stream of a push sends
 // the one message built for the authority state in force, and a new state
 // gets its own.
-func TestBundleOfBuildsOncePerAuthorityState(t *testing.T) {
+func TestPushedOfBuildsOncePerAuthorityState(t *testing.T) {
 	s := &Server{}
 	v1 := &authority.Loaded{BundleVersion: "v1"}
-	first := s.bundleOf(v1)
-	if again := s.bundleOf(v1); again != first {
+	first := s.pushedOf(v1).msg
+	if again := s.pushedOf(v1).msg; again != first {
 		t.Error("the same authority state built its bundle message twice")
 	}
 	v2 := &authority.Loaded{BundleVersion: "v2"}
-	if got := s.bundleOf(v2).GetVersion(); got != "v2" {
+	if got := s.pushedOf(v2).msg.GetVersion(); got != "v2" {
 		t.Errorf("new authority state: message of version %q, want v2", got)
 	}
-	if got := s.bundleOf(v1).GetVersion(); got != "v1" {
+	if got := s.pushedOf(v1).msg.GetVersion(); got != "v1" {
 		t.Errorf("a stream still on the older state got version %q, want v1", got)
 	}
 }

@@ -193,7 +193,7 @@ type Server struct {
 	serving  servingCert
 	verified verifiedAgents
 	// pushed is the bundle message of the authority state in force, built
-	// once for every stream that sends it (bundleOf).
+	// once for every stream that sends it (pushedOf).
 	pushed atomic.Pointer[pushedBundle]
 	// encodeEachPush encodes the bundle for each stream (sendBundle); set
 	// by benchmarks only, for comparison.
@@ -742,13 +742,9 @@ func chainDER(leaf []byte, a pki.Authority) [][]byte {
 	return out
 }
 
-// bundleOf returns the bundle message of l, built once per authority
+// pushedOf returns the bundle message of l, built once per authority
 // state: a push to 10,000 streams built it 10,000 times (a tenth of the
 // CA's CPU during the push, half of it encoding the JWT keys).
-func (s *Server) bundleOf(l *authority.Loaded) *issuerv1.Bundle {
-	return s.pushedOf(l).msg
-}
-
 func (s *Server) pushedOf(l *authority.Loaded) *pushedBundle {
 	if p := s.pushed.Load(); p != nil && p.loaded == l {
 		return p
