@@ -26,18 +26,45 @@ import (
 	"github.com/mayfly-pki/mayfly/internal/test/wait"
 )
 
-// acceptedConns records the connections a listener accepted.
+// acceptedConns counts the connections a gRPC server with the CA's
+// options (serveCA) accepted, and keeps the first.
 type acceptedConns struct {
-	net.Listener
-	conns chan net.Conn
+	accepted atomic.Int32
+	conn     atomic.Pointer[net.TCPConn] // the first accepted
 }
 
-func (l acceptedConns) Accept() (net.Conn, error) {
+type countingListener struct {
+	net.Listener
+	s *acceptedConns
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
-		l.conns <- c
+		l.s.accepted.Add(1)
+		l.s.conn.CompareAndSwap(nil, c.(*net.TCPConn))
 	}
 	return c, err
+}
+
+// serveCA serves a health service with the CA's server options on lis
+// until the test ends, and returns a client dialled as an agent dials.
+func serveCA(t *testing.T, lis net.Listener) (*acceptedConns, healthpb.HealthClient) {
+	t.Helper()
+	s := &acceptedConns{}
+	gs := grpc.NewServer(issuer.ServerOptions()...)
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go func() { _ = gs.Serve(countingListener{Listener: lis, s: s}) }()
+	t.Cleanup(gs.Stop)
+	// An agent's keepalive (issuerclient.Dial): it pings after 2 minutes
+	// of silence, so within this test only the kernels' probes run.
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: issuerclient.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return s, healthpb.NewHealthClient(cc)
 }
 
 // TestListenKeepalive reads the socket options of a connection the CA's
@@ -51,24 +78,11 @@ func TestListenKeepalive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := acceptedConns{Listener: lis, conns: make(chan net.Conn, 1)}
-	gs := grpc.NewServer(issuer.ServerOptions()...)
-	go func() { _ = gs.Serve(rec) }()
-	t.Cleanup(gs.Stop)
-
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
+	srv, client := serveCA(t, lis)
+	if _, err := client.Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cc.Close() })
-	cc.Connect()
-	var conn net.Conn
-	select {
-	case conn = <-rec.conns:
-	case <-time.After(wait.Timeout):
-		t.Fatal("no connection accepted")
-	}
-	raw, err := conn.(*net.TCPConn).SyscallConn()
+	raw, err := srv.conn.Load().SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,45 +155,6 @@ func TestKeepaliveSurvivesLostProbes(t *testing.T) {
 	t.Logf("%s", out)
 }
 
-// lossServer is a gRPC server with the CA's options on lis, and the
-// connections it accepted.
-type lossServer struct {
-	accepted atomic.Int32
-	conn     atomic.Pointer[net.TCPConn] // the first accepted
-}
-
-type lossListener struct {
-	net.Listener
-	s *lossServer
-}
-
-func (l lossListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.s.accepted.Add(1)
-		l.s.conn.CompareAndSwap(nil, c.(*net.TCPConn))
-	}
-	return c, err
-}
-
-func serveLoss(t *testing.T, lis net.Listener) (*lossServer, healthpb.HealthClient) {
-	t.Helper()
-	s := &lossServer{}
-	gs := grpc.NewServer(issuer.ServerOptions()...)
-	healthpb.RegisterHealthServer(gs, health.NewServer())
-	go func() { _ = gs.Serve(lossListener{Listener: lis, s: s}) }()
-	t.Cleanup(gs.Stop)
-	// An agent's keepalive (issuerclient.Dial): it pings after 2 minutes
-	// of silence, so within this test only the kernels' probes run.
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: issuerclient.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	return s, healthpb.NewHealthClient(cc)
-}
-
 // tcpInfo is the kernel's view of c: its state and how long since it last
 // received an acknowledgement.
 func tcpInfo(t *testing.T, c *net.TCPConn) (state uint8, quiet time.Duration) {
@@ -230,7 +205,7 @@ func TestKeepaliveLossNamespace(t *testing.T) {
 	type side struct {
 		name       string
 		port       int
-		srv        *lossServer
+		srv        *acceptedConns
 		client     healthpb.HealthClient
 		dropping   bool
 		dropped    bool
@@ -240,8 +215,8 @@ func TestKeepaliveLossNamespace(t *testing.T) {
 		{name: "issuer.Listen", port: caLis.Addr().(*net.TCPAddr).Port},
 		{name: "Go's default listener (control)", port: goLis.Addr().(*net.TCPAddr).Port, wantClosed: true},
 	}
-	sides[0].srv, sides[0].client = serveLoss(t, caLis)
-	sides[1].srv, sides[1].client = serveLoss(t, goLis)
+	sides[0].srv, sides[0].client = serveCA(t, caLis)
+	sides[1].srv, sides[1].client = serveCA(t, goLis)
 	for _, s := range sides {
 		if _, err := s.client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 			t.Fatalf("%s: %v", s.name, err)
