@@ -18,7 +18,6 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -374,13 +373,13 @@ func measureConnCost(b *testing.B, v connCostVariant, n int, idle time.Duration)
 	r.goroutines = float64(g1-g0) / float64(n)
 
 	if idle > 0 {
-		cpu0 := cpuTime()
+		cpu0 := processCPU(b)
 		time.Sleep(idle) // real time: what the agents' keepalive costs per second
-		r.idleCPU = float64((cpuTime() - cpu0).Microseconds()) / float64(n) / idle.Seconds()
+		r.idleCPU = float64((processCPU(b) - cpu0).Microseconds()) / float64(n) / idle.Seconds()
 	}
 
 	for i := range connCostPushes {
-		cpu0, start := cpuTime(), time.Now()
+		cpu0, start := processCPU(b), time.Now()
 		src.Set(fakeauthority.Loaded(tca, fmt.Sprintf("v%d", i+2)), nil)
 		// Every agent still connected: an agent of this process whose
 		// connection failed does not come back (the agents' log says so).
@@ -389,16 +388,16 @@ func measureConnCost(b *testing.B, v connCostVariant, n int, idle time.Duration)
 			return current == connected
 		})
 		r.pushMillis += float64(time.Since(start).Microseconds()) / 1000 / connCostPushes
-		r.pushCPU += float64((cpuTime() - cpu0).Microseconds()) / float64(n) / connCostPushes
+		r.pushCPU += float64((processCPU(b) - cpu0).Microseconds()) / float64(n) / connCostPushes
 	}
 
 	for range connCostCalls {
-		cpu0 := cpuTime()
+		cpu0 := processCPU(b)
 		if _, err := io.WriteString(child.Stdin, "call\n"); err != nil {
 			b.Fatal(err)
 		}
 		expect("called")
-		r.callCPU += float64((cpuTime() - cpu0).Microseconds()) / float64(n) / connCostCalls
+		r.callCPU += float64((processCPU(b) - cpu0).Microseconds()) / float64(n) / connCostCalls
 	}
 	return r
 }
@@ -421,14 +420,6 @@ func memAfterGC() (heap, stack uint64, goroutines int) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine()
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		panic(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func parseFloat(b *testing.B, s string) float64 {
